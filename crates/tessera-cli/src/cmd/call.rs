@@ -1,0 +1,194 @@
+//! `tessera call`: call one function from JSON.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+use tessera_runtime::{CallFailure, CallOutcome};
+
+use crate::exit;
+use crate::setup::{GlobalArgs, load};
+
+/// Arguments of `tessera call`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The component (`.wasm`).
+    pub component: PathBuf,
+    /// The function: `name`, `interface#name`, or the full
+    /// `package:name/interface@version#name`.
+    pub function: String,
+    /// Arguments as a JSON object keyed by parameter name.
+    #[arg(long, default_value = "{}", conflicts_with = "args_file")]
+    pub args: String,
+    /// Read the JSON arguments from a file (`-` for stdin).
+    #[arg(long, value_name = "FILE")]
+    pub args_file: Option<PathBuf>,
+    /// The manifest of grants and limits (TOML). Without one, nothing is
+    /// granted and default limits apply.
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
+    /// Print one JSON object with the result, captured output, logs, fuel,
+    /// memory, duration and audit events.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn read_args(args: &Args) -> Result<Value, String> {
+    let (text, origin) = match &args.args_file {
+        Some(p) if p.as_os_str() == "-" => {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                .map_err(|e| format!("cannot read arguments from stdin: {e}"))?;
+            (s, "stdin".to_string())
+        }
+        Some(p) => (
+            std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?,
+            p.display().to_string(),
+        ),
+        None => (args.args.clone(), "--args".to_string()),
+    };
+    serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{origin}: invalid JSON at line {} column {}: {e}",
+            e.line(),
+            e.column()
+        )
+    })
+}
+
+/// Runs the subcommand and returns the exit code.
+pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
+    let json_args = match read_args(&args) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::BAD_INPUT;
+        }
+    };
+    let runtime = match global.runtime() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::INTERNAL;
+        }
+    };
+    let loaded = match load(&runtime, &args.component, args.manifest.as_deref()).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::for_error(&e);
+        }
+    };
+    let outcome = match loaded.call_json(&args.function, &json_args).await {
+        Ok(o) => o,
+        Err(e) => {
+            if args.json {
+                println!(
+                    "{}",
+                    json!({ "ok": false, "error": { "kind": "refused", "message": e.to_string() } })
+                );
+            } else {
+                eprintln!("error: {e}");
+            }
+            return exit::for_error(&e);
+        }
+    };
+    let code = exit_code(&outcome);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&outcome_json(&outcome)).unwrap_or_default()
+        );
+    } else {
+        print_human(&outcome);
+    }
+    code
+}
+
+fn exit_code(o: &CallOutcome) -> i32 {
+    match &o.result {
+        Ok(_) if o.guest_error && o.denied() => exit::DENIED,
+        Ok(_) if o.guest_error => exit::GUEST_ERROR,
+        Ok(_) => exit::OK,
+        Err(_) if o.denied() => exit::DENIED,
+        Err(_) => exit::TRAP,
+    }
+}
+
+fn outcome_json(o: &CallOutcome) -> Value {
+    let mut v = json!({
+        "function": o.function,
+        "ok": o.result.is_ok() && !o.guest_error,
+        "stdout": String::from_utf8_lossy(&o.output.stdout),
+        "stderr": String::from_utf8_lossy(&o.output.stderr),
+        "logs": o.output.logs,
+        "fuel_consumed": o.fuel_consumed,
+        "peak_memory_bytes": o.peak_memory_bytes,
+        "duration_us": o.duration.as_micros() as u64,
+        "audit": o.audit,
+    });
+    match &o.result {
+        Ok(r) => v["result"] = r.clone(),
+        Err(CallFailure::Limit(l)) => {
+            v["error"] =
+                json!({ "kind": "limit", "limit": l.capability(), "message": l.to_string() })
+        }
+        Err(CallFailure::Trap { message, backtrace }) => {
+            v["error"] = json!({ "kind": "trap", "message": message, "backtrace": backtrace })
+        }
+    }
+    v
+}
+
+fn print_human(o: &CallOutcome) {
+    // Guest output is shown as what it is, on stderr, labelled: it is never
+    // mixed into the result on stdout.
+    let mut err = std::io::stderr().lock();
+    for (label, bytes) in [("stdout", &o.output.stdout), ("stderr", &o.output.stderr)] {
+        for line in String::from_utf8_lossy(bytes).lines() {
+            let _ = writeln!(err, "[guest {label}] {line}");
+        }
+    }
+    for l in &o.output.logs {
+        let level = serde_json::to_value(l.level)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let _ = writeln!(err, "[guest log {level} {}] {}", l.context, l.message);
+    }
+    for a in &o.audit {
+        if a.decision != tessera_runtime::Decision::Allow || a.capability == "http" {
+            let _ = writeln!(
+                err,
+                "[audit] {} {} {}{}",
+                serde_json::to_value(a.decision)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                a.capability,
+                a.target,
+                a.detail
+                    .as_deref()
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    match &o.result {
+        Ok(v) => {
+            if o.guest_error {
+                let _ = writeln!(err, "guest returned an error");
+            }
+            println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        }
+        Err(CallFailure::Limit(l)) => {
+            let _ = writeln!(err, "error: {}: {l}", o.function);
+        }
+        Err(CallFailure::Trap { message, backtrace }) => {
+            let _ = writeln!(err, "error: {message}");
+            if let Some(bt) = backtrace {
+                let _ = writeln!(err, "{bt}");
+            }
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! Exit codes, documented in the README and in `tessera --help`.
+
+/// The call (or command) succeeded.
+pub const OK: i32 = 0;
+/// Tessera itself failed (a bug, or the machine refused something).
+pub const INTERNAL: i32 = 1;
+/// Bad input: usage, JSON arguments, manifest, component file, function name.
+pub const BAD_INPUT: i32 = 2;
+/// The guest returned the `err` case of a WIT `result`.
+pub const GUEST_ERROR: i32 = 3;
+/// The guest trapped or hit a limit (fuel, deadline, memory, stack, output).
+pub const TRAP: i32 = 4;
+/// The call failed and a grant denied something during it (HTTP host, file).
+pub const DENIED: i32 = 5;
+
+/// The exit code for a runtime error raised before the guest ran.
+pub fn for_error(e: &tessera_runtime::Error) -> i32 {
+    use tessera_runtime::Error as E;
+    match e {
+        E::Engine(_) => INTERNAL,
+        E::Busy { .. } => TRAP,
+        E::Read { .. }
+        | E::NotWasm { .. }
+        | E::Adapt { .. }
+        | E::Compile { .. }
+        | E::Link { .. }
+        | E::Manifest(_)
+        | E::Grant(_)
+        | E::NoSuchFunction { .. }
+        | E::Ambiguous { .. }
+        | E::NotCallable { .. }
+        | E::BadArguments { .. } => BAD_INPUT,
+    }
+}

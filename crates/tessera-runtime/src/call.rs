@@ -1,0 +1,450 @@
+//! Loaded components and calls from JSON.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::Semaphore;
+use wasmtime::component::{InstancePre, Val};
+use wasmtime::{Store, Trap, UpdateDeadline};
+
+use crate::audit::Decision;
+use crate::cache::CacheStatus;
+use crate::gateway::{CallScope, CapturedOutput, Gateway, HostState, LimitHit};
+use crate::json::{ArgError, from_val, to_val};
+use crate::manifest::Grants;
+use crate::runtime::{Prepared, Runtime};
+use crate::schema::FunctionInfo;
+use crate::{Error, audit::AuditEvent, audit::MemoryAudit};
+
+/// Extra time allowed past the deadline for a guest blocked in a host call
+/// (the epoch check only fires while wasm code runs).
+const HOST_WAIT_GRACE: Duration = Duration::from_millis(50);
+
+/// A compiled, pre-instantiated component with its grants. Each call gets a
+/// fresh instance, so no state leaks from one call to the next.
+#[derive(Clone)]
+pub struct LoadedComponent {
+    runtime: Runtime,
+    prepared: Prepared,
+    pre: InstancePre<HostState>,
+    functions: Arc<Vec<FunctionInfo>>,
+    grants: Arc<Grants>,
+    permits: Arc<Semaphore>,
+    cache_status: CacheStatus,
+}
+
+impl std::fmt::Debug for LoadedComponent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedComponent")
+            .field("origin", &self.prepared.origin)
+            .field("digest", &self.prepared.digest)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a call ended when it did not return normally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallFailure {
+    /// A limit stopped the guest.
+    Limit(LimitHit),
+    /// The guest trapped (panic, `unreachable`, out-of-bounds access, …).
+    Trap {
+        /// The trap message, naming the component and function.
+        message: String,
+        /// The guest backtrace, with source lines if the component has DWARF.
+        backtrace: Option<String>,
+    },
+}
+
+impl std::fmt::Display for CallFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallFailure::Limit(l) => write!(f, "{l}"),
+            CallFailure::Trap { message, .. } => write!(f, "{message}"),
+        }
+    }
+}
+
+/// Everything that came out of a call.
+#[derive(Debug, Clone)]
+pub struct CallOutcome {
+    /// The function's qualified name.
+    pub function: String,
+    /// The JSON result, or how the call failed.
+    pub result: Result<Value, CallFailure>,
+    /// Whether the result is a WIT `result` in its `err` case (a guest error).
+    pub guest_error: bool,
+    /// Guest stdout, stderr and logs.
+    pub output: CapturedOutput,
+    /// Fuel consumed.
+    pub fuel_consumed: u64,
+    /// Peak linear memory of the instance, in bytes.
+    pub peak_memory_bytes: usize,
+    /// Wall-clock duration of the call, instantiation included.
+    pub duration: Duration,
+    /// Audit events this call produced (denials, limit hits, outbound requests).
+    pub audit: Vec<AuditEvent>,
+}
+
+impl CallOutcome {
+    /// Whether any interaction of this call was denied.
+    pub fn denied(&self) -> bool {
+        self.audit.iter().any(|e| e.decision == Decision::Deny)
+    }
+}
+
+/// Sends each event to both the runtime's sink and the call's own list.
+struct TeeAudit {
+    runtime: Arc<dyn crate::AuditSink>,
+    call: Arc<MemoryAudit>,
+}
+
+impl crate::AuditSink for TeeAudit {
+    fn record(&self, event: &AuditEvent) {
+        self.runtime.record(event);
+        self.call.record(event);
+    }
+}
+
+impl LoadedComponent {
+    pub(crate) fn new(
+        runtime: Runtime,
+        prepared: Prepared,
+        pre: InstancePre<HostState>,
+        functions: Vec<FunctionInfo>,
+        grants: Grants,
+        cache_status: CacheStatus,
+    ) -> Self {
+        let permits = Arc::new(Semaphore::new(grants.limits.max_concurrent as usize));
+        Self {
+            runtime,
+            prepared,
+            pre,
+            functions: Arc::new(functions),
+            grants: Arc::new(grants),
+            permits,
+            cache_status,
+        }
+    }
+
+    /// `sha256:<hex>` of the component file.
+    pub fn digest(&self) -> &str {
+        &self.prepared.digest
+    }
+
+    /// Where the component came from.
+    pub fn origin(&self) -> &str {
+        &self.prepared.origin
+    }
+
+    /// Whether it was a core module adapted with the preview1 adapter.
+    pub fn adapted(&self) -> bool {
+        self.prepared.adapted
+    }
+
+    /// What the compile cache did when this component was loaded.
+    pub fn cache_status(&self) -> &CacheStatus {
+        &self.cache_status
+    }
+
+    /// The grants every call runs under.
+    pub fn grants(&self) -> &Grants {
+        &self.grants
+    }
+
+    /// Every exported function with its schemas.
+    pub fn functions(&self) -> &[FunctionInfo] {
+        &self.functions
+    }
+
+    /// Finds a function by qualified name (`iface@ver#name`), short name
+    /// (`iface#name`, also `iface.name`) or bare name when unambiguous.
+    pub fn function(&self, name: &str) -> Result<&FunctionInfo, Error> {
+        if let Some(f) = self.functions.iter().find(|f| f.qualified_name() == name) {
+            return Ok(f);
+        }
+        let dotted = name.replacen('.', "#", 1);
+        if let Some(f) = self
+            .functions
+            .iter()
+            .find(|f| f.short_name() == name || (f.interface.is_some() && f.short_name() == dotted))
+        {
+            return Ok(f);
+        }
+        let bare: Vec<&FunctionInfo> = self.functions.iter().filter(|f| f.name == name).collect();
+        match bare.as_slice() {
+            [one] => Ok(one),
+            [] => Err(Error::NoSuchFunction {
+                name: name.to_string(),
+                available: self
+                    .functions
+                    .iter()
+                    .map(|f| f.short_name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+            many => Err(Error::Ambiguous {
+                name: name.to_string(),
+                candidates: many
+                    .iter()
+                    .map(|f| f.short_name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+
+    /// Converts a JSON argument object into parameter values, validating
+    /// every value against its WIT type.
+    pub fn arguments(&self, f: &FunctionInfo, args: &Value) -> Result<Vec<Val>, Error> {
+        let bad = |error: ArgError| Error::BadArguments {
+            function: f.short_name(),
+            error,
+        };
+        let empty = serde_json::Map::new();
+        let obj = match args {
+            Value::Object(o) => o,
+            Value::Null => &empty,
+            other => {
+                return Err(bad(ArgError {
+                    path: "$".into(),
+                    message: format!(
+                        "arguments must be a JSON object keyed by parameter name, got {}",
+                        match other {
+                            Value::Array(_) => "an array",
+                            Value::String(_) => "a string",
+                            Value::Number(_) => "a number",
+                            _ => "a boolean",
+                        }
+                    ),
+                }));
+            }
+        };
+        if let Some(extra) = obj.keys().find(|k| !f.params.iter().any(|(n, _)| n == *k)) {
+            return Err(bad(ArgError {
+                path: format!("$.{extra}"),
+                message: format!(
+                    "unknown parameter; `{}` takes {}",
+                    f.short_name(),
+                    if f.params.is_empty() {
+                        "no parameters".to_string()
+                    } else {
+                        f.params
+                            .iter()
+                            .map(|(n, _)| n.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                ),
+            }));
+        }
+        f.params
+            .iter()
+            .map(|(name, ty)| {
+                let path = format!("$.{name}");
+                match obj.get(name) {
+                    Some(v) => to_val(v, ty, &path),
+                    None if matches!(ty, wasmtime::component::Type::Option(_)) => {
+                        Ok(Val::Option(None))
+                    }
+                    None => Err(ArgError {
+                        path,
+                        message: format!(
+                            "missing parameter of type {}",
+                            crate::json::type_name(ty)
+                        ),
+                    }),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(bad)
+    }
+
+    /// Calls `function` with a JSON argument object, in a fresh instance,
+    /// under the component's grants and limits.
+    pub async fn call_json(&self, function: &str, args: &Value) -> Result<CallOutcome, Error> {
+        let f = self.function(function)?;
+        if let Some(reason) = &f.not_callable {
+            return Err(Error::NotCallable {
+                function: f.short_name(),
+                reason: reason.clone(),
+            });
+        }
+        let params = self.arguments(f, args)?;
+        let limits = self.grants.limits;
+        let call_audit = Arc::new(MemoryAudit::default());
+        let gateway = Gateway::new(
+            CallScope {
+                component: self.prepared.digest.clone(),
+                function: f.qualified_name(),
+            },
+            self.grants.clone(),
+            Arc::new(TeeAudit {
+                runtime: self.runtime.inner.audit.clone(),
+                call: call_audit.clone(),
+            }),
+            self.runtime.inner.observer.clone(),
+        );
+        let Ok(_permit) = self.permits.clone().try_acquire_owned() else {
+            gateway.audit(
+                "instances",
+                format!("max_concurrent={}", limits.max_concurrent),
+                Decision::Limit,
+                Some("call refused: component at its concurrency limit".into()),
+            );
+            return Err(Error::Busy {
+                limit: limits.max_concurrent,
+            });
+        };
+
+        let started = Instant::now();
+        let state = HostState::new(gateway.clone())?;
+        let mut store = Store::new(&self.runtime.inner.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store
+            .set_fuel(limits.fuel)
+            .map_err(|e| Error::Engine(e.to_string()))?;
+        let timeout = Duration::from_millis(limits.timeout_ms);
+        let deadline = started + timeout;
+        let deadline_gateway = gateway.clone();
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                let hit = LimitHit::Deadline(limits.timeout_ms);
+                deadline_gateway.audit(
+                    hit.capability(),
+                    format!("{} ms", limits.timeout_ms),
+                    Decision::Limit,
+                    Some(hit.to_string()),
+                );
+                Err(hit.into())
+            } else {
+                // Yield to other tasks at every tick: a spinning guest cannot
+                // starve concurrent calls on the same executor thread.
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+
+        let result_count = usize::from(f.result.is_some());
+        let export = f.export;
+        let pre = &self.pre;
+        let run = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            let func = instance
+                .get_func(&mut store, export)
+                .ok_or_else(|| wasmtime::Error::msg("export vanished after instantiation"))?;
+            let mut results = vec![Val::Bool(false); result_count];
+            func.call_async(&mut store, &params, &mut results).await?;
+            wasmtime::Result::Ok(results)
+        };
+        let raw = match tokio::time::timeout(timeout + HOST_WAIT_GRACE, run).await {
+            Ok(r) => r,
+            Err(_elapsed) => {
+                let hit = LimitHit::Deadline(limits.timeout_ms);
+                gateway.audit(
+                    hit.capability(),
+                    format!("{} ms", limits.timeout_ms),
+                    Decision::Limit,
+                    Some(format!("{hit} while waiting on the host")),
+                );
+                Err(hit.into())
+            }
+        };
+        let duration = started.elapsed();
+        let fuel_consumed = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        let peak_memory_bytes = store.data().peak_memory_bytes();
+        drop(store);
+
+        let mut guest_error = false;
+        let result = match raw {
+            Ok(vals) => {
+                let json = match (vals.first(), &f.result) {
+                    (Some(v), Some(ty)) => {
+                        guest_error = matches!(v, Val::Result(Err(_)));
+                        from_val(v, ty)
+                    }
+                    _ => Value::Null,
+                };
+                let size = serde_json::to_vec(&json).map(|v| v.len()).unwrap_or(0) as u64;
+                if size > limits.max_output_bytes {
+                    let hit = LimitHit::Output {
+                        stream: "result",
+                        limit: limits.max_output_bytes,
+                    };
+                    gateway.audit(
+                        hit.capability(),
+                        "result",
+                        Decision::Limit,
+                        Some(hit.to_string()),
+                    );
+                    Err(CallFailure::Limit(hit))
+                } else {
+                    Ok(json)
+                }
+            }
+            Err(e) => Err(classify(
+                e,
+                &limits,
+                &gateway,
+                &f.short_name(),
+                &self.prepared.origin,
+            )),
+        };
+        Ok(CallOutcome {
+            function: f.qualified_name(),
+            result,
+            guest_error,
+            output: gateway.take_output(),
+            fuel_consumed,
+            peak_memory_bytes,
+            duration,
+            audit: call_audit.take(),
+        })
+    }
+}
+
+/// Sorts a failed call into a limit hit or a trap.
+fn classify(
+    e: wasmtime::Error,
+    limits: &crate::Limits,
+    gateway: &Gateway,
+    function: &str,
+    origin: &str,
+) -> CallFailure {
+    if let Some(hit) = e.downcast_ref::<LimitHit>() {
+        return CallFailure::Limit(hit.clone());
+    }
+    let backtrace = e
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .map(|bt| bt.to_string());
+    if let Some(trap) = e.downcast_ref::<Trap>() {
+        let hit = match trap {
+            Trap::OutOfFuel => Some(LimitHit::Fuel(limits.fuel)),
+            Trap::StackOverflow => Some(LimitHit::Stack),
+            Trap::Interrupt => Some(LimitHit::Deadline(limits.timeout_ms)),
+            _ => None,
+        };
+        if let Some(hit) = hit {
+            gateway.audit(
+                hit.capability(),
+                match &hit {
+                    LimitHit::Fuel(n) => format!("{n} fuel"),
+                    _ => hit.to_string(),
+                },
+                Decision::Limit,
+                Some(hit.to_string()),
+            );
+            return CallFailure::Limit(hit);
+        }
+    }
+    // Walk the chain for the most specific message (the guest's own panic
+    // message arrives on stderr; the trap says what the machine saw).
+    let root = e
+        .chain()
+        .last()
+        .map(|c| c.to_string())
+        .unwrap_or_else(|| e.to_string());
+    let message = format!("{origin}: `{function}` trapped: {root}");
+    CallFailure::Trap { message, backtrace }
+}

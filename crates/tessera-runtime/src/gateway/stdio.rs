@@ -1,0 +1,152 @@
+//! Guest stdout/stderr through the gateway.
+//!
+//! Output is captured into the call's outcome, never written to Tessera's
+//! own streams, and capped at the `max_output_bytes` limit: a write past the
+//! cap traps the guest with a limit error (and an audit event).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use tokio::io::AsyncWrite;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
+
+use super::{Gateway, Interaction, LimitHit};
+use crate::audit::Decision;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Stdout,
+    Stderr,
+}
+
+/// A guest output stream captured by the gateway.
+#[derive(Debug, Clone)]
+pub struct CapturedStream {
+    which: Which,
+    gateway: Gateway,
+}
+
+impl CapturedStream {
+    /// The guest's stdout.
+    pub fn stdout(gateway: Gateway) -> Self {
+        Self {
+            which: Which::Stdout,
+            gateway,
+        }
+    }
+
+    /// The guest's stderr.
+    pub fn stderr(gateway: Gateway) -> Self {
+        Self {
+            which: Which::Stderr,
+            gateway,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self.which {
+            Which::Stdout => "stdout",
+            Which::Stderr => "stderr",
+        }
+    }
+
+    /// Appends `bytes`, or refuses with the output limit.
+    fn append(&self, bytes: &[u8]) -> Result<(), LimitHit> {
+        let limit = self.gateway.grants().limits.max_output_bytes;
+        let accepted = self.gateway.with_output(|out| {
+            let buf = match self.which {
+                Which::Stdout => &mut out.stdout,
+                Which::Stderr => &mut out.stderr,
+            };
+            if (buf.len() + bytes.len()) as u64 > limit {
+                false
+            } else {
+                buf.extend_from_slice(bytes);
+                true
+            }
+        });
+        if !accepted {
+            let hit = LimitHit::Output {
+                stream: self.name(),
+                limit,
+            };
+            self.gateway.audit(
+                hit.capability(),
+                self.name(),
+                Decision::Limit,
+                Some(hit.to_string()),
+            );
+            return Err(hit);
+        }
+        let interaction = match self.which {
+            Which::Stdout => Interaction::Stdout { bytes },
+            Which::Stderr => Interaction::Stderr { bytes },
+        };
+        self.gateway.observe(&interaction);
+        Ok(())
+    }
+}
+
+impl IsTerminal for CapturedStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for CapturedStream {
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+}
+
+#[async_trait::async_trait]
+impl OutputStream for CapturedStream {
+    fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
+        self.append(&bytes)
+            .map_err(|hit| StreamError::Trap(hit.into()))
+    }
+
+    fn flush(&mut self) -> Result<(), StreamError> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        // The cap is checked on write so that the guest traps with a clear
+        // limit error instead of seeing a closed stream.
+        Ok(64 * 1024)
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for CapturedStream {
+    async fn ready(&mut self) {}
+}
+
+impl AsyncWrite for CapturedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(
+            self.append(buf)
+                .map(|()| buf.len())
+                .map_err(io::Error::other),
+        )
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

@@ -1,0 +1,136 @@
+//! Tessera's runtime layer.
+//!
+//! This crate turns a `.wasm` file and a manifest into something that can be
+//! called from JSON, safely and fast:
+//!
+//! * [`Runtime`] owns one wasmtime [`Engine`](wasmtime::Engine) configured for
+//!   untrusted code (fuel, epoch interruption, pooling allocation with
+//!   copy-on-write memory images), one linker with every host capability,
+//!   the epoch ticker and the on-disk [`ComponentCache`].
+//! * [`Runtime::load`] accepts a component or a plain `wasm32-wasip1` core
+//!   module (adapted to a component with the WASI preview1 adapter), compiles
+//!   it once (or takes it from the cache) and pre-instantiates it.
+//! * [`LoadedComponent::call_json`] validates JSON arguments against the
+//!   function's WIT types, makes a fresh instance under the component's
+//!   [`Grants`], runs the call under its limits and returns JSON.
+//! * Every host interaction passes through the per-call [`gateway::Gateway`],
+//!   which enforces grants, writes [`audit`] events and reports interactions
+//!   to an optional observer (where a journal plugs in).
+#![deny(missing_docs)]
+
+pub mod audit;
+pub mod cache;
+mod call;
+pub mod gateway;
+pub mod json;
+pub mod manifest;
+mod runtime;
+pub mod schema;
+
+pub use audit::{AuditEvent, AuditSink, Decision};
+pub use cache::{CacheStatus, ComponentCache};
+pub use call::{CallFailure, CallOutcome, LoadedComponent};
+pub use gateway::LimitHit;
+pub use json::ArgError;
+pub use manifest::{Grants, Limits, ManifestError};
+pub use runtime::{Prepared, Runtime, RuntimeConfig, digest_of};
+pub use schema::FunctionInfo;
+
+/// Errors at the runtime's boundary.
+///
+/// Loading errors (`Read`, `NotWasm`, `Adapt`, `Compile`, `Manifest`,
+/// `Grant`) happen before any guest code runs. `BadArguments`,
+/// `NoSuchFunction`, `NotCallable` and `Busy` are refusals of a call before
+/// it starts. What happens once the guest runs is reported in
+/// [`CallOutcome`], not here, because a trap is a result of the call, not a
+/// failure of the runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The path.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The bytes are neither a component nor a core module.
+    #[error("{origin}: not a WebAssembly component or module: {message}")]
+    NotWasm {
+        /// Where the bytes came from.
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A core module could not be turned into a component.
+    #[error("{origin}: cannot adapt core module to a component: {message}")]
+    Adapt {
+        /// Where the bytes came from.
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Validation or compilation failed.
+    #[error("{origin}: invalid component: {message}")]
+    Compile {
+        /// Where the bytes came from.
+        origin: String,
+        /// wasmtime's explanation.
+        message: String,
+    },
+    /// The component imports something Tessera does not provide.
+    #[error("{origin}: cannot link: {message}")]
+    Link {
+        /// Where the bytes came from.
+        origin: String,
+        /// wasmtime's explanation, naming the import.
+        message: String,
+    },
+    /// The manifest is invalid.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// A grant could not be applied (e.g. a directory vanished).
+    #[error("grant cannot be applied: {0}")]
+    Grant(String),
+    /// The engine could not be created.
+    #[error("engine: {0}")]
+    Engine(String),
+    /// No exported function has that name.
+    #[error("no function `{name}`; available: {available}")]
+    NoSuchFunction {
+        /// The name asked for.
+        name: String,
+        /// The callable names.
+        available: String,
+    },
+    /// The name matches several functions.
+    #[error("`{name}` is ambiguous; use one of: {candidates}")]
+    Ambiguous {
+        /// The name asked for.
+        name: String,
+        /// The matching qualified names.
+        candidates: String,
+    },
+    /// The function's signature cannot be expressed in JSON.
+    #[error("function `{function}` is not callable from JSON: {reason}")]
+    NotCallable {
+        /// The function.
+        function: String,
+        /// Why.
+        reason: String,
+    },
+    /// The arguments do not match the parameter types.
+    #[error("bad arguments for `{function}`: {error}")]
+    BadArguments {
+        /// The function.
+        function: String,
+        /// The first mismatch, with its JSON path.
+        error: ArgError,
+    },
+    /// The component is already running `max_concurrent` calls.
+    #[error("component is busy: {limit} calls already running (limits.max_concurrent)")]
+    Busy {
+        /// The limit.
+        limit: u32,
+    },
+}

@@ -1,0 +1,368 @@
+//! The engine, the linker, the epoch ticker and loading.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::audit::{AuditSink, NoAudit};
+use crate::cache::{CacheStatus, ComponentCache};
+use crate::call::LoadedComponent;
+use crate::gateway::{HostState, InteractionObserver};
+use crate::manifest::{Grants, MAX_MEMORY_MB};
+use crate::{Error, schema};
+
+/// How often the epoch ticker advances the engine's epoch. Deadlines are
+/// checked (and long-running guests yield to other tasks) at this period.
+pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// Settings for a [`Runtime`].
+#[derive(Clone)]
+pub struct RuntimeConfig {
+    /// Where compiled components are cached; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Use the pooling allocator (falls back to on-demand allocation with a
+    /// warning if the address-space reservation fails).
+    pub pooling: bool,
+    /// Instances that can exist at once (pool size).
+    pub max_instances: u32,
+    /// Maximum guest stack, in bytes.
+    pub max_wasm_stack: usize,
+    /// Where audit events go.
+    pub audit: Arc<dyn AuditSink>,
+    /// Receives every host interaction of every call (the journal's plug).
+    pub observer: Option<Arc<dyn InteractionObserver>>,
+}
+
+impl std::fmt::Debug for RuntimeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeConfig")
+            .field("cache_dir", &self.cache_dir)
+            .field("pooling", &self.pooling)
+            .field("max_instances", &self.max_instances)
+            .field("max_wasm_stack", &self.max_wasm_stack)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for RuntimeConfig {
+    /// No cache, pooling on, 1000 instances, 1 MiB guest stack, no audit sink.
+    fn default() -> Self {
+        Self {
+            cache_dir: None,
+            pooling: true,
+            max_instances: 1000,
+            max_wasm_stack: 1 << 20,
+            audit: Arc::new(NoAudit),
+            observer: None,
+        }
+    }
+}
+
+pub(crate) struct RuntimeInner {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Linker<HostState>,
+    pub(crate) cache: Option<ComponentCache>,
+    pub(crate) audit: Arc<dyn AuditSink>,
+    pub(crate) observer: Option<Arc<dyn InteractionObserver>>,
+    pooling: bool,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Drop for RuntimeInner {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A Tessera runtime: one engine, one linker, one cache. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    pub(crate) inner: Arc<RuntimeInner>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("pooling", &self.inner.pooling)
+            .field("cache", &self.inner.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A component's bytes, ready to load: adapted if it was a core module,
+/// digested, and checked against the cache.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Where the bytes came from (a path, or a caller-supplied name).
+    pub origin: String,
+    /// `sha256:<hex>` of the original bytes.
+    pub digest: String,
+    /// The component bytes (after adaptation).
+    pub component_bytes: Arc<Vec<u8>>,
+    /// Whether the input was a core module adapted with the preview1 adapter.
+    pub adapted: bool,
+    /// Whether a cache entry exists (so loading will not compile).
+    pub cached: bool,
+}
+
+/// `sha256:<hex>` of some bytes.
+pub fn digest_of(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+fn base_config(cfg: &RuntimeConfig) -> Config {
+    let mut c = Config::new();
+    c.consume_fuel(true)
+        .epoch_interruption(true)
+        .max_wasm_stack(cfg.max_wasm_stack)
+        .async_stack_size(cfg.max_wasm_stack + (1 << 20))
+        .wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Enable)
+        .memory_init_cow(true)
+        .parallel_compilation(true);
+    c
+}
+
+fn pooling_config(cfg: &RuntimeConfig) -> PoolingAllocationConfig {
+    let n = cfg.max_instances;
+    let mut p = PoolingAllocationConfig::default();
+    p.total_component_instances(n)
+        .total_core_instances(n.saturating_mul(4))
+        .total_memories(n.saturating_mul(2))
+        .total_tables(n.saturating_mul(4))
+        .total_stacks(n)
+        .max_memory_size((MAX_MEMORY_MB as usize) << 20)
+        .max_memories_per_component(8)
+        .max_tables_per_component(16)
+        .max_core_instances_per_component(64)
+        .max_component_instance_size(1 << 20)
+        .max_core_instance_size(1 << 20)
+        .table_elements(100_000);
+    p
+}
+
+impl Runtime {
+    /// Creates the engine (pooling if possible), the linker with every host
+    /// capability, and starts the epoch ticker.
+    pub fn new(cfg: RuntimeConfig) -> Result<Self, Error> {
+        let mut pooling = false;
+        let engine = if cfg.pooling {
+            let mut c = base_config(&cfg);
+            c.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(&cfg)));
+            match Engine::new(&c) {
+                Ok(e) => {
+                    pooling = true;
+                    e
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "pooling allocator unavailable ({e}); falling back to on-demand allocation"
+                    );
+                    eprintln!(
+                        "warning: pooling allocator unavailable ({e}); using on-demand allocation"
+                    );
+                    Engine::new(&base_config(&cfg)).map_err(|e| Error::Engine(e.to_string()))?
+                }
+            }
+        } else {
+            Engine::new(&base_config(&cfg)).map_err(|e| Error::Engine(e.to_string()))?
+        };
+
+        let mut linker: Linker<HostState> = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| Error::Engine(format!("linking WASI: {e}")))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| Error::Engine(format!("linking wasi:http: {e}")))?;
+        crate::gateway::logging::add_to_linker(&mut linker)
+            .map_err(|e| Error::Engine(format!("linking wasi:logging: {e}")))?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        spawn_ticker(engine.weak(), stop.clone());
+
+        let cache = cfg
+            .cache_dir
+            .as_deref()
+            .map(|d| ComponentCache::new(d, &engine));
+        Ok(Self {
+            inner: Arc::new(RuntimeInner {
+                engine,
+                linker,
+                cache,
+                audit: cfg.audit,
+                observer: cfg.observer,
+                pooling,
+                stop_ticker: stop,
+            }),
+        })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// Whether the pooling allocator is in use.
+    pub fn pooling(&self) -> bool {
+        self.inner.pooling
+    }
+
+    /// The compile cache, if enabled.
+    pub fn cache(&self) -> Option<&ComponentCache> {
+        self.inner.cache.as_ref()
+    }
+
+    /// Reads a file and prepares it (see [`Runtime::prepare`]).
+    pub fn prepare_file(&self, path: &Path) -> Result<Prepared, Error> {
+        let bytes = std::fs::read(path).map_err(|source| Error::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.prepare(bytes, &path.display().to_string())
+    }
+
+    /// Checks that `bytes` are a component or a core module, adapts a core
+    /// module with the WASI preview1 adapter, and looks in the cache.
+    pub fn prepare(&self, bytes: Vec<u8>, origin: &str) -> Result<Prepared, Error> {
+        let digest = digest_of(&bytes);
+        let (component_bytes, adapted) = to_component(bytes, origin)?;
+        let cached = self
+            .inner
+            .cache
+            .as_ref()
+            .is_some_and(|c| c.contains(&digest));
+        Ok(Prepared {
+            origin: origin.to_string(),
+            digest,
+            component_bytes: Arc::new(component_bytes),
+            adapted,
+            cached,
+        })
+    }
+
+    /// Compiles (or loads from the cache) and pre-instantiates a prepared
+    /// component under `grants`. This is CPU-bound; async callers should run
+    /// it on a blocking thread.
+    pub fn load(&self, prepared: &Prepared, grants: Grants) -> Result<LoadedComponent, Error> {
+        let (component, cache_status) = self.compile(prepared)?;
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| Error::Link {
+                origin: prepared.origin.clone(),
+                message: format!("{e:#}"),
+            })?;
+        let functions =
+            schema::functions(&self.inner.engine, &component, &prepared.component_bytes);
+        Ok(LoadedComponent::new(
+            self.clone(),
+            prepared.clone(),
+            pre,
+            functions,
+            grants,
+            cache_status,
+        ))
+    }
+
+    /// Prepares and loads a file in one step.
+    pub fn load_file(&self, path: &Path, grants: Grants) -> Result<LoadedComponent, Error> {
+        let prepared = self.prepare_file(path)?;
+        self.load(&prepared, grants)
+    }
+
+    fn compile(&self, p: &Prepared) -> Result<(Component, CacheStatus), Error> {
+        let engine = &self.inner.engine;
+        let compile = || {
+            Component::from_binary(engine, &p.component_bytes).map_err(|e| Error::Compile {
+                origin: p.origin.clone(),
+                message: format!("{e:#}"),
+            })
+        };
+        let Some(cache) = &self.inner.cache else {
+            return Ok((compile()?, CacheStatus::Disabled));
+        };
+        let status = match cache.load(engine, &p.digest) {
+            Ok(Some(c)) => return Ok((c, CacheStatus::Hit)),
+            Ok(None) => CacheStatus::Miss,
+            Err(reason) => CacheStatus::Rejected(reason),
+        };
+        let component = compile()?;
+        if let Err(e) = cache.store(&p.digest, &component) {
+            tracing::warn!("cannot write compile cache entry: {e}");
+        }
+        Ok((component, status))
+    }
+}
+
+/// Turns input bytes into component bytes.
+fn to_component(bytes: Vec<u8>, origin: &str) -> Result<(Vec<u8>, bool), Error> {
+    if wasmparser::Parser::is_component(&bytes) {
+        return Ok((bytes, false));
+    }
+    if !wasmparser::Parser::is_core_wasm(&bytes) {
+        let message = if bytes.len() < 8 {
+            format!(
+                "file is {} bytes long, too short for a wasm header",
+                bytes.len()
+            )
+        } else if bytes.starts_with(b"\0asm") {
+            format!("unsupported wasm version/layer bytes {:02x?}", &bytes[4..8])
+        } else {
+            "missing the `\\0asm` magic number".to_string()
+        };
+        return Err(Error::NotWasm {
+            origin: origin.to_string(),
+            message,
+        });
+    }
+    let adapter = if exports_start(&bytes) {
+        wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER
+    } else {
+        wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER
+    };
+    let adapt_err = |e: wasmtime::Error| Error::Adapt {
+        origin: origin.to_string(),
+        message: format!("{e:#}"),
+    };
+    let encoded = wit_component::ComponentEncoder::default()
+        .validate(true)
+        .module(&bytes)
+        .map_err(|e| adapt_err(wasmtime::Error::msg(format!("{e:#}"))))?
+        .adapter(
+            wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME,
+            adapter,
+        )
+        .map_err(|e| adapt_err(wasmtime::Error::msg(format!("{e:#}"))))?
+        .encode()
+        .map_err(|e| adapt_err(wasmtime::Error::msg(format!("{e:#}"))))?;
+    Ok((encoded, true))
+}
+
+/// Whether a core module exports `_start` (a WASI command).
+fn exports_start(bytes: &[u8]) -> bool {
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        if let Ok(wasmparser::Payload::ExportSection(reader)) = payload {
+            return reader.into_iter().flatten().any(|e| e.name == "_start");
+        }
+    }
+    false
+}
+
+fn spawn_ticker(engine: wasmtime::EngineWeak, stop: Arc<AtomicBool>) {
+    std::thread::Builder::new()
+        .name("tessera-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                match engine.upgrade() {
+                    Some(e) => e.increment_epoch(),
+                    None => break,
+                }
+            }
+        })
+        .expect("spawning the epoch ticker thread");
+}
