@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 /// (files, outbound HTTP hosts, environment variables) and runs under fuel,
 /// wall-clock, memory, concurrency and output limits.
 #[derive(Debug, Parser)]
-#[command(name = "tessera", version, propagate_version = true)]
+#[command(name = "tessera", version, propagate_version = true, after_help = EXIT_CODES)]
 struct Cli {
     #[command(flatten)]
     global: setup::GlobalArgs,
@@ -28,8 +28,17 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// Call an exported function with JSON arguments, in a fresh sandboxed
     /// instance, and print the JSON result.
+    #[command(after_help = EXIT_CODES)]
     Call(cmd::call::Args),
 }
+
+const EXIT_CODES: &str = "Exit codes:
+  0  success
+  1  internal error
+  2  bad input (usage, JSON arguments, manifest, component file, function name)
+  3  the guest returned the `err` case of a WIT result
+  4  the guest trapped or hit a limit (fuel, deadline, memory, stack, output, concurrency)
+  5  the call failed and a grant denied something during it (HTTP host, ...)";
 
 fn main() {
     let cli = Cli::parse();

@@ -23,8 +23,9 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-const MAGIC: &[u8; 16] = b"tessera-cwasm-1\n";
-const HEADER_LEN: usize = MAGIC.len() + 32 + 8;
+const MAGIC: &[u8; 16] = b"tessera-cwasm-2\n";
+/// Magic, component digest, payload SHA-256, payload length.
+const HEADER_LEN: usize = MAGIC.len() + 32 + 32 + 8;
 
 /// What a cache lookup found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,7 +99,7 @@ impl ComponentCache {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.reject(&path, format!("unreadable: {e}"))),
         };
-        let payload = match check_entry(&bytes) {
+        let payload = match check_entry(&bytes, digest) {
             Ok(p) => p,
             Err(reason) => return Err(self.reject(&path, reason)),
         };
@@ -134,6 +135,7 @@ impl ComponentCache {
         {
             let mut f = fs::File::create(&tmp)?;
             f.write_all(MAGIC)?;
+            f.write_all(&digest_bytes(digest))?;
             f.write_all(&Sha256::digest(&payload))?;
             f.write_all(&(payload.len() as u64).to_le_bytes())?;
             f.write_all(&payload)?;
@@ -143,12 +145,28 @@ impl ComponentCache {
     }
 }
 
-fn check_entry(bytes: &[u8]) -> Result<&[u8], String> {
+fn digest_bytes(digest: &str) -> [u8; 32] {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    let mut out = [0u8; 32];
+    if hex::decode_to_slice(hex, &mut out).is_err() {
+        // Not a SHA-256 digest: key the header by a hash of the name instead.
+        out.copy_from_slice(&Sha256::digest(digest.as_bytes()));
+    }
+    out
+}
+
+fn check_entry<'a>(bytes: &'a [u8], digest: &str) -> Result<&'a [u8], String> {
     if bytes.len() < HEADER_LEN || &bytes[..MAGIC.len()] != MAGIC {
         return Err("not a Tessera cache entry (bad header)".into());
     }
-    let sum = &bytes[MAGIC.len()..MAGIC.len() + 32];
-    let len_bytes: [u8; 8] = bytes[MAGIC.len() + 32..HEADER_LEN]
+    let mut at = MAGIC.len();
+    if bytes[at..at + 32] != digest_bytes(digest) {
+        return Err("entry belongs to another component (digest mismatch)".into());
+    }
+    at += 32;
+    let sum = &bytes[at..at + 32];
+    at += 32;
+    let len_bytes: [u8; 8] = bytes[at..HEADER_LEN]
         .try_into()
         .map_err(|_| "bad header".to_string())?;
     let len = u64::from_le_bytes(len_bytes);

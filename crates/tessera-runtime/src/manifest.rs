@@ -169,7 +169,8 @@ impl Default for Limits {
 /// An outbound HTTP allow-list entry: `scheme://host[:port]`.
 ///
 /// `host` may start with `*.` to match any subdomain (not the bare domain),
-/// or be `*` alone to match any host. `port` may be `*` for any port. A
+/// or be `*` alone to match any host name (IP literals and `localhost` must
+/// always be listed explicitly). `port` may be `*` for any port. A
 /// pattern without a port matches the scheme's default port only.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct HostPattern {
@@ -251,7 +252,8 @@ impl HostPattern {
             return false;
         }
         if self.host == "*" {
-            return true;
+            // IP literals and localhost are reachable only when listed.
+            return !is_ip_or_localhost(host);
         }
         match self.host.strip_prefix("*.") {
             Some(domain) => host
@@ -260,6 +262,12 @@ impl HostPattern {
             None => self.host == host,
         }
     }
+}
+
+/// Whether `host` is an IP literal (v4, or bracketed v6) or a localhost name.
+pub fn is_ip_or_localhost(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.parse::<std::net::IpAddr>().is_ok() || host == "localhost" || host.ends_with(".localhost")
 }
 
 fn split_host_port(rest: &str) -> Result<(&str, Option<&str>), String> {
@@ -500,6 +508,11 @@ mod tests {
         assert!(!p.matches("https", "api.example.com", 8443));
         assert!(!p.matches("http", "api.example.com", 443));
         assert!(!p.matches("https", "evilexample.com", 443));
+        let any = HostPattern::parse("https://*:*").unwrap();
+        assert!(any.matches("https", "example.org", 8443));
+        assert!(!any.matches("https", "10.0.0.1", 443));
+        assert!(!any.matches("https", "[::1]", 443));
+        assert!(!any.matches("https", "localhost", 443));
         let p = HostPattern::parse("http://127.0.0.1:*").unwrap();
         assert!(p.matches("http", "127.0.0.1", 8080));
         let p = HostPattern::parse("http://localhost").unwrap();

@@ -283,39 +283,87 @@ fn tagged(name: &str, schema: Value) -> Value {
 }
 
 /// Doc comments of exported functions, keyed by (interface, function).
+///
+/// Two sources, both produced by standard tooling: the `package-docs`
+/// section (world-level docs, read by `wit_component::decode`), and a
+/// `wit-package` custom section holding the component's whole WIT package in
+/// binary form (as `wasm-tools component wit --wasm` writes it), which also
+/// carries docs of functions inside exported interfaces.
 fn wit_docs(bytes: &[u8]) -> HashMap<(Option<String>, String), String> {
     use wit_parser::{WorldItem, WorldKey};
     let mut out = HashMap::new();
-    let Ok(wit_component::DecodedWasm::Component(resolve, world)) = wit_component::decode(bytes)
-    else {
-        return out;
-    };
-    let world = &resolve.worlds[world];
-    for (key, item) in &world.exports {
-        match item {
-            WorldItem::Function(f) => {
-                if let Some(d) = &f.docs.contents {
-                    out.insert((None, f.name.clone()), d.trim().to_string());
-                }
-            }
-            WorldItem::Interface { id, .. } => {
-                let iface_name = match key {
-                    WorldKey::Name(n) => n.clone(),
-                    WorldKey::Interface(_) => resolve.name_world_key(key),
-                };
-                for (fname, f) in &resolve.interfaces[*id].functions {
+    if let Ok(wit_component::DecodedWasm::Component(resolve, world)) = wit_component::decode(bytes)
+    {
+        let world = &resolve.worlds[world];
+        for (key, item) in &world.exports {
+            match item {
+                WorldItem::Function(f) => {
                     if let Some(d) = &f.docs.contents {
-                        out.insert(
-                            (Some(iface_name.clone()), fname.clone()),
-                            d.trim().to_string(),
-                        );
+                        out.insert((None, f.name.clone()), d.trim().to_string());
                     }
                 }
+                WorldItem::Interface { id, .. } => {
+                    let iface_name = match key {
+                        WorldKey::Name(n) => n.clone(),
+                        WorldKey::Interface(_) => resolve.name_world_key(key),
+                    };
+                    collect_interface_docs(&resolve, *id, &iface_name, &mut out);
+                }
+                WorldItem::Type { .. } => {}
             }
-            WorldItem::Type { .. } => {}
+        }
+    }
+    if let Some(section) = custom_section(bytes, "wit-package")
+        && let Ok(wit_component::DecodedWasm::WitPackage(resolve, pkg)) =
+            wit_component::decode(section)
+    {
+        for (_, id) in &resolve.packages[pkg].interfaces {
+            let Some(name) = resolve.id_of(*id) else {
+                continue;
+            };
+            collect_interface_docs(&resolve, *id, &name, &mut out);
+        }
+        for (_, w) in &resolve.packages[pkg].worlds {
+            for (_, item) in &resolve.worlds[*w].exports {
+                if let WorldItem::Function(f) = item
+                    && let Some(d) = &f.docs.contents
+                {
+                    out.entry((None, f.name.clone()))
+                        .or_insert_with(|| d.trim().to_string());
+                }
+            }
         }
     }
     out
+}
+
+fn collect_interface_docs(
+    resolve: &wit_parser::Resolve,
+    id: wit_parser::InterfaceId,
+    iface_name: &str,
+    out: &mut HashMap<(Option<String>, String), String>,
+) {
+    for (fname, f) in &resolve.interfaces[id].functions {
+        if let Some(d) = &f.docs.contents {
+            out.entry((Some(iface_name.to_string()), fname.clone()))
+                .or_insert_with(|| d.trim().to_string());
+        }
+    }
+}
+
+/// The payload of the first top-level custom section called `name`.
+fn custom_section<'a>(bytes: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload {
+            Ok(wasmparser::Payload::CustomSection(c)) if c.name() == name => return Some(c.data()),
+            // Only the outer component's sections: skip nested modules/components.
+            Ok(wasmparser::Payload::ModuleSection { .. })
+            | Ok(wasmparser::Payload::ComponentSection { .. }) => {}
+            Err(_) => return None,
+            _ => {}
+        }
+    }
+    None
 }
 
 /// A WIT-like rendering of a type, for human output.

@@ -1,0 +1,120 @@
+//! Shared helpers: locating built components, runtimes, local HTTP servers.
+#![allow(dead_code, missing_docs)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use tessera_runtime::audit::MemoryAudit;
+use tessera_runtime::{CallOutcome, Grants, LoadedComponent, Runtime, RuntimeConfig};
+
+pub fn component(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../components")
+        .join(format!("{name}.wasm"));
+    assert!(
+        p.is_file(),
+        "{} is missing: build the example components with `scripts/build-components.sh`",
+        p.display()
+    );
+    p
+}
+
+pub fn runtime() -> Runtime {
+    Runtime::new(RuntimeConfig::default()).expect("runtime")
+}
+
+pub fn runtime_with_audit() -> (Runtime, Arc<MemoryAudit>) {
+    let audit = Arc::new(MemoryAudit::default());
+    let rt = Runtime::new(RuntimeConfig {
+        audit: audit.clone(),
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime");
+    (rt, audit)
+}
+
+pub fn grants(toml: &str) -> Grants {
+    Grants::from_toml(toml, "test-manifest.toml", Path::new(".")).expect("manifest")
+}
+
+pub fn load(rt: &Runtime, name: &str, toml: &str) -> LoadedComponent {
+    rt.load_file(&component(name), grants(toml)).expect("load")
+}
+
+pub async fn call(c: &LoadedComponent, f: &str, args: Value) -> CallOutcome {
+    c.call_json(f, &args).await.expect("call accepted")
+}
+
+pub async fn call_ok(c: &LoadedComponent, f: &str, args: Value) -> Value {
+    let o = call(c, f, args).await;
+    match o.result {
+        Ok(v) => v,
+        Err(e) => panic!(
+            "{f} failed: {e}\nstderr: {}",
+            String::from_utf8_lossy(&o.output.stderr)
+        ),
+    }
+}
+
+/// A tiny HTTP/1.1 server on 127.0.0.1 that records every request line it
+/// receives. `/redirect?to=URL` answers 302 to URL; anything else answers 200
+/// with body `hello from <path>`.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl TestServer {
+    pub fn start(ip: &str) -> Self {
+        let listener = TcpListener::bind(format!("{ip}:0")).expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).is_err() {
+                        return;
+                    }
+                    // Drain headers.
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                            break;
+                        }
+                    }
+                    let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    log.lock().unwrap().push(path.clone());
+                    let resp = if let Some(to) = path.strip_prefix("/redirect?to=") {
+                        format!(
+                            "HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        )
+                    } else {
+                        let body = format!("hello from {path}");
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Test: yes\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                    };
+                    let _ = stream.write_all(resp.as_bytes());
+                });
+            }
+        });
+        Self { addr, seen }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}

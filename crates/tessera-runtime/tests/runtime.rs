@@ -1,0 +1,838 @@
+//! Integration tests of the runtime against the real example components.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+use tessera_runtime::{
+    CacheStatus, CallFailure, Decision, Error, LimitHit, Runtime, RuntimeConfig,
+};
+
+// ---------------------------------------------------------------- JSON ↔ WIT
+
+#[tokio::test]
+async fn every_wit_type_round_trips() {
+    let rt = runtime();
+    let hello = load(&rt, "hello", "");
+    let cases: Vec<(&str, Value)> = vec![
+        ("echo-bool", json!(true)),
+        ("echo-s8", json!(-128)),
+        ("echo-u8", json!(255)),
+        ("echo-s16", json!(-32768)),
+        ("echo-u16", json!(65535)),
+        ("echo-s32", json!(i32::MIN)),
+        ("echo-u32", json!(u32::MAX)),
+        ("echo-s64", json!(i64::MIN)),
+        ("echo-u64", json!(u64::MAX)),
+        ("echo-f32", json!(1.5)),
+        ("echo-f64", json!(-2.25e300)),
+        ("echo-f64", json!("NaN")),
+        ("echo-f64", json!("-Infinity")),
+        ("echo-char", json!("é")),
+        ("echo-char", json!("🦀")),
+        ("echo-string", json!("multi\nline \"quoted\" ✓")),
+        ("echo-list", json!([1, 2, 3, 4294967295u32])),
+        ("echo-list", json!([])),
+        ("echo-bytes", json!([0, 127, 255])),
+        ("echo-tuple", json!([7, "seven", false])),
+        ("echo-point", json!({"x": -1, "y": 2})),
+        (
+            "echo-items",
+            json!([{"id": 1, "name": "a", "tags": ["x", "y"], "color": "green"},
+                   {"id": 2, "name": "b", "tags": [], "color": null}]),
+        ),
+        ("echo-shape", json!({"circle": 2.5})),
+        ("echo-shape", json!({"rect": {"x": 3, "y": 4}})),
+        ("echo-shape", json!("empty")),
+        ("echo-color", json!("blue")),
+        ("echo-option", json!("some text")),
+        ("echo-option", json!(null)),
+        ("echo-nested-option", json!(null)),
+        ("echo-nested-option", json!({"some": null})),
+        ("echo-nested-option", json!({"some": 5})),
+        ("echo-result", json!({"ok": 9})),
+        ("echo-result", json!({"err": "bad"})),
+        ("echo-unit-result", json!({"ok": null})),
+        ("echo-unit-result", json!({"err": null})),
+        ("echo-perms", json!(["read", "exec"])),
+        ("echo-perms", json!([])),
+    ];
+    for (f, v) in cases {
+        let param = if f == "echo-items" { "items" } else { "v" };
+        let out = call_ok(&hello, &format!("types#{f}"), json!({ param: v.clone() })).await;
+        assert_eq!(out, v, "{f} did not round-trip");
+    }
+    // A record field of option type may be omitted and comes back as null.
+    let out = call_ok(
+        &hello,
+        "types#echo-items",
+        json!({"items": [{"id": 1, "name": "a", "tags": []}]}),
+    )
+    .await;
+    assert_eq!(
+        out,
+        json!([{"id": 1, "name": "a", "tags": [], "color": null}])
+    );
+    // Functions without a result return null; guest errors are results.
+    assert_eq!(
+        call_ok(&hello, "types#no-result", json!({"v": 1})).await,
+        json!(null)
+    );
+    let o = call(&hello, "divide", json!({"a": 1, "b": 0})).await;
+    assert_eq!(
+        o.result.clone().unwrap(),
+        json!({"err": "division by zero"})
+    );
+    assert!(o.guest_error);
+    let o = call(&hello, "divide", json!({"a": 7, "b": 2})).await;
+    assert_eq!(o.result.unwrap(), json!({"ok": 3}));
+    assert!(!o.guest_error);
+}
+
+#[tokio::test]
+async fn bad_arguments_name_the_json_path_and_type() {
+    let rt = runtime();
+    let hello = load(&rt, "hello", "");
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "types#echo-items",
+            json!({"items": [{"id": 1, "name": "a", "tags": []}, {"id": 1, "name": "a", "tags": []},
+                             {"id": 1, "name": "a", "tags": []}, {"id": 300, "name": "b", "tags": []}]}),
+            "$.items[3].id: expected u8 (0..=255), got 300",
+        ),
+        (
+            "types#echo-u8",
+            json!({"v": -1}),
+            "$.v: expected u8 (0..=255), got -1",
+        ),
+        ("types#echo-u8", json!({"v": 1.5}), "$.v: expected u8"),
+        (
+            "types#echo-s64",
+            json!({"v": 9223372036854775808u64}),
+            "$.v: expected s64",
+        ),
+        ("types#echo-char", json!({"v": "ab"}), "$.v: expected char"),
+        (
+            "types#echo-color",
+            json!({"v": "purple"}),
+            "$.v: expected enum (one of red, green, blue)",
+        ),
+        (
+            "types#echo-point",
+            json!({"v": {"x": 1}}),
+            "$.v.y: missing field",
+        ),
+        (
+            "types#echo-point",
+            json!({"v": {"x": 1, "y": 2, "z": 3}}),
+            "$.v.z: unknown field",
+        ),
+        (
+            "types#echo-tuple",
+            json!({"v": [1, "a"]}),
+            "$.v: expected tuple",
+        ),
+        (
+            "types#echo-shape",
+            json!({"v": {"rect": {"x": "1", "y": 2}}}),
+            "$.v.rect.x: expected s32",
+        ),
+        (
+            "types#echo-shape",
+            json!({"v": "circle"}),
+            "case `circle` needs a payload",
+        ),
+        (
+            "types#echo-perms",
+            json!({"v": ["read", "fly"]}),
+            "$.v[1]: expected flags",
+        ),
+        (
+            "types#echo-result",
+            json!({"v": {"maybe": 1}}),
+            "$.v: expected result",
+        ),
+        (
+            "greet",
+            json!({}),
+            "$.name: missing parameter of type string",
+        ),
+        (
+            "greet",
+            json!({"name": "a", "extra": 1}),
+            "$.extra: unknown parameter",
+        ),
+        ("greet", json!([1]), "$: arguments must be a JSON object"),
+    ];
+    for (f, args, expected) in cases {
+        match hello.call_json(f, &args).await {
+            Err(Error::BadArguments { error, .. }) => {
+                assert!(
+                    error.to_string().contains(expected),
+                    "{f} {args}: got `{error}`, expected `{expected}`"
+                );
+            }
+            other => panic!("{f} {args}: expected BadArguments, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn function_names_resolve_and_unknown_names_list_the_choices() {
+    let rt = runtime();
+    let hello = load(&rt, "hello", "");
+    for name in [
+        "types#echo-u8",
+        "types.echo-u8",
+        "echo-u8",
+        "tessera:hello/types@0.1.0#echo-u8",
+    ] {
+        assert_eq!(
+            call_ok(&hello, name, json!({"v": 5})).await,
+            json!(5),
+            "{name}"
+        );
+    }
+    match hello.call_json("nope", &json!({})).await {
+        Err(Error::NoSuchFunction { available, .. }) => assert!(available.contains("greet")),
+        other => panic!("{other:?}"),
+    }
+    match hello.call_json("make-counter", &json!({"start": 1})).await {
+        Err(Error::NotCallable { reason, .. }) => assert!(reason.contains("resource"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn schemas_match_golden_file() {
+    let rt = runtime();
+    let hello = load(&rt, "hello", "");
+    let doc: Vec<Value> = hello.functions().iter().map(|f| f.to_json()).collect();
+    let actual = serde_json::to_string_pretty(&doc).unwrap() + "\n";
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/hello.schema.json");
+    if std::env::var_os("TESSERA_BLESS").is_some() {
+        std::fs::create_dir_all(golden.parent().unwrap()).unwrap();
+        std::fs::write(&golden, &actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&golden)
+        .expect("golden file missing: run the tests with TESSERA_BLESS=1 to create it");
+    assert_eq!(
+        actual, expected,
+        "schemas changed: review, then re-bless with TESSERA_BLESS=1"
+    );
+}
+
+#[test]
+fn schemas_have_exact_integer_ranges_and_docs() {
+    let rt = runtime();
+    let hello = load(&rt, "hello", "");
+    let f = hello.function("types#echo-s64").unwrap();
+    assert_eq!(
+        f.params_schema["properties"]["v"],
+        json!({"type": "integer", "minimum": i64::MIN, "maximum": i64::MAX, "format": "int64"})
+    );
+    let f = hello.function("types#echo-u64").unwrap();
+    assert_eq!(f.result_schema["maximum"], json!(u64::MAX));
+    let greet = hello.function("greet").unwrap();
+    assert!(
+        greet.docs.as_deref().unwrap_or("").contains("Greets"),
+        "WIT doc comment missing: {:?}",
+        greet.docs
+    );
+    assert_eq!(greet.params_schema["required"], json!(["name"]));
+}
+
+// ---------------------------------------------------------------- isolation
+
+#[tokio::test]
+async fn each_call_gets_a_fresh_instance() {
+    let rt = runtime();
+    let hello = load(&rt, "hello", "");
+    for _ in 0..3 {
+        assert_eq!(call_ok(&hello, "bump", json!({})).await, json!(1));
+    }
+}
+
+#[tokio::test]
+async fn a_trap_is_a_result_and_the_next_call_works() {
+    let rt = runtime();
+    let hello = load(&rt, "hello", "");
+    let o = call(&hello, "types#fail", json!({"msg": "boom"})).await;
+    match &o.result {
+        Err(CallFailure::Trap { message, .. }) => assert!(message.contains("fail"), "{message}"),
+        other => panic!("expected a trap, got {other:?}"),
+    }
+    assert!(String::from_utf8_lossy(&o.output.stderr).contains("boom"));
+    assert_eq!(
+        call_ok(&hello, "greet", json!({"name": "again"})).await,
+        json!("Hello, again!")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spinning_call_does_not_block_concurrent_calls() {
+    let rt = runtime();
+    let spin = load(
+        &rt,
+        "spin",
+        "[limits]\ntimeout_ms = 1500\nfuel = 100000000000\n",
+    );
+    let hello = load(&rt, "hello", "");
+    let spinning = tokio::spawn(async move { spin.call_json("spin", &json!({})).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for i in 0..20 {
+        let name = format!("n{i}");
+        assert_eq!(
+            call_ok(&hello, "greet", json!({"name": name})).await,
+            json!(format!("Hello, {name}!"))
+        );
+    }
+    assert!(!spinning.is_finished(), "spin should still be running");
+    let o = spinning.await.unwrap().unwrap();
+    assert_eq!(o.result, Err(CallFailure::Limit(LimitHit::Deadline(1500))));
+}
+
+#[tokio::test]
+async fn guest_output_and_logs_are_captured() {
+    let rt = runtime();
+    let hello = load(&rt, "hello", "");
+    let o = call(&hello, "chatter", json!({"msg": "ping"})).await;
+    assert_eq!(o.result.clone().unwrap(), json!(4));
+    assert_eq!(String::from_utf8_lossy(&o.output.stdout), "stdout: ping\n");
+    assert_eq!(String::from_utf8_lossy(&o.output.stderr), "stderr: ping\n");
+    assert_eq!(o.output.logs.len(), 1);
+    assert_eq!(o.output.logs[0].message, "ping");
+    assert_eq!(o.output.logs[0].context, "hello");
+}
+
+// ---------------------------------------------------------------- limits
+
+#[tokio::test]
+async fn fuel_limit() {
+    let rt = runtime();
+    let spin = load(&rt, "spin", "[limits]\nfuel = 1000000\n");
+    assert!(
+        call(&spin, "count", json!({"n": 1000}))
+            .await
+            .result
+            .is_ok()
+    );
+    let o = call(&spin, "count", json!({"n": 100000000})).await;
+    match o.result {
+        Err(CallFailure::Limit(hit)) => {
+            assert_eq!(hit, LimitHit::Fuel(1_000_000));
+            assert_eq!(hit.to_string(), "fuel exhausted (limit 1000000)");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        o.audit
+            .iter()
+            .any(|e| e.capability == "fuel" && e.decision == Decision::Limit)
+    );
+}
+
+#[tokio::test]
+async fn deadline_stops_a_tight_loop() {
+    let (rt, audit) = runtime_with_audit();
+    let spin = load(
+        &rt,
+        "spin",
+        "[limits]\ntimeout_ms = 200\nfuel = 1000000000000\n",
+    );
+    let o = call(&spin, "spin", json!({})).await;
+    assert_eq!(o.result, Err(CallFailure::Limit(LimitHit::Deadline(200))));
+    let events = audit.take();
+    let e = events
+        .iter()
+        .find(|e| e.capability == "deadline")
+        .expect("audit event");
+    assert_eq!(e.decision, Decision::Limit);
+    assert_eq!(e.component, spin.digest());
+    assert!(e.function.ends_with("spin"));
+}
+
+#[tokio::test]
+async fn memory_limit() {
+    let rt = runtime();
+    let hog = load(&rt, "memory-hog", "[limits]\nmemory_mb = 32\n");
+    assert_eq!(call_ok(&hog, "hog", json!({"mib": 8})).await, json!(8));
+    let o = call(&hog, "hog", json!({"mib": 64})).await;
+    match o.result {
+        Err(CallFailure::Limit(hit)) => assert_eq!(hit.to_string(), "memory limit 32 MiB exceeded"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn stack_limit() {
+    let rt = runtime();
+    let r = load(&rt, "deep-recursion", "");
+    assert_eq!(
+        call_ok(&r, "recurse", json!({"depth": 100})).await,
+        json!(100)
+    );
+    let o = call(&r, "recurse", json!({"depth": 100000000})).await;
+    assert_eq!(o.result, Err(CallFailure::Limit(LimitHit::Stack)));
+}
+
+#[tokio::test]
+async fn output_limit() {
+    let rt = runtime();
+    let hello = load(&rt, "hello", "[limits]\nmax_output_bytes = 64\n");
+    assert!(
+        call(&hello, "chatter", json!({"msg": "short"}))
+            .await
+            .result
+            .is_ok()
+    );
+    let o = call(&hello, "chatter", json!({"msg": "x".repeat(100)})).await;
+    match o.result {
+        Err(CallFailure::Limit(LimitHit::Output { limit: 64, .. })) => {}
+        other => panic!("{other:?}"),
+    }
+    let o = call(&hello, "types#echo-string", json!({"v": "y".repeat(100)})).await;
+    assert_eq!(
+        o.result,
+        Err(CallFailure::Limit(LimitHit::Output {
+            stream: "result",
+            limit: 64
+        }))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_limit() {
+    let rt = runtime();
+    let spin = load(
+        &rt,
+        "spin",
+        "[limits]\nmax_concurrent = 1\ntimeout_ms = 400\nfuel = 1000000000000\n",
+    );
+    let first = {
+        let spin = spin.clone();
+        tokio::spawn(async move { spin.call_json("spin", &json!({})).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    match spin.call_json("count", &json!({"n": 1})).await {
+        Err(Error::Busy { limit: 1 }) => {}
+        other => panic!("expected Busy, got {other:?}"),
+    }
+    first.await.unwrap().unwrap();
+    // Once the first call is done, the slot is free again.
+    assert!(call(&spin, "count", json!({"n": 1})).await.result.is_ok());
+}
+
+// ---------------------------------------------------------------- cache
+
+#[test]
+fn compile_cache_hit_miss_and_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let make = || {
+        Runtime::new(RuntimeConfig {
+            cache_dir: Some(dir.path().to_path_buf()),
+            ..RuntimeConfig::default()
+        })
+        .unwrap()
+    };
+    let rt = make();
+    let path = component("hello");
+    let first = rt.load_file(&path, grants("")).unwrap();
+    assert_eq!(first.cache_status(), &CacheStatus::Miss);
+    let second = make().load_file(&path, grants("")).unwrap();
+    assert_eq!(second.cache_status(), &CacheStatus::Hit);
+
+    let entry = rt.cache().unwrap().entry_path(first.digest());
+    // Flip one byte in the payload: detected, recompiled, replaced.
+    let mut bytes = std::fs::read(&entry).unwrap();
+    let n = bytes.len();
+    bytes[n - 100] ^= 0xff;
+    std::fs::write(&entry, &bytes).unwrap();
+    let third = make().load_file(&path, grants("")).unwrap();
+    assert!(
+        matches!(third.cache_status(), CacheStatus::Rejected(r) if r.contains("checksum")),
+        "{:?}",
+        third.cache_status()
+    );
+    assert_eq!(
+        make().load_file(&path, grants("")).unwrap().cache_status(),
+        &CacheStatus::Hit
+    );
+
+    // Truncated entry.
+    std::fs::write(&entry, &bytes[..40]).unwrap();
+    assert!(matches!(
+        make().load_file(&path, grants("")).unwrap().cache_status(),
+        CacheStatus::Rejected(_)
+    ));
+
+    // A valid entry of another component copied over this one: foreign.
+    let spin = make().load_file(&component("spin"), grants("")).unwrap();
+    let spin_entry = rt.cache().unwrap().entry_path(spin.digest());
+    std::fs::copy(&spin_entry, &entry).unwrap();
+    let c = make().load_file(&path, grants("")).unwrap();
+    assert!(
+        matches!(c.cache_status(), CacheStatus::Rejected(r) if r.contains("another component")),
+        "{:?}",
+        c.cache_status()
+    );
+    // And the component still works after all this.
+    let rt2 = make();
+    let hello = rt2.load_file(&path, grants("")).unwrap();
+    let out = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(hello.call_json("greet", &json!({"name": "cache"})))
+        .unwrap();
+    assert_eq!(out.result.unwrap(), json!("Hello, cache!"));
+}
+
+// ---------------------------------------------------------------- loading
+
+#[tokio::test]
+async fn wasip1_core_module_runs_through_the_adapter() {
+    let rt = runtime();
+    let m = load(
+        &rt,
+        "p1-command",
+        "args = [\"one\", \"two\"]\n[env]\nset = { GREETING = \"hi there\" }\n",
+    );
+    assert!(m.adapted());
+    let o = call(&m, "run", json!({})).await;
+    assert_eq!(o.result.clone().unwrap(), json!({"ok": null}));
+    let out = String::from_utf8_lossy(&o.output.stdout).to_string();
+    assert!(out.contains("hello from wasip1"), "{out}");
+    assert!(out.contains("one") && out.contains("two"), "{out}");
+    assert!(out.contains("hi there"), "{out}");
+    // Denied case: no env granted.
+    let bare = load(&rt, "p1-command", "");
+    let out =
+        String::from_utf8_lossy(&call(&bare, "run", json!({})).await.output.stdout).to_string();
+    assert!(out.contains("GREETING unset"), "{out}");
+    assert!(!out.contains("one"), "{out}");
+}
+
+#[test]
+fn malformed_components_are_clear_errors() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"this is not wasm at all").unwrap();
+    let e = rt.load_file(&garbage, grants("")).unwrap_err();
+    assert!(matches!(e, Error::NotWasm { .. }), "{e}");
+    assert!(e.to_string().contains("garbage.wasm"), "{e}");
+
+    let truncated = dir.path().join("truncated.wasm");
+    let bytes = std::fs::read(component("hello")).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let e = rt.load_file(&truncated, grants("")).unwrap_err();
+    assert!(matches!(e, Error::Compile { .. }), "{e}");
+
+    let missing = rt
+        .load_file(&dir.path().join("missing.wasm"), grants(""))
+        .unwrap_err();
+    assert!(matches!(missing, Error::Read { .. }), "{missing}");
+    // The runtime carries on.
+    assert!(rt.load_file(&component("hello"), grants("")).is_ok());
+}
+
+// ---------------------------------------------------------------- HTTP grants
+
+#[tokio::test]
+async fn http_allowed_host_is_reached() {
+    let server = TestServer::start("127.0.0.1");
+    let rt = runtime();
+    let fetch = load(
+        &rt,
+        "http-fetch",
+        &format!(
+            "[http]\nallowed_outbound_hosts = [\"http://127.0.0.1:{}\"]\n",
+            server.addr.port()
+        ),
+    );
+    let o = call(&fetch, "fetch", json!({"url": server.url("/x")})).await;
+    let r = o.result.unwrap();
+    assert_eq!(r["ok"]["status"], json!(200));
+    assert_eq!(r["ok"]["body"], json!("hello from /x"));
+    assert_eq!(server.requests(), vec!["/x".to_string()]);
+    let e = o.audit.iter().find(|e| e.capability == "http").unwrap();
+    assert_eq!(e.decision, Decision::Allow);
+}
+
+#[tokio::test]
+async fn http_denied_requests_never_leave_the_process() {
+    let server = TestServer::start("127.0.0.1");
+    let (rt, audit) = runtime_with_audit();
+    let port = server.addr.port();
+    // Nothing granted.
+    let fetch = load(&rt, "http-fetch", "");
+    let o = call(&fetch, "fetch", json!({"url": server.url("/denied")})).await;
+    let r = o.result.clone().unwrap();
+    assert!(
+        r["err"].as_str().unwrap().contains("HttpRequestDenied"),
+        "{r}"
+    );
+    assert!(o.denied());
+    // Another port on the same host is not granted.
+    let other_port = load(
+        &rt,
+        "http-fetch",
+        &format!(
+            "[http]\nallowed_outbound_hosts = [\"http://127.0.0.1:{}\"]\n",
+            port.wrapping_add(1)
+        ),
+    );
+    assert!(
+        call(&other_port, "fetch", json!({"url": server.url("/port")}))
+            .await
+            .denied()
+    );
+    // `localhost` granted does not grant the IP literal, and `*` does not
+    // grant IP literals at all.
+    let by_name = load(
+        &rt,
+        "http-fetch",
+        "[http]\nallowed_outbound_hosts = [\"http://localhost:*\", \"http://*:*\"]\n",
+    );
+    assert!(
+        call(&by_name, "fetch", json!({"url": server.url("/ip")}))
+            .await
+            .denied()
+    );
+    // A pattern without a port is the default port only.
+    let no_port = load(
+        &rt,
+        "http-fetch",
+        "[http]\nallowed_outbound_hosts = [\"http://127.0.0.1\"]\n",
+    );
+    assert!(
+        call(
+            &no_port,
+            "fetch",
+            json!({"url": server.url("/default-port")})
+        )
+        .await
+        .denied()
+    );
+    assert!(
+        server.requests().is_empty(),
+        "denied requests arrived: {:?}",
+        server.requests()
+    );
+    let events = audit.take();
+    let denials: Vec<_> = events
+        .iter()
+        .filter(|e| e.decision == Decision::Deny)
+        .collect();
+    assert_eq!(denials.len(), 4, "{events:?}");
+    assert!(
+        denials
+            .iter()
+            .all(|e| e.capability == "http" && e.target.contains("127.0.0.1"))
+    );
+}
+
+#[tokio::test]
+async fn redirects_to_non_listed_hosts_are_not_followed() {
+    let allowed = TestServer::start("127.0.0.1");
+    let other = TestServer::start("127.0.0.2");
+    let rt = runtime();
+    let manifest = format!(
+        "[http]\nallowed_outbound_hosts = [\"http://127.0.0.1:{}\"]\n",
+        allowed.addr.port()
+    );
+    let net = load(&rt, "net-escape", &manifest);
+    // Redirect within the allowed host: followed.
+    let to_self = allowed.url(&format!("/redirect?to={}", allowed.url("/landed")));
+    assert_eq!(
+        call_ok(&net, "fetch-follow", json!({"url": to_self})).await,
+        json!({"ok": 200})
+    );
+    // Redirect to a non-listed host: refused, and never arrives there.
+    let away = allowed.url(&format!("/redirect?to={}", other.url("/stolen")));
+    let o = call(&net, "fetch-follow", json!({"url": away})).await;
+    assert!(
+        o.result.unwrap()["err"]
+            .as_str()
+            .unwrap()
+            .contains("HttpRequestDenied")
+    );
+    assert!(other.requests().is_empty(), "{:?}", other.requests());
+    // The plain fetcher returns the 3xx and follows nothing.
+    let fetch = load(&rt, "http-fetch", &manifest);
+    let r = call_ok(
+        &fetch,
+        "fetch",
+        json!({"url": allowed.url(&format!("/redirect?to={}", other.url("/x")))}),
+    )
+    .await;
+    assert_eq!(r["ok"]["status"], json!(302));
+    assert!(other.requests().is_empty());
+}
+
+#[tokio::test]
+async fn raw_sockets_env_and_args_are_denied_unless_granted() {
+    let server = TestServer::start("127.0.0.1");
+    let rt = runtime();
+    let net = load(&rt, "net-escape", "");
+    let r = call_ok(
+        &net,
+        "tcp-connect",
+        json!({"addr": server.addr.to_string()}),
+    )
+    .await;
+    assert!(r.get("err").is_some(), "{r}");
+    assert_eq!(call_ok(&net, "read-env", json!({})).await, json!([]));
+    // argv[0] is the function name; nothing else unless granted.
+    assert_eq!(
+        call_ok(&net, "read-args", json!({})).await,
+        json!(["read-args"])
+    );
+    assert!(server.requests().is_empty());
+    let granted = load(
+        &rt,
+        "net-escape",
+        "args = [\"--flag\"]\n[env]\nset = { MODE = \"test\" }\n",
+    );
+    assert_eq!(
+        call_ok(&granted, "read-env", json!({})).await,
+        json!([["MODE", "test"]])
+    );
+    assert_eq!(
+        call_ok(&granted, "read-args", json!({})).await,
+        json!(["read-args", "--flag"])
+    );
+}
+
+// ---------------------------------------------------------------- file grants
+
+#[tokio::test]
+async fn files_read_write_list_within_grants() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let ro = dir.path().join("ro");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&ro).unwrap();
+    std::fs::write(ro.join("fixed.txt"), "read me").unwrap();
+    let manifest = format!(
+        "[[files]]\nhost = \"{}\"\nguest = \"/data\"\nmode = \"rw\"\n\n[[files]]\nhost = \"{}\"\nguest = \"/ro\"\n",
+        data.display(),
+        ro.display()
+    );
+    let rt = runtime();
+    let fs = load(&rt, "fs-tool", &manifest);
+    assert_eq!(
+        call_ok(
+            &fs,
+            "write",
+            json!({"path": "/data/a.txt", "contents": "alpha"})
+        )
+        .await,
+        json!({"ok": null})
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("a.txt")).unwrap(),
+        "alpha"
+    );
+    assert_eq!(
+        call_ok(&fs, "read", json!({"path": "/data/a.txt"})).await,
+        json!({"ok": "alpha"})
+    );
+    assert_eq!(
+        call_ok(&fs, "list", json!({"path": "/data"})).await,
+        json!({"ok": ["a.txt"]})
+    );
+    assert_eq!(
+        call_ok(&fs, "read", json!({"path": "/ro/fixed.txt"})).await,
+        json!({"ok": "read me"})
+    );
+    // Read-only means read-only.
+    let r = call_ok(
+        &fs,
+        "write",
+        json!({"path": "/ro/new.txt", "contents": "x"}),
+    )
+    .await;
+    assert!(r.get("err").is_some(), "{r}");
+    let r = call_ok(
+        &fs,
+        "write",
+        json!({"path": "/ro/fixed.txt", "contents": "x"}),
+    )
+    .await;
+    assert!(r.get("err").is_some(), "{r}");
+    assert!(!ro.join("new.txt").exists());
+    assert_eq!(
+        std::fs::read_to_string(ro.join("fixed.txt")).unwrap(),
+        "read me"
+    );
+    // No grant: nothing is visible.
+    let bare = load(&rt, "fs-tool", "");
+    let r = call_ok(&bare, "read", json!({"path": "/data/a.txt"})).await;
+    assert!(r.get("err").is_some(), "{r}");
+}
+
+#[tokio::test]
+async fn file_escapes_are_impossible() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = dir.path().join("sandbox");
+    std::fs::create_dir_all(&sandbox).unwrap();
+    std::fs::write(dir.path().join("secret.txt"), "TOP SECRET").unwrap();
+    std::os::unix::fs::symlink(dir.path().join("secret.txt"), sandbox.join("link-out")).unwrap();
+    std::os::unix::fs::symlink(dir.path(), sandbox.join("dir-out")).unwrap();
+    let manifest = format!(
+        "[[files]]\nhost = \"{}\"\nguest = \"/sandbox\"\nmode = \"rw\"\n",
+        sandbox.display()
+    );
+    let rt = runtime();
+    let esc = load(&rt, "fs-escape", &manifest);
+    let secret_abs = dir.path().join("secret.txt").display().to_string();
+    for path in [
+        "/sandbox/../secret.txt",
+        "/sandbox/../../etc/passwd",
+        "/etc/passwd",
+        secret_abs.as_str(),
+        "/sandbox/link-out",
+        "/sandbox/dir-out/secret.txt",
+        "../secret.txt",
+    ] {
+        let r = call_ok(&esc, "attempt-read", json!({"path": path})).await;
+        assert!(r.get("err").is_some(), "{path} was readable: {r}");
+        assert!(!r.to_string().contains("TOP SECRET"));
+    }
+    let r = call_ok(
+        &esc,
+        "attempt-write",
+        json!({"path": "/sandbox/../escaped.txt", "contents": "x"}),
+    )
+    .await;
+    assert!(r.get("err").is_some(), "{r}");
+    assert!(!dir.path().join("escaped.txt").exists());
+    let r = call_ok(
+        &esc,
+        "attempt-write",
+        json!({"path": "/sandbox/dir-out/escaped.txt", "contents": "x"}),
+    )
+    .await;
+    assert!(r.get("err").is_some(), "{r}");
+    assert!(!dir.path().join("escaped.txt").exists());
+    // A symlink the guest creates pointing outside cannot be followed either.
+    let _ = call(
+        &esc,
+        "attempt-symlink",
+        json!({"target": "../secret.txt", "link": "/sandbox/made-link"}),
+    )
+    .await;
+    let r = call_ok(&esc, "attempt-read", json!({"path": "/sandbox/made-link"})).await;
+    assert!(r.get("err").is_some(), "{r}");
+    let r = call_ok(&esc, "attempt-list", json!({"path": "/sandbox/.."})).await;
+    assert!(r.get("err").is_some(), "{r}");
+    // Allowed case through the same component.
+    std::fs::write(sandbox.join("inside.txt"), "fine").unwrap();
+    assert_eq!(
+        call_ok(&esc, "attempt-read", json!({"path": "/sandbox/inside.txt"})).await,
+        json!({"ok": "fine"})
+    );
+}

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Builds the guest WebAssembly components under components/ and copies each
+# artifact to components/<name>.wasm.
+#
+# Component crates are compiled for wasm32-wasip2 (rustc links a component
+# directly); p1-command is a plain preview 1 core module for wasm32-wasip1.
+# The native embed-wit-docs tool then stores each component's WIT doc
+# comments in it (see components/embed-wit-docs/src/main.rs).
+# Extra arguments are passed to every cargo invocation (e.g. -j1).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+components="$root/components"
+manifest="$components/Cargo.toml"
+target_dir="$components/target"
+
+# Crates built as components, named as in their Cargo.toml.
+component_crates=(
+    hello
+    http-fetch
+    fs-tool
+    spin
+    memory-hog
+    deep-recursion
+    fs-escape
+    net-escape
+)
+
+rustup target add wasm32-wasip2 wasm32-wasip1 >/dev/null 2>&1 ||
+    rustup target add wasm32-wasip2 wasm32-wasip1
+
+package_args=()
+for crate in "${component_crates[@]}"; do
+    package_args+=(-p "$crate")
+done
+
+cargo build --release --manifest-path "$manifest" --target-dir "$target_dir" \
+    --target wasm32-wasip2 "${package_args[@]}" "$@"
+cargo build --release --manifest-path "$manifest" --target-dir "$target_dir" \
+    --target wasm32-wasip1 -p p1-command "$@"
+# Host-side tool, so no --target; a dev build compiles fastest.
+cargo build --manifest-path "$manifest" --target-dir "$target_dir" \
+    -p embed-wit-docs "$@"
+
+# Copies an artifact into components/, embeds its WIT docs if it has a wit/
+# folder, and prints its name and size.
+install_artifact() {
+    local src="$1" name="$2"
+    local dest="$components/$name.wasm"
+    cp "$src" "$dest"
+    if [[ -d "$components/$name/wit" ]]; then
+        "$target_dir/debug/embed-wit-docs" "$dest" "$components/$name/wit"
+    fi
+    printf '%-16s %8d bytes  %s\n' "$name" "$(wc -c <"$dest")" "${dest#"$root"/}"
+}
+
+for crate in "${component_crates[@]}"; do
+    # cdylib artifacts use underscores in their file names.
+    install_artifact "$target_dir/wasm32-wasip2/release/${crate//-/_}.wasm" "$crate"
+done
+install_artifact "$target_dir/wasm32-wasip1/release/p1-command.wasm" p1-command

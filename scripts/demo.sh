@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Sets up (see setup.sh) and runs a short tour of Tessera: inspect a
+# component, call it from JSON, and watch grants and limits at work.
+# Needs no services: everything runs in-process on the embedded defaults.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+T=./target/release/tessera
+DATA=$(mktemp -d)
+trap 'rm -rf "$DATA"' EXIT
+export TESSERA_DATA="$DATA"
+step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
+run() { step "$@"; set +e; "$@"; echo "(exit $?)"; set -e; }
+
+run $T inspect components/hello.wasm
+run $T call components/hello.wasm greet --args '{"name":"Ada"}'
+run $T call components/hello.wasm types#echo-items --args '{"items":[{"id":1,"name":"tool","tags":["fast"],"color":"green"}]}'
+run $T call components/hello.wasm types#echo-items --args '{"items":[{"id":300,"name":"x","tags":[]}]}'
+run $T call components/hello.wasm chatter --args '{"msg":"captured, never mixed into stdout"}'
+
+mkdir -p "$DATA/files"
+echo "notes from the host" > "$DATA/files/notes.txt"
+cat > "$DATA/fs.toml" <<TOML
+[[files]]
+host = "$DATA/files"
+guest = "/work"
+mode = "ro"
+TOML
+run $T call components/fs-tool.wasm read --manifest "$DATA/fs.toml" --args '{"path":"/work/notes.txt"}'
+run $T call components/fs-tool.wasm write --manifest "$DATA/fs.toml" --args '{"path":"/work/new.txt","contents":"x"}'
+run $T call components/fs-escape.wasm attempt-read --manifest "$DATA/fs.toml" --args '{"path":"/work/../../etc/passwd"}'
+
+run $T call components/http-fetch.wasm fetch --args '{"url":"http://127.0.0.1:9/never-sent"}'
+
+cat > "$DATA/spin.toml" <<TOML
+[limits]
+timeout_ms = 250
+fuel = 1000000000000
+TOML
+run $T call components/spin.wasm spin --manifest "$DATA/spin.toml"
+run $T call components/memory-hog.wasm hog --args '{"mib":512}'
+run $T call components/p1-command.wasm run
+
+step "audit log ($DATA/audit.jsonl)"
+cat "$DATA/audit.jsonl"

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: toolchain targets, example
+# components, then every test of every crate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+if command -v rustup >/dev/null 2>&1; then
+    rustup target add wasm32-wasip2 wasm32-wasip1 >/dev/null
+fi
+bash scripts/build-components.sh
+cargo test --workspace
