@@ -177,6 +177,8 @@ impl Runtime {
             .map_err(|e| Error::Engine(format!("linking WASI: {e}")))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| Error::Engine(format!("linking wasi:http: {e}")))?;
+        crate::gateway::files::add_to_linker(&mut linker)
+            .map_err(|e| Error::Engine(format!("linking the file gateway: {e}")))?;
         crate::gateway::logging::add_to_linker(&mut linker)
             .map_err(|e| Error::Engine(format!("linking wasi:logging: {e}")))?;
 

@@ -721,7 +721,7 @@ async fn files_read_write_list_within_grants() {
         data.display(),
         ro.display()
     );
-    let rt = runtime();
+    let (rt, audit) = runtime_with_audit();
     let fs = load(&rt, "fs-tool", &manifest);
     assert_eq!(
         call_ok(
@@ -764,6 +764,13 @@ async fn files_read_write_list_within_grants() {
     .await;
     assert!(r.get("err").is_some(), "{r}");
     assert!(!ro.join("new.txt").exists());
+    let events = audit.take();
+    assert!(
+        events.iter().any(|e| e.capability == "files"
+            && e.decision == Decision::Deny
+            && e.target == "new.txt"),
+        "{events:?}"
+    );
     assert_eq!(
         std::fs::read_to_string(ro.join("fixed.txt")).unwrap(),
         "read me"
@@ -786,7 +793,7 @@ async fn file_escapes_are_impossible() {
         "[[files]]\nhost = \"{}\"\nguest = \"/sandbox\"\nmode = \"rw\"\n",
         sandbox.display()
     );
-    let rt = runtime();
+    let (rt, audit) = runtime_with_audit();
     let esc = load(&rt, "fs-escape", &manifest);
     let secret_abs = dir.path().join("secret.txt").display().to_string();
     for path in [
@@ -829,10 +836,131 @@ async fn file_escapes_are_impossible() {
     assert!(r.get("err").is_some(), "{r}");
     let r = call_ok(&esc, "attempt-list", json!({"path": "/sandbox/.."})).await;
     assert!(r.get("err").is_some(), "{r}");
+    // Every refusal that reached the host is an audit event naming the path.
+    let events = audit.take();
+    let denied: Vec<&str> = events
+        .iter()
+        .filter(|e| e.capability == "files" && e.decision == Decision::Deny)
+        .map(|e| e.target.as_str())
+        .collect();
+    for path in [
+        "../secret.txt",
+        "link-out",
+        "dir-out/secret.txt",
+        "../escaped.txt",
+    ] {
+        assert!(
+            denied.contains(&path),
+            "no audit event for {path}: {denied:?}"
+        );
+    }
     // Allowed case through the same component.
     std::fs::write(sandbox.join("inside.txt"), "fine").unwrap();
     assert_eq!(
         call_ok(&esc, "attempt-read", json!({"path": "/sandbox/inside.txt"})).await,
         json!({"ok": "fine"})
+    );
+    assert!(audit.take().iter().all(|e| e.decision != Decision::Deny));
+}
+
+// ---------------------------------------------------------------- gateway
+
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<String>>);
+
+impl tessera_runtime::gateway::InteractionObserver for Recorder {
+    fn observe(
+        &self,
+        scope: &tessera_runtime::gateway::CallScope,
+        i: &tessera_runtime::gateway::Interaction<'_>,
+    ) {
+        use tessera_runtime::gateway::Interaction as I;
+        let kind = match i {
+            I::WallClock { .. } => "wall-clock".to_string(),
+            I::MonotonicClock { .. } => "monotonic-clock".to_string(),
+            I::Random { bytes } => format!("random:{}", bytes.len()),
+            I::Stdout { bytes } => format!("stdout:{}", String::from_utf8_lossy(bytes)),
+            I::Stderr { bytes } => format!("stderr:{}", String::from_utf8_lossy(bytes)),
+            I::Log { message, .. } => format!("log:{message}"),
+            I::HttpRequest { uri, allowed, .. } => format!("http:{uri}:{allowed}"),
+            I::File { op, path, allowed } => format!("file:{op}:{path}:{allowed}"),
+        };
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{}|{kind}", scope.function));
+    }
+}
+
+#[tokio::test]
+async fn the_gateway_reports_every_interaction_to_the_observer() {
+    let recorder = std::sync::Arc::new(Recorder::default());
+    let rt = Runtime::new(RuntimeConfig {
+        observer: Some(recorder.clone()),
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let hello = load(&rt, "hello", "");
+    call_ok(&hello, "chatter", json!({"msg": "obs"})).await;
+    let net = load(&rt, "net-escape", "");
+    let secs = call_ok(&net, "wall-clock", json!({}))
+        .await
+        .as_u64()
+        .unwrap();
+    assert!(secs > 1_700_000_000);
+    call_ok(
+        &net,
+        "fetch-status",
+        json!({"url": "http://127.0.0.1:9/nope"}),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let fs = load(
+        &rt,
+        "fs-tool",
+        &format!(
+            "[[files]]\nhost = \"{}\"\nguest = \"/d\"\n",
+            dir.path().display()
+        ),
+    );
+    call_ok(&fs, "read", json!({"path": "/d/missing.txt"})).await;
+    let seen = recorder.0.lock().unwrap().clone();
+    // Unbuffered stderr may arrive in several writes: join them.
+    let stderr: String = seen
+        .iter()
+        .filter_map(|s| s.strip_prefix("chatter|stderr:"))
+        .collect();
+    assert_eq!(stderr, "stderr: obs\n");
+    for expected in [
+        "chatter|stdout:stdout: obs\n",
+        "chatter|log:obs",
+        "wall-clock|wall-clock",
+        "fetch-status|http:http://127.0.0.1:9/nope:false",
+        "read|file:open:missing.txt:true",
+    ] {
+        assert!(
+            seen.iter().any(|s| s == expected),
+            "missing `{expected}` in {seen:#?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn falls_back_to_on_demand_allocation_when_the_pool_cannot_be_reserved() {
+    // A pool this large cannot be reserved in a 47-bit address space.
+    let rt = Runtime::new(RuntimeConfig {
+        max_instances: 100_000_000,
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    assert!(!rt.pooling());
+    let hello = load(&rt, "hello", "");
+    assert_eq!(
+        call_ok(&hello, "greet", json!({"name": "x"})).await,
+        json!("Hello, x!")
+    );
+    assert!(
+        runtime().pooling(),
+        "the default pool should be available here"
     );
 }
