@@ -239,6 +239,11 @@ impl HostPattern {
         })
     }
 
+    /// Whether the host part is a wildcard (`*` or `*.domain`).
+    pub fn is_wildcard(&self) -> bool {
+        self.host.starts_with('*')
+    }
+
     /// Whether a request to `scheme://host:port` matches this pattern.
     ///
     /// `host` must already be lower-case and, for IPv6, bracketed.
@@ -264,10 +269,25 @@ impl HostPattern {
     }
 }
 
-/// Whether `host` is an IP literal (v4, or bracketed v6) or a localhost name.
+/// Whether `host` is an IP literal or a localhost name, including the
+/// numeric spellings the system resolver accepts (`127.1`, `2130706433`,
+/// `0x7f000001`, `0177.0.0.1`): a host name's last label is never numeric.
 pub fn is_ip_or_localhost(host: &str) -> bool {
+    let host = host.trim_end_matches('.');
     let bare = host.trim_start_matches('[').trim_end_matches(']');
-    bare.parse::<std::net::IpAddr>().is_ok() || host == "localhost" || host.ends_with(".localhost")
+    if bare.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
+        return true;
+    }
+    if host == "localhost" || host.ends_with(".localhost") {
+        return true;
+    }
+    let last = host.rsplit('.').next().unwrap_or(host);
+    let numeric = !last.is_empty() && last.chars().all(|c| c.is_ascii_digit());
+    let hex = last
+        .strip_prefix("0x")
+        .or_else(|| last.strip_prefix("0X"))
+        .is_some_and(|h| h.chars().all(|c| c.is_ascii_hexdigit()));
+    numeric || hex
 }
 
 fn split_host_port(rest: &str) -> Result<(&str, Option<&str>), String> {
@@ -459,12 +479,25 @@ impl Grants {
         })
     }
 
-    /// Whether an outbound request to `scheme://host:port` is allowed.
-    pub fn allows_outbound(&self, scheme: &str, host: &str, port: u16) -> bool {
+    /// The allow-list entry that lets a request to `scheme://host:port`
+    /// through, preferring an entry that names the host exactly.
+    pub fn outbound_match(&self, scheme: &str, host: &str, port: u16) -> Option<&HostPattern> {
         let host = host.to_ascii_lowercase();
-        self.allowed_outbound_hosts
+        let mut matching = self
+            .allowed_outbound_hosts
             .iter()
-            .any(|p| p.matches(scheme, &host, port))
+            .filter(|p| p.matches(scheme, &host, port));
+        let first = matching.next()?;
+        if !first.is_wildcard() {
+            return Some(first);
+        }
+        Some(matching.find(|p| !p.is_wildcard()).unwrap_or(first))
+    }
+
+    /// Whether an outbound request to `scheme://host:port` is allowed by the
+    /// patterns (before name resolution; see `gateway::http`).
+    pub fn allows_outbound(&self, scheme: &str, host: &str, port: u16) -> bool {
+        self.outbound_match(scheme, host, port).is_some()
     }
 }
 
@@ -513,6 +546,16 @@ mod tests {
         assert!(!any.matches("https", "10.0.0.1", 443));
         assert!(!any.matches("https", "[::1]", 443));
         assert!(!any.matches("https", "localhost", 443));
+        for numeric in [
+            "127.1",
+            "2130706433",
+            "0x7f000001",
+            "0177.0.0.1",
+            "localhost.",
+            "a.localhost",
+        ] {
+            assert!(!any.matches("https", numeric, 443), "{numeric}");
+        }
         let p = HostPattern::parse("http://127.0.0.1:*").unwrap();
         assert!(p.matches("http", "127.0.0.1", 8080));
         let p = HostPattern::parse("http://localhost").unwrap();

@@ -616,6 +616,13 @@ async fn http_denied_requests_never_leave_the_process() {
         .await
         .denied()
     );
+    // Numeric spellings of 127.0.0.1 and names resolving to it are not
+    // covered by a wildcard either.
+    for host in ["127.1", "2130706433", "0x7f000001", "localhost."] {
+        let url = format!("http://{host}:{port}/sneaky");
+        let o = call(&by_name, "fetch", json!({"url": url})).await;
+        assert!(o.denied(), "{url} was not denied: {:?}", o.result);
+    }
     assert!(
         server.requests().is_empty(),
         "denied requests arrived: {:?}",
@@ -626,11 +633,11 @@ async fn http_denied_requests_never_leave_the_process() {
         .iter()
         .filter(|e| e.decision == Decision::Deny)
         .collect();
-    assert_eq!(denials.len(), 4, "{events:?}");
+    assert_eq!(denials.len(), 8, "{events:?}");
     assert!(
         denials
             .iter()
-            .all(|e| e.capability == "http" && e.target.contains("127.0.0.1"))
+            .all(|e| e.capability == "http" && e.target.contains("/"))
     );
 }
 

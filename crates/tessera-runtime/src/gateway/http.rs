@@ -35,8 +35,10 @@ impl HttpGate {
         Self { gateway }
     }
 
-    /// Decides whether `uri` may be requested.
-    pub fn allows(&self, uri: &http::Uri) -> Result<(), String> {
+    /// Decides whether `uri` may be requested. `Ok(Some(pattern))` means it
+    /// was allowed by a wildcard pattern, so the resolved addresses must be
+    /// checked too.
+    pub fn allows(&self, uri: &http::Uri) -> Result<Option<String>, String> {
         let scheme = uri.scheme_str().unwrap_or("https").to_ascii_lowercase();
         let host = uri
             .host()
@@ -50,12 +52,12 @@ impl HttpGate {
                 other => return Err(format!("scheme `{other}` is not supported")),
             },
         };
-        if self.gateway.grants().allows_outbound(&scheme, &host, port) {
-            Ok(())
-        } else {
-            Err(format!(
+        match self.gateway.grants().outbound_match(&scheme, &host, port) {
+            Some(p) if p.is_wildcard() => Ok(Some(p.source.clone())),
+            Some(_) => Ok(None),
+            None => Err(format!(
                 "{scheme}://{host}:{port} is not in http.allowed_outbound_hosts"
-            ))
+            )),
         }
     }
 }
@@ -86,10 +88,29 @@ impl WasiHttpHooks for HttpGate {
                 );
                 Box::new(async { Err(HttpError::HttpRequestDenied) })
             }
-            Ok(()) => {
-                self.gateway
-                    .audit("http", format!("{method} {uri}"), Decision::Allow, None);
+            Ok(wildcard) => {
+                let gateway = self.gateway.clone();
+                let host = request.uri().host().unwrap_or_default().to_string();
+                let port = request.uri().port_u16().unwrap_or(
+                    if request.uri().scheme_str() == Some("http") {
+                        80
+                    } else {
+                        443
+                    },
+                );
                 Box::new(async move {
+                    if let Some(pattern) = wildcard
+                        && let Some(reason) = private_target(&host, port, &pattern).await
+                    {
+                        gateway.audit(
+                            "http",
+                            format!("{method} {uri}"),
+                            Decision::Deny,
+                            Some(reason),
+                        );
+                        return Err(HttpError::HttpRequestDenied);
+                    }
+                    gateway.audit("http", format!("{method} {uri}"), Decision::Allow, None);
                     let (res, io) =
                         wasmtime_wasi_http::default_send_request(request, options).await?;
                     Ok((
@@ -98,6 +119,52 @@ impl WasiHttpHooks for HttpGate {
                     ))
                 })
             }
+        }
+    }
+}
+
+/// For a request allowed only by a wildcard pattern: refuses targets that
+/// resolve to loopback, private, link-local or otherwise non-public
+/// addresses. Such addresses must be listed explicitly.
+async fn private_target(host: &str, port: u16, pattern: &str) -> Option<String> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<std::net::IpAddr> = match tokio::net::lookup_host((bare, port)).await {
+        Ok(it) => it.map(|a| a.ip()).collect(),
+        Err(e) => return Some(format!("cannot resolve {host}: {e}")),
+    };
+    addrs.into_iter().find(|ip| !is_public(ip)).map(|ip| {
+        format!(
+            "{host} resolves to non-public address {ip}; wildcard `{pattern}` does not cover it (list it explicitly)"
+        )
+    })
+}
+
+/// Whether an address is globally routable (not loopback, private,
+/// link-local, CGNAT, unspecified, multicast, documentation or ULA).
+pub fn is_public(ip: &std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xc0) == 64))
+        }
+        std::net::IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(&std::net::IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80)
         }
     }
 }
