@@ -76,7 +76,7 @@ fn report<T>(
             "files",
             path,
             Decision::Deny,
-            Some(format!("{op} refused: {code:?}")),
+            Some(format!("{op} refused: {}", code.name())),
         );
     }
     Ok(result)
