@@ -891,6 +891,8 @@ impl tessera_runtime::gateway::InteractionObserver for Recorder {
             I::Log { message, .. } => format!("log:{message}"),
             I::HttpRequest { uri, allowed, .. } => format!("http:{uri}:{allowed}"),
             I::File { op, path, allowed } => format!("file:{op}:{path}:{allowed}"),
+            I::Environment { vars } => format!("env:{vars:?}"),
+            I::Arguments { args } => format!("args:{args:?}"),
         };
         self.0
             .lock()
@@ -909,7 +911,8 @@ async fn the_gateway_reports_every_interaction_to_the_observer() {
     .unwrap();
     let hello = load(&rt, "hello", "");
     call_ok(&hello, "chatter", json!({"msg": "obs"})).await;
-    let net = load(&rt, "net-escape", "");
+    let net = load(&rt, "net-escape", "[env]\nset = { K = \"v\" }\n");
+    call_ok(&net, "read-env", json!({})).await;
     let secs = call_ok(&net, "wall-clock", json!({}))
         .await
         .as_u64()
@@ -942,6 +945,7 @@ async fn the_gateway_reports_every_interaction_to_the_observer() {
         "chatter|stdout:stdout: obs\n",
         "chatter|log:obs",
         "wall-clock|wall-clock",
+        "read-env|env:[(\"K\", \"v\")]",
         "fetch-status|http:http://127.0.0.1:9/nope:false",
         "read|file:open:missing.txt:true",
     ] {

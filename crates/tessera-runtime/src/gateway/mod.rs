@@ -27,6 +27,7 @@ use crate::audit::{AuditEvent, AuditSink, Decision};
 use crate::manifest::Grants;
 
 pub mod clocks;
+pub mod env;
 pub mod files;
 pub mod http;
 pub mod logging;
@@ -105,6 +106,16 @@ pub enum Interaction<'a> {
         uri: &'a str,
         /// Whether it was sent.
         allowed: bool,
+    },
+    /// The environment variables handed to the guest.
+    Environment {
+        /// Name/value pairs.
+        vars: &'a [(String, String)],
+    },
+    /// The arguments handed to the guest (`argv[0]` is the function name).
+    Arguments {
+        /// The arguments.
+        args: &'a [String],
     },
     /// A path-based file operation and the gateway's decision.
     File {
@@ -373,7 +384,9 @@ impl HostState {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .socket_addr_check(|_, _| Box::pin(async { false }));
-        // argv[0] is the function name; the rest is granted.
+        // Environment and arguments are answered by the gateway (see
+        // `env.rs`); the context keeps a copy for the preview1 adapter's
+        // benefit and for completeness.
         b.arg(&gateway.scope().function);
         b.args(&grants.args);
         for (k, v) in &grants.env.vars {
