@@ -10,7 +10,10 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 
 use crate::audit::Decision;
 use crate::cache::CacheStatus;
-use crate::gateway::{CallScope, CapturedOutput, Gateway, HostState, LimitHit};
+use crate::gateway::{
+    CallScope, CapturedOutput, Divergence, Gateway, HostState, Interaction, InteractionObserver,
+    LimitHit, ReplaySource,
+};
 use crate::json::{ArgError, from_val, to_val};
 use crate::manifest::Grants;
 use crate::runtime::{Prepared, Runtime};
@@ -43,11 +46,42 @@ impl std::fmt::Debug for LoadedComponent {
     }
 }
 
+/// Per-call options beyond the arguments.
+#[derive(Clone, Default)]
+pub struct CallOptions {
+    /// Receives this call's interactions (in addition to the runtime-wide
+    /// observer): the journal's recorder.
+    pub observer: Option<Arc<dyn InteractionObserver>>,
+    /// Answer every host interaction from a recording instead of the host.
+    pub replay: Option<Arc<dyn ReplaySource>>,
+}
+
+impl std::fmt::Debug for CallOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallOptions")
+            .field("observer", &self.observer.is_some())
+            .field("replay", &self.replay.is_some())
+            .finish()
+    }
+}
+
+/// Reports to two observers.
+struct TeeObserver(Arc<dyn InteractionObserver>, Arc<dyn InteractionObserver>);
+
+impl InteractionObserver for TeeObserver {
+    fn observe(&self, scope: &CallScope, index: u64, interaction: &Interaction) {
+        self.0.observe(scope, index, interaction);
+        self.1.observe(scope, index, interaction);
+    }
+}
+
 /// How a call ended when it did not return normally.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum CallFailure {
     /// A limit stopped the guest.
     Limit(LimitHit),
+    /// Replaying, the guest asked for something the recording does not hold.
+    Diverged(Divergence),
     /// The guest trapped (panic, `unreachable`, out-of-bounds access, …).
     Trap {
         /// The trap message, naming the component and function.
@@ -61,6 +95,7 @@ impl std::fmt::Display for CallFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CallFailure::Limit(l) => write!(f, "{l}"),
+            CallFailure::Diverged(d) => write!(f, "{d}"),
             CallFailure::Trap { message, .. } => write!(f, "{message}"),
         }
     }
@@ -85,6 +120,10 @@ pub struct CallOutcome {
     pub duration: Duration,
     /// Audit events this call produced (denials, limit hits, outbound requests).
     pub audit: Vec<AuditEvent>,
+    /// Number of host interactions the call made.
+    pub interactions: u64,
+    /// Replaying: the first departure from the recording, if any.
+    pub divergence: Option<Divergence>,
 }
 
 impl CallOutcome {
@@ -264,6 +303,17 @@ impl LoadedComponent {
     /// Calls `function` with a JSON argument object, in a fresh instance,
     /// under the component's grants and limits.
     pub async fn call_json(&self, function: &str, args: &Value) -> Result<CallOutcome, Error> {
+        self.call_json_with(function, args, CallOptions::default())
+            .await
+    }
+
+    /// [`LoadedComponent::call_json`] with an observer or a replay source.
+    pub async fn call_json_with(
+        &self,
+        function: &str,
+        args: &Value,
+        options: CallOptions,
+    ) -> Result<CallOutcome, Error> {
         let f = self.function(function)?;
         if let Some(reason) = &f.not_callable {
             return Err(Error::NotCallable {
@@ -284,7 +334,11 @@ impl LoadedComponent {
                 runtime: self.runtime.inner.audit.clone(),
                 call: call_audit.clone(),
             }),
-            self.runtime.inner.observer.clone(),
+            match (self.runtime.inner.observer.clone(), options.observer) {
+                (Some(a), Some(b)) => Some(Arc::new(TeeObserver(a, b))),
+                (a, b) => a.or(b),
+            },
+            options.replay,
         );
         let Ok(_permit) = self.permits.clone().try_acquire_owned() else {
             gateway.audit(
@@ -391,8 +445,11 @@ impl LoadedComponent {
                 &self.prepared.origin,
             )),
         };
+        let divergence = gateway.divergence();
         Ok(CallOutcome {
             function: f.qualified_name(),
+            interactions: gateway.interaction_count(),
+            divergence,
             result,
             guest_error,
             output: gateway.take_output(),
@@ -414,6 +471,9 @@ fn classify(
 ) -> CallFailure {
     if let Some(hit) = e.downcast_ref::<LimitHit>() {
         return CallFailure::Limit(hit.clone());
+    }
+    if let Some(d) = e.downcast_ref::<Divergence>() {
+        return CallFailure::Diverged(d.clone());
     }
     let backtrace = e
         .downcast_ref::<wasmtime::WasmBacktrace>()

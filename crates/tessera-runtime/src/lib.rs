@@ -29,7 +29,7 @@ pub mod schema;
 
 pub use audit::{AuditEvent, AuditSink, Decision};
 pub use cache::{CacheStatus, ComponentCache};
-pub use call::{CallFailure, CallOutcome, LoadedComponent};
+pub use call::{CallFailure, CallOptions, CallOutcome, LoadedComponent};
 pub use gateway::LimitHit;
 pub use json::ArgError;
 pub use manifest::{Grants, Limits, ManifestError};

@@ -179,6 +179,8 @@ impl Runtime {
             .map_err(|e| Error::Engine(format!("linking wasi:http: {e}")))?;
         crate::gateway::files::add_to_linker(&mut linker)
             .map_err(|e| Error::Engine(format!("linking the file gateway: {e}")))?;
+        crate::gateway::clocks::add_to_linker(&mut linker)
+            .map_err(|e| Error::Engine(format!("linking the clock and random gateway: {e}")))?;
         crate::gateway::env::add_to_linker(&mut linker)
             .map_err(|e| Error::Engine(format!("linking the environment gateway: {e}")))?;
         crate::gateway::logging::add_to_linker(&mut linker)

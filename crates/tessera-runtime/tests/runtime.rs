@@ -879,17 +879,19 @@ impl tessera_runtime::gateway::InteractionObserver for Recorder {
     fn observe(
         &self,
         scope: &tessera_runtime::gateway::CallScope,
-        i: &tessera_runtime::gateway::Interaction<'_>,
+        _index: u64,
+        i: &tessera_runtime::gateway::Interaction,
     ) {
         use tessera_runtime::gateway::Interaction as I;
         let kind = match i {
             I::WallClock { .. } => "wall-clock".to_string(),
             I::MonotonicClock { .. } => "monotonic-clock".to_string(),
-            I::Random { bytes } => format!("random:{}", bytes.len()),
-            I::Stdout { bytes } => format!("stdout:{}", String::from_utf8_lossy(bytes)),
-            I::Stderr { bytes } => format!("stderr:{}", String::from_utf8_lossy(bytes)),
+            I::Random { bytes, .. } => format!("random:{}", bytes.0.len()),
+            I::InsecureSeed { .. } => "insecure-seed".to_string(),
+            I::Stdout { bytes } => format!("stdout:{}", String::from_utf8_lossy(&bytes.0)),
+            I::Stderr { bytes } => format!("stderr:{}", String::from_utf8_lossy(&bytes.0)),
             I::Log { message, .. } => format!("log:{message}"),
-            I::HttpRequest { uri, allowed, .. } => format!("http:{uri}:{allowed}"),
+            I::Http { uri, allowed, .. } => format!("http:{uri}:{allowed}"),
             I::File { op, path, allowed } => format!("file:{op}:{path}:{allowed}"),
             I::Environment { vars } => format!("env:{vars:?}"),
             I::Arguments { args } => format!("args:{args:?}"),

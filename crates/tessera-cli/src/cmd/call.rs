@@ -136,6 +136,9 @@ fn outcome_json(o: &CallOutcome) -> Value {
         Err(CallFailure::Trap { message, backtrace }) => {
             v["error"] = json!({ "kind": "trap", "message": message, "backtrace": backtrace })
         }
+        Err(CallFailure::Diverged(d)) => {
+            v["error"] = json!({ "kind": "divergence", "index": d.index, "message": d.to_string() })
+        }
     }
     v
 }
@@ -183,6 +186,9 @@ fn print_human(o: &CallOutcome) {
         }
         Err(CallFailure::Limit(l)) => {
             let _ = writeln!(err, "error: {}: {l}", o.function);
+        }
+        Err(CallFailure::Diverged(d)) => {
+            let _ = writeln!(err, "error: {}: {d}", o.function);
         }
         Err(CallFailure::Trap { message, backtrace }) => {
             let _ = writeln!(err, "error: {message}");

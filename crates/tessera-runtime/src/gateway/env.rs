@@ -23,25 +23,34 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "get-environment",
         |store: StoreContextMut<'_, HostState>, (): ()| {
             let gateway = &store.data().gateway;
-            let vars: Vec<(String, String)> = gateway
-                .grants()
-                .env
-                .vars
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            gateway.observe(&Interaction::Environment { vars: &vars });
-            Ok((vars,))
+            let probe = Interaction::Environment { vars: Vec::new() };
+            match gateway.exchange(probe, |_| Interaction::Environment {
+                vars: gateway
+                    .grants()
+                    .env
+                    .vars
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            })? {
+                Interaction::Environment { vars } => Ok((vars,)),
+                _ => unreachable!("exchange returns the probe's kind"),
+            }
         },
     )?;
     inst.func_wrap(
         "get-arguments",
         |store: StoreContextMut<'_, HostState>, (): ()| {
             let gateway = &store.data().gateway;
-            let mut args = vec![gateway.scope().function.clone()];
-            args.extend(gateway.grants().args.iter().cloned());
-            gateway.observe(&Interaction::Arguments { args: &args });
-            Ok((args,))
+            let probe = Interaction::Arguments { args: Vec::new() };
+            match gateway.exchange(probe, |_| {
+                let mut args = vec![gateway.scope().function.clone()];
+                args.extend(gateway.grants().args.iter().cloned());
+                Interaction::Arguments { args }
+            })? {
+                Interaction::Arguments { args } => Ok((args,)),
+                _ => unreachable!("exchange returns the probe's kind"),
+            }
         },
     )?;
     linker.allow_shadowing(false);

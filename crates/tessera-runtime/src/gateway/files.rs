@@ -64,11 +64,14 @@ fn report<T>(
         result,
         Err(ErrorCode::NotPermitted | ErrorCode::Access | ErrorCode::ReadOnly)
     );
-    gateway.observe(&Interaction::File {
-        op,
-        path,
-        allowed: !denied,
-    });
+    gateway.exchange(
+        Interaction::File {
+            op: op.to_string(),
+            path: path.to_string(),
+            allowed: !denied,
+        },
+        |p| p,
+    )?;
     if let Err(code) = &result
         && denied
     {

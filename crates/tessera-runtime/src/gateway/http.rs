@@ -8,7 +8,7 @@
 use http_body_util::BodyExt;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
-use super::{Gateway, Interaction};
+use super::{Bytes, Gateway, HttpResponseRecord, Interaction};
 use crate::audit::Decision;
 
 /// The `wasi:http` hooks of one call.
@@ -62,6 +62,67 @@ impl HttpGate {
     }
 }
 
+/// Largest response body the gateway buffers (responses are read whole so
+/// that each exchange is one journal step).
+pub const MAX_RESPONSE_BODY: usize = 64 << 20;
+
+/// What the guest will see for a recorded transport error.
+fn replayed_error(recorded: &str) -> HttpError {
+    let name = recorded.split(['(', ' ', '{']).next().unwrap_or(recorded);
+    match name {
+        "HttpRequestDenied" => HttpError::HttpRequestDenied,
+        "Connect" | "ConnectionRefused" => HttpError::ConnectionRefused,
+        "ConnectionTimeout" => HttpError::ConnectionTimeout,
+        "ConnectionTerminated" => HttpError::ConnectionTerminated,
+        "DnsTimeout" => HttpError::DnsTimeout,
+        "Tls" | "TlsProtocolError" => HttpError::TlsProtocolError,
+        "Hyper" | "HttpProtocolError" => HttpError::HttpProtocolError,
+        "HttpResponseBodySize" => HttpError::HttpResponseBodySize(None),
+        _ => HttpError::InternalError(Some(recorded.to_string())),
+    }
+}
+
+fn response_from(rec: &HttpResponseRecord) -> Result<http::Response<WasiBody>, HttpError> {
+    let mut b = http::Response::builder().status(rec.status);
+    for (name, value) in &rec.headers {
+        b = b.header(name.as_str(), value.0.as_slice());
+    }
+    b.body(
+        http_body_util::Full::new(bytes::Bytes::from(rec.body.0.clone()))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    )
+    .map_err(|e| HttpError::InternalError(Some(format!("recorded response: {e}"))))
+}
+
+/// Sends a request and reads the whole response.
+async fn send_live(
+    request: http::Request<WasiBody>,
+    options: Option<RequestOptions>,
+) -> Result<HttpResponseRecord, HttpError> {
+    let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+    // The connection future must run while the body is read.
+    let io = tokio::spawn(io);
+    let (parts, body) = res.into_parts();
+    let collected = http_body_util::Limited::new(body, MAX_RESPONSE_BODY)
+        .collect()
+        .await
+        .map_err(|e| match e.downcast::<HttpError>() {
+            Ok(e) => *e,
+            Err(_) => HttpError::HttpResponseBodySize(Some(MAX_RESPONSE_BODY as u64)),
+        })?;
+    io.abort();
+    Ok(HttpResponseRecord {
+        status: parts.status.as_u16(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), Bytes(v.as_bytes().to_vec())))
+            .collect(),
+        body: Bytes(collected.to_bytes().to_vec()),
+    })
+}
+
 impl WasiHttpHooks for HttpGate {
     fn send_request(
         &mut self,
@@ -73,53 +134,76 @@ impl WasiHttpHooks for HttpGate {
         let uri = request.uri().to_string();
         let method = request.method().as_str().to_string();
         let verdict = self.allows(request.uri());
-        self.gateway.observe(&Interaction::HttpRequest {
-            method: &method,
-            uri: &uri,
-            allowed: verdict.is_ok(),
-        });
-        match verdict {
-            Err(reason) => {
-                self.gateway.audit(
-                    "http",
-                    format!("{method} {uri}"),
-                    Decision::Deny,
-                    Some(reason),
-                );
-                Box::new(async { Err(HttpError::HttpRequestDenied) })
-            }
-            Ok(wildcard) => {
-                let gateway = self.gateway.clone();
-                let host = request.uri().host().unwrap_or_default().to_string();
-                let port = request.uri().port_u16().unwrap_or(
-                    if request.uri().scheme_str() == Some("http") {
-                        80
-                    } else {
-                        443
-                    },
-                );
-                Box::new(async move {
-                    if let Some(pattern) = wildcard
-                        && let Some(reason) = private_target(&host, port, &pattern).await
-                    {
-                        gateway.audit(
-                            "http",
-                            format!("{method} {uri}"),
-                            Decision::Deny,
-                            Some(reason),
-                        );
-                        return Err(HttpError::HttpRequestDenied);
+        let gateway = self.gateway.clone();
+        let index = gateway.reserve_index();
+        let host = request.uri().host().unwrap_or_default().to_string();
+        let port =
+            request
+                .uri()
+                .port_u16()
+                .unwrap_or(if request.uri().scheme_str() == Some("http") {
+                    80
+                } else {
+                    443
+                });
+        Box::new(async move {
+            let target = format!("{method} {uri}");
+            // The decision, including the address check for wildcard grants.
+            let decision = match verdict {
+                Err(reason) => Err(reason),
+                Ok(Some(pattern)) if !gateway.replaying() => {
+                    match private_target(&host, port, &pattern).await {
+                        Some(reason) => Err(reason),
+                        None => Ok(()),
                     }
-                    gateway.audit("http", format!("{method} {uri}"), Decision::Allow, None);
-                    let (res, io) =
-                        wasmtime_wasi_http::default_send_request(request, options).await?;
-                    Ok((
-                        res.map(BodyExt::boxed_unsync),
-                        Box::new(io) as Box<dyn Future<Output = _> + Send>,
-                    ))
-                })
+                }
+                Ok(_) => Ok(()),
+            };
+            let allowed = decision.is_ok();
+            match &decision {
+                Err(reason) => gateway.audit("http", &target, Decision::Deny, Some(reason.clone())),
+                Ok(()) => gateway.audit("http", &target, Decision::Allow, None),
             }
-        }
+            let probe = Interaction::Http {
+                method: method.clone(),
+                uri: uri.clone(),
+                allowed,
+                response: None,
+                error: None,
+            };
+            let recorded = if gateway.replaying() {
+                gateway.exchange_at(index, probe, |p| p)
+            } else {
+                let outcome = match decision {
+                    Err(_) => Err(HttpError::HttpRequestDenied),
+                    Ok(()) => send_live(request, options).await,
+                };
+                gateway.exchange_at(index, probe, |_| Interaction::Http {
+                    method,
+                    uri,
+                    allowed,
+                    response: outcome.as_ref().ok().cloned(),
+                    error: outcome.as_ref().err().map(|e| format!("{e:?}")),
+                })
+            };
+            let (response, error) = match recorded {
+                Ok(Interaction::Http {
+                    response, error, ..
+                }) => (response, error),
+                Ok(_) => unreachable!("exchange returns the probe's kind"),
+                Err(d) => return Err(HttpError::InternalError(Some(d.to_string()))),
+            };
+            match (response, error) {
+                (Some(rec), _) => Ok((
+                    response_from(&rec)?,
+                    Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
+                )),
+                (None, Some(e)) => Err(replayed_error(&e)),
+                (None, None) => Err(HttpError::InternalError(Some(
+                    "recorded exchange has neither response nor error".into(),
+                ))),
+            }
+        })
     }
 }
 

@@ -40,7 +40,7 @@ impl From<Level> for LogLevel {
 
 impl Gateway {
     /// Records a guest log line.
-    pub fn log(&self, level: LogLevel, context: &str, message: &str) -> Result<(), LimitHit> {
+    pub fn log(&self, level: LogLevel, context: &str, message: &str) -> wasmtime::Result<()> {
         let limit = self.grants().limits.max_output_bytes;
         let accepted = self.with_output(|out| {
             let used: usize = out
@@ -69,13 +69,16 @@ impl Gateway {
                 Decision::Limit,
                 Some(hit.to_string()),
             );
-            return Err(hit);
+            return Err(hit.into());
         }
-        self.observe(&Interaction::Log {
-            level,
-            context,
-            message,
-        });
+        self.exchange(
+            Interaction::Log {
+                level,
+                context: context.to_string(),
+                message: message.to_string(),
+            },
+            |p| p,
+        )?;
         let level_name = serde_json::to_value(level)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))

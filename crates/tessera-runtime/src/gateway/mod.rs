@@ -31,7 +31,6 @@ pub mod env;
 pub mod files;
 pub mod http;
 pub mod logging;
-pub mod random;
 pub mod stdio;
 
 /// Who is calling: the component digest and function every event names.
@@ -44,7 +43,9 @@ pub struct CallScope {
 }
 
 /// A `wasi:logging` severity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
     /// Trace.
@@ -61,78 +62,236 @@ pub enum LogLevel {
     Critical,
 }
 
-/// One host interaction, as seen by the gateway.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Interaction<'a> {
-    /// `wasi:clocks/wall-clock.now`, nanoseconds since the Unix epoch.
+/// Bytes in an interaction, serialized as lowercase hex.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Bytes(pub Vec<u8>);
+
+impl std::fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match std::str::from_utf8(&self.0) {
+            Ok(s) if s.len() <= 80 => write!(f, "{s:?}"),
+            _ => write!(f, "<{} bytes>", self.0.len()),
+        }
+    }
+}
+
+impl serde::Serialize for Bytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(&self.0))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Bytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <String as serde::Deserialize>::deserialize(d)?;
+        hex::decode(&s).map(Bytes).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Which `wasi:random` interface was asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RandomSource {
+    /// `wasi:random/random`.
+    Secure,
+    /// `wasi:random/insecure`.
+    Insecure,
+}
+
+/// A recorded HTTP response.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HttpResponseRecord {
+    /// Status code.
+    pub status: u16,
+    /// Header names and values, in received order.
+    pub headers: Vec<(String, Bytes)>,
+    /// The complete body.
+    pub body: Bytes,
+}
+
+/// One host interaction: what the guest asked for and what it was given.
+/// This is the unit the journal records and replays.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Interaction {
+    /// `wasi:clocks/wall-clock.now`.
     WallClock {
-        /// The time returned.
-        nanos: u128,
+        /// Seconds since the Unix epoch.
+        seconds: u64,
+        /// Nanoseconds within the second.
+        nanoseconds: u32,
     },
-    /// `wasi:clocks/monotonic-clock.now`, nanoseconds.
+    /// `wasi:clocks/monotonic-clock.now`, nanoseconds since the call began.
     MonotonicClock {
         /// The instant returned.
         nanos: u64,
     },
-    /// Random bytes handed to the guest (secure or insecure source).
+    /// Random bytes handed to the guest (`get-random-u64` is 8 bytes, little-endian).
     Random {
+        /// Which interface.
+        source: RandomSource,
         /// The bytes.
-        bytes: &'a [u8],
+        bytes: Bytes,
+    },
+    /// `wasi:random/insecure-seed.insecure-seed`.
+    InsecureSeed {
+        /// The seed returned.
+        seed: (u64, u64),
     },
     /// Bytes the guest wrote to stdout.
     Stdout {
         /// The bytes.
-        bytes: &'a [u8],
+        bytes: Bytes,
     },
     /// Bytes the guest wrote to stderr.
     Stderr {
         /// The bytes.
-        bytes: &'a [u8],
+        bytes: Bytes,
     },
     /// A `wasi:logging` record.
     Log {
         /// Severity.
         level: LogLevel,
         /// The guest-provided context.
-        context: &'a str,
+        context: String,
         /// The message.
-        message: &'a str,
-    },
-    /// An outbound HTTP request and the gateway's decision.
-    HttpRequest {
-        /// Method.
-        method: &'a str,
-        /// Full URI.
-        uri: &'a str,
-        /// Whether it was sent.
-        allowed: bool,
+        message: String,
     },
     /// The environment variables handed to the guest.
     Environment {
         /// Name/value pairs.
-        vars: &'a [(String, String)],
+        vars: Vec<(String, String)>,
     },
     /// The arguments handed to the guest (`argv[0]` is the function name).
     Arguments {
         /// The arguments.
-        args: &'a [String],
+        args: Vec<String>,
+    },
+    /// An outbound HTTP request, the gateway's decision and what came back.
+    Http {
+        /// Method.
+        method: String,
+        /// Full URI.
+        uri: String,
+        /// Whether the grants allowed it.
+        allowed: bool,
+        /// The response, when one arrived.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        response: Option<HttpResponseRecord>,
+        /// The error the guest saw instead of a response.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
     },
     /// A path-based file operation and the gateway's decision.
     File {
         /// The operation (`open`, `stat`, `mkdir`, …).
-        op: &'a str,
+        op: String,
         /// The path as the guest gave it.
-        path: &'a str,
+        path: String,
         /// Whether it was allowed to proceed.
         allowed: bool,
     },
 }
 
+impl Interaction {
+    /// The variant name, as in the journal (`wall-clock`, `http`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Interaction::WallClock { .. } => "wall-clock",
+            Interaction::MonotonicClock { .. } => "monotonic-clock",
+            Interaction::Random { .. } => "random",
+            Interaction::InsecureSeed { .. } => "insecure-seed",
+            Interaction::Stdout { .. } => "stdout",
+            Interaction::Stderr { .. } => "stderr",
+            Interaction::Log { .. } => "log",
+            Interaction::Environment { .. } => "environment",
+            Interaction::Arguments { .. } => "arguments",
+            Interaction::Http { .. } => "http",
+            Interaction::File { .. } => "file",
+        }
+    }
+
+    /// Whether `self` (recorded) answers the request `probe` (made now):
+    /// same kind and same request arguments. Values the host supplies
+    /// (times, random bytes, environment, responses) are not compared.
+    pub fn answers(&self, probe: &Interaction) -> bool {
+        use Interaction as I;
+        match (self, probe) {
+            (I::WallClock { .. }, I::WallClock { .. })
+            | (I::MonotonicClock { .. }, I::MonotonicClock { .. })
+            | (I::InsecureSeed { .. }, I::InsecureSeed { .. })
+            | (I::Environment { .. }, I::Environment { .. })
+            | (I::Arguments { .. }, I::Arguments { .. }) => true,
+            (
+                I::Random {
+                    source: a,
+                    bytes: x,
+                },
+                I::Random {
+                    source: b,
+                    bytes: y,
+                },
+            ) => a == b && x.0.len() == y.0.len(),
+            (
+                I::Http {
+                    method: m1,
+                    uri: u1,
+                    ..
+                },
+                I::Http {
+                    method: m2,
+                    uri: u2,
+                    ..
+                },
+            ) => m1 == m2 && u1 == u2,
+            // A file operation is matched on what was asked; whether it was
+            // allowed depends on the files, which replay does not virtualize.
+            (
+                I::File {
+                    op: o1, path: p1, ..
+                },
+                I::File {
+                    op: o2, path: p2, ..
+                },
+            ) => o1 == o2 && p1 == p2,
+            (a, b) => a == b,
+        }
+    }
+}
+
+/// Where a replayed call gets its answers: the recorded interactions of a run.
+pub trait ReplaySource: Send + Sync {
+    /// The recorded interaction at `index` (0-based), or `None` past the end.
+    fn recorded(&self, index: u64) -> Option<Interaction>;
+}
+
+/// The first point where a replayed call departed from its recording.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("divergence at step {index}: recorded {}, replay asked for {}", describe_step(.recorded.as_deref()), describe_step(.actual.as_deref()))]
+pub struct Divergence {
+    /// Index of the first differing step.
+    pub index: u64,
+    /// What the journal holds at that index (`None`: the recording ended).
+    pub recorded: Option<Box<Interaction>>,
+    /// What the replayed guest did (`None`: it finished without it).
+    pub actual: Option<Box<Interaction>>,
+}
+
+fn describe_step(i: Option<&Interaction>) -> String {
+    match i {
+        None => "nothing".into(),
+        Some(i) => format!("{i:?}"),
+    }
+}
+
 /// Receives every host interaction of a call, in order. This is the plug
 /// point for the journal.
 pub trait InteractionObserver: Send + Sync {
-    /// Called once per interaction, on the thread running the guest.
-    fn observe(&self, scope: &CallScope, interaction: &Interaction<'_>);
+    /// Called once per interaction. `index` numbers the call's interactions
+    /// from 0; an HTTP exchange is reported when its response is complete,
+    /// under the index reserved when the request was made, so reports can
+    /// arrive out of order.
+    fn observe(&self, scope: &CallScope, index: u64, interaction: &Interaction);
 }
 
 /// A `wasi:logging` record kept with the call's outcome.
@@ -162,6 +321,10 @@ struct GatewayInner {
     grants: Arc<Grants>,
     audit: Arc<dyn AuditSink>,
     observer: Option<Arc<dyn InteractionObserver>>,
+    replay: Option<Arc<dyn ReplaySource>>,
+    next_index: std::sync::atomic::AtomicU64,
+    divergence: Mutex<Option<Divergence>>,
+    started: std::time::Instant,
     output: Mutex<CapturedOutput>,
 }
 
@@ -181,12 +344,15 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    /// Creates the gateway for one call.
+    /// Creates the gateway for one call. With `replay`, every value the
+    /// host would supply is answered from the recording instead, and every
+    /// request is checked against it.
     pub fn new(
         scope: CallScope,
         grants: Arc<Grants>,
         audit: Arc<dyn AuditSink>,
         observer: Option<Arc<dyn InteractionObserver>>,
+        replay: Option<Arc<dyn ReplaySource>>,
     ) -> Self {
         Self {
             inner: Arc::new(GatewayInner {
@@ -194,9 +360,106 @@ impl Gateway {
                 grants,
                 audit,
                 observer,
+                replay,
+                next_index: std::sync::atomic::AtomicU64::new(0),
+                divergence: Mutex::new(None),
+                started: std::time::Instant::now(),
                 output: Mutex::new(CapturedOutput::default()),
             }),
         }
+    }
+
+    /// Time since the call's gateway was made (the monotonic clock's zero).
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.inner.started.elapsed()
+    }
+
+    /// Whether this call is a replay.
+    pub fn replaying(&self) -> bool {
+        self.inner.replay.is_some()
+    }
+
+    /// Reserves the next interaction index.
+    pub fn reserve_index(&self) -> u64 {
+        self.inner
+            .next_index
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How many interactions the call has made so far.
+    pub fn interaction_count(&self) -> u64 {
+        self.inner
+            .next_index
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The one way a capability performs a host interaction.
+    ///
+    /// Live: runs `live` and reports its result. Replay: takes the recorded
+    /// interaction at the next index, checks that it answers `probe` (same
+    /// kind, same request), and returns it instead of touching the host.
+    pub fn exchange(
+        &self,
+        probe: Interaction,
+        live: impl FnOnce(Interaction) -> Interaction,
+    ) -> Result<Interaction, Divergence> {
+        let index = self.reserve_index();
+        self.exchange_at(index, probe, live)
+    }
+
+    /// [`Gateway::exchange`] at an index reserved earlier.
+    pub fn exchange_at(
+        &self,
+        index: u64,
+        probe: Interaction,
+        live: impl FnOnce(Interaction) -> Interaction,
+    ) -> Result<Interaction, Divergence> {
+        let value = match &self.inner.replay {
+            None => live(probe),
+            Some(src) => match src.recorded(index) {
+                Some(rec) if rec.answers(&probe) => rec,
+                recorded => return Err(self.diverge(index, recorded, Some(probe))),
+            },
+        };
+        self.observe(index, &value);
+        Ok(value)
+    }
+
+    /// Records (and returns) a divergence; the first one is kept.
+    pub fn diverge(
+        &self,
+        index: u64,
+        recorded: Option<Interaction>,
+        actual: Option<Interaction>,
+    ) -> Divergence {
+        let d = Divergence {
+            index,
+            recorded: recorded.map(Box::new),
+            actual: actual.map(Box::new),
+        };
+        let mut slot = self
+            .inner
+            .divergence
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert_with(|| d.clone()).clone()
+    }
+
+    /// The first divergence seen, if any. After a replayed call returns, a
+    /// recording with steps left over is a divergence too.
+    pub fn divergence(&self) -> Option<Divergence> {
+        if let Some(d) = self
+            .inner
+            .divergence
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Some(d);
+        }
+        let src = self.inner.replay.as_ref()?;
+        let n = self.interaction_count();
+        src.recorded(n).map(|rec| self.diverge(n, Some(rec), None))
     }
 
     /// The call this gateway serves.
@@ -210,9 +473,9 @@ impl Gateway {
     }
 
     /// Reports an interaction to the observer, if any.
-    pub fn observe(&self, interaction: &Interaction<'_>) {
+    pub fn observe(&self, index: u64, interaction: &Interaction) {
         if let Some(o) = &self.inner.observer {
-            o.observe(&self.inner.scope, interaction);
+            o.observe(&self.inner.scope, index, interaction);
         }
     }
 
@@ -376,10 +639,6 @@ impl HostState {
         b.stdin(tokio::io::empty())
             .stdout(stdio::CapturedStream::stdout(gateway.clone()))
             .stderr(stdio::CapturedStream::stderr(gateway.clone()))
-            .wall_clock(clocks::GatewayWallClock::new(gateway.clone()))
-            .monotonic_clock(clocks::GatewayMonotonicClock::new(gateway.clone()))
-            .secure_random(random::GatewayRng::secure(gateway.clone()))
-            .insecure_random(random::GatewayRng::insecure(gateway.clone()))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)

@@ -53,8 +53,9 @@ impl CapturedStream {
         }
     }
 
-    /// Appends `bytes`, or refuses with the output limit.
-    fn append(&self, bytes: &[u8]) -> Result<(), LimitHit> {
+    /// Appends `bytes`, or refuses with the output limit (or, replaying, a
+    /// divergence from the recorded output).
+    fn append(&self, bytes: &[u8]) -> Result<(), wasmtime::Error> {
         let limit = self.gateway.grants().limits.max_output_bytes;
         let accepted = self.gateway.with_output(|out| {
             let buf = match self.which {
@@ -79,13 +80,14 @@ impl CapturedStream {
                 Decision::Limit,
                 Some(hit.to_string()),
             );
-            return Err(hit);
+            return Err(hit.into());
         }
-        let interaction = match self.which {
-            Which::Stdout => Interaction::Stdout { bytes },
-            Which::Stderr => Interaction::Stderr { bytes },
+        let data = super::Bytes(bytes.to_vec());
+        let probe = match self.which {
+            Which::Stdout => Interaction::Stdout { bytes: data },
+            Which::Stderr => Interaction::Stderr { bytes: data },
         };
-        self.gateway.observe(&interaction);
+        self.gateway.exchange(probe, |p| p)?;
         Ok(())
     }
 }
@@ -109,8 +111,7 @@ impl StdoutStream for CapturedStream {
 #[async_trait::async_trait]
 impl OutputStream for CapturedStream {
     fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
-        self.append(&bytes)
-            .map_err(|hit| StreamError::Trap(hit.into()))
+        self.append(&bytes).map_err(StreamError::Trap)
     }
 
     fn flush(&mut self) -> Result<(), StreamError> {
@@ -138,7 +139,7 @@ impl AsyncWrite for CapturedStream {
         Poll::Ready(
             self.append(buf)
                 .map(|()| buf.len())
-                .map_err(io::Error::other),
+                .map_err(|e| io::Error::other(e.to_string())),
         )
     }
 
