@@ -13,6 +13,9 @@ pub const TRAP: i32 = 4;
 /// The call failed and a grant denied something during it (HTTP host, file).
 pub const DENIED: i32 = 5;
 
+/// A replay departed from its recording.
+pub const DIVERGED: i32 = 6;
+
 /// The exit code for a runtime error raised before the guest ran.
 pub fn for_error(e: &tessera_runtime::Error) -> i32 {
     use tessera_runtime::Error as E;

@@ -30,6 +30,12 @@ enum Command {
     /// instance, and print the JSON result.
     #[command(after_help = EXIT_CODES)]
     Call(cmd::call::Args),
+    /// Recorded runs: list, show, export, import.
+    #[command(subcommand)]
+    Runs(cmd::runs::Command),
+    /// Re-execute a recorded run offline, answering every host interaction
+    /// from its journal; exit 0 if identical, 6 at the first divergence.
+    Replay(cmd::replay::Args),
 }
 
 const EXIT_CODES: &str = "Exit codes:
@@ -38,7 +44,8 @@ const EXIT_CODES: &str = "Exit codes:
   2  bad input (usage, JSON arguments, manifest, component file, function name)
   3  the guest returned the `err` case of a WIT result
   4  the guest trapped or hit a limit (fuel, deadline, memory, stack, output, concurrency)
-  5  the call failed and a grant denied something during it (HTTP host, ...)";
+  5  the call failed and a grant denied something during it (HTTP host, file path)
+  6  replay diverged from the recording";
 
 fn main() {
     let cli = Cli::parse();
@@ -56,6 +63,8 @@ fn main() {
         match cli.command {
             Command::Inspect(args) => cmd::inspect::run(&cli.global, args).await,
             Command::Call(args) => cmd::call::run(&cli.global, args).await,
+            Command::Runs(c) => cmd::runs::run(&cli.global, c),
+            Command::Replay(args) => cmd::replay::run(&cli.global, args).await,
         }
     });
     std::process::exit(code);

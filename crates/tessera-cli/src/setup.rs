@@ -45,6 +45,15 @@ impl GlobalArgs {
     }
 }
 
+impl GlobalArgs {
+    /// Opens the journal store in the data directory.
+    pub fn journal(&self) -> Result<Arc<tessera_journal::JournalStore>, String> {
+        tessera_journal::JournalStore::open(&self.data)
+            .map(Arc::new)
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// Loads a component with a manifest, showing a spinner while it compiles.
 pub async fn load(
     runtime: &Runtime,

@@ -177,6 +177,16 @@ impl LoadedComponent {
         &self.prepared.origin
     }
 
+    /// The runtime it was loaded into.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// The bytes it was loaded from (the core module, if adapted).
+    pub fn source_bytes(&self) -> &[u8] {
+        &self.prepared.source_bytes
+    }
+
     /// Whether it was a core module adapted with the preview1 adapter.
     pub fn adapted(&self) -> bool {
         self.prepared.adapted

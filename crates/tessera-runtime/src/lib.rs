@@ -36,6 +36,9 @@ pub use manifest::{Grants, Limits, ManifestError};
 pub use runtime::{Prepared, Runtime, RuntimeConfig, digest_of};
 pub use schema::FunctionInfo;
 
+/// The wasmtime version this runtime embeds (recorded in journals).
+pub const WASMTIME_VERSION: &str = "48.0.8";
+
 /// Errors at the runtime's boundary.
 ///
 /// Loading errors (`Read`, `NotWasm`, `Adapt`, `Compile`, `Manifest`,

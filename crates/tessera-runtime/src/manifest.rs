@@ -112,7 +112,7 @@ struct RawLimits {
 }
 
 /// Whether a mounted directory may be written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MountMode {
     /// Reads only; every write, create, rename or delete is refused.
@@ -122,7 +122,7 @@ pub enum MountMode {
 }
 
 /// A host directory made visible to the guest at a guest path.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Mount {
     /// The canonical host directory.
     pub host: PathBuf,
@@ -133,14 +133,14 @@ pub struct Mount {
 }
 
 /// Environment variables the guest may see, resolved at load time.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EnvGrant {
     /// Name/value pairs, in name order.
     pub vars: BTreeMap<String, String>,
 }
 
 /// The limits every call of a component runs under.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     /// Fuel (roughly: wasm instructions) per call.
     pub fuel: u64,
@@ -172,7 +172,7 @@ impl Default for Limits {
 /// or be `*` alone to match any host name (IP literals and `localhost` must
 /// always be listed explicitly). `port` may be `*` for any port. A
 /// pattern without a port matches the scheme's default port only.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HostPattern {
     /// `http` or `https`.
     pub scheme: String,
@@ -310,7 +310,7 @@ fn split_host_port(rest: &str) -> Result<(&str, Option<&str>), String> {
 }
 
 /// Everything a component is granted, validated and resolved.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Grants {
     /// Preopened directories.
     pub mounts: Vec<Mount>,

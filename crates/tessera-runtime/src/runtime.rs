@@ -70,6 +70,7 @@ pub(crate) struct RuntimeInner {
     pub(crate) audit: Arc<dyn AuditSink>,
     pub(crate) observer: Option<Arc<dyn InteractionObserver>>,
     pooling: bool,
+    max_wasm_stack: usize,
     stop_ticker: Arc<AtomicBool>,
 }
 
@@ -104,6 +105,8 @@ pub struct Prepared {
     pub digest: String,
     /// The component bytes (after adaptation).
     pub component_bytes: Arc<Vec<u8>>,
+    /// The bytes as given (the core module, if it was adapted).
+    pub source_bytes: Arc<Vec<u8>>,
     /// Whether the input was a core module adapted with the preview1 adapter.
     pub adapted: bool,
     /// Whether a cache entry exists (so loading will not compile).
@@ -201,9 +204,15 @@ impl Runtime {
                 audit: cfg.audit,
                 observer: cfg.observer,
                 pooling,
+                max_wasm_stack: cfg.max_wasm_stack,
                 stop_ticker: stop,
             }),
         })
+    }
+
+    /// Maximum guest stack, in bytes.
+    pub fn max_wasm_stack(&self) -> usize {
+        self.inner.max_wasm_stack
     }
 
     /// The wasmtime engine.
@@ -234,7 +243,12 @@ impl Runtime {
     /// module with the WASI preview1 adapter, and looks in the cache.
     pub fn prepare(&self, bytes: Vec<u8>, origin: &str) -> Result<Prepared, Error> {
         let digest = digest_of(&bytes);
-        let (component_bytes, adapted) = to_component(bytes, origin)?;
+        let source = Arc::new(bytes);
+        let (component_bytes, adapted) = to_component(&source, origin)?;
+        let component_bytes = match component_bytes {
+            Some(c) => Arc::new(c),
+            None => source.clone(),
+        };
         let cached = self
             .inner
             .cache
@@ -243,7 +257,8 @@ impl Runtime {
         Ok(Prepared {
             origin: origin.to_string(),
             digest,
-            component_bytes: Arc::new(component_bytes),
+            component_bytes,
+            source_bytes: source,
             adapted,
             cached,
         })
@@ -304,12 +319,12 @@ impl Runtime {
     }
 }
 
-/// Turns input bytes into component bytes.
-fn to_component(bytes: Vec<u8>, origin: &str) -> Result<(Vec<u8>, bool), Error> {
-    if wasmparser::Parser::is_component(&bytes) {
-        return Ok((bytes, false));
+/// Turns input bytes into component bytes (`None`: they already are one).
+fn to_component(bytes: &[u8], origin: &str) -> Result<(Option<Vec<u8>>, bool), Error> {
+    if wasmparser::Parser::is_component(bytes) {
+        return Ok((None, false));
     }
-    if !wasmparser::Parser::is_core_wasm(&bytes) {
+    if !wasmparser::Parser::is_core_wasm(bytes) {
         let message = if bytes.len() < 8 {
             format!(
                 "file is {} bytes long, too short for a wasm header",
@@ -325,7 +340,7 @@ fn to_component(bytes: Vec<u8>, origin: &str) -> Result<(Vec<u8>, bool), Error> 
             message,
         });
     }
-    let adapter = if exports_start(&bytes) {
+    let adapter = if exports_start(bytes) {
         wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER
     } else {
         wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER
@@ -336,7 +351,7 @@ fn to_component(bytes: Vec<u8>, origin: &str) -> Result<(Vec<u8>, bool), Error> 
     };
     let encoded = wit_component::ComponentEncoder::default()
         .validate(true)
-        .module(&bytes)
+        .module(bytes)
         .map_err(|e| adapt_err(wasmtime::Error::msg(format!("{e:#}"))))?
         .adapter(
             wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME,
@@ -345,7 +360,7 @@ fn to_component(bytes: Vec<u8>, origin: &str) -> Result<(Vec<u8>, bool), Error> 
         .map_err(|e| adapt_err(wasmtime::Error::msg(format!("{e:#}"))))?
         .encode()
         .map_err(|e| adapt_err(wasmtime::Error::msg(format!("{e:#}"))))?;
-    Ok((encoded, true))
+    Ok((Some(encoded), true))
 }
 
 /// Whether a core module exports `_start` (a WASI command).

@@ -31,6 +31,10 @@ pub struct Args {
     /// memory, duration and audit events.
     #[arg(long)]
     pub json: bool,
+    /// Record the run in the journal (`tessera runs show <id>`,
+    /// `tessera replay <id>`); the run id is printed on stderr.
+    #[arg(long)]
+    pub record: bool,
 }
 
 fn read_args(args: &Args) -> Result<Value, String> {
@@ -79,7 +83,29 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
             return exit::for_error(&e);
         }
     };
-    let outcome = match loaded.call_json(&args.function, &json_args).await {
+    let called = if args.record {
+        let store = match global.journal() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::INTERNAL;
+            }
+        };
+        match tessera_journal::record_call(&store, &loaded, &args.function, &json_args).await {
+            Ok((run_id, o)) => {
+                eprintln!("recorded run {run_id}");
+                Ok(o)
+            }
+            Err(tessera_journal::Error::Runtime(e)) => Err(e),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::INTERNAL;
+            }
+        }
+    } else {
+        loaded.call_json(&args.function, &json_args).await
+    };
+    let outcome = match called {
         Ok(o) => o,
         Err(e) => {
             if args.json {

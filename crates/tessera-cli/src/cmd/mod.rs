@@ -2,3 +2,5 @@
 
 pub mod call;
 pub mod inspect;
+pub mod replay;
+pub mod runs;

@@ -1,0 +1,104 @@
+//! `tessera replay`: re-execute a recorded run offline.
+
+use std::path::PathBuf;
+
+use serde_json::json;
+
+use crate::exit;
+use crate::setup::GlobalArgs;
+
+/// Arguments of `tessera replay`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Run id (or a unique prefix).
+    pub run: String,
+    /// Use this component file instead of the stored copy; refused unless it
+    /// is byte-for-byte the recorded component.
+    #[arg(long, value_name = "FILE")]
+    pub component: Option<PathBuf>,
+    /// Print a JSON report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the subcommand and returns the exit code.
+pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
+    let runtime = match global.runtime() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::INTERNAL;
+        }
+    };
+    let store = match global.journal() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::INTERNAL;
+        }
+    };
+    let report =
+        match tessera_journal::replay(&runtime, &store, &args.run, args.component.as_deref()).await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::BAD_INPUT;
+            }
+        };
+    if args.json {
+        let mut v = json!({
+            "run_id": report.run_id,
+            "recorded_steps": report.recorded_steps,
+            "replayed_steps": report.outcome.interactions,
+            "complete": report.complete,
+            "identical": report.divergence.is_none(),
+        });
+        if let Some(d) = &report.divergence {
+            v["divergence"] = json!({ "message": d.to_string() });
+            if let tessera_journal::ReplayDivergence::Interaction(i) = d {
+                v["divergence"]["index"] = json!(i.index);
+                v["divergence"]["recorded"] = json!(i.recorded);
+                v["divergence"]["replayed"] = json!(i.actual);
+            }
+        }
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        match &report.divergence {
+            None => println!(
+                "identical: run {} replayed {} steps offline, same result, same fuel ({})",
+                report.run_id, report.recorded_steps, report.outcome.fuel_consumed
+            ),
+            Some(tessera_journal::ReplayDivergence::Interaction(d)) => {
+                println!("DIVERGED at step {}", d.index);
+                println!(
+                    "  recorded: {}",
+                    d.recorded
+                        .as_deref()
+                        .map(|s| tessera_journal::describe_step(d.index, s)
+                            .trim_start()
+                            .to_string())
+                        .unwrap_or_else(|| "(end of recording)".into())
+                );
+                println!(
+                    "  replayed: {}",
+                    d.actual
+                        .as_deref()
+                        .map(|s| tessera_journal::describe_step(d.index, s)
+                            .trim_start()
+                            .to_string())
+                        .unwrap_or_else(|| "(the guest finished)".into())
+                );
+            }
+            Some(other) => println!("DIVERGED: {other}"),
+        }
+        if !report.complete {
+            println!("note: the recording is incomplete (the process stopped during the run)");
+        }
+    }
+    if report.divergence.is_some() {
+        exit::DIVERGED
+    } else {
+        exit::OK
+    }
+}

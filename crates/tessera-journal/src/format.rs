@@ -1,0 +1,184 @@
+//! The journal format (version 1), documented in `docs/journal.md`.
+//!
+//! A run's journal is a header, a sequence of steps (one per host
+//! interaction, numbered from 0) and, once the run is over, an end record.
+//! A run without an end record is *incomplete*: the process stopped while
+//! it ran, and the steps written so far are still readable.
+//!
+//! Byte payloads longer than [`INLINE_LIMIT`] hex characters are stored once
+//! in a blob table keyed by their SHA-256 and replaced in the step by
+//! `{"blob": "sha256:<hex>"}`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tessera_runtime::Grants;
+
+/// The `format` field of every header.
+pub const FORMAT: &str = "tessera-journal";
+/// The only version this build reads and writes.
+pub const VERSION: u32 = 1;
+/// Hex strings longer than this (in characters) become blobs.
+pub const INLINE_LIMIT: usize = 128;
+
+/// Which component ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentRef {
+    /// `sha256:<hex>` of the component file; its bytes are a blob under the
+    /// same digest.
+    pub digest: String,
+    /// Where it was loaded from when recorded.
+    pub origin: String,
+}
+
+/// Engine settings that affect what a guest computes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineSettings {
+    /// wasmtime version.
+    pub wasmtime: String,
+    /// Fuel metering (always on in Tessera).
+    pub fuel: bool,
+    /// Maximum guest stack in bytes (deep recursion traps past it).
+    pub max_wasm_stack: usize,
+}
+
+/// The first record of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// Format version; [`VERSION`] for journals this build writes.
+    pub version: u32,
+    /// The run's id.
+    pub run_id: String,
+    /// RFC 3339 UTC start time.
+    pub started: String,
+    /// The component.
+    pub component: ComponentRef,
+    /// The function's qualified name.
+    pub function: String,
+    /// The JSON arguments.
+    pub args: Value,
+    /// The grants and limits in force.
+    pub grants: Grants,
+    /// Engine settings.
+    pub engine: EngineSettings,
+}
+
+/// How the run ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "kebab-case")]
+pub enum RunResult {
+    /// The function returned (possibly a WIT `result` in its `err` case).
+    Returned {
+        /// The JSON result.
+        value: Value,
+    },
+    /// A limit stopped the guest.
+    Limit {
+        /// The limit (`fuel`, `deadline`, `memory`, …).
+        limit: String,
+        /// The message.
+        message: String,
+    },
+    /// The guest trapped.
+    Trap {
+        /// The trap message.
+        message: String,
+    },
+    /// The call was refused before the guest ran (bad arguments, busy).
+    Refused {
+        /// Why.
+        message: String,
+    },
+}
+
+/// The last record of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct End {
+    /// How the call ended.
+    pub result: RunResult,
+    /// Fuel consumed.
+    pub fuel_consumed: u64,
+    /// Peak linear memory, bytes.
+    pub peak_memory_bytes: u64,
+    /// Wall-clock duration, microseconds.
+    pub duration_us: u64,
+    /// Number of steps.
+    pub steps: u64,
+}
+
+/// Moves long hex payloads out of a step: returns the rewritten step and
+/// the blobs (digest, bytes) it referenced.
+pub fn externalize(step: &mut Value) -> Vec<(String, Vec<u8>)> {
+    let mut blobs = Vec::new();
+    walk(step, &mut |v| {
+        if let Value::String(s) = v
+            && s.len() > INLINE_LIMIT
+            && s.len() % 2 == 0
+            && s.bytes().all(|b| b.is_ascii_hexdigit())
+            && let Ok(bytes) = hex::decode(s.as_str())
+        {
+            let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+            *v = serde_json::json!({ "blob": digest });
+            blobs.push((digest, bytes));
+        }
+    });
+    blobs
+}
+
+/// Puts blobs back into a step. `fetch` returns a blob's bytes by digest.
+pub fn internalize(
+    step: &mut Value,
+    fetch: &mut dyn FnMut(&str) -> Option<Vec<u8>>,
+) -> Result<(), String> {
+    let mut missing = None;
+    walk(step, &mut |v| {
+        if let Value::Object(o) = v
+            && o.len() == 1
+            && let Some(Value::String(d)) = o.get("blob")
+        {
+            match fetch(d) {
+                Some(bytes) => *v = Value::String(hex::encode(bytes)),
+                None => missing = Some(d.clone()),
+            }
+        }
+    });
+    match missing {
+        Some(d) => Err(format!("blob {d} is missing")),
+        None => Ok(()),
+    }
+}
+
+fn walk(v: &mut Value, f: &mut dyn FnMut(&mut Value)) {
+    f(v);
+    match v {
+        Value::Array(a) => a.iter_mut().for_each(|x| walk(x, f)),
+        Value::Object(o) => o.values_mut().for_each(|x| walk(x, f)),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_payloads_become_blobs_and_come_back() {
+        let long = "ab".repeat(200);
+        let mut step = serde_json::json!({"kind": "stdout", "bytes": long});
+        let blobs = externalize(&mut step);
+        assert_eq!(blobs.len(), 1);
+        assert!(
+            step["bytes"]["blob"]
+                .as_str()
+                .unwrap()
+                .starts_with("sha256:")
+        );
+        let mut store: std::collections::HashMap<String, Vec<u8>> = blobs.into_iter().collect();
+        internalize(&mut step, &mut |d| store.remove(d)).unwrap();
+        assert_eq!(step["bytes"], serde_json::json!("ab".repeat(200)));
+        let mut short = serde_json::json!({"kind": "stdout", "bytes": "6869"});
+        assert!(externalize(&mut short).is_empty());
+    }
+}

@@ -1,0 +1,441 @@
+//! Tessera's journal: every run recorded, any run replayed.
+//!
+//! Recording plugs into the runtime's gateway as an
+//! [`InteractionObserver`]: every host interaction of a call (clock reads,
+//! random bytes, environment, stdout/stderr, logs, HTTP exchanges with full
+//! responses, file operations) becomes a step in the run's journal, written
+//! append-only to the embedded store while the call runs.
+//!
+//! Replaying plugs into the same gateway as a [`ReplaySource`]: the same
+//! component bytes run again, and every value the host would have supplied
+//! comes from the journal instead. The gateway checks that the guest asks
+//! for the same interactions in the same order with the same arguments; the
+//! replay then checks the result and the fuel consumed.
+#![deny(missing_docs)]
+
+pub mod format;
+mod store;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::Value;
+use tessera_runtime::gateway::{
+    CallScope, Divergence, Interaction, InteractionObserver, ReplaySource,
+};
+use tessera_runtime::{CallFailure, CallOptions, CallOutcome, Grants, LoadedComponent, Runtime};
+
+pub use format::{ComponentRef, End, EngineSettings, Header, RunResult};
+pub use store::{JournalStore, RunSummary};
+
+/// Errors of the journal.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store could not be read or written.
+    #[error("journal store: {0}")]
+    Store(String),
+    /// A file could not be read or written.
+    #[error("{path}: {source}", path = .0.display(), source = .1)]
+    Io(PathBuf, std::io::Error),
+    /// A journal (or export file) is damaged.
+    #[error("corrupt journal: {0}")]
+    Corrupt(String),
+    /// The journal was written by a newer (or unknown) format version.
+    #[error("journal format version {0} is not supported (this build reads version {supported})", supported = format::VERSION)]
+    UnsupportedVersion(u64),
+    /// No run has that id.
+    #[error("no run `{0}`")]
+    NoSuchRun(String),
+    /// The prefix matches several runs.
+    #[error("`{0}` matches several runs: {1}")]
+    Ambiguous(String, String),
+    /// The component to replay is not the one recorded.
+    #[error("component mismatch: the run recorded {recorded}, but {given} is {actual}")]
+    ComponentMismatch {
+        /// The recorded digest.
+        recorded: String,
+        /// Where the offered component came from.
+        given: String,
+        /// Its digest.
+        actual: String,
+    },
+    /// The recorded component's bytes are not in the store.
+    #[error("the component {0} of this run is not in the store; pass it with --component")]
+    ComponentMissing(String),
+    /// The runtime refused to load or call.
+    #[error(transparent)]
+    Runtime(#[from] tessera_runtime::Error),
+}
+
+/// A new run id: UTC time, then random hex (sorts by start time).
+pub fn new_run_id() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let mut r = [0u8; 4];
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(now.unix_timestamp_nanos() as u128);
+    r.copy_from_slice(&h.finish().to_le_bytes()[..4]);
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}-{}",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        hex::encode(r)
+    )
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Streams one run's steps into the store.
+struct Recorder {
+    store: Arc<JournalStore>,
+    run_id: String,
+}
+
+impl InteractionObserver for Recorder {
+    fn observe(&self, _scope: &CallScope, index: u64, interaction: &Interaction) {
+        self.store.append_step(&self.run_id, index, interaction);
+    }
+}
+
+fn engine_settings(runtime: &Runtime) -> EngineSettings {
+    EngineSettings {
+        wasmtime: tessera_runtime::WASMTIME_VERSION.to_string(),
+        fuel: true,
+        max_wasm_stack: runtime.max_wasm_stack(),
+    }
+}
+
+/// The end record for an outcome.
+pub fn end_of(outcome: &CallOutcome) -> End {
+    let result = match &outcome.result {
+        Ok(v) => RunResult::Returned { value: v.clone() },
+        Err(CallFailure::Limit(l)) => RunResult::Limit {
+            limit: l.capability().to_string(),
+            message: l.to_string(),
+        },
+        Err(CallFailure::Trap { message, .. }) => RunResult::Trap {
+            message: message.clone(),
+        },
+        Err(CallFailure::Diverged(d)) => RunResult::Trap {
+            message: d.to_string(),
+        },
+    };
+    End {
+        result,
+        fuel_consumed: outcome.fuel_consumed,
+        peak_memory_bytes: outcome.peak_memory_bytes as u64,
+        duration_us: outcome.duration.as_micros() as u64,
+        steps: outcome.interactions,
+    }
+}
+
+/// Calls `function` and records the run. Returns the run id with the outcome.
+pub async fn record_call(
+    store: &Arc<JournalStore>,
+    component: &LoadedComponent,
+    function: &str,
+    args: &Value,
+) -> Result<(String, CallOutcome), Error> {
+    let f = component.function(function)?;
+    let run_id = new_run_id();
+    let header = Header {
+        format: format::FORMAT.to_string(),
+        version: format::VERSION,
+        run_id: run_id.clone(),
+        started: now_rfc3339(),
+        component: ComponentRef {
+            digest: component.digest().to_string(),
+            origin: component.origin().to_string(),
+        },
+        function: f.qualified_name(),
+        args: args.clone(),
+        grants: component.grants().clone(),
+        engine: engine_settings(component.runtime()),
+    };
+    store.begin(&header, component.source_bytes())?;
+    let recorder = Arc::new(Recorder {
+        store: store.clone(),
+        run_id: run_id.clone(),
+    });
+    let outcome = component
+        .call_json_with(
+            &header.function,
+            args,
+            CallOptions {
+                observer: Some(recorder),
+                replay: None,
+            },
+        )
+        .await;
+    match outcome {
+        Ok(o) => {
+            store.append_end(&run_id, &end_of(&o));
+            store.flush();
+            Ok((run_id, o))
+        }
+        Err(e) => {
+            store.append_end(
+                &run_id,
+                &End {
+                    result: RunResult::Refused {
+                        message: e.to_string(),
+                    },
+                    fuel_consumed: 0,
+                    peak_memory_bytes: 0,
+                    duration_us: 0,
+                    steps: 0,
+                },
+            );
+            store.flush();
+            Err(e.into())
+        }
+    }
+}
+
+/// Answers a replayed call from a run's steps.
+#[derive(Debug)]
+pub struct ReplayCursor {
+    steps: Vec<Option<Interaction>>,
+}
+
+impl ReplayCursor {
+    /// A cursor over steps (index, interaction); gaps answer `None`.
+    pub fn new(steps: Vec<(u64, Interaction)>) -> Self {
+        let len = steps.iter().map(|(i, _)| i + 1).max().unwrap_or(0) as usize;
+        let mut v = vec![None; len];
+        for (i, s) in steps {
+            v[i as usize] = Some(s);
+        }
+        Self { steps: v }
+    }
+}
+
+impl ReplaySource for ReplayCursor {
+    fn recorded(&self, index: u64) -> Option<Interaction> {
+        self.steps.get(index as usize).cloned().flatten()
+    }
+}
+
+/// What a replay found.
+#[derive(Debug, Clone)]
+pub struct ReplayReport {
+    /// The run.
+    pub run_id: String,
+    /// Steps in the journal.
+    pub recorded_steps: u64,
+    /// Whether the run was complete when recorded.
+    pub complete: bool,
+    /// The first divergence, if any (interactions, result or fuel).
+    pub divergence: Option<ReplayDivergence>,
+    /// The replayed outcome.
+    pub outcome: CallOutcome,
+}
+
+/// Where a replay departed from its recording.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReplayDivergence {
+    /// The guest asked for a different interaction.
+    Interaction(Divergence),
+    /// Same interactions, different result.
+    Result {
+        /// Recorded.
+        recorded: RunResult,
+        /// Replayed.
+        replayed: RunResult,
+    },
+    /// Same interactions and result, different fuel.
+    Fuel {
+        /// Recorded.
+        recorded: u64,
+        /// Replayed.
+        replayed: u64,
+    },
+}
+
+impl std::fmt::Display for ReplayDivergence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplayDivergence::Interaction(d) => write!(f, "{d}"),
+            ReplayDivergence::Result { recorded, replayed } => write!(
+                f,
+                "result differs: recorded {}, replayed {}",
+                serde_json::to_string(recorded).unwrap_or_default(),
+                serde_json::to_string(replayed).unwrap_or_default()
+            ),
+            ReplayDivergence::Fuel { recorded, replayed } => {
+                write!(f, "fuel differs: recorded {recorded}, replayed {replayed}")
+            }
+        }
+    }
+}
+
+/// Re-executes a recorded run offline: the same component bytes (from the
+/// store, or `component` if given — refused unless its digest matches),
+/// every host interaction answered from the journal.
+pub async fn replay(
+    runtime: &Runtime,
+    store: &JournalStore,
+    run_id: &str,
+    component: Option<&Path>,
+) -> Result<ReplayReport, Error> {
+    let run_id = store.resolve(run_id)?;
+    let header = store.header(&run_id)?;
+    let end = store.end(&run_id)?;
+    let steps = store.steps(&run_id)?;
+    let bytes = match component {
+        Some(p) => {
+            let b = std::fs::read(p).map_err(|e| Error::Io(p.to_path_buf(), e))?;
+            let actual = tessera_runtime::digest_of(&b);
+            if actual != header.component.digest {
+                return Err(Error::ComponentMismatch {
+                    recorded: header.component.digest.clone(),
+                    given: p.display().to_string(),
+                    actual,
+                });
+            }
+            b
+        }
+        None => store
+            .blob(&header.component.digest)?
+            .ok_or_else(|| Error::ComponentMissing(header.component.digest.clone()))?,
+    };
+    let prepared = runtime.prepare(bytes, &header.component.origin)?;
+    if prepared.digest != header.component.digest {
+        return Err(Error::ComponentMismatch {
+            recorded: header.component.digest.clone(),
+            given: "the stored component".into(),
+            actual: prepared.digest,
+        });
+    }
+    // Replay touches no host resource: no mounts (file steps are answered
+    // and checked from the journal), same limits.
+    let grants = Grants {
+        mounts: Vec::new(),
+        ..header.grants.clone()
+    };
+    let loaded = runtime.load(&prepared, grants)?;
+    let recorded_steps = steps.len() as u64;
+    let cursor = Arc::new(ReplayCursor::new(steps));
+    let outcome = loaded
+        .call_json_with(
+            &header.function,
+            &header.args,
+            CallOptions {
+                observer: None,
+                replay: Some(cursor),
+            },
+        )
+        .await?;
+    let replayed = end_of(&outcome);
+    let divergence = if let Some(d) = outcome.divergence.clone() {
+        Some(ReplayDivergence::Interaction(d))
+    } else if let Some(end) = &end {
+        if end.result != replayed.result {
+            Some(ReplayDivergence::Result {
+                recorded: end.result.clone(),
+                replayed: replayed.result.clone(),
+            })
+        } else if end.fuel_consumed != replayed.fuel_consumed {
+            Some(ReplayDivergence::Fuel {
+                recorded: end.fuel_consumed,
+                replayed: replayed.fuel_consumed,
+            })
+        } else {
+            None
+        }
+    } else {
+        None
+    };
+    Ok(ReplayReport {
+        run_id,
+        recorded_steps,
+        complete: end.is_some(),
+        divergence,
+        outcome,
+    })
+}
+
+/// One human-readable line for a step (`tessera runs show`).
+pub fn describe_step(index: u64, step: &Interaction) -> String {
+    fn text(b: &[u8]) -> String {
+        let s = String::from_utf8_lossy(b);
+        let s = s.trim_end_matches('\n');
+        if s.chars().count() > 100 {
+            format!(
+                "{:?}… ({} bytes)",
+                s.chars().take(100).collect::<String>(),
+                b.len()
+            )
+        } else {
+            format!("{s:?}")
+        }
+    }
+    let what = match step {
+        Interaction::WallClock {
+            seconds,
+            nanoseconds,
+        } => {
+            let t = time::OffsetDateTime::from_unix_timestamp(*seconds as i64)
+                .ok()
+                .and_then(|t| t.replace_nanosecond(*nanoseconds).ok())
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_else(|| format!("{seconds}.{nanoseconds:09}"));
+            format!("wall-clock      {t}")
+        }
+        Interaction::MonotonicClock { nanos } => {
+            format!("monotonic-clock {:.6} s", *nanos as f64 / 1e9)
+        }
+        Interaction::Random { source, bytes } => format!(
+            "random          {} bytes ({source:?}): {}",
+            bytes.0.len(),
+            hex::encode(&bytes.0[..bytes.0.len().min(16)])
+        ),
+        Interaction::InsecureSeed { seed } => format!("insecure-seed   {seed:?}"),
+        Interaction::Stdout { bytes } => format!("stdout          {}", text(&bytes.0)),
+        Interaction::Stderr { bytes } => format!("stderr          {}", text(&bytes.0)),
+        Interaction::Log {
+            level,
+            context,
+            message,
+        } => format!("log             {level:?} [{context}] {message}"),
+        Interaction::Environment { vars } => format!(
+            "environment     {}",
+            vars.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        Interaction::Arguments { args } => format!("arguments       {args:?}"),
+        Interaction::Http {
+            method,
+            uri,
+            allowed,
+            response,
+            error,
+        } => {
+            let outcome = match (allowed, response, error) {
+                (false, _, _) => "DENIED".to_string(),
+                (_, Some(r), _) => format!("{} ({} bytes)", r.status, r.body.0.len()),
+                (_, None, Some(e)) => format!("error {e}"),
+                _ => "no response".to_string(),
+            };
+            format!("http            {method} {uri} -> {outcome}")
+        }
+        Interaction::File { op, path, allowed } => format!(
+            "file            {op} {path}{}",
+            if *allowed { "" } else { " -> DENIED" }
+        ),
+    };
+    format!("{index:>6}  {what}")
+}

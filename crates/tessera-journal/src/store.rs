@@ -1,0 +1,462 @@
+//! The embedded journal store (redb), written append-only as runs proceed.
+//!
+//! A run's header and its component's bytes are committed before the guest
+//! starts. Steps go through a channel to one writer thread, which commits
+//! them in batches (every message already queued goes into one
+//! transaction), so recording costs the guest a serialization and a channel
+//! send, not a disk sync. If the process dies mid-run, every committed step
+//! stays readable and the run, lacking its end record, is listed as
+//! incomplete.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tessera_runtime::gateway::Interaction;
+
+use crate::Error;
+use crate::format::{End, FORMAT, Header, VERSION, externalize, internalize};
+
+const RUNS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("runs");
+const STEPS: TableDefinition<'static, (&str, u64), &[u8]> = TableDefinition::new("steps");
+const ENDS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("ends");
+const BLOBS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("blobs");
+
+enum Msg {
+    Step(String, u64, Vec<u8>, Vec<(String, Vec<u8>)>),
+    End(String, Vec<u8>),
+    Flush(mpsc::Sender<()>),
+}
+
+/// One line of `tessera runs list`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSummary {
+    /// The header.
+    pub header: Header,
+    /// The end record, `None` for an incomplete run.
+    pub end: Option<End>,
+    /// Steps stored.
+    pub steps: u64,
+}
+
+/// The journal store in a data directory.
+pub struct JournalStore {
+    db: Arc<Database>,
+    path: PathBuf,
+    tx: Mutex<Sender<Msg>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for JournalStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JournalStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn db_err(e: impl std::fmt::Display) -> Error {
+    Error::Store(e.to_string())
+}
+
+impl JournalStore {
+    /// Opens (creating if needed) `<dir>/journal.redb`.
+    pub fn open(dir: &Path) -> Result<Self, Error> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Io(dir.to_path_buf(), e))?;
+        let path = dir.join("journal.redb");
+        let db = Database::create(&path)
+            .map_err(|e| Error::Store(format!("cannot open {}: {e}", path.display())))?;
+        {
+            let w = db.begin_write().map_err(db_err)?;
+            w.open_table(RUNS).map_err(db_err)?;
+            w.open_table(STEPS).map_err(db_err)?;
+            w.open_table(ENDS).map_err(db_err)?;
+            w.open_table(BLOBS).map_err(db_err)?;
+            w.commit().map_err(db_err)?;
+        }
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::channel();
+        let writer_db = db.clone();
+        let writer = std::thread::Builder::new()
+            .name("tessera-journal".into())
+            .spawn(move || write_loop(&writer_db, rx))
+            .map_err(|e| Error::Store(format!("cannot start the journal writer: {e}")))?;
+        Ok(Self {
+            db,
+            path,
+            tx: Mutex::new(tx),
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Commits a run's header and its component bytes (synchronously).
+    pub fn begin(&self, header: &Header, component: &[u8]) -> Result<(), Error> {
+        let bytes = serde_json::to_vec(header).map_err(db_err)?;
+        let w = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut blobs = w.open_table(BLOBS).map_err(db_err)?;
+            if blobs
+                .get(header.component.digest.as_str())
+                .map_err(db_err)?
+                .is_none()
+            {
+                blobs
+                    .insert(header.component.digest.as_str(), component)
+                    .map_err(db_err)?;
+            }
+            let mut runs = w.open_table(RUNS).map_err(db_err)?;
+            runs.insert(header.run_id.as_str(), bytes.as_slice())
+                .map_err(db_err)?;
+        }
+        w.commit().map_err(db_err)
+    }
+
+    /// Queues one step for the writer.
+    pub fn append_step(&self, run_id: &str, index: u64, interaction: &Interaction) {
+        let mut value = match serde_json::to_value(interaction) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!("cannot serialize step {index} of {run_id}: {e}");
+                return;
+            }
+        };
+        let blobs = externalize(&mut value);
+        let bytes = serde_json::to_vec(&value).unwrap_or_default();
+        self.send(Msg::Step(run_id.to_string(), index, bytes, blobs));
+    }
+
+    /// Queues the end record.
+    pub fn append_end(&self, run_id: &str, end: &End) {
+        if let Ok(bytes) = serde_json::to_vec(end) {
+            self.send(Msg::End(run_id.to_string(), bytes));
+        }
+    }
+
+    fn send(&self, msg: Msg) {
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        if tx.send(msg).is_err() {
+            tracing::error!("journal writer has stopped; a step was lost");
+        }
+    }
+
+    /// Waits until everything queued so far is committed.
+    pub fn flush(&self) {
+        let (ack, done) = mpsc::channel();
+        self.send(Msg::Flush(ack));
+        let _ = done.recv();
+    }
+
+    /// Every run, oldest first.
+    pub fn list(&self) -> Result<Vec<RunSummary>, Error> {
+        let r = self.db.begin_read().map_err(db_err)?;
+        let runs = r.open_table(RUNS).map_err(db_err)?;
+        let ends = r.open_table(ENDS).map_err(db_err)?;
+        let steps = r.open_table(STEPS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in runs.iter().map_err(db_err)? {
+            let (k, v) = entry.map_err(db_err)?;
+            let header = parse_header(k.value(), v.value())?;
+            let end =
+                match ends.get(k.value()).map_err(db_err)? {
+                    Some(e) => Some(serde_json::from_slice(e.value()).map_err(|e| {
+                        Error::Corrupt(format!("run {}: end record: {e}", k.value()))
+                    })?),
+                    None => None,
+                };
+            let n = steps
+                .range((k.value(), 0)..=(k.value(), u64::MAX))
+                .map_err(db_err)?
+                .count() as u64;
+            out.push(RunSummary {
+                header,
+                end,
+                steps: n,
+            });
+        }
+        out.sort_by(|a, b| a.header.started.cmp(&b.header.started));
+        Ok(out)
+    }
+
+    /// Resolves a run id or a unique prefix of one.
+    pub fn resolve(&self, id: &str) -> Result<String, Error> {
+        let r = self.db.begin_read().map_err(db_err)?;
+        let runs = r.open_table(RUNS).map_err(db_err)?;
+        if runs.get(id).map_err(db_err)?.is_some() {
+            return Ok(id.to_string());
+        }
+        let matches: Vec<String> = runs
+            .iter()
+            .map_err(db_err)?
+            .filter_map(|e| e.ok().map(|(k, _)| k.value().to_string()))
+            .filter(|k| k.starts_with(id))
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err(Error::NoSuchRun(id.to_string())),
+            _ => Err(Error::Ambiguous(id.to_string(), matches.join(", "))),
+        }
+    }
+
+    /// A run's header.
+    pub fn header(&self, run_id: &str) -> Result<Header, Error> {
+        let r = self.db.begin_read().map_err(db_err)?;
+        let runs = r.open_table(RUNS).map_err(db_err)?;
+        let v = runs
+            .get(run_id)
+            .map_err(db_err)?
+            .ok_or_else(|| Error::NoSuchRun(run_id.to_string()))?;
+        parse_header(run_id, v.value())
+    }
+
+    /// A run's end record, `None` if it is incomplete.
+    pub fn end(&self, run_id: &str) -> Result<Option<End>, Error> {
+        let r = self.db.begin_read().map_err(db_err)?;
+        let ends = r.open_table(ENDS).map_err(db_err)?;
+        match ends.get(run_id).map_err(db_err)? {
+            Some(e) => serde_json::from_slice(e.value())
+                .map(Some)
+                .map_err(|e| Error::Corrupt(format!("run {run_id}: end record: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    /// A run's steps as stored (blobs still referenced), in index order.
+    pub fn raw_steps(&self, run_id: &str) -> Result<Vec<(u64, Value)>, Error> {
+        let r = self.db.begin_read().map_err(db_err)?;
+        let steps = r.open_table(STEPS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for e in steps
+            .range((run_id, 0)..=(run_id, u64::MAX))
+            .map_err(db_err)?
+        {
+            let (k, v) = e.map_err(db_err)?;
+            let (_, index) = k.value();
+            let value: Value = serde_json::from_slice(v.value())
+                .map_err(|e| Error::Corrupt(format!("run {run_id} step {index}: {e}")))?;
+            out.push((index, value));
+        }
+        Ok(out)
+    }
+
+    /// A run's steps with payloads restored, in index order.
+    pub fn steps(&self, run_id: &str) -> Result<Vec<(u64, Interaction)>, Error> {
+        let mut out = Vec::new();
+        for (index, mut value) in self.raw_steps(run_id)? {
+            internalize(&mut value, &mut |d| self.blob(d).ok().flatten())
+                .map_err(|m| Error::Corrupt(format!("run {run_id} step {index}: {m}")))?;
+            let step: Interaction = serde_json::from_value(value)
+                .map_err(|e| Error::Corrupt(format!("run {run_id} step {index}: {e}")))?;
+            out.push((index, step));
+        }
+        Ok(out)
+    }
+
+    /// A blob by digest.
+    pub fn blob(&self, digest: &str) -> Result<Option<Vec<u8>>, Error> {
+        let r = self.db.begin_read().map_err(db_err)?;
+        let blobs = r.open_table(BLOBS).map_err(db_err)?;
+        Ok(blobs
+            .get(digest)
+            .map_err(db_err)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    /// Writes one run as a self-contained JSON-lines file: a header line,
+    /// then the component and every blob, then the steps, then the end.
+    pub fn export(&self, run_id: &str, out: &mut dyn Write) -> Result<(), Error> {
+        let header = self.header(run_id)?;
+        let io = |e: std::io::Error| Error::Io(PathBuf::from("<export>"), e);
+        let mut line = |v: Value| -> Result<(), Error> {
+            serde_json::to_writer(&mut *out, &v).map_err(db_err)?;
+            out.write_all(b"\n").map_err(io)
+        };
+        line(serde_json::json!({ "header": header }))?;
+        let mut digests = vec![header.component.digest.clone()];
+        let raw = self.raw_steps(run_id)?;
+        for (_, v) in &raw {
+            collect_blob_refs(v, &mut digests);
+        }
+        digests.dedup();
+        for d in digests {
+            let bytes = self
+                .blob(&d)?
+                .ok_or_else(|| Error::Corrupt(format!("run {run_id}: blob {d} is missing")))?;
+            line(serde_json::json!({ "blob": d, "data": hex::encode(bytes) }))?;
+        }
+        for (index, step) in raw {
+            line(serde_json::json!({ "step": index, "interaction": step }))?;
+        }
+        if let Some(end) = self.end(run_id)? {
+            line(serde_json::json!({ "end": end }))?;
+        }
+        Ok(())
+    }
+
+    /// Imports a file written by [`JournalStore::export`]; returns the run id.
+    pub fn import(&self, input: &mut dyn BufRead, origin: &str) -> Result<String, Error> {
+        let mut header: Option<Header> = None;
+        let mut blobs = Vec::new();
+        let mut steps = Vec::new();
+        let mut end = None;
+        for (n, line) in input.lines().enumerate() {
+            let at = |m: String| Error::Corrupt(format!("{origin}:{}: {m}", n + 1));
+            let line = line.map_err(|e| at(e.to_string()))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let v: Value = serde_json::from_str(&line).map_err(|e| at(e.to_string()))?;
+            if let Some(h) = v.get("header") {
+                check_version(h).map_err(|e| at(e.to_string()))?;
+                header = Some(serde_json::from_value(h.clone()).map_err(|e| at(e.to_string()))?);
+            } else if let (Some(Value::String(d)), Some(Value::String(data))) =
+                (v.get("blob"), v.get("data"))
+            {
+                let bytes = hex::decode(data).map_err(|e| at(e.to_string()))?;
+                let actual = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+                if &actual != d {
+                    return Err(at(format!(
+                        "blob {d} does not match its content ({actual})"
+                    )));
+                }
+                blobs.push((d.clone(), bytes));
+            } else if let (Some(i), Some(step)) = (v.get("step"), v.get("interaction")) {
+                let i = i
+                    .as_u64()
+                    .ok_or_else(|| at("step index is not a number".into()))?;
+                steps.push((i, serde_json::to_vec(step).map_err(db_err)?));
+            } else if let Some(e) = v.get("end") {
+                let e: End = serde_json::from_value(e.clone()).map_err(|e| at(e.to_string()))?;
+                end = Some(serde_json::to_vec(&e).map_err(db_err)?);
+            } else {
+                return Err(at("unrecognized line".into()));
+            }
+        }
+        let header = header.ok_or_else(|| Error::Corrupt(format!("{origin}: no header line")))?;
+        let w = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut runs = w.open_table(RUNS).map_err(db_err)?;
+            let hb = serde_json::to_vec(&header).map_err(db_err)?;
+            runs.insert(header.run_id.as_str(), hb.as_slice())
+                .map_err(db_err)?;
+            let mut b = w.open_table(BLOBS).map_err(db_err)?;
+            for (d, bytes) in &blobs {
+                b.insert(d.as_str(), bytes.as_slice()).map_err(db_err)?;
+            }
+            let mut s = w.open_table(STEPS).map_err(db_err)?;
+            for (i, bytes) in &steps {
+                s.insert((header.run_id.as_str(), *i), bytes.as_slice())
+                    .map_err(db_err)?;
+            }
+            if let Some(e) = &end {
+                let mut ends = w.open_table(ENDS).map_err(db_err)?;
+                ends.insert(header.run_id.as_str(), e.as_slice())
+                    .map_err(db_err)?;
+            }
+        }
+        w.commit().map_err(db_err)?;
+        Ok(header.run_id)
+    }
+}
+
+impl Drop for JournalStore {
+    fn drop(&mut self) {
+        self.flush();
+        // Closing the channel stops the writer.
+        let (dead, _) = mpsc::channel();
+        *self.tx.lock().unwrap_or_else(|p| p.into_inner()) = dead;
+        if let Some(h) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn check_version(h: &Value) -> Result<(), Error> {
+    let format = h.get("format").and_then(Value::as_str).unwrap_or("");
+    if format != FORMAT {
+        return Err(Error::Corrupt(format!(
+            "not a Tessera journal (format `{format}`)"
+        )));
+    }
+    match h.get("version").and_then(Value::as_u64) {
+        Some(v) if v == u64::from(VERSION) => Ok(()),
+        Some(v) => Err(Error::UnsupportedVersion(v)),
+        None => Err(Error::Corrupt("header has no version".into())),
+    }
+}
+
+fn parse_header(run_id: &str, bytes: &[u8]) -> Result<Header, Error> {
+    let v: Value = serde_json::from_slice(bytes)
+        .map_err(|e| Error::Corrupt(format!("run {run_id}: header: {e}")))?;
+    check_version(&v)?;
+    serde_json::from_value(v).map_err(|e| Error::Corrupt(format!("run {run_id}: header: {e}")))
+}
+
+fn collect_blob_refs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(o) => {
+            if o.len() == 1
+                && let Some(Value::String(d)) = o.get("blob")
+            {
+                out.push(d.clone());
+            }
+            o.values().for_each(|x| collect_blob_refs(x, out));
+        }
+        Value::Array(a) => a.iter().for_each(|x| collect_blob_refs(x, out)),
+        _ => {}
+    }
+}
+
+fn write_loop(db: &Database, rx: Receiver<Msg>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+            if batch.len() >= 4096 {
+                break;
+            }
+        }
+        let mut acks = Vec::new();
+        let result = (|| -> Result<(), redb::Error> {
+            let w = db.begin_write()?;
+            {
+                let mut steps = w.open_table(STEPS)?;
+                let mut ends = w.open_table(ENDS)?;
+                let mut blobs = w.open_table(BLOBS)?;
+                for msg in batch {
+                    match msg {
+                        Msg::Step(run, i, bytes, bs) => {
+                            for (d, b) in bs {
+                                if blobs.get(d.as_str())?.is_none() {
+                                    blobs.insert(d.as_str(), b.as_slice())?;
+                                }
+                            }
+                            steps.insert((run.as_str(), i), bytes.as_slice())?;
+                        }
+                        Msg::End(run, bytes) => {
+                            ends.insert(run.as_str(), bytes.as_slice())?;
+                        }
+                        Msg::Flush(ack) => acks.push(ack),
+                    }
+                }
+            }
+            w.commit()?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            tracing::error!("journal write failed: {e}");
+        }
+        for a in acks {
+            let _ = a.send(());
+        }
+    }
+}
