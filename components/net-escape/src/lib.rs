@@ -113,6 +113,19 @@ impl Guest for Component {
             .map(|d| d.as_secs())
             .unwrap_or(0)
     }
+
+    fn entropy() -> (u64, Vec<u8>, u64, u64) {
+        let secure = wasi::random::random::get_random_u64();
+        let insecure = wasi::random::insecure::get_insecure_random_bytes(16);
+        let mono = wasi::clocks::monotonic_clock::now();
+        let wall = wasi::clocks::wall_clock::now();
+        (
+            secure,
+            insecure,
+            mono,
+            wall.seconds * 1_000_000_000 + u64::from(wall.nanoseconds),
+        )
+    }
 }
 
 export!(Component);

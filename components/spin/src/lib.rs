@@ -30,6 +30,16 @@ impl Guest for Component {
         }
         acc
     }
+
+    fn ticker(every: u64) {
+        let mut n: u64 = 0;
+        loop {
+            for _ in 0..black_box(every) {
+                n = black_box(n.wrapping_add(1));
+            }
+            println!("tick {n}");
+        }
+    }
 }
 
 export!(Component);

@@ -288,3 +288,103 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[test]
+fn record_show_and_replay_from_the_cli() {
+    let cli = Cli::new();
+    let o = cli.run(&[
+        "call",
+        component("hello").to_str().unwrap(),
+        "chatter",
+        "--args",
+        r#"{"msg":"journal me"}"#,
+        "--record",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let run_id = stderr(&o)
+        .lines()
+        .find_map(|l| l.strip_prefix("recorded run "))
+        .expect("run id on stderr")
+        .trim()
+        .to_string();
+    let o = cli.run(&["runs", "list"]);
+    assert!(stdout(&o).contains(&run_id), "{}", stdout(&o));
+    let o = cli.run(&["runs", "show", &run_id]);
+    let show = stdout(&o);
+    assert!(
+        show.contains("stdout          \"stdout: journal me\""),
+        "{show}"
+    );
+    assert!(
+        show.contains("log             Info [hello] journal me"),
+        "{show}"
+    );
+    let o = cli.run(&["replay", &run_id]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).starts_with("identical"), "{}", stdout(&o));
+    // A different component is refused.
+    let o = cli.run(&[
+        "replay",
+        &run_id,
+        "--component",
+        component("spin").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("component mismatch"), "{}", stderr(&o));
+    // Export, then import into another data directory, then replay there.
+    let file = cli.data.path().join("run.jsonl");
+    assert_eq!(
+        cli.run(&["runs", "export", &run_id, "-o", file.to_str().unwrap()])
+            .status
+            .code(),
+        Some(0)
+    );
+    let other = Cli::new();
+    let o = other.run(&["runs", "import", file.to_str().unwrap()]);
+    assert_eq!(stdout(&o).trim(), run_id);
+    assert_eq!(other.run(&["replay", &run_id]).status.code(), Some(0));
+}
+
+#[test]
+fn a_killed_run_leaves_an_incomplete_readable_journal() {
+    let cli = Cli::new();
+    let manifest = cli.data.path().join("ticker.toml");
+    std::fs::write(
+        &manifest,
+        "[limits]\ntimeout_ms = 60000\nfuel = 1000000000000000\nmax_output_bytes = 100000000\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .arg("--data")
+        .arg(cli.data.path())
+        .args([
+            "call",
+            component("spin").to_str().unwrap(),
+            "ticker",
+            "--args",
+            r#"{"every":200000}"#,
+            "--record",
+        ])
+        .arg("--manifest")
+        .arg(&manifest)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    child.kill().unwrap(); // SIGKILL: no chance to finish the journal
+    child.wait().unwrap();
+    let o = cli.run(&["runs", "list", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let runs: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let run = &runs[0];
+    assert_eq!(run["status"], "incomplete");
+    assert!(
+        run["steps"].as_u64().unwrap() > 0,
+        "no steps were committed: {run}"
+    );
+    let o = cli.run(&["runs", "show", run["run_id"].as_str().unwrap()]);
+    let show = stdout(&o);
+    assert!(show.contains("stdout          \"tick "), "{show}");
+    assert!(show.contains("INCOMPLETE"), "{show}");
+}

@@ -315,10 +315,15 @@ pub async fn replay(
             actual: prepared.digest,
         });
     }
-    // Replay touches no host resource: no mounts (file steps are answered
-    // and checked from the journal), same limits.
+    // Replay touches no host resource: each mount is replaced by a scratch
+    // directory rebuilt from the file contents and listings the journal
+    // captured, so the guest reads what it read when recorded.
+    let scratch = tempfile::Builder::new()
+        .prefix("tessera-replay-")
+        .tempdir()
+        .map_err(|e| Error::Io(std::env::temp_dir(), e))?;
     let grants = Grants {
-        mounts: Vec::new(),
+        mounts: materialize(scratch.path(), &header.grants.mounts, &steps)?,
         ..header.grants.clone()
     };
     let loaded = runtime.load(&prepared, grants)?;
@@ -361,6 +366,83 @@ pub async fn replay(
         divergence,
         outcome,
     })
+}
+
+/// Rebuilds each mount's recorded files under `root`; returns the mounts to
+/// use instead.
+fn materialize(
+    root: &Path,
+    mounts: &[tessera_runtime::manifest::Mount],
+    steps: &[(u64, Interaction)],
+) -> Result<Vec<tessera_runtime::manifest::Mount>, Error> {
+    let io = |p: &Path, e: std::io::Error| Error::Io(p.to_path_buf(), e);
+    let mut out = Vec::new();
+    let mut roots = Vec::new();
+    for (i, m) in mounts.iter().enumerate() {
+        let dir = root.join(i.to_string());
+        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        roots.push((m.guest.trim_end_matches('/').to_string(), dir.clone()));
+        out.push(tessera_runtime::manifest::Mount {
+            host: dir.canonicalize().map_err(|e| io(&dir, e))?,
+            guest: m.guest.clone(),
+            mode: m.mode,
+        });
+    }
+    // The host path for a guest path, if it stays inside a mount.
+    let locate = |guest: &str| -> Option<PathBuf> {
+        let (prefix, dir) = roots
+            .iter()
+            .filter(|(g, _)| guest == g || guest.starts_with(&format!("{g}/")) || g.is_empty())
+            .max_by_key(|(g, _)| g.len())?;
+        let mut rel = PathBuf::new();
+        for part in guest[prefix.len()..].split('/') {
+            match part {
+                "" | "." => {}
+                ".." => {
+                    if !rel.pop() {
+                        return None;
+                    }
+                }
+                p => rel.push(p),
+            }
+        }
+        Some(dir.join(rel))
+    };
+    // Listings first (placeholders), then contents.
+    for (_, step) in steps {
+        if let Interaction::File {
+            path,
+            entries: Some(entries),
+            ..
+        } = step
+            && let Some(dir) = locate(path)
+        {
+            std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+            for e in entries {
+                let p = dir.join(e.trim_end_matches('/'));
+                if e.ends_with('/') {
+                    std::fs::create_dir_all(&p).map_err(|e| io(&p, e))?;
+                } else if !p.exists() {
+                    std::fs::write(&p, b"").map_err(|e| io(&p, e))?;
+                }
+            }
+        }
+    }
+    for (_, step) in steps {
+        if let Interaction::File {
+            path,
+            content: Some(content),
+            ..
+        } = step
+            && let Some(file) = locate(path)
+        {
+            if let Some(parent) = file.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+            }
+            std::fs::write(&file, &content.0).map_err(|e| io(&file, e))?;
+        }
+    }
+    Ok(out)
 }
 
 /// One human-readable line for a step (`tessera runs show`).
@@ -432,9 +514,23 @@ pub fn describe_step(index: u64, step: &Interaction) -> String {
             };
             format!("http            {method} {uri} -> {outcome}")
         }
-        Interaction::File { op, path, allowed } => format!(
-            "file            {op} {path}{}",
-            if *allowed { "" } else { " -> DENIED" }
+        Interaction::File {
+            op,
+            path,
+            allowed,
+            content,
+            entries,
+        } => format!(
+            "file            {op} {path}{}{}{}",
+            if *allowed { "" } else { " -> DENIED" },
+            content
+                .as_ref()
+                .map(|c| format!(" ({} bytes captured)", c.0.len()))
+                .unwrap_or_default(),
+            entries
+                .as_ref()
+                .map(|e| format!(" ({} entries captured)", e.len()))
+                .unwrap_or_default()
         ),
     };
     format!("{index:>6}  {what}")

@@ -775,7 +775,7 @@ async fn files_read_write_list_within_grants() {
     assert!(
         events.iter().any(|e| e.capability == "files"
             && e.decision == Decision::Deny
-            && e.target == "new.txt"),
+            && e.target == "/ro/new.txt"),
         "{events:?}"
     );
     assert_eq!(
@@ -851,10 +851,10 @@ async fn file_escapes_are_impossible() {
         .map(|e| e.target.as_str())
         .collect();
     for path in [
-        "../secret.txt",
-        "link-out",
-        "dir-out/secret.txt",
-        "../escaped.txt",
+        "/sandbox/../secret.txt",
+        "/sandbox/link-out",
+        "/sandbox/dir-out/secret.txt",
+        "/sandbox/../escaped.txt",
     ] {
         assert!(
             denied.contains(&path),
@@ -892,7 +892,9 @@ impl tessera_runtime::gateway::InteractionObserver for Recorder {
             I::Stderr { bytes } => format!("stderr:{}", String::from_utf8_lossy(&bytes.0)),
             I::Log { message, .. } => format!("log:{message}"),
             I::Http { uri, allowed, .. } => format!("http:{uri}:{allowed}"),
-            I::File { op, path, allowed } => format!("file:{op}:{path}:{allowed}"),
+            I::File {
+                op, path, allowed, ..
+            } => format!("file:{op}:{path}:{allowed}"),
             I::Environment { vars } => format!("env:{vars:?}"),
             I::Arguments { args } => format!("args:{args:?}"),
         };
@@ -949,7 +951,7 @@ async fn the_gateway_reports_every_interaction_to_the_observer() {
         "wall-clock|wall-clock",
         "read-env|env:[(\"K\", \"v\")]",
         "fetch-status|http:http://127.0.0.1:9/nope:false",
-        "read|file:open:missing.txt:true",
+        "read|file:open:/d/missing.txt:true",
     ] {
         assert!(
             seen.iter().any(|s| s == expected),

@@ -20,19 +20,23 @@ use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, Resource};
 use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemView};
 use wasmtime_wasi::p2::FsResult;
+use wasmtime_wasi::p2::bindings::filesystem::preopens::Host as PreopensHost;
 use wasmtime_wasi::p2::bindings::filesystem::types::{
     DescriptorFlags, DescriptorStat, ErrorCode, HostDescriptor, MetadataHashValue, NewTimestamp,
     OpenFlags, PathFlags,
 };
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
-use super::{Gateway, HostState, Interaction};
+use super::{Bytes, Gateway, HostState, Interaction};
 use crate::audit::Decision;
 use crate::manifest::{Mount, MountMode};
 
 /// The `wasi:filesystem/types` instance whose path operations are wrapped.
 /// Guests importing any `0.2.x` version link against it.
 pub const FILESYSTEM_TYPES: &str = "wasi:filesystem/types@0.2.12";
+/// The `wasi:filesystem/preopens` instance, wrapped to learn the guest path
+/// of each preopened directory.
+pub const FILESYSTEM_PREOPENS: &str = "wasi:filesystem/preopens@0.2.12";
 
 /// Preopens the granted directories.
 pub fn preopen(builder: &mut WasiCtxBuilder, mounts: &[Mount]) -> Result<(), crate::Error> {
@@ -48,6 +52,18 @@ pub fn preopen(builder: &mut WasiCtxBuilder, mounts: &[Mount]) -> Result<(), cra
     Ok(())
 }
 
+/// Largest file content captured when recording an open.
+pub const MAX_CAPTURED_FILE: u64 = 16 << 20;
+
+/// The guest path of `rel` relative to the directory `base` (a resource rep).
+fn guest_path(state: &HostState, base: u32, rel: &str) -> String {
+    match state.dir_paths.get(&base) {
+        Some(dir) if rel.starts_with('/') => format!("{dir}{rel}"),
+        Some(dir) => format!("{}/{rel}", dir.trim_end_matches('/')),
+        None => rel.to_string(),
+    }
+}
+
 /// Reports a path operation's outcome to the gateway and converts the error
 /// to what the guest sees.
 fn report<T>(
@@ -55,6 +71,7 @@ fn report<T>(
     op: &str,
     path: &str,
     result: FsResult<T>,
+    captured: (Option<Bytes>, Option<Vec<String>>),
 ) -> wasmtime::Result<Result<T, ErrorCode>> {
     let result = match result {
         Ok(v) => Ok(v),
@@ -64,11 +81,14 @@ fn report<T>(
         result,
         Err(ErrorCode::NotPermitted | ErrorCode::Access | ErrorCode::ReadOnly)
     );
+    let (content, entries) = captured;
     gateway.exchange(
         Interaction::File {
             op: op.to_string(),
             path: path.to_string(),
             allowed: !denied,
+            content,
+            entries,
         },
         |p| p,
     )?;
@@ -85,6 +105,55 @@ fn report<T>(
     Ok(result)
 }
 
+/// Reads what a freshly opened descriptor holds, for the journal.
+fn capture(
+    d: &Descriptor,
+    flags: DescriptorFlags,
+    open_flags: OpenFlags,
+) -> (Option<Bytes>, Option<Vec<String>>) {
+    match d {
+        Descriptor::File(f) => {
+            if !flags.contains(DescriptorFlags::READ) || open_flags.contains(OpenFlags::TRUNCATE) {
+                return (None, None);
+            }
+            use std::os::unix::fs::FileExt;
+            let mut out = Vec::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut offset = 0u64;
+            while offset < MAX_CAPTURED_FILE {
+                match f.file.read_at(&mut buf, offset) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        out.extend_from_slice(&buf[..n]);
+                        offset += n as u64;
+                    }
+                }
+            }
+            (Some(Bytes(out)), None)
+        }
+        Descriptor::Dir(dir) => {
+            use std::os::fd::AsRawFd;
+            let listing = std::fs::read_dir(format!("/proc/self/fd/{}", dir.dir.as_raw_fd()));
+            let mut names: Vec<String> = match listing {
+                Ok(rd) => rd
+                    .flatten()
+                    .map(|e| {
+                        let name = e.file_name().to_string_lossy().to_string();
+                        if e.file_type().is_ok_and(|t| t.is_dir()) {
+                            format!("{name}/")
+                        } else {
+                            name
+                        }
+                    })
+                    .collect(),
+                Err(_) => return (None, None),
+            };
+            names.sort();
+            (None, Some(names))
+        }
+    }
+}
+
 type Store<'a> = StoreContextMut<'a, HostState>;
 
 /// Defines one wrapped path operation: `$name` is the WIT method, `$op` the
@@ -98,10 +167,10 @@ macro_rules! wrap {
             |mut store: Store<'_>, (fd, $($p,)*): (Resource<Descriptor>, $($t,)*)| {
                 Box::new(async move {
                     let gateway = store.data().gateway.clone();
-                    let shown = $path.clone();
+                    let shown = guest_path(store.data(), fd.rep(), &$path);
                     let mut view = store.data_mut().filesystem();
                     let r: FsResult<$ret> = HostDescriptor::$method(&mut view, fd, $($p),*).await;
-                    Ok((report(&gateway, $op, &shown, r)?,))
+                    Ok((report(&gateway, $op, &shown, r, (None, None))?,))
                 })
             },
         )?;
@@ -112,10 +181,50 @@ macro_rules! wrap {
 /// gateway-reporting wrappers. Call after wasmtime-wasi's `add_to_linker`.
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
+    linker.instance(FILESYSTEM_PREOPENS)?.func_wrap(
+        "get-directories",
+        |mut store: Store<'_>, (): ()| {
+            let dirs = PreopensHost::get_directories(&mut store.data_mut().filesystem())?;
+            for (fd, path) in &dirs {
+                store.data_mut().dir_paths.insert(fd.rep(), path.clone());
+            }
+            Ok((dirs,))
+        },
+    )?;
     let mut inst = linker.instance(FILESYSTEM_TYPES)?;
-    wrap!(inst, "[method]descriptor.open-at", "open", open_at,
-        (path_flags: PathFlags, path: String, open_flags: OpenFlags, flags: DescriptorFlags),
-        path, Resource<Descriptor>);
+    inst.func_wrap_async(
+        "[method]descriptor.open-at",
+        |mut store: Store<'_>,
+         (fd, path_flags, path, open_flags, flags): (
+            Resource<Descriptor>,
+            PathFlags,
+            String,
+            OpenFlags,
+            DescriptorFlags,
+        )| {
+            Box::new(async move {
+                let gateway = store.data().gateway.clone();
+                let shown = guest_path(store.data(), fd.rep(), &path);
+                let mut view = store.data_mut().filesystem();
+                let r = HostDescriptor::open_at(&mut view, fd, path_flags, path, open_flags, flags)
+                    .await;
+                let mut captured = (None, None);
+                if let Ok(new_fd) = &r {
+                    let rep = new_fd.rep();
+                    let state = store.data_mut();
+                    if let Ok(d) = state.table.get(new_fd) {
+                        if matches!(d, Descriptor::Dir(_)) {
+                            state.dir_paths.insert(rep, shown.clone());
+                        }
+                        if gateway.recording() && !gateway.replaying() {
+                            captured = capture(d, flags, open_flags);
+                        }
+                    }
+                }
+                Ok((report(&gateway, "open", &shown, r, captured)?,))
+            })
+        },
+    )?;
     wrap!(inst, "[method]descriptor.stat-at", "stat", stat_at,
         (path_flags: PathFlags, path: String), path, DescriptorStat);
     wrap!(inst, "[method]descriptor.metadata-hash-at", "metadata-hash", metadata_hash_at,

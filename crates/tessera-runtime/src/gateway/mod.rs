@@ -186,10 +186,19 @@ pub enum Interaction {
     File {
         /// The operation (`open`, `stat`, `mkdir`, …).
         op: String,
-        /// The path as the guest gave it.
+        /// The guest path: the directory's guest path joined with the
+        /// relative path the guest gave (not normalized, so `..` shows).
         path: String,
         /// Whether it was allowed to proceed.
         allowed: bool,
+        /// Recording: the content of a regular file opened for reading, as
+        /// it was when opened (so a replay can run without the file).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        content: Option<Bytes>,
+        /// Recording: the entries of a directory opened, as they were when
+        /// opened; subdirectories end in `/`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        entries: Option<Vec<String>>,
     },
 }
 
@@ -472,6 +481,11 @@ impl Gateway {
         &self.inner.grants
     }
 
+    /// Whether interactions are being observed (recorded).
+    pub fn recording(&self) -> bool {
+        self.inner.observer.is_some()
+    }
+
     /// Reports an interaction to the observer, if any.
     pub fn observe(&self, index: u64, interaction: &Interaction) {
         if let Some(o) = &self.inner.observer {
@@ -628,6 +642,8 @@ pub struct HostState {
     pub(crate) table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) gateway: Gateway,
+    /// Guest paths of directory descriptors, by resource handle.
+    pub(crate) dir_paths: std::collections::HashMap<u32, String>,
 }
 
 impl HostState {
@@ -659,6 +675,7 @@ impl HostState {
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(grants.limits.memory_mb, gateway.clone()),
             gateway,
+            dir_paths: std::collections::HashMap::new(),
         })
     }
 

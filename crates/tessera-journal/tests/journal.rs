@@ -1,0 +1,390 @@
+//! Record and replay against the real example components.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tessera_journal::{Error, JournalStore, ReplayDivergence, record_call, replay};
+use tessera_runtime::{Grants, LoadedComponent, Runtime, RuntimeConfig};
+
+fn component(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../components")
+        .join(format!("{name}.wasm"));
+    assert!(
+        p.is_file(),
+        "{} missing: run scripts/build-components.sh",
+        p.display()
+    );
+    p
+}
+
+struct Env {
+    _dir: tempfile::TempDir,
+    store: Arc<JournalStore>,
+    rt: Runtime,
+}
+
+fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(JournalStore::open(dir.path()).unwrap());
+    Env {
+        _dir: dir,
+        store,
+        rt: Runtime::new(RuntimeConfig::default()).unwrap(),
+    }
+}
+
+impl Env {
+    fn load(&self, name: &str, manifest: &str) -> LoadedComponent {
+        let grants = Grants::from_toml(manifest, "test.toml", Path::new(".")).unwrap();
+        self.rt.load_file(&component(name), grants).unwrap()
+    }
+
+    async fn record(&self, c: &LoadedComponent, f: &str, args: Value) -> (String, Value) {
+        let (id, o) = record_call(&self.store, c, f, &args).await.unwrap();
+        (id, o.result.unwrap_or(Value::Null))
+    }
+
+    async fn assert_identical(&self, run: &str) {
+        let r = replay(&self.rt, &self.store, run, None).await.unwrap();
+        assert!(
+            r.divergence.is_none(),
+            "run {run} diverged: {}",
+            r.divergence.unwrap()
+        );
+        assert!(r.complete);
+        assert_eq!(r.outcome.interactions, r.recorded_steps);
+    }
+}
+
+/// A one-shot HTTP server on 127.0.0.1 answering every request with `body`.
+fn serve(
+    body: &'static str,
+) -> (
+    String,
+    std::thread::JoinHandle<()>,
+    std::sync::mpsc::Sender<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        loop {
+            if stopped.try_recv().is_ok() {
+                return;
+            }
+            match listener.accept() {
+                Ok((mut s, _)) => {
+                    s.set_nonblocking(false).unwrap();
+                    let mut r = BufReader::new(s.try_clone().unwrap());
+                    let mut line = String::new();
+                    while r.read_line(&mut line).unwrap_or(0) > 2 {
+                        line.clear();
+                    }
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+        }
+    });
+    (url, handle, stop)
+}
+
+#[tokio::test]
+async fn record_and_replay_every_example_component() {
+    let e = env();
+    let hello = e.load("hello", "");
+    for (f, args) in [
+        ("greet", json!({"name": "Ada"})),
+        ("chatter", json!({"msg": "recorded"})),
+        (
+            "types#echo-items",
+            json!({"items": [{"id": 1, "name": "x", "tags": ["a"]}]}),
+        ),
+        ("divide", json!({"a": 1, "b": 0})),
+        ("types#fail", json!({"msg": "boom"})),
+    ] {
+        let (id, _) = e.record(&hello, f, args).await;
+        e.assert_identical(&id).await;
+    }
+    let spin = e.load("spin", "[limits]\nfuel = 100000\n");
+    let (id, _) = e.record(&spin, "count", json!({"n": 1000000})).await;
+    e.assert_identical(&id).await; // a fuel-limit run replays to the same limit
+    let hog = e.load("memory-hog", "[limits]\nmemory_mb = 16\n");
+    let (id, _) = e.record(&hog, "hog", json!({"mib": 4})).await;
+    e.assert_identical(&id).await;
+    let r = e.load("deep-recursion", "");
+    let (id, _) = e.record(&r, "recurse", json!({"depth": 1000})).await;
+    e.assert_identical(&id).await;
+    let p1 = e.load(
+        "p1-command",
+        "args = [\"a\"]\n[env]\nset = { GREETING = \"hi\" }\n",
+    );
+    let (id, _) = e.record(&p1, "run", json!({})).await;
+    e.assert_identical(&id).await;
+    let net = e.load("net-escape", "[env]\nset = { K = \"v\" }\n");
+    for f in ["read-env", "read-args", "wall-clock", "tcp-connect"] {
+        let args = if f == "tcp-connect" {
+            json!({"addr": "127.0.0.1:9"})
+        } else {
+            json!({})
+        };
+        let (id, _) = e.record(&net, f, args).await;
+        e.assert_identical(&id).await;
+    }
+    let esc = e.load("fs-escape", "");
+    let (id, _) = e
+        .record(&esc, "attempt-read", json!({"path": "/etc/passwd"}))
+        .await;
+    e.assert_identical(&id).await;
+}
+
+#[tokio::test]
+async fn clocks_and_random_replay_identically() {
+    let e = env();
+    let net = e.load("net-escape", "");
+    let (id, recorded) = e.record(&net, "entropy", json!({})).await;
+    let (_, again) = e.record(&net, "entropy", json!({})).await;
+    assert_ne!(recorded, again, "two live runs should differ");
+    let r = replay(&e.rt, &e.store, &id, None).await.unwrap();
+    assert!(r.divergence.is_none(), "{:?}", r.divergence);
+    assert_eq!(r.outcome.result.unwrap(), recorded);
+    let steps = e.store.steps(&id).unwrap();
+    let kinds: Vec<&str> = steps.iter().map(|(_, s)| s.kind()).collect();
+    assert_eq!(kinds, ["random", "random", "monotonic-clock", "wall-clock"]);
+}
+
+#[tokio::test]
+async fn http_run_replays_after_the_server_is_gone() {
+    let e = env();
+    let (url, handle, stop) = serve("payload from the network");
+    let port = url.rsplit(':').next().unwrap();
+    let fetch = e.load(
+        "http-fetch",
+        &format!("[http]\nallowed_outbound_hosts = [\"http://127.0.0.1:{port}\"]\n"),
+    );
+    let (id, live) = e
+        .record(&fetch, "fetch", json!({"url": format!("{url}/x")}))
+        .await;
+    assert_eq!(live["ok"]["body"], json!("payload from the network"));
+    stop.send(()).unwrap();
+    handle.join().unwrap();
+    // The server is gone: a live call now fails...
+    let o = fetch
+        .call_json("fetch", &json!({"url": format!("{url}/x")}))
+        .await
+        .unwrap();
+    assert!(o.result.unwrap().get("err").is_some());
+    // ...and the replay still reproduces the recorded response.
+    let r = replay(&e.rt, &e.store, &id, None).await.unwrap();
+    assert!(r.divergence.is_none(), "{:?}", r.divergence);
+    assert_eq!(r.outcome.result.unwrap(), live);
+    // A denied request is recorded and replayed too.
+    let denied = e.load("http-fetch", "");
+    let (id, _) = e
+        .record(&denied, "fetch", json!({"url": format!("{url}/y")}))
+        .await;
+    e.assert_identical(&id).await;
+}
+
+#[tokio::test]
+async fn file_run_replays_after_the_files_changed_or_vanished() {
+    let e = env();
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("a.txt"), "original contents").unwrap();
+    std::fs::create_dir(data.path().join("sub")).unwrap();
+    std::fs::write(data.path().join("sub/b.txt"), "nested").unwrap();
+    let manifest = format!(
+        "[[files]]\nhost = \"{}\"\nguest = \"/data\"\nmode = \"rw\"\n",
+        data.path().display()
+    );
+    let fs = e.load("fs-tool", &manifest);
+    let (read_id, read) = e.record(&fs, "read", json!({"path": "/data/a.txt"})).await;
+    assert_eq!(read, json!({"ok": "original contents"}));
+    let (nested_id, _) = e
+        .record(&fs, "read", json!({"path": "/data/sub/b.txt"}))
+        .await;
+    let (list_id, list) = e.record(&fs, "list", json!({"path": "/data"})).await;
+    assert_eq!(list, json!({"ok": ["a.txt", "sub"]}));
+    let (write_id, _) = e
+        .record(
+            &fs,
+            "write",
+            json!({"path": "/data/new.txt", "contents": "w"}),
+        )
+        .await;
+    // Change and delete the files.
+    std::fs::write(data.path().join("a.txt"), "CHANGED").unwrap();
+    std::fs::remove_dir_all(data.path().join("sub")).unwrap();
+    std::fs::remove_file(data.path().join("new.txt")).unwrap();
+    for id in [&read_id, &nested_id, &list_id, &write_id] {
+        e.assert_identical(id).await;
+    }
+    // Replay wrote nothing into the real directory.
+    assert!(!data.path().join("new.txt").exists());
+    assert_eq!(
+        std::fs::read_to_string(data.path().join("a.txt")).unwrap(),
+        "CHANGED"
+    );
+}
+
+/// Exports a run, lets `edit` change its step lines, imports it under a new id.
+fn tamper(store: &JournalStore, run: &str, edit: impl FnOnce(&mut Vec<Value>)) -> String {
+    let mut buf = Vec::new();
+    store.export(run, &mut buf).unwrap();
+    let mut lines: Vec<Value> = buf
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    let new_id = format!("{run}-tampered-{}", lines.len());
+    lines[0]["header"]["run_id"] = json!(new_id);
+    let mut steps: Vec<Value> = lines
+        .iter()
+        .filter(|l| l.get("step").is_some())
+        .cloned()
+        .collect();
+    lines.retain(|l| l.get("step").is_none());
+    edit(&mut steps);
+    for (i, s) in steps.iter_mut().enumerate() {
+        s["step"] = json!(i);
+    }
+    let end = lines.iter().position(|l| l.get("end").is_some()).unwrap();
+    for s in steps.into_iter().rev() {
+        lines.insert(end, s);
+    }
+    let text: String = lines.iter().map(|l| l.to_string() + "\n").collect();
+    store.import(&mut text.as_bytes(), "tampered").unwrap()
+}
+
+#[tokio::test]
+async fn tampered_journals_diverge_at_the_right_step() {
+    let e = env();
+    let hello = e.load("hello", "");
+    let (id, _) = e.record(&hello, "chatter", json!({"msg": "abc"})).await;
+    let steps = e.store.steps(&id).unwrap();
+    let kinds: Vec<&str> = steps.iter().map(|(_, s)| s.kind()).collect();
+    let stdout_at = kinds
+        .iter()
+        .position(|k| *k == "stdout")
+        .expect("a stdout step");
+    let div_index = |r: tessera_journal::ReplayReport| match r.divergence {
+        Some(ReplayDivergence::Interaction(d)) => d.index,
+        other => panic!("expected an interaction divergence, got {other:?}"),
+    };
+
+    // A changed byte in what the guest wrote.
+    let changed = tamper(&e.store, &id, |steps| {
+        let hex = steps[stdout_at]["interaction"]["bytes"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let mut b = hex::decode(hex).unwrap();
+        b[0] ^= 1;
+        steps[stdout_at]["interaction"]["bytes"] = json!(hex::encode(b));
+    });
+    let r = replay(&e.rt, &e.store, &changed, None).await.unwrap();
+    assert_eq!(div_index(r), stdout_at as u64);
+
+    // A removed step.
+    let removed = tamper(&e.store, &id, |steps| {
+        steps.remove(stdout_at);
+    });
+    assert_eq!(
+        div_index(replay(&e.rt, &e.store, &removed, None).await.unwrap()),
+        stdout_at as u64
+    );
+
+    // Two steps swapped.
+    let swapped = tamper(&e.store, &id, |steps| steps.swap(stdout_at, stdout_at + 1));
+    assert_eq!(
+        div_index(replay(&e.rt, &e.store, &swapped, None).await.unwrap()),
+        stdout_at as u64
+    );
+
+    // A changed byte in a value the host supplied (an HTTP body) changes
+    // what the guest computes: the result differs.
+    let (url, handle, stop) = serve("0123456789");
+    let port = url.rsplit(':').next().unwrap();
+    let fetch = e.load(
+        "http-fetch",
+        &format!("[http]\nallowed_outbound_hosts = [\"http://127.0.0.1:{port}\"]\n"),
+    );
+    let (hid, _) = e.record(&fetch, "fetch", json!({"url": url})).await;
+    stop.send(()).unwrap();
+    handle.join().unwrap();
+    let body_changed = tamper(&e.store, &hid, |steps| {
+        steps[0]["interaction"]["response"]["body"] = json!(hex::encode("0123456780"));
+    });
+    let r = replay(&e.rt, &e.store, &body_changed, None).await.unwrap();
+    assert!(
+        matches!(r.divergence, Some(ReplayDivergence::Result { .. })),
+        "{:?}",
+        r.divergence
+    );
+}
+
+#[tokio::test]
+async fn a_different_component_is_refused() {
+    let e = env();
+    let hello = e.load("hello", "");
+    let (id, _) = e.record(&hello, "greet", json!({"name": "x"})).await;
+    match replay(&e.rt, &e.store, &id, Some(&component("spin"))).await {
+        Err(Error::ComponentMismatch { recorded, .. }) => assert_eq!(recorded, hello.digest()),
+        other => panic!("expected a mismatch, got {:?}", other.map(|r| r.divergence)),
+    }
+    // The same component passed explicitly is accepted.
+    let r = replay(&e.rt, &e.store, &id, Some(&component("hello")))
+        .await
+        .unwrap();
+    assert!(r.divergence.is_none());
+}
+
+#[tokio::test]
+async fn unknown_format_versions_are_refused() {
+    let e = env();
+    let hello = e.load("hello", "");
+    let (id, _) = e.record(&hello, "greet", json!({"name": "x"})).await;
+    let mut buf = Vec::new();
+    e.store.export(&id, &mut buf).unwrap();
+    let text = String::from_utf8(buf)
+        .unwrap()
+        .replacen("\"version\":1", "\"version\":99", 1);
+    match e.store.import(&mut text.as_bytes(), "future.jsonl") {
+        Err(err) => assert!(err.to_string().contains("version 99"), "{err}"),
+        Ok(_) => panic!("a version-99 journal was accepted"),
+    }
+    let truncated = "{\"header\": {\"format\": \"something-else\"}}\n";
+    assert!(
+        e.store
+            .import(&mut truncated.as_bytes(), "x.jsonl")
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn export_and_import_round_trip() {
+    let e = env();
+    let hello = e.load("hello", "");
+    let (id, _) = e
+        .record(&hello, "chatter", json!({"msg": "x".repeat(500)}))
+        .await;
+    let mut buf = Vec::new();
+    e.store.export(&id, &mut buf).unwrap();
+    let other = env();
+    let imported = other
+        .store
+        .import(&mut buf.as_slice(), "export.jsonl")
+        .unwrap();
+    assert_eq!(imported, id);
+    assert_eq!(other.store.steps(&id).unwrap(), e.store.steps(&id).unwrap());
+    other.assert_identical(&id).await;
+}
