@@ -59,11 +59,15 @@ pub async fn load(
     runtime: &Runtime,
     path: &Path,
     manifest: Option<&Path>,
+    deterministic: Option<u64>,
 ) -> Result<LoadedComponent, Error> {
-    let grants = match manifest {
+    let mut grants = match manifest {
         Some(m) => Grants::from_file(m)?,
         None => Grants::deny_all(),
     };
+    if deterministic.is_some() {
+        grants.deterministic = deterministic;
+    }
     let prepared = runtime.prepare_file(path)?;
     let spinner = (!prepared.cached).then(|| {
         let s = indicatif::ProgressBar::new_spinner();

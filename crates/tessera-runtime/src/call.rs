@@ -373,8 +373,11 @@ impl LoadedComponent {
         let deadline = started + timeout;
         let deadline_gateway = gateway.clone();
         store.set_epoch_deadline(1);
+        let deterministic = self.grants.deterministic.is_some();
         store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline {
+            // Deterministic runs stop on fuel only: where an epoch lands
+            // depends on the machine, so it may yield but never decide.
+            if !deterministic && Instant::now() >= deadline {
                 let hit = LimitHit::Deadline(limits.timeout_ms);
                 deadline_gateway.audit(
                     hit.capability(),

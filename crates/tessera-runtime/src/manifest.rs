@@ -74,6 +74,10 @@ struct RawManifest {
     args: Vec<String>,
     #[serde(default)]
     limits: Option<RawLimits>,
+    #[serde(default)]
+    deterministic: bool,
+    #[serde(default)]
+    seed: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -322,6 +326,11 @@ pub struct Grants {
     pub args: Vec<String>,
     /// Limits.
     pub limits: Limits,
+    /// Deterministic execution: `Some(seed)` makes clocks virtual (driven by
+    /// fuel), random bytes a PRNG seeded with `seed`, and the deadline a
+    /// fuel deadline only.
+    #[serde(default)]
+    pub deterministic: Option<u64>,
 }
 
 impl Grants {
@@ -470,12 +479,19 @@ impl Grants {
             }
         }
 
+        if raw.seed.is_some() && !raw.deterministic {
+            return Err(invalid(
+                "seed".into(),
+                "only meaningful with `deterministic = true`".into(),
+            ));
+        }
         Ok(Self {
             mounts,
             allowed_outbound_hosts,
             env,
             args: raw.args,
             limits,
+            deterministic: raw.deterministic.then(|| raw.seed.unwrap_or(0)),
         })
     }
 
@@ -606,6 +622,23 @@ mod tests {
         );
         let e = parse("[limits]\nmemory_mb = 0\n").unwrap_err().to_string();
         assert!(e.contains("limits.memory_mb"), "{e}");
+    }
+
+    #[test]
+    fn deterministic_switch_and_seed() {
+        assert_eq!(parse("").unwrap().deterministic, None);
+        assert_eq!(
+            parse("deterministic = true\n").unwrap().deterministic,
+            Some(0)
+        );
+        assert_eq!(
+            parse("deterministic = true\nseed = 7\n")
+                .unwrap()
+                .deterministic,
+            Some(7)
+        );
+        let e = parse("seed = 7\n").unwrap_err().to_string();
+        assert!(e.contains("`seed`"), "{e}");
     }
 
     #[test]

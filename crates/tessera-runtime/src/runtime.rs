@@ -126,7 +126,12 @@ fn base_config(cfg: &RuntimeConfig) -> Config {
         .async_stack_size(cfg.max_wasm_stack + (1 << 20))
         .wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Enable)
         .memory_init_cow(true)
-        .parallel_compilation(true);
+        .parallel_compilation(true)
+        // Floating point and relaxed SIMD give the same bits on every
+        // machine, so any run can be replayed exactly.
+        .cranelift_nan_canonicalization(true)
+        .relaxed_simd_deterministic(true);
+    // Wasm threads are not compiled into this wasmtime build at all.
     c
 }
 

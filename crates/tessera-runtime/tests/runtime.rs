@@ -979,3 +979,49 @@ async fn falls_back_to_on_demand_allocation_when_the_pool_cannot_be_reserved() {
         "the default pool should be available here"
     );
 }
+
+// ---------------------------------------------------------------- determinism
+
+#[tokio::test]
+async fn deterministic_mode_reproduces_clocks_and_random() {
+    let rt = runtime();
+    let seeded = load(&rt, "net-escape", "deterministic = true\nseed = 42\n");
+    let a = call_ok(&seeded, "entropy", json!({})).await;
+    let b = call_ok(&seeded, "entropy", json!({})).await;
+    assert_eq!(a, b, "same seed, same inputs: same values");
+    let other = load(&rt, "net-escape", "deterministic = true\nseed = 43\n");
+    let c = call_ok(&other, "entropy", json!({})).await;
+    assert_ne!(a[0], c[0], "another seed gives other random numbers");
+    // Virtual time starts at 2024-01-01 and advances with fuel.
+    let wall_ns = a[3].as_u64().unwrap();
+    assert!(
+        wall_ns >= 1_704_067_200_000_000_000 && wall_ns < 1_704_067_201_000_000_000,
+        "{wall_ns}"
+    );
+    assert!(a[2].as_u64().unwrap() < wall_ns - 1_704_067_200_000_000_000 + 1);
+    // Live mode is not deterministic.
+    let live = load(&rt, "net-escape", "");
+    assert_ne!(
+        call_ok(&live, "entropy", json!({})).await[0],
+        call_ok(&live, "entropy", json!({})).await[0]
+    );
+}
+
+#[tokio::test]
+async fn deterministic_deadlines_are_fuel_deadlines() {
+    let rt = runtime();
+    // A wall-clock deadline far shorter than the fuel budget: in
+    // deterministic mode only fuel decides.
+    let spin = load(
+        &rt,
+        "spin",
+        "deterministic = true\n[limits]\ntimeout_ms = 50\nfuel = 300000000\n",
+    );
+    let o = call(&spin, "spin", json!({})).await;
+    assert_eq!(
+        o.result,
+        Err(CallFailure::Limit(LimitHit::Fuel(300_000_000)))
+    );
+    let o2 = call(&spin, "spin", json!({})).await;
+    assert_eq!(o.fuel_consumed, o2.fuel_consumed);
+}

@@ -35,6 +35,14 @@ pub struct Args {
     /// `tessera replay <id>`); the run id is printed on stderr.
     #[arg(long)]
     pub record: bool,
+    /// Run deterministically: virtual clocks driven by fuel, random bytes
+    /// from a seeded generator, deadline by fuel only (overrides the
+    /// manifest's `deterministic`).
+    #[arg(long)]
+    pub deterministic: bool,
+    /// The seed for `--deterministic` (default 0, or the manifest's `seed`).
+    #[arg(long, requires = "deterministic")]
+    pub seed: Option<u64>,
 }
 
 fn read_args(args: &Args) -> Result<Value, String> {
@@ -76,7 +84,15 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
             return exit::INTERNAL;
         }
     };
-    let loaded = match load(&runtime, &args.component, args.manifest.as_deref()).await {
+    let deterministic = args.deterministic.then(|| args.seed.unwrap_or(0));
+    let loaded = match load(
+        &runtime,
+        &args.component,
+        args.manifest.as_deref(),
+        deterministic,
+    )
+    .await
+    {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: {e}");

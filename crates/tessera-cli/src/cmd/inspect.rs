@@ -26,7 +26,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
             return exit::INTERNAL;
         }
     };
-    let loaded = match load(&runtime, &args.component, None).await {
+    let loaded = match load(&runtime, &args.component, None, None).await {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: {e}");

@@ -13,7 +13,7 @@ use wasmtime::StoreContextMut;
 use wasmtime::component::Linker;
 use wasmtime_wasi::p2::bindings::clocks::wall_clock::Datetime;
 
-use super::{Bytes, HostState, Interaction, RandomSource};
+use super::{Bytes, HostState, Interaction, RandomSource, VIRTUAL_EPOCH_SECONDS};
 
 /// Largest random buffer a guest may ask for in one call.
 pub const MAX_RANDOM_BYTES: u64 = 64 << 20;
@@ -36,7 +36,9 @@ fn random_bytes(store: &Store<'_>, source: RandomSource, len: u64) -> wasmtime::
     };
     let got = store.data().gateway.exchange(probe, |_| {
         let mut buf = vec![0u8; len as usize];
-        wasmtime_wasi::thread_rng().fill_bytes(&mut buf);
+        if !store.data().gateway.seeded_random(&mut buf) {
+            wasmtime_wasi::thread_rng().fill_bytes(&mut buf);
+        }
         Interaction::Random {
             source,
             bytes: Bytes(buf),
@@ -46,6 +48,17 @@ fn random_bytes(store: &Store<'_>, source: RandomSource, len: u64) -> wasmtime::
         Interaction::Random { bytes, .. } => Ok(bytes.0),
         _ => unreachable!("exchange returns the probe's kind"),
     }
+}
+
+/// Deterministic mode: nanoseconds of virtual time, one per unit of fuel
+/// consumed so far. `None` when the call is not deterministic.
+fn virtual_nanos(store: &Store<'_>) -> Option<u64> {
+    let gateway = &store.data().gateway;
+    if !gateway.deterministic() {
+        return None;
+    }
+    let remaining = store.get_fuel().unwrap_or(0);
+    Some(gateway.grants().limits.fuel.saturating_sub(remaining))
 }
 
 fn u64_le(bytes: &[u8]) -> u64 {
@@ -66,13 +79,20 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 seconds: 0,
                 nanoseconds: 0,
             };
-            let got = store.data().gateway.exchange(probe, |_| {
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default();
-                Interaction::WallClock {
-                    seconds: now.as_secs(),
-                    nanoseconds: now.subsec_nanos(),
+            let virtual_ns = virtual_nanos(&store);
+            let got = store.data().gateway.exchange(probe, |_| match virtual_ns {
+                Some(ns) => Interaction::WallClock {
+                    seconds: VIRTUAL_EPOCH_SECONDS + ns / 1_000_000_000,
+                    nanoseconds: (ns % 1_000_000_000) as u32,
+                },
+                None => {
+                    let now = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap_or_default();
+                    Interaction::WallClock {
+                        seconds: now.as_secs(),
+                        nanoseconds: now.subsec_nanos(),
+                    }
                 }
             })?;
             match got {
@@ -90,10 +110,13 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker
         .instance(MONOTONIC_CLOCK)?
         .func_wrap("now", |store: Store<'_>, (): ()| {
+            let virtual_ns = virtual_nanos(&store);
             let gateway = &store.data().gateway;
             let got = gateway.exchange(Interaction::MonotonicClock { nanos: 0 }, |_| {
                 Interaction::MonotonicClock {
-                    nanos: u64::try_from(gateway.elapsed().as_nanos()).unwrap_or(u64::MAX),
+                    nanos: virtual_ns.unwrap_or_else(|| {
+                        u64::try_from(gateway.elapsed().as_nanos()).unwrap_or(u64::MAX)
+                    }),
                 }
             })?;
             match got {

@@ -334,8 +334,43 @@ struct GatewayInner {
     next_index: std::sync::atomic::AtomicU64,
     divergence: Mutex<Option<Divergence>>,
     started: std::time::Instant,
+    prng: Mutex<Option<SplitMix64>>,
     output: Mutex<CapturedOutput>,
 }
+
+/// The random generator of deterministic mode: SplitMix64, seeded from the
+/// manifest. Reproducible by design, and therefore not secret: a component
+/// that needs unpredictable secrets must not run deterministically.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    /// A generator with `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Fills `buf`.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+/// Where deterministic mode's virtual wall clock starts:
+/// 2024-01-01T00:00:00Z. It then advances one nanosecond per unit of fuel.
+pub const VIRTUAL_EPOCH_SECONDS: u64 = 1_704_067_200;
 
 /// The per-call interposition layer. Cheap to clone; every capability
 /// adapter of one call holds a clone of the same gateway.
@@ -363,6 +398,7 @@ impl Gateway {
         observer: Option<Arc<dyn InteractionObserver>>,
         replay: Option<Arc<dyn ReplaySource>>,
     ) -> Self {
+        let prng = Mutex::new(grants.deterministic.map(SplitMix64::new));
         Self {
             inner: Arc::new(GatewayInner {
                 scope,
@@ -373,9 +409,27 @@ impl Gateway {
                 next_index: std::sync::atomic::AtomicU64::new(0),
                 divergence: Mutex::new(None),
                 started: std::time::Instant::now(),
+                prng,
                 output: Mutex::new(CapturedOutput::default()),
             }),
         }
+    }
+
+    /// Deterministic mode: the seeded generator fills `buf` (returns false
+    /// when the call is not deterministic).
+    pub fn seeded_random(&self, buf: &mut [u8]) -> bool {
+        match &mut *self.inner.prng.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(rng) => {
+                rng.fill(buf);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether the call runs in deterministic mode.
+    pub fn deterministic(&self) -> bool {
+        self.inner.grants.deterministic.is_some()
     }
 
     /// Time since the call's gateway was made (the monotonic clock's zero).
