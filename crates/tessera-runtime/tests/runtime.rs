@@ -995,7 +995,7 @@ async fn deterministic_mode_reproduces_clocks_and_random() {
     // Virtual time starts at 2024-01-01 and advances with fuel.
     let wall_ns = a[3].as_u64().unwrap();
     assert!(
-        wall_ns >= 1_704_067_200_000_000_000 && wall_ns < 1_704_067_201_000_000_000,
+        (1_704_067_200_000_000_000..1_704_067_201_000_000_000).contains(&wall_ns),
         "{wall_ns}"
     );
     assert!(a[2].as_u64().unwrap() < wall_ns - 1_704_067_200_000_000_000 + 1);
