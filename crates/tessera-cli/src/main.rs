@@ -36,6 +36,9 @@ enum Command {
     /// Re-execute a recorded run offline, answering every host interaction
     /// from its journal; exit 0 if identical, 6 at the first divergence.
     Replay(cmd::replay::Args),
+    /// Time travel: replay a recorded run up to a step and show the guest's
+    /// memory and globals there, or which memory changed between two steps.
+    InspectRun(cmd::inspect_run::Args),
 }
 
 const EXIT_CODES: &str = "Exit codes:
@@ -65,6 +68,7 @@ fn main() {
             Command::Call(args) => cmd::call::run(&cli.global, args).await,
             Command::Runs(c) => cmd::runs::run(&cli.global, c),
             Command::Replay(args) => cmd::replay::run(&cli.global, args).await,
+            Command::InspectRun(args) => cmd::inspect_run::run(&cli.global, args).await,
         }
     });
     std::process::exit(code);

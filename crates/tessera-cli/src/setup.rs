@@ -30,6 +30,11 @@ pub struct GlobalArgs {
 impl GlobalArgs {
     /// Builds the runtime these options describe.
     pub fn runtime(&self) -> Result<Runtime, String> {
+        self.runtime_with(false)
+    }
+
+    /// Builds the runtime, optionally with guest-debug instrumentation.
+    pub fn runtime_with(&self, guest_debug: bool) -> Result<Runtime, String> {
         let audit_path = self
             .audit
             .clone()
@@ -39,6 +44,7 @@ impl GlobalArgs {
         Runtime::new(RuntimeConfig {
             cache_dir: (!self.no_cache).then(|| self.data.join("cache")),
             audit: Arc::new(audit),
+            guest_debug,
             ..RuntimeConfig::default()
         })
         .map_err(|e| e.to_string())

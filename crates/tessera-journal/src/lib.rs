@@ -171,7 +171,7 @@ pub async fn record_call(
             args,
             CallOptions {
                 observer: Some(recorder),
-                replay: None,
+                ..CallOptions::default()
             },
         )
         .await;
@@ -277,15 +277,23 @@ impl std::fmt::Display for ReplayDivergence {
     }
 }
 
-/// Re-executes a recorded run offline: the same component bytes (from the
-/// store, or `component` if given — refused unless its digest matches),
-/// every host interaction answered from the journal.
-pub async fn replay(
+/// A recorded run made ready to run again: its component loaded with the
+/// recorded grants (mounts rebuilt from the journal in a scratch directory).
+struct Prepared {
+    run_id: String,
+    header: Header,
+    end: Option<End>,
+    steps: Vec<(u64, Interaction)>,
+    loaded: LoadedComponent,
+    _scratch: tempfile::TempDir,
+}
+
+async fn prepare(
     runtime: &Runtime,
     store: &JournalStore,
     run_id: &str,
     component: Option<&Path>,
-) -> Result<ReplayReport, Error> {
+) -> Result<Prepared, Error> {
     let run_id = store.resolve(run_id)?;
     let header = store.header(&run_id)?;
     let end = store.end(&run_id)?;
@@ -326,23 +334,47 @@ pub async fn replay(
         mounts: materialize(scratch.path(), &header.grants.mounts, &steps)?,
         ..header.grants.clone()
     };
-    let loaded = runtime.load(&prepared, grants)?;
-    let recorded_steps = steps.len() as u64;
-    let cursor = Arc::new(ReplayCursor::new(steps));
-    let outcome = loaded
+    let rt = runtime.clone();
+    let loaded = tokio::task::spawn_blocking(move || rt.load(&prepared, grants))
+        .await
+        .map_err(|e| Error::Store(format!("load task failed: {e}")))??;
+    Ok(Prepared {
+        run_id,
+        header,
+        end,
+        steps,
+        loaded,
+        _scratch: scratch,
+    })
+}
+
+/// Re-executes a recorded run offline: the same component bytes (from the
+/// store, or `component` if given — refused unless its digest matches),
+/// every host interaction answered from the journal.
+pub async fn replay(
+    runtime: &Runtime,
+    store: &JournalStore,
+    run_id: &str,
+    component: Option<&Path>,
+) -> Result<ReplayReport, Error> {
+    let p = prepare(runtime, store, run_id, component).await?;
+    let recorded_steps = p.steps.len() as u64;
+    let cursor = Arc::new(ReplayCursor::new(p.steps));
+    let outcome = p
+        .loaded
         .call_json_with(
-            &header.function,
-            &header.args,
+            &p.header.function,
+            &p.header.args,
             CallOptions {
-                observer: None,
                 replay: Some(cursor),
+                ..CallOptions::default()
             },
         )
         .await?;
     let replayed = end_of(&outcome);
     let divergence = if let Some(d) = outcome.divergence.clone() {
         Some(ReplayDivergence::Interaction(d))
-    } else if let Some(end) = &end {
+    } else if let Some(end) = &p.end {
         if end.result != replayed.result {
             Some(ReplayDivergence::Result {
                 recorded: end.result.clone(),
@@ -360,11 +392,86 @@ pub async fn replay(
         None
     };
     Ok(ReplayReport {
-        run_id,
+        run_id: p.run_id,
         recorded_steps,
-        complete: end.is_some(),
+        complete: p.end.is_some(),
         divergence,
         outcome,
+    })
+}
+
+/// Answers steps before `stop` and nothing from `stop` on, so a replay halts
+/// when the guest asks for step `stop`.
+struct StopAt {
+    cursor: ReplayCursor,
+    stop: u64,
+}
+
+impl ReplaySource for StopAt {
+    fn recorded(&self, index: u64) -> Option<Interaction> {
+        if index >= self.stop {
+            None
+        } else {
+            self.cursor.recorded(index)
+        }
+    }
+}
+
+/// The guest's state at one step of a recorded run.
+#[derive(Debug, Clone)]
+pub struct StepState {
+    /// The run.
+    pub run_id: String,
+    /// The step asked for.
+    pub at: u64,
+    /// Whether the guest reached that step (`false`: the run ended first,
+    /// and the state is the final one).
+    pub reached: bool,
+    /// The interaction the guest was about to make at `at`, if it reached it.
+    pub next: Option<Interaction>,
+    /// Memories and globals.
+    pub snapshot: tessera_runtime::Snapshot,
+}
+
+/// Replays a run until the guest asks for step `at` (steps `0..at` are
+/// answered), stops it there and snapshots its memories and globals.
+/// `runtime` must be created with `RuntimeConfig::guest_debug`.
+pub async fn state_at(
+    runtime: &Runtime,
+    store: &JournalStore,
+    run_id: &str,
+    at: u64,
+) -> Result<StepState, Error> {
+    let p = prepare(runtime, store, run_id, None).await?;
+    let source = Arc::new(StopAt {
+        cursor: ReplayCursor::new(p.steps),
+        stop: at,
+    });
+    let outcome = p
+        .loaded
+        .call_json_with(
+            &p.header.function,
+            &p.header.args,
+            CallOptions {
+                replay: Some(source),
+                snapshot: true,
+                ..CallOptions::default()
+            },
+        )
+        .await?;
+    let stopped = outcome.divergence.as_ref().filter(|d| d.index == at);
+    let snapshot = outcome.snapshot.clone().unwrap_or_default();
+    if snapshot.memories.is_empty() {
+        return Err(Error::Store(
+            "no guest state available: the runtime was not created with guest_debug".into(),
+        ));
+    }
+    Ok(StepState {
+        run_id: p.run_id,
+        at,
+        reached: stopped.is_some(),
+        next: stopped.and_then(|d| d.actual.as_deref().cloned()),
+        snapshot,
     })
 }
 

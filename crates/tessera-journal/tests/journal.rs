@@ -388,3 +388,66 @@ async fn export_and_import_round_trip() {
     assert_eq!(other.store.steps(&id).unwrap(), e.store.steps(&id).unwrap());
     other.assert_identical(&id).await;
 }
+
+#[tokio::test]
+async fn inspect_run_shows_what_the_guest_wrote_at_that_step_and_not_before() {
+    let e = env();
+    let net = e.load(
+        "net-escape",
+        "[env]\nset = { MARKER = \"zebra-42-marker\" }\n",
+    );
+    let (id, _) = e.record(&net, "read-env", json!({})).await;
+    let debug_rt = Runtime::new(RuntimeConfig {
+        guest_debug: true,
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let contains = |s: &tessera_journal::StepState| {
+        s.snapshot
+            .memories
+            .iter()
+            .any(|m| m.bytes.windows(15).any(|w| w == b"zebra-42-marker"))
+    };
+    let before = tessera_journal::state_at(&debug_rt, &e.store, &id, 0)
+        .await
+        .unwrap();
+    assert!(before.reached);
+    assert_eq!(before.next.as_ref().map(|n| n.kind()), Some("environment"));
+    assert!(
+        !contains(&before),
+        "the value is in memory before the guest received it"
+    );
+    let after = tessera_journal::state_at(&debug_rt, &e.store, &id, 1)
+        .await
+        .unwrap();
+    assert!(
+        contains(&after),
+        "the value the guest received is not in memory"
+    );
+    let changes = before.snapshot.changes(&after.snapshot);
+    assert!(!changes.is_empty());
+    // The marker lies inside one of the changed ranges.
+    let m = after
+        .snapshot
+        .memories
+        .iter()
+        .find(|m| m.bytes.windows(15).any(|w| w == b"zebra-42-marker"))
+        .unwrap();
+    let at = m
+        .bytes
+        .windows(15)
+        .position(|w| w == b"zebra-42-marker")
+        .unwrap();
+    assert!(
+        changes
+            .iter()
+            .any(|c| c.instance == m.instance && c.index == m.index && c.start <= at && at < c.end),
+        "{changes:?} does not cover offset {at}"
+    );
+    // Without guest debugging there is nothing to show, and that is an error.
+    assert!(
+        tessera_journal::state_at(&e.rt, &e.store, &id, 1)
+            .await
+            .is_err()
+    );
+}

@@ -54,6 +54,9 @@ pub struct CallOptions {
     pub observer: Option<Arc<dyn InteractionObserver>>,
     /// Answer every host interaction from a recording instead of the host.
     pub replay: Option<Arc<dyn ReplaySource>>,
+    /// Snapshot the guest's memories and globals when the call ends (the
+    /// runtime needs `RuntimeConfig::guest_debug`).
+    pub snapshot: bool,
 }
 
 impl std::fmt::Debug for CallOptions {
@@ -61,6 +64,7 @@ impl std::fmt::Debug for CallOptions {
         f.debug_struct("CallOptions")
             .field("observer", &self.observer.is_some())
             .field("replay", &self.replay.is_some())
+            .field("snapshot", &self.snapshot)
             .finish()
     }
 }
@@ -124,6 +128,8 @@ pub struct CallOutcome {
     pub interactions: u64,
     /// Replaying: the first departure from the recording, if any.
     pub divergence: Option<Divergence>,
+    /// The guest's state when the call ended, if asked for.
+    pub snapshot: Option<crate::Snapshot>,
 }
 
 impl CallOutcome {
@@ -377,6 +383,11 @@ impl LoadedComponent {
         store.epoch_deadline_callback(move |_| {
             // Deterministic runs stop on fuel only: where an epoch lands
             // depends on the machine, so it may yield but never decide.
+            // A divergence found where the guest could not be trapped (an
+            // HTTP exchange) stops it at the next tick.
+            if let Some(d) = deadline_gateway.pending_divergence() {
+                return Err(d.into());
+            }
             if !deterministic && Instant::now() >= deadline {
                 let hit = LimitHit::Deadline(limits.timeout_ms);
                 deadline_gateway.audit(
@@ -421,6 +432,7 @@ impl LoadedComponent {
         let duration = started.elapsed();
         let fuel_consumed = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
         let peak_memory_bytes = store.data().peak_memory_bytes();
+        let snapshot = options.snapshot.then(|| crate::Snapshot::take(&mut store));
         drop(store);
 
         let mut guest_error = false;
@@ -463,6 +475,7 @@ impl LoadedComponent {
             function: f.qualified_name(),
             interactions: gateway.interaction_count(),
             divergence,
+            snapshot,
             result,
             guest_error,
             output: gateway.take_output(),

@@ -26,6 +26,7 @@ pub mod json;
 pub mod manifest;
 mod runtime;
 pub mod schema;
+pub mod snapshot;
 
 pub use audit::{AuditEvent, AuditSink, Decision};
 pub use cache::{CacheStatus, ComponentCache};
@@ -35,6 +36,7 @@ pub use json::ArgError;
 pub use manifest::{Grants, Limits, ManifestError};
 pub use runtime::{Prepared, Runtime, RuntimeConfig, digest_of};
 pub use schema::FunctionInfo;
+pub use snapshot::Snapshot;
 
 /// The wasmtime version this runtime embeds (recorded in journals).
 pub const WASMTIME_VERSION: &str = "48.0.8";

@@ -36,6 +36,10 @@ pub struct RuntimeConfig {
     pub audit: Arc<dyn AuditSink>,
     /// Receives every host interaction of every call (the journal's plug).
     pub observer: Option<Arc<dyn InteractionObserver>>,
+    /// Compile with guest-debug instrumentation, so calls can snapshot
+    /// memories and globals (`CallOptions::snapshot`). Slower; meant for
+    /// inspecting recorded runs.
+    pub guest_debug: bool,
 }
 
 impl std::fmt::Debug for RuntimeConfig {
@@ -59,6 +63,7 @@ impl Default for RuntimeConfig {
             max_wasm_stack: 1 << 20,
             audit: Arc::new(NoAudit),
             observer: None,
+            guest_debug: false,
         }
     }
 }
@@ -130,7 +135,8 @@ fn base_config(cfg: &RuntimeConfig) -> Config {
         // Floating point and relaxed SIMD give the same bits on every
         // machine, so any run can be replayed exactly.
         .cranelift_nan_canonicalization(true)
-        .relaxed_simd_deterministic(true);
+        .relaxed_simd_deterministic(true)
+        .guest_debug(cfg.guest_debug);
     // Wasm threads are not compiled into this wasmtime build at all.
     c
 }

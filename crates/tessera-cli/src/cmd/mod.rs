@@ -2,5 +2,6 @@
 
 pub mod call;
 pub mod inspect;
+pub mod inspect_run;
 pub mod replay;
 pub mod runs;

@@ -508,6 +508,15 @@ impl Gateway {
         slot.get_or_insert_with(|| d.clone()).clone()
     }
 
+    /// The divergence recorded so far, without the end-of-recording check.
+    pub fn pending_divergence(&self) -> Option<Divergence> {
+        self.inner
+            .divergence
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// The first divergence seen, if any. After a replayed call returns, a
     /// recording with steps left over is a divergence too.
     pub fn divergence(&self) -> Option<Divergence> {
