@@ -13,7 +13,7 @@ use std::cell::Cell;
 use exports::tessera::hello::types::{
     Color, Counter, Guest as TypesGuest, GuestCounter, Item, Perms, Point, Shape,
 };
-use wasi::logging::logging::{Level, log};
+use self::wasi::logging::logging::{Level, log};
 
 /// The component's single implementation type.
 struct Component;
@@ -28,6 +28,22 @@ impl Guest for Component {
         eprintln!("stderr: {msg}");
         log(Level::Info, "hello", &msg);
         u32::try_from(msg.len()).unwrap_or(u32::MAX)
+    }
+
+    fn busy_host(rounds: u32) -> u64 {
+        let mut sum: u64 = 0;
+        for i in 0..rounds {
+            let wall = ::wasi::clocks::wall_clock::now();
+            let mono = ::wasi::clocks::monotonic_clock::now();
+            let r = ::wasi::random::random::get_random_u64();
+            log(Level::Debug, "busy", "round");
+            sum = sum
+                .wrapping_add(wall.seconds ^ u64::from(wall.nanoseconds))
+                .wrapping_add(mono)
+                .wrapping_add(r)
+                .wrapping_add(u64::from(i));
+        }
+        sum
     }
 
     fn bump() -> u32 {

@@ -177,8 +177,9 @@ pub async fn record_call(
         .await;
     match outcome {
         Ok(o) => {
+            // Queued, not awaited: the writer commits in the background.
+            // `JournalStore::flush` (or dropping the store) waits for it.
             store.append_end(&run_id, &end_of(&o));
-            store.flush();
             Ok((run_id, o))
         }
         Err(e) => {
@@ -194,7 +195,6 @@ pub async fn record_call(
                     steps: 0,
                 },
             );
-            store.flush();
             Err(e.into())
         }
     }

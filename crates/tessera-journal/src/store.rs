@@ -28,6 +28,7 @@ const ENDS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("ends")
 const BLOBS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("blobs");
 
 enum Msg {
+    Begin(String, Vec<u8>, Option<(String, Vec<u8>)>),
     Step(String, u64, Vec<u8>, Vec<(String, Vec<u8>)>),
     End(String, Vec<u8>),
     Flush(mpsc::Sender<()>),
@@ -50,6 +51,8 @@ pub struct JournalStore {
     path: PathBuf,
     tx: Mutex<Sender<Msg>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Component digests already queued for storage by this process.
+    components: Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for JournalStore {
@@ -91,6 +94,7 @@ impl JournalStore {
             path,
             tx: Mutex::new(tx),
             writer: Mutex::new(Some(writer)),
+            components: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -99,26 +103,19 @@ impl JournalStore {
         &self.path
     }
 
-    /// Commits a run's header and its component bytes (synchronously).
+    /// Queues a run's header and (once per process) its component bytes.
+    /// The writer commits them before any of the run's steps.
     pub fn begin(&self, header: &Header, component: &[u8]) -> Result<(), Error> {
         let bytes = serde_json::to_vec(header).map_err(db_err)?;
-        let w = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut blobs = w.open_table(BLOBS).map_err(db_err)?;
-            if blobs
-                .get(header.component.digest.as_str())
-                .map_err(db_err)?
-                .is_none()
-            {
-                blobs
-                    .insert(header.component.digest.as_str(), component)
-                    .map_err(db_err)?;
-            }
-            let mut runs = w.open_table(RUNS).map_err(db_err)?;
-            runs.insert(header.run_id.as_str(), bytes.as_slice())
-                .map_err(db_err)?;
-        }
-        w.commit().map_err(db_err)
+        let digest = &header.component.digest;
+        let new = self
+            .components
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(digest.clone());
+        let blob = new.then(|| (digest.clone(), component.to_vec()));
+        self.send(Msg::Begin(header.run_id.clone(), bytes, blob));
+        Ok(())
     }
 
     /// Queues one step for the writer.
@@ -158,6 +155,7 @@ impl JournalStore {
 
     /// Every run, oldest first.
     pub fn list(&self) -> Result<Vec<RunSummary>, Error> {
+        self.flush();
         let r = self.db.begin_read().map_err(db_err)?;
         let runs = r.open_table(RUNS).map_err(db_err)?;
         let ends = r.open_table(ENDS).map_err(db_err)?;
@@ -189,6 +187,7 @@ impl JournalStore {
 
     /// Resolves a run id or a unique prefix of one.
     pub fn resolve(&self, id: &str) -> Result<String, Error> {
+        self.flush();
         let r = self.db.begin_read().map_err(db_err)?;
         let runs = r.open_table(RUNS).map_err(db_err)?;
         if runs.get(id).map_err(db_err)?.is_some() {
@@ -209,6 +208,7 @@ impl JournalStore {
 
     /// A run's header.
     pub fn header(&self, run_id: &str) -> Result<Header, Error> {
+        self.flush();
         let r = self.db.begin_read().map_err(db_err)?;
         let runs = r.open_table(RUNS).map_err(db_err)?;
         let v = runs
@@ -220,6 +220,7 @@ impl JournalStore {
 
     /// A run's end record, `None` if it is incomplete.
     pub fn end(&self, run_id: &str) -> Result<Option<End>, Error> {
+        self.flush();
         let r = self.db.begin_read().map_err(db_err)?;
         let ends = r.open_table(ENDS).map_err(db_err)?;
         match ends.get(run_id).map_err(db_err)? {
@@ -232,6 +233,7 @@ impl JournalStore {
 
     /// A run's steps as stored (blobs still referenced), in index order.
     pub fn raw_steps(&self, run_id: &str) -> Result<Vec<(u64, Value)>, Error> {
+        self.flush();
         let r = self.db.begin_read().map_err(db_err)?;
         let steps = r.open_table(STEPS).map_err(db_err)?;
         let mut out = Vec::new();
@@ -426,14 +428,31 @@ fn write_loop(db: &Database, rx: Receiver<Msg>) {
             }
         }
         let mut acks = Vec::new();
+        if batch.iter().all(|m| matches!(m, Msg::Flush(_))) {
+            for m in batch {
+                if let Msg::Flush(a) = m {
+                    let _ = a.send(());
+                }
+            }
+            continue;
+        }
         let result = (|| -> Result<(), redb::Error> {
             let w = db.begin_write()?;
             {
+                let mut runs = w.open_table(RUNS)?;
                 let mut steps = w.open_table(STEPS)?;
                 let mut ends = w.open_table(ENDS)?;
                 let mut blobs = w.open_table(BLOBS)?;
                 for msg in batch {
                     match msg {
+                        Msg::Begin(run, header, blob) => {
+                            if let Some((d, b)) = blob
+                                && blobs.get(d.as_str())?.is_none()
+                            {
+                                blobs.insert(d.as_str(), b.as_slice())?;
+                            }
+                            runs.insert(run.as_str(), header.as_slice())?;
+                        }
                         Msg::Step(run, i, bytes, bs) => {
                             for (d, b) in bs {
                                 if blobs.get(d.as_str())?.is_none() {
