@@ -95,13 +95,12 @@ fn now_rfc3339() -> String {
 
 /// Streams one run's steps into the store.
 struct Recorder {
-    store: Arc<JournalStore>,
-    run_id: String,
+    buffer: Arc<store::RunBuffer>,
 }
 
 impl InteractionObserver for Recorder {
     fn observe(&self, _scope: &CallScope, index: u64, interaction: &Interaction) {
-        self.store.append_step(&self.run_id, index, interaction);
+        self.buffer.push(index, interaction);
     }
 }
 
@@ -160,15 +159,17 @@ pub async fn record_call(
         grants: component.grants().clone(),
         engine: engine_settings(component.runtime()),
     };
-    store.begin(&header, component.source_bytes())?;
+    let function = header.function.clone();
+    let args_owned = header.args.clone();
+    store.begin(header, component.source_bytes())?;
+    let buffer = store.run_buffer(&run_id);
     let recorder = Arc::new(Recorder {
-        store: store.clone(),
-        run_id: run_id.clone(),
+        buffer: buffer.clone(),
     });
     let outcome = component
         .call_json_with(
-            &header.function,
-            args,
+            &function,
+            &args_owned,
             CallOptions {
                 observer: Some(recorder),
                 ..CallOptions::default()
@@ -179,12 +180,12 @@ pub async fn record_call(
         Ok(o) => {
             // Queued, not awaited: the writer commits in the background.
             // `JournalStore::flush` (or dropping the store) waits for it.
-            store.append_end(&run_id, &end_of(&o));
+            store.finish_run(&buffer, &end_of(&o));
             Ok((run_id, o))
         }
         Err(e) => {
-            store.append_end(
-                &run_id,
+            store.finish_run(
+                &buffer,
                 &End {
                     result: RunResult::Refused {
                         message: e.to_string(),

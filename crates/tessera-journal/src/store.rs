@@ -28,10 +28,26 @@ const ENDS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("ends")
 const BLOBS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("blobs");
 
 enum Msg {
-    Begin(String, Vec<u8>, Option<(String, Vec<u8>)>),
-    Step(String, u64, Vec<u8>, Vec<(String, Vec<u8>)>),
-    End(String, Vec<u8>),
+    Begin(Box<Header>, Option<(String, Vec<u8>)>),
+    Steps(Arc<str>, Vec<(u64, Interaction)>),
+    End(Arc<str>, Box<End>),
     Flush(mpsc::Sender<()>),
+}
+
+/// The steps of one run not yet taken by the writer.
+pub(crate) struct RunBuffer {
+    run_id: Arc<str>,
+    steps: Mutex<Vec<(u64, Interaction)>>,
+}
+
+impl RunBuffer {
+    /// Adds a step (the guest's thread: an uncontended lock and a push).
+    pub(crate) fn push(&self, index: u64, interaction: &Interaction) {
+        self.steps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((index, interaction.clone()));
+    }
 }
 
 /// One line of `tessera runs list`.
@@ -49,7 +65,9 @@ pub struct RunSummary {
 pub struct JournalStore {
     db: Arc<Database>,
     path: PathBuf,
-    tx: Mutex<Sender<Msg>>,
+    queue: Arc<Mutex<Vec<Msg>>>,
+    buffers: Arc<Mutex<Vec<std::sync::Weak<RunBuffer>>>>,
+    wake: Mutex<Sender<()>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     /// Component digests already queued for storage by this process.
     components: Mutex<std::collections::HashSet<String>>,
@@ -83,16 +101,22 @@ impl JournalStore {
             w.commit().map_err(db_err)?;
         }
         let db = Arc::new(db);
-        let (tx, rx) = mpsc::channel();
+        let (wake, woken) = mpsc::channel();
+        let queue = Arc::new(Mutex::new(Vec::new()));
+        let buffers = Arc::new(Mutex::new(Vec::new()));
         let writer_db = db.clone();
+        let writer_queue = queue.clone();
+        let writer_buffers = buffers.clone();
         let writer = std::thread::Builder::new()
             .name("tessera-journal".into())
-            .spawn(move || write_loop(&writer_db, rx))
+            .spawn(move || write_loop(&writer_db, &writer_queue, &writer_buffers, woken))
             .map_err(|e| Error::Store(format!("cannot start the journal writer: {e}")))?;
         Ok(Self {
             db,
             path,
-            tx: Mutex::new(tx),
+            queue,
+            buffers,
+            wake: Mutex::new(wake),
             writer: Mutex::new(Some(writer)),
             components: Mutex::new(std::collections::HashSet::new()),
         })
@@ -105,8 +129,7 @@ impl JournalStore {
 
     /// Queues a run's header and (once per process) its component bytes.
     /// The writer commits them before any of the run's steps.
-    pub fn begin(&self, header: &Header, component: &[u8]) -> Result<(), Error> {
-        let bytes = serde_json::to_vec(header).map_err(db_err)?;
+    pub fn begin(&self, header: Header, component: &[u8]) -> Result<(), Error> {
         let digest = &header.component.digest;
         let new = self
             .components
@@ -114,42 +137,51 @@ impl JournalStore {
             .unwrap_or_else(|p| p.into_inner())
             .insert(digest.clone());
         let blob = new.then(|| (digest.clone(), component.to_vec()));
-        self.send(Msg::Begin(header.run_id.clone(), bytes, blob));
+        self.send(Msg::Begin(Box::new(header), blob));
         Ok(())
     }
 
-    /// Queues one step for the writer.
-    pub fn append_step(&self, run_id: &str, index: u64, interaction: &Interaction) {
-        let mut value = match serde_json::to_value(interaction) {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::error!("cannot serialize step {index} of {run_id}: {e}");
-                return;
-            }
-        };
-        let blobs = externalize(&mut value);
-        let bytes = serde_json::to_vec(&value).unwrap_or_default();
-        self.send(Msg::Step(run_id.to_string(), index, bytes, blobs));
+    /// A buffer for one run's steps. The writer drains it every
+    /// [`WRITE_EVERY`]; [`JournalStore::finish_run`] queues what is left.
+    pub(crate) fn run_buffer(&self, run_id: &str) -> Arc<RunBuffer> {
+        let buf = Arc::new(RunBuffer {
+            run_id: Arc::from(run_id),
+            steps: Mutex::new(Vec::new()),
+        });
+        let mut list = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
+        list.retain(|w| w.strong_count() > 0);
+        list.push(Arc::downgrade(&buf));
+        buf
+    }
+
+    /// Queues a run's remaining steps and its end record.
+    pub(crate) fn finish_run(&self, buffer: &RunBuffer, end: &End) {
+        let rest = std::mem::take(&mut *buffer.steps.lock().unwrap_or_else(|p| p.into_inner()));
+        if !rest.is_empty() {
+            self.send(Msg::Steps(buffer.run_id.clone(), rest));
+        }
+        self.send(Msg::End(buffer.run_id.clone(), Box::new(end.clone())));
     }
 
     /// Queues the end record.
     pub fn append_end(&self, run_id: &str, end: &End) {
-        if let Ok(bytes) = serde_json::to_vec(end) {
-            self.send(Msg::End(run_id.to_string(), bytes));
-        }
+        self.send(Msg::End(Arc::from(run_id), Box::new(end.clone())));
     }
 
+    /// Queues a message. The writer picks the queue up every
+    /// [`WRITE_EVERY`], so the guest never pays for waking it.
     fn send(&self, msg: Msg) {
-        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        if tx.send(msg).is_err() {
-            tracing::error!("journal writer has stopped; a step was lost");
-        }
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(msg);
     }
 
-    /// Waits until everything queued so far is committed.
+    /// Waits until everything queued so far is committed durably.
     pub fn flush(&self) {
         let (ack, done) = mpsc::channel();
         self.send(Msg::Flush(ack));
+        let _ = self.wake.lock().unwrap_or_else(|p| p.into_inner()).send(());
         let _ = done.recv();
     }
 
@@ -373,9 +405,9 @@ impl JournalStore {
 impl Drop for JournalStore {
     fn drop(&mut self) {
         self.flush();
-        // Closing the channel stops the writer.
+        // Closing the wake channel stops the writer.
         let (dead, _) = mpsc::channel();
-        *self.tx.lock().unwrap_or_else(|p| p.into_inner()) = dead;
+        *self.wake.lock().unwrap_or_else(|p| p.into_inner()) = dead;
         if let Some(h) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = h.join();
         }
@@ -418,64 +450,149 @@ fn collect_blob_refs(v: &Value, out: &mut Vec<String>) {
     }
 }
 
-fn write_loop(db: &Database, rx: Receiver<Msg>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            batch.push(more);
-            if batch.len() >= 4096 {
-                break;
+/// A step's stored form: JSON, with long payloads moved to blobs.
+fn encode_step(interaction: &Interaction) -> (Vec<u8>, Vec<(String, Vec<u8>)>) {
+    let large = match interaction {
+        Interaction::Random { bytes, .. }
+        | Interaction::Stdout { bytes }
+        | Interaction::Stderr { bytes } => bytes.0.len() * 2 > crate::format::INLINE_LIMIT,
+        Interaction::Http { .. } | Interaction::File { .. } => true,
+        _ => false,
+    };
+    if !large {
+        return (
+            serde_json::to_vec(interaction).unwrap_or_default(),
+            Vec::new(),
+        );
+    }
+    let mut value = serde_json::to_value(interaction).unwrap_or_default();
+    let blobs = externalize(&mut value);
+    (serde_json::to_vec(&value).unwrap_or_default(), blobs)
+}
+
+/// How often the writer takes the queue and commits it. Steps reach the
+/// store at most this long after the guest made them.
+pub const WRITE_EVERY: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// How long committed steps may stay non-durable (lost only if the machine,
+/// not just the process, stops) before a durable commit.
+const DURABLE_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
+fn write_loop(
+    db: &Database,
+    queue: &Mutex<Vec<Msg>>,
+    buffers: &Mutex<Vec<std::sync::Weak<RunBuffer>>>,
+    woken: Receiver<()>,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut last_durable = std::time::Instant::now();
+    let mut dirty = false;
+    loop {
+        let stopping = matches!(
+            woken.recv_timeout(WRITE_EVERY),
+            Err(RecvTimeoutError::Disconnected)
+        );
+        // Buffers first, then the queue: a run's header is queued before any
+        // of its steps exist, so it is always in the same or an earlier batch.
+        let mut batch = Vec::new();
+        for w in buffers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            if let Some(b) = w.upgrade() {
+                let steps = std::mem::take(&mut *b.steps.lock().unwrap_or_else(|p| p.into_inner()));
+                if !steps.is_empty() {
+                    batch.push(Msg::Steps(b.run_id.clone(), steps));
+                }
             }
         }
+        batch.append(&mut queue.lock().unwrap_or_else(|p| p.into_inner()));
+        let flush = batch.iter().any(|m| matches!(m, Msg::Flush(_)));
+        let data = batch.iter().any(|m| !matches!(m, Msg::Flush(_)));
+        let durable = flush || stopping || last_durable.elapsed() >= DURABLE_EVERY;
         let mut acks = Vec::new();
-        if batch.iter().all(|m| matches!(m, Msg::Flush(_))) {
+        let result = if data {
+            write_batch(db, batch, &mut acks, durable)
+        } else {
             for m in batch {
                 if let Msg::Flush(a) = m {
-                    let _ = a.send(());
+                    acks.push(a);
                 }
             }
-            continue;
-        }
-        let result = (|| -> Result<(), redb::Error> {
-            let w = db.begin_write()?;
-            {
-                let mut runs = w.open_table(RUNS)?;
-                let mut steps = w.open_table(STEPS)?;
-                let mut ends = w.open_table(ENDS)?;
-                let mut blobs = w.open_table(BLOBS)?;
-                for msg in batch {
-                    match msg {
-                        Msg::Begin(run, header, blob) => {
-                            if let Some((d, b)) = blob
-                                && blobs.get(d.as_str())?.is_none()
-                            {
-                                blobs.insert(d.as_str(), b.as_slice())?;
-                            }
-                            runs.insert(run.as_str(), header.as_slice())?;
-                        }
-                        Msg::Step(run, i, bytes, bs) => {
-                            for (d, b) in bs {
-                                if blobs.get(d.as_str())?.is_none() {
-                                    blobs.insert(d.as_str(), b.as_slice())?;
-                                }
-                            }
-                            steps.insert((run.as_str(), i), bytes.as_slice())?;
-                        }
-                        Msg::End(run, bytes) => {
-                            ends.insert(run.as_str(), bytes.as_slice())?;
-                        }
-                        Msg::Flush(ack) => acks.push(ack),
-                    }
-                }
+            if durable && dirty {
+                durable_commit(db)
+            } else {
+                Ok(())
             }
-            w.commit()?;
-            Ok(())
-        })();
-        if let Err(e) = result {
-            tracing::error!("journal write failed: {e}");
+        };
+        match result {
+            Ok(()) if durable => {
+                dirty = false;
+                last_durable = std::time::Instant::now();
+            }
+            Ok(()) => dirty |= data,
+            Err(e) => tracing::error!("journal write failed: {e}"),
         }
         for a in acks {
             let _ = a.send(());
         }
+        if stopping {
+            return;
+        }
     }
+}
+
+fn durable_commit(db: &Database) -> Result<(), redb::Error> {
+    let mut w = db.begin_write()?;
+    w.set_durability(redb::Durability::Immediate)
+        .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+    w.commit()?;
+    Ok(())
+}
+
+fn write_batch(
+    db: &Database,
+    batch: Vec<Msg>,
+    acks: &mut Vec<mpsc::Sender<()>>,
+    durable: bool,
+) -> Result<(), redb::Error> {
+    let mut w = db.begin_write()?;
+    if !durable {
+        w.set_durability(redb::Durability::None)
+            .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+    }
+    {
+        let mut runs = w.open_table(RUNS)?;
+        let mut steps = w.open_table(STEPS)?;
+        let mut ends = w.open_table(ENDS)?;
+        let mut blobs = w.open_table(BLOBS)?;
+        for msg in batch {
+            match msg {
+                Msg::Begin(header, blob) => {
+                    if let Some((d, b)) = blob
+                        && blobs.get(d.as_str())?.is_none()
+                    {
+                        blobs.insert(d.as_str(), b.as_slice())?;
+                    }
+                    let bytes = serde_json::to_vec(&header).unwrap_or_default();
+                    runs.insert(header.run_id.as_str(), bytes.as_slice())?;
+                }
+                Msg::Steps(run, list) => {
+                    for (i, interaction) in list {
+                        let (bytes, bs) = encode_step(&interaction);
+                        for (d, b) in bs {
+                            if blobs.get(d.as_str())?.is_none() {
+                                blobs.insert(d.as_str(), b.as_slice())?;
+                            }
+                        }
+                        steps.insert((&*run, i), bytes.as_slice())?;
+                    }
+                }
+                Msg::End(run, end) => {
+                    let bytes = serde_json::to_vec(&end).unwrap_or_default();
+                    ends.insert(&*run, bytes.as_slice())?;
+                }
+                Msg::Flush(ack) => acks.push(ack),
+            }
+        }
+    }
+    w.commit()?;
+    Ok(())
 }

@@ -39,6 +39,8 @@ pub enum CacheStatus {
     Rejected(String),
     /// Caching is disabled for this runtime.
     Disabled,
+    /// This runtime had already compiled the component (same digest).
+    Memory,
 }
 
 /// Compiled components on disk.

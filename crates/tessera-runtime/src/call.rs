@@ -216,14 +216,17 @@ impl LoadedComponent {
     /// Finds a function by qualified name (`iface@ver#name`), short name
     /// (`iface#name`, also `iface.name`) or bare name when unambiguous.
     pub fn function(&self, name: &str) -> Result<&FunctionInfo, Error> {
-        if let Some(f) = self.functions.iter().find(|f| f.qualified_name() == name) {
+        if let Some(f) = self.functions.iter().find(|f| f.qualified == name) {
+            return Ok(f);
+        }
+        if let Some(f) = self.functions.iter().find(|f| f.short == name) {
             return Ok(f);
         }
         let dotted = name.replacen('.', "#", 1);
         if let Some(f) = self
             .functions
             .iter()
-            .find(|f| f.short_name() == name || (f.interface.is_some() && f.short_name() == dotted))
+            .find(|f| f.interface.is_some() && f.short == dotted)
         {
             return Ok(f);
         }

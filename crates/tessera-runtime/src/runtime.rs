@@ -68,6 +68,16 @@ impl Default for RuntimeConfig {
     }
 }
 
+/// A compiled component and what was derived from it.
+#[derive(Clone)]
+struct Compiled {
+    component: Component,
+    functions: Vec<crate::schema::FunctionInfo>,
+}
+
+/// How many compiled components a runtime keeps in memory.
+const COMPILED_IN_MEMORY: usize = 256;
+
 pub(crate) struct RuntimeInner {
     pub(crate) engine: Engine,
     pub(crate) linker: Linker<HostState>,
@@ -76,6 +86,8 @@ pub(crate) struct RuntimeInner {
     pub(crate) observer: Option<Arc<dyn InteractionObserver>>,
     pooling: bool,
     max_wasm_stack: usize,
+    /// Compiled components already loaded by this runtime, by digest.
+    compiled: std::sync::Mutex<std::collections::HashMap<String, Compiled>>,
     stop_ticker: Arc<AtomicBool>,
 }
 
@@ -216,6 +228,7 @@ impl Runtime {
                 observer: cfg.observer,
                 pooling,
                 max_wasm_stack: cfg.max_wasm_stack,
+                compiled: std::sync::Mutex::new(std::collections::HashMap::new()),
                 stop_ticker: stop,
             }),
         })
@@ -279,7 +292,37 @@ impl Runtime {
     /// component under `grants`. This is CPU-bound; async callers should run
     /// it on a blocking thread.
     pub fn load(&self, prepared: &Prepared, grants: Grants) -> Result<LoadedComponent, Error> {
-        let (component, cache_status) = self.compile(prepared)?;
+        let known = self
+            .inner
+            .compiled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&prepared.digest)
+            .cloned();
+        let (component, functions, cache_status) = match known {
+            Some(c) => (c.component, c.functions, CacheStatus::Memory),
+            None => {
+                let (component, status) = self.compile(prepared)?;
+                let functions =
+                    schema::functions(&self.inner.engine, &component, &prepared.component_bytes);
+                let mut map = self
+                    .inner
+                    .compiled
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if map.len() >= COMPILED_IN_MEMORY {
+                    map.clear();
+                }
+                map.insert(
+                    prepared.digest.clone(),
+                    Compiled {
+                        component: component.clone(),
+                        functions: functions.clone(),
+                    },
+                );
+                (component, functions, status)
+            }
+        };
         let pre = self
             .inner
             .linker
@@ -288,8 +331,6 @@ impl Runtime {
                 origin: prepared.origin.clone(),
                 message: format!("{e:#}"),
             })?;
-        let functions =
-            schema::functions(&self.inner.engine, &component, &prepared.component_bytes);
         Ok(LoadedComponent::new(
             self.clone(),
             prepared.clone(),

@@ -39,24 +39,22 @@ pub struct FunctionInfo {
     /// JSON Schema of the result.
     pub result_schema: Value,
     pub(crate) export: ComponentExportIndex,
+    /// `qualified_name()`, computed once for lookups.
+    pub(crate) qualified: String,
+    /// `short_name()`, computed once for lookups.
+    pub(crate) short: String,
 }
 
 impl FunctionInfo {
     /// The function's full name: `name`, or `interface#name`.
     pub fn qualified_name(&self) -> String {
-        match &self.interface {
-            Some(i) => format!("{i}#{}", self.name),
-            None => self.name.clone(),
-        }
+        self.qualified.clone()
     }
 
     /// A short name: `name` or `iface#name`, where `iface` is the interface
     /// name without package and version (`types#echo-u8`).
     pub fn short_name(&self) -> String {
-        match &self.interface {
-            Some(i) => format!("{}#{}", interface_short(i), self.name),
-            None => self.name.clone(),
-        }
+        self.short.clone()
     }
 
     /// The listing entry as JSON (`--json` output of `inspect`).
@@ -154,7 +152,16 @@ fn describe(
         None => json!({ "type": "null" }),
     };
     let key = (interface.map(str::to_string), name.to_string());
+    let (qualified, short) = match interface {
+        Some(i) => (
+            format!("{i}#{name}"),
+            format!("{}#{name}", interface_short(i)),
+        ),
+        None => (name.to_string(), name.to_string()),
+    };
     FunctionInfo {
+        qualified,
+        short,
         interface: interface.map(str::to_string),
         name: name.to_string(),
         docs: docs.get(&key).cloned(),
