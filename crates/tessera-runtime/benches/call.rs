@@ -195,7 +195,7 @@ fn main() {
     println!("\nhello.wasm load ({load_rounds} rounds):");
     let c = summarize("compile (Cranelift)", compile);
     let h = summarize("cached load (artifact)", from_cache);
-    summarize("Runtime::load, cache hit", full_load);
+    summarize("Runtime::load, in memory", full_load);
     println!(
         "ratio compile/cached (p50): {:.0}x",
         c.as_secs_f64() / h.as_secs_f64()
