@@ -42,5 +42,16 @@ run $T call components/spin.wasm spin --manifest "$DATA/spin.toml"
 run $T call components/memory-hog.wasm hog --args '{"mib":512}'
 run $T call components/p1-command.wasm run
 
+# Record a run, then replay it offline and look inside it.
+step $T call components/net-escape.wasm entropy --record
+RUN=$($T call components/net-escape.wasm entropy --record 2>&1 >/dev/null | sed -n 's/^recorded run //p')
+echo "recorded run $RUN"
+if [ -n "$RUN" ]; then
+    run $T runs show "$RUN"
+    run $T replay "$RUN"
+    run $T inspect-run "$RUN" --at 2 --strings 5
+fi
+run $T call components/net-escape.wasm entropy --deterministic --seed 7
+
 step "audit log ($DATA/audit.jsonl)"
 cat "$DATA/audit.jsonl"

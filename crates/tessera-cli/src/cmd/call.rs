@@ -99,6 +99,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
             return exit::for_error(&e);
         }
     };
+    let mut run_id = None;
     let called = if args.record {
         let store = match global.journal() {
             Ok(s) => s,
@@ -108,8 +109,9 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
             }
         };
         match tessera_journal::record_call(&store, &loaded, &args.function, &json_args).await {
-            Ok((run_id, o)) => {
-                eprintln!("recorded run {run_id}");
+            Ok((id, o)) => {
+                eprintln!("recorded run {id}");
+                run_id = Some(id);
                 Ok(o)
             }
             Err(tessera_journal::Error::Runtime(e)) => Err(e),
@@ -137,10 +139,11 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
     };
     let code = exit_code(&outcome);
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&outcome_json(&outcome)).unwrap_or_default()
-        );
+        let mut v = outcome_json(&outcome);
+        if let Some(id) = run_id {
+            v["run_id"] = json!(id);
+        }
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
         print_human(&outcome);
     }

@@ -143,8 +143,8 @@ fn print_state(s: &StepState, strings: usize) {
     println!("run {} at step {}", s.run_id, s.at);
     match &s.next {
         Some(n) => println!(
-            "  stopped as the guest asked for: {}",
-            tessera_journal::describe_step(s.at, n).trim_start()
+            "  stopped as the guest asked for a `{}` interaction",
+            n.kind()
         ),
         None if !s.reached => println!(
             "  the run ended before step {}; showing its final state",
