@@ -28,11 +28,6 @@ pub struct GlobalArgs {
 }
 
 impl GlobalArgs {
-    /// Builds the runtime these options describe.
-    pub fn runtime(&self) -> Result<Runtime, String> {
-        self.runtime_with(false)
-    }
-
     /// Builds the runtime, optionally with guest-debug instrumentation.
     pub fn runtime_with(&self, guest_debug: bool) -> Result<Runtime, String> {
         let audit_path = self
@@ -52,6 +47,24 @@ impl GlobalArgs {
 }
 
 impl GlobalArgs {
+    /// [`GlobalArgs::runtime_with`], printing the error and giving the exit
+    /// code on failure.
+    pub fn open_runtime(&self, guest_debug: bool) -> Result<Runtime, i32> {
+        self.runtime_with(guest_debug).map_err(|e| {
+            eprintln!("error: {e}");
+            crate::exit::INTERNAL
+        })
+    }
+
+    /// [`GlobalArgs::journal`], printing the error and giving the exit code
+    /// on failure.
+    pub fn open_journal(&self) -> Result<Arc<tessera_journal::JournalStore>, i32> {
+        self.journal().map_err(|e| {
+            eprintln!("error: {e}");
+            crate::exit::INTERNAL
+        })
+    }
+
     /// Opens the journal store in the data directory.
     pub fn journal(&self) -> Result<Arc<tessera_journal::JournalStore>, String> {
         tessera_journal::JournalStore::open(&self.data)

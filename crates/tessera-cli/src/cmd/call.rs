@@ -77,12 +77,9 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
             return exit::BAD_INPUT;
         }
     };
-    let runtime = match global.runtime() {
+    let runtime = match global.open_runtime(false) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::INTERNAL;
-        }
+        Err(code) => return code,
     };
     let deterministic = args.deterministic.then(|| args.seed.unwrap_or(0));
     let loaded = match load(
@@ -101,12 +98,9 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
     };
     let mut run_id = None;
     let called = if args.record {
-        let store = match global.journal() {
+        let store = match global.open_journal() {
             Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::INTERNAL;
-            }
+            Err(code) => return code,
         };
         match tessera_journal::record_call(&store, &loaded, &args.function, &json_args).await {
             Ok((id, o)) => {

@@ -19,12 +19,9 @@ pub struct Args {
 
 /// Runs the subcommand and returns the exit code.
 pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
-    let runtime = match global.runtime() {
+    let runtime = match global.open_runtime(false) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::INTERNAL;
-        }
+        Err(code) => return code,
     };
     let loaded = match load(&runtime, &args.component, None, None).await {
         Ok(l) => l,

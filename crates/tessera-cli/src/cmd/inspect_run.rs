@@ -33,19 +33,13 @@ pub struct Args {
 
 /// Runs the subcommand and returns the exit code.
 pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
-    let runtime = match global.runtime_with(true) {
+    let runtime = match global.open_runtime(true) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::INTERNAL;
-        }
+        Err(code) => return code,
     };
-    let store = match global.journal() {
+    let store = match global.open_journal() {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::INTERNAL;
-        }
+        Err(code) => return code,
     };
     let state = |at| {
         let runtime = runtime.clone();

@@ -23,19 +23,13 @@ pub struct Args {
 
 /// Runs the subcommand and returns the exit code.
 pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
-    let runtime = match global.runtime() {
+    let runtime = match global.open_runtime(false) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::INTERNAL;
-        }
+        Err(code) => return code,
     };
-    let store = match global.journal() {
+    let store = match global.open_journal() {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::INTERNAL;
-        }
+        Err(code) => return code,
     };
     let report =
         match tessera_journal::replay(&runtime, &store, &args.run, args.component.as_deref()).await
