@@ -39,6 +39,16 @@ enum Command {
     /// Time travel: replay a recorded run up to a step and show the guest's
     /// memory and globals there, or which memory changed between two steps.
     InspectRun(cmd::inspect_run::Args),
+    /// Run the server: HTTP API over the registered components; every call
+    /// journaled.
+    Serve(cmd::serve::Args),
+    /// The component registry the server serves (add, list, inspect,
+    /// activate, rollback, remove).
+    #[command(subcommand)]
+    Components(cmd::components::Command),
+    /// API tokens (create, list, revoke).
+    #[command(subcommand)]
+    Tokens(cmd::tokens::Command),
 }
 
 const EXIT_CODES: &str = "Exit codes:
@@ -69,6 +79,9 @@ fn main() {
             Command::Runs(c) => cmd::runs::run(&cli.global, c),
             Command::Replay(args) => cmd::replay::run(&cli.global, args).await,
             Command::InspectRun(args) => cmd::inspect_run::run(&cli.global, args).await,
+            Command::Serve(args) => cmd::serve::run(&cli.global, args).await,
+            Command::Components(c) => cmd::components::run(&cli.global, c),
+            Command::Tokens(c) => cmd::tokens::run(&cli.global, c),
         }
     });
     std::process::exit(code);

@@ -1,7 +1,10 @@
 //! One module per subcommand.
 
 pub mod call;
+pub mod components;
 pub mod inspect;
 pub mod inspect_run;
 pub mod replay;
 pub mod runs;
+pub mod serve;
+pub mod tokens;
