@@ -160,7 +160,7 @@ impl JournalStore {
         if !rest.is_empty() {
             self.send(Msg::Steps(buffer.run_id.clone(), rest));
         }
-        self.send(Msg::End(buffer.run_id.clone(), Box::new(end.clone())));
+        self.append_end(&buffer.run_id, end);
     }
 
     /// Queues the end record.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -141,26 +141,24 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiErro
     })
 }
 
-/// The scope each route needs (`None`: public).
-fn required_scope(method: &axum::http::Method, path: &str) -> Option<Scope> {
+/// The scopes that may use a route (any one suffices); `None`: public.
+fn accepted_scopes(method: &axum::http::Method, path: &str) -> Option<&'static [Scope]> {
     if path == "/openapi.json" || path == "/v1/health" {
-        return None;
+        None
+    } else if path.starts_with("/v1/runs") || path.starts_with("/v1/audit") {
+        Some(&[Scope::Read])
+    } else if path.contains("/call/") {
+        Some(&[Scope::Call])
+    } else if method == axum::http::Method::GET {
+        // Listing and inspecting components.
+        Some(&[Scope::Call, Scope::Manage])
+    } else {
+        Some(&[Scope::Manage])
     }
-    if path.starts_with("/v1/runs") || path.starts_with("/v1/audit") {
-        return Some(Scope::Read);
-    }
-    if path.contains("/call/") {
-        return Some(Scope::Call);
-    }
-    if method == axum::http::Method::GET {
-        // Listing and inspecting components: any valid token.
-        return Some(Scope::Call);
-    }
-    Some(Scope::Manage)
 }
 
 async fn authorize(State(server): State<Arc<Server>>, req: Request, next: Next) -> Response {
-    let Some(scope) = required_scope(req.method(), req.uri().path()) else {
+    let Some(accepted) = accepted_scopes(req.method(), req.uri().path()) else {
         return next.run(req).await;
     };
     let presented = req
@@ -188,23 +186,18 @@ async fn authorize(State(server): State<Arc<Server>>, req: Request, next: Next) 
                 "unauthorized",
                 "unknown token".into(),
             ),
-            Ok(Some(scopes))
-                if scopes.contains(&scope)
-                    || scope == Scope::Call
-                        && scopes.contains(&Scope::Manage)
-                        && req.method() == axum::http::Method::GET =>
-            {
-                next.run(req).await
-            }
+            Ok(Some(scopes)) if scopes.iter().any(|s| accepted.contains(s)) => next.run(req).await,
             Ok(Some(_)) => deny(
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 format!(
-                    "this token lacks the `{}` scope",
-                    serde_json::to_value(scope)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default()
+                    "this token lacks a scope for this route (one of: {})",
+                    accepted
+                        .iter()
+                        .filter_map(|s| serde_json::to_value(s).ok())
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ),
         },
@@ -232,20 +225,14 @@ async fn limit_body(State(server): State<Arc<Server>>, req: Request, next: Next)
 
 impl Server {
     fn runtime_audit(&self, capability: &str, target: &str, detail: &str) {
-        let event = tessera_runtime::AuditEvent::now(
+        self.audit_event(&tessera_runtime::AuditEvent::now(
             "-",
             "-",
             capability,
             target,
             tessera_runtime::Decision::Deny,
             Some(detail.to_string()),
-        );
-        let _ = self.audit.send(event.clone());
-        if let Ok(f) =
-            tessera_runtime::audit::JsonLinesAudit::open(&self.config.data.join("audit.jsonl"))
-        {
-            tessera_runtime::AuditSink::record(&f, &event);
-        }
+        ));
     }
 }
 
@@ -584,8 +571,7 @@ async fn replay_run(State(server): State<Arc<Server>>, Path(id): Path<String>) -
     .into_response())
 }
 
-async fn audit_stream(State(server): State<Arc<Server>>, headers: HeaderMap) -> impl IntoResponse {
-    let _ = headers;
+async fn audit_stream(State(server): State<Arc<Server>>) -> impl IntoResponse {
     let rx = server.audit_events();
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         loop {

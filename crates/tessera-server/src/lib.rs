@@ -98,6 +98,7 @@ pub struct Server {
     registry_seen: std::sync::Mutex<Option<std::time::SystemTime>>,
     calls: Arc<Semaphore>,
     audit: broadcast::Sender<AuditEvent>,
+    audit_sink: Arc<dyn AuditSink>,
 }
 
 /// Server errors at startup.
@@ -124,12 +125,13 @@ impl Server {
         let file = JsonLinesAudit::open(&audit_path)
             .map_err(|e| ServerError::Io(format!("{}: {e}", audit_path.display())))?;
         let (live, _) = broadcast::channel(1024);
+        let audit_sink: Arc<dyn AuditSink> = Arc::new(AuditFanout {
+            file,
+            live: live.clone(),
+        });
         let runtime = Runtime::new(RuntimeConfig {
             cache_dir: Some(config.data.join("cache")),
-            audit: Arc::new(AuditFanout {
-                file,
-                live: live.clone(),
-            }),
+            audit: audit_sink.clone(),
             ..RuntimeConfig::default()
         })?;
         let journal = Arc::new(JournalStore::open(&config.data)?);
@@ -145,6 +147,7 @@ impl Server {
             active: RwLock::new(HashMap::new()),
             registry_seen: std::sync::Mutex::new(None),
             audit: live,
+            audit_sink,
         });
         server.sync().await?;
         Ok(server)
@@ -175,6 +178,11 @@ impl Server {
     /// Subscribes to live audit events.
     pub fn audit_events(&self) -> broadcast::Receiver<AuditEvent> {
         self.audit.subscribe()
+    }
+
+    /// Writes a server-level audit event (log file and live stream).
+    pub(crate) fn audit_event(&self, event: &AuditEvent) {
+        self.audit_sink.record(event);
     }
 
     pub(crate) fn call_permits(&self) -> Arc<Semaphore> {

@@ -243,6 +243,21 @@ async fn hot_swap_under_load_fails_no_call() {
     s.shutdown().await;
 }
 
+/// The request body registering `spin` with limits roomy enough for long calls.
+fn spin_body(data: &Path) -> String {
+    json!({ "name": "spin", "path": component("spin").display().to_string(),
+            "manifest_path": write_manifest(data, "[limits]\nfuel = 100000000000\ntimeout_ms = 60000\n") })
+    .to_string()
+}
+
+/// Registers `spin` (see [`spin_body`]).
+async fn add_spin(addr: SocketAddr, data: &Path) -> (u16, Value) {
+    let body = spin_body(data);
+    tokio::task::spawn_blocking(move || request(addr, "POST", "/v1/components", None, &body))
+        .await
+        .unwrap()
+}
+
 fn write_manifest(dir: &Path, text: &str) -> String {
     let p = dir.join("m.toml");
     std::fs::write(&p, text).unwrap();
@@ -254,15 +269,7 @@ async fn removal_lets_calls_in_flight_finish() {
     let data = tempfile::tempdir().unwrap();
     let s = start(data.path(), |_| {}).await;
     let addr = s.addr;
-    let body = json!({ "name": "spin", "path": component("spin").display().to_string(),
-                       "manifest_path": write_manifest(data.path(), "[limits]\nfuel = 100000000000\ntimeout_ms = 60000\n") }).to_string();
-    assert_eq!(
-        tokio::task::spawn_blocking(move || request(addr, "POST", "/v1/components", None, &body))
-            .await
-            .unwrap()
-            .0,
-        201
-    );
+    assert_eq!(add_spin(addr, data.path()).await.0, 201);
     let running = tokio::task::spawn_blocking(move || {
         request(
             addr,
@@ -311,8 +318,7 @@ async fn tokens_scopes_body_limit_and_overload() {
     })
     .await;
     let addr = s.addr;
-    let body = json!({ "name": "spin", "path": component("spin").display().to_string(),
-                       "manifest_path": write_manifest(data.path(), "[limits]\nfuel = 100000000000\ntimeout_ms = 60000\n") }).to_string();
+    let body = spin_body(data.path());
     let (c, a) = (caller.clone(), admin.clone());
     let checks = tokio::task::spawn_blocking(move || {
         let no_token = request(addr, "POST", "/v1/components", None, &body);
@@ -424,15 +430,7 @@ async fn graceful_shutdown_finishes_calls_and_journals() {
     let data = tempfile::tempdir().unwrap();
     let s = start(data.path(), |_| {}).await;
     let addr = s.addr;
-    let body = json!({ "name": "spin", "path": component("spin").display().to_string(),
-                       "manifest_path": write_manifest(data.path(), "[limits]\nfuel = 100000000000\ntimeout_ms = 60000\n") }).to_string();
-    assert_eq!(
-        tokio::task::spawn_blocking(move || request(addr, "POST", "/v1/components", None, &body))
-            .await
-            .unwrap()
-            .0,
-        201
-    );
+    assert_eq!(add_spin(addr, data.path()).await.0, 201);
     let running = tokio::task::spawn_blocking(move || {
         request(
             addr,

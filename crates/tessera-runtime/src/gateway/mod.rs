@@ -722,14 +722,8 @@ impl HostState {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .socket_addr_check(|_, _| Box::pin(async { false }));
-        // Environment and arguments are answered by the gateway (see
-        // `env.rs`); the context keeps a copy for the preview1 adapter's
-        // benefit and for completeness.
-        b.arg(&gateway.scope().function);
-        b.args(&grants.args);
-        for (k, v) in &grants.env.vars {
-            b.env(k, v);
-        }
+        // Environment and arguments are not put in the context: the
+        // gateway answers `wasi:cli/environment` itself (see `env.rs`).
         files::preopen(&mut b, &grants.mounts)?;
         Ok(Self {
             wasi: b.build(),
