@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: toolchain targets, example
-# components, then every test of every crate.
+# components, the Python MCP SDK the interop tests drive Tessera with, then
+# every test of every crate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
@@ -10,4 +11,5 @@ if command -v rustup >/dev/null 2>&1; then
     rustup target add wasm32-wasip2 wasm32-wasip1 >/dev/null
 fi
 bash scripts/build-components.sh
+bash scripts/python-env.sh
 cargo test --workspace

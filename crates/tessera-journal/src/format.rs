@@ -86,6 +86,12 @@ pub enum RunResult {
         /// The trap message.
         message: String,
     },
+    /// The caller cancelled the call while the guest ran (an MCP
+    /// cancellation, a client that went away, a server shutting down).
+    Cancelled {
+        /// Why.
+        message: String,
+    },
     /// The call was refused before the guest ran (bad arguments, busy).
     Refused {
         /// Why.

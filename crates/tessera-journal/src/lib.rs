@@ -96,11 +96,15 @@ fn now_rfc3339() -> String {
 /// Streams one run's steps into the store.
 struct Recorder {
     buffer: Arc<store::RunBuffer>,
+    also: Option<Arc<dyn InteractionObserver>>,
 }
 
 impl InteractionObserver for Recorder {
-    fn observe(&self, _scope: &CallScope, index: u64, interaction: &Interaction) {
+    fn observe(&self, scope: &CallScope, index: u64, interaction: &Interaction) {
         self.buffer.push(index, interaction);
+        if let Some(o) = &self.also {
+            o.observe(scope, index, interaction);
+        }
     }
 }
 
@@ -126,6 +130,9 @@ pub fn end_of(outcome: &CallOutcome) -> End {
         Err(CallFailure::Diverged(d)) => RunResult::Trap {
             message: d.to_string(),
         },
+        Err(CallFailure::Cancelled) => RunResult::Cancelled {
+            message: "call cancelled".into(),
+        },
     };
     End {
         result,
@@ -142,6 +149,18 @@ pub async fn record_call(
     component: &LoadedComponent,
     function: &str,
     args: &Value,
+) -> Result<(String, CallOutcome), Error> {
+    record_call_with(store, component, function, args, CallOptions::default()).await
+}
+
+/// [`record_call`] with call options (a cancellation token, a snapshot, an
+/// extra observer, which sees every step the journal records).
+pub async fn record_call_with(
+    store: &Arc<JournalStore>,
+    component: &LoadedComponent,
+    function: &str,
+    args: &Value,
+    options: CallOptions,
 ) -> Result<(String, CallOutcome), Error> {
     let f = component.function(function)?;
     let run_id = new_run_id();
@@ -165,6 +184,7 @@ pub async fn record_call(
     let buffer = store.run_buffer(&run_id);
     let recorder = Arc::new(Recorder {
         buffer: buffer.clone(),
+        also: options.observer.clone(),
     });
     let outcome = component
         .call_json_with(
@@ -172,7 +192,7 @@ pub async fn record_call(
             &args_owned,
             CallOptions {
                 observer: Some(recorder),
-                ..CallOptions::default()
+                ..options
             },
         )
         .await;

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use wasmtime::component::{InstancePre, Val};
 use wasmtime::{Store, Trap, UpdateDeadline};
 
@@ -57,6 +58,10 @@ pub struct CallOptions {
     /// Snapshot the guest's memories and globals when the call ends (the
     /// runtime needs `RuntimeConfig::guest_debug`).
     pub snapshot: bool,
+    /// Cancelling this token stops the call: a guest running wasm stops at
+    /// its next epoch tick, a guest waiting on the host at once. The call
+    /// then ends with [`CallFailure::Cancelled`].
+    pub cancel: Option<CancellationToken>,
 }
 
 impl std::fmt::Debug for CallOptions {
@@ -65,6 +70,7 @@ impl std::fmt::Debug for CallOptions {
             .field("observer", &self.observer.is_some())
             .field("replay", &self.replay.is_some())
             .field("snapshot", &self.snapshot)
+            .field("cancel", &self.cancel.is_some())
             .finish()
     }
 }
@@ -86,6 +92,9 @@ pub enum CallFailure {
     Limit(LimitHit),
     /// Replaying, the guest asked for something the recording does not hold.
     Diverged(Divergence),
+    /// The caller cancelled the call (an MCP cancellation, a client that
+    /// went away, a server shutting down).
+    Cancelled,
     /// The guest trapped (panic, `unreachable`, out-of-bounds access, …).
     Trap {
         /// The trap message, naming the component and function.
@@ -100,6 +109,7 @@ impl std::fmt::Display for CallFailure {
         match self {
             CallFailure::Limit(l) => write!(f, "{l}"),
             CallFailure::Diverged(d) => write!(f, "{d}"),
+            CallFailure::Cancelled => f.write_str("call cancelled"),
             CallFailure::Trap { message, .. } => write!(f, "{message}"),
         }
     }
@@ -383,7 +393,12 @@ impl LoadedComponent {
         let deadline_gateway = gateway.clone();
         store.set_epoch_deadline(1);
         let deterministic = self.grants.deterministic.is_some();
+        let cancel = options.cancel.clone();
+        let tick_cancel = cancel.clone();
         store.epoch_deadline_callback(move |_| {
+            if tick_cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
+                return Err(Cancelled.into());
+            }
             // Deterministic runs stop on fuel only: where an epoch lands
             // depends on the machine, so it may yield but never decide.
             // A divergence found where the guest could not be trapped (an
@@ -419,7 +434,20 @@ impl LoadedComponent {
             func.call_async(&mut store, &params, &mut results).await?;
             wasmtime::Result::Ok(results)
         };
-        let raw = match tokio::time::timeout(timeout + HOST_WAIT_GRACE, run).await {
+        let cancelled = async {
+            match &cancel {
+                Some(c) => c.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        let timed = tokio::select! {
+            biased;
+            r = tokio::time::timeout(timeout + HOST_WAIT_GRACE, run) => r,
+            // A guest running wasm stops at its next epoch tick (above); one
+            // waiting on the host stops here.
+            () = cancelled => Ok(Err(Cancelled.into())),
+        };
+        let raw = match timed {
             Ok(r) => r,
             Err(_elapsed) => {
                 let hit = LimitHit::Deadline(limits.timeout_ms);
@@ -490,7 +518,12 @@ impl LoadedComponent {
     }
 }
 
-/// Sorts a failed call into a limit hit or a trap.
+/// The error a cancelled call stops with.
+#[derive(Debug, thiserror::Error)]
+#[error("call cancelled")]
+struct Cancelled;
+
+/// Sorts a failed call into a limit hit, a cancellation or a trap.
 fn classify(
     e: wasmtime::Error,
     limits: &crate::Limits,
@@ -503,6 +536,9 @@ fn classify(
     }
     if let Some(d) = e.downcast_ref::<Divergence>() {
         return CallFailure::Diverged(d.clone());
+    }
+    if e.downcast_ref::<Cancelled>().is_some() {
+        return CallFailure::Cancelled;
     }
     let backtrace = e
         .downcast_ref::<wasmtime::WasmBacktrace>()

@@ -37,6 +37,7 @@ pub use manifest::{Grants, Limits, ManifestError};
 pub use runtime::{Prepared, Runtime, RuntimeConfig, digest_of};
 pub use schema::FunctionInfo;
 pub use snapshot::Snapshot;
+pub use tokio_util::sync::CancellationToken;
 
 /// The wasmtime version this runtime embeds (recorded in journals).
 pub const WASMTIME_VERSION: &str = "48.0.8";

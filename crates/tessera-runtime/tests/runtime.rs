@@ -296,6 +296,65 @@ async fn a_spinning_call_does_not_block_concurrent_calls() {
 }
 
 #[tokio::test]
+async fn cancelling_interrupts_a_spinning_guest() {
+    let rt = runtime();
+    let spin = load(
+        &rt,
+        "spin",
+        "[limits]\ntimeout_ms = 600000\nfuel = 100000000000000\n",
+    );
+    let token = tessera_runtime::CancellationToken::new();
+    let options = tessera_runtime::CallOptions {
+        cancel: Some(token.clone()),
+        ..Default::default()
+    };
+    let spinning =
+        tokio::spawn(async move { spin.call_json_with("spin", &json!({}), options).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!spinning.is_finished(), "spin should still be running");
+    token.cancel();
+    let o = spinning.await.unwrap().unwrap();
+    assert_eq!(o.result, Err(CallFailure::Cancelled));
+    assert!(o.fuel_consumed > 0);
+}
+
+#[tokio::test]
+async fn cancelling_interrupts_a_guest_waiting_on_the_host() {
+    // A server that accepts the connection and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let _held = std::thread::spawn(move || {
+        let conns: Vec<_> = listener.incoming().take(1).collect();
+        std::thread::sleep(Duration::from_secs(600));
+        drop(conns);
+    });
+    let rt = runtime();
+    let fetch = load(
+        &rt,
+        "http-fetch",
+        &format!(
+            "[http]\nallowed_outbound_hosts = [\"http://127.0.0.1:{port}\"]\n[limits]\ntimeout_ms = 600000\n"
+        ),
+    );
+    let token = tessera_runtime::CancellationToken::new();
+    let options = tessera_runtime::CallOptions {
+        cancel: Some(token.clone()),
+        ..Default::default()
+    };
+    let url = format!("http://127.0.0.1:{port}/never");
+    let waiting = tokio::spawn(async move {
+        fetch
+            .call_json_with("fetch", &json!({ "url": url }), options)
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "fetch should still be waiting");
+    token.cancel();
+    let o = waiting.await.unwrap().unwrap();
+    assert_eq!(o.result, Err(CallFailure::Cancelled));
+}
+
+#[tokio::test]
 async fn guest_output_and_logs_are_captured() {
     let rt = runtime();
     let hello = load(&rt, "hello", "");

@@ -145,6 +145,9 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiErro
 fn accepted_scopes(method: &axum::http::Method, path: &str) -> Option<&'static [Scope]> {
     if path == "/openapi.json" || path == "/v1/health" {
         None
+    } else if path == "/mcp" || path.starts_with("/mcp/") {
+        // MCP: listing and calling tools.
+        Some(&[Scope::Call])
     } else if path.starts_with("/v1/runs") || path.starts_with("/v1/audit") {
         Some(&[Scope::Read])
     } else if path.contains("/call/") {
@@ -236,9 +239,10 @@ impl Server {
     }
 }
 
-/// The API router.
-pub fn router(server: Arc<Server>) -> Router {
+/// The API router, with the MCP endpoint at `/mcp`.
+pub fn router(server: Arc<Server>, mcp: crate::mcp::McpHttpService) -> Router {
     Router::new()
+        .nest_service("/mcp", mcp)
         .route("/v1/health", get(health))
         .route("/openapi.json", get(openapi))
         .route("/v1/components", get(list_components).post(add_by_path))
@@ -462,25 +466,28 @@ async fn call(
     } else {
         parse_json(&body)?
     };
-    let Ok(_permit) = server.call_permits().try_acquire_owned() else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            format!("{} calls already running", server.config.max_calls),
-        ));
-    };
-    // Hold the version for the whole call: a swap does not touch it.
-    let active = server.active(&name).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "no_such_component",
-            format!("no component named `{name}`"),
-        )
-    })?;
-    let (run_id, outcome) =
-        tessera_journal::record_call(&server.journal, &active.loaded, &function, &args)
-            .await
-            .map_err(journal_error)?;
+    let called = server
+        .call(&name, &function, &args, None)
+        .await
+        .map_err(|e| match e {
+            crate::CallError::Overloaded(n) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                format!("{n} calls already running"),
+            ),
+            crate::CallError::NoSuchComponent(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "no_such_component", e.to_string())
+            }
+            crate::CallError::Journal(j) => journal_error(j),
+            crate::CallError::Task(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            }
+        })?;
+    let crate::Called {
+        active,
+        run_id,
+        outcome,
+    } = called;
     let base = json!({
         "component": name,
         "version": active.version,
@@ -512,6 +519,7 @@ async fn call(
                 (CallFailure::Limit(l), None) => ("limit", json!({ "limit": l.capability() })),
                 (CallFailure::Trap { .. }, None) => ("trap", json!({})),
                 (CallFailure::Diverged(_), None) => ("trap", json!({})),
+                (CallFailure::Cancelled, None) => ("cancelled", json!({})),
             };
             let mut err =
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, failure.to_string())
@@ -572,7 +580,9 @@ async fn replay_run(State(server): State<Arc<Server>>, Path(id): Path<String>) -
 }
 
 async fn audit_stream(State(server): State<Arc<Server>>) -> impl IntoResponse {
+    use futures_util::StreamExt as _;
     let rx = server.audit_events();
+    let stopping = server.stopping().clone().cancelled_owned();
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         loop {
             match rx.recv().await {
@@ -589,6 +599,8 @@ async fn audit_stream(State(server): State<Arc<Server>>) -> impl IntoResponse {
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
             }
         }
-    });
+    })
+    // The stream ends when the server shuts down.
+    .take_until(stopping);
     Sse::new(stream).keep_alive(KeepAlive::default())
 }

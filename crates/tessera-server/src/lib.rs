@@ -6,10 +6,14 @@
 //! for the whole call, so activating a new version never affects calls
 //! already running: they finish on the old version, new calls get the new
 //! one, and nothing waits. Every call is recorded in the journal.
+//!
+//! The same calls are served over the HTTP API (`/v1/...`) and over MCP:
+//! streamable HTTP at `/mcp` and stdio ([`Server::serve_stdio`]).
 #![deny(missing_docs)]
 
 pub mod auth;
 mod http;
+pub mod mcp;
 pub mod openapi;
 pub mod registry;
 
@@ -19,10 +23,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use serde_json::Value;
 use tessera_journal::JournalStore;
 use tessera_runtime::audit::{AuditEvent, AuditSink, JsonLinesAudit};
-use tessera_runtime::{Grants, LoadedComponent, Runtime, RuntimeConfig};
-use tokio::sync::{Semaphore, broadcast};
+use tessera_runtime::{CallOptions, CallOutcome, Grants, LoadedComponent, Runtime, RuntimeConfig};
+use tokio::sync::{Semaphore, broadcast, watch};
+use tokio_util::sync::CancellationToken;
 
 pub use http::router;
 use registry::{Registry, RegistryError, Version};
@@ -42,6 +48,10 @@ pub struct ServerConfig {
     pub max_calls: usize,
     /// How long in-flight calls may finish after a shutdown signal.
     pub grace: Duration,
+    /// `Host` values the MCP endpoint accepts when bound to a non-loopback
+    /// address (empty: any; tokens are required there anyway). On loopback
+    /// only loopback names are accepted, against DNS rebinding.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl ServerConfig {
@@ -55,6 +65,7 @@ impl ServerConfig {
             max_body_bytes: 16 << 20,
             max_calls: 256,
             grace: Duration::from_secs(10),
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -99,6 +110,41 @@ pub struct Server {
     calls: Arc<Semaphore>,
     audit: broadcast::Sender<AuditEvent>,
     audit_sink: Arc<dyn AuditSink>,
+    /// Bumped whenever the set of tools changes (a component loaded,
+    /// swapped or removed).
+    tools_changed: watch::Sender<u64>,
+    /// Parent of every call's cancellation token: cancelled at shutdown.
+    shutdown: CancellationToken,
+    /// Cancelled when shutdown begins.
+    stopping: CancellationToken,
+}
+
+/// A finished call.
+pub struct Called {
+    /// The version that served the call.
+    pub active: Arc<Active>,
+    /// The journal run.
+    pub run_id: String,
+    /// What came out.
+    pub outcome: CallOutcome,
+}
+
+/// Why a call did not run.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The server is at its limit of concurrent calls.
+    #[error("{0} calls already running")]
+    Overloaded(usize),
+    /// No component of that name is being served.
+    #[error("no component named `{0}`")]
+    NoSuchComponent(String),
+    /// The call was refused before the guest ran (bad arguments, no such
+    /// function, component busy, …) or could not be journaled.
+    #[error(transparent)]
+    Journal(#[from] tessera_journal::Error),
+    /// The call's task failed.
+    #[error("call task failed: {0}")]
+    Task(String),
 }
 
 /// Server errors at startup.
@@ -148,6 +194,9 @@ impl Server {
             registry_seen: std::sync::Mutex::new(None),
             audit: live,
             audit_sink,
+            tools_changed: watch::channel(0).0,
+            shutdown: CancellationToken::new(),
+            stopping: CancellationToken::new(),
         });
         server.sync().await?;
         Ok(server)
@@ -185,8 +234,88 @@ impl Server {
         self.audit_sink.record(event);
     }
 
-    pub(crate) fn call_permits(&self) -> Arc<Semaphore> {
-        self.calls.clone()
+    /// Watches the set of tools: the value changes whenever a component is
+    /// loaded, swapped or removed.
+    pub fn tools_changed(&self) -> watch::Receiver<u64> {
+        self.tools_changed.subscribe()
+    }
+
+    /// Calls `function` of the active version of component `name`, and
+    /// journals the run.
+    ///
+    /// The call runs in its own task: if the caller goes away (its future
+    /// is dropped) or `cancel` fires, the guest is interrupted at its next
+    /// epoch tick and the run is still journaled to its end, as cancelled.
+    /// Shutting the server down cancels every call still running after the
+    /// grace period.
+    pub async fn call(
+        &self,
+        name: &str,
+        function: &str,
+        args: &Value,
+        cancel: Option<CancellationToken>,
+    ) -> Result<Called, CallError> {
+        let Ok(permit) = self.calls.clone().try_acquire_owned() else {
+            return Err(CallError::Overloaded(self.config.max_calls));
+        };
+        // Hold the version for the whole call: a swap does not touch it.
+        let active = self
+            .active(name)
+            .ok_or_else(|| CallError::NoSuchComponent(name.to_string()))?;
+        let token = self.shutdown.child_token();
+        // Cancels the call if this future is dropped before it ends.
+        let _dropped = token.clone().drop_guard();
+        let journal = self.journal.clone();
+        let task = {
+            let active = active.clone();
+            let function = function.to_string();
+            let args = args.clone();
+            let token = token.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                tessera_journal::record_call_with(
+                    &journal,
+                    &active.loaded,
+                    &function,
+                    &args,
+                    CallOptions {
+                        cancel: Some(token),
+                        ..CallOptions::default()
+                    },
+                )
+                .await
+            })
+        };
+        let linked = async {
+            match &cancel {
+                Some(c) => c.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut task = std::pin::pin!(task);
+        let joined = tokio::select! {
+            biased;
+            r = &mut task => r,
+            () = linked => {
+                token.cancel();
+                task.await
+            }
+        };
+        let (run_id, outcome) = joined.map_err(|e| CallError::Task(e.to_string()))??;
+        Ok(Called {
+            active,
+            run_id,
+            outcome,
+        })
+    }
+
+    /// Cancels every running call and waits up to `wait` for their journals
+    /// to be written, then flushes the journal.
+    pub async fn stop_calls(&self, wait: Duration) {
+        self.shutdown.cancel();
+        let all = u32::try_from(self.config.max_calls).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(wait, self.calls.acquire_many(all)).await;
+        self.journal.flush();
     }
 
     /// Brings what is served in line with the registry: loads new active
@@ -232,6 +361,9 @@ impl Server {
         }
         changed.extend(removed);
         *self.registry_seen.lock().unwrap_or_else(|p| p.into_inner()) = seen;
+        if !changed.is_empty() {
+            self.tools_changed.send_modify(|n| *n += 1);
+        }
         Ok(changed)
     }
 
@@ -278,45 +410,123 @@ impl Server {
         })
     }
 
-    /// Serves HTTP until `shutdown` resolves, then stops accepting, gives
-    /// in-flight calls up to `grace` to finish, and flushes the journal.
+    fn spawn_registry_watcher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let server = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                if server.registry_changed()
+                    && let Err(e) = server.sync().await
+                {
+                    tracing::error!("registry reload failed: {e}");
+                }
+            }
+        })
+    }
+
+    /// Whether the server is shutting down (streams end, no new sessions).
+    pub(crate) fn stopping(&self) -> &CancellationToken {
+        &self.stopping
+    }
+
+    /// Lets calls in flight finish within the grace period, then cancels
+    /// the rest and waits for their journals.
+    async fn drain(&self) {
+        let all = u32::try_from(self.config.max_calls).unwrap_or(u32::MAX);
+        let finished = tokio::time::timeout(self.config.grace, self.calls.acquire_many(all))
+            .await
+            .is_ok();
+        if !finished {
+            eprintln!("grace period over: cancelling calls still running");
+        }
+        self.stop_calls(Duration::from_secs(5)).await;
+    }
+
+    /// Serves the HTTP API and MCP over streamable HTTP (at `/mcp`) until
+    /// `shutdown` resolves. Then it stops accepting connections, gives calls
+    /// in flight up to the grace period to finish, cancels the rest (their
+    /// runs are journaled as cancelled), closes MCP sessions and flushes the
+    /// journal.
     pub async fn serve(
         self: Arc<Self>,
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        let watcher = {
-            let server = self.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                    if server.registry_changed()
-                        && let Err(e) = server.sync().await
-                    {
-                        tracing::error!("registry reload failed: {e}");
-                    }
-                }
-            })
-        };
-        let grace = self.config.grace;
-        let app = router(self.clone());
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stop_tx.send(());
+        let watcher = self.spawn_registry_watcher();
+        let sessions = CancellationToken::new();
+        let local = listener
+            .local_addr()
+            .map_err(|e| ServerError::Io(e.to_string()))?;
+        let app = router(
+            self.clone(),
+            mcp::http_service(self.clone(), local, sessions.clone()),
+        );
+        let stopping = self.stopping.clone();
+        // No Nagle delay: streamed (SSE) responses are written in several
+        // small pieces.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
         });
-        let mut serving = std::pin::pin!(serving.into_future());
-        tokio::select! {
-            r = &mut serving => r.map_err(|e| ServerError::Io(e.to_string()))?,
-            _ = async {
-                let _ = stop_rx.await;
-                tokio::time::sleep(grace).await;
-            } => {
-                eprintln!("grace period over: cancelling calls still running");
-            }
+        let mut serving = tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stopping.cancelled().await })
+                .into_future(),
+        );
+        let ended_early = tokio::select! {
+            r = &mut serving => Some(r),
+            () = shutdown => None,
+        };
+        self.stopping.cancel();
+        if let Some(r) = ended_early {
+            watcher.abort();
+            self.stop_calls(Duration::from_secs(5)).await;
+            return match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(ServerError::Io(e.to_string())),
+                Err(e) => Err(ServerError::Io(e.to_string())),
+            };
+        }
+        self.drain().await;
+        sessions.cancel();
+        if tokio::time::timeout(Duration::from_secs(2), &mut serving)
+            .await
+            .is_err()
+        {
+            serving.abort();
         }
         watcher.abort();
         self.journal.flush();
+        Ok(())
+    }
+
+    /// Serves MCP over stdin and stdout (for an MCP host that spawns
+    /// Tessera) until the client closes stdin or `shutdown` resolves, then
+    /// drains calls like [`Server::serve`]. Nothing but MCP messages is
+    /// written to stdout.
+    pub async fn serve_stdio(
+        self: Arc<Self>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        use rmcp::ServiceExt as _;
+        let watcher = self.spawn_registry_watcher();
+        let running = mcp::McpService::new(self.clone())
+            .serve(rmcp::transport::stdio())
+            .await
+            .map_err(|e| ServerError::Io(format!("MCP over stdio: {e}")))?;
+        let cancel = running.cancellation_token();
+        let mut waiting = std::pin::pin!(running.waiting());
+        tokio::select! {
+            _ = &mut waiting => {}
+            () = shutdown => {
+                self.stopping.cancel();
+                self.drain().await;
+                cancel.cancel();
+                let _ = tokio::time::timeout(Duration::from_secs(2), waiting).await;
+            }
+        }
+        self.stopping.cancel();
+        self.stop_calls(Duration::from_secs(5)).await;
+        watcher.abort();
         Ok(())
     }
 }

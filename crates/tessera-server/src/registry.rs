@@ -49,7 +49,7 @@ pub enum RegistryError {
     },
     /// A name that cannot be used (tool names must be portable).
     #[error(
-        "invalid component name `{0}`: use 1-64 characters from a-z, 0-9, `-` and `_`, starting with a letter"
+        "invalid component name `{0}`: use 1-64 characters from a-z, 0-9, `-` and `_`, starting with a letter, without `__` (it separates names in MCP tool names)"
     )]
     InvalidName(String),
 }
@@ -109,10 +109,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RegistryError + '_ {
     }
 }
 
-/// Whether `name` is a valid component name.
+/// Whether `name` is a valid component name. `__` is reserved: it joins the
+/// component and function names in MCP tool names.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
+        && !name.contains("__")
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && name
             .chars()

@@ -30,27 +30,13 @@ fn request(
     token: Option<&str>,
     body: &str,
 ) -> (u16, Value) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let status: u16 = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Host", "test"), ("Content-Type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a.as_str()));
+    }
+    let (status, body) = raw_request(addr, method, path, &headers, body);
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
 struct Running {
@@ -453,4 +439,144 @@ async fn graceful_shutdown_finishes_calls_and_journals() {
             .any(|r| r.header.function == "count" && r.end.is_some()),
         "{runs:?}"
     );
+}
+
+/// One raw HTTP/1.1 request with the given headers; returns (status, body text).
+fn raw_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    write!(s, "{head}\r\n{body}").unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spinning_component_does_not_delay_hello_and_shutdown_cancels_it() {
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), |c| c.grace = Duration::from_millis(300)).await;
+    let addr = s.addr;
+    assert_eq!(add_spin(addr, data.path()).await.0, 201);
+    assert_eq!(
+        tokio::task::spawn_blocking(move || add(addr, "hello", "hello"))
+            .await
+            .unwrap()
+            .0,
+        201
+    );
+    // `spin` never returns; its deadline is a minute away.
+    let spinning = tokio::task::spawn_blocking(move || {
+        request(addr, "POST", "/v1/components/spin/call/spin", None, "{}")
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 0..20 {
+        let (status, v) = s
+            .call(
+                "POST",
+                "/v1/components/hello/call/greet",
+                json!({ "name": format!("n{i}") }),
+            )
+            .await;
+        assert_eq!(
+            (status, &v["result"]),
+            (200, &json!(format!("Hello, n{i}!"))),
+            "{v}"
+        );
+    }
+    assert!(!spinning.is_finished(), "spin returned on its own");
+    // Shutdown: the grace period passes, the spinning call is cancelled and
+    // its run is journaled to the end.
+    let server = s.server.clone();
+    let mut s = s;
+    s.stop_only().await;
+    let (status, v) = spinning.await.unwrap();
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (422, &json!("cancelled")),
+        "{v}"
+    );
+    let runs = server.journal.list().unwrap();
+    let spin = runs
+        .iter()
+        .find(|r| r.header.function == "spin")
+        .expect("spin run journaled");
+    assert!(
+        matches!(
+            spin.end.as_ref().map(|e| &e.result),
+            Some(tessera_journal::RunResult::Cancelled { .. })
+        ),
+        "{spin:?}"
+    );
+    assert!(runs.iter().all(|r| r.end.is_some()), "{runs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_endpoint_requires_a_call_scope() {
+    let data = tempfile::tempdir().unwrap();
+    let tokens = tessera_server::auth::Tokens::open(data.path());
+    let (caller, _) = tokens
+        .create(vec![tessera_server::auth::Scope::Call], "caller")
+        .unwrap();
+    let (reader, _) = tokens
+        .create(vec![tessera_server::auth::Scope::Read], "reader")
+        .unwrap();
+    let s = start(data.path(), |c| c.require_tokens = true).await;
+    let addr = s.addr;
+    let init = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": { "name": "test", "version": "0" }
+        }
+    })
+    .to_string();
+    let host = format!("127.0.0.1:{}", addr.port());
+    let results = tokio::task::spawn_blocking(move || {
+        let post = |token: Option<&str>| {
+            let auth = token.map(|t| format!("Bearer {t}"));
+            let mut headers = vec![
+                ("Host", host.as_str()),
+                ("Content-Type", "application/json"),
+                ("Accept", "application/json, text/event-stream"),
+            ];
+            if let Some(a) = &auth {
+                headers.push(("Authorization", a.as_str()));
+            }
+            raw_request(addr, "POST", "/mcp", &headers, &init)
+        };
+        (post(None), post(Some(&reader)), post(Some(&caller)))
+    })
+    .await
+    .unwrap();
+    assert_eq!(results.0.0, 401, "{}", results.0.1);
+    assert_eq!(results.1.0, 403, "{}", results.1.1);
+    assert_eq!(results.2.0, 200, "{}", results.2.1);
+    assert!(results.2.1.contains("\"serverInfo\""), "{}", results.2.1);
+    assert!(
+        results.2.1.contains("\"listChanged\":true"),
+        "{}",
+        results.2.1
+    );
+    s.shutdown().await;
 }

@@ -178,6 +178,9 @@ fn outcome_json(o: &CallOutcome) -> Value {
         Err(CallFailure::Diverged(d)) => {
             v["error"] = json!({ "kind": "divergence", "index": d.index, "message": d.to_string() })
         }
+        Err(CallFailure::Cancelled) => {
+            v["error"] = json!({ "kind": "cancelled", "message": "call cancelled" })
+        }
     }
     v
 }
@@ -228,6 +231,9 @@ fn print_human(o: &CallOutcome) {
         }
         Err(CallFailure::Diverged(d)) => {
             let _ = writeln!(err, "error: {}: {d}", o.function);
+        }
+        Err(CallFailure::Cancelled) => {
+            let _ = writeln!(err, "error: {}: call cancelled", o.function);
         }
         Err(CallFailure::Trap { message, backtrace }) => {
             let _ = writeln!(err, "error: {message}");

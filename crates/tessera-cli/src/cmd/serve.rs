@@ -1,4 +1,5 @@
-//! `tessera serve`: the long-running server (HTTP API).
+//! `tessera serve`: the long-running server (HTTP API and MCP over
+//! streamable HTTP, or MCP over stdio).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -26,6 +27,14 @@ pub struct Args {
     /// Milliseconds in-flight calls may take to finish after SIGTERM/Ctrl-C.
     #[arg(long, default_value_t = 10_000)]
     pub grace_ms: u64,
+    /// Serve MCP over stdin/stdout instead of HTTP (for an MCP host that
+    /// spawns Tessera). Nothing but MCP messages is written to stdout.
+    #[arg(long, conflicts_with_all = ["listen", "require_tokens", "allowed_host"])]
+    pub stdio: bool,
+    /// A `Host` the MCP endpoint accepts on a non-loopback address
+    /// (repeatable; default: any, since tokens are required there).
+    #[arg(long)]
+    pub allowed_host: Vec<String>,
 }
 
 async fn shutdown_signal() {
@@ -60,11 +69,17 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
     config.max_body_bytes = args.max_body_bytes;
     config.max_calls = args.max_calls;
     config.grace = Duration::from_millis(args.grace_ms);
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: cannot listen on {}: {e}", config.listen);
-            return exit::INTERNAL;
+    config.allowed_hosts = args.allowed_host;
+    // Bind first: a taken port is reported before the components load.
+    let listener = if args.stdio {
+        None
+    } else {
+        match tokio::net::TcpListener::bind(config.listen).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("error: cannot listen on {}: {e}", config.listen);
+                return exit::INTERNAL;
+            }
         }
     };
     let require = config.require_tokens;
@@ -75,17 +90,29 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
             return exit::INTERNAL;
         }
     };
-    eprintln!(
-        "tessera serving {} component(s) on http://{} (tokens {}); OpenAPI at /openapi.json",
-        server.active_names().len(),
-        args.listen,
-        if require {
-            "required"
-        } else {
-            "optional on loopback"
+    let count = server.active_names().len();
+    let served = match listener {
+        None => {
+            eprintln!("tessera serving {count} component(s) over MCP on stdio");
+            server.serve_stdio(shutdown_signal()).await
         }
-    );
-    match server.serve(listener, shutdown_signal()).await {
+        Some(listener) => {
+            let local = listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            eprintln!(
+                "tessera serving {count} component(s) on http://{local} (tokens {}); MCP at /mcp, OpenAPI at /openapi.json",
+                if require {
+                    "required"
+                } else {
+                    "optional on loopback"
+                }
+            );
+            server.serve(listener, shutdown_signal()).await
+        }
+    };
+    match served {
         Ok(()) => exit::OK,
         Err(e) => {
             eprintln!("error: {e}");

@@ -1,0 +1,226 @@
+//! MCP interoperability: the official MCP Python SDK (`tests/interop/`)
+//! drives `tessera serve --stdio` and `tessera serve` (streamable HTTP), in
+//! both of its connection modes. Afterwards the journal must hold every call
+//! complete, the cancelled call as cancelled.
+//!
+//! The Python environment comes from `scripts/python-env.sh` (run here if
+//! it has not been yet).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+use tessera_journal::{JournalStore, RunResult};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn component(name: &str) -> PathBuf {
+    let p = root().join("components").join(format!("{name}.wasm"));
+    assert!(
+        p.is_file(),
+        "{} is missing: build the example components with `scripts/build-components.sh`",
+        p.display()
+    );
+    p
+}
+
+fn python() -> PathBuf {
+    let status = Command::new("bash")
+        .arg(root().join("scripts/python-env.sh"))
+        .status()
+        .expect("run scripts/python-env.sh");
+    assert!(status.success(), "scripts/python-env.sh failed");
+    root().join("target/mcp-venv/bin/python")
+}
+
+fn tessera(data: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    c.arg("--data").arg(data);
+    c
+}
+
+/// A data directory with the components the Python scenario expects.
+fn data_dir() -> tempfile::TempDir {
+    let data = tempfile::tempdir().unwrap();
+    let spin_manifest = data.path().join("spin.toml");
+    std::fs::write(
+        &spin_manifest,
+        "[limits]\nfuel = 1_000_000_000_000\ntimeout_ms = 300_000\nmax_concurrent = 1\n",
+    )
+    .unwrap();
+    let spin = component("spin");
+    let adds: [(&str, PathBuf, Option<&Path>); 4] = [
+        ("hello", component("hello"), None),
+        ("netx", component("net-escape"), None),
+        ("spin", spin, Some(&spin_manifest)),
+        ("swappy", component("hello"), None),
+    ];
+    for (name, path, manifest) in adds {
+        let mut c = tessera(data.path());
+        c.args(["components", "add"])
+            .arg(&path)
+            .args(["--name", name]);
+        if let Some(m) = manifest {
+            c.arg("--manifest").arg(m);
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "components add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    data
+}
+
+fn swap_command(data: &Path) -> String {
+    serde_json::to_string(&[
+        env!("CARGO_BIN_EXE_tessera").to_string(),
+        "--data".into(),
+        data.display().to_string(),
+        "components".into(),
+        "add".into(),
+        component("spin").display().to_string(),
+        "--name".into(),
+        "swappy".into(),
+    ])
+    .unwrap()
+}
+
+/// Runs the Python scenario; returns its JSON report.
+fn run_client(data: &Path, mode: &str, target: &[&str]) -> Value {
+    let out = Command::new(python())
+        .arg(root().join("crates/tessera-cli/tests/interop/mcp_client.py"))
+        .args(["--mode", mode, "--data"])
+        .arg(data)
+        .args(["--swap", &swap_command(data)])
+        .args(target)
+        .output()
+        .expect("run the Python MCP client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "Python MCP client ({mode}) failed:\n{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("client report is not JSON ({e}): {stdout}"))
+}
+
+/// Checks the journal once the server has exited: every run is complete,
+/// the scenario's runs are there, and the spin call ended cancelled.
+fn check_journal(data: &Path, reports: &[Value]) {
+    let journal = JournalStore::open(data).unwrap();
+    let runs = journal.list().unwrap();
+    assert!(!runs.is_empty());
+    for r in &runs {
+        assert!(
+            r.end.is_some(),
+            "run {} ({}) has no end record",
+            r.header.run_id,
+            r.header.function
+        );
+    }
+    for report in reports {
+        for key in ["greet", "denied"] {
+            let id = report["run_ids"][key].as_str().unwrap();
+            assert!(
+                runs.iter().any(|r| r.header.run_id == id),
+                "run {id} ({key}) not in the journal"
+            );
+        }
+    }
+    let cancelled = runs
+        .iter()
+        .filter(|r| r.header.function == "spin")
+        .filter(|r| {
+            matches!(
+                r.end.as_ref().map(|e| &e.result),
+                Some(RunResult::Cancelled { .. })
+            )
+        })
+        .count();
+    assert_eq!(
+        cancelled,
+        reports.len(),
+        "one cancelled spin run per scenario"
+    );
+}
+
+#[test]
+fn python_sdk_over_stdio() {
+    let mut reports = Vec::new();
+    for mode in ["legacy", "auto"] {
+        let data = data_dir();
+        let report = run_client(
+            data.path(),
+            mode,
+            &["--tessera", env!("CARGO_BIN_EXE_tessera")],
+        );
+        check_journal(data.path(), std::slice::from_ref(&report));
+        reports.push(report);
+    }
+    // `auto` must have reached the newest revision, `legacy` a handshake one.
+    assert!(reports[0]["protocol_version"].as_str().unwrap() < "2026-07-28");
+    assert_eq!(reports[1]["protocol_version"], "2026-07-28");
+}
+
+/// A `tessera serve` on an ephemeral loopback port.
+struct Serving {
+    child: Child,
+    url: String,
+}
+
+impl Serving {
+    fn start(data: &Path) -> Self {
+        let mut child = tessera(data)
+            .args(["serve", "--listen", "127.0.0.1:0", "--grace-ms", "2000"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let url = loop {
+            let line = lines
+                .next()
+                .expect("tessera serve exited before listening")
+                .unwrap();
+            if let Some(rest) = line.split("on http://").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap();
+                break format!("http://{addr}/mcp");
+            }
+        };
+        // Keep draining stderr so the server never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, url }
+    }
+
+    /// SIGTERM, then wait for the graceful exit.
+    fn stop(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "tessera serve exited with {exit}");
+    }
+}
+
+#[test]
+fn python_sdk_over_streamable_http() {
+    let mut reports = Vec::new();
+    for mode in ["legacy", "auto"] {
+        let data = data_dir();
+        let serving = Serving::start(data.path());
+        let report = run_client(data.path(), mode, &["--url", &serving.url]);
+        serving.stop();
+        check_journal(data.path(), std::slice::from_ref(&report));
+        reports.push(report);
+    }
+    assert!(reports[0]["protocol_version"].as_str().unwrap() < "2026-07-28");
+    assert_eq!(reports[1]["protocol_version"], "2026-07-28");
+}

@@ -1,0 +1,576 @@
+//! The server under load, each figure against a baseline from the same run.
+//!
+//! 1. `hello.greet` latency, one caller at a time, over three paths:
+//!    in-process (`Server::call`: the registry's active version, journaled;
+//!    the baseline), the HTTP API (`POST /v1/components/hello/call/greet`
+//!    on a keep-alive connection) and MCP over streamable HTTP (`tools/call`
+//!    in a session). Rounds are interleaved so all three see the same noise.
+//! 2. Throughput with 8 concurrent callers on each path.
+//! 3. Throughput of HTTP calls before, during and after hot swaps (the
+//!    active version switched every 100 ms), and the failed calls.
+//! 4. Server start with 50 registered components: compiling them (cold)
+//!    against loading them from the compile cache (warm).
+//! 5. Resident memory of a fresh server process before the server opens,
+//!    with the 50 components loaded (from the cache), and after calls.
+//!
+//! The client runs in the same process as the server (on the same two
+//! cores), so the HTTP and MCP figures include the client's own cost.
+//!
+//! Run: `cargo bench -p tessera-server --bench serve` (`BENCH_ROUNDS`
+//! changes the number of latency rounds).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tessera_server::{Server, ServerConfig};
+
+fn component(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../components")
+        .join(format!("{name}.wasm"));
+    assert!(
+        p.is_file(),
+        "build components first: scripts/build-components.sh"
+    );
+    p
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn summarize(name: &str, mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    let p50 = percentile(&v, 0.5);
+    println!(
+        "  {name:<22} n={:<6} p50={:>8.1} µs  p99={:>8.1} µs  ({:>6.0} calls/s one at a time)",
+        v.len(),
+        us(p50),
+        us(percentile(&v, 0.99)),
+        1.0 / p50.as_secs_f64()
+    );
+    p50
+}
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+/// A keep-alive HTTP/1.1 connection.
+struct Conn {
+    send: SendRequest<Full<Bytes>>,
+    host: String,
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr) -> Self {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Self {
+            send,
+            host: addr.to_string(),
+        }
+    }
+
+    /// POSTs JSON; returns the status, the headers and the body.
+    async fn post(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &Value,
+    ) -> (u16, hyper::HeaderMap, Bytes) {
+        let mut req = Request::post(path)
+            .header("host", &self.host)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
+        self.send.ready().await.unwrap();
+        let resp = self.send.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, body)
+    }
+}
+
+/// The JSON-RPC message in an SSE or JSON response body.
+fn rpc_message(body: &[u8]) -> Value {
+    let text = std::str::from_utf8(body).unwrap();
+    if let Ok(v) = serde_json::from_str(text) {
+        return v;
+    }
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+        .find(|v| v.get("id").is_some())
+        .unwrap_or_else(|| panic!("no JSON-RPC response in {text}"))
+}
+
+/// An MCP session over streamable HTTP (2025-11-25, the handshake revision
+/// MCP hosts use today).
+struct McpSession {
+    conn: Conn,
+    session: String,
+    next_id: u64,
+}
+
+impl McpSession {
+    async fn open(addr: SocketAddr) -> Self {
+        let mut conn = Conn::open(addr).await;
+        let (status, headers, body) = conn
+            .post(
+                "/mcp",
+                &[],
+                &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                    "protocolVersion": "2025-11-25", "capabilities": {},
+                    "clientInfo": {"name": "bench", "version": "0"}}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let session = headers["mcp-session-id"].to_str().unwrap().to_string();
+        let (status, _, _) = conn
+            .post(
+                "/mcp",
+                &[
+                    ("mcp-session-id", &session),
+                    ("mcp-protocol-version", "2025-11-25"),
+                ],
+                &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+            )
+            .await;
+        assert_eq!(status, 202);
+        Self {
+            conn,
+            session,
+            next_id: 1,
+        }
+    }
+
+    async fn greet(&mut self) {
+        self.next_id += 1;
+        let (status, _, body) = self
+            .conn
+            .post(
+                "/mcp",
+                &[
+                    ("mcp-session-id", &self.session),
+                    ("mcp-protocol-version", "2025-11-25"),
+                ],
+                &json!({"jsonrpc": "2.0", "id": self.next_id, "method": "tools/call",
+                        "params": {"name": "hello__greet", "arguments": {"name": "Ada"}}}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let msg = rpc_message(&body);
+        assert_eq!(
+            msg["result"]["structuredContent"]["result"], "Hello, Ada!",
+            "{msg}"
+        );
+    }
+}
+
+async fn http_greet(conn: &mut Conn) -> bool {
+    let (status, _, body) = conn
+        .post(
+            "/v1/components/hello/call/greet",
+            &[],
+            &json!({"name": "Ada"}),
+        )
+        .await;
+    status == 200 && body.windows(11).any(|w| w == b"Hello, Ada!")
+}
+
+async fn in_process_greet(server: &Server) {
+    let c = server
+        .call("hello", "greet", &json!({"name": "Ada"}), None)
+        .await
+        .unwrap();
+    assert_eq!(c.outcome.result.unwrap(), json!("Hello, Ada!"));
+}
+
+#[derive(Clone, Copy)]
+enum Path3 {
+    InProcess,
+    Http,
+    Mcp,
+}
+
+/// Calls per second with `clients` concurrent callers for `for_how_long`.
+async fn throughput(
+    server: &Arc<Server>,
+    addr: SocketAddr,
+    path: Path3,
+    clients: usize,
+    for_how_long: Duration,
+) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (server, done, stop) = (server.clone(), done.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            match path {
+                Path3::InProcess => {
+                    while !stop.load(Ordering::Relaxed) {
+                        in_process_greet(&server).await;
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Path3::Http => {
+                    let mut c = Conn::open(addr).await;
+                    while !stop.load(Ordering::Relaxed) {
+                        assert!(http_greet(&mut c).await);
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Path3::Mcp => {
+                    let mut s = McpSession::open(addr).await;
+                    while !stop.load(Ordering::Relaxed) {
+                        s.greet().await;
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(for_how_long).await;
+    stop.store(true, Ordering::Relaxed);
+    let n = done.load(Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    n as f64 / elapsed.as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+async fn start(data: &Path) -> (Arc<Server>, SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let server = Server::open(ServerConfig::new(data.to_path_buf()))
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.clone().serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    (server, addr, stop)
+}
+
+async fn latency_and_throughput(data: &Path, rounds: usize) {
+    let (server, addr, stop) = start(data).await;
+    let per_round = 200;
+    let mut http = Conn::open(addr).await;
+    let mut mcp = McpSession::open(addr).await;
+    let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        for _ in 0..per_round {
+            let t = Instant::now();
+            in_process_greet(&server).await;
+            let d = t.elapsed();
+            if round > 0 {
+                a.push(d);
+            }
+        }
+        for _ in 0..per_round {
+            let t = Instant::now();
+            assert!(http_greet(&mut http).await);
+            let d = t.elapsed();
+            if round > 0 {
+                b.push(d);
+            }
+        }
+        for _ in 0..per_round {
+            let t = Instant::now();
+            mcp.greet().await;
+            let d = t.elapsed();
+            if round > 0 {
+                c.push(d);
+            }
+        }
+    }
+    println!(
+        "hello.greet latency, one caller ({} interleaved rounds of {per_round}, first dropped):",
+        rounds - 1
+    );
+    let base = summarize("in-process (journaled)", a);
+    let h = summarize("HTTP API", b);
+    let m = summarize("MCP streamable HTTP", c);
+    println!(
+        "  ratio p50: HTTP {:.2}x, MCP {:.2}x of in-process",
+        us(h) / us(base),
+        us(m) / us(base)
+    );
+
+    let clients = 8;
+    let window = Duration::from_millis(1500);
+    let (mut ta, mut tb, mut tc) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..3 {
+        ta.push(throughput(&server, addr, Path3::InProcess, clients, window).await);
+        tb.push(throughput(&server, addr, Path3::Http, clients, window).await);
+        tc.push(throughput(&server, addr, Path3::Mcp, clients, window).await);
+    }
+    let (ta, tb, tc) = (median(ta), median(tb), median(tc));
+    println!("\nhello.greet throughput, {clients} concurrent callers (median of 3 × 1.5 s):");
+    println!("  in-process (journaled) {ta:>8.0} calls/s");
+    println!(
+        "  HTTP API               {tb:>8.0} calls/s  ({:.2}x of in-process)",
+        tb / ta
+    );
+    println!(
+        "  MCP streamable HTTP    {tc:>8.0} calls/s  ({:.2}x of in-process)",
+        tc / ta
+    );
+
+    // Hot swap: 8 HTTP callers; versions 1 and 2 of `hello` alternate every
+    // 100 ms during the middle phase.
+    let failed = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let stop_callers = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (failed, done, stop_callers) = (failed.clone(), done.clone(), stop_callers.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = Conn::open(addr).await;
+            while !stop_callers.load(Ordering::Relaxed) {
+                if http_greet(&mut c).await {
+                    done.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let phase = Duration::from_secs(2);
+    let mut rates = Vec::new();
+    let mut swaps = 0;
+    for swapping in [false, true, false] {
+        let before = done.load(Ordering::Relaxed);
+        let t = Instant::now();
+        while t.elapsed() < phase {
+            if swapping {
+                swaps += 1;
+                server.registry.activate("hello", 1 + swaps % 2).unwrap();
+                server.sync().await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        rates.push((done.load(Ordering::Relaxed) - before) as f64 / t.elapsed().as_secs_f64());
+    }
+    stop_callers.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    println!("\nHTTP throughput around hot swaps ({clients} callers, 2 s per phase):");
+    println!("  before       {:>8.0} calls/s", rates[0]);
+    println!(
+        "  during       {:>8.0} calls/s  ({swaps} swaps; {:.2}x of before)",
+        rates[1],
+        rates[1] / rates[0]
+    );
+    println!("  after        {:>8.0} calls/s", rates[2]);
+    println!("  failed calls {}", failed.load(Ordering::Relaxed));
+    let _ = stop.send(());
+    // Let the server task release the data directory.
+    let weak = Arc::downgrade(&server);
+    drop(server);
+    while weak.strong_count() > 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Registers 50 components: the example components under several names, and
+/// some with manifests (grants and limits), as a real registry would be.
+fn register_fifty(data: &Path) {
+    let registry = tessera_server::registry::Registry::open(data).unwrap();
+    let files = [
+        "hello",
+        "spin",
+        "http-fetch",
+        "fs-tool",
+        "net-escape",
+        "memory-hog",
+        "deep-recursion",
+        "fs-escape",
+        "p1-command",
+    ];
+    for i in 0..50 {
+        let file = files[i % files.len()];
+        let bytes = std::fs::read(component(file)).unwrap();
+        let manifest = (i % 2 == 0).then(|| {
+            (
+                format!("[limits]\ntimeout_ms = {}\n", 1000 + i),
+                data.to_path_buf(),
+            )
+        });
+        registry
+            .add(&format!("c{i:02}-{file}"), &bytes, manifest, file)
+            .unwrap();
+    }
+}
+
+async fn restart(data: &Path) {
+    register_fifty(data);
+    let mut cold = Vec::new();
+    let mut warm = Vec::new();
+    for i in 0..6 {
+        if i % 3 == 0 {
+            // Cold: no compile cache on disk.
+            let _ = std::fs::remove_dir_all(data.join("cache"));
+        }
+        let t = Instant::now();
+        let server = Server::open(ServerConfig::new(data.to_path_buf()))
+            .await
+            .unwrap();
+        let d = t.elapsed();
+        assert_eq!(server.active_names().len(), 50);
+        if i % 3 == 0 {
+            cold.push(d);
+        } else {
+            warm.push(d);
+        }
+        server.journal.flush();
+        drop(server);
+    }
+    cold.sort();
+    warm.sort();
+    let (c, w) = (cold[cold.len() / 2], warm[warm.len() / 2]);
+    println!("\nServer start with 50 registered components (ready to call):");
+    println!(
+        "  cold (compiling)           p50 {:>8.1} ms  (n={})",
+        c.as_secs_f64() * 1e3,
+        cold.len()
+    );
+    println!(
+        "  warm (compile cache)       p50 {:>8.1} ms  (n={}; {:.0}x faster)",
+        w.as_secs_f64() * 1e3,
+        warm.len(),
+        c.as_secs_f64() / w.as_secs_f64()
+    );
+}
+
+/// In a fresh process (this bench run again with `SERVE_BENCH_MEMORY` set):
+/// resident memory before the server opens, with the 50 components of
+/// `data` loaded from the compile cache, and after a call to each `hello`.
+async fn memory_child(data: &Path) {
+    let empty = rss_mib();
+    let server = Server::open(ServerConfig::new(data.to_path_buf()))
+        .await
+        .unwrap();
+    let loaded = rss_mib();
+    for name in server.active_names() {
+        if name.ends_with("-hello") {
+            let c = server
+                .call(&name, "greet", &json!({"name": "x"}), None)
+                .await
+                .unwrap();
+            assert!(c.outcome.result.is_ok());
+        }
+    }
+    let called = rss_mib();
+    println!(
+        "{}",
+        json!({"empty": empty, "loaded": loaded, "called": called})
+    );
+}
+
+fn memory(data: &Path) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("SERVE_BENCH_MEMORY", data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (empty, loaded, called) = (
+        v["empty"].as_f64().unwrap(),
+        v["loaded"].as_f64().unwrap(),
+        v["called"].as_f64().unwrap(),
+    );
+    println!("\nResident memory of a fresh server process:");
+    println!("  before the server opens         {empty:>7.1} MiB");
+    println!(
+        "  50 components loaded            {loaded:>7.1} MiB  (+{:.1} MiB, {:.2} MiB per component)",
+        loaded - empty,
+        (loaded - empty) / 50.0
+    );
+    println!("  after a call to each `hello`    {called:>7.1} MiB");
+}
+
+fn main() {
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(11);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    if let Some(data) = std::env::var_os("SERVE_BENCH_MEMORY") {
+        rt.block_on(memory_child(Path::new(&data)));
+        return;
+    }
+    let data = rt.block_on(async {
+        let data = tempfile::tempdir().unwrap();
+        {
+            let registry = tessera_server::registry::Registry::open(data.path()).unwrap();
+            let bytes = std::fs::read(component("hello")).unwrap();
+            registry.add("hello", &bytes, None, "hello").unwrap();
+            // Version 2: the same code with other limits (a real new version
+            // for the registry, compiled once).
+            registry
+                .add(
+                    "hello",
+                    &bytes,
+                    Some((
+                        "[limits]\ntimeout_ms = 5000\n".into(),
+                        data.path().to_path_buf(),
+                    )),
+                    "hello",
+                )
+                .unwrap();
+        }
+        latency_and_throughput(data.path(), rounds.max(2)).await;
+        let data = tempfile::tempdir().unwrap();
+        restart(data.path()).await;
+        data
+    });
+    memory(data.path());
+}

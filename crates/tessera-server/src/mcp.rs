@@ -1,0 +1,427 @@
+//! The MCP server: every exported function of every active component is a
+//! tool.
+//!
+//! - Tool names are `<component>__<function>` for functions the world
+//!   exports and `<component>__<interface>__<function>` for functions of an
+//!   exported interface (`hello__greet`, `hello__types__echo-u8`). They use
+//!   only `A-Z a-z 0-9 _ -` and are at most 64 characters, so every MCP host
+//!   and LLM API accepts them; a longer name is cut and given a hash suffix,
+//!   so it stays stable.
+//! - `inputSchema` is the function's argument schema; `outputSchema` is an
+//!   object whose `result` property holds the WIT result, and
+//!   `structuredContent` matches it.
+//! - A denial, a limit, a trap, bad arguments or a guest `err` is a tool
+//!   result with `isError: true` and a message; the session carries on. An
+//!   unknown tool is a protocol error (`-32602`).
+//! - Loading, swapping or removing a component sends
+//!   `notifications/tools/list_changed`: to every session of the
+//!   initialize-handshake protocol revisions, and on every
+//!   `subscriptions/listen` stream that asked for it (2026-07-28).
+//! - Cancelling a call (`notifications/cancelled`, or closing the request's
+//!   stream) interrupts the guest at its next epoch tick; the run is
+//!   journaled as cancelled.
+//! - Every call is journaled like an HTTP call; the result's `_meta` holds
+//!   `tessera/run_id`, `tessera/component` and `tessera/version`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    ListToolsResult, MetaObject, PaginatedRequestParams, ServerCapabilities, ServerConfig,
+    SubscriptionFilter, Tool,
+};
+use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData, RoleServer, ServerHandler};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use tessera_runtime::{CallFailure, FunctionInfo};
+use tokio_util::sync::CancellationToken;
+
+use crate::{CallError, Called, Server};
+
+/// Longest tool name: what the most restrictive LLM APIs accept.
+pub const MAX_TOOL_NAME: usize = 64;
+
+/// The MCP tool name of `function` of component `component`.
+pub fn tool_name(component: &str, function: &FunctionInfo) -> String {
+    name_for(component, function.interface.as_deref(), &function.name)
+}
+
+fn name_for(component: &str, interface: Option<&str>, function: &str) -> String {
+    let mut name = match interface {
+        Some(iface) => format!(
+            "{component}__{}__{function}",
+            tessera_runtime::schema::interface_short(iface)
+        ),
+        None => format!("{component}__{function}"),
+    };
+    name = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if name.len() > MAX_TOOL_NAME {
+        let hash = hex::encode(&Sha256::digest(name.as_bytes())[..4]);
+        name.truncate(MAX_TOOL_NAME - hash.len() - 1);
+        name.push('-');
+        name.push_str(&hash);
+    }
+    name
+}
+
+/// One tool: the MCP definition and what it calls.
+#[derive(Debug, Clone)]
+pub struct ToolEntry {
+    /// The definition sent in `tools/list`.
+    pub tool: Tool,
+    /// The component name.
+    pub component: String,
+    /// The function's qualified name.
+    pub function: String,
+}
+
+fn object(v: Value) -> Arc<Map<String, Value>> {
+    Arc::new(match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    })
+}
+
+/// The tools of every active component, sorted by name.
+pub fn tools(server: &Server) -> Vec<ToolEntry> {
+    let mut out = Vec::new();
+    for name in server.active_names() {
+        let Some(active) = server.active(&name) else {
+            continue;
+        };
+        for f in active.loaded.functions() {
+            if f.not_callable.is_some() {
+                continue;
+            }
+            let signature = f.signature();
+            let description = match &f.docs {
+                Some(d) => format!("{}\n\nWIT: {signature}", d.trim()),
+                None => format!("WIT: {signature}"),
+            };
+            let output = json!({
+                "type": "object",
+                "properties": { "result": f.result_schema },
+                "required": ["result"],
+            });
+            let mut tool =
+                Tool::new_with_raw(tool_name(&name, f), None, object(f.params_schema.clone()))
+                    .with_raw_output_schema(object(output))
+                    .with_title(format!("{name}: {}", f.short_name()));
+            tool.description = Some(description.into());
+            out.push(ToolEntry {
+                tool,
+                component: name.clone(),
+                function: f.qualified_name(),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.tool.name.cmp(&b.tool.name));
+    out
+}
+
+/// The component and function a tool name calls, if it names one.
+pub fn resolve(server: &Server, tool: &str) -> Option<(String, String)> {
+    let find = |component: &str| {
+        let active = server.active(component)?;
+        active
+            .loaded
+            .functions()
+            .iter()
+            .filter(|f| f.not_callable.is_none())
+            .find(|f| tool_name(component, f) == tool)
+            .map(|f| (component.to_string(), f.qualified_name()))
+    };
+    // The component name is the part before the first `__`, unless the
+    // tool name was cut to length: then look through every component.
+    tool.split("__")
+        .next()
+        .and_then(find)
+        .or_else(|| server.active_names().iter().find_map(|c| find(c)))
+}
+
+/// The MCP handler. Cheap to clone: one per session.
+#[derive(Clone)]
+pub struct McpService {
+    server: Arc<Server>,
+}
+
+impl McpService {
+    /// A handler serving `server`'s components.
+    pub fn new(server: Arc<Server>) -> Self {
+        Self { server }
+    }
+}
+
+fn text_error(message: impl Into<String>) -> CallToolResult {
+    let mut r = CallToolResult::error(vec![ContentBlock::text(message.into())]);
+    r.structured_content = None;
+    r
+}
+
+fn meta(called: &Called) -> MetaObject {
+    let mut m = Map::new();
+    m.insert("tessera/run_id".into(), json!(called.run_id));
+    m.insert(
+        "tessera/component".into(),
+        json!(called.active.record.digest),
+    );
+    m.insert("tessera/version".into(), json!(called.active.version));
+    MetaObject(m)
+}
+
+/// The tool result for a finished call.
+fn tool_result(tool: &str, called: &Called) -> CallToolResult {
+    let o = &called.outcome;
+    let denied = o
+        .audit
+        .iter()
+        .find(|e| e.decision == tessera_runtime::Decision::Deny);
+    let mut result = match (&o.result, denied) {
+        (Ok(v), _) if !o.guest_error => {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let mut r = CallToolResult::structured(json!({ "result": v }));
+            r.content = vec![ContentBlock::text(text)];
+            r
+        }
+        (Ok(v), Some(d)) => text_error(format!(
+            "`{tool}` returned an error after a denied {} request to {}: {}",
+            d.capability,
+            d.target,
+            error_text(v)
+        )),
+        (Ok(v), None) => text_error(format!("`{tool}` returned an error: {}", error_text(v))),
+        (Err(f), Some(d)) => text_error(format!(
+            "`{tool}` failed after a denied {} request to {} ({}): {f}",
+            d.capability,
+            d.target,
+            d.detail.as_deref().unwrap_or("not granted")
+        )),
+        (Err(CallFailure::Limit(l)), None) => {
+            text_error(format!("`{tool}` stopped: {} limit: {l}", l.capability()))
+        }
+        (Err(CallFailure::Cancelled), None) => text_error(format!("`{tool}` was cancelled")),
+        (Err(f), None) => text_error(format!("`{tool}` failed: {f}")),
+    };
+    result.meta = Some(meta(called));
+    result
+}
+
+/// A guest `err` payload as text: a string as is, anything else as JSON.
+fn error_text(v: &Value) -> String {
+    let inner = v.get("err").unwrap_or(v);
+    match inner {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl ServerHandler for McpService {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build(),
+        )
+        .with_server_info(
+            Implementation::new("tessera", env!("CARGO_PKG_VERSION")).with_title("Tessera"),
+        )
+        .with_instructions(
+            "Each tool is an exported function of a WebAssembly component, run sandboxed \
+             under the grants of its manifest. Tool names are <component>__<function>. \
+             Every call is journaled and can be replayed.",
+        )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(
+            tools(&self.server).into_iter().map(|t| t.tool).collect(),
+        ))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let name = request.name.to_string();
+        let Some((component, function)) = resolve(&self.server, &name) else {
+            return Err(ErrorData::invalid_params(
+                format!("unknown tool `{name}`"),
+                Some(json!({ "tool": name })),
+            ));
+        };
+        let args = Value::Object(request.arguments.unwrap_or_default());
+        let called = self
+            .server
+            .call(&component, &function, &args, Some(context.ct.clone()))
+            .await;
+        let result = match called {
+            Ok(c) => tool_result(&name, &c),
+            Err(CallError::Overloaded(n)) => {
+                text_error(format!("server overloaded: {n} calls already running"))
+            }
+            Err(CallError::NoSuchComponent(c)) => {
+                text_error(format!("component `{c}` was removed; list the tools again"))
+            }
+            Err(CallError::Journal(tessera_journal::Error::Runtime(e))) => {
+                text_error(format!("`{name}`: {e}"))
+            }
+            Err(e) => return Err(ErrorData::internal_error(e.to_string(), None)),
+        };
+        Ok(result.into())
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        Some(requested.supported_by(&self.get_info().capabilities))
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        let mut changes = self.server.tools_changed();
+        changes.mark_unchanged();
+        let stopping = self.server.stopping().clone();
+        loop {
+            tokio::select! {
+                () = context.cancelled() => return Ok(()),
+                () = stopping.cancelled() => return Ok(()),
+                r = changes.changed() => {
+                    if r.is_err() {
+                        return Ok(());
+                    }
+                    if context.sink().notify_tool_list_changed().await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        // Sessions of the initialize-handshake revisions get list_changed
+        // as plain notifications for as long as they are open.
+        let mut changes = self.server.tools_changed();
+        changes.mark_unchanged();
+        let stopping = self.server.stopping().clone();
+        let peer = context.peer;
+        tokio::spawn(async move {
+            let mut check = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    () = stopping.cancelled() => return,
+                    _ = check.tick() => {
+                        if peer.is_transport_closed() {
+                            return;
+                        }
+                    }
+                    r = changes.changed() => {
+                        if r.is_err() || peer.notify_tool_list_changed().await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// The streamable HTTP service mounted at `/mcp`.
+pub type McpHttpService = StreamableHttpService<McpService, LocalSessionManager>;
+
+/// The streamable HTTP MCP endpoint for a server listening on `local`.
+/// Cancelling `sessions` closes every session.
+///
+/// `Host` headers are checked against loopback names when the server is
+/// bound to loopback (against DNS rebinding); on any other address tokens
+/// are required, and the hosts in the configuration's `allowed_hosts` (if
+/// any) are enforced.
+pub fn http_service(
+    server: Arc<Server>,
+    local: SocketAddr,
+    sessions: CancellationToken,
+) -> McpHttpService {
+    let mut config = StreamableHttpServerConfig::default()
+        .with_cancellation_token(sessions)
+        .with_max_request_body_bytes(server.config.max_body_bytes);
+    if !local.ip().is_loopback() {
+        config = if server.config.allowed_hosts.is_empty() {
+            config.disable_allowed_hosts()
+        } else {
+            config.with_allowed_hosts(server.config.allowed_hosts.clone())
+        };
+    }
+    let handler = McpService::new(server);
+    StreamableHttpService::new(
+        move || Ok(handler.clone()),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid(name: &str) -> bool {
+        !name.is_empty()
+            && name.len() <= MAX_TOOL_NAME
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    }
+
+    #[test]
+    fn tool_names_are_valid_stable_and_distinct() {
+        assert_eq!(name_for("hello", None, "greet"), "hello__greet");
+        assert_eq!(
+            name_for("hello", Some("tessera:hello/types@0.1.0"), "echo-u8"),
+            "hello__types__echo-u8"
+        );
+        let long_component = "c".repeat(64);
+        let a = name_for(
+            &long_component,
+            Some("wasi:x/long-interface@1.0.0"),
+            "first",
+        );
+        let b = name_for(
+            &long_component,
+            Some("wasi:x/long-interface@1.0.0"),
+            "second",
+        );
+        assert!(valid(&a) && valid(&b), "{a} {b}");
+        assert_ne!(a, b);
+        assert_eq!(
+            a,
+            name_for(
+                &long_component,
+                Some("wasi:x/long-interface@1.0.0"),
+                "first"
+            )
+        );
+        // Nothing outside [A-Za-z0-9_-] survives.
+        assert!(valid(&name_for("c", Some("ns:pkg/odd.name"), "f")));
+    }
+}
