@@ -53,5 +53,26 @@ if [ -n "$RUN" ]; then
 fi
 run $T call components/net-escape.wasm entropy --deterministic --seed 7
 
+# Serve the registry over MCP on stdio, as an MCP host would spawn it: the
+# exchange below is what the host sends. Every call is journaled.
+run $T components add components/hello.wasm --name hello
+run $T components add components/net-escape.wasm --name netx
+step "MCP over stdio: initialize, list tools, call a tool, get a tool error (denied grant)"
+{
+    printf '%s\n' \
+        '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"demo","version":"0"}}}' \
+        '{"jsonrpc":"2.0","method":"notifications/initialized"}' \
+        '{"jsonrpc":"2.0","id":2,"method":"tools/list"}' \
+        '{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"hello__greet","arguments":{"name":"Ada"}}}' \
+        '{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"netx__fetch-status","arguments":{"url":"http://example.com/"}}}'
+    sleep 2
+} | $T serve --stdio | while IFS= read -r line; do
+    case "$line" in
+        *'"id":2'*) echo "tools: $(echo "$line" | grep -o '"name":"[a-z0-9-]*__[a-z0-9_-]*"' | sed 's/"name"://; s/"//g' | tr '\n' ' ')" ;;
+        *) echo "$line" | cut -c1-400 ;;
+    esac
+done
+run $T runs list
+
 step "audit log ($DATA/audit.jsonl)"
 cat "$DATA/audit.jsonl"

@@ -412,8 +412,35 @@ async fn latency_and_throughput(data: &Path, rounds: usize) {
     }
 }
 
-/// Registers 50 components: the example components under several names, and
-/// some with manifests (grants and limits), as a real registry would be.
+/// `bytes` with a custom section appended: the same code, a distinct
+/// component (its own digest, compiled and cached on its own).
+fn distinct(bytes: &[u8], tag: usize) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"tessera-bench";
+    let payload = tag.to_le_bytes();
+    let mut body = Vec::new();
+    leb(name.len(), &mut body);
+    body.extend_from_slice(name);
+    body.extend_from_slice(&payload);
+    let mut out = bytes.to_vec();
+    out.push(0);
+    leb(body.len(), &mut out);
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Registers 50 distinct components (the example components, each copy
+/// made distinct), half of them with manifests, as a real registry would be.
 fn register_fifty(data: &Path) {
     let registry = tessera_server::registry::Registry::open(data).unwrap();
     let files = [
@@ -429,7 +456,7 @@ fn register_fifty(data: &Path) {
     ];
     for i in 0..50 {
         let file = files[i % files.len()];
-        let bytes = std::fs::read(component(file)).unwrap();
+        let bytes = distinct(&std::fs::read(component(file)).unwrap(), i);
         let manifest = (i % 2 == 0).then(|| {
             (
                 format!("[limits]\ntimeout_ms = {}\n", 1000 + i),
