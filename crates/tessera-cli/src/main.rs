@@ -39,13 +39,12 @@ enum Command {
     /// Time travel: replay a recorded run up to a step and show the guest's
     /// memory and globals there, or which memory changed between two steps.
     InspectRun(cmd::inspect_run::Args),
-    /// Run the server: HTTP API over the registered components; every call
-    /// journaled.
+    /// Run the server: HTTP API and MCP (streamable HTTP, or stdio with
+    /// `--stdio`) over the registered components; every call journaled.
     Serve(cmd::serve::Args),
     /// The component registry the server serves (add, list, inspect,
-    /// activate, rollback, remove).
-    #[command(subcommand)]
-    Components(cmd::components::Command),
+    /// activate, rollback, remove), locally or through `--server`.
+    Components(cmd::components::Args),
     /// API tokens (create, list, revoke).
     #[command(subcommand)]
     Tokens(cmd::tokens::Command),
@@ -80,7 +79,7 @@ fn main() {
             Command::Replay(args) => cmd::replay::run(&cli.global, args).await,
             Command::InspectRun(args) => cmd::inspect_run::run(&cli.global, args).await,
             Command::Serve(args) => cmd::serve::run(&cli.global, args).await,
-            Command::Components(c) => cmd::components::run(&cli.global, c),
+            Command::Components(c) => cmd::components::run(&cli.global, c).await,
             Command::Tokens(c) => cmd::tokens::run(&cli.global, c),
         }
     });

@@ -6,26 +6,14 @@
 //! The Python environment comes from `scripts/python-env.sh` (run here if
 //! it has not been yet).
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{Serving, component, root, tessera};
 use serde_json::Value;
 use tessera_journal::{JournalStore, RunResult};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn component(name: &str) -> PathBuf {
-    let p = root().join("components").join(format!("{name}.wasm"));
-    assert!(
-        p.is_file(),
-        "{} is missing: build the example components with `scripts/build-components.sh`",
-        p.display()
-    );
-    p
-}
 
 fn python() -> PathBuf {
     let status = Command::new("bash")
@@ -34,12 +22,6 @@ fn python() -> PathBuf {
         .expect("run scripts/python-env.sh");
     assert!(status.success(), "scripts/python-env.sh failed");
     root().join("target/mcp-venv/bin/python")
-}
-
-fn tessera(data: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tessera"));
-    c.arg("--data").arg(data);
-    c
 }
 
 /// A data directory with the components the Python scenario expects.
@@ -168,54 +150,12 @@ fn python_sdk_over_stdio() {
     assert_eq!(reports[1]["protocol_version"], "2026-07-28");
 }
 
-/// A `tessera serve` on an ephemeral loopback port.
-struct Serving {
-    child: Child,
-    url: String,
-}
-
-impl Serving {
-    fn start(data: &Path) -> Self {
-        let mut child = tessera(data)
-            .args(["serve", "--listen", "127.0.0.1:0", "--grace-ms", "2000"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let url = loop {
-            let line = lines
-                .next()
-                .expect("tessera serve exited before listening")
-                .unwrap();
-            if let Some(rest) = line.split("on http://").nth(1) {
-                let addr = rest.split_whitespace().next().unwrap();
-                break format!("http://{addr}/mcp");
-            }
-        };
-        // Keep draining stderr so the server never blocks on it.
-        std::thread::spawn(move || for _ in lines {});
-        Self { child, url }
-    }
-
-    /// SIGTERM, then wait for the graceful exit.
-    fn stop(mut self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let exit = self.child.wait().unwrap();
-        assert!(exit.success(), "tessera serve exited with {exit}");
-    }
-}
-
 #[test]
 fn python_sdk_over_streamable_http() {
     let mut reports = Vec::new();
     for mode in ["legacy", "auto"] {
         let data = data_dir();
-        let serving = Serving::start(data.path());
+        let serving = Serving::start(data.path(), &[]);
         let report = run_client(data.path(), mode, &["--url", &serving.url]);
         serving.stop();
         check_journal(data.path(), std::slice::from_ref(&report));

@@ -1,12 +1,31 @@
-//! `tessera components`: the registry a server serves (a running server
-//! picks changes up within a quarter of a second).
+//! `tessera components`: the registry a server serves. Without `--server`
+//! it works on the data directory (a running server picks changes up within
+//! a quarter of a second); with `--server` it goes through that server's
+//! HTTP API.
 
 use std::path::PathBuf;
 
 use tessera_server::registry::Registry;
 
+use crate::cmd::remote::Api;
 use crate::exit;
 use crate::setup::GlobalArgs;
+
+/// Arguments of `tessera components`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Manage a running server's registry through its HTTP API
+    /// (`http://host:port`) instead of the local data directory.
+    #[arg(long, env = "TESSERA_SERVER", global = true)]
+    pub server: Option<String>,
+    /// Bearer token for `--server` (scope `manage`; `call` is enough for
+    /// `list` and `inspect`).
+    #[arg(long, env = "TESSERA_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
 
 /// Subcommands of `tessera components`.
 #[derive(Debug, clap::Subcommand)]
@@ -18,7 +37,9 @@ pub enum Command {
         /// Its name (a-z, 0-9, `-`, `_`).
         #[arg(long)]
         name: String,
-        /// Its manifest of grants and limits.
+        /// Its manifest of grants and limits (sent to a `--server` as text:
+        /// relative paths in it then resolve against the server's data
+        /// directory).
         #[arg(long)]
         manifest: Option<PathBuf>,
     },
@@ -49,7 +70,126 @@ pub enum Command {
 }
 
 /// Runs the subcommand and returns the exit code.
-pub fn run(global: &GlobalArgs, command: Command) -> i32 {
+pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
+    match args.server {
+        Some(server) => remote(&server, args.token, args.command).await,
+        None => local(global, args.command),
+    }
+}
+
+/// Through a running server's API.
+async fn remote(server: &str, token: Option<String>, command: Command) -> i32 {
+    use base64::Engine as _;
+    use serde_json::json;
+    let api = match Api::new(server, token) {
+        Ok(a) => a,
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            return f.code;
+        }
+    };
+    let result = match command {
+        Command::Add {
+            component,
+            name,
+            manifest,
+        } => {
+            let read = || -> Result<(Vec<u8>, Option<String>), String> {
+                let bytes = std::fs::read(&component)
+                    .map_err(|e| format!("{}: {e}", component.display()))?;
+                let manifest = manifest
+                    .map(|m| {
+                        std::fs::read_to_string(&m).map_err(|e| format!("{}: {e}", m.display()))
+                    })
+                    .transpose()?;
+                Ok((bytes, manifest))
+            };
+            match read() {
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return exit::BAD_INPUT;
+                }
+                Ok((bytes, manifest)) => api
+                    .request(
+                        "PUT",
+                        &format!("/v1/components/{name}"),
+                        Some(json!({
+                            "wasm_base64": base64::engine::general_purpose::STANDARD.encode(bytes),
+                            "manifest": manifest,
+                        })),
+                    )
+                    .await
+                    .map(|v| println!("{name} v{} active", v["active_version"])),
+            }
+        }
+        Command::List => api.request("GET", "/v1/components", None).await.map(|v| {
+            for c in v["components"].as_array().into_iter().flatten() {
+                let active = c["active_version"].as_u64().unwrap_or(0) as usize;
+                let versions = c["versions"].as_array().cloned().unwrap_or_default();
+                let a = versions
+                    .get(active.saturating_sub(1))
+                    .cloned()
+                    .unwrap_or_default();
+                println!(
+                    "{:<24} v{active}/{}  {}  {}",
+                    c["name"].as_str().unwrap_or_default(),
+                    versions.len(),
+                    a["digest"].as_str().unwrap_or_default(),
+                    a["origin"].as_str().unwrap_or_default()
+                );
+            }
+        }),
+        Command::Inspect { name } => api
+            .request("GET", &format!("/v1/components/{name}"), None)
+            .await
+            .map(|c| {
+                println!("{name}: active v{}", c["active_version"]);
+                for v in c["versions"].as_array().into_iter().flatten() {
+                    println!(
+                        "  v{} {} {} {}{}",
+                        v["version"],
+                        v["digest"].as_str().unwrap_or_default(),
+                        v["added"].as_str().unwrap_or_default(),
+                        v["origin"].as_str().unwrap_or_default(),
+                        if v["manifest"].is_string() {
+                            " (with manifest)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                for f in c["functions"].as_array().into_iter().flatten() {
+                    println!("  fn {}", f["name"].as_str().unwrap_or_default());
+                }
+            }),
+        Command::Activate { name, version } => api
+            .request(
+                "POST",
+                &format!("/v1/components/{name}/activate"),
+                Some(json!({ "version": version })),
+            )
+            .await
+            .map(|_| println!("{name} v{version} active")),
+        Command::Rollback { name } => api
+            .request("POST", &format!("/v1/components/{name}/rollback"), None)
+            .await
+            .map(|v| println!("{name} v{} active", v["active_version"])),
+        Command::Remove { name } => api
+            .request("DELETE", &format!("/v1/components/{name}"), None)
+            .await
+            .map(|_| println!("{name} removed")),
+    };
+    match result {
+        Ok(()) => exit::OK,
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            f.code
+        }
+    }
+}
+
+/// On the data directory.
+fn local(global: &GlobalArgs, command: Command) -> i32 {
     let registry = match Registry::open(&global.data) {
         Ok(r) => r,
         Err(e) => {

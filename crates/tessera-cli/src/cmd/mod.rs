@@ -4,6 +4,7 @@ pub mod call;
 pub mod components;
 pub mod inspect;
 pub mod inspect_run;
+pub mod remote;
 pub mod replay;
 pub mod runs;
 pub mod serve;
