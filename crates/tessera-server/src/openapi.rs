@@ -130,7 +130,7 @@ pub fn document() -> Value {
         "info": {
             "title": "Tessera API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Components as typed tools: register, hot-swap, call from JSON, and read the journal and audit stream."
+            "description": "Components as typed tools: register, hot-swap, call from JSON, and read the journal and audit stream. The same tools are served over MCP (streamable HTTP) at /mcp, with the `call` scope."
         },
         "paths": paths,
         "components": {

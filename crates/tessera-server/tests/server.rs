@@ -580,3 +580,68 @@ async fn mcp_endpoint_requires_a_call_scope() {
     );
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_list_follows_load_swap_and_removal() {
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), |_| {}).await;
+    let addr = s.addr;
+    let mut changes = s.server.tools_changed();
+    let names = |server: &Server| -> Vec<String> {
+        tessera_server::mcp::tools(server)
+            .into_iter()
+            .map(|t| t.tool.name.to_string())
+            .collect()
+    };
+    assert!(names(&s.server).is_empty());
+    // Load.
+    assert_eq!(
+        tokio::task::spawn_blocking(move || add(addr, "tool", "hello"))
+            .await
+            .unwrap()
+            .0,
+        201
+    );
+    assert!(
+        changes.has_changed().unwrap(),
+        "no change signalled on load"
+    );
+    changes.mark_unchanged();
+    let loaded = names(&s.server);
+    assert!(loaded.contains(&"tool__greet".to_string()), "{loaded:?}");
+    assert!(
+        loaded.contains(&"tool__types__echo-u8".to_string()),
+        "{loaded:?}"
+    );
+    // Swap to another component under the same name.
+    assert_eq!(
+        tokio::task::spawn_blocking(move || add(addr, "tool", "spin"))
+            .await
+            .unwrap()
+            .0,
+        201
+    );
+    assert!(
+        changes.has_changed().unwrap(),
+        "no change signalled on swap"
+    );
+    changes.mark_unchanged();
+    assert_eq!(
+        names(&s.server),
+        ["tool__count", "tool__spin", "tool__ticker"]
+    );
+    assert_eq!(
+        tessera_server::mcp::resolve(&s.server, "tool__count"),
+        Some(("tool".to_string(), "count".to_string()))
+    );
+    assert_eq!(tessera_server::mcp::resolve(&s.server, "tool__greet"), None);
+    // Removal.
+    let (status, _) = s.call("DELETE", "/v1/components/tool", json!({})).await;
+    assert_eq!(status, 204);
+    assert!(
+        changes.has_changed().unwrap(),
+        "no change signalled on removal"
+    );
+    assert!(names(&s.server).is_empty());
+    s.shutdown().await;
+}
