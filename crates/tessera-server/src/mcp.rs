@@ -9,7 +9,9 @@
 //!   so it stays stable.
 //! - `inputSchema` is the function's argument schema; `outputSchema` is an
 //!   object whose `result` property holds the WIT result, and
-//!   `structuredContent` matches it.
+//!   `structuredContent` matches it. Annotations follow from the grants:
+//!   `openWorldHint` when the manifest allows outbound HTTP, `readOnlyHint`
+//!   (and not destructive) when it allows neither HTTP nor a writable mount.
 //! - A denial, a limit, a trap, bad arguments or a guest `err` is a tool
 //!   result with `isError: true` and a message; the session carries on. An
 //!   unknown tool is a protocol error (`-32602`).
@@ -30,7 +32,7 @@ use std::time::Duration;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
     ListToolsResult, MetaObject, PaginatedRequestParams, ServerCapabilities, ServerConfig,
-    SubscriptionFilter, Tool,
+    SubscriptionFilter, Tool, ToolAnnotations,
 };
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -96,6 +98,24 @@ fn object(v: Value) -> Arc<Map<String, Value>> {
     })
 }
 
+/// Hints that follow from the grants, so they are true by construction: a
+/// component without network access is not open-world; one that can
+/// neither write a file nor reach the network cannot change anything
+/// outside its sandbox, so it is read-only and not destructive.
+fn annotations(grants: &tessera_runtime::Grants) -> ToolAnnotations {
+    let network = !grants.allowed_outbound_hosts.is_empty();
+    let writes = grants
+        .mounts
+        .iter()
+        .any(|m| m.mode == tessera_runtime::manifest::MountMode::ReadWrite);
+    let a = ToolAnnotations::new().open_world(network);
+    if network || writes {
+        a.read_only(false)
+    } else {
+        a.read_only(true).destructive(false)
+    }
+}
+
 /// The tools of every active component, sorted by name.
 pub fn tools(server: &Server) -> Vec<ToolEntry> {
     let mut out = Vec::new();
@@ -122,6 +142,7 @@ pub fn tools(server: &Server) -> Vec<ToolEntry> {
                     .with_raw_output_schema(object(output))
                     .with_title(format!("{name}: {}", f.short_name()));
             tool.description = Some(description.into());
+            tool.annotations = Some(annotations(active.loaded.grants()));
             out.push(ToolEntry {
                 tool,
                 component: name.clone(),

@@ -613,6 +613,37 @@ async fn tool_list_follows_load_swap_and_removal() {
         loaded.contains(&"tool__types__echo-u8".to_string()),
         "{loaded:?}"
     );
+    // No network, no writable mount: read-only, not destructive, closed world.
+    let greet = tessera_server::mcp::tools(&s.server)
+        .into_iter()
+        .find(|t| t.tool.name == "tool__greet")
+        .unwrap();
+    let a = greet.tool.annotations.unwrap();
+    assert_eq!(
+        (a.read_only_hint, a.destructive_hint, a.open_world_hint),
+        (Some(true), Some(false), Some(false))
+    );
+    // An HTTP grant makes a tool open-world and not read-only.
+    let body = json!({ "name": "fetch", "path": component("http-fetch").display().to_string(),
+        "manifest_path": write_manifest(data.path(), "[http]\nallowed_outbound_hosts = [\"https://example.com\"]\n") })
+    .to_string();
+    let (status, v) =
+        tokio::task::spawn_blocking(move || request(addr, "POST", "/v1/components", None, &body))
+            .await
+            .unwrap();
+    assert_eq!(status, 201, "{v}");
+    let fetch = tessera_server::mcp::tools(&s.server)
+        .into_iter()
+        .find(|t| t.tool.name == "fetch__fetch")
+        .unwrap();
+    let a = fetch.tool.annotations.unwrap();
+    assert_eq!(
+        (a.read_only_hint, a.open_world_hint),
+        (Some(false), Some(true))
+    );
+    let (status, _) = s.call("DELETE", "/v1/components/fetch", json!({})).await;
+    assert_eq!(status, 204);
+    changes.mark_unchanged();
     // Swap to another component under the same name.
     assert_eq!(
         tokio::task::spawn_blocking(move || add(addr, "tool", "spin"))

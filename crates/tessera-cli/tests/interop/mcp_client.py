@@ -63,6 +63,8 @@ async def scenario(server: Any, mode: str, swap: list[str]) -> dict[str, Any]:
         check("Greets `name`" in (greet.description or ""), f"description from WIT docs: {greet.description!r}")
         check(greet.input_schema["properties"]["name"]["type"] == "string", f"inputSchema: {greet.input_schema}")
         check(greet.input_schema.get("required") == ["name"], f"inputSchema required: {greet.input_schema}")
+        ann = greet.annotations
+        check(ann is not None and ann.read_only_hint is True and ann.open_world_hint is False, f"annotations: {ann}")
         out = greet.output_schema or {}
         check(out.get("properties", {}).get("result", {}).get("type") == "string", f"outputSchema: {out}")
 
