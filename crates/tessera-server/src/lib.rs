@@ -508,11 +508,15 @@ impl Server {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         use rmcp::ServiceExt as _;
+        let mut shutdown = std::pin::pin!(shutdown);
+        let running = tokio::select! {
+            r = mcp::McpService::new(self.clone()).serve(rmcp::transport::stdio()) => {
+                r.map_err(|e| ServerError::Io(format!("MCP over stdio: {e}")))?
+            }
+            // A signal before the client even connected.
+            () = &mut shutdown => return Ok(()),
+        };
         let watcher = self.spawn_registry_watcher();
-        let running = mcp::McpService::new(self.clone())
-            .serve(rmcp::transport::stdio())
-            .await
-            .map_err(|e| ServerError::Io(format!("MCP over stdio: {e}")))?;
         let cancel = running.cancellation_token();
         let mut waiting = std::pin::pin!(running.waiting());
         tokio::select! {

@@ -222,18 +222,12 @@ fn tool_result(tool: &str, called: &Called) -> CallToolResult {
             r
         }
         (Ok(v), Some(d)) => text_error(format!(
-            "`{tool}` returned an error after a denied {} request to {}: {}",
-            d.capability,
-            d.target,
+            "`{tool}` returned an error after {}: {}",
+            denial(d),
             error_text(v)
         )),
         (Ok(v), None) => text_error(format!("`{tool}` returned an error: {}", error_text(v))),
-        (Err(f), Some(d)) => text_error(format!(
-            "`{tool}` failed after a denied {} request to {} ({}): {f}",
-            d.capability,
-            d.target,
-            d.detail.as_deref().unwrap_or("not granted")
-        )),
+        (Err(f), Some(d)) => text_error(format!("`{tool}` failed after {}: {f}", denial(d))),
         (Err(CallFailure::Limit(l)), None) => {
             text_error(format!("`{tool}` stopped: {} limit: {l}", l.capability()))
         }
@@ -242,6 +236,16 @@ fn tool_result(tool: &str, called: &Called) -> CallToolResult {
     };
     result.meta = Some(meta(called));
     result
+}
+
+/// A denied request, with the reason the grants gave.
+fn denial(d: &tessera_runtime::AuditEvent) -> String {
+    format!(
+        "a denied {} request to {} ({})",
+        d.capability,
+        d.target,
+        d.detail.as_deref().unwrap_or("not granted")
+    )
 }
 
 /// A guest `err` payload as text: a string as is, anything else as JSON.
