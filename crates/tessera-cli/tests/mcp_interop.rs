@@ -1,6 +1,6 @@
 //! MCP interoperability: the official MCP Python SDK (`tests/interop/`)
-//! drives `tessera serve --stdio` and `tessera serve` (streamable HTTP), in
-//! both of its connection modes. Afterwards the journal must hold every call
+//! drives `tessera serve --stdio` and `tessera serve` (streamable HTTP,
+//! tokens required), in both of its connection modes. Afterwards the journal must hold every call
 //! complete, the cancelled call as cancelled.
 //!
 //! The Python environment comes from `scripts/python-env.sh` (run here if
@@ -155,10 +155,29 @@ fn python_sdk_over_streamable_http() {
     let mut reports = Vec::new();
     for mode in ["legacy", "auto"] {
         let data = data_dir();
-        let serving = Serving::start(data.path(), &[]);
-        let report = run_client(data.path(), mode, &["--url", &serving.url]);
+        // Tokens required: the client presents one with the `call` scope.
+        let out = tessera(data.path())
+            .args(["tokens", "create", "--scope", "call"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let serving = Serving::start(data.path(), &["--require-tokens"]);
+        let report = run_client(
+            data.path(),
+            mode,
+            &["--url", &serving.url, "--token", &token],
+        );
         serving.stop();
         check_journal(data.path(), std::slice::from_ref(&report));
+        // The client without a token was refused, and that was audited.
+        let audit = std::fs::read_to_string(data.path().join("audit.jsonl")).unwrap();
+        assert!(
+            audit.lines().any(|l| l.contains("\"capability\":\"auth\"")
+                && l.contains("POST /mcp")
+                && l.contains("\"decision\":\"deny\"")),
+            "{audit}"
+        );
         reports.push(report);
     }
     assert!(reports[0]["protocol_version"].as_str().unwrap() < "2026-07-28");

@@ -173,7 +173,14 @@ async fn authorize(State(server): State<Arc<Server>>, req: Request, next: Next) 
     let target = format!("{} {}", req.method(), req.uri().path());
     let deny = |status: StatusCode, code: &'static str, message: String| {
         server.runtime_audit("auth", &target, &message);
-        ApiError::new(status, code, message).into_response()
+        let mut response = ApiError::new(status, code, message).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"tessera\""),
+            );
+        }
+        response
     };
     match presented {
         None if !server.config.require_tokens => next.run(req).await,

@@ -35,7 +35,7 @@ fn request(
     if let Some(a) = &auth {
         headers.push(("Authorization", a.as_str()));
     }
-    let (status, body) = raw_request(addr, method, path, &headers, body);
+    let (status, _, body) = raw_request(addr, method, path, &headers, body);
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
@@ -441,14 +441,15 @@ async fn graceful_shutdown_finishes_calls_and_journals() {
     );
 }
 
-/// One raw HTTP/1.1 request with the given headers; returns (status, body text).
+/// One raw HTTP/1.1 request with the given headers; returns (status,
+/// response head, body text).
 fn raw_request(
     addr: SocketAddr,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: &str,
-) -> (u16, String) {
+) -> (u16, String, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut head = format!(
@@ -467,8 +468,8 @@ fn raw_request(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, body.to_string())
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_string(), body.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -569,14 +570,23 @@ async fn mcp_endpoint_requires_a_call_scope() {
     })
     .await
     .unwrap();
-    assert_eq!(results.0.0, 401, "{}", results.0.1);
-    assert_eq!(results.1.0, 403, "{}", results.1.1);
-    assert_eq!(results.2.0, 200, "{}", results.2.1);
-    assert!(results.2.1.contains("\"serverInfo\""), "{}", results.2.1);
+    assert_eq!(results.0.0, 401, "{}", results.0.2);
     assert!(
-        results.2.1.contains("\"listChanged\":true"),
+        results
+            .0
+            .1
+            .to_ascii_lowercase()
+            .contains("www-authenticate: bearer"),
         "{}",
-        results.2.1
+        results.0.1
+    );
+    assert_eq!(results.1.0, 403, "{}", results.1.2);
+    assert_eq!(results.2.0, 200, "{}", results.2.2);
+    assert!(results.2.2.contains("\"serverInfo\""), "{}", results.2.2);
+    assert!(
+        results.2.2.contains("\"listChanged\":true"),
+        "{}",
+        results.2.2
     );
     s.shutdown().await;
 }

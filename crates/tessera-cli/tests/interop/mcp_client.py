@@ -1,8 +1,9 @@
 """Drives Tessera's MCP server with the official MCP Python SDK.
 
 One scenario, over stdio (the SDK spawns `tessera serve --stdio`) or over
-streamable HTTP (a running `tessera serve`), in either connection mode of
-the SDK: `legacy` (the initialize handshake) or `auto` (2026-07-28 when the
+streamable HTTP (a running `tessera serve`, with a bearer token when one is
+given: then a client without a token must be refused first), in either
+connection mode of the SDK: `legacy` (the initialize handshake) or `auto` (2026-07-28 when the
 server offers it). The data directory must hold these components:
 
     hello   components/hello.wasm       (no grants)
@@ -142,19 +143,46 @@ async def scenario(server: Any, mode: str, swap: list[str]) -> dict[str, Any]:
     return report
 
 
+def http_target(url: str, token: str | None) -> Any:
+    """A streamable HTTP transport, with a bearer token if given."""
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    client = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=300))
+    return streamable_http_client(url, http_client=client)
+
+
+async def refused_without_token(url: str, mode: str) -> None:
+    """The server requires tokens: a client without one gets nowhere."""
+    try:
+        with anyio.fail_after(30):
+            async with Client(http_target(url, None), mode=mode) as client:
+                await client.list_tools()
+    except TimeoutError:
+        raise AssertionError("no answer to a client without a token") from None
+    except Exception:  # the SDK reports the 401 as an error (or a group of them);
+        return  # the Rust side checks the server's audit log for the refusal
+    raise AssertionError("a client without a token was served")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--mode", choices=["legacy", "auto"], required=True)
     p.add_argument("--url", help="streamable HTTP endpoint, e.g. http://127.0.0.1:7878/mcp")
+    p.add_argument("--token", help="bearer token for --url (the server requires tokens)")
     p.add_argument("--tessera", help="the tessera binary, to spawn over stdio")
     p.add_argument("--data", required=True, help="the data directory")
     p.add_argument("--swap", required=True, help="JSON list: the command that swaps `swappy` to a new version")
     a = p.parse_args()
-    if a.url:
-        server: Any = a.url
-    else:
-        server = StdioServerParameters(command=a.tessera, args=["serve", "--stdio", "--data", a.data])
     try:
+        if a.url and a.token:
+            anyio.run(refused_without_token, a.url, a.mode)
+            server: Any = http_target(a.url, a.token)
+        elif a.url:
+            server = a.url
+        else:
+            server = StdioServerParameters(command=a.tessera, args=["serve", "--stdio", "--data", a.data])
         report = anyio.run(scenario, server, a.mode, json.loads(a.swap))
     except AssertionError as e:
         print(f"interop check failed ({a.mode}): {e}", file=sys.stderr)
