@@ -13,7 +13,7 @@ use std::process::Command;
 
 use common::{Serving, component, root, tessera};
 use serde_json::Value;
-use tessera_journal::{JournalStore, RunResult};
+use tessera_journal::{Caller, JournalStore, RunResult};
 
 fn python() -> PathBuf {
     let status = Command::new("bash")
@@ -92,9 +92,10 @@ fn run_client(data: &Path, mode: &str, target: &[&str]) -> Value {
         .unwrap_or_else(|e| panic!("client report is not JSON ({e}): {stdout}"))
 }
 
-/// Checks the journal once the server has exited: every run is complete,
-/// the scenario's runs are there, and the spin call ended cancelled.
-fn check_journal(data: &Path, reports: &[Value]) {
+/// Checks the journal once the server has exited: every run is complete
+/// and names its caller, the scenario's runs are there, and the spin call
+/// ended cancelled.
+fn check_journal(data: &Path, reports: &[Value], caller: &Caller) {
     let journal = JournalStore::open(data).unwrap();
     let runs = journal.list().unwrap();
     assert!(!runs.is_empty());
@@ -104,6 +105,12 @@ fn check_journal(data: &Path, reports: &[Value]) {
             "run {} ({}) has no end record",
             r.header.run_id,
             r.header.function
+        );
+        assert_eq!(
+            r.header.caller.as_ref(),
+            Some(caller),
+            "{}",
+            r.header.run_id
         );
     }
     for report in reports {
@@ -142,7 +149,11 @@ fn python_sdk_over_stdio() {
             mode,
             &["--tessera", env!("CARGO_BIN_EXE_tessera")],
         );
-        check_journal(data.path(), std::slice::from_ref(&report));
+        let stdio = Caller {
+            via: "mcp-stdio".into(),
+            token: None,
+        };
+        check_journal(data.path(), std::slice::from_ref(&report), &stdio);
         reports.push(report);
     }
     // `auto` must have reached the newest revision, `legacy` a handshake one.
@@ -169,7 +180,16 @@ fn python_sdk_over_streamable_http() {
             &["--url", &serving.url, "--token", &token],
         );
         serving.stop();
-        check_journal(data.path(), std::slice::from_ref(&report));
+        let token_id = tessera_server::auth::Tokens::open(data.path())
+            .list()
+            .unwrap()
+            .remove(0)
+            .id;
+        let http = Caller {
+            via: "mcp-http".into(),
+            token: Some(token_id),
+        };
+        check_journal(data.path(), std::slice::from_ref(&report), &http);
         // The client without a token was refused, and that was audited.
         let audit = std::fs::read_to_string(data.path().join("audit.jsonl")).unwrap();
         assert!(

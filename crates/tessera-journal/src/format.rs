@@ -63,6 +63,22 @@ pub struct Header {
     pub grants: Grants,
     /// Engine settings.
     pub engine: EngineSettings,
+    /// Who made the call, when it came through a server (absent for runs
+    /// recorded by the CLI, and in journals written before this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<Caller>,
+}
+
+/// Who made a call that came through a server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Caller {
+    /// How it arrived: `http` (the HTTP API), `mcp-http` (MCP over
+    /// streamable HTTP), `mcp-stdio`, or a label chosen by a program that
+    /// embeds the server.
+    pub via: String,
+    /// The id of the token the request presented, if any (never the token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// How the run ended.

@@ -25,7 +25,7 @@ use tessera_runtime::gateway::{
 };
 use tessera_runtime::{CallFailure, CallOptions, CallOutcome, Grants, LoadedComponent, Runtime};
 
-pub use format::{ComponentRef, End, EngineSettings, Header, RunResult};
+pub use format::{Caller, ComponentRef, End, EngineSettings, Header, RunResult};
 pub use store::{JournalStore, RunSummary};
 
 /// Errors of the journal.
@@ -150,17 +150,27 @@ pub async fn record_call(
     function: &str,
     args: &Value,
 ) -> Result<(String, CallOutcome), Error> {
-    record_call_with(store, component, function, args, CallOptions::default()).await
+    record_call_with(
+        store,
+        component,
+        function,
+        args,
+        CallOptions::default(),
+        None,
+    )
+    .await
 }
 
 /// [`record_call`] with call options (a cancellation token, a snapshot, an
-/// extra observer, which sees every step the journal records).
+/// extra observer, which sees every step the journal records) and the
+/// caller to name in the header.
 pub async fn record_call_with(
     store: &Arc<JournalStore>,
     component: &LoadedComponent,
     function: &str,
     args: &Value,
     options: CallOptions,
+    caller: Option<Caller>,
 ) -> Result<(String, CallOutcome), Error> {
     let f = component.function(function)?;
     let run_id = new_run_id();
@@ -177,6 +187,7 @@ pub async fn record_call_with(
         args: args.clone(),
         grants: component.grants().clone(),
         engine: engine_settings(component.runtime()),
+        caller,
     };
     let function = header.function.clone();
     let args_owned = header.args.clone();

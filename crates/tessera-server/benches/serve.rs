@@ -208,9 +208,22 @@ async fn http_greet(conn: &mut Conn) -> bool {
     status == 200 && body.windows(11).any(|w| w == b"Hello, Ada!")
 }
 
+fn in_process() -> tessera_journal::Caller {
+    tessera_journal::Caller {
+        via: "in-process".into(),
+        token: None,
+    }
+}
+
 async fn in_process_greet(server: &Server) {
     let c = server
-        .call("hello", "greet", &json!({"name": "Ada"}), None)
+        .call(
+            "hello",
+            "greet",
+            &json!({"name": "Ada"}),
+            None,
+            in_process(),
+        )
         .await
         .unwrap();
     assert_eq!(c.outcome.result.unwrap(), json!("Hello, Ada!"));
@@ -521,7 +534,7 @@ async fn memory_child(data: &Path) {
     for name in server.active_names() {
         if name.ends_with("-hello") {
             let c = server
-                .call(&name, "greet", &json!({"name": "x"}), None)
+                .call(&name, "greet", &json!({"name": "x"}), None, in_process())
                 .await
                 .unwrap();
             assert!(c.outcome.result.is_ok());

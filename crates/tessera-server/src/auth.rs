@@ -115,13 +115,14 @@ impl Tokens {
         Ok(list.len() != before)
     }
 
-    /// The scopes of a presented token, if it is valid.
-    pub fn check(&self, token: &str) -> Result<Option<Vec<Scope>>, String> {
+    /// The record of a presented token (id and scopes), if it is valid.
+    pub fn check(&self, token: &str) -> Result<Option<TokenRecord>, String> {
         let h = hash(token);
-        Ok(self
-            .list()?
-            .into_iter()
-            .find(|t| t.sha256 == h)
-            .map(|t| t.scopes))
+        Ok(self.list()?.into_iter().find(|t| t.sha256 == h))
     }
 }
+
+/// The id of the token a request presented, put in the request's
+/// extensions by the token middleware (for the journal's `caller`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenId(pub String);

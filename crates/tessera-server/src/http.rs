@@ -196,7 +196,11 @@ async fn authorize(State(server): State<Arc<Server>>, req: Request, next: Next) 
                 "unauthorized",
                 "unknown token".into(),
             ),
-            Ok(Some(scopes)) if scopes.iter().any(|s| accepted.contains(s)) => next.run(req).await,
+            Ok(Some(record)) if record.scopes.iter().any(|s| accepted.contains(s)) => {
+                let mut req = req;
+                req.extensions_mut().insert(crate::auth::TokenId(record.id));
+                next.run(req).await
+            }
             Ok(Some(_)) => deny(
                 StatusCode::FORBIDDEN,
                 "forbidden",
@@ -466,6 +470,7 @@ async fn remove_component(
 async fn call(
     State(server): State<Arc<Server>>,
     Path((name, function)): Path<(String, String)>,
+    token: Option<axum::Extension<crate::auth::TokenId>>,
     body: Bytes,
 ) -> ApiResult {
     let args: Value = if body.is_empty() {
@@ -473,8 +478,12 @@ async fn call(
     } else {
         parse_json(&body)?
     };
+    let caller = tessera_journal::Caller {
+        via: "http".into(),
+        token: token.map(|t| t.0.0),
+    };
     let called = server
-        .call(&name, &function, &args, None)
+        .call(&name, &function, &args, None, caller)
         .await
         .map_err(|e| match e {
             crate::CallError::Overloaded(n) => ApiError::new(

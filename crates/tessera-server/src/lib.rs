@@ -241,7 +241,7 @@ impl Server {
     }
 
     /// Calls `function` of the active version of component `name`, and
-    /// journals the run.
+    /// journals the run with `caller` in its header.
     ///
     /// The call runs in its own task: if the caller goes away (its future
     /// is dropped) or `cancel` fires, the guest is interrupted at its next
@@ -254,6 +254,7 @@ impl Server {
         function: &str,
         args: &Value,
         cancel: Option<CancellationToken>,
+        caller: tessera_journal::Caller,
     ) -> Result<Called, CallError> {
         let Ok(permit) = self.calls.clone().try_acquire_owned() else {
             return Err(CallError::Overloaded(self.config.max_calls));
@@ -282,6 +283,7 @@ impl Server {
                         cancel: Some(token),
                         ..CallOptions::default()
                     },
+                    Some(caller),
                 )
                 .await
             })

@@ -298,9 +298,29 @@ impl ServerHandler for McpService {
             ));
         };
         let args = Value::Object(request.arguments.unwrap_or_default());
+        // Over streamable HTTP the request's parts (with the token the
+        // middleware checked) come along; over stdio there are none.
+        let parts = context.extensions.get::<http::request::Parts>();
+        let caller = tessera_journal::Caller {
+            via: if parts.is_some() {
+                "mcp-http"
+            } else {
+                "mcp-stdio"
+            }
+            .into(),
+            token: parts
+                .and_then(|p| p.extensions.get::<crate::auth::TokenId>())
+                .map(|t| t.0.clone()),
+        };
         let called = self
             .server
-            .call(&component, &function, &args, Some(context.ct.clone()))
+            .call(
+                &component,
+                &function,
+                &args,
+                Some(context.ct.clone()),
+                caller,
+            )
             .await;
         let result = match called {
             Ok(c) => tool_result(&name, &c),

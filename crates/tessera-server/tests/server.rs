@@ -284,7 +284,7 @@ async fn removal_lets_calls_in_flight_finish() {
 async fn tokens_scopes_body_limit_and_overload() {
     let data = tempfile::tempdir().unwrap();
     let tokens = tessera_server::auth::Tokens::open(data.path());
-    let (caller, _) = tokens
+    let (caller, caller_record) = tokens
         .create(vec![tessera_server::auth::Scope::Call], "caller")
         .unwrap();
     let (admin, rec) = tokens
@@ -364,6 +364,16 @@ async fn tokens_scopes_body_limit_and_overload() {
     .unwrap();
     assert_eq!((status, &v["error"]["code"]), (503, &json!("overloaded")));
     assert_eq!(long.await.unwrap().0, 200);
+    // The journal names the caller: the HTTP API and the token's id.
+    let runs = s.server.journal.list().unwrap();
+    let count = runs.iter().find(|r| r.header.function == "count").unwrap();
+    assert_eq!(
+        count.header.caller,
+        Some(tessera_journal::Caller {
+            via: "http".into(),
+            token: Some(caller_record.id.clone()),
+        })
+    );
     // Refused requests are audited.
     let audit = std::fs::read_to_string(data.path().join("audit.jsonl")).unwrap();
     assert!(

@@ -135,6 +135,17 @@ pub fn run(global: &GlobalArgs, command: Command) -> i32 {
                 header.component.digest, header.component.origin
             );
             let _ = writeln!(out, "call      {} {}", header.function, header.args);
+            if let Some(c) = &header.caller {
+                let _ = writeln!(
+                    out,
+                    "caller    {}{}",
+                    c.via,
+                    c.token
+                        .as_deref()
+                        .map(|t| format!(" (token {t})"))
+                        .unwrap_or_default()
+                );
+            }
             let _ = writeln!(
                 out,
                 "engine    wasmtime {}, fuel limit {}, deadline {} ms, memory {} MiB",
