@@ -10,7 +10,8 @@ use tessera_runtime::{Error, Grants, LoadedComponent, Runtime, RuntimeConfig};
 /// Global options.
 #[derive(Debug, clap::Args)]
 pub struct GlobalArgs {
-    /// Data directory: compile cache and audit log live here.
+    /// Data directory: compile cache, journal, audit log, component
+    /// registry and tokens live here.
     #[arg(
         long,
         global = true,
