@@ -1,5 +1,6 @@
-//! `tessera components --server`: managing a running server's registry
-//! through its HTTP API, with tokens.
+//! The `tessera` binary as a server: `tessera components --server` managing
+//! a running server's registry through its HTTP API with tokens, and
+//! `serve --stdio` when its client goes away.
 
 mod common;
 
@@ -93,4 +94,68 @@ fn components_are_managed_through_a_running_server() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("use http://"), "{}", text(&o));
+}
+
+#[test]
+fn closing_stdin_cancels_running_mcp_calls_and_journals_them() {
+    use std::io::{Read, Write};
+    let data = tempfile::tempdir().unwrap();
+    let manifest = data.path().join("spin.toml");
+    std::fs::write(
+        &manifest,
+        "[limits]\ntimeout_ms = 600000\nfuel = 100000000000000\n",
+    )
+    .unwrap();
+    let o = tessera(data.path())
+        .args(["components", "add"])
+        .arg(component("spin"))
+        .args(["--name", "spin", "--manifest"])
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let mut child = tessera(data.path())
+        .args(["serve", "--stdio"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for line in [
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"0"}}}"#,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"spin__spin","arguments":{}}}"#,
+    ] {
+        writeln!(stdin, "{line}").unwrap();
+    }
+    // `spin` never returns and its deadline is ten minutes away; closing
+    // stdin must end it.
+    drop(stdin);
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let answer = out
+        .lines()
+        .find(|l| l.contains(r#""id":2"#))
+        .unwrap_or_else(|| panic!("no answer to the call: {out}"));
+    assert!(
+        answer.contains(r#""isError":true"#) && answer.contains("was cancelled"),
+        "{answer}"
+    );
+    let journal = tessera_journal::JournalStore::open(data.path()).unwrap();
+    let runs = journal.list().unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert!(
+        matches!(
+            runs[0].end.as_ref().map(|e| &e.result),
+            Some(tessera_journal::RunResult::Cancelled { .. })
+        ),
+        "{runs:?}"
+    );
 }

@@ -502,9 +502,10 @@ impl Server {
     }
 
     /// Serves MCP over stdin and stdout (for an MCP host that spawns
-    /// Tessera) until the client closes stdin or `shutdown` resolves, then
-    /// drains calls like [`Server::serve`]. Nothing but MCP messages is
-    /// written to stdout.
+    /// Tessera) until the client closes stdin or `shutdown` resolves. On a
+    /// signal it drains calls like [`Server::serve`]; when stdin closes, calls
+    /// still running are cancelled at once (the client can no longer want
+    /// them) and journaled. Nothing but MCP messages is written to stdout.
     pub async fn serve_stdio(
         self: Arc<Self>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -512,7 +513,16 @@ impl Server {
         use rmcp::ServiceExt as _;
         let mut shutdown = std::pin::pin!(shutdown);
         let running = tokio::select! {
-            r = mcp::McpService::new(self.clone()).serve(rmcp::transport::stdio()) => {
+            // When the client closes stdin it can no longer ask for
+            // anything: calls still running are cancelled (and journaled)
+            // at once rather than left to run out their deadlines.
+            r = mcp::McpService::new(self.clone()).serve((
+                CancelOnEof {
+                    inner: tokio::io::stdin(),
+                    on_eof: self.shutdown.clone(),
+                },
+                tokio::io::stdout(),
+            )) => {
                 r.map_err(|e| ServerError::Io(format!("MCP over stdio: {e}")))?
             }
             // A signal before the client even connected.
@@ -534,5 +544,29 @@ impl Server {
         self.stop_calls(Duration::from_secs(5)).await;
         watcher.abort();
         Ok(())
+    }
+}
+
+/// A reader that cancels a token when it reaches end of file.
+struct CancelOnEof<R> {
+    inner: R,
+    on_eof: CancellationToken,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for CancelOnEof<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = polled
+            && buf.filled().len() == before
+            && buf.remaining() > 0
+        {
+            self.on_eof.cancel();
+        }
+        polled
     }
 }
