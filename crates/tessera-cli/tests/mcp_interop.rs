@@ -11,7 +11,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Serving, component, root, tessera};
+use common::{Serving, component, register, root, tessera};
 use serde_json::Value;
 use tessera_journal::{Caller, JournalStore, RunResult};
 
@@ -27,34 +27,16 @@ fn python() -> PathBuf {
 /// A data directory with the components the Python scenario expects.
 fn data_dir() -> tempfile::TempDir {
     let data = tempfile::tempdir().unwrap();
-    let spin_manifest = data.path().join("spin.toml");
-    std::fs::write(
-        &spin_manifest,
-        "[limits]\nfuel = 1_000_000_000_000\ntimeout_ms = 300_000\nmax_concurrent = 1\n",
-    )
-    .unwrap();
-    let spin = component("spin");
-    let adds: [(&str, PathBuf, Option<&Path>); 4] = [
-        ("hello", component("hello"), None),
-        ("netx", component("net-escape"), None),
-        ("spin", spin, Some(&spin_manifest)),
-        ("swappy", component("hello"), None),
-    ];
-    for (name, path, manifest) in adds {
-        let mut c = tessera(data.path());
-        c.args(["components", "add"])
-            .arg(&path)
-            .args(["--name", name]);
-        if let Some(m) = manifest {
-            c.arg("--manifest").arg(m);
-        }
-        let out = c.output().unwrap();
-        assert!(
-            out.status.success(),
-            "components add {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let d = data.path();
+    register(d, "hello", "hello", None);
+    register(d, "netx", "net-escape", None);
+    register(
+        d,
+        "spin",
+        "spin",
+        Some("[limits]\nfuel = 1_000_000_000_000\ntimeout_ms = 300_000\nmax_concurrent = 1\n"),
+    );
+    register(d, "swappy", "hello", None);
     data
 }
 

@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Output;
 
-use common::{Serving, component, tessera};
+use common::{Serving, component, register, tessera};
 
 fn text(o: &Output) -> String {
     format!(
@@ -100,20 +100,12 @@ fn components_are_managed_through_a_running_server() {
 fn closing_stdin_cancels_running_mcp_calls_and_journals_them() {
     use std::io::{Read, Write};
     let data = tempfile::tempdir().unwrap();
-    let manifest = data.path().join("spin.toml");
-    std::fs::write(
-        &manifest,
-        "[limits]\ntimeout_ms = 600000\nfuel = 100000000000000\n",
-    )
-    .unwrap();
-    let o = tessera(data.path())
-        .args(["components", "add"])
-        .arg(component("spin"))
-        .args(["--name", "spin", "--manifest"])
-        .arg(&manifest)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
+    register(
+        data.path(),
+        "spin",
+        "spin",
+        Some("[limits]\ntimeout_ms = 600000\nfuel = 100000000000000\n"),
+    );
     let mut child = tessera(data.path())
         .args(["serve", "--stdio"])
         .stdin(std::process::Stdio::piped())

@@ -48,9 +48,10 @@ pub struct ServerConfig {
     pub max_calls: usize,
     /// How long in-flight calls may finish after a shutdown signal.
     pub grace: Duration,
-    /// `Host` values the MCP endpoint accepts when bound to a non-loopback
-    /// address (empty: any; tokens are required there anyway). On loopback
-    /// only loopback names are accepted, against DNS rebinding.
+    /// `Host` values the MCP endpoint accepts. On loopback they are added to
+    /// the loopback names (the only ones accepted otherwise, against DNS
+    /// rebinding); on any other address they are the only ones accepted,
+    /// and when empty any `Host` is (tokens are required there anyway).
     pub allowed_hosts: Vec<String>,
 }
 
@@ -315,9 +316,16 @@ impl Server {
     /// to be written, then flushes the journal.
     pub async fn stop_calls(&self, wait: Duration) {
         self.shutdown.cancel();
-        let all = u32::try_from(self.config.max_calls).unwrap_or(u32::MAX);
-        let _ = tokio::time::timeout(wait, self.calls.acquire_many(all)).await;
+        self.calls_finished(wait).await;
         self.journal.flush();
+    }
+
+    /// Waits up to `wait` until no call is running (every permit is back).
+    async fn calls_finished(&self, wait: Duration) -> bool {
+        let all = u32::try_from(self.config.max_calls).unwrap_or(u32::MAX);
+        tokio::time::timeout(wait, self.calls.acquire_many(all))
+            .await
+            .is_ok()
     }
 
     /// Brings what is served in line with the registry: loads new active
@@ -434,11 +442,7 @@ impl Server {
     /// Lets calls in flight finish within the grace period, then cancels
     /// the rest and waits for their journals.
     async fn drain(&self) {
-        let all = u32::try_from(self.config.max_calls).unwrap_or(u32::MAX);
-        let finished = tokio::time::timeout(self.config.grace, self.calls.acquire_many(all))
-            .await
-            .is_ok();
-        if !finished {
+        if !self.calls_finished(self.config.grace).await {
             eprintln!("grace period over: cancelling calls still running");
         }
         self.stop_calls(Duration::from_secs(5)).await;
@@ -532,7 +536,11 @@ impl Server {
         let cancel = running.cancellation_token();
         let mut waiting = std::pin::pin!(running.waiting());
         tokio::select! {
-            _ = &mut waiting => {}
+            // Stdin closed: its calls were cancelled (`CancelOnEof`).
+            _ = &mut waiting => {
+                self.stopping.cancel();
+                self.stop_calls(Duration::from_secs(5)).await;
+            }
             () = shutdown => {
                 self.stopping.cancel();
                 self.drain().await;
@@ -540,9 +548,8 @@ impl Server {
                 let _ = tokio::time::timeout(Duration::from_secs(2), waiting).await;
             }
         }
-        self.stopping.cancel();
-        self.stop_calls(Duration::from_secs(5)).await;
         watcher.abort();
+        self.journal.flush();
         Ok(())
     }
 }

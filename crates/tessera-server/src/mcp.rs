@@ -123,6 +123,7 @@ pub fn tools(server: &Server) -> Vec<ToolEntry> {
         let Some(active) = server.active(&name) else {
             continue;
         };
+        let hints = annotations(active.loaded.grants());
         for f in active.loaded.functions() {
             if f.not_callable.is_some() {
                 continue;
@@ -142,7 +143,7 @@ pub fn tools(server: &Server) -> Vec<ToolEntry> {
                     .with_raw_output_schema(object(output))
                     .with_title(format!("{name}: {}", f.short_name()));
             tool.description = Some(description.into());
-            tool.annotations = Some(annotations(active.loaded.grants()));
+            tool.annotations = Some(hints.clone());
             out.push(ToolEntry {
                 tool,
                 component: name.clone(),
@@ -399,10 +400,10 @@ pub type McpHttpService = StreamableHttpService<McpService, LocalSessionManager>
 /// The streamable HTTP MCP endpoint for a server listening on `local`.
 /// Cancelling `sessions` closes every session.
 ///
-/// `Host` headers are checked against loopback names when the server is
-/// bound to loopback (against DNS rebinding); on any other address tokens
-/// are required, and the hosts in the configuration's `allowed_hosts` (if
-/// any) are enforced.
+/// `Host` headers are checked: on loopback against the loopback names plus
+/// the configuration's `allowed_hosts` (against DNS rebinding); on any
+/// other address, where tokens are required, against `allowed_hosts` when
+/// it is not empty.
 pub fn http_service(
     server: Arc<Server>,
     local: SocketAddr,
@@ -411,13 +412,17 @@ pub fn http_service(
     let mut config = StreamableHttpServerConfig::default()
         .with_cancellation_token(sessions)
         .with_max_request_body_bytes(server.config.max_body_bytes);
-    if !local.ip().is_loopback() {
-        config = if server.config.allowed_hosts.is_empty() {
-            config.disable_allowed_hosts()
-        } else {
-            config.with_allowed_hosts(server.config.allowed_hosts.clone())
-        };
-    }
+    let extra = &server.config.allowed_hosts;
+    config = if local.ip().is_loopback() {
+        // The loopback names, and any the operator added.
+        let mut hosts = config.allowed_hosts.clone();
+        hosts.extend(extra.iter().cloned());
+        config.with_allowed_hosts(hosts)
+    } else if extra.is_empty() {
+        config.disable_allowed_hosts()
+    } else {
+        config.with_allowed_hosts(extra.clone())
+    };
     let handler = McpService::new(server);
     StreamableHttpService::new(
         move || Ok(handler.clone()),

@@ -70,6 +70,12 @@ async fn start(data: &Path, tweak: impl FnOnce(&mut ServerConfig)) -> Running {
 }
 
 impl Running {
+    /// Registers `components/<wasm>.wasm` under `name` (by path).
+    async fn add(&self, name: &str, wasm: &str) -> (u16, Value) {
+        let body = json!({ "name": name, "path": component(wasm).display().to_string() });
+        self.call("POST", "/v1/components", body).await
+    }
+
     async fn call(&self, method: &'static str, path: &str, body: Value) -> (u16, Value) {
         let (addr, path, body) = (self.addr, path.to_string(), body.to_string());
         tokio::task::spawn_blocking(move || request(addr, method, &path, None, &body))
@@ -98,19 +104,11 @@ impl Running {
     }
 }
 
-fn add(addr: SocketAddr, name: &str, wasm: &str) -> (u16, Value) {
-    let body = json!({ "name": name, "path": component(wasm).display().to_string() }).to_string();
-    request(addr, "POST", "/v1/components", None, &body)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_persists_and_calls_are_journaled() {
     let data = tempfile::tempdir().unwrap();
     let s = start(data.path(), |_| {}).await;
-    let addr = s.addr;
-    let (status, v) = tokio::task::spawn_blocking(move || add(addr, "hello", "hello"))
-        .await
-        .unwrap();
+    let (status, v) = s.add("hello", "hello").await;
     assert_eq!(status, 201, "{v}");
     let (status, v) = s
         .call(
@@ -166,9 +164,7 @@ async fn hot_swap_under_load_fails_no_call() {
     // Two "versions" of one name: hello (greet says Hello) then a second
     // build with different bytes would be ideal; the net-escape component
     // has `wall-clock` too, so version 2 is told apart by what it exports.
-    let v1 = tokio::task::spawn_blocking(move || add(addr, "tool", "hello"))
-        .await
-        .unwrap();
+    let v1 = s.add("tool", "hello").await;
     assert_eq!(v1.0, 201);
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicUsize::new(0));
@@ -488,13 +484,7 @@ async fn spinning_component_does_not_delay_hello_and_shutdown_cancels_it() {
     let s = start(data.path(), |c| c.grace = Duration::from_millis(300)).await;
     let addr = s.addr;
     assert_eq!(add_spin(addr, data.path()).await.0, 201);
-    assert_eq!(
-        tokio::task::spawn_blocking(move || add(addr, "hello", "hello"))
-            .await
-            .unwrap()
-            .0,
-        201
-    );
+    assert_eq!(s.add("hello", "hello").await.0, 201);
     // `spin` never returns; its deadline is a minute away.
     let spinning = tokio::task::spawn_blocking(move || {
         request(addr, "POST", "/v1/components/spin/call/spin", None, "{}")
@@ -551,7 +541,11 @@ async fn mcp_endpoint_requires_a_call_scope() {
     let (reader, _) = tokens
         .create(vec![tessera_server::auth::Scope::Read], "reader")
         .unwrap();
-    let s = start(data.path(), |c| c.require_tokens = true).await;
+    let s = start(data.path(), |c| {
+        c.require_tokens = true;
+        c.allowed_hosts = vec!["tessera.test".into()];
+    })
+    .await;
     let addr = s.addr;
     let init = json!({
         "jsonrpc": "2.0", "id": 1, "method": "initialize",
@@ -564,10 +558,10 @@ async fn mcp_endpoint_requires_a_call_scope() {
     .to_string();
     let host = format!("127.0.0.1:{}", addr.port());
     let results = tokio::task::spawn_blocking(move || {
-        let post = |token: Option<&str>| {
+        let post_to = |host: &str, token: Option<&str>| {
             let auth = token.map(|t| format!("Bearer {t}"));
             let mut headers = vec![
-                ("Host", host.as_str()),
+                ("Host", host),
                 ("Content-Type", "application/json"),
                 ("Accept", "application/json, text/event-stream"),
             ];
@@ -576,7 +570,15 @@ async fn mcp_endpoint_requires_a_call_scope() {
             }
             raw_request(addr, "POST", "/mcp", &headers, &init)
         };
-        (post(None), post(Some(&reader)), post(Some(&caller)))
+        let post = |token: Option<&str>| post_to(&host, token);
+        (
+            post(None),
+            post(Some(&reader)),
+            post(Some(&caller)),
+            // Host check (DNS rebinding): an added name passes, others not.
+            post_to("tessera.test", Some(&caller)),
+            post_to("rebound.example", Some(&caller)),
+        )
     })
     .await
     .unwrap();
@@ -593,6 +595,8 @@ async fn mcp_endpoint_requires_a_call_scope() {
     assert_eq!(results.1.0, 403, "{}", results.1.2);
     assert_eq!(results.2.0, 200, "{}", results.2.2);
     assert!(results.2.2.contains("\"serverInfo\""), "{}", results.2.2);
+    assert_eq!(results.3.0, 200, "{}", results.3.2);
+    assert_eq!(results.4.0, 403, "{}", results.4.2);
     assert!(
         results.2.2.contains("\"listChanged\":true"),
         "{}",
@@ -605,7 +609,6 @@ async fn mcp_endpoint_requires_a_call_scope() {
 async fn tool_list_follows_load_swap_and_removal() {
     let data = tempfile::tempdir().unwrap();
     let s = start(data.path(), |_| {}).await;
-    let addr = s.addr;
     let mut changes = s.server.tools_changed();
     let names = |server: &Server| -> Vec<String> {
         tessera_server::mcp::tools(server)
@@ -613,15 +616,16 @@ async fn tool_list_follows_load_swap_and_removal() {
             .map(|t| t.tool.name.to_string())
             .collect()
     };
+    let annotations = |server: &Server, name: &str| {
+        tessera_server::mcp::tools(server)
+            .into_iter()
+            .find(|t| t.tool.name == name)
+            .and_then(|t| t.tool.annotations)
+            .unwrap()
+    };
     assert!(names(&s.server).is_empty());
     // Load.
-    assert_eq!(
-        tokio::task::spawn_blocking(move || add(addr, "tool", "hello"))
-            .await
-            .unwrap()
-            .0,
-        201
-    );
+    assert_eq!(s.add("tool", "hello").await.0, 201);
     assert!(
         changes.has_changed().unwrap(),
         "no change signalled on load"
@@ -634,29 +638,17 @@ async fn tool_list_follows_load_swap_and_removal() {
         "{loaded:?}"
     );
     // No network, no writable mount: read-only, not destructive, closed world.
-    let greet = tessera_server::mcp::tools(&s.server)
-        .into_iter()
-        .find(|t| t.tool.name == "tool__greet")
-        .unwrap();
-    let a = greet.tool.annotations.unwrap();
+    let a = annotations(&s.server, "tool__greet");
     assert_eq!(
         (a.read_only_hint, a.destructive_hint, a.open_world_hint),
         (Some(true), Some(false), Some(false))
     );
     // An HTTP grant makes a tool open-world and not read-only.
     let body = json!({ "name": "fetch", "path": component("http-fetch").display().to_string(),
-        "manifest_path": write_manifest(data.path(), "[http]\nallowed_outbound_hosts = [\"https://example.com\"]\n") })
-    .to_string();
-    let (status, v) =
-        tokio::task::spawn_blocking(move || request(addr, "POST", "/v1/components", None, &body))
-            .await
-            .unwrap();
+        "manifest_path": write_manifest(data.path(), "[http]\nallowed_outbound_hosts = [\"https://example.com\"]\n") });
+    let (status, v) = s.call("POST", "/v1/components", body).await;
     assert_eq!(status, 201, "{v}");
-    let fetch = tessera_server::mcp::tools(&s.server)
-        .into_iter()
-        .find(|t| t.tool.name == "fetch__fetch")
-        .unwrap();
-    let a = fetch.tool.annotations.unwrap();
+    let a = annotations(&s.server, "fetch__fetch");
     assert_eq!(
         (a.read_only_hint, a.open_world_hint),
         (Some(false), Some(true))
@@ -665,13 +657,7 @@ async fn tool_list_follows_load_swap_and_removal() {
     assert_eq!(status, 204);
     changes.mark_unchanged();
     // Swap to another component under the same name.
-    assert_eq!(
-        tokio::task::spawn_blocking(move || add(addr, "tool", "spin"))
-            .await
-            .unwrap()
-            .0,
-        201
-    );
+    assert_eq!(s.add("tool", "spin").await.0, 201);
     assert!(
         changes.has_changed().unwrap(),
         "no change signalled on swap"

@@ -31,8 +31,9 @@ pub struct Args {
     /// spawns Tessera). Nothing but MCP messages is written to stdout.
     #[arg(long, conflicts_with_all = ["listen", "require_tokens", "allowed_host"])]
     pub stdio: bool,
-    /// A `Host` the MCP endpoint accepts on a non-loopback address
-    /// (repeatable; default: any, since tokens are required there).
+    /// A `Host` the MCP endpoint accepts (repeatable). On loopback it is
+    /// added to the loopback names; on another address only the given hosts
+    /// are accepted (default: any, since tokens are required there).
     #[arg(long)]
     pub allowed_host: Vec<String>,
 }

@@ -25,6 +25,26 @@ pub fn tessera(data: &Path) -> Command {
     c
 }
 
+/// `tessera components add components/<wasm>.wasm --name <name>`, with a
+/// manifest written into the data directory if given.
+pub fn register(data: &Path, name: &str, wasm: &str, manifest: Option<&str>) {
+    let mut c = tessera(data);
+    c.args(["components", "add"])
+        .arg(component(wasm))
+        .args(["--name", name]);
+    if let Some(text) = manifest {
+        let path = data.join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        c.arg("--manifest").arg(path);
+    }
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "components add {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A `tessera serve` on an ephemeral loopback port.
 pub struct Serving {
     child: Child,
