@@ -20,7 +20,7 @@ pub const DIVERGED: i32 = 6;
 pub fn for_error(e: &tessera_runtime::Error) -> i32 {
     use tessera_runtime::Error as E;
     match e {
-        E::Engine(_) => INTERNAL,
+        E::Engine { .. } | E::Task(_) => INTERNAL,
         E::Busy { .. } => TRAP,
         E::Read { .. }
         | E::NotWasm { .. }
@@ -29,6 +29,7 @@ pub fn for_error(e: &tessera_runtime::Error) -> i32 {
         | E::Link { .. }
         | E::Manifest(_)
         | E::Grant(_)
+        | E::Bind { .. }
         | E::NoSuchFunction { .. }
         | E::Ambiguous { .. }
         | E::NotCallable { .. }

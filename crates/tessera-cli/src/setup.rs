@@ -26,7 +26,20 @@ pub struct GlobalArgs {
     /// `<data>/audit.jsonl`.
     #[arg(long, global = true, value_name = "FILE")]
     pub audit: Option<PathBuf>,
+    /// A `wasi:config` secret the host provides, NAME=VALUE (repeatable).
+    /// Components name secrets in their manifest (`[config] secrets`);
+    /// values never enter a manifest, a journal or an audit line. Also read
+    /// from `TESSERA_SECRET_<NAME>` variables and `--secrets-file`.
+    #[arg(long = "secret", global = true, value_name = "NAME=VALUE")]
+    pub secrets: Vec<String>,
+    /// A TOML file of secrets (`NAME = "value"` lines), the host's side of
+    /// `[config] secrets`.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub secrets_file: Option<PathBuf>,
 }
+
+/// The prefix of environment variables that provide secrets.
+pub const SECRET_ENV_PREFIX: &str = "TESSERA_SECRET_";
 
 impl GlobalArgs {
     /// Builds the runtime, optionally with guest-debug instrumentation.
@@ -37,13 +50,74 @@ impl GlobalArgs {
             .unwrap_or_else(|| self.data.join("audit.jsonl"));
         let audit = JsonLinesAudit::open(&audit_path)
             .map_err(|e| format!("cannot open audit log {}: {e}", audit_path.display()))?;
-        Runtime::new(RuntimeConfig {
+        let rt = Runtime::new(RuntimeConfig {
             cache_dir: (!self.no_cache).then(|| self.data.join("cache")),
             audit: Arc::new(audit),
             guest_debug,
+            host: self.host_config()?,
             ..RuntimeConfig::default()
         })
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+        if !rt.pooling() {
+            eprintln!("warning: pooling allocator unavailable; using on-demand allocation");
+        }
+        Ok(rt)
+    }
+
+    /// The host's side of the capabilities: secrets (from the environment,
+    /// the secrets file, then `--secret`, later ones winning) and the data
+    /// directory's redaction key.
+    pub fn host_config(&self) -> Result<tessera_runtime::HostConfig, String> {
+        Ok(tessera_runtime::HostConfig {
+            secrets: self.secrets()?,
+            redaction_key: self.redaction_key()?,
+        })
+    }
+
+    /// The secrets the host provides.
+    pub fn secrets(&self) -> Result<std::collections::BTreeMap<String, String>, String> {
+        let mut out = std::collections::BTreeMap::new();
+        for (k, v) in std::env::vars() {
+            if let Some(name) = k.strip_prefix(SECRET_ENV_PREFIX)
+                && !name.is_empty()
+            {
+                out.insert(name.to_ascii_lowercase(), v);
+            }
+        }
+        if let Some(path) = &self.secrets_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read secrets file {}: {e}", path.display()))?;
+            let table: std::collections::BTreeMap<String, String> =
+                toml::from_str(&text).map_err(|e| {
+                    format!(
+                        "{}: {}",
+                        path.display(),
+                        e.message().trim_end().replace('\n', " ")
+                    )
+                })?;
+            out.extend(table);
+        }
+        for s in &self.secrets {
+            let (name, value) = s
+                .split_once('=')
+                .filter(|(n, _)| !n.is_empty())
+                .ok_or_else(|| {
+                    format!(
+                        "--secret `{}`: expected NAME=VALUE",
+                        s.split('=').next().unwrap_or("")
+                    )
+                })?;
+            out.insert(name.to_string(), value.to_string());
+        }
+        Ok(out)
+    }
+
+    /// The data directory's redaction key (`<data>/journal.key`, created on
+    /// first use).
+    pub fn redaction_key(&self) -> Result<tessera_runtime::gateway::RedactionKey, String> {
+        let path = self.data.join("journal.key");
+        tessera_runtime::gateway::RedactionKey::load_or_create(&path)
+            .map_err(|e| format!("cannot read or create {}: {e}", path.display()))
     }
 }
 
@@ -103,7 +177,7 @@ pub async fn load(
     let rt = runtime.clone();
     let result = tokio::task::spawn_blocking(move || rt.load(&prepared, grants))
         .await
-        .map_err(|e| Error::Engine(format!("compile task failed: {e}")))?;
+        .map_err(|e| Error::Task(format!("compile task failed: {e}")))?;
     if let Some(s) = spinner {
         s.finish_and_clear();
     }

@@ -312,11 +312,11 @@ fn record_show_and_replay_from_the_cli() {
     let o = cli.run(&["runs", "show", &run_id]);
     let show = stdout(&o);
     assert!(
-        show.contains("stdout          \"stdout: journal me\""),
+        show.contains("stdio.stdout     \"stdout: journal me\""),
         "{show}"
     );
     assert!(
-        show.contains("log             Info [hello] journal me"),
+        show.contains("logging.log      Info [hello] journal me"),
         "{show}"
     );
     let o = cli.run(&["replay", &run_id]);
@@ -385,6 +385,6 @@ fn a_killed_run_leaves_an_incomplete_readable_journal() {
     );
     let o = cli.run(&["runs", "show", run["run_id"].as_str().unwrap()]);
     let show = stdout(&o);
-    assert!(show.contains("stdout          \"tick "), "{show}");
+    assert!(show.contains("stdio.stdout     \"tick "), "{show}");
     assert!(show.contains("INCOMPLETE"), "{show}");
 }

@@ -1,4 +1,4 @@
-//! The journal format (version 1), documented in `docs/journal.md`.
+//! The journal format (version 2), documented in `docs/journal.md`.
 //!
 //! A run's journal is a header, a sequence of steps (one per host
 //! interaction, numbered from 0) and, once the run is over, an end record.
@@ -16,8 +16,10 @@ use tessera_runtime::Grants;
 
 /// The `format` field of every header.
 pub const FORMAT: &str = "tessera-journal";
-/// The only version this build reads and writes.
-pub const VERSION: u32 = 1;
+/// The only version this build reads and writes. Version 2 stores each
+/// step as a capability's typed request and response (version 1 had one
+/// fixed enum of interactions) and grants per capability.
+pub const VERSION: u32 = 2;
 /// Hex strings longer than this (in characters) become blobs.
 pub const INLINE_LIMIT: usize = 128;
 

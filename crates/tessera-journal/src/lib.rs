@@ -20,10 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::Value;
-use tessera_runtime::gateway::{
-    CallScope, Divergence, Interaction, InteractionObserver, ReplaySource,
-};
-use tessera_runtime::{CallFailure, CallOptions, CallOutcome, Grants, LoadedComponent, Runtime};
+use tessera_runtime::gateway::{CallScope, Divergence, InteractionObserver, ReplaySource, Step};
+use tessera_runtime::{CallFailure, CallOptions, CallOutcome, LoadedComponent, Runtime};
 
 pub use format::{Caller, ComponentRef, End, EngineSettings, Header, RunResult};
 pub use store::{JournalStore, RunSummary};
@@ -33,7 +31,21 @@ pub use store::{JournalStore, RunSummary};
 pub enum Error {
     /// The store could not be read or written.
     #[error("journal store: {0}")]
-    Store(String),
+    Store(#[from] redb::Error),
+    /// A record could not be encoded.
+    #[error("cannot encode {what}: {source}")]
+    Encode {
+        /// What was being encoded.
+        what: &'static str,
+        /// The serializer's error.
+        source: serde_json::Error,
+    },
+    /// A background task failed.
+    #[error("{0}")]
+    Task(String),
+    /// Time travel needs a runtime created with `guest_debug`.
+    #[error("no guest state available: the runtime was not created with guest_debug")]
+    NoGuestState,
     /// A file could not be read or written.
     #[error("{path}: {source}", path = .0.display(), source = .1)]
     Io(PathBuf, std::io::Error),
@@ -100,10 +112,10 @@ struct Recorder {
 }
 
 impl InteractionObserver for Recorder {
-    fn observe(&self, scope: &CallScope, index: u64, interaction: &Interaction) {
-        self.buffer.push(index, interaction);
+    fn observe(&self, scope: &CallScope, index: u64, step: &Step) {
+        self.buffer.push(index, step);
         if let Some(o) = &self.also {
-            o.observe(scope, index, interaction);
+            o.observe(scope, index, step);
         }
     }
 }
@@ -235,24 +247,21 @@ pub async fn record_call_with(
 /// Answers a replayed call from a run's steps.
 #[derive(Debug)]
 pub struct ReplayCursor {
-    steps: Vec<Option<Interaction>>,
+    steps: std::collections::BTreeMap<u64, Step>,
 }
 
 impl ReplayCursor {
-    /// A cursor over steps (index, interaction); gaps answer `None`.
-    pub fn new(steps: Vec<(u64, Interaction)>) -> Self {
-        let len = steps.iter().map(|(i, _)| i + 1).max().unwrap_or(0) as usize;
-        let mut v = vec![None; len];
-        for (i, s) in steps {
-            v[i as usize] = Some(s);
+    /// A cursor over steps (index, step); gaps answer `None`.
+    pub fn new(steps: Vec<(u64, Step)>) -> Self {
+        Self {
+            steps: steps.into_iter().collect(),
         }
-        Self { steps: v }
     }
 }
 
 impl ReplaySource for ReplayCursor {
-    fn recorded(&self, index: u64) -> Option<Interaction> {
-        self.steps.get(index as usize).cloned().flatten()
+    fn recorded(&self, index: u64) -> Option<Step> {
+        self.steps.get(&index).cloned()
     }
 }
 
@@ -315,7 +324,7 @@ struct Prepared {
     run_id: String,
     header: Header,
     end: Option<End>,
-    steps: Vec<(u64, Interaction)>,
+    steps: Vec<(u64, Step)>,
     loaded: LoadedComponent,
     _scratch: tempfile::TempDir,
 }
@@ -355,21 +364,22 @@ async fn prepare(
             actual: prepared.digest,
         });
     }
-    // Replay touches no host resource: each mount is replaced by a scratch
-    // directory rebuilt from the file contents and listings the journal
-    // captured, so the guest reads what it read when recorded.
+    // Replay touches no host resource: each capability adapts its grant
+    // (files rebuild each mount in a scratch directory from the contents
+    // and listings the journal captured, so the guest reads what it read
+    // when recorded).
     let scratch = tempfile::Builder::new()
         .prefix("tessera-replay-")
         .tempdir()
         .map_err(|e| Error::Io(std::env::temp_dir(), e))?;
-    let grants = Grants {
-        mounts: materialize(scratch.path(), &header.grants.mounts, &steps)?,
-        ..header.grants.clone()
-    };
+    let grants = header
+        .grants
+        .for_replay(&steps, scratch.path())
+        .map_err(|m| Error::Corrupt(format!("run {run_id}: rebuilding the mounts: {m}")))?;
     let rt = runtime.clone();
     let loaded = tokio::task::spawn_blocking(move || rt.load(&prepared, grants))
         .await
-        .map_err(|e| Error::Store(format!("load task failed: {e}")))??;
+        .map_err(|e| Error::Task(format!("load task failed: {e}")))??;
     Ok(Prepared {
         run_id,
         header,
@@ -440,7 +450,7 @@ struct StopAt {
 }
 
 impl ReplaySource for StopAt {
-    fn recorded(&self, index: u64) -> Option<Interaction> {
+    fn recorded(&self, index: u64) -> Option<Step> {
         if index >= self.stop {
             None
         } else {
@@ -460,7 +470,7 @@ pub struct StepState {
     /// and the state is the final one).
     pub reached: bool,
     /// The interaction the guest was about to make at `at`, if it reached it.
-    pub next: Option<Interaction>,
+    pub next: Option<Step>,
     /// Memories and globals.
     pub snapshot: tessera_runtime::Snapshot,
 }
@@ -494,9 +504,7 @@ pub async fn state_at(
     let stopped = outcome.divergence.as_ref().filter(|d| d.index == at);
     let snapshot = outcome.snapshot.clone().unwrap_or_default();
     if snapshot.memories.is_empty() {
-        return Err(Error::Store(
-            "no guest state available: the runtime was not created with guest_debug".into(),
-        ));
+        return Err(Error::NoGuestState);
     }
     Ok(StepState {
         run_id: p.run_id,
@@ -507,170 +515,11 @@ pub async fn state_at(
     })
 }
 
-/// Rebuilds each mount's recorded files under `root`; returns the mounts to
-/// use instead.
-fn materialize(
-    root: &Path,
-    mounts: &[tessera_runtime::manifest::Mount],
-    steps: &[(u64, Interaction)],
-) -> Result<Vec<tessera_runtime::manifest::Mount>, Error> {
-    let io = |p: &Path, e: std::io::Error| Error::Io(p.to_path_buf(), e);
-    let mut out = Vec::new();
-    let mut roots = Vec::new();
-    for (i, m) in mounts.iter().enumerate() {
-        let dir = root.join(i.to_string());
-        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
-        roots.push((m.guest.trim_end_matches('/').to_string(), dir.clone()));
-        out.push(tessera_runtime::manifest::Mount {
-            host: dir.canonicalize().map_err(|e| io(&dir, e))?,
-            guest: m.guest.clone(),
-            mode: m.mode,
-        });
-    }
-    // The host path for a guest path, if it stays inside a mount.
-    let locate = |guest: &str| -> Option<PathBuf> {
-        let (prefix, dir) = roots
-            .iter()
-            .filter(|(g, _)| guest == g || guest.starts_with(&format!("{g}/")) || g.is_empty())
-            .max_by_key(|(g, _)| g.len())?;
-        let mut rel = PathBuf::new();
-        for part in guest[prefix.len()..].split('/') {
-            match part {
-                "" | "." => {}
-                ".." => {
-                    if !rel.pop() {
-                        return None;
-                    }
-                }
-                p => rel.push(p),
-            }
-        }
-        Some(dir.join(rel))
-    };
-    // Listings first (placeholders), then contents.
-    for (_, step) in steps {
-        if let Interaction::File {
-            path,
-            entries: Some(entries),
-            ..
-        } = step
-            && let Some(dir) = locate(path)
-        {
-            std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
-            for e in entries {
-                let p = dir.join(e.trim_end_matches('/'));
-                if e.ends_with('/') {
-                    std::fs::create_dir_all(&p).map_err(|e| io(&p, e))?;
-                } else if !p.exists() {
-                    std::fs::write(&p, b"").map_err(|e| io(&p, e))?;
-                }
-            }
-        }
-    }
-    for (_, step) in steps {
-        if let Interaction::File {
-            path,
-            content: Some(content),
-            ..
-        } = step
-            && let Some(file) = locate(path)
-        {
-            if let Some(parent) = file.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
-            }
-            std::fs::write(&file, &content.0).map_err(|e| io(&file, e))?;
-        }
-    }
-    Ok(out)
-}
-
-/// One human-readable line for a step (`tessera runs show`).
-pub fn describe_step(index: u64, step: &Interaction) -> String {
-    fn text(b: &[u8]) -> String {
-        let s = String::from_utf8_lossy(b);
-        let s = s.trim_end_matches('\n');
-        if s.chars().count() > 100 {
-            format!(
-                "{:?}… ({} bytes)",
-                s.chars().take(100).collect::<String>(),
-                b.len()
-            )
-        } else {
-            format!("{s:?}")
-        }
-    }
-    let what = match step {
-        Interaction::WallClock {
-            seconds,
-            nanoseconds,
-        } => {
-            let t = time::OffsetDateTime::from_unix_timestamp(*seconds as i64)
-                .ok()
-                .and_then(|t| t.replace_nanosecond(*nanoseconds).ok())
-                .and_then(|t| {
-                    t.format(&time::format_description::well_known::Rfc3339)
-                        .ok()
-                })
-                .unwrap_or_else(|| format!("{seconds}.{nanoseconds:09}"));
-            format!("wall-clock      {t}")
-        }
-        Interaction::MonotonicClock { nanos } => {
-            format!("monotonic-clock {:.6} s", *nanos as f64 / 1e9)
-        }
-        Interaction::Random { source, bytes } => format!(
-            "random          {} bytes ({source:?}): {}",
-            bytes.0.len(),
-            hex::encode(&bytes.0[..bytes.0.len().min(16)])
-        ),
-        Interaction::InsecureSeed { seed } => format!("insecure-seed   {seed:?}"),
-        Interaction::Stdout { bytes } => format!("stdout          {}", text(&bytes.0)),
-        Interaction::Stderr { bytes } => format!("stderr          {}", text(&bytes.0)),
-        Interaction::Log {
-            level,
-            context,
-            message,
-        } => format!("log             {level:?} [{context}] {message}"),
-        Interaction::Environment { vars } => format!(
-            "environment     {}",
-            vars.iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        ),
-        Interaction::Arguments { args } => format!("arguments       {args:?}"),
-        Interaction::Http {
-            method,
-            uri,
-            allowed,
-            response,
-            error,
-        } => {
-            let outcome = match (allowed, response, error) {
-                (false, _, _) => "DENIED".to_string(),
-                (_, Some(r), _) => format!("{} ({} bytes)", r.status, r.body.0.len()),
-                (_, None, Some(e)) => format!("error {e}"),
-                _ => "no response".to_string(),
-            };
-            format!("http            {method} {uri} -> {outcome}")
-        }
-        Interaction::File {
-            op,
-            path,
-            allowed,
-            content,
-            entries,
-        } => format!(
-            "file            {op} {path}{}{}{}",
-            if *allowed { "" } else { " -> DENIED" },
-            content
-                .as_ref()
-                .map(|c| format!(" ({} bytes captured)", c.0.len()))
-                .unwrap_or_default(),
-            entries
-                .as_ref()
-                .map(|e| format!(" ({} entries captured)", e.len()))
-                .unwrap_or_default()
-        ),
-    };
-    format!("{index:>6}  {what}")
+/// One human-readable line for a step (`tessera runs show`), rendered by
+/// the capability that made it.
+pub fn describe_step(index: u64, step: &Step) -> String {
+    format!(
+        "{index:>6}  {}",
+        tessera_runtime::capability::describe(step)
+    )
 }

@@ -8,7 +8,7 @@
 //! stays readable and the run, lacking its end record, is listed as
 //! incomplete.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tessera_runtime::gateway::Interaction;
+use tessera_runtime::gateway::Step;
 
 use crate::Error;
 use crate::format::{End, FORMAT, Header, VERSION, externalize, internalize};
@@ -29,7 +29,7 @@ const BLOBS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("blobs
 
 enum Msg {
     Begin(Box<Header>, Option<(String, Vec<u8>)>),
-    Steps(Arc<str>, Vec<(u64, Interaction)>),
+    Steps(Arc<str>, Vec<(u64, Step)>),
     End(Arc<str>, Box<End>),
     Flush(mpsc::Sender<()>),
 }
@@ -37,16 +37,16 @@ enum Msg {
 /// The steps of one run not yet taken by the writer.
 pub(crate) struct RunBuffer {
     run_id: Arc<str>,
-    steps: Mutex<Vec<(u64, Interaction)>>,
+    steps: Mutex<Vec<(u64, Step)>>,
 }
 
 impl RunBuffer {
     /// Adds a step (the guest's thread: an uncontended lock and a push).
-    pub(crate) fn push(&self, index: u64, interaction: &Interaction) {
+    pub(crate) fn push(&self, index: u64, step: &Step) {
         self.steps
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((index, interaction.clone()));
+            .push((index, step.clone()));
     }
 }
 
@@ -81,17 +81,27 @@ impl std::fmt::Debug for JournalStore {
     }
 }
 
-fn db_err(e: impl std::fmt::Display) -> Error {
-    Error::Store(e.to_string())
+fn db_err(e: impl Into<redb::Error>) -> Error {
+    Error::Store(e.into())
 }
+
+fn encode_err(what: &'static str) -> impl FnOnce(serde_json::Error) -> Error {
+    move |source| Error::Encode { what, source }
+}
+
+/// Longest line an export may have: a blob of the largest payload the
+/// gateway captures (64 MiB, hex-encoded) with room to spare.
+pub const MAX_IMPORT_LINE: u64 = 160 << 20;
+
+/// Highest step index a journal may hold.
+pub const MAX_STEP_INDEX: u64 = u32::MAX as u64;
 
 impl JournalStore {
     /// Opens (creating if needed) `<dir>/journal.redb`.
     pub fn open(dir: &Path) -> Result<Self, Error> {
         std::fs::create_dir_all(dir).map_err(|e| Error::Io(dir.to_path_buf(), e))?;
         let path = dir.join("journal.redb");
-        let db = Database::create(&path)
-            .map_err(|e| Error::Store(format!("cannot open {}: {e}", path.display())))?;
+        let db = Database::create(&path).map_err(db_err)?;
         {
             let w = db.begin_write().map_err(db_err)?;
             w.open_table(RUNS).map_err(db_err)?;
@@ -110,7 +120,7 @@ impl JournalStore {
         let writer = std::thread::Builder::new()
             .name("tessera-journal".into())
             .spawn(move || write_loop(&writer_db, &writer_queue, &writer_buffers, woken))
-            .map_err(|e| Error::Store(format!("cannot start the journal writer: {e}")))?;
+            .map_err(|e| Error::Io(PathBuf::from("<journal writer thread>"), e))?;
         Ok(Self {
             db,
             path,
@@ -283,12 +293,12 @@ impl JournalStore {
     }
 
     /// A run's steps with payloads restored, in index order.
-    pub fn steps(&self, run_id: &str) -> Result<Vec<(u64, Interaction)>, Error> {
+    pub fn steps(&self, run_id: &str) -> Result<Vec<(u64, Step)>, Error> {
         let mut out = Vec::new();
         for (index, mut value) in self.raw_steps(run_id)? {
             internalize(&mut value, &mut |d| self.blob(d).ok().flatten())
                 .map_err(|m| Error::Corrupt(format!("run {run_id} step {index}: {m}")))?;
-            let step: Interaction = serde_json::from_value(value)
+            let step: Step = serde_json::from_value(value)
                 .map_err(|e| Error::Corrupt(format!("run {run_id} step {index}: {e}")))?;
             out.push((index, step));
         }
@@ -311,7 +321,7 @@ impl JournalStore {
         let header = self.header(run_id)?;
         let io = |e: std::io::Error| Error::Io(PathBuf::from("<export>"), e);
         let mut line = |v: Value| -> Result<(), Error> {
-            serde_json::to_writer(&mut *out, &v).map_err(db_err)?;
+            serde_json::to_writer(&mut *out, &v).map_err(encode_err("an export line"))?;
             out.write_all(b"\n").map_err(io)
         };
         line(serde_json::json!({ "header": header }))?;
@@ -337,49 +347,110 @@ impl JournalStore {
     }
 
     /// Imports a file written by [`JournalStore::export`]; returns the run id.
+    ///
+    /// Everything is validated before anything is stored: the header (format,
+    /// version, run id), every blob against its digest, every step (index
+    /// within bounds and unique, blobs it references present, shape a
+    /// [`Step`]), the end record. A line longer than [`MAX_IMPORT_LINE`] is
+    /// refused without being read whole.
     pub fn import(&self, input: &mut dyn BufRead, origin: &str) -> Result<String, Error> {
         let mut header: Option<Header> = None;
-        let mut blobs = Vec::new();
-        let mut steps = Vec::new();
-        let mut end = None;
-        for (n, line) in input.lines().enumerate() {
-            let at = |m: String| Error::Corrupt(format!("{origin}:{}: {m}", n + 1));
-            let line = line.map_err(|e| at(e.to_string()))?;
+        let mut blobs: std::collections::HashMap<String, Vec<u8>> = Default::default();
+        let mut steps: Vec<(usize, u64, Value)> = Vec::new();
+        let mut end: Option<End> = None;
+        let mut buf = Vec::new();
+        let mut n = 0usize;
+        loop {
+            n += 1;
+            let at = |m: String| Error::Corrupt(format!("{origin}:{n}: {m}"));
+            buf.clear();
+            let read = (&mut *input)
+                .take(MAX_IMPORT_LINE + 1)
+                .read_until(b'\n', &mut buf)
+                .map_err(|e| at(e.to_string()))?;
+            if read == 0 {
+                break;
+            }
+            if buf.len() as u64 > MAX_IMPORT_LINE {
+                return Err(at(format!("line longer than {MAX_IMPORT_LINE} bytes")));
+            }
+            let line = std::str::from_utf8(&buf).map_err(|e| at(format!("not UTF-8: {e}")))?;
             if line.trim().is_empty() {
                 continue;
             }
-            let v: Value = serde_json::from_str(&line).map_err(|e| at(e.to_string()))?;
+            let v: Value = serde_json::from_str(line).map_err(|e| at(e.to_string()))?;
             if let Some(h) = v.get("header") {
+                if header.is_some() {
+                    return Err(at("a second header line".into()));
+                }
                 check_version(h).map_err(|e| at(e.to_string()))?;
-                header = Some(serde_json::from_value(h.clone()).map_err(|e| at(e.to_string()))?);
+                let h: Header =
+                    serde_json::from_value(h.clone()).map_err(|e| at(format!("header: {e}")))?;
+                check_run_id(&h.run_id).map_err(|m| at(format!("header.run_id: {m}")))?;
+                header = Some(h);
             } else if let (Some(Value::String(d)), Some(Value::String(data))) =
                 (v.get("blob"), v.get("data"))
             {
-                let bytes = hex::decode(data).map_err(|e| at(e.to_string()))?;
+                let bytes = hex::decode(data).map_err(|e| at(format!("blob {d}: {e}")))?;
                 let actual = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
                 if &actual != d {
                     return Err(at(format!(
                         "blob {d} does not match its content ({actual})"
                     )));
                 }
-                blobs.push((d.clone(), bytes));
+                blobs.insert(d.clone(), bytes);
             } else if let (Some(i), Some(step)) = (v.get("step"), v.get("interaction")) {
                 let i = i
                     .as_u64()
-                    .ok_or_else(|| at("step index is not a number".into()))?;
-                steps.push((i, serde_json::to_vec(step).map_err(db_err)?));
+                    .ok_or_else(|| at(format!("step index {i} is not a non-negative integer")))?;
+                if i > MAX_STEP_INDEX {
+                    return Err(at(format!(
+                        "step index {i} is out of range (at most {MAX_STEP_INDEX})"
+                    )));
+                }
+                steps.push((n, i, step.clone()));
             } else if let Some(e) = v.get("end") {
-                let e: End = serde_json::from_value(e.clone()).map_err(|e| at(e.to_string()))?;
-                end = Some(serde_json::to_vec(&e).map_err(db_err)?);
+                if end.is_some() {
+                    return Err(at("a second end line".into()));
+                }
+                end = Some(serde_json::from_value(e.clone()).map_err(|e| at(format!("end: {e}")))?);
             } else {
-                return Err(at("unrecognized line".into()));
+                return Err(at(
+                    "unrecognized line (expected header, blob, step or end)".into()
+                ));
             }
         }
         let header = header.ok_or_else(|| Error::Corrupt(format!("{origin}: no header line")))?;
+        let run = &header.run_id;
+        let mut seen = std::collections::HashSet::new();
+        let mut encoded = Vec::with_capacity(steps.len());
+        for (line, i, raw) in steps {
+            let at =
+                |m: String| Error::Corrupt(format!("{origin}:{line}: run {run} step {i}: {m}"));
+            if !seen.insert(i) {
+                return Err(at("index appears twice".into()));
+            }
+            if let Some(e) = &end
+                && i >= e.steps
+            {
+                return Err(at(format!(
+                    "index past the {} steps the end record counts",
+                    e.steps
+                )));
+            }
+            let mut full = raw.clone();
+            internalize(&mut full, &mut |d| blobs.get(d).cloned()).map_err(at)?;
+            serde_json::from_value::<Step>(full).map_err(|e| at(e.to_string()))?;
+            encoded.push((i, serde_json::to_vec(&raw).map_err(encode_err("a step"))?));
+        }
+        let end = end
+            .map(|e| serde_json::to_vec(&e))
+            .transpose()
+            .map_err(encode_err("an end record"))?;
         let w = self.db.begin_write().map_err(db_err)?;
         {
             let mut runs = w.open_table(RUNS).map_err(db_err)?;
-            let hb = serde_json::to_vec(&header).map_err(db_err)?;
+            let hb = serde_json::to_vec(&header).map_err(encode_err("a header"))?;
             runs.insert(header.run_id.as_str(), hb.as_slice())
                 .map_err(db_err)?;
             let mut b = w.open_table(BLOBS).map_err(db_err)?;
@@ -387,7 +458,7 @@ impl JournalStore {
                 b.insert(d.as_str(), bytes.as_slice()).map_err(db_err)?;
             }
             let mut s = w.open_table(STEPS).map_err(db_err)?;
-            for (i, bytes) in &steps {
+            for (i, bytes) in &encoded {
                 s.insert((header.run_id.as_str(), *i), bytes.as_slice())
                     .map_err(db_err)?;
             }
@@ -400,6 +471,21 @@ impl JournalStore {
         w.commit().map_err(db_err)?;
         Ok(header.run_id)
     }
+}
+
+/// A run id is printed and used as a key: printable ASCII, no spaces, at
+/// most 128 characters.
+fn check_run_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 128 {
+        return Err(format!("`{id}` must be 1 to 128 characters"));
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    {
+        return Err(format!("`{id}` may hold only letters, digits and -_.:"));
+    }
+    Ok(())
 }
 
 impl Drop for JournalStore {
@@ -451,22 +537,16 @@ fn collect_blob_refs(v: &Value, out: &mut Vec<String>) {
 }
 
 /// A step's stored form: JSON, with long payloads moved to blobs.
-fn encode_step(interaction: &Interaction) -> (Vec<u8>, Vec<(String, Vec<u8>)>) {
-    let large = match interaction {
-        Interaction::Random { bytes, .. }
-        | Interaction::Stdout { bytes }
-        | Interaction::Stderr { bytes } => bytes.0.len() * 2 > crate::format::INLINE_LIMIT,
-        Interaction::Http { .. } | Interaction::File { .. } => true,
-        _ => false,
-    };
-    if !large {
-        return (
-            serde_json::to_vec(interaction).unwrap_or_default(),
-            Vec::new(),
-        );
+fn encode_step(step: &Step) -> (Vec<u8>, Vec<(String, Vec<u8>)>) {
+    let bytes = serde_json::to_vec(step).unwrap_or_default();
+    if bytes.len() <= crate::format::INLINE_LIMIT {
+        return (bytes, Vec::new());
     }
-    let mut value = serde_json::to_value(interaction).unwrap_or_default();
+    let mut value = serde_json::to_value(step).unwrap_or_default();
     let blobs = externalize(&mut value);
+    if blobs.is_empty() {
+        return (bytes, blobs);
+    }
     (serde_json::to_vec(&value).unwrap_or_default(), blobs)
 }
 
@@ -575,8 +655,8 @@ fn write_batch(
                     runs.insert(header.run_id.as_str(), bytes.as_slice())?;
                 }
                 Msg::Steps(run, list) => {
-                    for (i, interaction) in list {
-                        let (bytes, bs) = encode_step(&interaction);
+                    for (i, step) in list {
+                        let (bytes, bs) = encode_step(&step);
                         for (d, b) in bs {
                             if blobs.get(d.as_str())?.is_none() {
                                 blobs.insert(d.as_str(), b.as_slice())?;

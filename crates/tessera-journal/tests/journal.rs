@@ -158,8 +158,16 @@ async fn clocks_and_random_replay_identically() {
     assert!(r.divergence.is_none(), "{:?}", r.divergence);
     assert_eq!(r.outcome.result.unwrap(), recorded);
     let steps = e.store.steps(&id).unwrap();
-    let kinds: Vec<&str> = steps.iter().map(|(_, s)| s.kind()).collect();
-    assert_eq!(kinds, ["random", "random", "monotonic-clock", "wall-clock"]);
+    let kinds: Vec<String> = steps.iter().map(|(_, s)| s.kind()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "random.bytes",
+            "random.bytes",
+            "clocks.monotonic-clock",
+            "clocks.wall-clock"
+        ]
+    );
 }
 
 #[tokio::test]
@@ -271,10 +279,10 @@ async fn tampered_journals_diverge_at_the_right_step() {
     let hello = e.load("hello", "");
     let (id, _) = e.record(&hello, "chatter", json!({"msg": "abc"})).await;
     let steps = e.store.steps(&id).unwrap();
-    let kinds: Vec<&str> = steps.iter().map(|(_, s)| s.kind()).collect();
+    let kinds: Vec<String> = steps.iter().map(|(_, s)| s.kind()).collect();
     let stdout_at = kinds
         .iter()
-        .position(|k| *k == "stdout")
+        .position(|k| k == "stdio.stdout")
         .expect("a stdout step");
     let div_index = |r: tessera_journal::ReplayReport| match r.divergence {
         Some(ReplayDivergence::Interaction(d)) => d.index,
@@ -283,13 +291,13 @@ async fn tampered_journals_diverge_at_the_right_step() {
 
     // A changed byte in what the guest wrote.
     let changed = tamper(&e.store, &id, |steps| {
-        let hex = steps[stdout_at]["interaction"]["bytes"]
+        let hex = steps[stdout_at]["interaction"]["request"]
             .as_str()
             .unwrap()
             .to_string();
         let mut b = hex::decode(hex).unwrap();
         b[0] ^= 1;
-        steps[stdout_at]["interaction"]["bytes"] = json!(hex::encode(b));
+        steps[stdout_at]["interaction"]["request"] = json!(hex::encode(b));
     });
     let r = replay(&e.rt, &e.store, &changed, None).await.unwrap();
     assert_eq!(div_index(r), stdout_at as u64);
@@ -322,7 +330,7 @@ async fn tampered_journals_diverge_at_the_right_step() {
     stop.send(()).unwrap();
     handle.join().unwrap();
     let body_changed = tamper(&e.store, &hid, |steps| {
-        steps[0]["interaction"]["response"]["body"] = json!(hex::encode("0123456780"));
+        steps[0]["interaction"]["response"]["response"]["body"] = json!(hex::encode("0123456780"));
     });
     let r = replay(&e.rt, &e.store, &body_changed, None).await.unwrap();
     assert!(
@@ -357,7 +365,7 @@ async fn unknown_format_versions_are_refused() {
     e.store.export(&id, &mut buf).unwrap();
     let text = String::from_utf8(buf)
         .unwrap()
-        .replacen("\"version\":1", "\"version\":99", 1);
+        .replacen("\"version\":2", "\"version\":99", 1);
     match e.store.import(&mut text.as_bytes(), "future.jsonl") {
         Err(err) => assert!(err.to_string().contains("version 99"), "{err}"),
         Ok(_) => panic!("a version-99 journal was accepted"),
@@ -412,7 +420,10 @@ async fn inspect_run_shows_what_the_guest_wrote_at_that_step_and_not_before() {
         .await
         .unwrap();
     assert!(before.reached);
-    assert_eq!(before.next.as_ref().map(|n| n.kind()), Some("environment"));
+    assert_eq!(
+        before.next.as_ref().map(|n| n.kind()),
+        Some("env.environment".to_string())
+    );
     assert!(
         !contains(&before),
         "the value is in memory before the guest received it"

@@ -12,10 +12,12 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 use crate::audit::Decision;
 use crate::cache::CacheStatus;
 use crate::gateway::{
-    CallScope, CapturedOutput, Divergence, Gateway, HostState, Interaction, InteractionObserver,
-    LimitHit, ReplaySource,
+    CallScope, CapturedOutput, Divergence, Gateway, GatewayParts, InteractionObserver,
+    ReplaySource, Step,
 };
+use crate::host::HostState;
 use crate::json::{ArgError, from_val, to_val};
+use crate::limits::LimitHit;
 use crate::manifest::Grants;
 use crate::runtime::{Prepared, Runtime};
 use crate::schema::FunctionInfo;
@@ -79,9 +81,9 @@ impl std::fmt::Debug for CallOptions {
 struct TeeObserver(Arc<dyn InteractionObserver>, Arc<dyn InteractionObserver>);
 
 impl InteractionObserver for TeeObserver {
-    fn observe(&self, scope: &CallScope, index: u64, interaction: &Interaction) {
-        self.0.observe(scope, index, interaction);
-        self.1.observe(scope, index, interaction);
+    fn observe(&self, scope: &CallScope, index: u64, step: &Step) {
+        self.0.observe(scope, index, step);
+        self.1.observe(scope, index, step);
     }
 }
 
@@ -128,7 +130,7 @@ pub struct CallOutcome {
     pub output: CapturedOutput,
     /// Fuel consumed.
     pub fuel_consumed: u64,
-    /// Peak linear memory of the instance, in bytes.
+    /// Peak total linear memory of the instance (all its memories), in bytes.
     pub peak_memory_bytes: usize,
     /// Wall-clock duration of the call, instantiation included.
     pub duration: Duration,
@@ -358,16 +360,19 @@ impl LoadedComponent {
                 component: self.prepared.digest.clone(),
                 function: f.qualified_name(),
             },
-            self.grants.clone(),
-            Arc::new(TeeAudit {
-                runtime: self.runtime.inner.audit.clone(),
-                call: call_audit.clone(),
-            }),
-            match (self.runtime.inner.observer.clone(), options.observer) {
-                (Some(a), Some(b)) => Some(Arc::new(TeeObserver(a, b))),
-                (a, b) => a.or(b),
+            GatewayParts {
+                grants: self.grants.clone(),
+                host: self.runtime.inner.host.clone(),
+                audit: Arc::new(TeeAudit {
+                    runtime: self.runtime.inner.audit.clone(),
+                    call: call_audit.clone(),
+                }),
+                observer: match (self.runtime.inner.observer.clone(), options.observer) {
+                    (Some(a), Some(b)) => Some(Arc::new(TeeObserver(a, b))),
+                    (a, b) => a.or(b),
+                },
+                replay: options.replay,
             },
-            options.replay,
         );
         let Ok(_permit) = self.permits.clone().try_acquire_owned() else {
             gateway.audit(
@@ -387,7 +392,10 @@ impl LoadedComponent {
         store.limiter(|s| &mut s.limiter);
         store
             .set_fuel(limits.fuel)
-            .map_err(|e| Error::Engine(e.to_string()))?;
+            .map_err(|source| Error::Engine {
+                what: "setting the fuel budget",
+                source,
+            })?;
         let timeout = Duration::from_millis(limits.timeout_ms);
         let deadline = started + timeout;
         let deadline_gateway = gateway.clone();

@@ -21,8 +21,11 @@
 pub mod audit;
 pub mod cache;
 mod call;
+pub mod capability;
 pub mod gateway;
+mod host;
 pub mod json;
+pub mod limits;
 pub mod manifest;
 mod runtime;
 pub mod schema;
@@ -31,8 +34,10 @@ pub mod snapshot;
 pub use audit::{AuditEvent, AuditSink, Decision};
 pub use cache::{CacheStatus, ComponentCache};
 pub use call::{CallFailure, CallOptions, CallOutcome, LoadedComponent};
-pub use gateway::LimitHit;
+pub use capability::{Effects, HostConfig};
+pub use host::HostState;
 pub use json::ArgError;
+pub use limits::LimitHit;
 pub use manifest::{Grants, Limits, ManifestError};
 pub use runtime::{Prepared, Runtime, RuntimeConfig, digest_of};
 pub use schema::FunctionInfo;
@@ -98,9 +103,25 @@ pub enum Error {
     /// A grant could not be applied (e.g. a directory vanished).
     #[error("grant cannot be applied: {0}")]
     Grant(String),
-    /// The engine could not be created.
-    #[error("engine: {0}")]
-    Engine(String),
+    /// A grant does not fit the host (a secret the host does not provide).
+    #[error("{origin}: {source}")]
+    Bind {
+        /// Where the component came from.
+        origin: String,
+        /// The field and the problem.
+        source: capability::BindError,
+    },
+    /// The engine or a store could not be set up.
+    #[error("engine: {what}: {source}")]
+    Engine {
+        /// What was being set up.
+        what: &'static str,
+        /// wasmtime's error.
+        source: wasmtime::Error,
+    },
+    /// A background task (a compile on a blocking thread) failed.
+    #[error("task failed: {0}")]
+    Task(String),
     /// No exported function has that name.
     #[error("no function `{name}`; available: {available}")]
     NoSuchFunction {

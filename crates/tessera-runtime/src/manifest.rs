@@ -10,7 +10,6 @@
 //!
 //! The format is documented in `docs/manifest.md`.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -61,50 +60,6 @@ pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 4 * 1024 * 1024;
 /// address space per linear memory, so no manifest may ask for more.
 pub const MAX_MEMORY_MB: u64 = 4096;
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawManifest {
-    #[serde(default)]
-    files: Vec<RawMount>,
-    #[serde(default)]
-    http: Option<RawHttp>,
-    #[serde(default)]
-    env: Option<RawEnv>,
-    #[serde(default)]
-    args: Vec<String>,
-    #[serde(default)]
-    limits: Option<RawLimits>,
-    #[serde(default)]
-    deterministic: bool,
-    #[serde(default)]
-    seed: Option<u64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMount {
-    host: PathBuf,
-    guest: String,
-    #[serde(default)]
-    mode: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHttp {
-    #[serde(default)]
-    allowed_outbound_hosts: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEnv {
-    #[serde(default)]
-    set: BTreeMap<String, String>,
-    #[serde(default)]
-    inherit: Vec<String>,
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
@@ -113,34 +68,6 @@ struct RawLimits {
     memory_mb: Option<u64>,
     max_concurrent: Option<u32>,
     max_output_bytes: Option<u64>,
-}
-
-/// Whether a mounted directory may be written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum MountMode {
-    /// Reads only; every write, create, rename or delete is refused.
-    ReadOnly,
-    /// Reads and writes inside the directory.
-    ReadWrite,
-}
-
-/// A host directory made visible to the guest at a guest path.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Mount {
-    /// The canonical host directory.
-    pub host: PathBuf,
-    /// The absolute guest path it appears at.
-    pub guest: String,
-    /// Read-only or read-write.
-    pub mode: MountMode,
-}
-
-/// Environment variables the guest may see, resolved at load time.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct EnvGrant {
-    /// Name/value pairs, in name order.
-    pub vars: BTreeMap<String, String>,
 }
 
 /// The limits every call of a component runs under.
@@ -170,168 +97,10 @@ impl Default for Limits {
     }
 }
 
-/// An outbound HTTP allow-list entry: `scheme://host[:port]`.
-///
-/// `host` may start with `*.` to match any subdomain (not the bare domain),
-/// or be `*` alone to match any host name (IP literals and `localhost` must
-/// always be listed explicitly). `port` may be `*` for any port. A
-/// pattern without a port matches the scheme's default port only.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct HostPattern {
-    /// `http` or `https`.
-    pub scheme: String,
-    /// The host, lower-cased; may start with `*.` or be `*`.
-    pub host: String,
-    /// `None` means any port.
-    pub port: Option<u16>,
-    /// The pattern as written.
-    pub source: String,
-}
-
-impl HostPattern {
-    /// Parses a pattern, explaining what is wrong with a bad one.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let (scheme, rest) = text
-            .split_once("://")
-            .ok_or_else(|| format!("`{text}` must look like scheme://host[:port]"))?;
-        let scheme = scheme.to_ascii_lowercase();
-        let default_port = match scheme.as_str() {
-            "http" => 80,
-            "https" => 443,
-            other => return Err(format!("`{text}`: scheme `{other}` is not http or https")),
-        };
-        if rest.is_empty() {
-            return Err(format!("`{text}`: missing host"));
-        }
-        if rest.contains(['/', '?', '#', '@']) {
-            return Err(format!(
-                "`{text}`: only scheme://host[:port] is allowed (no path, query or user info)"
-            ));
-        }
-        let (host, port) = split_host_port(rest).map_err(|m| format!("`{text}`: {m}"))?;
-        let port = match port {
-            None => Some(default_port),
-            Some("*") => None,
-            Some(p) => Some(
-                p.parse::<u16>()
-                    .map_err(|_| format!("`{text}`: port `{p}` is not a number 0-65535 or `*`"))?,
-            ),
-        };
-        let host = host.to_ascii_lowercase();
-        if host.is_empty() {
-            return Err(format!("`{text}`: missing host"));
-        }
-        let bare = host.strip_prefix("*.").unwrap_or(&host);
-        if host != "*" && (bare.contains('*') || bare.is_empty()) {
-            return Err(format!(
-                "`{text}`: `*` is only allowed as the whole host or as a leading `*.` label"
-            ));
-        }
-        if host != "*"
-            && !bare.starts_with('[')
-            && !bare
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
-        {
-            return Err(format!("`{text}`: `{host}` is not a valid host name"));
-        }
-        Ok(Self {
-            scheme,
-            host,
-            port,
-            source: text.to_string(),
-        })
-    }
-
-    /// Whether the host part is a wildcard (`*` or `*.domain`).
-    pub fn is_wildcard(&self) -> bool {
-        self.host.starts_with('*')
-    }
-
-    /// Whether a request to `scheme://host:port` matches this pattern.
-    ///
-    /// `host` must already be lower-case and, for IPv6, bracketed.
-    pub fn matches(&self, scheme: &str, host: &str, port: u16) -> bool {
-        if !self.scheme.eq_ignore_ascii_case(scheme) {
-            return false;
-        }
-        if let Some(p) = self.port
-            && p != port
-        {
-            return false;
-        }
-        if self.host == "*" {
-            // IP literals and localhost are reachable only when listed.
-            return !is_ip_or_localhost(host);
-        }
-        match self.host.strip_prefix("*.") {
-            Some(domain) => host
-                .strip_suffix(domain)
-                .is_some_and(|prefix| prefix.ends_with('.') && prefix.len() > 1),
-            None => self.host == host,
-        }
-    }
-}
-
-/// Whether `host` is an IP literal or a localhost name, including the
-/// numeric spellings the system resolver accepts (`127.1`, `2130706433`,
-/// `0x7f000001`, `0177.0.0.1`): a host name's last label is never numeric.
-pub fn is_ip_or_localhost(host: &str) -> bool {
-    let host = host.trim_end_matches('.');
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    if bare.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
-        return true;
-    }
-    if host == "localhost" || host.ends_with(".localhost") {
-        return true;
-    }
-    let last = host.rsplit('.').next().unwrap_or(host);
-    let numeric = !last.is_empty() && last.chars().all(|c| c.is_ascii_digit());
-    let hex = last
-        .strip_prefix("0x")
-        .or_else(|| last.strip_prefix("0X"))
-        .is_some_and(|h| h.chars().all(|c| c.is_ascii_hexdigit()));
-    numeric || hex
-}
-
-fn split_host_port(rest: &str) -> Result<(&str, Option<&str>), String> {
-    if let Some(after) = rest.strip_prefix('[') {
-        let end = after
-            .find(']')
-            .ok_or_else(|| "unterminated IPv6 literal".to_string())?;
-        let host = &rest[..end + 2];
-        let tail = &after[end + 1..];
-        return match tail.strip_prefix(':') {
-            Some(port) => Ok((host, Some(port))),
-            None if tail.is_empty() => Ok((host, None)),
-            None => Err("unexpected text after IPv6 literal".into()),
-        };
-    }
-    Ok(match rest.rsplit_once(':') {
-        Some((h, p)) => (h, Some(p)),
-        None => (rest, None),
-    })
-}
-
-/// Everything a component is granted, validated and resolved.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Grants {
-    /// Preopened directories.
-    pub mounts: Vec<Mount>,
-    /// Outbound HTTP allow-list; empty means no outbound HTTP.
-    pub allowed_outbound_hosts: Vec<HostPattern>,
-    /// Environment variables.
-    pub env: EnvGrant,
-    /// Command-line arguments (`argv[1..]`) the guest sees.
-    pub args: Vec<String>,
-    /// Limits.
-    pub limits: Limits,
-    /// Deterministic execution: `Some(seed)` makes clocks virtual (driven by
-    /// fuel), random bytes a PRNG seeded with `seed`, and the deadline a
-    /// fuel deadline only.
-    #[serde(default)]
-    pub deterministic: Option<u64>,
-}
+pub use crate::capability::Grants;
+pub use crate::capability::env::EnvGrant;
+pub use crate::capability::files::{FilesGrant, Mount, MountMode};
+pub use crate::capability::http::{HostPattern, HttpGrant, is_ip_or_localhost};
 
 impl Grants {
     /// Grants nothing and applies the default limits.
@@ -352,104 +121,36 @@ impl Grants {
 
     /// Parses and validates manifest text. `origin` names it in errors;
     /// `base` resolves relative host directories.
+    ///
+    /// The runtime reads `limits`, `deterministic` and `seed`; every other
+    /// top-level key belongs to the capability that declared it, which
+    /// parses and validates it (see `crate::capability`). A key no one
+    /// declared is an error.
     pub fn from_toml(text: &str, origin: &str, base: &Path) -> Result<Self, ManifestError> {
-        let raw: RawManifest = toml::from_str(text).map_err(|e| ManifestError::Syntax {
+        let table: toml::Table = toml::from_str(text).map_err(|e| ManifestError::Syntax {
             origin: origin.to_string(),
             message: e.to_string().trim_end().replace('\n', " "),
         })?;
-        let invalid = |field: String, message: String| ManifestError::Invalid {
-            origin: origin.to_string(),
-            field,
-            message,
-        };
-
-        let mut mounts = Vec::new();
-        for (i, m) in raw.files.iter().enumerate() {
-            let field = |k: &str| format!("files[{i}].{k}");
-            let host = if m.host.is_absolute() {
-                m.host.clone()
-            } else {
-                base.join(&m.host)
-            };
-            let host = host.canonicalize().map_err(|e| {
-                invalid(
-                    field("host"),
-                    format!("directory {} cannot be used: {e}", host.display()),
-                )
-            })?;
-            if !host.is_dir() {
-                return Err(invalid(
-                    field("host"),
-                    format!("{} is not a directory", host.display()),
-                ));
-            }
-            if !m.guest.starts_with('/') || m.guest.split('/').any(|s| s == "..") {
-                return Err(invalid(
-                    field("guest"),
-                    format!(
-                        "`{}` must be an absolute guest path without `..` segments",
-                        m.guest
-                    ),
-                ));
-            }
-            if mounts.iter().any(|o: &Mount| o.guest == m.guest) {
-                return Err(invalid(
-                    field("guest"),
-                    format!("`{}` is mounted twice", m.guest),
-                ));
-            }
-            let mode = match m.mode.as_deref() {
-                None | Some("ro") | Some("read-only") => MountMode::ReadOnly,
-                Some("rw") | Some("read-write") => MountMode::ReadWrite,
-                Some(other) => {
-                    return Err(invalid(
-                        field("mode"),
-                        format!("`{other}` is not one of ro, rw, read-only, read-write"),
-                    ));
-                }
-            };
-            mounts.push(Mount {
-                host,
-                guest: m.guest.clone(),
-                mode,
+        let known = crate::capability::manifest_keys();
+        if let Some(key) = table.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(ManifestError::Syntax {
+                origin: origin.to_string(),
+                message: format!("unknown key `{key}`, expected one of: {}", known.join(", ")),
             });
         }
-
-        let mut allowed_outbound_hosts = Vec::new();
-        if let Some(http) = &raw.http {
-            for (i, p) in http.allowed_outbound_hosts.iter().enumerate() {
-                allowed_outbound_hosts.push(
-                    HostPattern::parse(p)
-                        .map_err(|m| invalid(format!("http.allowed_outbound_hosts[{i}]"), m))?,
-                );
-            }
-        }
-
-        let mut env = EnvGrant::default();
-        if let Some(raw_env) = &raw.env {
-            for (name, value) in &raw_env.set {
-                check_env_name(name).map_err(|m| invalid(format!("env.set.{name}"), m))?;
-                env.vars.insert(name.clone(), value.clone());
-            }
-            for (i, name) in raw_env.inherit.iter().enumerate() {
-                let field = format!("env.inherit[{i}]");
-                check_env_name(name).map_err(|m| invalid(field.clone(), m))?;
-                if env.vars.contains_key(name) {
-                    return Err(invalid(field, format!("`{name}` is also in env.set")));
-                }
-                // A variable that is unset on the host is simply not passed.
-                if let Ok(value) = std::env::var(name) {
-                    env.vars.insert(name.clone(), value);
-                }
-            }
-        }
+        let section = crate::capability::Section {
+            origin,
+            base,
+            table: &table,
+        };
+        let invalid = |field: &str, message: String| section.invalid(field, message);
 
         let mut limits = Limits::default();
-        if let Some(l) = &raw.limits {
+        if let Some(l) = section.parse::<RawLimits>("limits")? {
             let positive = |name: &str, v: u64| {
                 if v == 0 {
                     Err(invalid(
-                        format!("limits.{name}"),
+                        &format!("limits.{name}"),
                         "must be at least 1".into(),
                     ))
                 } else {
@@ -466,7 +167,7 @@ impl Grants {
                 limits.memory_mb = positive("memory_mb", v)?;
                 if v > MAX_MEMORY_MB {
                     return Err(invalid(
-                        "limits.memory_mb".into(),
+                        "limits.memory_mb",
                         format!("{v} is above the maximum of {MAX_MEMORY_MB}"),
                     ));
                 }
@@ -479,49 +180,27 @@ impl Grants {
             }
         }
 
-        if raw.seed.is_some() && !raw.deterministic {
+        let deterministic = section.parse::<bool>("deterministic")?.unwrap_or(false);
+        let seed = section.parse::<u64>("seed")?;
+        if seed.is_some() && !deterministic {
             return Err(invalid(
-                "seed".into(),
+                "seed",
                 "only meaningful with `deterministic = true`".into(),
             ));
         }
-        Ok(Self {
-            mounts,
-            allowed_outbound_hosts,
-            env,
-            args: raw.args,
-            limits,
-            deterministic: raw.deterministic.then(|| raw.seed.unwrap_or(0)),
-        })
+        Grants::parse_capabilities(&section, limits, deterministic.then(|| seed.unwrap_or(0)))
     }
 
     /// The allow-list entry that lets a request to `scheme://host:port`
     /// through, preferring an entry that names the host exactly.
     pub fn outbound_match(&self, scheme: &str, host: &str, port: u16) -> Option<&HostPattern> {
-        let host = host.to_ascii_lowercase();
-        let mut matching = self
-            .allowed_outbound_hosts
-            .iter()
-            .filter(|p| p.matches(scheme, &host, port));
-        let first = matching.next()?;
-        if !first.is_wildcard() {
-            return Some(first);
-        }
-        Some(matching.find(|p| !p.is_wildcard()).unwrap_or(first))
+        self.http.outbound_match(scheme, host, port)
     }
 
     /// Whether an outbound request to `scheme://host:port` is allowed by the
-    /// patterns (before name resolution; see `gateway::http`).
+    /// patterns (before name resolution; see `capability::http`).
     pub fn allows_outbound(&self, scheme: &str, host: &str, port: u16) -> bool {
         self.outbound_match(scheme, host, port).is_some()
-    }
-}
-
-fn check_env_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.contains(['=', '\0']) {
-        Err(format!("`{name}` is not a valid environment variable name"))
-    } else {
-        Ok(())
     }
 }
 
@@ -536,8 +215,10 @@ mod tests {
     #[test]
     fn empty_manifest_denies_everything_with_default_limits() {
         let g = parse("").unwrap();
-        assert!(g.mounts.is_empty() && g.allowed_outbound_hosts.is_empty());
-        assert!(g.env.vars.is_empty() && g.args.is_empty());
+        assert!(g.files.mounts.is_empty() && g.http.allowed_outbound_hosts.is_empty());
+        assert!(g.env.vars().is_empty() && g.env.args.is_empty());
+        assert!(g.config.values.is_empty() && g.config.secrets.is_empty());
+        assert_eq!(g.effects(), crate::Effects::NONE);
         assert_eq!(g.limits, Limits::default());
     }
 
@@ -645,12 +326,61 @@ mod tests {
     fn env_set_and_inherit() {
         // SAFETY-free: set_var is unsafe in edition 2024, so use a variable the
         // test process always has instead.
-        let g = parse(
+        let mut g = parse(
             "[env]\nset = { A = \"1\" }\ninherit = [\"PATH\", \"TESSERA_SURELY_UNSET_VAR\"]\n",
         )
         .unwrap();
-        assert_eq!(g.env.vars.get("A").map(String::as_str), Some("1"));
-        assert!(g.env.vars.contains_key("PATH"));
-        assert!(!g.env.vars.contains_key("TESSERA_SURELY_UNSET_VAR"));
+        // Inherited values come from the host when the grant is bound.
+        assert!(!g.env.vars().contains_key("PATH"));
+        g.bind(&crate::HostConfig::default()).unwrap();
+        let vars = g.env.vars();
+        assert_eq!(vars.get("A").copied(), Some("1"));
+        assert!(vars.contains_key("PATH"));
+        assert!(!vars.contains_key("TESSERA_SURELY_UNSET_VAR"));
+        // The inherited value is not part of what is serialized.
+        let path = std::env::var("PATH").unwrap();
+        assert!(!serde_json::to_string(&g).unwrap().contains(&path));
+    }
+
+    #[test]
+    fn config_values_and_secrets() {
+        let mut g =
+            parse("[config]\nvalues = { model = \"small\" }\nsecrets = [\"api_key\"]\n").unwrap();
+        assert_eq!(
+            g.config.values.get("model").map(String::as_str),
+            Some("small")
+        );
+        assert!(g.effects().reads && g.effects().read_only());
+        let e = g.clone().bind(&crate::HostConfig::default()).unwrap_err();
+        assert_eq!(e.field, "config.secrets[0]");
+        let mut host = crate::HostConfig::default();
+        host.secrets.insert("api_key".into(), "s3cr3t".into());
+        g.bind(&host).unwrap();
+        assert!(!serde_json::to_string(&g).unwrap().contains("s3cr3t"));
+        let e = parse("[config]\nvalues = { a = \"1\" }\nsecrets = [\"a\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("config.secrets[0]"), "{e}");
+        let e = parse("[config]\nvalue = {}\n").unwrap_err().to_string();
+        assert!(e.contains("config") && e.contains("value"), "{e}");
+    }
+
+    #[test]
+    fn effects_follow_the_grants() {
+        let dir = std::env::temp_dir();
+        let ro = parse(&format!(
+            "[[files]]\nhost = \"{}\"\nguest = \"/d\"\n",
+            dir.display()
+        ))
+        .unwrap();
+        assert!(ro.effects().reads && ro.effects().read_only());
+        let rw = parse(&format!(
+            "[[files]]\nhost = \"{}\"\nguest = \"/d\"\nmode = \"rw\"\n",
+            dir.display()
+        ))
+        .unwrap();
+        assert!(rw.effects().writes && !rw.effects().read_only());
+        let net = parse("[http]\nallowed_outbound_hosts = [\"https://example.com\"]\n").unwrap();
+        assert!(net.effects().network && !net.effects().read_only());
     }
 }

@@ -12,7 +12,9 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use crate::audit::{AuditSink, NoAudit};
 use crate::cache::{CacheStatus, ComponentCache};
 use crate::call::LoadedComponent;
-use crate::gateway::{HostState, InteractionObserver};
+use crate::capability::HostConfig;
+use crate::gateway::InteractionObserver;
+use crate::host::HostState;
 use crate::manifest::{Grants, MAX_MEMORY_MB};
 use crate::{Error, schema};
 
@@ -40,6 +42,9 @@ pub struct RuntimeConfig {
     /// memories and globals (`CallOptions::snapshot`). Slower; meant for
     /// inspecting recorded runs.
     pub guest_debug: bool,
+    /// How the host provides capabilities: secrets and the redaction key.
+    /// Kept apart from grants; never journaled.
+    pub host: HostConfig,
 }
 
 impl std::fmt::Debug for RuntimeConfig {
@@ -64,6 +69,7 @@ impl Default for RuntimeConfig {
             audit: Arc::new(NoAudit),
             observer: None,
             guest_debug: false,
+            host: HostConfig::default(),
         }
     }
 }
@@ -84,6 +90,7 @@ pub(crate) struct RuntimeInner {
     pub(crate) cache: Option<ComponentCache>,
     pub(crate) audit: Arc<dyn AuditSink>,
     pub(crate) observer: Option<Arc<dyn InteractionObserver>>,
+    pub(crate) host: Arc<HostConfig>,
     pooling: bool,
     max_wasm_stack: usize,
     /// Compiled components already loaded by this runtime, by digest.
@@ -188,32 +195,34 @@ impl Runtime {
                     tracing::warn!(
                         "pooling allocator unavailable ({e}); falling back to on-demand allocation"
                     );
-                    eprintln!(
-                        "warning: pooling allocator unavailable ({e}); using on-demand allocation"
-                    );
-                    Engine::new(&base_config(&cfg)).map_err(|e| Error::Engine(e.to_string()))?
+                    Engine::new(&base_config(&cfg)).map_err(|source| Error::Engine {
+                        what: "creating the engine",
+                        source,
+                    })?
                 }
             }
         } else {
-            Engine::new(&base_config(&cfg)).map_err(|e| Error::Engine(e.to_string()))?
+            Engine::new(&base_config(&cfg)).map_err(|source| Error::Engine {
+                what: "creating the engine",
+                source,
+            })?
         };
 
         let mut linker: Linker<HostState> = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| Error::Engine(format!("linking WASI: {e}")))?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
-            .map_err(|e| Error::Engine(format!("linking wasi:http: {e}")))?;
-        crate::gateway::files::add_to_linker(&mut linker)
-            .map_err(|e| Error::Engine(format!("linking the file gateway: {e}")))?;
-        crate::gateway::clocks::add_to_linker(&mut linker)
-            .map_err(|e| Error::Engine(format!("linking the clock and random gateway: {e}")))?;
-        crate::gateway::env::add_to_linker(&mut linker)
-            .map_err(|e| Error::Engine(format!("linking the environment gateway: {e}")))?;
-        crate::gateway::logging::add_to_linker(&mut linker)
-            .map_err(|e| Error::Engine(format!("linking wasi:logging: {e}")))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|source| Error::Engine {
+            what: "linking WASI",
+            source,
+        })?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(|source| {
+            Error::Engine {
+                what: "linking wasi:http",
+                source,
+            }
+        })?;
+        crate::capability::link_all(&mut linker)?;
 
         let stop = Arc::new(AtomicBool::new(false));
-        spawn_ticker(engine.weak(), stop.clone());
+        spawn_ticker(engine.weak(), stop.clone())?;
 
         let cache = cfg
             .cache_dir
@@ -226,6 +235,7 @@ impl Runtime {
                 cache,
                 audit: cfg.audit,
                 observer: cfg.observer,
+                host: Arc::new(cfg.host),
                 pooling,
                 max_wasm_stack: cfg.max_wasm_stack,
                 compiled: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -247,6 +257,11 @@ impl Runtime {
     /// Whether the pooling allocator is in use.
     pub fn pooling(&self) -> bool {
         self.inner.pooling
+    }
+
+    /// How the host provides capabilities.
+    pub fn host(&self) -> &HostConfig {
+        &self.inner.host
     }
 
     /// The compile cache, if enabled.
@@ -291,7 +306,13 @@ impl Runtime {
     /// Compiles (or loads from the cache) and pre-instantiates a prepared
     /// component under `grants`. This is CPU-bound; async callers should run
     /// it on a blocking thread.
-    pub fn load(&self, prepared: &Prepared, grants: Grants) -> Result<LoadedComponent, Error> {
+    pub fn load(&self, prepared: &Prepared, mut grants: Grants) -> Result<LoadedComponent, Error> {
+        grants
+            .bind(&self.inner.host)
+            .map_err(|source| Error::Bind {
+                origin: prepared.origin.clone(),
+                source,
+            })?;
         let known = self
             .inner
             .compiled
@@ -425,7 +446,7 @@ fn exports_start(bytes: &[u8]) -> bool {
     false
 }
 
-fn spawn_ticker(engine: wasmtime::EngineWeak, stop: Arc<AtomicBool>) {
+fn spawn_ticker(engine: wasmtime::EngineWeak, stop: Arc<AtomicBool>) -> Result<(), Error> {
     std::thread::Builder::new()
         .name("tessera-epoch".into())
         .spawn(move || {
@@ -437,5 +458,9 @@ fn spawn_ticker(engine: wasmtime::EngineWeak, stop: Arc<AtomicBool>) {
                 }
             }
         })
-        .expect("spawning the epoch ticker thread");
+        .map(drop)
+        .map_err(|e| Error::Engine {
+            what: "spawning the epoch ticker thread",
+            source: wasmtime::Error::new(e),
+        })
 }

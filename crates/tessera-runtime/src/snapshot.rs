@@ -7,7 +7,7 @@
 use sha2::{Digest, Sha256};
 use wasmtime::Store;
 
-use crate::gateway::HostState;
+use crate::host::HostState;
 
 /// Size of a wasm page.
 pub const PAGE: usize = 64 * 1024;

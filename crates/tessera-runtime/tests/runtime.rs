@@ -939,23 +939,27 @@ impl tessera_runtime::gateway::InteractionObserver for Recorder {
         &self,
         scope: &tessera_runtime::gateway::CallScope,
         _index: u64,
-        i: &tessera_runtime::gateway::Interaction,
+        step: &tessera_runtime::gateway::Step,
     ) {
-        use tessera_runtime::gateway::Interaction as I;
-        let kind = match i {
-            I::WallClock { .. } => "wall-clock".to_string(),
-            I::MonotonicClock { .. } => "monotonic-clock".to_string(),
-            I::Random { bytes, .. } => format!("random:{}", bytes.0.len()),
-            I::InsecureSeed { .. } => "insecure-seed".to_string(),
-            I::Stdout { bytes } => format!("stdout:{}", String::from_utf8_lossy(&bytes.0)),
-            I::Stderr { bytes } => format!("stderr:{}", String::from_utf8_lossy(&bytes.0)),
-            I::Log { message, .. } => format!("log:{message}"),
-            I::Http { uri, allowed, .. } => format!("http:{uri}:{allowed}"),
-            I::File {
-                op, path, allowed, ..
-            } => format!("file:{op}:{path}:{allowed}"),
-            I::Environment { vars } => format!("env:{vars:?}"),
-            I::Arguments { args } => format!("args:{args:?}"),
+        let text = |v: &Value| {
+            String::from_utf8_lossy(&hex::decode(v.as_str().unwrap_or_default()).unwrap())
+                .into_owned()
+        };
+        let (req, resp) = (&step.request, &step.response);
+        let kind = match (&*step.capability, &*step.op) {
+            ("clocks", op) => op.to_string(),
+            ("random", "bytes") => format!("random:{}", req["len"]),
+            ("stdio", stream) => format!("{stream}:{}", text(req)),
+            ("logging", _) => format!("log:{}", req["message"].as_str().unwrap()),
+            ("http", _) => format!("http:{}:{}", req["uri"].as_str().unwrap(), resp["allowed"]),
+            ("files", _) => format!(
+                "file:{}:{}:{}",
+                req["op"].as_str().unwrap(),
+                req["path"].as_str().unwrap(),
+                resp["allowed"]
+            ),
+            ("env", "environment") => format!("env:{resp}"),
+            (cap, op) => format!("{cap}.{op}"),
         };
         self.0
             .lock()
@@ -1008,7 +1012,7 @@ async fn the_gateway_reports_every_interaction_to_the_observer() {
         "chatter|stdout:stdout: obs\n",
         "chatter|log:obs",
         "wall-clock|wall-clock",
-        "read-env|env:[(\"K\", \"v\")]",
+        "read-env|env:[[\"K\",\"v\"]]",
         "fetch-status|http:http://127.0.0.1:9/nope:false",
         "read|file:open:/d/missing.txt:true",
     ] {

@@ -96,7 +96,7 @@ fn runtime_error(e: RtError) -> ApiError {
             e.to_string(),
         )
         .with("limit", json!(limit)),
-        RtError::Manifest(_) | RtError::Grant(_) => {
+        RtError::Manifest(_) | RtError::Grant(_) | RtError::Bind { .. } => {
             ApiError::new(StatusCode::BAD_REQUEST, "bad_manifest", e.to_string())
         }
         RtError::Read { .. }
@@ -106,7 +106,7 @@ fn runtime_error(e: RtError) -> ApiError {
         | RtError::Link { .. } => {
             ApiError::new(StatusCode::BAD_REQUEST, "bad_component", e.to_string())
         }
-        RtError::Engine(_) => {
+        RtError::Engine { .. } | RtError::Task(_) => {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "engine", e.to_string())
         }
     }

@@ -53,6 +53,9 @@ pub struct ServerConfig {
     /// rebinding); on any other address they are the only ones accepted,
     /// and when empty any `Host` is (tokens are required there anyway).
     pub allowed_hosts: Vec<String>,
+    /// Values of `wasi:config` secrets the served components may name
+    /// (host configuration: never journaled, never in a manifest).
+    pub secrets: std::collections::BTreeMap<String, String>,
 }
 
 impl ServerConfig {
@@ -67,6 +70,7 @@ impl ServerConfig {
             max_calls: 256,
             grace: Duration::from_secs(10),
             allowed_hosts: Vec::new(),
+            secrets: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -176,9 +180,16 @@ impl Server {
             file,
             live: live.clone(),
         });
+        let key_path = config.data.join("journal.key");
+        let redaction_key = tessera_runtime::gateway::RedactionKey::load_or_create(&key_path)
+            .map_err(|e| ServerError::Io(format!("{}: {e}", key_path.display())))?;
         let runtime = Runtime::new(RuntimeConfig {
             cache_dir: Some(config.data.join("cache")),
             audit: audit_sink.clone(),
+            host: tessera_runtime::HostConfig {
+                secrets: config.secrets.clone(),
+                redaction_key,
+            },
             ..RuntimeConfig::default()
         })?;
         let journal = Arc::new(JournalStore::open(&config.data)?);

@@ -98,21 +98,19 @@ fn object(v: Value) -> Arc<Map<String, Value>> {
     })
 }
 
-/// Hints that follow from the grants, so they are true by construction: a
-/// component without network access is not open-world; one that can
-/// neither write a file nor reach the network cannot change anything
-/// outside its sandbox, so it is read-only and not destructive.
+/// Hints that follow from the effects every capability declares for its
+/// grant, so they are true by construction: a component without network
+/// access is not open-world; one whose capabilities can neither write nor
+/// cause an external effect cannot change anything outside its sandbox, so
+/// it is read-only and not destructive. A capability added later declares
+/// its effects too, so it cannot be advertised as read-only by omission.
 fn annotations(grants: &tessera_runtime::Grants) -> ToolAnnotations {
-    let network = !grants.allowed_outbound_hosts.is_empty();
-    let writes = grants
-        .mounts
-        .iter()
-        .any(|m| m.mode == tessera_runtime::manifest::MountMode::ReadWrite);
-    let a = ToolAnnotations::new().open_world(network);
-    if network || writes {
-        a.read_only(false)
-    } else {
+    let effects = grants.effects();
+    let a = ToolAnnotations::new().open_world(effects.network);
+    if effects.read_only() {
         a.read_only(true).destructive(false)
+    } else {
+        a.read_only(false)
     }
 }
 

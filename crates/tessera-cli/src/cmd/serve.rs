@@ -71,6 +71,13 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
     config.max_calls = args.max_calls;
     config.grace = Duration::from_millis(args.grace_ms);
     config.allowed_hosts = args.allowed_host;
+    config.secrets = match global.secrets() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return crate::exit::BAD_INPUT;
+        }
+    };
     // Bind first: a taken port is reported before the components load.
     let listener = if args.stdio {
         None

@@ -1,8 +1,10 @@
-//! Guest stdout/stderr through the gateway.
+//! `wasi:cli` stdin, stdout and stderr through the gateway.
 //!
 //! Output is captured into the call's outcome, never written to Tessera's
 //! own streams, and capped at the `max_output_bytes` limit: a write past the
-//! cap traps the guest with a limit error (and an audit event).
+//! cap traps the guest with a limit error (and an audit event). Each
+//! accepted write is a step (re-performed on replay, where the request —
+//! the bytes — must match). Stdin is empty: a guest reads end of file.
 
 use std::io;
 use std::pin::Pin;
@@ -13,8 +15,90 @@ use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 
-use super::{Gateway, Interaction, LimitHit};
+use serde::Deserialize;
+use wasmtime::component::Linker;
+use wasmtime_wasi::WasiCtxBuilder;
+
+use super::{Capability, Effects, Section};
+use crate::LimitHit;
 use crate::audit::Decision;
+use crate::gateway::{Gateway, Op, Replay, Step};
+use crate::host::HostState;
+use crate::manifest::ManifestError;
+
+/// The standard streams capability: no grant.
+#[derive(Debug)]
+pub struct Stdio;
+
+/// Bytes written to stdout.
+pub struct Stdout;
+impl Op for Stdout {
+    const CAPABILITY: &'static str = "stdio";
+    const NAME: &'static str = "stdout";
+    const REPLAY: Replay = Replay::Perform;
+    type Request = crate::gateway::Bytes;
+    type Response = ();
+}
+
+/// Bytes written to stderr.
+pub struct Stderr;
+impl Op for Stderr {
+    const CAPABILITY: &'static str = "stdio";
+    const NAME: &'static str = "stderr";
+    const REPLAY: Replay = Replay::Perform;
+    type Request = crate::gateway::Bytes;
+    type Response = ();
+}
+
+impl Capability for Stdio {
+    const NAME: &'static str = "stdio";
+    const MANIFEST_KEYS: &'static [&'static str] = &[];
+    type Grant = ();
+    type State = ();
+
+    fn link(_: &mut Linker<HostState>) -> wasmtime::Result<()> {
+        // The streams are installed in the WASI context (`state`); the
+        // `wasi:cli/stdout` and `stderr` functions hand them out.
+        Ok(())
+    }
+
+    fn grant(_: &Section<'_>) -> Result<(), ManifestError> {
+        Ok(())
+    }
+
+    fn state(_: &(), gateway: &Gateway, wasi: &mut WasiCtxBuilder) -> Result<(), crate::Error> {
+        wasi.stdin(tokio::io::empty())
+            .stdout(CapturedStream::stdout(gateway.clone()))
+            .stderr(CapturedStream::stderr(gateway.clone()));
+        Ok(())
+    }
+
+    fn effects(_: &()) -> Effects {
+        Effects::NONE
+    }
+
+    fn describe(step: &Step) -> String {
+        match crate::gateway::Bytes::deserialize(&step.request) {
+            Ok(b) => format!("{:<16} {}", step.kind(), text(&b.0)),
+            Err(_) => super::generic_description(step),
+        }
+    }
+}
+
+/// Output as a short quoted string.
+pub(crate) fn text(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(b);
+    let s = s.trim_end_matches('\n');
+    if s.chars().count() > 100 {
+        format!(
+            "{:?}… ({} bytes)",
+            s.chars().take(100).collect::<String>(),
+            b.len()
+        )
+    } else {
+        format!("{s:?}")
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Which {
@@ -82,12 +166,11 @@ impl CapturedStream {
             );
             return Err(hit.into());
         }
-        let data = super::Bytes(bytes.to_vec());
-        let probe = match self.which {
-            Which::Stdout => Interaction::Stdout { bytes: data },
-            Which::Stderr => Interaction::Stderr { bytes: data },
-        };
-        self.gateway.exchange(probe, |p| p)?;
+        let data = crate::gateway::Bytes(bytes.to_vec());
+        match self.which {
+            Which::Stdout => self.gateway.exchange::<Stdout>(data, |_| ())?,
+            Which::Stderr => self.gateway.exchange::<Stderr>(data, |_| ())?,
+        }
         Ok(())
     }
 }

@@ -1,8 +1,98 @@
 //! `wasi:logging` through the gateway: records go into the call's outcome,
-//! the audit stream and the observer.
+//! the audit stream and the journal (a step each, re-performed on replay).
 
-use super::{Gateway, HostState, Interaction, LimitHit, LogLevel, LogRecord};
+use serde::{Deserialize, Serialize};
+use wasmtime::component::Linker;
+use wasmtime_wasi::WasiCtxBuilder;
+
+use super::{Capability, Effects, Section};
+use crate::LimitHit;
 use crate::audit::Decision;
+use crate::gateway::{Gateway, LogRecord, Op, Replay, Step};
+use crate::host::HostState;
+use crate::manifest::ManifestError;
+
+/// The logging capability: no grant.
+#[derive(Debug)]
+pub struct Logging;
+
+/// A `wasi:logging` severity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Trace.
+    Trace,
+    /// Debug.
+    Debug,
+    /// Info.
+    Info,
+    /// Warn.
+    Warn,
+    /// Error.
+    Error,
+    /// Critical.
+    Critical,
+}
+
+/// One log record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRequest {
+    /// Severity.
+    pub level: LogLevel,
+    /// The guest-provided context.
+    pub context: String,
+    /// The message.
+    pub message: String,
+}
+
+/// `log`.
+pub struct Log;
+impl Op for Log {
+    const CAPABILITY: &'static str = "logging";
+    const NAME: &'static str = "log";
+    const REPLAY: Replay = Replay::Perform;
+    type Request = LogRequest;
+    type Response = ();
+}
+
+impl Capability for Logging {
+    const NAME: &'static str = "logging";
+    const MANIFEST_KEYS: &'static [&'static str] = &[];
+    type Grant = ();
+    type State = ();
+
+    fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+        bindings::wasi::logging::logging::add_to_linker::<
+            HostState,
+            wasmtime::component::HasSelf<HostState>,
+        >(linker, |s| s)
+    }
+
+    fn grant(_: &Section<'_>) -> Result<(), ManifestError> {
+        Ok(())
+    }
+
+    fn state(_: &(), _: &Gateway, _: &mut WasiCtxBuilder) -> Result<(), crate::Error> {
+        Ok(())
+    }
+
+    fn effects(_: &()) -> Effects {
+        Effects::NONE
+    }
+
+    fn describe(step: &Step) -> String {
+        match LogRequest::deserialize(&step.request) {
+            Ok(r) => format!(
+                "{:<16} {:?} [{}] {}",
+                step.kind(),
+                r.level,
+                r.context,
+                r.message
+            ),
+            Err(_) => super::generic_description(step),
+        }
+    }
+}
 
 #[allow(missing_docs)]
 mod bindings {
@@ -71,13 +161,13 @@ impl Gateway {
             );
             return Err(hit.into());
         }
-        self.exchange(
-            Interaction::Log {
+        self.exchange::<Log>(
+            LogRequest {
                 level,
                 context: context.to_string(),
                 message: message.to_string(),
             },
-            |p| p,
+            |_| (),
         )?;
         let level_name = serde_json::to_value(level)
             .ok()
@@ -98,12 +188,4 @@ impl bindings::wasi::logging::logging::Host for HostState {
         self.gateway.log(level.into(), &context, &message)?;
         Ok(())
     }
-}
-
-/// Adds `wasi:logging` to a linker.
-pub fn add_to_linker(linker: &mut wasmtime::component::Linker<HostState>) -> wasmtime::Result<()> {
-    bindings::wasi::logging::logging::add_to_linker::<
-        HostState,
-        wasmtime::component::HasSelf<HostState>,
-    >(linker, |s| s)
 }
