@@ -24,6 +24,7 @@ component_crates=(
     deep-recursion
     fs-escape
     net-escape
+    config-tool
 )
 
 rustup target add wasm32-wasip2 wasm32-wasip1 >/dev/null 2>&1 ||

@@ -1,9 +1,10 @@
-//! `http-get`: a tiny blocking HTTP GET client over `wasi:http`, shared by the
-//! `http-fetch` and `net-escape` components. It never follows redirects; the
-//! caller decides what to do with a 3xx response.
+//! `http-get`: a tiny blocking HTTP client over `wasi:http` (GET, and POST
+//! with a body and headers), shared by the `http-fetch` and `net-escape`
+//! components. It never follows redirects; the caller decides what to do
+//! with a 3xx response.
 
 use wasi::http::outgoing_handler;
-use wasi::http::types::{Fields, IncomingBody, Method, OutgoingRequest, Scheme};
+use wasi::http::types::{Fields, IncomingBody, Method, OutgoingBody, OutgoingRequest, Scheme};
 use wasi::io::streams::StreamError;
 
 /// A received HTTP response.
@@ -102,11 +103,33 @@ pub fn resolve(base: &str, location: &str) -> Result<String, String> {
 /// `HttpRequestDenied` when its policy refuses the request), are returned as
 /// readable messages that contain the error code's debug text.
 pub fn get(url: &str, read_body: bool) -> Result<Response, String> {
+    send(&Method::Get, url, &[], None, read_body)
+}
+
+/// Performs a POST request for `url` with `headers` and `body`.
+pub fn post(url: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Response, String> {
+    send(&Method::Post, url, headers, Some(body), true)
+}
+
+/// Performs one request and waits for the response.
+fn send(
+    method: &Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+    read_body: bool,
+) -> Result<Response, String> {
     let target = parse_url(url)?;
 
-    let request = OutgoingRequest::new(Fields::new());
+    let fields = Fields::new();
+    for (name, value) in headers {
+        fields
+            .append(name, &value.as_bytes().to_vec())
+            .map_err(|e| format!("header {name}: {e:?}"))?;
+    }
+    let request = OutgoingRequest::new(fields);
     request
-        .set_method(&Method::Get)
+        .set_method(method)
         .map_err(|()| "invalid method".to_string())?;
     let scheme = match target.scheme.to_ascii_lowercase().as_str() {
         "http" => Scheme::Http,
@@ -124,8 +147,31 @@ pub fn get(url: &str, read_body: bool) -> Result<Response, String> {
         .map_err(|()| format!("invalid path {:?}", target.path_with_query))?;
 
     // A request whose body is never opened is sent with an empty body.
+    let outgoing = match body {
+        Some(_) => Some(
+            request
+                .body()
+                .map_err(|()| "request body already taken".to_string())?,
+        ),
+        None => None,
+    };
     let future = outgoing_handler::handle(request, None)
         .map_err(|e| format!("request to {url} failed: {e:?}"))?;
+    if let (Some(outgoing), Some(bytes)) = (outgoing, body) {
+        {
+            // The stream is a child of the body: drop it before finishing.
+            let stream = outgoing
+                .write()
+                .map_err(|()| "request body stream already taken".to_string())?;
+            for chunk in bytes.chunks(4096) {
+                stream
+                    .blocking_write_and_flush(chunk)
+                    .map_err(|e| format!("writing the body failed: {e:?}"))?;
+            }
+        }
+        OutgoingBody::finish(outgoing, None)
+            .map_err(|e| format!("finishing the body failed: {e:?}"))?;
+    }
     let response = loop {
         if let Some(outcome) = future.get() {
             break outcome

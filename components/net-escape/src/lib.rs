@@ -99,6 +99,21 @@ impl Guest for Component {
         }
     }
 
+    fn post(url: String, body: String, auth: Option<String>) -> Result<(u16, String), String> {
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("authorization", a), ("content-type", "text/plain")])
+            .unwrap_or_else(|| vec![("content-type", "text/plain")]);
+        let r = http_get::post(&url, &headers, body.as_bytes())?;
+        Ok((r.status, String::from_utf8_lossy(&r.body).into_owned()))
+    }
+
+    fn sleep(ms: u64) -> u64 {
+        let start = monotonic_clock::now();
+        monotonic_clock::subscribe_duration(ms * 1_000_000).block();
+        monotonic_clock::now() - start
+    }
+
     fn read_env() -> Vec<(String, String)> {
         std::env::vars().collect()
     }

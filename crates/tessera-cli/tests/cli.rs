@@ -388,3 +388,161 @@ fn a_killed_run_leaves_an_incomplete_readable_journal() {
     assert!(show.contains("stdio.stdout     \"tick "), "{show}");
     assert!(show.contains("INCOMPLETE"), "{show}");
 }
+
+/// A server on 127.0.0.1 that reads each request whole and answers 200;
+/// returns its port and what it received.
+fn api_server() -> (u16, std::sync::Arc<std::sync::Mutex<String>>) {
+    use std::io::{BufRead, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                log.lock().unwrap().push_str(&line);
+            }
+            let mut body = vec![0u8; len];
+            let _ = r.read_exact(&mut body);
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (port, seen)
+}
+
+/// Every place a run's content can surface: the command's own output, the
+/// journal file, `runs list/show/export`, the audit log and a replay. The
+/// guest reads an inherited variable and a `wasi:config` secret and sends
+/// each to an API as a bearer token.
+#[test]
+fn secrets_never_reach_a_journal_an_export_an_audit_line_or_a_log() {
+    const INHERITED: &str = "inherited-Zq81-value";
+    const SECRET: &str = "cfg-secret-Yp27-value";
+    let (port, received) = api_server();
+    let cli = Cli::new();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("m.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[env]\ninherit = [\"TESSERA_TEST_INHERITED\"]\n[config]\nvalues = {{ model = \"small\" }}\nsecrets = [\"api_key\"]\n[http]\nallowed_outbound_hosts = [\"http://127.0.0.1:{port}\"]\n"
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .arg("--data")
+            .arg(cli.data.path())
+            .args(args)
+            .env("TESSERA_TEST_INHERITED", INHERITED)
+            .env("TESSERA_SECRET_API_KEY", SECRET)
+            .output()
+            .expect("run tessera")
+    };
+    let mut seen = String::new();
+    let keep = |seen: &mut String, o: &Output| {
+        seen.push_str(&stdout(o));
+        seen.push_str(&stderr(o));
+    };
+    let tool = component("config-tool");
+    let url = format!("http://127.0.0.1:{port}/v1/chat");
+    let mut runs = Vec::new();
+    for (function, args) in [
+        (
+            "call-with-key",
+            format!(r#"{{"key":"api_key","url":"{url}"}}"#),
+        ),
+        (
+            "call-with-env",
+            format!(r#"{{"name":"TESSERA_TEST_INHERITED","url":"{url}"}}"#),
+        ),
+    ] {
+        let o = run(&[
+            "call",
+            tool.to_str().unwrap(),
+            function,
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--args",
+            &args,
+            "--record",
+            "--json",
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        keep(&mut seen, &o);
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["result"], serde_json::json!({"ok": 200}));
+        runs.push(v["run_id"].as_str().unwrap().to_string());
+    }
+    // The API got both values.
+    let got = received.lock().unwrap().clone();
+    assert!(got.contains(&format!("Bearer {SECRET}")), "{got}");
+    assert!(got.contains(&format!("Bearer {INHERITED}")), "{got}");
+    for id in &runs {
+        keep(&mut seen, &run(&["runs", "list", "--json"]));
+        let show = run(&["runs", "show", id]);
+        assert!(stdout(&show).contains("<redacted>"), "{}", stdout(&show));
+        keep(&mut seen, &show);
+        let out = dir.path().join(format!("{id}.jsonl"));
+        let o = run(&["runs", "export", id, "-o", out.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        keep(&mut seen, &o);
+        seen.push_str(&std::fs::read_to_string(&out).unwrap());
+        // Same host, same values: the replay is identical (offline: the
+        // API is not asked again).
+        let o = run(&["replay", id]);
+        assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+        keep(&mut seen, &o);
+    }
+    seen.push_str(
+        &std::fs::read_to_string(cli.data.path().join("audit.jsonl")).unwrap_or_default(),
+    );
+    let journal = std::fs::read(cli.data.path().join("journal.redb")).unwrap();
+    for secret in [INHERITED, SECRET] {
+        assert!(!seen.contains(secret), "`{secret}` leaked:\n{seen}");
+        assert!(
+            !journal
+                .windows(secret.len())
+                .any(|w| w == secret.as_bytes()),
+            "`{secret}` is in journal.redb"
+        );
+    }
+    // Other values on the replaying host: divergences that name them.
+    for (var, value, name) in [
+        ("TESSERA_SECRET_API_KEY", "another value", "api_key"),
+        (
+            "TESSERA_TEST_INHERITED",
+            "another value",
+            "TESSERA_TEST_INHERITED",
+        ),
+    ] {
+        let id = if name == "api_key" {
+            &runs[0]
+        } else {
+            &runs[1]
+        };
+        let o = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .arg("--data")
+            .arg(cli.data.path())
+            .args(["replay", id])
+            .env("TESSERA_TEST_INHERITED", INHERITED)
+            .env("TESSERA_SECRET_API_KEY", SECRET)
+            .env(var, value)
+            .output()
+            .unwrap();
+        let text = stdout(&o) + &stderr(&o);
+        assert_eq!(o.status.code(), Some(6), "{text}");
+        assert!(text.contains(&format!("secret `{name}` differs")), "{text}");
+    }
+}

@@ -462,3 +462,176 @@ async fn inspect_run_shows_what_the_guest_wrote_at_that_step_and_not_before() {
             .is_err()
     );
 }
+
+/// A server that reads each request whole (headers and a `content-length`
+/// body), keeps it, and answers 200 `ok`.
+fn serve_posts() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut head = String::new();
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                head.push_str(&line);
+            }
+            let mut body = vec![0u8; len];
+            std::io::Read::read_exact(&mut r, &mut body).unwrap();
+            head.push_str(&String::from_utf8_lossy(&body));
+            log.lock().unwrap().push(head);
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+            );
+        }
+    });
+    (url, seen)
+}
+
+/// Exports `run`, applies `edit` to the header, and imports it as a new run.
+fn tamper_header(store: &JournalStore, run: &str, edit: impl FnOnce(&mut Value)) -> String {
+    let mut buf = Vec::new();
+    store.export(run, &mut buf).unwrap();
+    let mut lines: Vec<Value> = buf
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    lines[0]["header"]["run_id"] = json!(format!("{run}-edited"));
+    edit(&mut lines[0]["header"]);
+    let text: String = lines.iter().map(|l| l.to_string() + "\n").collect();
+    store.import(&mut text.as_bytes(), "edited").unwrap()
+}
+
+#[tokio::test]
+async fn a_replay_that_sends_a_different_body_diverges_at_the_request() {
+    let e = env();
+    let (url, seen) = serve_posts();
+    let port = url.rsplit(':').next().unwrap();
+    let net = e.load(
+        "net-escape",
+        &format!("[http]\nallowed_outbound_hosts = [\"http://127.0.0.1:{port}\"]\n"),
+    );
+    let (id, live) = e
+        .record(
+            &net,
+            "post",
+            json!({"url": url, "body": "prompt A", "auth": null}),
+        )
+        .await;
+    assert_eq!(live, json!({"ok": [200, "ok"]}));
+    assert!(seen.lock().unwrap()[0].ends_with("prompt A"));
+    // The same request replays without the server.
+    e.assert_identical(&id).await;
+    let recorded_step = e
+        .store
+        .steps(&id)
+        .unwrap()
+        .into_iter()
+        .find(|(_, s)| s.capability == "http");
+    let (http_at, _) = recorded_step.expect("an http step");
+
+    // The guest now sends another body (a changed prompt).
+    let changed = tamper_header(&e.store, &id, |h| h["args"]["body"] = json!("prompt B"));
+    let r = replay(&e.rt, &e.store, &changed, None).await.unwrap();
+    let Some(ReplayDivergence::Interaction(d)) = r.divergence else {
+        panic!(
+            "expected a divergence at the request, got {:?}",
+            r.divergence
+        )
+    };
+    assert_eq!(d.index, http_at);
+    let (rec, act) = (d.recorded.unwrap(), d.actual.unwrap());
+    assert_eq!(rec.request["uri"], act.request["uri"]);
+    assert_eq!(rec.request["body_len"], json!(8));
+    assert_ne!(rec.request["body_digest"], act.request["body_digest"]);
+    // The report shows both requests.
+    let text = ReplayDivergence::Interaction(tessera_runtime::gateway::Divergence {
+        index: d.index,
+        recorded: Some(rec.clone()),
+        actual: Some(act.clone()),
+        reason: None,
+    })
+    .to_string();
+    assert_eq!(text.matches("http.request").count(), 2, "{text}");
+    assert!(text.contains("POST"), "{text}");
+    // Only the server's first request arrived: replays never reach it.
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn secrets_are_journaled_as_digests_and_checked_on_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(JournalStore::open(dir.path()).unwrap());
+    let key = tessera_runtime::gateway::RedactionKey::new([3; 32]);
+    let runtime = |secret: &str| {
+        let mut host = tessera_runtime::HostConfig {
+            redaction_key: key.clone(),
+            ..Default::default()
+        };
+        host.secrets.insert("api_key".into(), secret.into());
+        Runtime::new(RuntimeConfig {
+            host,
+            ..RuntimeConfig::default()
+        })
+        .unwrap()
+    };
+    let (url, seen) = serve_posts();
+    let port = url.rsplit(':').next().unwrap();
+    let manifest = format!(
+        "[config]\nsecrets = [\"api_key\"]\n[http]\nallowed_outbound_hosts = [\"http://127.0.0.1:{port}\"]\n"
+    );
+    let grants = Grants::from_toml(&manifest, "t.toml", Path::new(".")).unwrap();
+    let rt = runtime("sk-live-4f9a2b");
+    let tool = rt.load_file(&component("config-tool"), grants).unwrap();
+    let (id, o) = record_call(
+        &store,
+        &tool,
+        "call-with-key",
+        &json!({"key": "api_key", "url": url}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(o.result.unwrap(), json!({"ok": 200}));
+    // The API got the key; the journal did not.
+    assert!(seen.lock().unwrap()[0].contains("Bearer sk-live-4f9a2b"));
+    let mut export = Vec::new();
+    store.export(&id, &mut export).unwrap();
+    let export = String::from_utf8(export).unwrap();
+    assert!(!export.contains("sk-live-4f9a2b"), "{export}");
+    assert!(export.contains("\"redacted\":\"hmac-sha256:"), "{export}");
+    store.flush();
+    let raw = std::fs::read(store.path()).unwrap();
+    assert!(
+        !raw.windows(14).any(|w| w == b"sk-live-4f9a2b"),
+        "the secret is in the journal file"
+    );
+    for (i, s) in store.steps(&id).unwrap() {
+        let line = tessera_journal::describe_step(i, &s);
+        assert!(!line.contains("sk-live-4f9a2b"), "{line}");
+    }
+    // Same key, same secret: identical.
+    let r = replay(&rt, &store, &id, None).await.unwrap();
+    assert!(r.divergence.is_none(), "{:?}", r.divergence);
+    // Another secret value: the replay diverges at the read, naming it.
+    let r = replay(&runtime("sk-other"), &store, &id, None)
+        .await
+        .unwrap();
+    let d = r
+        .divergence
+        .expect("a changed secret must diverge")
+        .to_string();
+    assert!(d.contains("secret `api_key` differs"), "{d}");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}

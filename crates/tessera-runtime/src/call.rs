@@ -448,9 +448,19 @@ impl LoadedComponent {
                 None => std::future::pending().await,
             }
         };
+        // Deterministic runs are bounded by fuel alone: the wall clock may
+        // bound only what the guest waits for from the host (each HTTP
+        // exchange, `capability::http`), never its computation.
+        let bounded = async {
+            if deterministic {
+                Ok(run.await)
+            } else {
+                tokio::time::timeout(timeout + HOST_WAIT_GRACE, run).await
+            }
+        };
         let timed = tokio::select! {
             biased;
-            r = tokio::time::timeout(timeout + HOST_WAIT_GRACE, run) => r,
+            r = bounded => r,
             // A guest running wasm stops at its next epoch tick (above); one
             // waiting on the host stops here.
             () = cancelled => Ok(Err(Cancelled.into())),

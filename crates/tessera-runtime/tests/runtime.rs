@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 use tessera_runtime::{
-    CacheStatus, CallFailure, Decision, Error, LimitHit, Runtime, RuntimeConfig,
+    CacheStatus, CallFailure, Decision, Error, Grants, LimitHit, Runtime, RuntimeConfig,
 };
 
 // ---------------------------------------------------------------- JSON ↔ WIT
@@ -749,7 +749,8 @@ async fn raw_sockets_env_and_args_are_denied_unless_granted() {
         json!({"addr": server.addr.to_string()}),
     )
     .await;
-    assert!(r.get("err").is_some(), "{r}");
+    let err = r["err"].as_str().expect("tcp-connect must fail");
+    assert!(err.contains("access-denied"), "{err}");
     assert_eq!(call_ok(&net, "read-env", json!({})).await, json!([]));
     // argv[0] is the function name; nothing else unless granted.
     assert_eq!(
@@ -1087,4 +1088,129 @@ async fn deterministic_deadlines_are_fuel_deadlines() {
     );
     let o2 = call(&spin, "spin", json!({})).await;
     assert_eq!(o.fuel_consumed, o2.fuel_consumed);
+}
+
+// ---------------------------------------------------------------- capabilities
+
+fn runtime_with_host(
+    host: tessera_runtime::HostConfig,
+) -> (Runtime, std::sync::Arc<tessera_runtime::audit::MemoryAudit>) {
+    let audit = std::sync::Arc::new(tessera_runtime::audit::MemoryAudit::default());
+    let rt = Runtime::new(RuntimeConfig {
+        audit: audit.clone(),
+        host,
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    (rt, audit)
+}
+
+#[tokio::test]
+async fn wasi_config_values_come_from_the_manifest_and_secrets_from_the_host() {
+    let mut host = tessera_runtime::HostConfig::default();
+    host.secrets.insert("api_key".into(), "k-123".into());
+    host.secrets.insert("not_granted".into(), "hidden".into());
+    let (rt, _) = runtime_with_host(host);
+    let manifest = "[config]\nvalues = { model = \"small\" }\nsecrets = [\"api_key\"]\n";
+    let c = load(&rt, "config-tool", manifest);
+    assert_eq!(
+        call_ok(&c, "get", json!({"key": "model"})).await,
+        json!({"ok": "small"})
+    );
+    assert_eq!(
+        call_ok(&c, "get", json!({"key": "api_key"})).await,
+        json!({"ok": "k-123"})
+    );
+    // A secret the host has but the manifest does not name stays invisible.
+    assert_eq!(
+        call_ok(&c, "get", json!({"key": "not_granted"})).await,
+        json!({"ok": null})
+    );
+    assert_eq!(
+        call_ok(&c, "get-all", json!({})).await,
+        json!({"ok": [["api_key", "k-123"], ["model", "small"]]})
+    );
+    // Without a [config] grant the component sees nothing.
+    let bare = load(&rt, "config-tool", "");
+    assert_eq!(
+        call_ok(&bare, "get-all", json!({})).await,
+        json!({"ok": []})
+    );
+}
+
+#[tokio::test]
+async fn a_secret_the_host_does_not_provide_fails_the_load_naming_the_field() {
+    let (rt, _) = runtime_with_host(tessera_runtime::HostConfig::default());
+    let e = rt
+        .load_file(
+            &component("config-tool"),
+            grants("[config]\nsecrets = [\"api_key\"]\n"),
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::Bind { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("config.secrets[0]") && msg.contains("api_key"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn sockets_are_refused_by_the_gateway_with_an_audit_event() {
+    let server = TestServer::start("127.0.0.1");
+    let (rt, audit) = runtime_with_audit();
+    let net = load(&rt, "net-escape", "");
+    let o = call(
+        &net,
+        "tcp-connect",
+        json!({"addr": server.addr.to_string()}),
+    )
+    .await;
+    assert!(
+        o.result.as_ref().unwrap()["err"]
+            .as_str()
+            .unwrap()
+            .contains("create-tcp-socket failed: access-denied")
+    );
+    let events = audit.take();
+    assert!(
+        events.iter().any(|e| e.capability == "sockets"
+            && e.decision == Decision::Deny
+            && e.target == "tcp"),
+        "{events:?}"
+    );
+    assert!(server.requests().is_empty());
+}
+
+#[tokio::test]
+async fn deterministic_timers_advance_virtual_time_instead_of_waiting() {
+    let rt = runtime();
+    let det = load(&rt, "net-escape", "deterministic = true\n");
+    // A one-hour sleep: waiting would hit the default 10 s deadline, so the
+    // call returning at all shows the timer did not wait on the host.
+    let a = call_ok(&det, "sleep", json!({"ms": 3_600_000})).await;
+    let b = call_ok(&det, "sleep", json!({"ms": 3_600_000})).await;
+    assert!(a.as_u64().unwrap() >= 3_600_000_000_000, "{a}");
+    assert_eq!(a, b, "deterministic runs must see the same time");
+    // Live, the timer waits on the host clock.
+    let live = load(&rt, "net-escape", "");
+    let ns = call_ok(&live, "sleep", json!({"ms": 20})).await;
+    assert!(ns.as_u64().unwrap() >= 20_000_000, "{ns}");
+}
+
+#[test]
+fn every_capability_declares_its_effects_and_manifest_keys() {
+    use tessera_runtime::capability::NAMES;
+    for name in [
+        "clocks", "random", "env", "stdio", "logging", "files", "http", "sockets", "config",
+    ] {
+        assert!(NAMES.contains(&name), "{name} is not registered: {NAMES:?}");
+    }
+    let e = Grants::from_toml("[kv]\n", "m.toml", Path::new("."))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("unknown key `kv`") && e.contains("config"),
+        "{e}"
+    );
 }

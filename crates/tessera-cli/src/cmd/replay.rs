@@ -54,6 +54,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
                 v["divergence"]["index"] = json!(i.index);
                 v["divergence"]["recorded"] = json!(i.recorded);
                 v["divergence"]["replayed"] = json!(i.actual);
+                v["divergence"]["reason"] = json!(i.reason);
             }
         }
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -74,15 +75,21 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
                             .to_string())
                         .unwrap_or_else(|| "(end of recording)".into())
                 );
+                // The replayed step was not answered: show what it asked.
                 println!(
                     "  replayed: {}",
                     d.actual
                         .as_deref()
-                        .map(|s| tessera_journal::describe_step(d.index, s)
-                            .trim_start()
-                            .to_string())
+                        .map(|s| format!(
+                            "{}  {}",
+                            d.index,
+                            tessera_runtime::capability::generic_description(s)
+                        ))
                         .unwrap_or_else(|| "(the guest finished)".into())
                 );
+                if let Some(reason) = &d.reason {
+                    println!("  because:  {reason}");
+                }
             }
             Some(other) => println!("DIVERGED: {other}"),
         }

@@ -560,6 +560,30 @@ impl WasiHttpHooks for HttpGate {
                 Ok(None) => {
                     let outcome = match decision {
                         Err(_) => Err(HttpError::HttpRequestDenied),
+                        // In deterministic mode the call has no wall-clock
+                        // deadline; each wait on the network has one.
+                        Ok(()) if gateway.deterministic() => {
+                            let limit = gateway.grants().limits.timeout_ms;
+                            match tokio::time::timeout(
+                                std::time::Duration::from_millis(limit),
+                                send_live(request, options),
+                            )
+                            .await
+                            {
+                                Ok(r) => r,
+                                Err(_) => {
+                                    gateway.audit(
+                                        "deadline",
+                                        &target,
+                                        Decision::Limit,
+                                        Some(format!(
+                                            "waiting on the host for more than {limit} ms"
+                                        )),
+                                    );
+                                    Err(HttpError::ConnectionReadTimeout)
+                                }
+                            }
+                        }
                         Ok(()) => send_live(request, options).await,
                     };
                     ExchangeRecord {
