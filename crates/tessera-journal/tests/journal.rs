@@ -635,3 +635,61 @@ async fn secrets_are_journaled_as_digests_and_checked_on_replay() {
     assert!(d.contains("secret `api_key` differs"), "{d}");
     assert_eq!(seen.lock().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn file_writes_and_reads_on_open_descriptors_are_steps_that_replay() {
+    let e = env();
+    let dir = tempfile::tempdir().unwrap();
+    let fs = e.load(
+        "fs-tool",
+        &format!(
+            "[[files]]\nhost = \"{}\"\nguest = \"/d\"\nmode = \"rw\"\n",
+            dir.path().display()
+        ),
+    );
+    let (wid, _) = e
+        .record(
+            &fs,
+            "write",
+            json!({"path": "/d/out.txt", "contents": "written"}),
+        )
+        .await;
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out.txt")).unwrap(),
+        "written"
+    );
+    let steps = e.store.steps(&wid).unwrap();
+    let writes: Vec<&Value> = steps
+        .iter()
+        .filter(|(_, s)| s.capability == "files" && s.op == "fd")
+        .map(|(_, s)| &s.request)
+        .filter(|r| {
+            r["op"].as_str().is_some_and(|o| o.contains("write")) && r.get("data").is_some()
+        })
+        .collect();
+    assert_eq!(
+        writes
+            .iter()
+            .map(|r| hex::decode(r["data"].as_str().unwrap()).unwrap())
+            .collect::<Vec<_>>()
+            .concat(),
+        b"written"
+    );
+    // The write replays into a scratch mount: the host file is untouched.
+    std::fs::write(dir.path().join("out.txt"), "changed since").unwrap();
+    e.assert_identical(&wid).await;
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out.txt")).unwrap(),
+        "changed since"
+    );
+    let (rid, read) = e.record(&fs, "read", json!({"path": "/d/out.txt"})).await;
+    assert_eq!(read, json!({"ok": "changed since"}));
+    e.assert_identical(&rid).await;
+    // A guest that writes something else diverges at the write.
+    let other = tamper_header(&e.store, &wid, |h| h["args"]["contents"] = json!("other"));
+    let r = replay(&e.rt, &e.store, &other, None).await.unwrap();
+    let Some(ReplayDivergence::Interaction(d)) = r.divergence else {
+        panic!("expected a divergence, got {:?}", r.divergence)
+    };
+    assert_eq!(d.recorded.unwrap().op, "fd");
+}

@@ -953,7 +953,12 @@ impl tessera_runtime::gateway::InteractionObserver for Recorder {
             ("stdio", stream) => format!("{stream}:{}", text(req)),
             ("logging", _) => format!("log:{}", req["message"].as_str().unwrap()),
             ("http", _) => format!("http:{}:{}", req["uri"].as_str().unwrap(), resp["allowed"]),
-            ("files", _) => format!(
+            ("files", "fd") => format!(
+                "fd:{}:{}",
+                req["op"].as_str().unwrap(),
+                req["path"].as_str().unwrap()
+            ),
+            ("files", "path") => format!(
                 "file:{}:{}:{}",
                 req["op"].as_str().unwrap(),
                 req["path"].as_str().unwrap(),
@@ -1002,7 +1007,34 @@ async fn the_gateway_reports_every_interaction_to_the_observer() {
         ),
     );
     call_ok(&fs, "read", json!({"path": "/d/missing.txt"})).await;
+    let rw = load(
+        &rt,
+        "fs-tool",
+        &format!(
+            "[[files]]\nhost = \"{}\"\nguest = \"/d\"\nmode = \"rw\"\n",
+            dir.path().display()
+        ),
+    );
+    call_ok(
+        &rw,
+        "write",
+        json!({"path": "/d/new.txt", "contents": "abc"}),
+    )
+    .await;
+    call_ok(&rw, "read", json!({"path": "/d/new.txt"})).await;
     let seen = recorder.0.lock().unwrap().clone();
+    // Reads and writes on open descriptors are steps too.
+    assert!(
+        seen.iter()
+            .any(|s| s.starts_with("write|fd:") && s.ends_with(":/d/new.txt")),
+        "no descriptor write step in {seen:#?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|s| s.starts_with("read|fd:") && s.ends_with(":/d/new.txt")),
+        "no descriptor read step in {seen:#?}"
+    );
+    assert!(seen.iter().any(|s| s == "read|files.preopens"), "{seen:#?}");
     // Unbuffered stderr may arrive in several writes: join them.
     let stderr: String = seen
         .iter()
@@ -1213,4 +1245,96 @@ fn every_capability_declares_its_effects_and_manifest_keys() {
         e.contains("unknown key `kv`") && e.contains("config"),
         "{e}"
     );
+}
+
+/// The WIT directory a dependency ships (`wit` under its source), found
+/// through `cargo metadata`.
+fn dependency_wit(package: &str, sub: &str) -> std::path::PathBuf {
+    let rustc = std::process::Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .expect("rustc -vV");
+    let host = String::from_utf8_lossy(&rustc.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
+        .expect("host triple");
+    let out = std::process::Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--offline",
+            "--filter-platform",
+            &host,
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo metadata");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let manifest = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == package)
+        .unwrap_or_else(|| panic!("{package} is not a dependency"))["manifest_path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    Path::new(&manifest).parent().unwrap().join(sub)
+}
+
+#[test]
+fn every_wasi_function_is_served_or_refused_by_the_gateway() {
+    use tessera_runtime::capability::coverage::{Coverage, coverage};
+    let mut missing = Vec::new();
+    let mut counts = std::collections::BTreeMap::new();
+    for (package, sub, world) in [
+        ("wasmtime-wasi", "src/p2/wit", "wasmtime:wasi/bindings"),
+        ("wasmtime-wasi-http", "wit", "wasmtime:wasi-http/bindings"),
+    ] {
+        let mut resolve = wit_parser::Resolve::default();
+        let (pkg, _) = resolve.push_dir(dependency_wit(package, sub)).unwrap();
+        let world = resolve
+            .select_world(&[pkg], Some(world))
+            .unwrap_or_else(|e| panic!("{world}: {e}"));
+        for (_, item) in &resolve.worlds[world].imports {
+            let wit_parser::WorldItem::Interface { id, .. } = item else {
+                continue;
+            };
+            let iface = &resolve.interfaces[*id];
+            let package = &resolve.packages[iface.package.unwrap()].name;
+            let name = format!(
+                "{}:{}/{}",
+                package.namespace,
+                package.name,
+                iface.name.as_deref().unwrap_or("?")
+            );
+            for function in iface.functions.keys() {
+                match coverage(&name, function) {
+                    None => missing.push(format!("{name}#{function}")),
+                    Some(c) => {
+                        let kind = match c {
+                            Coverage::Gateway(_) => "gateway",
+                            Coverage::Refused(_) => "refused",
+                            Coverage::Local(_) => "local",
+                        };
+                        *counts.entry(kind).or_insert(0) += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "host functions the gateway does not cover: {missing:#?}"
+    );
+    // Sanity: the walk saw the worlds (path and descriptor methods of the
+    // filesystem alone are 27 gateway functions).
+    assert!(counts["gateway"] >= 27 + 10, "{counts:?}");
+    assert!(counts["refused"] >= 3, "{counts:?}");
 }

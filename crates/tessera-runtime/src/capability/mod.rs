@@ -30,6 +30,7 @@ use crate::manifest::{Limits, ManifestError};
 
 pub mod clocks;
 pub mod config;
+pub mod coverage;
 pub mod env;
 pub mod files;
 pub mod http;

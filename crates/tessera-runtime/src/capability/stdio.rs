@@ -40,6 +40,38 @@ impl Op for Stdout {
     type Response = ();
 }
 
+/// `wasi:cli/stdin.get-stdin`: the guest asked for its standard input
+/// (always empty: a read gives end of file).
+pub struct Stdin;
+impl Op for Stdin {
+    const CAPABILITY: &'static str = "stdio";
+    const NAME: &'static str = "stdin";
+    type Request = ();
+    type Response = ();
+}
+
+/// `get-terminal-stdin`/`-stdout`/`-stderr`: never a terminal.
+pub struct Terminal;
+impl Op for Terminal {
+    const CAPABILITY: &'static str = "stdio";
+    const NAME: &'static str = "terminal";
+    type Request = String;
+    type Response = bool;
+}
+
+/// `wasi:cli/exit.exit` and `exit-with-code`: the status the guest exits
+/// with (the call then ends as a trap naming it).
+pub struct Exit;
+impl Op for Exit {
+    const CAPABILITY: &'static str = "stdio";
+    const NAME: &'static str = "exit";
+    const REPLAY: Replay = Replay::Perform;
+    type Request = i32;
+    type Response = ();
+}
+
+const CLI_VERSION: &str = "0.2.12";
+
 /// Bytes written to stderr.
 pub struct Stderr;
 impl Op for Stderr {
@@ -56,9 +88,58 @@ impl Capability for Stdio {
     type Grant = ();
     type State = ();
 
-    fn link(_: &mut Linker<HostState>) -> wasmtime::Result<()> {
-        // The streams are installed in the WASI context (`state`); the
-        // `wasi:cli/stdout` and `stderr` functions hand them out.
+    fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+        // stdout and stderr are the captured streams installed in the WASI
+        // context (`state`); `get-stdout`/`get-stderr` hand them out.
+        let mut stdin = super::shadowing(
+            linker,
+            &format!("wasi:cli/stdin@{CLI_VERSION}"),
+            &["get-stdin"],
+        )?;
+        stdin.func_wrap(
+            "get-stdin",
+            |mut store: wasmtime::StoreContextMut<'_, HostState>, (): ()| {
+                store.data().gateway.exchange::<Stdin>((), |_| ())?;
+                let stream: wasmtime_wasi::p2::DynInputStream =
+                    Box::new(wasmtime_wasi::p2::pipe::ClosedInputStream);
+                Ok((store.data_mut().table.push(stream)?,))
+            },
+        )?;
+        for stream in ["stdin", "stdout", "stderr"] {
+            let instance = format!("wasi:cli/terminal-{stream}@{CLI_VERSION}");
+            let name = format!("get-terminal-{stream}");
+            let mut inst = super::shadowing(linker, &instance, &[&name])?;
+            inst.func_new(&name, move |store, _, _, results| {
+                store
+                    .data()
+                    .gateway
+                    .exchange::<Terminal>(stream.to_string(), |_| false)?;
+                results[0] = wasmtime::component::Val::Option(None);
+                Ok(())
+            })?;
+        }
+        let mut exit = super::shadowing(
+            linker,
+            &format!("wasi:cli/exit@{CLI_VERSION}"),
+            &["exit", "exit-with-code"],
+        )?;
+        exit.func_wrap(
+            "exit",
+            |store: wasmtime::StoreContextMut<'_, HostState>, (status,): (Result<(), ()>,)| {
+                let code = if status.is_ok() { 0 } else { 1 };
+                store.data().gateway.exchange::<Exit>(code, |_| ())?;
+                Err::<(), _>(wasmtime::Error::new(wasmtime_wasi::I32Exit(code)))
+            },
+        )?;
+        exit.func_wrap(
+            "exit-with-code",
+            |store: wasmtime::StoreContextMut<'_, HostState>, (code,): (u8,)| {
+                let code = i32::from(code);
+                store.data().gateway.exchange::<Exit>(code, |_| ())?;
+                Err::<(), _>(wasmtime::Error::new(wasmtime_wasi::I32Exit(code)))
+            },
+        )?;
+        linker.allow_shadowing(false);
         Ok(())
     }
 
@@ -67,8 +148,7 @@ impl Capability for Stdio {
     }
 
     fn state(_: &(), gateway: &Gateway, wasi: &mut WasiCtxBuilder) -> Result<(), crate::Error> {
-        wasi.stdin(tokio::io::empty())
-            .stdout(CapturedStream::stdout(gateway.clone()))
+        wasi.stdout(CapturedStream::stdout(gateway.clone()))
             .stderr(CapturedStream::stderr(gateway.clone()));
         Ok(())
     }
@@ -78,6 +158,9 @@ impl Capability for Stdio {
     }
 
     fn describe(step: &Step) -> String {
+        if step.op != "stdout" && step.op != "stderr" {
+            return super::generic_description(step);
+        }
         match crate::gateway::Bytes::deserialize(&step.request) {
             Ok(b) => format!("{:<16} {}", step.kind(), text(&b.0)),
             Err(_) => super::generic_description(step),

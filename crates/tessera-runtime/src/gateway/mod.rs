@@ -232,6 +232,20 @@ impl Gateway {
             Some(r) => r,
             None => live(&request),
         };
+        if O::REPLAY == Replay::Verify
+            && let Some(src) = &self.inner.replay
+            && let Some(rec) = src.recorded(index)
+            && rec.response != to_value(&response)
+        {
+            let mut actual = probe::<O>(&request);
+            actual.response = to_value(&response);
+            return Err(self.diverge(
+                index,
+                Some(rec),
+                Some(actual),
+                Some("the host answered differently".into()),
+            ));
+        }
         self.report::<O>(index, &request, &response);
         Ok(response)
     }
@@ -252,7 +266,7 @@ impl Gateway {
         let probe = probe::<O>(request);
         match src.recorded(index) {
             Some(rec) if rec.answers(&probe) => match O::REPLAY {
-                Replay::Perform => Ok(None),
+                Replay::Perform | Replay::Verify => Ok(None),
                 Replay::Answer => rec
                     .decode::<O>()
                     .map(Some)

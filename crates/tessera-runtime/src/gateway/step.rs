@@ -59,6 +59,9 @@ pub enum Replay {
     /// The operation runs again (against the replay's own sandbox: captured
     /// output, rebuilt files) and only the request is checked.
     Perform,
+    /// The operation runs again and its response must equal the recorded
+    /// one too (bytes read from a rebuilt file).
+    Verify,
 }
 
 /// One kind of host operation of a capability, with its codec.

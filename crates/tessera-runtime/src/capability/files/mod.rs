@@ -37,6 +37,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) mod fd;
+
 use super::{Capability, Effects, Section};
 use crate::audit::Decision;
 use crate::gateway::{Bytes, Gateway, Op, Replay, Step};
@@ -85,10 +87,10 @@ struct RawMount {
     mode: Option<String>,
 }
 
-/// Per-instance state: the guest path of each directory descriptor.
+/// Per-instance state: the guest path of each descriptor and stream.
 #[derive(Debug, Default)]
 pub struct FilesState {
-    dir_paths: HashMap<u32, String>,
+    paths: HashMap<u32, String>,
 }
 
 /// A path operation the guest asked for.
@@ -126,6 +128,66 @@ impl Op for PathOp {
     type Response = PathResponse;
 }
 
+/// `get-directories`: the guest paths of the granted directories.
+pub struct Preopens;
+impl Op for Preopens {
+    const CAPABILITY: &'static str = "files";
+    const NAME: &'static str = "preopens";
+    const REPLAY: Replay = Replay::Verify;
+    type Request = ();
+    type Response = Vec<String>;
+}
+
+/// An operation on an open descriptor or one of its streams.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdRequest {
+    /// The operation (`read`, `write`, `stat`, `set-size`, `read-directory`,
+    /// `stream-read`, `stream-write`, …).
+    pub op: String,
+    /// The guest path the descriptor was opened at.
+    pub path: String,
+    /// The offset, for positioned operations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// The length or size asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub len: Option<u64>,
+    /// The bytes written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Bytes>,
+}
+
+/// What an operation on an open descriptor did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdResponse {
+    /// The error code, when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Bytes read or written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub len: Option<u64>,
+    /// SHA-256 of the bytes read (the content itself was captured at open).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// A directory entry read (`None` at the end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<String>,
+    /// End of file or stream.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub end: bool,
+}
+
+/// An operation on an open descriptor. Replayed against the rebuilt mount;
+/// what it reads must be what it read when recorded.
+pub struct FdOp;
+impl Op for FdOp {
+    const CAPABILITY: &'static str = "files";
+    const NAME: &'static str = "fd";
+    const REPLAY: Replay = Replay::Verify;
+    type Request = FdRequest;
+    type Response = FdResponse;
+}
+
 /// The `wasi:filesystem/types` instance whose path operations are wrapped.
 /// Guests importing any `0.2.x` version link against it.
 pub const FILESYSTEM_TYPES: &str = "wasi:filesystem/types@0.2.12";
@@ -152,7 +214,7 @@ pub const MAX_CAPTURED_FILE: u64 = 16 << 20;
 
 /// The guest path of `rel` relative to the directory `base` (a resource rep).
 fn guest_path(state: &HostState, base: u32, rel: &str) -> String {
-    match state.caps.files.dir_paths.get(&base) {
+    match state.caps.files.paths.get(&base) {
         Some(dir) if rel.starts_with('/') => format!("{dir}{rel}"),
         Some(dir) => format!("{}/{rel}", dir.trim_end_matches('/')),
         None => rel.to_string(),
@@ -274,7 +336,7 @@ macro_rules! wrap {
 }
 
 /// The path-based methods the gateway replaces.
-const PATH_METHODS: &[&str] = &[
+pub(crate) const PATH_METHODS: &[&str] = &[
     "[method]descriptor.open-at",
     "[method]descriptor.stat-at",
     "[method]descriptor.metadata-hash-at",
@@ -291,6 +353,7 @@ const PATH_METHODS: &[&str] = &[
 /// Replaces the path operations of `wasi:filesystem/types` in `linker` with
 /// gateway-reporting wrappers. Call after wasmtime-wasi's `add_to_linker`.
 fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    fd::add_to_linker(linker)?;
     super::shadowing(linker, FILESYSTEM_PREOPENS, &["get-directories"])?.func_wrap(
         "get-directories",
         |mut store: Store<'_>, (): ()| {
@@ -300,9 +363,14 @@ fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     .data_mut()
                     .caps
                     .files
-                    .dir_paths
+                    .paths
                     .insert(fd.rep(), path.clone());
             }
+            let guest: Vec<String> = dirs.iter().map(|(_, p)| p.clone()).collect();
+            store
+                .data()
+                .gateway
+                .exchange::<Preopens>((), |_| guest.clone())?;
             Ok((dirs,))
         },
     )?;
@@ -328,9 +396,7 @@ fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     let rep = new_fd.rep();
                     let state = store.data_mut();
                     if let Ok(d) = state.table.get(new_fd) {
-                        if matches!(d, Descriptor::Dir(_)) {
-                            state.caps.files.dir_paths.insert(rep, shown.clone());
-                        }
+                        state.caps.files.paths.insert(rep, shown.clone());
                         if gateway.recording() && !gateway.replaying() {
                             captured = capture(d, flags, open_flags);
                         }
@@ -449,6 +515,12 @@ impl Capability for Files {
     }
 
     fn describe(step: &Step) -> String {
+        if step.op == FdOp::NAME {
+            return fd::describe(step);
+        }
+        if step.op != PathOp::NAME {
+            return super::generic_description(step);
+        }
         let (Ok(req), Ok(resp)) = (
             PathRequest::deserialize(&step.request),
             PathResponse::deserialize(&step.response),
