@@ -693,3 +693,120 @@ async fn file_writes_and_reads_on_open_descriptors_are_steps_that_replay() {
     };
     assert_eq!(d.recorded.unwrap().op, "fd");
 }
+
+#[tokio::test]
+async fn absurd_imports_are_clear_errors_and_store_nothing() {
+    let e = env();
+    let hello = e.load("hello", "");
+    let (id, _) = e.record(&hello, "chatter", json!({"msg": "x"})).await;
+    let mut buf = Vec::new();
+    e.store.export(&id, &mut buf).unwrap();
+    let good: Vec<Value> = buf
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    let runs_before = e.store.list().unwrap().len();
+    let attempt = |label: &str, edit: &dyn Fn(&mut Vec<Value>), expect: &str| {
+        let mut lines = good.clone();
+        lines[0]["header"]["run_id"] = json!(format!("absurd-{label}"));
+        edit(&mut lines);
+        let text: String = lines.iter().map(|l| l.to_string() + "\n").collect();
+        let err = e
+            .store
+            .import(&mut text.as_bytes(), "absurd.jsonl")
+            .expect_err(label)
+            .to_string();
+        assert!(err.contains(expect), "{label}: {err}");
+        assert!(err.contains("absurd.jsonl:"), "{label}: no place in {err}");
+    };
+    let step_at =
+        |lines: &mut Vec<Value>| lines.iter().position(|l| l.get("step").is_some()).unwrap();
+    attempt(
+        "huge-index",
+        &|l| {
+            let i = step_at(l);
+            l[i]["step"] = json!(u64::MAX);
+        },
+        "out of range",
+    );
+    attempt(
+        "negative-index",
+        &|l| {
+            let i = step_at(l);
+            l[i]["step"] = json!(-1);
+        },
+        "not a non-negative integer",
+    );
+    attempt(
+        "wrong-type",
+        &|l| {
+            let i = step_at(l);
+            l[i]["interaction"]["capability"] = json!(17);
+        },
+        "step 0",
+    );
+    attempt(
+        "index-past-end",
+        &|l| {
+            let i = step_at(l);
+            l[i]["step"] = json!(100_000);
+        },
+        "past the",
+    );
+    attempt(
+        "duplicate-index",
+        &|l| {
+            let i = step_at(l);
+            let dup = l[i].clone();
+            l.insert(i, dup);
+        },
+        "appears twice",
+    );
+    attempt(
+        "bad-run-id",
+        &|l| l[0]["header"]["run_id"] = json!("../../etc"),
+        "header.run_id",
+    );
+    attempt(
+        "second-header",
+        &|l| {
+            let h = l[0].clone();
+            l.push(h);
+        },
+        "second header",
+    );
+    // A blob referenced but not shipped (a truncated export).
+    let (hid, _) = e
+        .record(&hello, "chatter", json!({"msg": "y".repeat(400)}))
+        .await;
+    let mut big = Vec::new();
+    e.store.export(&hid, &mut big).unwrap();
+    let text: String = String::from_utf8(big)
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            !(l.contains("\"blob\":")
+                && l.contains("\"data\":")
+                && !l.contains(&hello.digest()[7..]))
+        })
+        .map(|l| l.replace(&hid, "absurd-missing-blob") + "\n")
+        .collect();
+    let err = e
+        .store
+        .import(&mut text.as_bytes(), "truncated.jsonl")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is missing"), "{err}");
+    // A line longer than any export can have is refused without being read whole.
+    let mut huge =
+        std::io::Cursor::new(vec![b'x'; (tessera_journal::MAX_IMPORT_LINE + 10) as usize]);
+    let err = e
+        .store
+        .import(&mut huge, "huge.jsonl")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("longer than"), "{err}");
+    // Nothing of any of them was stored.
+    assert_eq!(e.store.list().unwrap().len(), runs_before + 1);
+}

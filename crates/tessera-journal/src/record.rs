@@ -1,0 +1,176 @@
+//! Recording: a call run with the journal's observer, its steps streamed
+//! into the store.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use tessera_runtime::gateway::{CallScope, InteractionObserver, Step};
+use tessera_runtime::{CallFailure, CallOptions, CallOutcome, LoadedComponent, Runtime};
+
+use crate::format::{self, Caller, ComponentRef, End, EngineSettings, Header, RunResult};
+use crate::{Error, JournalStore, store};
+
+/// A new run id: UTC time, then random hex (sorts by start time).
+pub fn new_run_id() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let mut r = [0u8; 4];
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(now.unix_timestamp_nanos() as u128);
+    r.copy_from_slice(&h.finish().to_le_bytes()[..4]);
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}-{}",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        hex::encode(r)
+    )
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Streams one run's steps into the store.
+struct Recorder {
+    buffer: Arc<store::RunBuffer>,
+    also: Option<Arc<dyn InteractionObserver>>,
+}
+
+impl InteractionObserver for Recorder {
+    fn observe(&self, scope: &CallScope, index: u64, step: &Step) {
+        self.buffer.push(index, step);
+        if let Some(o) = &self.also {
+            o.observe(scope, index, step);
+        }
+    }
+}
+
+fn engine_settings(runtime: &Runtime) -> EngineSettings {
+    EngineSettings {
+        wasmtime: tessera_runtime::WASMTIME_VERSION.to_string(),
+        fuel: true,
+        max_wasm_stack: runtime.max_wasm_stack(),
+    }
+}
+
+/// The end record for an outcome.
+pub fn end_of(outcome: &CallOutcome) -> End {
+    let result = match &outcome.result {
+        Ok(v) => RunResult::Returned { value: v.clone() },
+        Err(CallFailure::Limit(l)) => RunResult::Limit {
+            limit: l.capability().to_string(),
+            message: l.to_string(),
+        },
+        Err(CallFailure::Trap { message, .. }) => RunResult::Trap {
+            message: message.clone(),
+        },
+        Err(CallFailure::Diverged(d)) => RunResult::Trap {
+            message: d.to_string(),
+        },
+        Err(CallFailure::Cancelled) => RunResult::Cancelled {
+            message: "call cancelled".into(),
+        },
+    };
+    End {
+        result,
+        fuel_consumed: outcome.fuel_consumed,
+        peak_memory_bytes: outcome.peak_memory_bytes as u64,
+        duration_us: outcome.duration.as_micros() as u64,
+        steps: outcome.interactions,
+    }
+}
+
+/// Calls `function` and records the run. Returns the run id with the outcome.
+pub async fn record_call(
+    store: &Arc<JournalStore>,
+    component: &LoadedComponent,
+    function: &str,
+    args: &Value,
+) -> Result<(String, CallOutcome), Error> {
+    record_call_with(
+        store,
+        component,
+        function,
+        args,
+        CallOptions::default(),
+        None,
+    )
+    .await
+}
+
+/// [`record_call`] with call options (a cancellation token, a snapshot, an
+/// extra observer, which sees every step the journal records) and the
+/// caller to name in the header.
+pub async fn record_call_with(
+    store: &Arc<JournalStore>,
+    component: &LoadedComponent,
+    function: &str,
+    args: &Value,
+    options: CallOptions,
+    caller: Option<Caller>,
+) -> Result<(String, CallOutcome), Error> {
+    let f = component.function(function)?;
+    let run_id = new_run_id();
+    let header = Header {
+        format: format::FORMAT.to_string(),
+        version: format::VERSION,
+        run_id: run_id.clone(),
+        started: now_rfc3339(),
+        component: ComponentRef {
+            digest: component.digest().to_string(),
+            origin: component.origin().to_string(),
+        },
+        function: f.qualified_name(),
+        args: args.clone(),
+        grants: component.grants().clone(),
+        engine: engine_settings(component.runtime()),
+        caller,
+    };
+    let function = header.function.clone();
+    let args_owned = header.args.clone();
+    store.begin(header, component.source_bytes())?;
+    let buffer = store.run_buffer(&run_id);
+    let recorder = Arc::new(Recorder {
+        buffer: buffer.clone(),
+        also: options.observer.clone(),
+    });
+    let outcome = component
+        .call_json_with(
+            &function,
+            &args_owned,
+            CallOptions {
+                observer: Some(recorder),
+                ..options
+            },
+        )
+        .await;
+    match outcome {
+        Ok(o) => {
+            // Queued, not awaited: the writer commits in the background.
+            // `JournalStore::flush` (or dropping the store) waits for it.
+            store.finish_run(&buffer, &end_of(&o));
+            Ok((run_id, o))
+        }
+        Err(e) => {
+            store.finish_run(
+                &buffer,
+                &End {
+                    result: RunResult::Refused {
+                        message: e.to_string(),
+                    },
+                    fuel_consumed: 0,
+                    peak_memory_bytes: 0,
+                    duration_us: 0,
+                    steps: 0,
+                },
+            );
+            Err(e.into())
+        }
+    }
+}
