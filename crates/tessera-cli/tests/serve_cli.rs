@@ -151,3 +151,54 @@ fn closing_stdin_cancels_running_mcp_calls_and_journals_them() {
         "{runs:?}"
     );
 }
+
+/// One HTTP/1.1 request; returns the whole response text.
+fn http(base: &str, request: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(request.replace("{addr}", addr).as_bytes())
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn allowed_origin_flag_is_checked_and_applied() {
+    let data = tempfile::tempdir().unwrap();
+    let o = tessera(data.path())
+        .args(["serve", "--allowed-origin", "localhost:3000"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("invalid origin"), "{}", text(&o));
+
+    let serving = Serving::start(data.path(), &["--allowed-origin", "http://localhost:3000"]);
+    let get = |origin: &str| {
+        http(
+            &serving.base,
+            &format!(
+                "GET /v1/components HTTP/1.1\r\nHost: {{addr}}\r\nOrigin: {origin}\r\nConnection: close\r\n\r\n"
+            ),
+        )
+    };
+    let allowed = get("http://localhost:3000");
+    assert!(allowed.starts_with("HTTP/1.1 200"), "{allowed}");
+    assert!(
+        allowed
+            .to_ascii_lowercase()
+            .contains("access-control-allow-origin: http://localhost:3000"),
+        "{allowed}"
+    );
+    let refused = get("http://evil.example");
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    assert!(refused.contains("origin_not_allowed"), "{refused}");
+    // A cross-site form post to a tool never reaches it.
+    let form = http(
+        &serving.base,
+        "POST /v1/components/hello/call/greet HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    );
+    assert!(form.starts_with("HTTP/1.1 415"), "{form}");
+    serving.stop();
+}

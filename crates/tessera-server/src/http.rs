@@ -1,6 +1,7 @@
 //! The HTTP API (see `openapi.rs` for the document served at
 //! `/openapi.json`).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -30,13 +31,18 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
             message: message.into(),
             extra: json!({}),
         }
+    }
+
+    /// The human-readable message.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
     }
 
     fn with(mut self, key: &str, value: Value) -> Self {
@@ -172,7 +178,7 @@ async fn authorize(State(server): State<Arc<Server>>, req: Request, next: Next) 
         .map(str::to_string);
     let target = format!("{} {}", req.method(), req.uri().path());
     let deny = |status: StatusCode, code: &'static str, message: String| {
-        server.runtime_audit("auth", &target, &message);
+        server.audit_refusal("auth", &target, &message);
         let mut response = ApiError::new(status, code, message).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
@@ -238,7 +244,9 @@ async fn limit_body(State(server): State<Arc<Server>>, req: Request, next: Next)
 }
 
 impl Server {
-    fn runtime_audit(&self, capability: &str, target: &str, detail: &str) {
+    /// Audits a request the server refused before it reached a handler
+    /// (`capability`: `auth`, `host`, `origin`, `content-type`).
+    pub(crate) fn audit_refusal(&self, capability: &str, target: &str, detail: &str) {
         self.audit_event(&tessera_runtime::AuditEvent::now(
             "-",
             "-",
@@ -250,8 +258,15 @@ impl Server {
     }
 }
 
-/// The API router, with the MCP endpoint at `/mcp`.
-pub fn router(server: Arc<Server>, mcp: crate::mcp::McpHttpService) -> Router {
+/// The API router, with the MCP endpoint at `/mcp`, for a server listening
+/// on `local`. Every route, `/mcp` included, is behind the same layers:
+/// the request guard (`Host`, `Origin`, `Content-Type`; see `guard.rs`),
+/// then the body limit, then the token middleware.
+pub fn router(server: Arc<Server>, mcp: crate::mcp::McpHttpService, local: SocketAddr) -> Router {
+    let guard = crate::guard::GuardState {
+        server: server.clone(),
+        guard: Arc::new(server.request_guard(local)),
+    };
     Router::new()
         .nest_service("/mcp", mcp)
         .route("/v1/health", get(health))
@@ -271,6 +286,7 @@ pub fn router(server: Arc<Server>, mcp: crate::mcp::McpHttpService) -> Router {
         .layer(DefaultBodyLimit::max(server.config.max_body_bytes))
         .layer(middleware::from_fn_with_state(server.clone(), authorize))
         .layer(middleware::from_fn_with_state(server.clone(), limit_body))
+        .layer(middleware::from_fn_with_state(guard, crate::guard::guard))
         .with_state(server)
 }
 

@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod guard;
 mod http;
 pub mod mcp;
 pub mod openapi;
@@ -48,11 +49,15 @@ pub struct ServerConfig {
     pub max_calls: usize,
     /// How long in-flight calls may finish after a shutdown signal.
     pub grace: Duration,
-    /// `Host` values the MCP endpoint accepts. On loopback they are added to
-    /// the loopback names (the only ones accepted otherwise, against DNS
-    /// rebinding); on any other address they are the only ones accepted,
-    /// and when empty any `Host` is (tokens are required there anyway).
+    /// `Host` values every route (API and MCP) accepts. On loopback they
+    /// are added to the loopback names (the only ones accepted otherwise,
+    /// against DNS rebinding); on any other address they are the only ones
+    /// accepted, and when empty any `Host` is (tokens are required there
+    /// anyway).
     pub allowed_hosts: Vec<String>,
+    /// Browser origins allowed to call the server (`Origin` header), besides
+    /// the server's own. A request from any other origin is refused.
+    pub allowed_origins: Vec<guard::AllowedOrigin>,
 }
 
 impl ServerConfig {
@@ -67,6 +72,7 @@ impl ServerConfig {
             max_calls: 256,
             grace: Duration::from_secs(10),
             allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -434,6 +440,15 @@ impl Server {
         })
     }
 
+    /// The request guard of this server listening on `local`.
+    pub fn request_guard(&self, local: SocketAddr) -> guard::RequestGuard {
+        guard::RequestGuard::new(
+            local,
+            &self.config.allowed_hosts,
+            &self.config.allowed_origins,
+        )
+    }
+
     /// Whether the server is shutting down (streams end, no new sessions).
     pub(crate) fn stopping(&self) -> &CancellationToken {
         &self.stopping
@@ -466,6 +481,7 @@ impl Server {
         let app = router(
             self.clone(),
             mcp::http_service(self.clone(), local, sessions.clone()),
+            local,
         );
         let stopping = self.stopping.clone();
         // No Nagle delay: streamed (SSE) responses are written in several

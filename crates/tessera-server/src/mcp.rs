@@ -400,28 +400,22 @@ pub type McpHttpService = StreamableHttpService<McpService, LocalSessionManager>
 /// The streamable HTTP MCP endpoint for a server listening on `local`.
 /// Cancelling `sessions` closes every session.
 ///
-/// `Host` headers are checked: on loopback against the loopback names plus
-/// the configuration's `allowed_hosts` (against DNS rebinding); on any
-/// other address, where tokens are required, against `allowed_hosts` when
-/// it is not empty.
+/// The router's request guard checks `Host`, `Origin` and `Content-Type`
+/// in front of every route, `/mcp` included; rmcp's own `Host` check is
+/// given the same names, as a second line.
 pub fn http_service(
     server: Arc<Server>,
     local: SocketAddr,
     sessions: CancellationToken,
 ) -> McpHttpService {
-    let mut config = StreamableHttpServerConfig::default()
+    let hosts = server.request_guard(local).host_list();
+    let config = StreamableHttpServerConfig::default()
         .with_cancellation_token(sessions)
         .with_max_request_body_bytes(server.config.max_body_bytes);
-    let extra = &server.config.allowed_hosts;
-    config = if local.ip().is_loopback() {
-        // The loopback names, and any the operator added.
-        let mut hosts = config.allowed_hosts.clone();
-        hosts.extend(extra.iter().cloned());
-        config.with_allowed_hosts(hosts)
-    } else if extra.is_empty() {
+    let config = if hosts.is_empty() {
         config.disable_allowed_hosts()
     } else {
-        config.with_allowed_hosts(extra.clone())
+        config.with_allowed_hosts(hosts)
     };
     let handler = McpService::new(server);
     StreamableHttpService::new(
