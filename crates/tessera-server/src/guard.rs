@@ -40,7 +40,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::Server;
-use crate::http::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// The names a loopback server answers to, whatever its port.
 pub const LOOPBACK_HOSTS: &[&str] = &["localhost", "127.0.0.1", "::1"];
@@ -190,21 +190,13 @@ impl Refusal {
     /// The audit capability and the error.
     fn parts(&self) -> (&'static str, ApiError) {
         match self {
-            Refusal::Host(detail) => (
-                "host",
-                ApiError::new(StatusCode::FORBIDDEN, "host_not_allowed", detail),
-            ),
-            Refusal::Origin(detail) => (
-                "origin",
-                ApiError::new(StatusCode::FORBIDDEN, "origin_not_allowed", detail),
-            ),
+            Refusal::Host(detail) => ("host", ApiError::new(ErrorCode::HostNotAllowed, detail)),
+            Refusal::Origin(detail) => {
+                ("origin", ApiError::new(ErrorCode::OriginNotAllowed, detail))
+            }
             Refusal::ContentType(detail) => (
                 "content-type",
-                ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "unsupported_media_type",
-                    detail,
-                ),
+                ApiError::new(ErrorCode::UnsupportedMediaType, detail),
             ),
         }
     }

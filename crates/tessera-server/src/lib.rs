@@ -11,7 +11,9 @@
 //! streamable HTTP at `/mcp` and stdio ([`Server::serve_stdio`]).
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod auth;
+pub mod error;
 pub mod guard;
 mod http;
 pub mod mcp;

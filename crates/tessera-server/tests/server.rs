@@ -410,14 +410,43 @@ async fn openapi_document_matches_the_routes() {
             };
             let (status, body) = s.call(m, &concrete, json!({})).await;
             // A real route answers with JSON (possibly a typed error); an
-            // unknown route or method would be an empty 404/405.
+            // unknown route or method gets `not_found` or
+            // `method_not_allowed`.
+            let code = &body["error"]["code"];
             assert!(
-                status != 405 && body.is_object(),
+                status != 405
+                    && body.is_object()
+                    && code != "not_found"
+                    && code != "method_not_allowed",
                 "{m} {path}: {status} {body}"
+            );
+            // Every answer is documented, with a schema unless it is empty.
+            let answer = &ops[method]["responses"][status.to_string()];
+            assert!(answer.is_object(), "{m} {path}: {status} undocumented");
+            assert!(
+                status == 204 || answer["content"]["application/json"]["schema"].is_object(),
+                "{m} {path}: {status} has no schema"
             );
         }
     }
     assert_eq!(documented, tessera_server::openapi::ROUTES.len());
+    // Unknown routes and methods are typed errors too.
+    let (status, v) = s.call("GET", "/v1/nothing", json!({})).await;
+    assert_eq!((status, &v["error"]["code"]), (404, &json!("not_found")));
+    let (status, v) = s.call("PUT", "/v1/health", json!({})).await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (405, &json!("method_not_allowed"))
+    );
+    // Every schema reference resolves.
+    let text = doc.to_string();
+    for r in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+        let name = r.split('"').next().unwrap();
+        assert!(
+            doc["components"]["schemas"][name].is_object(),
+            "dangling $ref {name}"
+        );
+    }
     s.shutdown().await;
 }
 
@@ -693,13 +722,14 @@ async fn tool_list_follows_load_swap_and_removal() {
 fn every_route() -> Vec<(&'static str, String, bool)> {
     let mut routes: Vec<(&'static str, String, bool)> = tessera_server::openapi::ROUTES
         .iter()
-        .map(|(method, path, _, _)| {
+        .map(|route| {
+            let (method, path) = (route.method, route.path);
             let concrete = if path.contains("{function}") {
                 "/v1/components/hello/call/greet".to_string()
             } else {
                 path.replace("{name}", "nothing").replace("{id}", "nope")
             };
-            let m: &'static str = match *method {
+            let m: &'static str = match method {
                 "get" => "GET",
                 "post" => "POST",
                 "put" => "PUT",
