@@ -1,13 +1,21 @@
-//! The HTTP API's error body: one shape for every error of every route,
-//! `{"error": {"code": …, "message": …, …}}`, with a stable `code` that
-//! fixes the status. The same types give the OpenAPI document its `Error`
-//! schema, so the document cannot drift from what is sent.
+//! What went wrong, for clients: a stable [`ErrorCode`] that fixes the HTTP
+//! status, a message and details. The HTTP API sends it as one body for
+//! every error of every route, `{"error": {"code": …, "message": …, …}}`,
+//! and MCP renders it as a tool error (see `mcp.rs`), so the two cannot
+//! disagree about what a failure is. The conversions from the registry's,
+//! the runtime's and the journal's errors are here, once; call outcomes
+//! are classified in `call.rs`. The same types give the OpenAPI document
+//! its `Error` schema.
 
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use schemars::JsonSchema;
 use serde::Serialize;
+use tessera_journal::Error as JournalError;
+use tessera_runtime::Error as RtError;
+
+use crate::registry::RegistryError;
 
 /// What went wrong, stable across releases. Each code has one HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
@@ -150,6 +158,9 @@ pub struct ErrorDetail {
     /// What was denied (`denied`): a URL, a path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// Why the grant denied it (`denied`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// The journal run of a call that failed (`denied`, `limit`, `trap`,
     /// `cancelled`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -173,6 +184,7 @@ impl ApiError {
             limit: None,
             grant: None,
             target: None,
+            reason: None,
             run_id: None,
         }))
     }
@@ -187,6 +199,11 @@ impl ApiError {
         &self.0.message
     }
 
+    /// The details.
+    pub fn detail(&self) -> &ErrorDetail {
+        &self.0
+    }
+
     /// Adds details.
     pub fn with(mut self, f: impl FnOnce(&mut ErrorDetail)) -> Self {
         f(&mut self.0);
@@ -197,6 +214,64 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.0.code.status(), Json(ErrorBody { error: *self.0 })).into_response()
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        let code = match &e {
+            RegistryError::NoSuchComponent(_) => ErrorCode::NoSuchComponent,
+            RegistryError::NoSuchVersion { .. } => ErrorCode::NoSuchVersion,
+            RegistryError::InvalidName(_) => ErrorCode::InvalidName,
+            RegistryError::Io { .. } | RegistryError::Corrupt { .. } => ErrorCode::Registry,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+impl From<RtError> for ApiError {
+    fn from(e: RtError) -> Self {
+        let code = match &e {
+            RtError::BadArguments { error, .. } => {
+                let path = error.path.clone();
+                return ApiError::new(ErrorCode::BadArguments, e.to_string())
+                    .with(|d| d.path = Some(path));
+            }
+            RtError::Busy { limit } => {
+                let limit = u64::from(*limit);
+                return ApiError::new(ErrorCode::ComponentBusy, e.to_string())
+                    .with(|d| d.limit = Some(LimitRef::Value(limit)));
+            }
+            RtError::NoSuchFunction { .. } | RtError::Ambiguous { .. } => ErrorCode::NoSuchFunction,
+            RtError::NotCallable { .. } => ErrorCode::NotCallable,
+            RtError::Manifest(_) | RtError::Grant(_) => ErrorCode::BadManifest,
+            RtError::Read { .. }
+            | RtError::NotWasm { .. }
+            | RtError::Adapt { .. }
+            | RtError::Compile { .. }
+            | RtError::Link { .. } => ErrorCode::BadComponent,
+            RtError::Engine(_) => ErrorCode::Engine,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+impl From<JournalError> for ApiError {
+    fn from(e: JournalError) -> Self {
+        let code = match e {
+            JournalError::Runtime(r) => return r.into(),
+            JournalError::NoSuchRun(_) => ErrorCode::NoSuchRun,
+            JournalError::Ambiguous(..) => ErrorCode::AmbiguousRun,
+            JournalError::ComponentMissing(_) => ErrorCode::ComponentMissing,
+            _ => ErrorCode::Journal,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+impl From<crate::auth::TokenError> for ApiError {
+    fn from(e: crate::auth::TokenError) -> Self {
+        ApiError::new(ErrorCode::Tokens, e.to_string())
     }
 }
 

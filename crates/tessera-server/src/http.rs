@@ -15,62 +15,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use serde_json::Value;
-use tessera_runtime::{CallFailure, Error as RtError};
 
 use crate::Server;
 use crate::api;
 use crate::auth::Scope;
+use crate::call::Verdict;
 use crate::error::{ApiError, ErrorCode, LimitRef};
 use crate::registry::RegistryError;
-
-impl From<RegistryError> for ApiError {
-    fn from(e: RegistryError) -> Self {
-        let code = match &e {
-            RegistryError::NoSuchComponent(_) => ErrorCode::NoSuchComponent,
-            RegistryError::NoSuchVersion { .. } => ErrorCode::NoSuchVersion,
-            RegistryError::InvalidName(_) => ErrorCode::InvalidName,
-            _ => ErrorCode::Registry,
-        };
-        ApiError::new(code, e.to_string())
-    }
-}
-
-fn runtime_error(e: RtError) -> ApiError {
-    let code = match &e {
-        RtError::BadArguments { error, .. } => {
-            let path = error.path.clone();
-            return ApiError::new(ErrorCode::BadArguments, error.to_string())
-                .with(|d| d.path = Some(path));
-        }
-        RtError::Busy { limit } => {
-            let limit = u64::from(*limit);
-            return ApiError::new(ErrorCode::ComponentBusy, e.to_string())
-                .with(|d| d.limit = Some(LimitRef::Value(limit)));
-        }
-        RtError::NoSuchFunction { .. } | RtError::Ambiguous { .. } => ErrorCode::NoSuchFunction,
-        RtError::NotCallable { .. } => ErrorCode::NotCallable,
-        RtError::Manifest(_) | RtError::Grant(_) => ErrorCode::BadManifest,
-        RtError::Read { .. }
-        | RtError::NotWasm { .. }
-        | RtError::Adapt { .. }
-        | RtError::Compile { .. }
-        | RtError::Link { .. } => ErrorCode::BadComponent,
-        RtError::Engine(_) => ErrorCode::Engine,
-    };
-    ApiError::new(code, e.to_string())
-}
-
-fn journal_error(e: tessera_journal::Error) -> ApiError {
-    use tessera_journal::Error as J;
-    let code = match e {
-        J::Runtime(r) => return runtime_error(r),
-        J::NoSuchRun(_) => ErrorCode::NoSuchRun,
-        J::Ambiguous(..) => ErrorCode::AmbiguousRun,
-        J::ComponentMissing(_) => ErrorCode::ComponentMissing,
-        _ => ErrorCode::Journal,
-    };
-    ApiError::new(code, e.to_string())
-}
 
 /// Path parameters, with a JSON error when they cannot be read.
 struct ApiPath<T>(T);
@@ -167,7 +118,7 @@ async fn authorize(State(server): State<Arc<Server>>, req: Request, next: Next) 
         None if !server.config.require_tokens => next.run(req).await,
         None => deny(ErrorCode::Unauthorized, "a bearer token is required".into()),
         Some(token) => match server.tokens.check(&token) {
-            Err(e) => ApiError::new(ErrorCode::Tokens, e).into_response(),
+            Err(e) => ApiError::from(e).into_response(),
             Ok(None) => deny(ErrorCode::Unauthorized, "unknown token".into()),
             Ok(Some(record)) if record.scopes.iter().any(|s| accepted.contains(s)) => {
                 let mut req = req;
@@ -207,21 +158,6 @@ async fn limit_body(State(server): State<Arc<Server>>, req: Request, next: Next)
         .into_response();
     }
     next.run(req).await
-}
-
-impl Server {
-    /// Audits a request the server refused before it reached a handler
-    /// (`capability`: `auth`, `host`, `origin`, `content-type`).
-    pub(crate) fn audit_refusal(&self, capability: &str, target: &str, detail: &str) {
-        self.audit_event(&tessera_runtime::AuditEvent::now(
-            "-",
-            "-",
-            capability,
-            target,
-            tessera_runtime::Decision::Deny,
-            Some(detail.to_string()),
-        ));
-    }
 }
 
 /// The API router, with the MCP endpoint at `/mcp`, for a server listening
@@ -364,7 +300,7 @@ async fn check_loadable(
     })
     .await
     .map_err(|e| ApiError::new(ErrorCode::Engine, e.to_string()))?
-    .map_err(runtime_error)
+    .map_err(ApiError::from)
 }
 
 fn check_name(name: &str) -> Result<(), ApiError> {
@@ -493,69 +429,39 @@ async fn call(
         via: "http".into(),
         token: token.map(|t| t.0.0),
     };
-    let called = server
+    let mut called = server
         .call(&name, &function, &Value::Object(args), None, caller)
-        .await
-        .map_err(|e| match e {
-            crate::CallError::Overloaded(_) => ApiError::new(ErrorCode::Overloaded, e.to_string()),
-            crate::CallError::NoSuchComponent(_) => {
-                ApiError::new(ErrorCode::NoSuchComponent, e.to_string())
-            }
-            crate::CallError::Journal(j) => journal_error(j),
-            crate::CallError::Task(_) => ApiError::new(ErrorCode::Internal, e.to_string()),
-        })?;
-    let crate::Called {
-        active,
-        run_id,
-        outcome,
-    } = called;
-    match outcome.result {
-        Ok(result) => Ok(Json(api::CallResult {
-            ok: !outcome.guest_error,
-            result,
-            component: name,
-            version: active.version as u64,
-            function: outcome.function,
-            run_id,
-            fuel_consumed: outcome.fuel_consumed,
-            duration_us: outcome.duration.as_micros() as u64,
-            stdout: String::from_utf8_lossy(&outcome.output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&outcome.output.stderr).into_owned(),
-            logs: outcome
-                .output
-                .logs
-                .iter()
-                .map(|l| api::LogLine {
-                    level: serde_json::to_value(l.level)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default(),
-                    context: l.context.clone(),
-                    message: l.message.clone(),
-                })
-                .collect(),
-        })),
-        Err(failure) => {
-            let denied = outcome
-                .audit
-                .iter()
-                .find(|e| e.decision == tessera_runtime::Decision::Deny);
-            let message = failure.to_string();
-            let err = match (&failure, denied) {
-                (_, Some(d)) => ApiError::new(ErrorCode::Denied, message).with(|e| {
-                    e.grant = Some(d.capability.clone());
-                    e.target = Some(d.target.clone());
-                }),
-                (CallFailure::Limit(l), None) => ApiError::new(ErrorCode::Limit, message)
-                    .with(|e| e.limit = Some(LimitRef::Name(l.capability().to_string()))),
-                (CallFailure::Trap { .. } | CallFailure::Diverged(_), None) => {
-                    ApiError::new(ErrorCode::Trap, message)
-                }
-                (CallFailure::Cancelled, None) => ApiError::new(ErrorCode::Cancelled, message),
-            };
-            Err(err.with(|e| e.run_id = Some(run_id)))
-        }
-    }
+        .await?;
+    let (result, ok) = match called.verdict() {
+        Verdict::Returned { value, ok, .. } => (value, ok),
+        Verdict::Failed(error) => return Err(error),
+    };
+    let outcome = called.outcome;
+    Ok(Json(api::CallResult {
+        ok,
+        result,
+        component: name,
+        version: called.active.version as u64,
+        function: outcome.function,
+        run_id: called.run_id,
+        fuel_consumed: outcome.fuel_consumed,
+        duration_us: outcome.duration.as_micros() as u64,
+        stdout: String::from_utf8_lossy(&outcome.output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&outcome.output.stderr).into_owned(),
+        logs: outcome
+            .output
+            .logs
+            .iter()
+            .map(|l| api::LogLine {
+                level: serde_json::to_value(l.level)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                context: l.context.clone(),
+                message: l.message.clone(),
+            })
+            .collect(),
+    }))
 }
 
 fn object(v: impl serde::Serialize) -> serde_json::Map<String, Value> {
@@ -566,7 +472,7 @@ fn object(v: impl serde::Serialize) -> serde_json::Map<String, Value> {
 }
 
 async fn list_runs(State(server): State<Arc<Server>>) -> ApiResult<Json<api::RunList>> {
-    let runs = server.journal.list().map_err(journal_error)?;
+    let runs = server.journal.list().map_err(ApiError::from)?;
     Ok(Json(api::RunList {
         runs: runs
             .iter()
@@ -587,10 +493,10 @@ async fn show_run(
     State(server): State<Arc<Server>>,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<api::RunDetail>> {
-    let id = server.journal.resolve(&id).map_err(journal_error)?;
-    let header = server.journal.header(&id).map_err(journal_error)?;
-    let steps = server.journal.steps(&id).map_err(journal_error)?;
-    let end = server.journal.end(&id).map_err(journal_error)?;
+    let id = server.journal.resolve(&id).map_err(ApiError::from)?;
+    let header = server.journal.header(&id).map_err(ApiError::from)?;
+    let steps = server.journal.steps(&id).map_err(ApiError::from)?;
+    let end = server.journal.end(&id).map_err(ApiError::from)?;
     Ok(Json(api::RunDetail {
         header: object(&header),
         steps: steps
@@ -610,7 +516,7 @@ async fn replay_run(
 ) -> ApiResult<Json<api::ReplayResult>> {
     let report = tessera_journal::replay(&server.runtime, &server.journal, &id, None)
         .await
-        .map_err(journal_error)?;
+        .map_err(ApiError::from)?;
     Ok(Json(api::ReplayResult {
         run_id: report.run_id,
         identical: report.divergence.is_none(),

@@ -978,3 +978,34 @@ async fn every_route_refuses_foreign_hosts_origins_and_content_types() {
     }
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_that_cannot_load_is_reported_and_not_served() {
+    let data = tempfile::tempdir().unwrap();
+    // Registered behind the server's back, with a manifest that does not parse.
+    let registry = tessera_server::registry::Registry::open(data.path()).unwrap();
+    let bytes = std::fs::read(component("hello")).unwrap();
+    registry
+        .add(
+            "broken",
+            &bytes,
+            Some(("[limits\n".into(), data.path().to_path_buf())),
+            "test",
+        )
+        .unwrap();
+    let s = start(data.path(), |_| {}).await;
+    assert!(s.server.active_names().is_empty());
+    let failures = s.server.load_failures();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0].0, "broken");
+    assert!(
+        matches!(*failures[0].1, tessera_server::LoadError::Manifest(_)),
+        "{}",
+        failures[0].1
+    );
+    // Fixed by a new version: served, and no longer reported.
+    assert_eq!(s.add("broken", "hello").await.0, 201);
+    assert_eq!(s.server.active_names(), ["broken"]);
+    assert!(s.server.load_failures().is_empty());
+    s.shutdown().await;
+}

@@ -99,6 +99,11 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
             return exit::INTERNAL;
         }
     };
+    // The server logs through `tracing`; what failed to load is also said
+    // here, where the operator is looking.
+    for (name, e) in server.load_failures() {
+        eprintln!("error: cannot load component `{name}`: {e}");
+    }
     let count = server.active_names().len();
     let served = match listener {
         None => {
