@@ -1,12 +1,13 @@
 //! The `tessera` binary as a server: `tessera components --server` managing
-//! a running server's registry through its HTTP API with tokens, and
-//! `serve --stdio` when its client goes away.
+//! a running server's registry through its HTTP API with tokens, `serve
+//! --stdio` when its client goes away, and the HTTP API fuzzed against its
+//! own OpenAPI document with schemathesis (from `scripts/python-env.sh`).
 
 mod common;
 
 use std::process::Output;
 
-use common::{Serving, component, register, tessera};
+use common::{Serving, component, register, root, tessera};
 
 fn text(o: &Output) -> String {
     format!(
@@ -149,5 +150,118 @@ fn closing_stdin_cancels_running_mcp_calls_and_journals_them() {
             Some(tessera_journal::RunResult::Cancelled { .. })
         ),
         "{runs:?}"
+    );
+}
+
+/// One HTTP/1.1 request; returns the whole response text.
+fn http(base: &str, request: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(request.replace("{addr}", addr).as_bytes())
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn allowed_origin_flag_is_checked_and_applied() {
+    let data = tempfile::tempdir().unwrap();
+    let o = tessera(data.path())
+        .args(["serve", "--allowed-origin", "localhost:3000"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("invalid origin"), "{}", text(&o));
+
+    let serving = Serving::start(data.path(), &["--allowed-origin", "http://localhost:3000"]);
+    let get = |origin: &str| {
+        http(
+            &serving.base,
+            &format!(
+                "GET /v1/components HTTP/1.1\r\nHost: {{addr}}\r\nOrigin: {origin}\r\nConnection: close\r\n\r\n"
+            ),
+        )
+    };
+    let allowed = get("http://localhost:3000");
+    assert!(allowed.starts_with("HTTP/1.1 200"), "{allowed}");
+    assert!(
+        allowed
+            .to_ascii_lowercase()
+            .contains("access-control-allow-origin: http://localhost:3000"),
+        "{allowed}"
+    );
+    let refused = get("http://evil.example");
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    assert!(refused.contains("origin_not_allowed"), "{refused}");
+    // A cross-site form post to a tool never reaches it.
+    let form = http(
+        &serving.base,
+        "POST /v1/components/hello/call/greet HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    );
+    assert!(form.starts_with("HTTP/1.1 415"), "{form}");
+    serving.stop();
+}
+
+/// The schemathesis command of the Python environment the interop tests
+/// share (`scripts/python-env.sh`, run here if it has not been yet).
+fn schemathesis() -> std::process::Command {
+    let status = std::process::Command::new("bash")
+        .arg(root().join("scripts/python-env.sh"))
+        .status()
+        .expect("run scripts/python-env.sh");
+    assert!(status.success(), "scripts/python-env.sh failed");
+    std::process::Command::new(root().join("target/mcp-venv/bin/schemathesis"))
+}
+
+/// Every operation of `/openapi.json` (but the endless audit stream) is
+/// called with generated valid and invalid requests: no answer may be a
+/// 5xx, and every answer must have a documented status, content type and
+/// schema. The seed is fixed so a failure reproduces.
+#[test]
+fn http_api_conforms_to_its_openapi_document() {
+    let data = tempfile::tempdir().unwrap();
+    register(data.path(), "hello", "hello", None);
+    let o = tessera(data.path())
+        .args(["tokens", "create", "--scope", "call,manage,read"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let token = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let serving = Serving::start(data.path(), &["--require-tokens"]);
+    // A call, so that the run routes have a run to find.
+    let greet = http(
+        &serving.base,
+        &format!(
+            "POST /v1/components/hello/call/greet HTTP/1.1\r\nHost: {{addr}}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 14\r\nConnection: close\r\n\r\n{{\"name\":\"Ada\"}}"
+        ),
+    );
+    assert!(greet.starts_with("HTTP/1.1 200"), "{greet}");
+
+    // Its working files (reports, example database) stay in a temp dir.
+    let work = tempfile::tempdir().unwrap();
+    let out = schemathesis()
+        .current_dir(work.path())
+        .args(["run", &format!("{}/openapi.json", serving.base)])
+        .args([
+            "--checks",
+            "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance",
+        ])
+        .args(["--phases", "examples,coverage,fuzzing"])
+        .args(["--max-examples", "30", "--seed", "7"])
+        .args(["--exclude-path", "/v1/audit"])
+        .args(["--header", &format!("Authorization: Bearer {token}")])
+        .args(["--request-timeout", "20", "--generation-database", "none"])
+        .args(["--workers", "1", "--no-color"])
+        .output()
+        .expect("run schemathesis");
+    serving.stop();
+    assert!(
+        out.status.success(),
+        "schemathesis found problems ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 }

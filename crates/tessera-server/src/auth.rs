@@ -21,16 +21,45 @@ pub enum Scope {
     Read,
 }
 
+/// A scope name that is not `call`, `manage` or `read`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown scope `{0}` (call, manage, read)")]
+pub struct UnknownScope(pub String);
+
 impl std::str::FromStr for Scope {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownScope;
+    fn from_str(s: &str) -> Result<Self, UnknownScope> {
         match s {
             "call" => Ok(Scope::Call),
             "manage" => Ok(Scope::Manage),
             "read" => Ok(Scope::Read),
-            other => Err(format!("unknown scope `{other}` (call, manage, read)")),
+            other => Err(UnknownScope(other.to_string())),
         }
     }
+}
+
+/// Why the tokens file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// `tokens.json` could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// `tokens.json` is not a list of token records.
+    #[error("{}: {source}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: serde_json::Error,
+    },
+    /// No secure random source to make a token with.
+    #[error("no secure random source: {0}")]
+    Random(getrandom::Error),
 }
 
 /// A stored token (hash only).
@@ -67,29 +96,45 @@ impl Tokens {
         }
     }
 
-    /// Every token record.
-    pub fn list(&self) -> Result<Vec<TokenRecord>, String> {
-        match std::fs::read(&self.path) {
-            Ok(b) => {
-                serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", self.path.display()))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(format!("{}: {e}", self.path.display())),
+    fn io(&self) -> impl FnOnce(std::io::Error) -> TokenError + '_ {
+        |source| TokenError::Io {
+            path: self.path.clone(),
+            source,
         }
     }
 
-    fn save(&self, list: &[TokenRecord]) -> Result<(), String> {
+    fn corrupt(&self) -> impl FnOnce(serde_json::Error) -> TokenError + '_ {
+        |source| TokenError::Corrupt {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Every token record.
+    pub fn list(&self) -> Result<Vec<TokenRecord>, TokenError> {
+        match std::fs::read(&self.path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(self.corrupt()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(self.io()(e)),
+        }
+    }
+
+    fn save(&self, list: &[TokenRecord]) -> Result<(), TokenError> {
         let tmp = self.path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec_pretty(list).map_err(|e| e.to_string())?;
+        let bytes = serde_json::to_vec_pretty(list).map_err(self.corrupt())?;
         std::fs::write(&tmp, bytes)
             .and_then(|()| std::fs::rename(&tmp, &self.path))
-            .map_err(|e| format!("{}: {e}", self.path.display()))
+            .map_err(self.io())
     }
 
     /// Creates a token; returns the secret (shown once) and its record.
-    pub fn create(&self, scopes: Vec<Scope>, label: &str) -> Result<(String, TokenRecord), String> {
+    pub fn create(
+        &self,
+        scopes: Vec<Scope>,
+        label: &str,
+    ) -> Result<(String, TokenRecord), TokenError> {
         let mut secret = [0u8; 32];
-        getrandom::fill(&mut secret).map_err(|e| format!("no secure random source: {e}"))?;
+        getrandom::fill(&mut secret).map_err(TokenError::Random)?;
         let token = format!("tsr_{}", hex::encode(secret));
         let record = TokenRecord {
             id: hash(&token)[..12].to_string(),
@@ -107,7 +152,7 @@ impl Tokens {
     }
 
     /// Removes a token by id; returns whether it existed.
-    pub fn revoke(&self, id: &str) -> Result<bool, String> {
+    pub fn revoke(&self, id: &str) -> Result<bool, TokenError> {
         let mut list = self.list()?;
         let before = list.len();
         list.retain(|t| t.id != id);
@@ -116,7 +161,7 @@ impl Tokens {
     }
 
     /// The record of a presented token (id and scopes), if it is valid.
-    pub fn check(&self, token: &str) -> Result<Option<TokenRecord>, String> {
+    pub fn check(&self, token: &str) -> Result<Option<TokenRecord>, TokenError> {
         let h = hash(token);
         Ok(self.list()?.into_iter().find(|t| t.sha256 == h))
     }

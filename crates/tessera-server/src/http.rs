@@ -1,10 +1,12 @@
 //! The HTTP API (see `openapi.rs` for the document served at
 //! `/openapi.json`).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -12,136 +14,66 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
-use serde::Deserialize;
-use serde_json::{Value, json};
-use tessera_runtime::{CallFailure, Error as RtError};
+use serde_json::Value;
 
 use crate::Server;
+use crate::api;
 use crate::auth::Scope;
+use crate::call::Verdict;
+use crate::error::{ApiError, ErrorCode, LimitRef};
 use crate::registry::RegistryError;
 
-/// A JSON error with a stable code.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    extra: Value,
-}
+/// Path parameters, with a JSON error when they cannot be read.
+struct ApiPath<T>(T);
 
-impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            extra: json!({}),
-        }
-    }
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
 
-    fn with(mut self, key: &str, value: Value) -> Self {
-        self.extra[key] = value;
-        self
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(t)| ApiPath(t))
+            .map_err(|e| ApiError::new(ErrorCode::BadPath, e.body_text()))
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut error = json!({ "code": self.code, "message": self.message });
-        if let Value::Object(extra) = self.extra {
-            for (k, v) in extra {
-                error[k] = v;
-            }
-        }
-        (self.status, Json(json!({ "error": error }))).into_response()
+/// The request body, with a JSON error when it cannot be read (over the
+/// limit, connection gone).
+struct Body(Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        Bytes::from_request(req, state)
+            .await
+            .map(Body)
+            .map_err(|e: BytesRejection| {
+                let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ErrorCode::BodyTooLarge
+                } else {
+                    ErrorCode::BadJson
+                };
+                ApiError::new(code, format!("request body: {}", e.body_text()))
+            })
     }
 }
-
-impl From<RegistryError> for ApiError {
-    fn from(e: RegistryError) -> Self {
-        match e {
-            RegistryError::NoSuchComponent(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, "no_such_component", e.to_string())
-            }
-            RegistryError::NoSuchVersion { .. } => {
-                ApiError::new(StatusCode::NOT_FOUND, "no_such_version", e.to_string())
-            }
-            RegistryError::InvalidName(_) => {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid_name", e.to_string())
-            }
-            other => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "registry",
-                other.to_string(),
-            ),
-        }
-    }
-}
-
-fn runtime_error(e: RtError) -> ApiError {
-    match e {
-        RtError::BadArguments { error, .. } => {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_arguments", error.to_string())
-                .with("path", json!(error.path))
-        }
-        RtError::NoSuchFunction { .. } | RtError::Ambiguous { .. } => {
-            ApiError::new(StatusCode::NOT_FOUND, "no_such_function", e.to_string())
-        }
-        RtError::NotCallable { .. } => {
-            ApiError::new(StatusCode::BAD_REQUEST, "not_callable", e.to_string())
-        }
-        RtError::Busy { limit } => ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "component_busy",
-            e.to_string(),
-        )
-        .with("limit", json!(limit)),
-        RtError::Manifest(_) | RtError::Grant(_) | RtError::Bind { .. } => {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_manifest", e.to_string())
-        }
-        RtError::Read { .. }
-        | RtError::NotWasm { .. }
-        | RtError::Adapt { .. }
-        | RtError::Compile { .. }
-        | RtError::Link { .. } => {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_component", e.to_string())
-        }
-        RtError::Engine { .. } | RtError::Task(_) => {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "engine", e.to_string())
-        }
-    }
-}
-
-fn journal_error(e: tessera_journal::Error) -> ApiError {
-    match e {
-        tessera_journal::Error::NoSuchRun(_) => {
-            ApiError::new(StatusCode::NOT_FOUND, "no_such_run", e.to_string())
-        }
-        tessera_journal::Error::Runtime(r) => runtime_error(r),
-        other => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "journal",
-            other.to_string(),
-        ),
-    }
-}
-
-type ApiResult = Result<Response, ApiError>;
 
 /// Parses a JSON request body into `T`, with a typed error naming the place.
 fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_json",
-            format!("request body: {e}"),
-        )
-        .with("line", json!(e.line()))
-        .with("column", json!(e.column()))
+        ApiError::new(ErrorCode::BadJson, format!("request body: {e}")).with(|d| {
+            d.line = Some(e.line() as u64);
+            d.column = Some(e.column() as u64);
+        })
     })
 }
 
 /// The scopes that may use a route (any one suffices); `None`: public.
+/// A test checks this against [`crate::openapi::ROUTES`].
 fn accepted_scopes(method: &axum::http::Method, path: &str) -> Option<&'static [Scope]> {
     if path == "/openapi.json" || path == "/v1/health" {
         None
@@ -171,10 +103,10 @@ async fn authorize(State(server): State<Arc<Server>>, req: Request, next: Next) 
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_string);
     let target = format!("{} {}", req.method(), req.uri().path());
-    let deny = |status: StatusCode, code: &'static str, message: String| {
-        server.runtime_audit("auth", &target, &message);
-        let mut response = ApiError::new(status, code, message).into_response();
-        if status == StatusCode::UNAUTHORIZED {
+    let deny = |code: ErrorCode, message: String| {
+        server.audit_refusal("auth", &target, &message);
+        let mut response = ApiError::new(code, message).into_response();
+        if code == ErrorCode::Unauthorized {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer realm=\"tessera\""),
@@ -184,26 +116,17 @@ async fn authorize(State(server): State<Arc<Server>>, req: Request, next: Next) 
     };
     match presented {
         None if !server.config.require_tokens => next.run(req).await,
-        None => deny(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a bearer token is required".into(),
-        ),
+        None => deny(ErrorCode::Unauthorized, "a bearer token is required".into()),
         Some(token) => match server.tokens.check(&token) {
-            Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "tokens", e).into_response(),
-            Ok(None) => deny(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "unknown token".into(),
-            ),
+            Err(e) => ApiError::from(e).into_response(),
+            Ok(None) => deny(ErrorCode::Unauthorized, "unknown token".into()),
             Ok(Some(record)) if record.scopes.iter().any(|s| accepted.contains(s)) => {
                 let mut req = req;
                 req.extensions_mut().insert(crate::auth::TokenId(record.id));
                 next.run(req).await
             }
             Ok(Some(_)) => deny(
-                StatusCode::FORBIDDEN,
-                "forbidden",
+                ErrorCode::Forbidden,
                 format!(
                     "this token lacks a scope for this route (one of: {})",
                     accepted
@@ -226,32 +149,26 @@ async fn limit_body(State(server): State<Arc<Server>>, req: Request, next: Next)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > server.config.max_body_bytes) {
+        let limit = server.config.max_body_bytes as u64;
         return ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("request body over {} bytes", server.config.max_body_bytes),
+            ErrorCode::BodyTooLarge,
+            format!("request body over {limit} bytes"),
         )
-        .with("limit", json!(server.config.max_body_bytes))
+        .with(|d| d.limit = Some(LimitRef::Value(limit)))
         .into_response();
     }
     next.run(req).await
 }
 
-impl Server {
-    fn runtime_audit(&self, capability: &str, target: &str, detail: &str) {
-        self.audit_event(&tessera_runtime::AuditEvent::now(
-            "-",
-            "-",
-            capability,
-            target,
-            tessera_runtime::Decision::Deny,
-            Some(detail.to_string()),
-        ));
-    }
-}
-
-/// The API router, with the MCP endpoint at `/mcp`.
-pub fn router(server: Arc<Server>, mcp: crate::mcp::McpHttpService) -> Router {
+/// The API router, with the MCP endpoint at `/mcp`, for a server listening
+/// on `local`. Every route, `/mcp` included, is behind the same layers:
+/// the request guard (`Host`, `Origin`, `Content-Type`; see `guard.rs`),
+/// then the body limit, then the token middleware.
+pub fn router(server: Arc<Server>, mcp: crate::mcp::McpHttpService, local: SocketAddr) -> Router {
+    let guard = crate::guard::GuardState {
+        server: server.clone(),
+        guard: Arc::new(server.request_guard(local)),
+    };
     Router::new()
         .nest_service("/mcp", mcp)
         .route("/v1/health", get(health))
@@ -268,70 +185,101 @@ pub fn router(server: Arc<Server>, mcp: crate::mcp::McpHttpService) -> Router {
         .route("/v1/runs/{id}", get(show_run))
         .route("/v1/runs/{id}/replay", post(replay_run))
         .route("/v1/audit", get(audit_stream))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(server.config.max_body_bytes))
         .layer(middleware::from_fn_with_state(server.clone(), authorize))
         .layer(middleware::from_fn_with_state(server.clone(), limit_body))
+        .layer(middleware::from_fn_with_state(guard, crate::guard::guard))
         .with_state(server)
 }
 
-async fn health() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!("no route {} (see /openapi.json)", req.uri().path()),
+    )
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("{} does not take {}", req.uri().path(), req.method()),
+    )
+}
+
+/// The errors of `Server::sync` after a registry change.
+fn sync_error(e: crate::ServerError) -> ApiError {
+    ApiError::new(ErrorCode::Registry, e.to_string())
+}
+
+async fn health() -> Json<api::Health> {
+    Json(api::Health {
+        status: api::HealthStatus::Ok,
+    })
 }
 
 async fn openapi() -> Json<Value> {
     Json(crate::openapi::document())
 }
 
-fn component_json(server: &Server, name: &str, schemas: bool) -> Result<Value, ApiError> {
+fn component_info(
+    server: &Server,
+    name: &str,
+    schemas: bool,
+) -> Result<api::ComponentInfo, ApiError> {
     let entry = server.registry.get(name)?;
     let active = server.active(name);
-    let mut v = json!({
-        "name": name,
-        "active_version": entry.active,
-        "previous_version": entry.previous,
-        "versions": entry.versions.iter().enumerate().map(|(i, v)| json!({
-            "version": i + 1,
-            "digest": v.digest,
-            "origin": v.origin,
-            "added": v.added,
-            "manifest": v.manifest,
-        })).collect::<Vec<_>>(),
-        "loaded": active.as_ref().map(|a| a.version),
-    });
-    if schemas && let Some(a) = &active {
-        v["functions"] = json!(
+    let functions = match (&active, schemas) {
+        (Some(a), true) => Some(
             a.loaded
                 .functions()
                 .iter()
-                .map(|f| f.to_json())
-                .collect::<Vec<_>>()
-        );
-    }
-    Ok(v)
+                .map(|f| match f.to_json() {
+                    Value::Object(m) => m,
+                    _ => serde_json::Map::new(),
+                })
+                .collect(),
+        ),
+        _ => None,
+    };
+    Ok(api::ComponentInfo {
+        name: name.to_string(),
+        active_version: entry.active as u64,
+        previous_version: entry.previous.map(|v| v as u64),
+        versions: entry
+            .versions
+            .iter()
+            .enumerate()
+            .map(|(i, v)| api::VersionInfo {
+                version: i as u64 + 1,
+                digest: v.digest.clone(),
+                origin: v.origin.clone(),
+                added: v.added.clone(),
+                manifest: v.manifest.clone(),
+            })
+            .collect(),
+        loaded: active.as_ref().map(|a| a.version as u64),
+        functions,
+    })
 }
 
-async fn list_components(State(server): State<Arc<Server>>) -> ApiResult {
+type ApiResult<T> = Result<T, ApiError>;
+
+async fn list_components(State(server): State<Arc<Server>>) -> ApiResult<Json<api::ComponentList>> {
     let names: Vec<String> = server.registry.list()?.into_keys().collect();
-    let list = names
+    let components = names
         .iter()
-        .map(|n| component_json(&server, n, false))
+        .map(|n| component_info(&server, n, false))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(json!({ "components": list })).into_response())
+    Ok(Json(api::ComponentList { components }))
 }
 
 async fn inspect_component(
     State(server): State<Arc<Server>>,
-    Path(name): Path<String>,
-) -> ApiResult {
-    Ok(Json(component_json(&server, &name, true)?).into_response())
-}
-
-#[derive(Deserialize)]
-struct AddByPath {
-    name: String,
-    path: String,
-    #[serde(default)]
-    manifest_path: Option<String>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<api::ComponentInfo>> {
+    Ok(Json(component_info(&server, &name, true)?))
 }
 
 /// Validates a new version by loading it before it is registered.
@@ -342,7 +290,7 @@ async fn check_loadable(
 ) -> Result<(), ApiError> {
     if let Some((text, dir)) = manifest {
         tessera_runtime::Grants::from_toml(text, "manifest", dir)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_manifest", e.to_string()))?;
+            .map_err(|e| ApiError::new(ErrorCode::BadManifest, e.to_string()))?;
     }
     let rt = server.runtime.clone();
     let bytes = bytes.to_vec();
@@ -351,8 +299,16 @@ async fn check_loadable(
         rt.load(&p, tessera_runtime::Grants::deny_all()).map(|_| ())
     })
     .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "engine", e.to_string()))?
-    .map_err(runtime_error)
+    .map_err(|e| ApiError::new(ErrorCode::Engine, e.to_string()))?
+    .map_err(ApiError::from)
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    if crate::registry::valid_name(name) {
+        Ok(())
+    } else {
+        Err(RegistryError::InvalidName(name.to_string()).into())
+    }
 }
 
 async fn register(
@@ -361,33 +317,44 @@ async fn register(
     bytes: Vec<u8>,
     manifest: Option<(String, std::path::PathBuf)>,
     origin: &str,
-) -> ApiResult {
+) -> ApiResult<(StatusCode, Json<api::Registered>)> {
     check_loadable(server, &bytes, manifest.as_ref()).await?;
     let version = server.registry.add(name, &bytes, manifest, origin)?;
-    server
-        .sync()
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "registry", e.to_string()))?;
+    server.sync().await.map_err(sync_error)?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "name": name, "active_version": version })),
-    )
-        .into_response())
+        Json(api::Registered {
+            name: name.to_string(),
+            active_version: version as u64,
+        }),
+    ))
 }
 
-async fn add_by_path(State(server): State<Arc<Server>>, body: Bytes) -> ApiResult {
-    let req: AddByPath = parse_json(&body)?;
-    let bytes = std::fs::read(&req.path).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_component",
-            format!("{}: {e}", req.path),
-        )
-    })?;
+/// Reads a regular file the server can see (never a device or a pipe,
+/// which could block or never end).
+async fn read_server_file(path: &str, code: ErrorCode) -> Result<Vec<u8>, ApiError> {
+    let fail = |e: String| ApiError::new(code, format!("{path}: {e}"));
+    let meta = tokio::fs::metadata(path)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(fail("not a regular file".into()));
+    }
+    tokio::fs::read(path).await.map_err(|e| fail(e.to_string()))
+}
+
+async fn add_by_path(
+    State(server): State<Arc<Server>>,
+    Body(body): Body,
+) -> ApiResult<(StatusCode, Json<api::Registered>)> {
+    let req: api::AddByPath = parse_json(&body)?;
+    check_name(&req.name)?;
+    let bytes = read_server_file(&req.path, ErrorCode::BadComponent).await?;
     let manifest = match &req.manifest_path {
         Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| {
-                ApiError::new(StatusCode::BAD_REQUEST, "bad_manifest", format!("{p}: {e}"))
+            let bytes = read_server_file(p, ErrorCode::BadManifest).await?;
+            let text = String::from_utf8(bytes).map_err(|_| {
+                ApiError::new(ErrorCode::BadManifest, format!("{p}: not UTF-8 text"))
             })?;
             let dir = std::path::Path::new(p)
                 .parent()
@@ -400,199 +367,162 @@ async fn add_by_path(State(server): State<Arc<Server>>, body: Bytes) -> ApiResul
     register(&server, &req.name, bytes, manifest, &req.path).await
 }
 
-#[derive(Deserialize)]
-struct Upload {
-    wasm_base64: String,
-    #[serde(default)]
-    manifest: Option<String>,
-}
-
 async fn upload(
     State(server): State<Arc<Server>>,
-    Path(name): Path<String>,
-    body: Bytes,
-) -> ApiResult {
-    let req: Upload = parse_json(&body)?;
+    ApiPath(name): ApiPath<String>,
+    Body(body): Body,
+) -> ApiResult<(StatusCode, Json<api::Registered>)> {
+    let req: api::Upload = parse_json(&body)?;
+    check_name(&name)?;
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(req.wasm_base64.as_bytes())
         .map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_component",
-                format!("wasm_base64: {e}"),
-            )
-            .with("path", json!("$.wasm_base64"))
+            ApiError::new(ErrorCode::BadComponent, format!("wasm_base64: {e}"))
+                .with(|d| d.path = Some("$.wasm_base64".into()))
         })?;
     let manifest = req.manifest.map(|m| (m, server.config.data.clone()));
     register(&server, &name, bytes, manifest, "upload").await
 }
 
-#[derive(Deserialize)]
-struct Activate {
-    version: usize,
-}
-
 async fn activate(
     State(server): State<Arc<Server>>,
-    Path(name): Path<String>,
-    body: Bytes,
-) -> ApiResult {
-    let req: Activate = parse_json(&body)?;
-    server.registry.activate(&name, req.version)?;
-    server
-        .sync()
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "registry", e.to_string()))?;
-    Ok(Json(component_json(&server, &name, false)?).into_response())
+    ApiPath(name): ApiPath<String>,
+    Body(body): Body,
+) -> ApiResult<Json<api::ComponentInfo>> {
+    let req: api::Activate = parse_json(&body)?;
+    let version = usize::try_from(req.version).unwrap_or(usize::MAX);
+    server.registry.activate(&name, version)?;
+    server.sync().await.map_err(sync_error)?;
+    Ok(Json(component_info(&server, &name, false)?))
 }
 
-async fn rollback(State(server): State<Arc<Server>>, Path(name): Path<String>) -> ApiResult {
+async fn rollback(
+    State(server): State<Arc<Server>>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<api::ComponentInfo>> {
     server.registry.rollback(&name)?;
-    server
-        .sync()
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "registry", e.to_string()))?;
-    Ok(Json(component_json(&server, &name, false)?).into_response())
+    server.sync().await.map_err(sync_error)?;
+    Ok(Json(component_info(&server, &name, false)?))
 }
 
 async fn remove_component(
     State(server): State<Arc<Server>>,
-    Path(name): Path<String>,
-) -> ApiResult {
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<StatusCode> {
     server.registry.remove(&name)?;
-    server
-        .sync()
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "registry", e.to_string()))?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    server.sync().await.map_err(sync_error)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn call(
     State(server): State<Arc<Server>>,
-    Path((name, function)): Path<(String, String)>,
+    ApiPath((name, function)): ApiPath<(String, String)>,
     token: Option<axum::Extension<crate::auth::TokenId>>,
-    body: Bytes,
-) -> ApiResult {
-    let args: Value = if body.is_empty() {
-        json!({})
+    Body(body): Body,
+) -> ApiResult<Json<api::CallResult>> {
+    let args = if body.is_empty() {
+        serde_json::Map::new()
     } else {
-        parse_json(&body)?
+        parse_json::<api::CallArgs>(&body)?.0
     };
     let caller = tessera_journal::Caller {
         via: "http".into(),
         token: token.map(|t| t.0.0),
     };
-    let called = server
-        .call(&name, &function, &args, None, caller)
-        .await
-        .map_err(|e| match e {
-            crate::CallError::Overloaded(n) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                format!("{n} calls already running"),
-            ),
-            crate::CallError::NoSuchComponent(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, "no_such_component", e.to_string())
-            }
-            crate::CallError::Journal(j) => journal_error(j),
-            crate::CallError::Task(_) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            }
-        })?;
-    let crate::Called {
-        active,
-        run_id,
-        outcome,
-    } = called;
-    let base = json!({
-        "component": name,
-        "version": active.version,
-        "function": outcome.function,
-        "run_id": run_id,
-        "fuel_consumed": outcome.fuel_consumed,
-        "duration_us": outcome.duration.as_micros() as u64,
-        "stdout": String::from_utf8_lossy(&outcome.output.stdout),
-        "stderr": String::from_utf8_lossy(&outcome.output.stderr),
-        "logs": outcome.output.logs,
-    });
-    match outcome.result {
-        Ok(result) => {
-            let mut v = base;
-            v["ok"] = json!(!outcome.guest_error);
-            v["result"] = result;
-            Ok(Json(v).into_response())
-        }
-        Err(failure) => {
-            let denied = outcome
-                .audit
-                .iter()
-                .find(|e| e.decision == tessera_runtime::Decision::Deny);
-            let (code, extra) = match (&failure, denied) {
-                (_, Some(d)) => (
-                    "denied",
-                    json!({ "grant": d.capability, "target": d.target }),
-                ),
-                (CallFailure::Limit(l), None) => ("limit", json!({ "limit": l.capability() })),
-                (CallFailure::Trap { .. }, None) => ("trap", json!({})),
-                (CallFailure::Diverged(_), None) => ("trap", json!({})),
-                (CallFailure::Cancelled, None) => ("cancelled", json!({})),
-            };
-            let mut err =
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, failure.to_string())
-                    .with("run_id", json!(run_id));
-            if let Value::Object(m) = extra {
-                for (k, v) in m {
-                    err = err.with(&k, v);
-                }
-            }
-            Err(err)
-        }
+    let mut called = server
+        .call(&name, &function, &Value::Object(args), None, caller)
+        .await?;
+    let (result, ok) = match called.verdict() {
+        Verdict::Returned { value, ok, .. } => (value, ok),
+        Verdict::Failed(error) => return Err(error),
+    };
+    let outcome = called.outcome;
+    Ok(Json(api::CallResult {
+        ok,
+        result,
+        component: name,
+        version: called.active.version as u64,
+        function: outcome.function,
+        run_id: called.run_id,
+        fuel_consumed: outcome.fuel_consumed,
+        duration_us: outcome.duration.as_micros() as u64,
+        stdout: String::from_utf8_lossy(&outcome.output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&outcome.output.stderr).into_owned(),
+        logs: outcome
+            .output
+            .logs
+            .iter()
+            .map(|l| api::LogLine {
+                level: serde_json::to_value(l.level)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                context: l.context.clone(),
+                message: l.message.clone(),
+            })
+            .collect(),
+    }))
+}
+
+fn object(v: impl serde::Serialize) -> serde_json::Map<String, Value> {
+    match serde_json::to_value(v) {
+        Ok(Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
     }
 }
 
-async fn list_runs(State(server): State<Arc<Server>>) -> ApiResult {
-    let runs = server.journal.list().map_err(journal_error)?;
-    let v: Vec<Value> = runs
-        .iter()
-        .map(|r| {
-            json!({
-                "run_id": r.header.run_id,
-                "started": r.header.started,
-                "component": r.header.component,
-                "function": r.header.function,
-                "steps": r.steps,
-                "complete": r.end.is_some(),
-                "end": r.end,
+async fn list_runs(State(server): State<Arc<Server>>) -> ApiResult<Json<api::RunList>> {
+    let runs = server.journal.list().map_err(ApiError::from)?;
+    Ok(Json(api::RunList {
+        runs: runs
+            .iter()
+            .map(|r| api::RunSummary {
+                run_id: r.header.run_id.clone(),
+                started: r.header.started.clone(),
+                component: serde_json::to_value(&r.header.component).unwrap_or_default(),
+                function: r.header.function.clone(),
+                steps: r.steps,
+                complete: r.end.is_some(),
+                end: r.end.as_ref().map(object),
             })
-        })
-        .collect();
-    Ok(Json(json!({ "runs": v })).into_response())
-}
-
-async fn show_run(State(server): State<Arc<Server>>, Path(id): Path<String>) -> ApiResult {
-    let id = server.journal.resolve(&id).map_err(journal_error)?;
-    let header = server.journal.header(&id).map_err(journal_error)?;
-    let steps = server.journal.steps(&id).map_err(journal_error)?;
-    let end = server.journal.end(&id).map_err(journal_error)?;
-    Ok(Json(json!({
-        "header": header,
-        "steps": steps.iter().map(|(i, s)| json!({ "index": i, "interaction": s })).collect::<Vec<_>>(),
-        "end": end,
+            .collect(),
     }))
-    .into_response())
 }
 
-async fn replay_run(State(server): State<Arc<Server>>, Path(id): Path<String>) -> ApiResult {
+async fn show_run(
+    State(server): State<Arc<Server>>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<api::RunDetail>> {
+    let id = server.journal.resolve(&id).map_err(ApiError::from)?;
+    let header = server.journal.header(&id).map_err(ApiError::from)?;
+    let steps = server.journal.steps(&id).map_err(ApiError::from)?;
+    let end = server.journal.end(&id).map_err(ApiError::from)?;
+    Ok(Json(api::RunDetail {
+        header: object(&header),
+        steps: steps
+            .iter()
+            .map(|(i, s)| api::RunStep {
+                index: *i,
+                interaction: serde_json::to_value(s).unwrap_or_default(),
+            })
+            .collect(),
+        end: end.as_ref().map(object),
+    }))
+}
+
+async fn replay_run(
+    State(server): State<Arc<Server>>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<api::ReplayResult>> {
     let report = tessera_journal::replay(&server.runtime, &server.journal, &id, None)
         .await
-        .map_err(journal_error)?;
-    Ok(Json(json!({
-        "run_id": report.run_id,
-        "identical": report.divergence.is_none(),
-        "recorded_steps": report.recorded_steps,
-        "divergence": report.divergence.as_ref().map(|d| d.to_string()),
+        .map_err(ApiError::from)?;
+    Ok(Json(api::ReplayResult {
+        run_id: report.run_id,
+        identical: report.divergence.is_none(),
+        recorded_steps: report.recorded_steps,
+        divergence: report.divergence.as_ref().map(|d| d.to_string()),
     }))
-    .into_response())
 }
 
 async fn audit_stream(State(server): State<Arc<Server>>) -> impl IntoResponse {
@@ -619,4 +549,31 @@ async fn audit_stream(State(server): State<Arc<Server>>) -> impl IntoResponse {
     // The stream ends when the server shuts down.
     .take_until(stopping);
     Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_enforced_are_the_scopes_documented() {
+        for route in crate::openapi::ROUTES {
+            let method: axum::http::Method = route.method.to_uppercase().parse().unwrap();
+            let path = route
+                .path
+                .replace("{name}", "n")
+                .replace("{function}", "f")
+                .replace("{id}", "i");
+            let enforced: Vec<&str> = accepted_scopes(&method, &path)
+                .unwrap_or_default()
+                .iter()
+                .map(|s| match s {
+                    Scope::Call => "call",
+                    Scope::Manage => "manage",
+                    Scope::Read => "read",
+                })
+                .collect();
+            assert_eq!(enforced, route.scopes, "{} {}", route.method, route.path);
+        }
+    }
 }

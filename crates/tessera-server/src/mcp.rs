@@ -40,10 +40,12 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
-use tessera_runtime::{CallFailure, FunctionInfo};
+use tessera_runtime::FunctionInfo;
 use tokio_util::sync::CancellationToken;
 
-use crate::{CallError, Called, Server};
+use crate::call::Verdict;
+use crate::error::{ApiError, ErrorCode, LimitRef};
+use crate::{Called, Server};
 
 /// Longest tool name: what the most restrictive LLM APIs accept.
 pub const MAX_TOOL_NAME: usize = 64;
@@ -203,47 +205,79 @@ fn meta(called: &Called) -> MetaObject {
     MetaObject(m)
 }
 
-/// The tool result for a finished call.
-fn tool_result(tool: &str, called: &Called) -> CallToolResult {
-    let o = &called.outcome;
-    let denied = o
-        .audit
-        .iter()
-        .find(|e| e.decision == tessera_runtime::Decision::Deny);
-    let mut result = match (&o.result, denied) {
-        (Ok(v), _) if !o.guest_error => {
-            let text = match v {
+/// The tool result for a finished call (classified in `call.rs`).
+fn tool_result(tool: &str, called: &mut Called) -> Result<CallToolResult, ErrorData> {
+    let mut result = match called.verdict() {
+        Verdict::Returned {
+            value, ok: true, ..
+        } => {
+            let text = match &value {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
-            let mut r = CallToolResult::structured(json!({ "result": v }));
+            let mut r = CallToolResult::structured(json!({ "result": value }));
             r.content = vec![ContentBlock::text(text)];
             r
         }
-        (Ok(v), Some(d)) => text_error(format!(
+        Verdict::Returned {
+            value,
+            denial: Some(d),
+            ..
+        } => text_error(format!(
             "`{tool}` returned an error after {}: {}",
-            denial(d),
-            error_text(v)
+            denial(&d.capability, &d.target, d.reason.as_deref()),
+            error_text(&value)
         )),
-        (Ok(v), None) => text_error(format!("`{tool}` returned an error: {}", error_text(v))),
-        (Err(f), Some(d)) => text_error(format!("`{tool}` failed after {}: {f}", denial(d))),
-        (Err(CallFailure::Limit(l)), None) => {
-            text_error(format!("`{tool}` stopped: {} limit: {l}", l.capability()))
-        }
-        (Err(CallFailure::Cancelled), None) => text_error(format!("`{tool}` was cancelled")),
-        (Err(f), None) => text_error(format!("`{tool}` failed: {f}")),
+        Verdict::Returned { value, .. } => text_error(format!(
+            "`{tool}` returned an error: {}",
+            error_text(&value)
+        )),
+        Verdict::Failed(e) => text_error(failure_text(tool, &e)?),
     };
     result.meta = Some(meta(called));
-    result
+    Ok(result)
+}
+
+/// The message of a tool error, from the classification shared with the
+/// HTTP API; a server fault is a protocol error instead.
+fn failure_text(tool: &str, e: &ApiError) -> Result<String, ErrorData> {
+    let d = e.detail();
+    let message = &d.message;
+    Ok(match e.code() {
+        ErrorCode::Denied => format!(
+            "`{tool}` failed after {}: {message}",
+            denial(
+                d.grant.as_deref().unwrap_or("-"),
+                d.target.as_deref().unwrap_or("-"),
+                d.reason.as_deref()
+            )
+        ),
+        ErrorCode::Limit => {
+            let limit = match &d.limit {
+                Some(LimitRef::Name(n)) => n.clone(),
+                Some(LimitRef::Value(v)) => v.to_string(),
+                None => "a".into(),
+            };
+            format!("`{tool}` stopped: {limit} limit: {message}")
+        }
+        ErrorCode::Cancelled => format!("`{tool}` was cancelled"),
+        ErrorCode::Trap => format!("`{tool}` failed: {message}"),
+        ErrorCode::Overloaded => format!("server overloaded: {message}"),
+        ErrorCode::NoSuchComponent => {
+            format!("`{tool}`: {message}: it was removed; list the tools again")
+        }
+        code if code.status().is_server_error() => {
+            return Err(ErrorData::internal_error(message.clone(), None));
+        }
+        _ => format!("`{tool}`: {message}"),
+    })
 }
 
 /// A denied request, with the reason the grants gave.
-fn denial(d: &tessera_runtime::AuditEvent) -> String {
+fn denial(capability: &str, target: &str, reason: Option<&str>) -> String {
     format!(
-        "a denied {} request to {} ({})",
-        d.capability,
-        d.target,
-        d.detail.as_deref().unwrap_or("not granted")
+        "a denied {capability} request to {target} ({})",
+        reason.unwrap_or("not granted")
     )
 }
 
@@ -322,17 +356,8 @@ impl ServerHandler for McpService {
             )
             .await;
         let result = match called {
-            Ok(c) => tool_result(&name, &c),
-            Err(CallError::Overloaded(n)) => {
-                text_error(format!("server overloaded: {n} calls already running"))
-            }
-            Err(CallError::NoSuchComponent(c)) => {
-                text_error(format!("component `{c}` was removed; list the tools again"))
-            }
-            Err(CallError::Journal(tessera_journal::Error::Runtime(e))) => {
-                text_error(format!("`{name}`: {e}"))
-            }
-            Err(e) => return Err(ErrorData::internal_error(e.to_string(), None)),
+            Ok(mut c) => tool_result(&name, &mut c)?,
+            Err(e) => text_error(failure_text(&name, &ApiError::from(e))?),
         };
         Ok(result.into())
     }
@@ -398,28 +423,22 @@ pub type McpHttpService = StreamableHttpService<McpService, LocalSessionManager>
 /// The streamable HTTP MCP endpoint for a server listening on `local`.
 /// Cancelling `sessions` closes every session.
 ///
-/// `Host` headers are checked: on loopback against the loopback names plus
-/// the configuration's `allowed_hosts` (against DNS rebinding); on any
-/// other address, where tokens are required, against `allowed_hosts` when
-/// it is not empty.
+/// The router's request guard checks `Host`, `Origin` and `Content-Type`
+/// in front of every route, `/mcp` included; rmcp's own `Host` check is
+/// given the same names, as a second line.
 pub fn http_service(
     server: Arc<Server>,
     local: SocketAddr,
     sessions: CancellationToken,
 ) -> McpHttpService {
-    let mut config = StreamableHttpServerConfig::default()
+    let hosts = server.request_guard(local).host_list();
+    let config = StreamableHttpServerConfig::default()
         .with_cancellation_token(sessions)
         .with_max_request_body_bytes(server.config.max_body_bytes);
-    let extra = &server.config.allowed_hosts;
-    config = if local.ip().is_loopback() {
-        // The loopback names, and any the operator added.
-        let mut hosts = config.allowed_hosts.clone();
-        hosts.extend(extra.iter().cloned());
-        config.with_allowed_hosts(hosts)
-    } else if extra.is_empty() {
+    let config = if hosts.is_empty() {
         config.disable_allowed_hosts()
     } else {
-        config.with_allowed_hosts(extra.clone())
+        config.with_allowed_hosts(hosts)
     };
     let handler = McpService::new(server);
     StreamableHttpService::new(

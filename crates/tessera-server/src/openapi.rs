@@ -1,140 +1,313 @@
 //! The OpenAPI 3.1 document of the HTTP API, served at `/openapi.json`.
-//! [`ROUTES`] lists the same operations; a test checks both against the
-//! real router.
+//!
+//! [`ROUTES`] lists every operation with its scope, its request body, its
+//! success answer and every error status it can give; the document is
+//! built from it, and a test checks it against the real router. Body
+//! schemas are JSON Schemas (draft 2020-12, which OpenAPI 3.1 uses)
+//! derived with `schemars` from the types in [`crate::api`] and
+//! [`crate::error`] that the handlers send, so they cannot drift apart.
+//! (`schemars` rather than `utoipa`: the handlers stay plain axum
+//! functions, and the route table below is the one place that says what
+//! a route takes and answers; rmcp already uses `schemars`.)
 
-use serde_json::{Value, json};
+use schemars::generate::{Contract, SchemaGenerator, SchemaSettings};
+use schemars::{JsonSchema, Schema};
+use serde_json::{Map, Value, json};
 
-/// Every operation: (method, path template, scope, summary).
-pub const ROUTES: &[(&str, &str, &str, &str)] = &[
-    ("get", "/v1/health", "none", "Liveness"),
-    ("get", "/openapi.json", "none", "This document"),
-    ("get", "/v1/components", "call", "List components"),
-    (
-        "post",
-        "/v1/components",
-        "manage",
-        "Add a component (or a new version) from a server-side path",
-    ),
-    (
-        "get",
-        "/v1/components/{name}",
-        "call",
-        "Inspect a component: versions and function schemas",
-    ),
-    (
-        "put",
-        "/v1/components/{name}",
-        "manage",
-        "Upload a component (or a new version), base64 in JSON",
-    ),
-    (
-        "delete",
-        "/v1/components/{name}",
-        "manage",
-        "Remove a component; calls in flight finish",
-    ),
-    (
-        "post",
-        "/v1/components/{name}/activate",
-        "manage",
-        "Activate a version (hot swap)",
-    ),
-    (
-        "post",
-        "/v1/components/{name}/rollback",
-        "manage",
-        "Go back to the previously active version",
-    ),
-    (
-        "post",
-        "/v1/components/{name}/call/{function}",
-        "call",
-        "Call a function with JSON arguments",
-    ),
-    ("get", "/v1/runs", "read", "List recorded runs"),
-    ("get", "/v1/runs/{id}", "read", "Show a run's journal"),
-    (
-        "post",
-        "/v1/runs/{id}/replay",
-        "read",
-        "Replay a run offline",
-    ),
-    (
-        "get",
-        "/v1/audit",
-        "read",
-        "Stream audit events (server-sent events)",
-    ),
+use crate::api;
+use crate::error::ErrorBody;
+
+/// A body's schema, from its Rust type.
+pub type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
+
+fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
+    g.subschema_for::<T>()
+}
+
+/// What a successful answer carries.
+#[derive(Debug, Clone, Copy)]
+pub enum Success {
+    /// A JSON body with this status.
+    Json(u16, SchemaFn),
+    /// No body (`204`).
+    Empty(u16),
+    /// A stream of server-sent events.
+    EventStream,
+}
+
+/// One operation of the API.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    /// Lower-case HTTP method.
+    pub method: &'static str,
+    /// Path template, parameters in braces.
+    pub path: &'static str,
+    /// The token scopes that may use the route, any one suffices (none:
+    /// public).
+    pub scopes: &'static [&'static str],
+    /// One line.
+    pub summary: &'static str,
+    /// The JSON request body, and whether it is required.
+    pub request: Option<(SchemaFn, bool)>,
+    /// The answer when it works.
+    pub success: Success,
+    /// Every error status the route can answer, each with the `Error` body.
+    pub errors: &'static [u16],
+}
+
+/// Statuses any route can answer: a refused `Host` or `Origin` (403), a
+/// body over the limit (413), a body that is not JSON (415).
+const GUARD: &[u16] = &[403, 413, 415];
+
+/// Every operation.
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: "get",
+        path: "/v1/health",
+        scopes: &[],
+        summary: "Liveness",
+        request: None,
+        success: Success::Json(200, schema::<api::Health>),
+        errors: GUARD,
+    },
+    Route {
+        method: "get",
+        path: "/openapi.json",
+        scopes: &[],
+        summary: "This document",
+        request: None,
+        success: Success::Json(200, schema::<Map<String, Value>>),
+        errors: GUARD,
+    },
+    Route {
+        method: "get",
+        path: "/v1/components",
+        scopes: &["call", "manage"],
+        summary: "List components",
+        request: None,
+        success: Success::Json(200, schema::<api::ComponentList>),
+        errors: &[401, 403, 413, 415, 500],
+    },
+    Route {
+        method: "post",
+        path: "/v1/components",
+        scopes: &["manage"],
+        summary: "Add a component (or a new version) from a server-side path",
+        request: Some((schema::<api::AddByPath>, true)),
+        success: Success::Json(201, schema::<api::Registered>),
+        errors: &[400, 401, 403, 413, 415, 500],
+    },
+    Route {
+        method: "get",
+        path: "/v1/components/{name}",
+        scopes: &["call", "manage"],
+        summary: "Inspect a component: versions and function schemas",
+        request: None,
+        success: Success::Json(200, schema::<api::ComponentInfo>),
+        errors: &[400, 401, 403, 404, 413, 415, 500],
+    },
+    Route {
+        method: "put",
+        path: "/v1/components/{name}",
+        scopes: &["manage"],
+        summary: "Upload a component (or a new version), base64 in JSON",
+        request: Some((schema::<api::Upload>, true)),
+        success: Success::Json(201, schema::<api::Registered>),
+        errors: &[400, 401, 403, 404, 413, 415, 500],
+    },
+    Route {
+        method: "delete",
+        path: "/v1/components/{name}",
+        scopes: &["manage"],
+        summary: "Remove a component; calls in flight finish",
+        request: None,
+        success: Success::Empty(204),
+        errors: &[400, 401, 403, 404, 413, 415, 500],
+    },
+    Route {
+        method: "post",
+        path: "/v1/components/{name}/activate",
+        scopes: &["manage"],
+        summary: "Activate a version (hot swap)",
+        request: Some((schema::<api::Activate>, true)),
+        success: Success::Json(200, schema::<api::ComponentInfo>),
+        errors: &[400, 401, 403, 404, 413, 415, 500],
+    },
+    Route {
+        method: "post",
+        path: "/v1/components/{name}/rollback",
+        scopes: &["manage"],
+        summary: "Go back to the previously active version",
+        request: None,
+        success: Success::Json(200, schema::<api::ComponentInfo>),
+        errors: &[400, 401, 403, 404, 413, 415, 500],
+    },
+    Route {
+        method: "post",
+        path: "/v1/components/{name}/call/{function}",
+        scopes: &["call"],
+        summary: "Call a function with JSON arguments",
+        request: Some((schema::<api::CallArgs>, false)),
+        success: Success::Json(200, schema::<api::CallResult>),
+        errors: &[400, 401, 403, 404, 413, 415, 422, 429, 500, 503],
+    },
+    Route {
+        method: "get",
+        path: "/v1/runs",
+        scopes: &["read"],
+        summary: "List recorded runs",
+        request: None,
+        success: Success::Json(200, schema::<api::RunList>),
+        errors: &[401, 403, 413, 415, 500],
+    },
+    Route {
+        method: "get",
+        path: "/v1/runs/{id}",
+        scopes: &["read"],
+        summary: "Show a run's journal (the id or an unambiguous prefix)",
+        request: None,
+        success: Success::Json(200, schema::<api::RunDetail>),
+        errors: &[400, 401, 403, 404, 413, 415, 500],
+    },
+    Route {
+        method: "post",
+        path: "/v1/runs/{id}/replay",
+        scopes: &["read"],
+        summary: "Replay a run offline",
+        request: None,
+        success: Success::Json(200, schema::<api::ReplayResult>),
+        errors: &[400, 401, 403, 404, 409, 413, 415, 429, 500],
+    },
+    Route {
+        method: "get",
+        path: "/v1/audit",
+        scopes: &["read"],
+        summary: "Stream audit events (server-sent events, `event: audit`, one JSON event per `data:`)",
+        request: None,
+        success: Success::EventStream,
+        errors: &[401, 403, 413, 415, 500],
+    },
 ];
 
-fn error_schema() -> Value {
-    json!({
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["code", "message"],
-                "properties": {
-                    "code": { "type": "string", "enum": [
-                        "unauthorized", "forbidden", "body_too_large", "overloaded",
-                        "component_busy", "no_such_component", "no_such_version",
-                        "no_such_function", "no_such_run", "invalid_name", "bad_json",
-                        "bad_arguments", "not_callable", "bad_manifest", "bad_component",
-                        "denied", "limit", "trap", "registry", "journal", "engine", "tokens"
-                    ]},
-                    "message": { "type": "string" },
-                    "path": { "type": "string", "description": "JSON path of the offending argument" },
-                    "grant": { "type": "string", "description": "the capability that denied" },
-                    "limit": { "description": "the limit involved" },
-                    "run_id": { "type": "string" }
-                }
-            }
+/// What an error status means, in the document.
+fn error_description(status: u16) -> &'static str {
+    match status {
+        400 => {
+            "Bad request: `bad_json`, `bad_path`, `bad_arguments`, `invalid_name`, `bad_component`, `bad_manifest`, `not_callable`, `ambiguous_run`"
         }
-    })
+        401 => "`unauthorized`: a token is required, or the token is unknown",
+        403 => {
+            "`forbidden` (the token lacks the scope), `host_not_allowed` or `origin_not_allowed`"
+        }
+        404 => {
+            "Not found: `no_such_component`, `no_such_version`, `no_such_function`, `no_such_run`, `not_found`"
+        }
+        409 => "`component_missing`: the run's component is no longer stored",
+        413 => "`body_too_large`",
+        415 => "`unsupported_media_type`: request bodies are `application/json`",
+        422 => {
+            "The call ran and failed: `denied`, `limit`, `trap`, `cancelled` (with its `run_id`)"
+        }
+        429 => "`component_busy`: the component is at its `max_concurrent` limit",
+        500 => "Server fault: `registry`, `journal`, `engine`, `tokens`, `internal`",
+        503 => "`overloaded`: the server is at `--max-calls`",
+        _ => "Error",
+    }
+}
+
+fn json_content(schema: Schema) -> Value {
+    json!({ "application/json": { "schema": schema } })
 }
 
 /// The document.
 pub fn document() -> Value {
-    let mut paths = serde_json::Map::new();
-    for (method, path, scope, summary) in ROUTES {
-        let params: Vec<Value> = path
+    // Requests are described as they are read, answers as they are written.
+    let settings = |contract| {
+        SchemaSettings::draft2020_12().with(|s| {
+            s.definitions_path = "/components/schemas".into();
+            s.meta_schema = None;
+            s.contract = contract;
+        })
+    };
+    let mut requests = settings(Contract::Deserialize).into_generator();
+    let mut answers = settings(Contract::Serialize).into_generator();
+    let error = answers.subschema_for::<ErrorBody>();
+
+    let mut paths = Map::new();
+    for route in ROUTES {
+        let params: Vec<Value> = route
+            .path
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
             .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
             .collect();
-        let mut op = json!({
-            "summary": summary,
-            "operationId": format!("{method}{}", path.replace(['/', '{', '}', '.'], "_")),
-            "parameters": params,
-            "responses": {
-                "200": { "description": "Success", "content": { "application/json": {} } },
-                "default": {
-                    "description": "Error",
-                    "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
-                }
+        let mut responses = Map::new();
+        match route.success {
+            Success::Json(status, schema) => {
+                responses.insert(
+                    status.to_string(),
+                    json!({ "description": "Success", "content": json_content(schema(&mut answers)) }),
+                );
             }
+            Success::Empty(status) => {
+                responses.insert(status.to_string(), json!({ "description": "Done" }));
+            }
+            Success::EventStream => {
+                responses.insert(
+                    "200".into(),
+                    json!({
+                        "description": "A stream of audit events; it ends when the server shuts down",
+                        "content": { "text/event-stream": { "schema": { "type": "string" } } }
+                    }),
+                );
+            }
+        }
+        for status in route.errors {
+            responses.insert(
+                status.to_string(),
+                json!({
+                    "description": error_description(*status),
+                    "content": json_content(error.clone()),
+                }),
+            );
+        }
+        let method = route.method;
+        let mut op = json!({
+            "summary": route.summary,
+            "operationId": format!("{method}{}", route.path.replace(['/', '{', '}', '.'], "_")),
+            "parameters": params,
+            "responses": responses,
         });
-        if *scope != "none" {
-            op["security"] = json!([{ "bearer": [scope] }]);
-            op["x-tessera-scope"] = json!(scope);
+        // Any one of the scopes: one security requirement each.
+        op["security"] = route
+            .scopes
+            .iter()
+            .map(|scope| json!({ "bearer": [scope] }))
+            .collect();
+        op["x-tessera-scopes"] = json!(route.scopes);
+        if let Some((schema, required)) = route.request {
+            op["requestBody"] = json!({
+                "required": required,
+                "content": json_content(schema(&mut requests)),
+            });
         }
-        if *method == "post" || *method == "put" {
-            op["requestBody"] = json!({ "required": false, "content": { "application/json": {} } });
-        }
-        let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
-        entry[*method] = op;
+        let entry = paths
+            .entry(route.path.to_string())
+            .or_insert_with(|| json!({}));
+        entry[method] = op;
     }
+    let mut schemas = answers.take_definitions(true);
+    schemas.extend(requests.take_definitions(true));
     json!({
         "openapi": "3.1.0",
         "info": {
             "title": "Tessera API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Components as typed tools: register, hot-swap, call from JSON, and read the journal and audit stream. The same tools are served over MCP (streamable HTTP) at /mcp, with the `call` scope."
+            "description": "Components as typed tools: register, hot-swap, call from JSON, and read the journal and audit stream. The same tools are served over MCP (streamable HTTP) at /mcp, with the `call` scope. Every route refuses a Host it does not answer to and an Origin it does not allow (403), and request bodies must be application/json (415). See docs/http-api.md."
         },
         "paths": paths,
         "components": {
-            "schemas": { "Error": error_schema() },
+            "schemas": schemas,
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } }
         }
     })

@@ -27,12 +27,12 @@ pub enum RegistryError {
         source: std::io::Error,
     },
     /// `registry.json` is damaged.
-    #[error("{path}: {message}")]
+    #[error("{}: {source}", path.display())]
     Corrupt {
         /// The file.
         path: PathBuf,
         /// What is wrong.
-        message: String,
+        source: serde_json::Error,
     },
     /// No component has that name.
     #[error("no component named `{0}`")]
@@ -154,9 +154,9 @@ impl Registry {
     fn read(&self) -> Result<RegistryFile, RegistryError> {
         let path = self.file();
         match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| RegistryError::Corrupt {
+            Ok(b) => serde_json::from_slice(&b).map_err(|source| RegistryError::Corrupt {
                 path: path.clone(),
-                message: e.to_string(),
+                source,
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RegistryFile {
                 version: 1,
@@ -194,9 +194,9 @@ impl Registry {
         let tmp = self
             .dir
             .join(format!("registry.json.tmp{}", std::process::id()));
-        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| RegistryError::Corrupt {
+        let bytes = serde_json::to_vec_pretty(&file).map_err(|source| RegistryError::Corrupt {
             path: path.clone(),
-            message: e.to_string(),
+            source,
         })?;
         std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io(&path))?;

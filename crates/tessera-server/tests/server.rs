@@ -31,7 +31,11 @@ fn request(
     body: &str,
 ) -> (u16, Value) {
     let auth = token.map(|t| format!("Bearer {t}"));
-    let mut headers = vec![("Host", "test"), ("Content-Type", "application/json")];
+    let host = addr.to_string();
+    let mut headers = vec![
+        ("Host", host.as_str()),
+        ("Content-Type", "application/json"),
+    ];
     if let Some(a) = &auth {
         headers.push(("Authorization", a.as_str()));
     }
@@ -406,14 +410,43 @@ async fn openapi_document_matches_the_routes() {
             };
             let (status, body) = s.call(m, &concrete, json!({})).await;
             // A real route answers with JSON (possibly a typed error); an
-            // unknown route or method would be an empty 404/405.
+            // unknown route or method gets `not_found` or
+            // `method_not_allowed`.
+            let code = &body["error"]["code"];
             assert!(
-                status != 405 && body.is_object(),
+                status != 405
+                    && body.is_object()
+                    && code != "not_found"
+                    && code != "method_not_allowed",
                 "{m} {path}: {status} {body}"
+            );
+            // Every answer is documented, with a schema unless it is empty.
+            let answer = &ops[method]["responses"][status.to_string()];
+            assert!(answer.is_object(), "{m} {path}: {status} undocumented");
+            assert!(
+                status == 204 || answer["content"]["application/json"]["schema"].is_object(),
+                "{m} {path}: {status} has no schema"
             );
         }
     }
     assert_eq!(documented, tessera_server::openapi::ROUTES.len());
+    // Unknown routes and methods are typed errors too.
+    let (status, v) = s.call("GET", "/v1/nothing", json!({})).await;
+    assert_eq!((status, &v["error"]["code"]), (404, &json!("not_found")));
+    let (status, v) = s.call("PUT", "/v1/health", json!({})).await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (405, &json!("method_not_allowed"))
+    );
+    // Every schema reference resolves.
+    let text = doc.to_string();
+    for r in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+        let name = r.split('"').next().unwrap();
+        assert!(
+            doc["components"]["schemas"][name].is_object(),
+            "dangling $ref {name}"
+        );
+    }
     s.shutdown().await;
 }
 
@@ -680,5 +713,299 @@ async fn tool_list_follows_load_swap_and_removal() {
         "no change signalled on removal"
     );
     assert!(names(&s.server).is_empty());
+    s.shutdown().await;
+}
+
+/// Every route with concrete values for its parameters: (method, path,
+/// whether it takes a body). `/v1/audit` is a stream and `/mcp` takes MCP
+/// messages: both are here too.
+fn every_route() -> Vec<(&'static str, String, bool)> {
+    let mut routes: Vec<(&'static str, String, bool)> = tessera_server::openapi::ROUTES
+        .iter()
+        .map(|route| {
+            let (method, path) = (route.method, route.path);
+            let concrete = if path.contains("{function}") {
+                "/v1/components/hello/call/greet".to_string()
+            } else {
+                path.replace("{name}", "nothing").replace("{id}", "nope")
+            };
+            let m: &'static str = match method {
+                "get" => "GET",
+                "post" => "POST",
+                "put" => "PUT",
+                "delete" => "DELETE",
+                other => panic!("unexpected method {other}"),
+            };
+            (m, concrete, m == "POST" || m == "PUT")
+        })
+        .collect();
+    routes.push(("POST", "/mcp".into(), true));
+    routes.push(("GET", "/mcp".into(), false));
+    routes.push(("DELETE", "/mcp".into(), false));
+    routes
+}
+
+/// Like [`raw_request`], but a stream's answer (`text/event-stream`) is
+/// not read past its head.
+fn raw_head(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: 0\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    write!(s, "{head}\r\n").unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let stream = |raw: &[u8]| {
+        let text = String::from_utf8_lossy(raw).to_ascii_lowercase();
+        text.contains("\r\n\r\n") && text.contains("content-type: text/event-stream")
+    };
+    while !stream(&raw) {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_string(), body.to_string())
+}
+
+/// The value of a response header (lower-case name), if present.
+fn header_value(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
+}
+
+fn error_code(body: &str) -> Value {
+    serde_json::from_str::<Value>(body).unwrap_or(Value::Null)["error"]["code"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_refuses_foreign_hosts_origins_and_content_types() {
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), |c| {
+        c.allowed_origins = vec!["http://localhost:3000".parse().unwrap()];
+    })
+    .await;
+    assert_eq!(s.add("hello", "hello").await.0, 201);
+    let addr = s.addr;
+    let own_host = format!("127.0.0.1:{}", addr.port());
+    let own_origin = format!("http://{own_host}");
+    tokio::task::spawn_blocking(move || {
+        let mcp_accept = ("Accept", "application/json, text/event-stream");
+        for (method, path, has_body) in every_route() {
+            let body = if path.contains("/call/") {
+                r#"{"name":"Ada"}"#
+            } else if path == "/mcp" && method == "POST" {
+                r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#
+            } else if has_body {
+                "{}"
+            } else {
+                ""
+            };
+            let send = |extra: &[(&str, &str)], body: &str| {
+                let mut headers = vec![mcp_accept];
+                headers.extend_from_slice(extra);
+                if path == "/v1/audit" || (path == "/mcp" && method == "GET") {
+                    raw_head(addr, method, &path, &headers)
+                } else {
+                    raw_request(addr, method, &path, &headers, body)
+                }
+            };
+            let what = format!("{method} {path}");
+            let json = ("Content-Type", "application/json");
+
+            // Refused: a Host this server does not answer to (DNS rebinding).
+            let (status, head, text) = send(&[("Host", "rebound.example"), json], body);
+            assert_eq!(status, 403, "{what}: {head}\n{text}");
+            assert_eq!(error_code(&text), json!("host_not_allowed"), "{what}");
+            let (status, _, text) = send(&[json], body);
+            assert_eq!(
+                (status, error_code(&text)),
+                (403, json!("host_not_allowed")),
+                "{what}: no Host"
+            );
+
+            // Refused: a foreign Origin, whatever the rest.
+            for origin in ["http://evil.example", "http://localhost:3001", "null"] {
+                let (status, head, text) =
+                    send(&[("Host", &own_host), ("Origin", origin), json], body);
+                assert_eq!(status, 403, "{what} from {origin}: {head}\n{text}");
+                assert_eq!(error_code(&text), json!("origin_not_allowed"), "{what}");
+                assert!(header_value(&head, "access-control-allow-origin").is_none());
+            }
+
+            // Refused: bodies that are not JSON (what a cross-site form or
+            // a `text/plain` fetch sends without a preflight).
+            if has_body {
+                for ct in [
+                    "text/plain",
+                    "application/x-www-form-urlencoded",
+                    "multipart/form-data; boundary=x",
+                ] {
+                    let (status, head, text) =
+                        send(&[("Host", &own_host), ("Content-Type", ct)], body);
+                    assert_eq!(status, 415, "{what} as {ct}: {head}\n{text}");
+                    assert_eq!(error_code(&text), json!("unsupported_media_type"));
+                }
+                let (status, _, text) = send(&[("Host", &own_host)], body);
+                assert_eq!(
+                    (status, error_code(&text)),
+                    (415, json!("unsupported_media_type"))
+                );
+            }
+
+            // Allowed: loopback names, the server's own origin, and the
+            // configured origin (which gets itself back, never `*`).
+            for host in [own_host.as_str(), "localhost", "[::1]:1"] {
+                let (status, head, text) = send(&[("Host", host), json], body);
+                assert!(
+                    ![403, 415, 421].contains(&status),
+                    "{what} to {host}: {head}\n{text}"
+                );
+            }
+            let (status, head, text) =
+                send(&[("Host", &own_host), ("Origin", &own_origin), json], body);
+            assert!(![403, 415].contains(&status), "{what}: {head}\n{text}");
+            assert!(
+                header_value(&head, "access-control-allow-origin").is_none(),
+                "{head}"
+            );
+            let (status, head, text) = send(
+                &[
+                    ("Host", &own_host),
+                    ("Origin", "http://localhost:3000"),
+                    json,
+                ],
+                body,
+            );
+            assert!(![403, 415].contains(&status), "{what}: {head}\n{text}");
+            assert_eq!(
+                header_value(&head, "access-control-allow-origin").as_deref(),
+                Some("http://localhost:3000"),
+                "{what}: {head}"
+            );
+
+            // The allowed origin's preflight is answered; others are refused.
+            let preflight = |origin: &str| {
+                raw_request(
+                    addr,
+                    "OPTIONS",
+                    &path,
+                    &[
+                        ("Host", &own_host),
+                        ("Origin", origin),
+                        ("Access-Control-Request-Method", method),
+                        (
+                            "Access-Control-Request-Headers",
+                            "content-type, authorization",
+                        ),
+                    ],
+                    "",
+                )
+            };
+            let (status, head, _) = preflight("http://localhost:3000");
+            assert_eq!(status, 204, "{what}: {head}");
+            assert_eq!(
+                header_value(&head, "access-control-allow-origin").as_deref(),
+                Some("http://localhost:3000")
+            );
+            let methods = header_value(&head, "access-control-allow-methods").unwrap();
+            assert!(methods.contains(method), "{methods}");
+            let (status, head, _) = preflight("http://evil.example");
+            assert_eq!(status, 403, "{what}: {head}");
+            assert!(header_value(&head, "access-control-allow-origin").is_none());
+        }
+    })
+    .await
+    .unwrap();
+
+    // The attack of the issue: a cross-site `text/plain` POST to a tool.
+    // It is refused and the tool does not run.
+    let before = s.server.journal.list().unwrap().len();
+    let (status, _, text) = tokio::task::spawn_blocking(move || {
+        raw_request(
+            addr,
+            "POST",
+            "/v1/components/hello/call/greet",
+            &[
+                ("Host", &format!("127.0.0.1:{}", addr.port())),
+                ("Origin", "http://evil.example"),
+                ("Content-Type", "text/plain"),
+            ],
+            r#"{"name":"Mallory"}"#,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (status, error_code(&text)),
+        (403, json!("origin_not_allowed"))
+    );
+    assert_eq!(
+        s.server.journal.list().unwrap().len(),
+        before,
+        "the tool ran"
+    );
+
+    // Every kind of refusal is in the audit log.
+    let audit = std::fs::read_to_string(data.path().join("audit.jsonl")).unwrap();
+    for capability in ["host", "origin", "content-type"] {
+        assert!(
+            audit.lines().any(|l| {
+                let e: Value = serde_json::from_str(l).unwrap();
+                e["capability"] == capability && e["decision"] == "deny"
+            }),
+            "no {capability} refusal audited:\n{audit}"
+        );
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_that_cannot_load_is_reported_and_not_served() {
+    let data = tempfile::tempdir().unwrap();
+    // Registered behind the server's back, with a manifest that does not parse.
+    let registry = tessera_server::registry::Registry::open(data.path()).unwrap();
+    let bytes = std::fs::read(component("hello")).unwrap();
+    registry
+        .add(
+            "broken",
+            &bytes,
+            Some(("[limits\n".into(), data.path().to_path_buf())),
+            "test",
+        )
+        .unwrap();
+    let s = start(data.path(), |_| {}).await;
+    assert!(s.server.active_names().is_empty());
+    let failures = s.server.load_failures();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0].0, "broken");
+    assert!(
+        matches!(*failures[0].1, tessera_server::LoadError::Manifest(_)),
+        "{}",
+        failures[0].1
+    );
+    // Fixed by a new version: served, and no longer reported.
+    assert_eq!(s.add("broken", "hello").await.0, 201);
+    assert_eq!(s.server.active_names(), ["broken"]);
+    assert!(s.server.load_failures().is_empty());
     s.shutdown().await;
 }

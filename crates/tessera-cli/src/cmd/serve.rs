@@ -29,13 +29,20 @@ pub struct Args {
     pub grace_ms: u64,
     /// Serve MCP over stdin/stdout instead of HTTP (for an MCP host that
     /// spawns Tessera). Nothing but MCP messages is written to stdout.
-    #[arg(long, conflicts_with_all = ["listen", "require_tokens", "allowed_host"])]
+    #[arg(long, conflicts_with_all = ["listen", "require_tokens", "allowed_host", "allowed_origin"])]
     pub stdio: bool,
-    /// A `Host` the MCP endpoint accepts (repeatable). On loopback it is
-    /// added to the loopback names; on another address only the given hosts
-    /// are accepted (default: any, since tokens are required there).
-    #[arg(long)]
+    /// A `Host` the server answers to, on every route (repeatable). On
+    /// loopback it is added to the loopback names (localhost, 127.0.0.1,
+    /// ::1); on another address only the given hosts are accepted (default:
+    /// any, since tokens are required there). Other hosts get 403.
+    #[arg(long, value_name = "HOST[:PORT]")]
     pub allowed_host: Vec<String>,
+    /// A browser origin allowed to call the server (repeatable), exactly as
+    /// browsers send it: `http://localhost:3000`. A request carrying any
+    /// other `Origin` than these and the server's own is refused with 403;
+    /// an allowed origin gets CORS headers naming it (never `*`).
+    #[arg(long, value_name = "ORIGIN")]
+    pub allowed_origin: Vec<tessera_server::guard::AllowedOrigin>,
 }
 
 async fn shutdown_signal() {
@@ -78,6 +85,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
             return crate::exit::BAD_INPUT;
         }
     };
+    config.allowed_origins = args.allowed_origin;
     // Bind first: a taken port is reported before the components load.
     let listener = if args.stdio {
         None
@@ -98,6 +106,11 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
             return exit::INTERNAL;
         }
     };
+    // The server logs through `tracing`; what failed to load is also said
+    // here, where the operator is looking.
+    for (name, e) in server.load_failures() {
+        eprintln!("error: cannot load component `{name}`: {e}");
+    }
     let count = server.active_names().len();
     let served = match listener {
         None => {

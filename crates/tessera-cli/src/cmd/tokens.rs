@@ -34,26 +34,35 @@ pub fn run(global: &GlobalArgs, command: Command) -> i32 {
     }
     let tokens = Tokens::open(&global.data);
     let result = match command {
-        Command::Create { scope, label } => tokens.create(scope, &label).map(|(token, rec)| {
-            println!("{token}");
-            eprintln!(
-                "token {} created (shown once; only its hash is stored)",
-                rec.id
-            );
-        }),
-        Command::List => tokens.list().map(|list| {
-            for t in list {
-                println!("{}  {:?}  {}  {}", t.id, t.scopes, t.created, t.label);
-            }
-        }),
-        Command::Revoke { id } => tokens.revoke(&id).and_then(|found| {
-            if found {
-                println!("revoked {id}");
-                Ok(())
-            } else {
-                Err(format!("no token with id {id}"))
-            }
-        }),
+        Command::Create { scope, label } => tokens
+            .create(scope, &label)
+            .map(|(token, rec)| {
+                println!("{token}");
+                eprintln!(
+                    "token {} created (shown once; only its hash is stored)",
+                    rec.id
+                );
+            })
+            .map_err(|e| e.to_string()),
+        Command::List => tokens
+            .list()
+            .map(|list| {
+                for t in list {
+                    println!("{}  {:?}  {}  {}", t.id, t.scopes, t.created, t.label);
+                }
+            })
+            .map_err(|e| e.to_string()),
+        Command::Revoke { id } => tokens
+            .revoke(&id)
+            .map_err(|e| e.to_string())
+            .and_then(|found| {
+                if found {
+                    println!("revoked {id}");
+                    Ok(())
+                } else {
+                    Err(format!("no token with id {id}"))
+                }
+            }),
     };
     match result {
         Ok(()) => exit::OK,

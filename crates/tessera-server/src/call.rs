@@ -1,0 +1,226 @@
+//! The one call path, shared by the HTTP API and MCP (both transports),
+//! and the one place that decides what the end of a call means to a
+//! client.
+//!
+//! [`Server::call`] takes a permit of the server's limit, the `Arc` of the
+//! active version, and runs the journaled call in its own task, cancelled
+//! when the caller goes away or the server shuts down. [`Called::verdict`]
+//! and `ApiError::from(CallError)` classify the result once: the HTTP API
+//! sends it as a status and body, MCP as a tool result (`isError` with a
+//! message) or, for a server fault, a protocol error.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tessera_runtime::{CallFailure, CallOptions, CallOutcome, Decision};
+use tokio_util::sync::CancellationToken;
+
+use crate::Server;
+use crate::active::Active;
+use crate::error::{ApiError, ErrorCode, LimitRef};
+
+/// A finished call.
+pub struct Called {
+    /// The version that served the call.
+    pub active: Arc<Active>,
+    /// The journal run.
+    pub run_id: String,
+    /// What came out.
+    pub outcome: CallOutcome,
+}
+
+/// Why a call did not run.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The server is at its limit of concurrent calls.
+    #[error("{0} calls already running")]
+    Overloaded(usize),
+    /// No component of that name is being served.
+    #[error("no component named `{0}`")]
+    NoSuchComponent(String),
+    /// The call was refused before the guest ran (bad arguments, no such
+    /// function, component busy, …) or could not be journaled.
+    #[error(transparent)]
+    Journal(#[from] tessera_journal::Error),
+    /// The call's task failed.
+    #[error("call task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl From<CallError> for ApiError {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Overloaded(_) => ApiError::new(ErrorCode::Overloaded, e.to_string()),
+            CallError::NoSuchComponent(_) => {
+                ApiError::new(ErrorCode::NoSuchComponent, e.to_string())
+            }
+            CallError::Journal(j) => j.into(),
+            CallError::Task(_) => ApiError::new(ErrorCode::Internal, e.to_string()),
+        }
+    }
+}
+
+/// A grant's denial during a call, from its audit event.
+#[derive(Debug, Clone)]
+pub(crate) struct Denial {
+    /// The capability: `http`, `files`, …
+    pub(crate) capability: String,
+    /// What was denied: a URL, a path.
+    pub(crate) target: String,
+    /// Why, as the grant said.
+    pub(crate) reason: Option<String>,
+}
+
+/// How a call ended, for every transport.
+pub(crate) enum Verdict {
+    /// The function returned; `ok` is false when it returned its WIT `err`
+    /// case (after a denial, if one happened).
+    Returned {
+        value: Value,
+        ok: bool,
+        denial: Option<Denial>,
+    },
+    /// It ran and did not return: `denied`, `limit`, `trap` or `cancelled`,
+    /// with the run's id.
+    Failed(ApiError),
+}
+
+impl Called {
+    /// The first denial of the call, if any.
+    fn denial(&self) -> Option<Denial> {
+        self.outcome
+            .audit
+            .iter()
+            .find(|e| e.decision == Decision::Deny)
+            .map(|d| Denial {
+                capability: d.capability.clone(),
+                target: d.target.clone(),
+                reason: d.detail.clone(),
+            })
+    }
+
+    /// Classifies the call's end. The returned value is taken out of the
+    /// outcome (it may be large); the rest of the outcome stays.
+    pub(crate) fn verdict(&mut self) -> Verdict {
+        let denial = self.denial();
+        let result = std::mem::replace(&mut self.outcome.result, Ok(Value::Null));
+        let failure = match result {
+            Ok(value) => {
+                return Verdict::Returned {
+                    value,
+                    ok: !self.outcome.guest_error,
+                    denial,
+                };
+            }
+            Err(failure) => failure,
+        };
+        let message = failure.to_string();
+        let error = match (&failure, denial) {
+            (_, Some(d)) => ApiError::new(ErrorCode::Denied, message).with(|e| {
+                e.grant = Some(d.capability);
+                e.target = Some(d.target);
+                e.reason = d.reason;
+            }),
+            (CallFailure::Limit(l), None) => ApiError::new(ErrorCode::Limit, message)
+                .with(|e| e.limit = Some(LimitRef::Name(l.capability().to_string()))),
+            (CallFailure::Trap { .. } | CallFailure::Diverged(_), None) => {
+                ApiError::new(ErrorCode::Trap, message)
+            }
+            (CallFailure::Cancelled, None) => ApiError::new(ErrorCode::Cancelled, message),
+        };
+        let run_id = self.run_id.clone();
+        // Put the failure back: the outcome stays whole for any reader.
+        self.outcome.result = Err(failure);
+        Verdict::Failed(error.with(|e| e.run_id = Some(run_id)))
+    }
+}
+
+impl Server {
+    /// Calls `function` of the active version of component `name`, and
+    /// journals the run with `caller` in its header.
+    ///
+    /// The call runs in its own task: if the caller goes away (its future
+    /// is dropped) or `cancel` fires, the guest is interrupted at its next
+    /// epoch tick and the run is still journaled to its end, as cancelled.
+    /// Shutting the server down cancels every call still running after the
+    /// grace period.
+    pub async fn call(
+        &self,
+        name: &str,
+        function: &str,
+        args: &Value,
+        cancel: Option<CancellationToken>,
+        caller: tessera_journal::Caller,
+    ) -> Result<Called, CallError> {
+        let Ok(permit) = self.calls.clone().try_acquire_owned() else {
+            return Err(CallError::Overloaded(self.config.max_calls));
+        };
+        // Hold the version for the whole call: a swap does not touch it.
+        let active = self
+            .active(name)
+            .ok_or_else(|| CallError::NoSuchComponent(name.to_string()))?;
+        let token = self.shutdown.child_token();
+        // Cancels the call if this future is dropped before it ends.
+        let _dropped = token.clone().drop_guard();
+        let journal = self.journal.clone();
+        let task = {
+            let active = active.clone();
+            let function = function.to_string();
+            let args = args.clone();
+            let token = token.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                tessera_journal::record_call_with(
+                    &journal,
+                    &active.loaded,
+                    &function,
+                    &args,
+                    CallOptions {
+                        cancel: Some(token),
+                        ..CallOptions::default()
+                    },
+                    Some(caller),
+                )
+                .await
+            })
+        };
+        let linked = async {
+            match &cancel {
+                Some(c) => c.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut task = std::pin::pin!(task);
+        let joined = tokio::select! {
+            biased;
+            r = &mut task => r,
+            () = linked => {
+                token.cancel();
+                task.await
+            }
+        };
+        let (run_id, outcome) = joined??;
+        Ok(Called {
+            active,
+            run_id,
+            outcome,
+        })
+    }
+
+    /// Cancels every running call and waits up to `wait` for their journals
+    /// to be written, then flushes the journal.
+    pub async fn stop_calls(&self, wait: Duration) {
+        self.shutdown.cancel();
+        self.calls_finished(wait).await;
+        self.journal.flush();
+    }
+
+    /// Waits up to `wait` until no call is running (every permit is back).
+    pub(crate) async fn calls_finished(&self, wait: Duration) -> bool {
+        let all = u32::try_from(self.config.max_calls).unwrap_or(u32::MAX);
+        tokio::time::timeout(wait, self.calls.acquire_many(all))
+            .await
+            .is_ok()
+    }
+}

@@ -1,0 +1,56 @@
+//! Server settings, kept apart from the state they configure so the CLI
+//! and the tests can build them field by field.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::guard::AllowedOrigin;
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The data directory (registry, journal, compile cache, audit log, tokens).
+    pub data: PathBuf,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Require a token on every request (always on for a non-loopback address).
+    pub require_tokens: bool,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Calls running at once across all components; more get 503.
+    pub max_calls: usize,
+    /// How long in-flight calls may finish after a shutdown signal.
+    pub grace: Duration,
+    /// `Host` values every route (API and MCP) accepts. On loopback they
+    /// are added to the loopback names (the only ones accepted otherwise,
+    /// against DNS rebinding); on any other address they are the only ones
+    /// accepted, and when empty any `Host` is (tokens are required there
+    /// anyway).
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins allowed to call the server (`Origin` header), besides
+    /// the server's own. A request from any other origin is refused.
+    pub allowed_origins: Vec<AllowedOrigin>,
+    /// Values of `wasi:config` secrets the served components may name
+    /// (host configuration: never journaled, never in a manifest).
+    pub secrets: std::collections::BTreeMap<String, String>,
+}
+
+impl ServerConfig {
+    /// Defaults for a data directory: loopback on port 7878, no tokens
+    /// required, 16 MiB bodies, 256 concurrent calls, 10 s grace, no extra
+    /// hosts or origins.
+    pub fn new(data: PathBuf) -> Self {
+        Self {
+            data,
+            listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
+            require_tokens: false,
+            max_body_bytes: 16 << 20,
+            max_calls: 256,
+            grace: Duration::from_secs(10),
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            secrets: std::collections::BTreeMap::new(),
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! What went wrong, for clients: a stable [`ErrorCode`] that fixes the HTTP
+//! status, a message and details. The HTTP API sends it as one body for
+//! every error of every route, `{"error": {"code": …, "message": …, …}}`,
+//! and MCP renders it as a tool error (see `mcp.rs`), so the two cannot
+//! disagree about what a failure is. The conversions from the registry's,
+//! the runtime's and the journal's errors are here, once; call outcomes
+//! are classified in `call.rs`. The same types give the OpenAPI document
+//! its `Error` schema.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use schemars::JsonSchema;
+use serde::Serialize;
+use tessera_journal::Error as JournalError;
+use tessera_runtime::Error as RtError;
+
+use crate::registry::RegistryError;
+
+/// What went wrong, stable across releases. Each code has one HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 401: no token, or an unknown one, where a token is required.
+    Unauthorized,
+    /// 403: the token lacks a scope the route needs.
+    Forbidden,
+    /// 403: the `Host` header names no host this server answers to.
+    HostNotAllowed,
+    /// 403: the `Origin` header names a site that may not call the server.
+    OriginNotAllowed,
+    /// 415: a request body that is not `application/json`.
+    UnsupportedMediaType,
+    /// 413: a request body over the server's limit.
+    BodyTooLarge,
+    /// 404: no such route.
+    NotFound,
+    /// 405: the route does not take this method.
+    MethodNotAllowed,
+    /// 400: a path parameter that cannot be read.
+    BadPath,
+    /// 503: the server is at its limit of concurrent calls.
+    Overloaded,
+    /// 429: the component is at its `max_concurrent` limit.
+    ComponentBusy,
+    /// 404: no component of that name.
+    NoSuchComponent,
+    /// 404: the component has no such version.
+    NoSuchVersion,
+    /// 404: the component exports no such function (or the name is
+    /// ambiguous).
+    NoSuchFunction,
+    /// 404: no run has that id (or id prefix).
+    NoSuchRun,
+    /// 400: the id prefix matches several runs.
+    AmbiguousRun,
+    /// 409: the run's component is no longer in the store.
+    ComponentMissing,
+    /// 400: a component name that cannot be used.
+    InvalidName,
+    /// 400: the body is not the JSON the route takes.
+    BadJson,
+    /// 400: the arguments do not fit the function's parameters.
+    BadArguments,
+    /// 400: the function takes or returns a resource.
+    NotCallable,
+    /// 400: the manifest cannot be read or is invalid.
+    BadManifest,
+    /// 400: the component cannot be read, compiled or linked.
+    BadComponent,
+    /// 422: a grant denied something the call needed.
+    Denied,
+    /// 422: a limit (fuel, deadline, memory, output …) stopped the call.
+    Limit,
+    /// 422: the guest trapped.
+    Trap,
+    /// 422: the call was cancelled (client gone, server shutting down).
+    Cancelled,
+    /// 500: the registry could not be read or written.
+    Registry,
+    /// 500: the journal could not be read or written.
+    Journal,
+    /// 500: the engine failed.
+    Engine,
+    /// 500: the tokens file could not be read.
+    Tokens,
+    /// 500: anything else that should not happen.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status of this code.
+    pub fn status(self) -> StatusCode {
+        use ErrorCode::*;
+        match self {
+            Unauthorized => StatusCode::UNAUTHORIZED,
+            Forbidden | HostNotAllowed | OriginNotAllowed => StatusCode::FORBIDDEN,
+            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            NotFound | NoSuchComponent | NoSuchVersion | NoSuchFunction | NoSuchRun => {
+                StatusCode::NOT_FOUND
+            }
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            BadPath | AmbiguousRun | InvalidName | BadJson | BadArguments | NotCallable
+            | BadManifest | BadComponent => StatusCode::BAD_REQUEST,
+            ComponentMissing => StatusCode::CONFLICT,
+            Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ComponentBusy => StatusCode::TOO_MANY_REQUESTS,
+            Denied | Limit | Trap | Cancelled => StatusCode::UNPROCESSABLE_ENTITY,
+            Registry | Journal | Engine | Tokens | Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// A limit named in an error: a number (`body_too_large`,
+/// `component_busy`) or the name of the limit that stopped a call
+/// (`limit`: `fuel`, `deadline`, `memory`, …).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum LimitRef {
+    /// The limit's value.
+    Value(u64),
+    /// The limit's name.
+    Name(String),
+}
+
+/// The body of every error answer.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(rename = "Error")]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong, with the details that apply to its code.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ErrorDetail {
+    /// Stable code; it fixes the HTTP status.
+    pub code: ErrorCode,
+    /// What happened and what to do, for a person.
+    pub message: String,
+    /// JSON path of the offending argument or field (`bad_arguments`,
+    /// `bad_component`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Line of a JSON syntax error in the body (`bad_json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u64>,
+    /// Column of a JSON syntax error in the body (`bad_json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<u64>,
+    /// The limit involved (`body_too_large`, `component_busy`, `limit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<LimitRef>,
+    /// The capability whose grant denied (`denied`): `http`, `files`, …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
+    /// What was denied (`denied`): a URL, a path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Why the grant denied it (`denied`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The journal run of a call that failed (`denied`, `limit`, `trap`,
+    /// `cancelled`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+}
+
+/// An error answer: a code, a message and details, sent as [`ErrorBody`]
+/// with the code's status.
+#[derive(Debug, Clone)]
+pub struct ApiError(Box<ErrorDetail>);
+
+impl ApiError {
+    /// An error with no details.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self(Box::new(ErrorDetail {
+            code,
+            message: message.into(),
+            path: None,
+            line: None,
+            column: None,
+            limit: None,
+            grant: None,
+            target: None,
+            reason: None,
+            run_id: None,
+        }))
+    }
+
+    /// The code.
+    pub fn code(&self) -> ErrorCode {
+        self.0.code
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.0.message
+    }
+
+    /// The details.
+    pub fn detail(&self) -> &ErrorDetail {
+        &self.0
+    }
+
+    /// Adds details.
+    pub fn with(mut self, f: impl FnOnce(&mut ErrorDetail)) -> Self {
+        f(&mut self.0);
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0.code.status(), Json(ErrorBody { error: *self.0 })).into_response()
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        let code = match &e {
+            RegistryError::NoSuchComponent(_) => ErrorCode::NoSuchComponent,
+            RegistryError::NoSuchVersion { .. } => ErrorCode::NoSuchVersion,
+            RegistryError::InvalidName(_) => ErrorCode::InvalidName,
+            RegistryError::Io { .. } | RegistryError::Corrupt { .. } => ErrorCode::Registry,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+impl From<RtError> for ApiError {
+    fn from(e: RtError) -> Self {
+        let code = match &e {
+            RtError::BadArguments { error, .. } => {
+                let path = error.path.clone();
+                return ApiError::new(ErrorCode::BadArguments, e.to_string())
+                    .with(|d| d.path = Some(path));
+            }
+            RtError::Busy { limit } => {
+                let limit = u64::from(*limit);
+                return ApiError::new(ErrorCode::ComponentBusy, e.to_string())
+                    .with(|d| d.limit = Some(LimitRef::Value(limit)));
+            }
+            RtError::NoSuchFunction { .. } | RtError::Ambiguous { .. } => ErrorCode::NoSuchFunction,
+            RtError::NotCallable { .. } => ErrorCode::NotCallable,
+            RtError::Manifest(_) | RtError::Grant(_) | RtError::Bind { .. } => {
+                ErrorCode::BadManifest
+            }
+            RtError::Read { .. }
+            | RtError::NotWasm { .. }
+            | RtError::Adapt { .. }
+            | RtError::Compile { .. }
+            | RtError::Link { .. } => ErrorCode::BadComponent,
+            RtError::Engine { .. } | RtError::Task(_) => ErrorCode::Engine,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+impl From<JournalError> for ApiError {
+    fn from(e: JournalError) -> Self {
+        let code = match e {
+            JournalError::Runtime(r) => return r.into(),
+            JournalError::NoSuchRun(_) => ErrorCode::NoSuchRun,
+            JournalError::Ambiguous(..) => ErrorCode::AmbiguousRun,
+            JournalError::ComponentMissing(_) => ErrorCode::ComponentMissing,
+            _ => ErrorCode::Journal,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+impl From<crate::auth::TokenError> for ApiError {
+    fn from(e: crate::auth::TokenError) -> Self {
+        ApiError::new(ErrorCode::Tokens, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_serializes_to_its_documented_name() {
+        let schema = schemars::schema_for!(ErrorCode);
+        let names: Vec<String> = schema
+            .as_value()
+            .pointer("/oneOf")
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.pointer("/const").and_then(|c| c.as_str()))
+                    .map(str::to_string)
+                    .collect()
+            })
+            .or_else(|| {
+                schema.as_value().pointer("/enum").and_then(|v| {
+                    v.as_array().map(|a| {
+                        a.iter()
+                            .filter_map(|c| c.as_str().map(str::to_string))
+                            .collect()
+                    })
+                })
+            })
+            .unwrap_or_default();
+        assert!(names.contains(&"host_not_allowed".to_string()), "{names:?}");
+        assert_eq!(
+            serde_json::to_value(ErrorCode::UnsupportedMediaType).unwrap(),
+            "unsupported_media_type"
+        );
+    }
+}
