@@ -7,6 +7,8 @@
 # The native embed-wit-docs tool then stores each component's WIT doc
 # comments in it (see components/embed-wit-docs/src/main.rs).
 # Extra arguments are passed to every cargo invocation (e.g. -j1).
+# `--list` prints the names of the components it builds, one per line, and
+# builds nothing (the test harness checks those for staleness).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,6 +27,11 @@ component_crates=(
     fs-escape
     net-escape
 )
+
+if [[ "${1:-}" == --list ]]; then
+    printf '%s\n' "${component_crates[@]}" p1-command
+    exit 0
+fi
 
 rustup target add wasm32-wasip2 wasm32-wasip1 >/dev/null 2>&1 ||
     rustup target add wasm32-wasip2 wasm32-wasip1

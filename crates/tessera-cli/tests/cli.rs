@@ -4,18 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
-
-fn component(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../components")
-        .join(format!("{name}.wasm"));
-    assert!(
-        p.is_file(),
-        "{} is missing: build the example components with `scripts/build-components.sh`",
-        p.display()
-    );
-    p
-}
+use tessera_test_support::component;
 
 struct Cli {
     data: tempfile::TempDir,

@@ -2,25 +2,14 @@
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use tessera_server::{Server, ServerConfig};
-
-fn component(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../components")
-        .join(format!("{name}.wasm"));
-    assert!(
-        p.is_file(),
-        "{} missing: run scripts/build-components.sh",
-        p.display()
-    );
-    p
-}
+use tessera_test_support::component;
 
 /// One HTTP/1.1 request on a fresh connection; returns (status, JSON body).
 fn request(

@@ -2,22 +2,10 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-pub fn component(name: &str) -> PathBuf {
-    let p = root().join("components").join(format!("{name}.wasm"));
-    assert!(
-        p.is_file(),
-        "{} is missing: build the example components with `scripts/build-components.sh`",
-        p.display()
-    );
-    p
-}
+pub use tessera_test_support::component;
 
 pub fn tessera(data: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tessera"));

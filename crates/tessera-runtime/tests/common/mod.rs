@@ -3,24 +3,14 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use tessera_runtime::audit::MemoryAudit;
 use tessera_runtime::{CallOutcome, Grants, LoadedComponent, Runtime, RuntimeConfig};
 
-pub fn component(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../components")
-        .join(format!("{name}.wasm"));
-    assert!(
-        p.is_file(),
-        "{} is missing: build the example components with `scripts/build-components.sh`",
-        p.display()
-    );
-    p
-}
+pub use tessera_test_support::component;
 
 pub fn runtime() -> Runtime {
     Runtime::new(RuntimeConfig::default()).expect("runtime")
