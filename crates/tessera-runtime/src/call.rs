@@ -128,7 +128,8 @@ pub struct CallOutcome {
     pub output: CapturedOutput,
     /// Fuel consumed.
     pub fuel_consumed: u64,
-    /// Peak linear memory of the instance, in bytes.
+    /// Peak linear memory of the instance (all its memories together), in
+    /// bytes.
     pub peak_memory_bytes: usize,
     /// Wall-clock duration of the call, instantiation included.
     pub duration: Duration,

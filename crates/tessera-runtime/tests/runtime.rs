@@ -427,6 +427,45 @@ async fn memory_limit() {
 }
 
 #[tokio::test]
+async fn the_memory_limit_covers_all_memories_of_an_instance() {
+    // `two-memories` has two linear memories, in two core modules, of one
+    // 64 KiB page each; `grow` grows both by the given numbers of pages.
+    const PAGE: usize = 64 * 1024;
+    const LIMIT_PAGES: u32 = 1024; // memory_mb = 64
+    let rt = runtime();
+    let two = load(&rt, "two-memories", "[limits]\nmemory_mb = 64\n");
+    // Each memory at 0.4 of the limit: 0.8 of it together, allowed. The
+    // peak is the total of both.
+    let each = LIMIT_PAGES * 4 / 10;
+    let o = call(
+        &two,
+        "grow",
+        json!({"a-pages": each - 1, "b-pages": each - 1}),
+    )
+    .await;
+    assert_eq!(o.result, Ok(json!(2 * each)));
+    assert_eq!(o.peak_memory_bytes, 2 * each as usize * PAGE);
+    // Each memory at 0.75 of the limit: within it alone, 1.5 times it
+    // together. The second growth is refused.
+    let each = LIMIT_PAGES * 3 / 4;
+    let o = call(
+        &two,
+        "grow",
+        json!({"a-pages": each - 1, "b-pages": each - 1}),
+    )
+    .await;
+    assert_eq!(o.result, Err(CallFailure::Limit(LimitHit::Memory(64))));
+    assert!(o.peak_memory_bytes <= LIMIT_PAGES as usize * PAGE);
+    assert!(
+        o.audit
+            .iter()
+            .any(|e| e.capability == "memory" && e.decision == Decision::Limit),
+        "{:?}",
+        o.audit
+    );
+}
+
+#[tokio::test]
 async fn stack_limit() {
     let rt = runtime();
     let r = load(&rt, "deep-recursion", "");

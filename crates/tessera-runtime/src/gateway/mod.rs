@@ -632,11 +632,14 @@ impl LimitHit {
 /// Largest table a guest may grow to.
 pub const MAX_TABLE_ELEMENTS: usize = 1_000_000;
 
-/// Enforces the memory ceiling of one instance.
+/// Enforces the memory ceiling of one instance: all its linear memories
+/// together.
 #[derive(Debug)]
 pub struct MemoryLimiter {
     limit_bytes: usize,
     limit_mb: u64,
+    /// Current size of all the instance's linear memories together.
+    total_bytes: usize,
     peak_bytes: usize,
     gateway: Gateway,
 }
@@ -647,12 +650,14 @@ impl MemoryLimiter {
             limit_bytes: usize::try_from(limit_mb.saturating_mul(1024 * 1024))
                 .unwrap_or(usize::MAX),
             limit_mb,
+            total_bytes: 0,
             peak_bytes: 0,
             gateway,
         }
     }
 
-    /// The largest total linear memory size seen (per memory), in bytes.
+    /// The peak size of the instance's linear memories, all of them
+    /// together, in bytes.
     pub fn peak_bytes(&self) -> usize {
         self.peak_bytes
     }
@@ -663,21 +668,33 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
         &mut self,
         current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.limit_bytes {
+        // Beyond the memory's own maximum wasmtime refuses the growth after
+        // asking here (`memory.grow` returns -1): refuse it first, so it is
+        // never counted.
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
+        // The limit is on all memories together: `current` and `desired`
+        // are the sizes of the one memory growing.
+        let total = self
+            .total_bytes
+            .saturating_add(desired.saturating_sub(current));
+        if total > self.limit_bytes {
             let hit = LimitHit::Memory(self.limit_mb);
             self.gateway.audit(
                 hit.capability(),
-                format!("{desired} bytes"),
+                format!("{total} bytes"),
                 Decision::Limit,
                 Some(format!(
-                    "memory.grow from {current} to {desired} bytes refused: {hit}"
+                    "memory.grow from {current} to {desired} bytes (all memories {total} bytes) refused: {hit}"
                 )),
             );
             return Err(hit.into());
         }
-        self.peak_bytes = self.peak_bytes.max(desired);
+        self.total_bytes = total;
+        self.peak_bytes = self.peak_bytes.max(total);
         Ok(true)
     }
 
@@ -741,7 +758,8 @@ impl HostState {
         &self.gateway
     }
 
-    /// Peak linear memory seen during the call, in bytes.
+    /// Peak linear memory seen during the call (all memories together), in
+    /// bytes.
     pub fn peak_memory_bytes(&self) -> usize {
         self.limiter.peak_bytes()
     }
