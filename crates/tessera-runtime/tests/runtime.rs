@@ -272,17 +272,35 @@ async fn a_trap_is_a_result_and_the_next_call_works() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// One thread runs everything here, so a guest that never returns must give
+// the thread back to let other calls run: the epoch callback yields at every
+// tick. Were it not to, the ticker would hold the thread until its deadline
+// and end before any other call ran.
+#[tokio::test(flavor = "current_thread")]
 async fn a_spinning_call_does_not_block_concurrent_calls() {
     let rt = runtime();
-    let spin = load(
+    // The deadline ends the test if yielding is broken; otherwise the call
+    // is cancelled long before.
+    let ticker = load(
         &rt,
         "spin",
-        "[limits]\ntimeout_ms = 1500\nfuel = 100000000000\n",
+        "[limits]\ntimeout_ms = 20000\nfuel = 1000000000000000\n",
     );
     let hello = load(&rt, "hello", "");
-    let spinning = tokio::spawn(async move { spin.call_json("spin", &json!({})).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (observer, mut stdout) = stdout_events();
+    let cancel = tessera_runtime::CancellationToken::new();
+    let options = tessera_runtime::CallOptions {
+        observer: Some(observer),
+        cancel: Some(cancel.clone()),
+        ..Default::default()
+    };
+    let ticking = tokio::spawn(async move {
+        ticker
+            .call_json_with("ticker", &json!({"every": 1_000_000}), options)
+            .await
+    });
+    // The first tick: the ticker is running, and loops from now on.
+    assert!(next_stdout(&mut stdout).await.starts_with("tick "));
     for i in 0..20 {
         let name = format!("n{i}");
         assert_eq!(
@@ -290,9 +308,13 @@ async fn a_spinning_call_does_not_block_concurrent_calls() {
             json!(format!("Hello, {name}!"))
         );
     }
-    assert!(!spinning.is_finished(), "spin should still be running");
-    let o = spinning.await.unwrap().unwrap();
-    assert_eq!(o.result, Err(CallFailure::Limit(LimitHit::Deadline(1500))));
+    assert!(
+        !ticking.is_finished(),
+        "the ticker ended before the other calls ran: it did not yield"
+    );
+    cancel.cancel();
+    let o = ticking.await.unwrap().unwrap();
+    assert_eq!(o.result, Err(CallFailure::Cancelled));
 }
 
 #[tokio::test]

@@ -1,14 +1,18 @@
-//! Shared helpers: locating built components, runtimes, local HTTP servers.
+//! Shared helpers: locating built components, runtimes, local HTTP servers,
+//! waiting for a guest's output.
 #![allow(dead_code, missing_docs)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde_json::Value;
 use tessera_runtime::audit::MemoryAudit;
+use tessera_runtime::gateway::{CallScope, Interaction, InteractionObserver};
 use tessera_runtime::{CallOutcome, Grants, LoadedComponent, Runtime, RuntimeConfig};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 pub use tessera_test_support::component;
 
@@ -107,4 +111,36 @@ impl TestServer {
     pub fn requests(&self) -> Vec<String> {
         self.seen.lock().unwrap().clone()
     }
+}
+
+/// How long a test waits for an event before giving up. Only a guard
+/// against hangs: no test relies on how long anything takes.
+pub const EVENT_WAIT: Duration = Duration::from_secs(60);
+
+/// Passes what a call's guest writes to stdout on to a channel, as it is
+/// written: a test waits for it to know the guest is running.
+pub struct StdoutEvents(UnboundedSender<String>);
+
+impl InteractionObserver for StdoutEvents {
+    fn observe(&self, _scope: &CallScope, _index: u64, interaction: &Interaction) {
+        if let Interaction::Stdout { bytes } = interaction {
+            let _ = self.0.send(String::from_utf8_lossy(&bytes.0).into_owned());
+        }
+    }
+}
+
+/// An observer for `CallOptions::observer` and the receiving end of what
+/// it reports.
+pub fn stdout_events() -> (Arc<StdoutEvents>, UnboundedReceiver<String>) {
+    let (tx, rx) = unbounded_channel();
+    (Arc::new(StdoutEvents(tx)), rx)
+}
+
+/// The next chunk of stdout reported by [`stdout_events`]; panics after
+/// [`EVENT_WAIT`] or if the call ended without writing.
+pub async fn next_stdout(rx: &mut UnboundedReceiver<String>) -> String {
+    tokio::time::timeout(EVENT_WAIT, rx.recv())
+        .await
+        .unwrap_or_else(|_| panic!("the guest wrote nothing to stdout within {EVENT_WAIT:?}"))
+        .expect("the call ended without writing to stdout")
 }
