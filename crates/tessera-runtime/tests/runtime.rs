@@ -3,7 +3,6 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
@@ -325,15 +324,19 @@ async fn cancelling_interrupts_a_spinning_guest() {
         "spin",
         "[limits]\ntimeout_ms = 600000\nfuel = 100000000000000\n",
     );
+    let (observer, mut stdout) = stdout_events();
     let token = tessera_runtime::CancellationToken::new();
     let options = tessera_runtime::CallOptions {
+        observer: Some(observer),
         cancel: Some(token.clone()),
         ..Default::default()
     };
-    let spinning =
-        tokio::spawn(async move { spin.call_json_with("spin", &json!({}), options).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(!spinning.is_finished(), "spin should still be running");
+    let spinning = tokio::spawn(async move {
+        spin.call_json_with("ticker", &json!({"every": 1_000_000}), options)
+            .await
+    });
+    // The first tick: the guest is running, and loops from now on.
+    next_stdout(&mut stdout).await;
     token.cancel();
     let o = spinning.await.unwrap().unwrap();
     assert_eq!(o.result, Err(CallFailure::Cancelled));
@@ -342,20 +345,14 @@ async fn cancelling_interrupts_a_spinning_guest() {
 
 #[tokio::test]
 async fn cancelling_interrupts_a_guest_waiting_on_the_host() {
-    // A server that accepts the connection and never answers.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let _held = std::thread::spawn(move || {
-        let conns: Vec<_> = listener.incoming().take(1).collect();
-        std::thread::sleep(Duration::from_secs(600));
-        drop(conns);
-    });
+    let mut server = SilentServer::start();
     let rt = runtime();
     let fetch = load(
         &rt,
         "http-fetch",
         &format!(
-            "[http]\nallowed_outbound_hosts = [\"http://127.0.0.1:{port}\"]\n[limits]\ntimeout_ms = 600000\n"
+            "[http]\nallowed_outbound_hosts = [\"http://127.0.0.1:{}\"]\n[limits]\ntimeout_ms = 600000\n",
+            server.port
         ),
     );
     let token = tessera_runtime::CancellationToken::new();
@@ -363,14 +360,14 @@ async fn cancelling_interrupts_a_guest_waiting_on_the_host() {
         cancel: Some(token.clone()),
         ..Default::default()
     };
-    let url = format!("http://127.0.0.1:{port}/never");
+    let url = format!("http://127.0.0.1:{}/never", server.port);
     let waiting = tokio::spawn(async move {
         fetch
             .call_json_with("fetch", &json!({ "url": url }), options)
             .await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!waiting.is_finished(), "fetch should still be waiting");
+    // Connected: the guest now waits for an answer that never comes.
+    server.next_connection().await;
     token.cancel();
     let o = waiting.await.unwrap().unwrap();
     assert_eq!(o.result, Err(CallFailure::Cancelled));
@@ -530,18 +527,33 @@ async fn concurrency_limit() {
     let spin = load(
         &rt,
         "spin",
-        "[limits]\nmax_concurrent = 1\ntimeout_ms = 400\nfuel = 1000000000000\n",
+        "[limits]\nmax_concurrent = 1\ntimeout_ms = 60000\nfuel = 1000000000000000\n",
     );
+    let (observer, mut stdout) = stdout_events();
+    let cancel = tessera_runtime::CancellationToken::new();
+    let options = tessera_runtime::CallOptions {
+        observer: Some(observer),
+        cancel: Some(cancel.clone()),
+        ..Default::default()
+    };
     let first = {
         let spin = spin.clone();
-        tokio::spawn(async move { spin.call_json("spin", &json!({})).await })
+        tokio::spawn(async move {
+            spin.call_json_with("ticker", &json!({"every": 1_000_000}), options)
+                .await
+        })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The first tick: the first call is running, so it holds the one slot.
+    next_stdout(&mut stdout).await;
     match spin.call_json("count", &json!({"n": 1})).await {
         Err(Error::Busy { limit: 1 }) => {}
         other => panic!("expected Busy, got {other:?}"),
     }
-    first.await.unwrap().unwrap();
+    cancel.cancel();
+    assert_eq!(
+        first.await.unwrap().unwrap().result,
+        Err(CallFailure::Cancelled)
+    );
     // Once the first call is done, the slot is free again.
     assert!(call(&spin, "count", json!({"n": 1})).await.result.is_ok());
 }

@@ -144,3 +144,34 @@ pub async fn next_stdout(rx: &mut UnboundedReceiver<String>) -> String {
         .unwrap_or_else(|_| panic!("the guest wrote nothing to stdout within {EVENT_WAIT:?}"))
         .expect("the call ended without writing to stdout")
 }
+
+/// A TCP server on 127.0.0.1 that accepts connections, keeps them open and
+/// never answers; each connection is reported as it is accepted.
+pub struct SilentServer {
+    pub port: u16,
+    connections: UnboundedReceiver<()>,
+}
+
+impl SilentServer {
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().unwrap().port();
+        let (tx, connections) = unbounded_channel();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming() {
+                held.push(stream);
+                let _ = tx.send(());
+            }
+        });
+        Self { port, connections }
+    }
+
+    /// Waits (at most [`EVENT_WAIT`]) until the next connection is accepted.
+    pub async fn next_connection(&mut self) {
+        tokio::time::timeout(EVENT_WAIT, self.connections.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no connection within {EVENT_WAIT:?}"))
+            .expect("the server stopped");
+    }
+}
