@@ -374,6 +374,41 @@ async fn cancelling_interrupts_a_guest_waiting_on_the_host() {
 }
 
 #[tokio::test]
+async fn the_deadline_stops_a_guest_waiting_on_the_host() {
+    // Live and deterministic alike: a deterministic call's deadline is fuel
+    // only while it runs wasm, but a wait on the host is still bounded.
+    for mode in ["", "deterministic = true\n"] {
+        let server = SilentServer::start();
+        let rt = runtime();
+        let fetch = load(
+            &rt,
+            "http-fetch",
+            &format!(
+                "{mode}[http]\nallowed_outbound_hosts = [\"http://127.0.0.1:{}\"]\n[limits]\ntimeout_ms = 200\n",
+                server.port
+            ),
+        );
+        let url = format!("http://127.0.0.1:{}/never", server.port);
+        let o = tokio::time::timeout(EVENT_WAIT, call(&fetch, "fetch", json!({ "url": url })))
+            .await
+            .unwrap_or_else(|_| panic!("{mode}: still waiting after {EVENT_WAIT:?}"));
+        assert_eq!(
+            o.result,
+            Err(CallFailure::Limit(LimitHit::Deadline(200))),
+            "{mode}"
+        );
+        assert!(
+            o.audit.iter().any(|e| e.capability == "deadline"
+                && e.detail
+                    .as_deref()
+                    .is_some_and(|m| m.contains("waiting on the host"))),
+            "{mode}{:?}",
+            o.audit
+        );
+    }
+}
+
+#[tokio::test]
 async fn guest_output_and_logs_are_captured() {
     let rt = runtime();
     let hello = load(&rt, "hello", "");
@@ -1139,21 +1174,93 @@ async fn deterministic_mode_reproduces_clocks_and_random() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deterministic_deadlines_are_fuel_deadlines() {
     let rt = runtime();
-    // A wall-clock deadline far shorter than the fuel budget: in
-    // deterministic mode only fuel decides.
-    let spin = load(
+    // A deterministic call is held at its first tick until its wall-clock
+    // deadline has surely passed; released, it must still end on fuel.
+    let manifest = "deterministic = true\n[limits]\ntimeout_ms = 100\nfuel = 300000000\n";
+    let ticker = load(&rt, "spin", manifest);
+    let (observer, mut held_at, release) = HoldAtFirstStdout::new();
+    let options = tessera_runtime::CallOptions {
+        observer: Some(observer),
+        ..Default::default()
+    };
+    let held = {
+        let ticker = ticker.clone();
+        tokio::spawn(async move {
+            ticker
+                .call_json_with("ticker", &json!({"every": 100_000}), options)
+                .await
+        })
+    };
+    next_stdout(&mut held_at).await;
+    // A live call started now, with a deadline longer than the held call's
+    // (and than any grace after it), is stopped by it: by then the held
+    // call is past its own.
+    let live = load(
         &rt,
         "spin",
-        "deterministic = true\n[limits]\ntimeout_ms = 50\nfuel = 300000000\n",
+        "[limits]\ntimeout_ms = 500\nfuel = 1000000000000000\n",
     );
-    let o = call(&spin, "spin", json!({})).await;
+    assert_eq!(
+        call(&live, "spin", json!({})).await.result,
+        Err(CallFailure::Limit(LimitHit::Deadline(500)))
+    );
+    release.send(()).unwrap();
+    let o = held.await.unwrap().unwrap();
     assert_eq!(
         o.result,
         Err(CallFailure::Limit(LimitHit::Fuel(300_000_000)))
     );
-    let o2 = call(&spin, "spin", json!({})).await;
+    // Not held, the same call consumes the same fuel and prints the same.
+    let o2 = call(&ticker, "ticker", json!({"every": 100_000})).await;
+    assert_eq!(o2.result, o.result);
     assert_eq!(o.fuel_consumed, o2.fuel_consumed);
+    assert_eq!(o.output.stdout, o2.output.stdout);
+}
+
+/// Holds the guest in its first write to stdout (the observer runs in the
+/// guest's host call) until released, after reporting that write.
+struct HoldAtFirstStdout {
+    reached: tokio::sync::mpsc::UnboundedSender<String>,
+    release: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+}
+
+impl HoldAtFirstStdout {
+    #[allow(clippy::type_complexity)]
+    fn new() -> (
+        std::sync::Arc<Self>,
+        tokio::sync::mpsc::UnboundedReceiver<String>,
+        std::sync::mpsc::Sender<()>,
+    ) {
+        let (reached, reached_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let hold = Self {
+            reached,
+            release: std::sync::Mutex::new(Some(release_rx)),
+        };
+        (std::sync::Arc::new(hold), reached_rx, release)
+    }
+}
+
+impl tessera_runtime::gateway::InteractionObserver for HoldAtFirstStdout {
+    fn observe(
+        &self,
+        _scope: &tessera_runtime::gateway::CallScope,
+        _index: u64,
+        i: &tessera_runtime::gateway::Interaction,
+    ) {
+        let tessera_runtime::gateway::Interaction::Stdout { bytes } = i else {
+            return;
+        };
+        let Some(release) = self.release.lock().unwrap().take() else {
+            return;
+        };
+        let _ = self
+            .reached
+            .send(String::from_utf8_lossy(&bytes.0).into_owned());
+        // Bounded only against a hang: the test releases it.
+        let _ = release.recv_timeout(EVENT_WAIT);
+    }
 }
