@@ -41,14 +41,14 @@ pub fn components_dir() -> PathBuf {
 /// produces.
 pub fn component(name: &str) -> PathBuf {
     let path = components_dir().join(format!("{name}.wasm"));
-    // Checking and building happen under one lock, so tests running in
-    // parallel threads wait for a single build.
-    static CHECKED: Mutex<bool> = Mutex::new(false);
-    let mut checked = CHECKED.lock().unwrap_or_else(|p| p.into_inner());
-    if !*checked {
-        build_if_stale(&path);
-        *checked = true;
+    // Checking and building happen once, under one lock: tests running in
+    // parallel threads wait for a single build, and share its failure.
+    static BUILT: Mutex<Option<Result<(), String>>> = Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Err(e) = built.get_or_insert_with(|| build_if_stale(&path)) {
+        panic!("{e}");
     }
+    drop(built);
     assert!(
         path.is_file(),
         "{} does not exist after building the components: is `{name}` listed in \
@@ -61,21 +61,21 @@ pub fn component(name: &str) -> PathBuf {
 /// Runs `scripts/build-components.sh` unless every built component is
 /// newer than every source. `wanted` is the component being asked for,
 /// which must exist too.
-fn build_if_stale(wanted: &Path) {
+fn build_if_stale(wanted: &Path) -> Result<(), String> {
     let root = repo_root();
-    let Some(reason) = stale(&root, wanted) else {
-        return;
+    let Some(reason) = stale(&root, wanted)? else {
+        return Ok(());
     };
     let dir = root.join("components/target");
-    std::fs::create_dir_all(&dir).expect("create components/target");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let lock_path = dir.join("tests-build.lock");
     let lock = File::create(&lock_path)
-        .unwrap_or_else(|e| panic!("cannot create {}: {e}", lock_path.display()));
+        .map_err(|e| format!("cannot create {}: {e}", lock_path.display()))?;
     lock.lock()
-        .unwrap_or_else(|e| panic!("cannot lock {}: {e}", lock_path.display()));
+        .map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
     // Another process may have built them while this one waited.
-    if stale(&root, wanted).is_none() {
-        return;
+    if stale(&root, wanted)?.is_none() {
+        return Ok(());
     }
     // Straight to the terminal: the test harness captures only the print
     // macros, and a build can take minutes.
@@ -87,20 +87,22 @@ fn build_if_stale(wanted: &Path) {
         .arg(root.join("scripts/build-components.sh"))
         .current_dir(&root)
         .status()
-        .unwrap_or_else(|e| panic!("cannot run scripts/build-components.sh: {e}"));
-    assert!(
-        status.success(),
-        "scripts/build-components.sh failed ({status}); see its output above"
-    );
+        .map_err(|e| format!("cannot run scripts/build-components.sh: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "scripts/build-components.sh failed ({status}); see its output above"
+        ));
+    }
+    Ok(())
 }
 
 /// Why the components must be built, or `None` when they are fresh: every
 /// artifact the build produces (and `wanted`) exists and is newer than the
 /// newest source.
-fn stale(root: &Path, wanted: &Path) -> Option<String> {
+fn stale(root: &Path, wanted: &Path) -> Result<Option<String>, String> {
     let components = root.join("components");
     if !wanted.is_file() {
-        return Some(format!("{} is missing", relative(root, wanted)));
+        return Ok(Some(format!("{} is missing", relative(root, wanted))));
     }
     let mut newest: Option<(SystemTime, PathBuf)> = None;
     let mut sources = vec![root.join("scripts/build-components.sh")];
@@ -111,40 +113,43 @@ fn stale(root: &Path, wanted: &Path) -> Option<String> {
             newest = Some((time, path));
         }
     }
-    let (newest, newest_path) = newest?;
-    for artifact in artifacts(root) {
+    let Some((newest, newest_path)) = newest else {
+        return Ok(None);
+    };
+    for artifact in artifacts(root)? {
         match modified(&artifact) {
             Ok(time) if time >= newest => {}
             Ok(_) => {
-                return Some(format!(
+                return Ok(Some(format!(
                     "{} is older than {}",
                     relative(root, &artifact),
                     relative(root, &newest_path)
-                ));
+                )));
             }
-            Err(_) => return Some(format!("{} is missing", relative(root, &artifact))),
+            Err(_) => return Ok(Some(format!("{} is missing", relative(root, &artifact)))),
         }
     }
-    None
+    Ok(None)
 }
 
 /// The components the build produces, as `scripts/build-components.sh
 /// --list` names them.
-fn artifacts(root: &Path) -> Vec<PathBuf> {
+fn artifacts(root: &Path) -> Result<Vec<PathBuf>, String> {
     let out = Command::new("bash")
         .arg(root.join("scripts/build-components.sh"))
         .arg("--list")
         .output()
-        .unwrap_or_else(|e| panic!("cannot run scripts/build-components.sh --list: {e}"));
-    assert!(
-        out.status.success(),
-        "scripts/build-components.sh --list failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
+        .map_err(|e| format!("cannot run scripts/build-components.sh --list: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "scripts/build-components.sh --list failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .map(|name| root.join("components").join(format!("{name}.wasm")))
-        .collect()
+        .collect())
 }
 
 /// Every file under `dir` that a build reads: all but `target/`, hidden
