@@ -4,9 +4,13 @@
 #
 # Component crates are compiled for wasm32-wasip2 (rustc links a component
 # directly); p1-command is a plain preview 1 core module for wasm32-wasip1.
-# The native embed-wit-docs tool then stores each component's WIT doc
-# comments in it (see components/embed-wit-docs/src/main.rs).
+# Guests written in the WebAssembly text format (components/<name>/<name>.wat)
+# are assembled by the native assemble-wat tool. The native embed-wit-docs
+# tool then stores each component's WIT doc comments in it (see
+# components/embed-wit-docs/src/main.rs).
 # Extra arguments are passed to every cargo invocation (e.g. -j1).
+# `--list` prints the names of the components it builds, one per line, and
+# builds nothing (the test harness checks those for staleness).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,6 +31,16 @@ component_crates=(
     config-tool
 )
 
+# Guests written in the WebAssembly text format, as components/<name>/<name>.wat.
+wat_guests=(
+    two-memories
+)
+
+if [[ "${1:-}" == --list ]]; then
+    printf '%s\n' "${component_crates[@]}" p1-command "${wat_guests[@]}"
+    exit 0
+fi
+
 rustup target add wasm32-wasip2 wasm32-wasip1 >/dev/null 2>&1 ||
     rustup target add wasm32-wasip2 wasm32-wasip1
 
@@ -39,9 +53,9 @@ cargo build --release --manifest-path "$manifest" --target-dir "$target_dir" \
     --target wasm32-wasip2 "${package_args[@]}" "$@"
 cargo build --release --manifest-path "$manifest" --target-dir "$target_dir" \
     --target wasm32-wasip1 -p p1-command "$@"
-# Host-side tool, so no --target; a dev build compiles fastest.
+# Host-side tools, so no --target; a dev build compiles fastest.
 cargo build --manifest-path "$manifest" --target-dir "$target_dir" \
-    -p embed-wit-docs "$@"
+    -p embed-wit-docs -p assemble-wat "$@"
 
 # Copies an artifact into components/, embeds its WIT docs if it has a wit/
 # folder, and prints its name and size.
@@ -60,3 +74,8 @@ for crate in "${component_crates[@]}"; do
     install_artifact "$target_dir/wasm32-wasip2/release/${crate//-/_}.wasm" "$crate"
 done
 install_artifact "$target_dir/wasm32-wasip1/release/p1-command.wasm" p1-command
+mkdir -p "$target_dir/wat"
+for name in "${wat_guests[@]}"; do
+    "$target_dir/debug/assemble-wat" "$components/$name/$name.wat" "$target_dir/wat/$name.wasm"
+    install_artifact "$target_dir/wat/$name.wasm" "$name"
+done

@@ -1,21 +1,17 @@
 //! End-to-end tests of the `tessera` binary against the real example components.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::Serving;
 use serde_json::Value;
+use tessera_test_support::component;
 
-fn component(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../components")
-        .join(format!("{name}.wasm"));
-    assert!(
-        p.is_file(),
-        "{} is missing: build the example components with `scripts/build-components.sh`",
-        p.display()
-    );
-    p
-}
+/// How long a test waits for an event before giving up. Only a guard
+/// against hangs: no test relies on how long anything takes.
+const EVENT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 struct Cli {
     data: tempfile::TempDir,
@@ -348,32 +344,44 @@ fn record_show_and_replay_from_the_cli() {
 #[test]
 fn a_killed_run_leaves_an_incomplete_readable_journal() {
     let cli = Cli::new();
-    let manifest = cli.data.path().join("ticker.toml");
-    std::fs::write(
-        &manifest,
-        "[limits]\ntimeout_ms = 60000\nfuel = 1000000000000000\nmax_output_bytes = 100000000\n",
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .arg("--data")
-        .arg(cli.data.path())
-        .args([
-            "call",
-            component("spin").to_str().unwrap(),
-            "ticker",
-            "--args",
+    // The same recorder as `call --record`, in a server: only there can a
+    // test see that steps have reached the store before killing the process.
+    common::register(
+        cli.data.path(),
+        "spin",
+        "spin",
+        Some(
+            "[limits]\ntimeout_ms = 600000\nfuel = 1000000000000000\nmax_output_bytes = 100000000\n",
+        ),
+    );
+    let serving = Serving::start(cli.data.path(), &[]);
+    let base = serving.base.clone();
+    // Never answered: the server is killed under it.
+    let calling = std::thread::spawn(move || {
+        common::request(
+            &base,
+            "POST",
+            "/v1/components/spin/call/ticker",
             r#"{"every":200000}"#,
-            "--record",
-        ])
-        .arg("--manifest")
-        .arg(&manifest)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    child.kill().unwrap(); // SIGKILL: no chance to finish the journal
-    child.wait().unwrap();
+        )
+    });
+    // The server commits pending steps before it lists runs, so a step
+    // listed here is in the journal file.
+    let waiting = std::time::Instant::now();
+    loop {
+        let (status, v) = serving.request("GET", "/v1/runs", "");
+        assert_eq!(status, 200, "{v}");
+        if v["runs"][0]["steps"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(
+            waiting.elapsed() < EVENT_WAIT,
+            "no step journaled within {EVENT_WAIT:?}: {v}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    serving.kill(); // SIGKILL: no chance to finish the journal
+    calling.join().unwrap();
     let o = cli.run(&["runs", "list", "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let runs: Value = serde_json::from_slice(&o.stdout).unwrap();

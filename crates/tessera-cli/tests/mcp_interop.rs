@@ -11,9 +11,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Serving, component, register, root, tessera};
+use common::{Serving, component, register, tessera};
 use serde_json::Value;
 use tessera_journal::{Caller, JournalStore, RunResult};
+use tessera_test_support::repo_root as root;
 
 fn python() -> PathBuf {
     let status = Command::new("bash")

@@ -7,7 +7,8 @@ mod common;
 
 use std::process::Output;
 
-use common::{Serving, component, register, root, tessera};
+use common::{Serving, component, register, tessera};
+use tessera_test_support::repo_root as root;
 
 fn text(o: &Output) -> String {
     format!(

@@ -14,7 +14,6 @@
 //!
 //! Run: `cargo bench -p tessera-journal --bench journal`.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,11 +43,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../components/hello.wasm");
-    assert!(
-        path.is_file(),
-        "build components first: scripts/build-components.sh"
-    );
+    let path = tessera_test_support::component("hello");
     let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
     let hello: LoadedComponent = runtime.load_file(&path, Grants::deny_all()).unwrap();
     let dir = tempfile::tempdir().unwrap();

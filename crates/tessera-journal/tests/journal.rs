@@ -2,24 +2,13 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
 use tessera_journal::{Error, JournalStore, ReplayDivergence, record_call, replay};
 use tessera_runtime::{Grants, LoadedComponent, Runtime, RuntimeConfig};
-
-fn component(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../components")
-        .join(format!("{name}.wasm"));
-    assert!(
-        p.is_file(),
-        "{} missing: run scripts/build-components.sh",
-        p.display()
-    );
-    p
-}
+use tessera_test_support::component;
 
 struct Env {
     _dir: tempfile::TempDir,

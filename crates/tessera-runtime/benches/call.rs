@@ -13,7 +13,6 @@
 //! change the number of interleaved rounds). Results are medians over
 //! interleaved rounds, so both sides see the same machine noise.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -58,17 +57,6 @@ fn summarize(name: &str, mut v: Vec<Duration>) -> Duration {
     p50
 }
 
-fn component_path(name: &str) -> std::path::PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../components")
-        .join(format!("{name}.wasm"));
-    assert!(
-        p.is_file(),
-        "build components first: scripts/build-components.sh"
-    );
-    p
-}
-
 fn main() {
     let rounds: usize = std::env::var("BENCH_ROUNDS")
         .ok()
@@ -79,7 +67,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let hello_path = component_path("hello");
+    let hello_path = tessera_test_support::component("hello");
     let bytes = std::fs::read(&hello_path).unwrap();
 
     // ---- Tessera full path.

@@ -403,6 +403,10 @@ impl LoadedComponent {
         let deterministic = self.grants.deterministic.is_some();
         let cancel = options.cancel.clone();
         let tick_cancel = cancel.clone();
+        // When the guest last ran wasm (its latest epoch tick): in
+        // deterministic runs the host-wait guard below counts from there.
+        let last_tick = Arc::new(std::sync::Mutex::new(started));
+        let tick_seen = last_tick.clone();
         store.epoch_deadline_callback(move |_| {
             if tick_cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
                 return Err(Cancelled.into());
@@ -424,6 +428,9 @@ impl LoadedComponent {
                 );
                 Err(hit.into())
             } else {
+                if deterministic {
+                    *tick_seen.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+                }
                 // Yield to other tasks at every tick: a spinning guest cannot
                 // starve concurrent calls on the same executor thread.
                 Ok(UpdateDeadline::Yield(1))
@@ -448,26 +455,32 @@ impl LoadedComponent {
                 None => std::future::pending().await,
             }
         };
-        // Deterministic runs are bounded by fuel alone: the wall clock may
-        // bound only what the guest waits for from the host (each HTTP
-        // exchange, `capability::http`), never its computation.
-        let bounded = async {
-            if deterministic {
-                Ok(run.await)
-            } else {
-                tokio::time::timeout(timeout + HOST_WAIT_GRACE, run).await
+        // Ends the wait for a guest blocked on the host, where epoch checks
+        // do not fire: `timeout` plus a grace after the start of the call or,
+        // in a deterministic run (whose deadline is fuel only), after the
+        // guest last ran wasm.
+        let host_wait_guard = async {
+            let mut since = started;
+            loop {
+                tokio::time::sleep_until((since + timeout + HOST_WAIT_GRACE).into()).await;
+                let latest = *last_tick.lock().unwrap_or_else(|p| p.into_inner());
+                if !deterministic || latest == since {
+                    return;
+                }
+                since = latest;
             }
         };
         let timed = tokio::select! {
             biased;
-            r = bounded => r,
+            r = run => Ok(r),
+            () = host_wait_guard => Err(()),
             // A guest running wasm stops at its next epoch tick (above); one
             // waiting on the host stops here.
             () = cancelled => Ok(Err(Cancelled.into())),
         };
         let raw = match timed {
             Ok(r) => r,
-            Err(_elapsed) => {
+            Err(()) => {
                 let hit = LimitHit::Deadline(limits.timeout_ms);
                 gateway.audit(
                     hit.capability(),

@@ -90,8 +90,14 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
         &mut self,
         current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        // Beyond the memory's own maximum wasmtime refuses the growth after
+        // asking here (`memory.grow` returns -1): refuse it first, so it is
+        // never counted.
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
         // Memories only grow, and each memory's creation is reported as a
         // growth from 0: the running sum is the instance's total.
         let total = self

@@ -3,7 +3,6 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
@@ -272,17 +271,35 @@ async fn a_trap_is_a_result_and_the_next_call_works() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// One thread runs everything here, so a guest that never returns must give
+// the thread back to let other calls run: the epoch callback yields at every
+// tick. Were it not to, the ticker would hold the thread until its deadline
+// and end before any other call ran.
+#[tokio::test(flavor = "current_thread")]
 async fn a_spinning_call_does_not_block_concurrent_calls() {
     let rt = runtime();
-    let spin = load(
+    // The deadline ends the test if yielding is broken; otherwise the call
+    // is cancelled long before.
+    let ticker = load(
         &rt,
         "spin",
-        "[limits]\ntimeout_ms = 1500\nfuel = 100000000000\n",
+        "[limits]\ntimeout_ms = 20000\nfuel = 1000000000000000\n",
     );
     let hello = load(&rt, "hello", "");
-    let spinning = tokio::spawn(async move { spin.call_json("spin", &json!({})).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (observer, mut stdout) = stdout_events();
+    let cancel = tessera_runtime::CancellationToken::new();
+    let options = tessera_runtime::CallOptions {
+        observer: Some(observer),
+        cancel: Some(cancel.clone()),
+        ..Default::default()
+    };
+    let ticking = tokio::spawn(async move {
+        ticker
+            .call_json_with("ticker", &json!({"every": 1_000_000}), options)
+            .await
+    });
+    // The first tick: the ticker is running, and loops from now on.
+    assert!(next_stdout(&mut stdout).await.starts_with("tick "));
     for i in 0..20 {
         let name = format!("n{i}");
         assert_eq!(
@@ -290,9 +307,13 @@ async fn a_spinning_call_does_not_block_concurrent_calls() {
             json!(format!("Hello, {name}!"))
         );
     }
-    assert!(!spinning.is_finished(), "spin should still be running");
-    let o = spinning.await.unwrap().unwrap();
-    assert_eq!(o.result, Err(CallFailure::Limit(LimitHit::Deadline(1500))));
+    assert!(
+        !ticking.is_finished(),
+        "the ticker ended before the other calls ran: it did not yield"
+    );
+    cancel.cancel();
+    let o = ticking.await.unwrap().unwrap();
+    assert_eq!(o.result, Err(CallFailure::Cancelled));
 }
 
 #[tokio::test]
@@ -303,15 +324,19 @@ async fn cancelling_interrupts_a_spinning_guest() {
         "spin",
         "[limits]\ntimeout_ms = 600000\nfuel = 100000000000000\n",
     );
+    let (observer, mut stdout) = stdout_events();
     let token = tessera_runtime::CancellationToken::new();
     let options = tessera_runtime::CallOptions {
+        observer: Some(observer),
         cancel: Some(token.clone()),
         ..Default::default()
     };
-    let spinning =
-        tokio::spawn(async move { spin.call_json_with("spin", &json!({}), options).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(!spinning.is_finished(), "spin should still be running");
+    let spinning = tokio::spawn(async move {
+        spin.call_json_with("ticker", &json!({"every": 1_000_000}), options)
+            .await
+    });
+    // The first tick: the guest is running, and loops from now on.
+    next_stdout(&mut stdout).await;
     token.cancel();
     let o = spinning.await.unwrap().unwrap();
     assert_eq!(o.result, Err(CallFailure::Cancelled));
@@ -320,20 +345,14 @@ async fn cancelling_interrupts_a_spinning_guest() {
 
 #[tokio::test]
 async fn cancelling_interrupts_a_guest_waiting_on_the_host() {
-    // A server that accepts the connection and never answers.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let _held = std::thread::spawn(move || {
-        let conns: Vec<_> = listener.incoming().take(1).collect();
-        std::thread::sleep(Duration::from_secs(600));
-        drop(conns);
-    });
+    let mut server = SilentServer::start();
     let rt = runtime();
     let fetch = load(
         &rt,
         "http-fetch",
         &format!(
-            "[http]\nallowed_outbound_hosts = [\"http://127.0.0.1:{port}\"]\n[limits]\ntimeout_ms = 600000\n"
+            "[http]\nallowed_outbound_hosts = [\"http://127.0.0.1:{}\"]\n[limits]\ntimeout_ms = 600000\n",
+            server.port
         ),
     );
     let token = tessera_runtime::CancellationToken::new();
@@ -341,17 +360,59 @@ async fn cancelling_interrupts_a_guest_waiting_on_the_host() {
         cancel: Some(token.clone()),
         ..Default::default()
     };
-    let url = format!("http://127.0.0.1:{port}/never");
+    let url = format!("http://127.0.0.1:{}/never", server.port);
     let waiting = tokio::spawn(async move {
         fetch
             .call_json_with("fetch", &json!({ "url": url }), options)
             .await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!waiting.is_finished(), "fetch should still be waiting");
+    // Connected: the guest now waits for an answer that never comes.
+    server.next_connection().await;
     token.cancel();
     let o = waiting.await.unwrap().unwrap();
     assert_eq!(o.result, Err(CallFailure::Cancelled));
+}
+
+#[tokio::test]
+async fn the_deadline_stops_a_guest_waiting_on_the_host() {
+    // Live and deterministic alike: a deterministic call's deadline is fuel
+    // only while it runs wasm, but a wait on the host is still bounded.
+    for mode in ["", "deterministic = true\n"] {
+        let server = SilentServer::start();
+        let rt = runtime();
+        let fetch = load(
+            &rt,
+            "http-fetch",
+            &format!(
+                "{mode}[http]\nallowed_outbound_hosts = [\"http://127.0.0.1:{}\"]\n[limits]\ntimeout_ms = 200\n",
+                server.port
+            ),
+        );
+        let url = format!("http://127.0.0.1:{}/never", server.port);
+        let o = tokio::time::timeout(EVENT_WAIT, call(&fetch, "fetch", json!({ "url": url })))
+            .await
+            .unwrap_or_else(|_| panic!("{mode}: still waiting after {EVENT_WAIT:?}"));
+        if mode.is_empty() {
+            assert_eq!(o.result, Err(CallFailure::Limit(LimitHit::Deadline(200))));
+        } else {
+            // Deterministic: the exchange itself times out and the guest
+            // sees an error it can handle — recorded, so a replay gives the
+            // guest the same answer without waiting.
+            let err = o.result.as_ref().unwrap()["err"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            assert!(err.contains("ConnectionReadTimeout"), "{err}");
+        }
+        assert!(
+            o.audit.iter().any(|e| e.capability == "deadline"
+                && e.detail
+                    .as_deref()
+                    .is_some_and(|m| m.contains("waiting on the host"))),
+            "{mode}{:?}",
+            o.audit
+        );
+    }
 }
 
 #[tokio::test]
@@ -427,6 +488,45 @@ async fn memory_limit() {
 }
 
 #[tokio::test]
+async fn the_memory_limit_covers_all_memories_of_an_instance() {
+    // `two-memories` has two linear memories, in two core modules, of one
+    // 64 KiB page each; `grow` grows both by the given numbers of pages.
+    const PAGE: usize = 64 * 1024;
+    const LIMIT_PAGES: u32 = 1024; // memory_mb = 64
+    let rt = runtime();
+    let two = load(&rt, "two-memories", "[limits]\nmemory_mb = 64\n");
+    // Each memory at 0.4 of the limit: 0.8 of it together, allowed. The
+    // peak is the total of both.
+    let each = LIMIT_PAGES * 4 / 10;
+    let o = call(
+        &two,
+        "grow",
+        json!({"a-pages": each - 1, "b-pages": each - 1}),
+    )
+    .await;
+    assert_eq!(o.result, Ok(json!(2 * each)));
+    assert_eq!(o.peak_memory_bytes, 2 * each as usize * PAGE);
+    // Each memory at 0.75 of the limit: within it alone, 1.5 times it
+    // together. The second growth is refused.
+    let each = LIMIT_PAGES * 3 / 4;
+    let o = call(
+        &two,
+        "grow",
+        json!({"a-pages": each - 1, "b-pages": each - 1}),
+    )
+    .await;
+    assert_eq!(o.result, Err(CallFailure::Limit(LimitHit::Memory(64))));
+    assert!(o.peak_memory_bytes <= LIMIT_PAGES as usize * PAGE);
+    assert!(
+        o.audit
+            .iter()
+            .any(|e| e.capability == "memory" && e.decision == Decision::Limit),
+        "{:?}",
+        o.audit
+    );
+}
+
+#[tokio::test]
 async fn stack_limit() {
     let rt = runtime();
     let r = load(&rt, "deep-recursion", "");
@@ -469,18 +569,33 @@ async fn concurrency_limit() {
     let spin = load(
         &rt,
         "spin",
-        "[limits]\nmax_concurrent = 1\ntimeout_ms = 400\nfuel = 1000000000000\n",
+        "[limits]\nmax_concurrent = 1\ntimeout_ms = 60000\nfuel = 1000000000000000\n",
     );
+    let (observer, mut stdout) = stdout_events();
+    let cancel = tessera_runtime::CancellationToken::new();
+    let options = tessera_runtime::CallOptions {
+        observer: Some(observer),
+        cancel: Some(cancel.clone()),
+        ..Default::default()
+    };
     let first = {
         let spin = spin.clone();
-        tokio::spawn(async move { spin.call_json("spin", &json!({})).await })
+        tokio::spawn(async move {
+            spin.call_json_with("ticker", &json!({"every": 1_000_000}), options)
+                .await
+        })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The first tick: the first call is running, so it holds the one slot.
+    next_stdout(&mut stdout).await;
     match spin.call_json("count", &json!({"n": 1})).await {
         Err(Error::Busy { limit: 1 }) => {}
         other => panic!("expected Busy, got {other:?}"),
     }
-    first.await.unwrap().unwrap();
+    cancel.cancel();
+    assert_eq!(
+        first.await.unwrap().unwrap().result,
+        Err(CallFailure::Cancelled)
+    );
     // Once the first call is done, the slot is free again.
     assert!(call(&spin, "count", json!({"n": 1})).await.result.is_ok());
 }
@@ -1103,23 +1218,95 @@ async fn deterministic_mode_reproduces_clocks_and_random() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deterministic_deadlines_are_fuel_deadlines() {
     let rt = runtime();
-    // A wall-clock deadline far shorter than the fuel budget: in
-    // deterministic mode only fuel decides.
-    let spin = load(
+    // A deterministic call is held at its first tick until its wall-clock
+    // deadline has surely passed; released, it must still end on fuel.
+    let manifest = "deterministic = true\n[limits]\ntimeout_ms = 100\nfuel = 300000000\n";
+    let ticker = load(&rt, "spin", manifest);
+    let (observer, mut held_at, release) = HoldAtFirstStdout::new();
+    let options = tessera_runtime::CallOptions {
+        observer: Some(observer),
+        ..Default::default()
+    };
+    let held = {
+        let ticker = ticker.clone();
+        tokio::spawn(async move {
+            ticker
+                .call_json_with("ticker", &json!({"every": 100_000}), options)
+                .await
+        })
+    };
+    next_stdout(&mut held_at).await;
+    // A live call started now, with a deadline longer than the held call's
+    // (and than any grace after it), is stopped by it: by then the held
+    // call is past its own.
+    let live = load(
         &rt,
         "spin",
-        "deterministic = true\n[limits]\ntimeout_ms = 50\nfuel = 300000000\n",
+        "[limits]\ntimeout_ms = 500\nfuel = 1000000000000000\n",
     );
-    let o = call(&spin, "spin", json!({})).await;
+    assert_eq!(
+        call(&live, "spin", json!({})).await.result,
+        Err(CallFailure::Limit(LimitHit::Deadline(500)))
+    );
+    release.send(()).unwrap();
+    let o = held.await.unwrap().unwrap();
     assert_eq!(
         o.result,
         Err(CallFailure::Limit(LimitHit::Fuel(300_000_000)))
     );
-    let o2 = call(&spin, "spin", json!({})).await;
+    // Not held, the same call consumes the same fuel and prints the same.
+    let o2 = call(&ticker, "ticker", json!({"every": 100_000})).await;
+    assert_eq!(o2.result, o.result);
     assert_eq!(o.fuel_consumed, o2.fuel_consumed);
+    assert_eq!(o.output.stdout, o2.output.stdout);
+}
+
+/// Holds the guest in its first write to stdout (the observer runs in the
+/// guest's host call) until released, after reporting that write.
+struct HoldAtFirstStdout {
+    reached: tokio::sync::mpsc::UnboundedSender<String>,
+    release: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+}
+
+impl HoldAtFirstStdout {
+    #[allow(clippy::type_complexity)]
+    fn new() -> (
+        std::sync::Arc<Self>,
+        tokio::sync::mpsc::UnboundedReceiver<String>,
+        std::sync::mpsc::Sender<()>,
+    ) {
+        let (reached, reached_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let hold = Self {
+            reached,
+            release: std::sync::Mutex::new(Some(release_rx)),
+        };
+        (std::sync::Arc::new(hold), reached_rx, release)
+    }
+}
+
+impl tessera_runtime::gateway::InteractionObserver for HoldAtFirstStdout {
+    fn observe(
+        &self,
+        _scope: &tessera_runtime::gateway::CallScope,
+        _index: u64,
+        i: &tessera_runtime::gateway::Step,
+    ) {
+        let Some(bytes) = stdout_bytes(i) else {
+            return;
+        };
+        let Some(release) = self.release.lock().unwrap().take() else {
+            return;
+        };
+        let _ = self
+            .reached
+            .send(String::from_utf8_lossy(&bytes).into_owned());
+        // Bounded only against a hang: the test releases it.
+        let _ = release.recv_timeout(EVENT_WAIT);
+    }
 }
 
 // ---------------------------------------------------------------- capabilities

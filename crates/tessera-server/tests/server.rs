@@ -2,25 +2,14 @@
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use tessera_server::{Server, ServerConfig};
-
-fn component(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../components")
-        .join(format!("{name}.wasm"));
-    assert!(
-        p.is_file(),
-        "{} missing: run scripts/build-components.sh",
-        p.display()
-    );
-    p
-}
+use tessera_test_support::component;
 
 /// One HTTP/1.1 request on a fresh connection; returns (status, JSON body).
 fn request(
@@ -511,19 +500,57 @@ fn raw_request(
     (status, head.to_string(), body.to_string())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// How long a test waits for an event before giving up. Only a guard
+/// against hangs: no test relies on how long anything takes.
+const EVENT_WAIT: Duration = Duration::from_secs(60);
+
+// The server runs on the test's one thread here, so a guest that never
+// returns must give the thread back for other requests to be served: the
+// epoch callback yields at every tick. Were it not to, the ticker would
+// hold the thread until its deadline and end before any other call ran.
+#[tokio::test(flavor = "current_thread")]
 async fn spinning_component_does_not_delay_hello_and_shutdown_cancels_it() {
     let data = tempfile::tempdir().unwrap();
     let s = start(data.path(), |c| c.grace = Duration::from_millis(300)).await;
     let addr = s.addr;
-    assert_eq!(add_spin(addr, data.path()).await.0, 201);
+    // The deadline ends the test if yielding is broken; otherwise shutdown
+    // cancels the call long before.
+    let manifest = write_manifest(
+        data.path(),
+        "[limits]\nfuel = 1000000000000000\ntimeout_ms = 20000\n",
+    );
+    let body = json!({ "name": "spin", "path": component("spin"), "manifest_path": manifest });
+    let (status, v) = s.call("POST", "/v1/components", body).await;
+    assert_eq!(status, 201, "{v}");
     assert_eq!(s.add("hello", "hello").await.0, 201);
-    // `spin` never returns; its deadline is a minute away.
-    let spinning = tokio::task::spawn_blocking(move || {
-        request(addr, "POST", "/v1/components/spin/call/spin", None, "{}")
+    let ticking = tokio::task::spawn_blocking(move || {
+        request(
+            addr,
+            "POST",
+            "/v1/components/spin/call/ticker",
+            None,
+            r#"{"every": 1000000}"#,
+        )
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    for i in 0..20 {
+    // Listing the journal commits what is pending first, so a step seen
+    // here is the ticker's first tick: it is running, and loops from now on.
+    let server = s.server.clone();
+    let ticker_run = move || {
+        let runs = server.journal.list().unwrap();
+        runs.into_iter().find(|r| r.header.function == "ticker")
+    };
+    let waiting = std::time::Instant::now();
+    while ticker_run().is_none_or(|r| r.steps == 0) {
+        assert!(
+            waiting.elapsed() < EVENT_WAIT,
+            "the ticker made no step within {EVENT_WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Few calls: with a task always ready, one thread polls the sockets
+    // only every 61 scheduler turns (tokio's `event_interval`), here every
+    // 61 ticker slices of 2 ms, so each request takes a few hundred ms.
+    for i in 0..5 {
         let (status, v) = s
             .call(
                 "POST",
@@ -537,29 +564,32 @@ async fn spinning_component_does_not_delay_hello_and_shutdown_cancels_it() {
             "{v}"
         );
     }
-    assert!(!spinning.is_finished(), "spin returned on its own");
-    // Shutdown: the grace period passes, the spinning call is cancelled and
+    assert!(
+        ticker_run().unwrap().end.is_none(),
+        "the ticker ended before the other calls ran: it did not yield"
+    );
+    // Shutdown: the grace period passes, the ticking call is cancelled and
     // its run is journaled to the end.
     let server = s.server.clone();
     let mut s = s;
     s.stop_only().await;
-    let (status, v) = spinning.await.unwrap();
+    let (status, v) = ticking.await.unwrap();
     assert_eq!(
         (status, &v["error"]["code"]),
         (422, &json!("cancelled")),
         "{v}"
     );
     let runs = server.journal.list().unwrap();
-    let spin = runs
+    let ticker = runs
         .iter()
-        .find(|r| r.header.function == "spin")
-        .expect("spin run journaled");
+        .find(|r| r.header.function == "ticker")
+        .expect("ticker run journaled");
     assert!(
         matches!(
-            spin.end.as_ref().map(|e| &e.result),
+            ticker.end.as_ref().map(|e| &e.result),
             Some(tessera_journal::RunResult::Cancelled { .. })
         ),
-        "{spin:?}"
+        "{ticker:?}"
     );
     assert!(runs.iter().all(|r| r.end.is_some()), "{runs:?}");
 }

@@ -1,23 +1,15 @@
 //! Helpers shared by the tests that run `tessera serve`.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
-pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use serde_json::Value;
 
-pub fn component(name: &str) -> PathBuf {
-    let p = root().join("components").join(format!("{name}.wasm"));
-    assert!(
-        p.is_file(),
-        "{} is missing: build the example components with `scripts/build-components.sh`",
-        p.display()
-    );
-    p
-}
+pub use tessera_test_support::component;
 
 pub fn tessera(data: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tessera"));
@@ -83,6 +75,19 @@ impl Serving {
         }
     }
 
+    /// SIGKILL: the server gets no chance to finish anything.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// One HTTP/1.1 request to the API without a token; returns the status
+    /// and the JSON body (status 0 if the connection failed or closed
+    /// without an answer).
+    pub fn request(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
+        request(&self.base, method, path, body)
+    }
+
     /// SIGTERM, then wait for the graceful exit.
     pub fn stop(mut self) {
         let status = Command::new("kill")
@@ -93,4 +98,33 @@ impl Serving {
         let exit = self.child.wait().unwrap();
         assert!(exit.success(), "tessera serve exited with {exit}");
     }
+}
+
+/// One HTTP/1.1 request to `base` (`http://host:port`), as
+/// [`Serving::request`]; usable from another thread.
+pub fn request(base: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let authority = base.strip_prefix("http://").expect("an http:// base");
+    let Ok(mut stream) = TcpStream::connect(authority) else {
+        return (0, Value::Null);
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(600)))
+        .unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    if stream.write_all(head.as_bytes()).is_err() || stream.write_all(body.as_bytes()).is_err() {
+        return (0, Value::Null);
+    }
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }

@@ -403,6 +403,8 @@ fn replayed_error(recorded: &str) -> HttpError {
         "HttpRequestDenied" => HttpError::HttpRequestDenied,
         "Connect" | "ConnectionRefused" => HttpError::ConnectionRefused,
         "ConnectionTimeout" => HttpError::ConnectionTimeout,
+        "ConnectionReadTimeout" => HttpError::ConnectionReadTimeout,
+        "ConnectionWriteTimeout" => HttpError::ConnectionWriteTimeout,
         "ConnectionTerminated" => HttpError::ConnectionTerminated,
         "DnsTimeout" => HttpError::DnsTimeout,
         "Tls" | "TlsProtocolError" => HttpError::TlsProtocolError,

@@ -1,26 +1,20 @@
-//! Shared helpers: locating built components, runtimes, local HTTP servers.
+//! Shared helpers: locating built components, runtimes, local HTTP servers,
+//! waiting for a guest's output.
 #![allow(dead_code, missing_docs)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde_json::Value;
 use tessera_runtime::audit::MemoryAudit;
+use tessera_runtime::gateway::{CallScope, InteractionObserver, Step};
 use tessera_runtime::{CallOutcome, Grants, LoadedComponent, Runtime, RuntimeConfig};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-pub fn component(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../components")
-        .join(format!("{name}.wasm"));
-    assert!(
-        p.is_file(),
-        "{} is missing: build the example components with `scripts/build-components.sh`",
-        p.display()
-    );
-    p
-}
+pub use tessera_test_support::component;
 
 pub fn runtime() -> Runtime {
     Runtime::new(RuntimeConfig::default()).expect("runtime")
@@ -117,4 +111,75 @@ impl TestServer {
     pub fn requests(&self) -> Vec<String> {
         self.seen.lock().unwrap().clone()
     }
+}
+
+/// How long a test waits for an event before giving up. Only a guard
+/// against hangs: no test relies on how long anything takes.
+pub const EVENT_WAIT: Duration = Duration::from_secs(60);
+
+/// Passes what a call's guest writes to stdout on to a channel, as it is
+/// written: a test waits for it to know the guest is running.
+pub struct StdoutEvents(UnboundedSender<String>);
+
+impl InteractionObserver for StdoutEvents {
+    fn observe(&self, _scope: &CallScope, _index: u64, step: &Step) {
+        if let Some(bytes) = stdout_bytes(step) {
+            let _ = self.0.send(String::from_utf8_lossy(&bytes).into_owned());
+        }
+    }
+}
+
+/// An observer for `CallOptions::observer` and the receiving end of what
+/// it reports.
+pub fn stdout_events() -> (Arc<StdoutEvents>, UnboundedReceiver<String>) {
+    let (tx, rx) = unbounded_channel();
+    (Arc::new(StdoutEvents(tx)), rx)
+}
+
+/// The next chunk of stdout reported by [`stdout_events`]; panics after
+/// [`EVENT_WAIT`] or if the call ended without writing.
+pub async fn next_stdout(rx: &mut UnboundedReceiver<String>) -> String {
+    tokio::time::timeout(EVENT_WAIT, rx.recv())
+        .await
+        .unwrap_or_else(|_| panic!("the guest wrote nothing to stdout within {EVENT_WAIT:?}"))
+        .expect("the call ended without writing to stdout")
+}
+
+/// A TCP server on 127.0.0.1 that accepts connections, keeps them open and
+/// never answers; each connection is reported as it is accepted.
+pub struct SilentServer {
+    pub port: u16,
+    connections: UnboundedReceiver<()>,
+}
+
+impl SilentServer {
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().unwrap().port();
+        let (tx, connections) = unbounded_channel();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming() {
+                held.push(stream);
+                let _ = tx.send(());
+            }
+        });
+        Self { port, connections }
+    }
+
+    /// Waits (at most [`EVENT_WAIT`]) until the next connection is accepted.
+    pub async fn next_connection(&mut self) {
+        tokio::time::timeout(EVENT_WAIT, self.connections.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no connection within {EVENT_WAIT:?}"))
+            .expect("the server stopped");
+    }
+}
+
+/// The bytes of a `stdio.stdout` step.
+pub fn stdout_bytes(step: &Step) -> Option<Vec<u8>> {
+    if step.capability != "stdio" || step.op != "stdout" {
+        return None;
+    }
+    hex::decode(step.request.as_str()?).ok()
 }

@@ -1,0 +1,188 @@
+//! What Tessera's tests and benchmarks share: the guest components under
+//! `components/`, located by name and built first when they are missing or
+//! stale.
+//!
+//! The built components (`components/<name>.wasm`) are not in git, so a
+//! fresh checkout has none, and an edited guest leaves an old binary
+//! behind. [`component`] therefore checks, once per process, that every
+//! artifact the build produces (as listed by
+//! `scripts/build-components.sh --list`) exists and is newer than every
+//! source it is built from (anything under `components/` except `target/`
+//! and the artifacts, and the script itself), and runs the script when
+//! one is missing or older. When everything is fresh nothing is built. Concurrent test processes take a lock
+//! file (`components/target/tests-build.lock`) around the build, so one
+//! builds and the others find the result fresh.
+#![deny(missing_docs)]
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+/// The root of the repository.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("the repository root exists")
+}
+
+/// The guest projects' directory, where built components are placed.
+pub fn components_dir() -> PathBuf {
+    repo_root().join("components")
+}
+
+/// The path of the built component `components/<name>.wasm`, building the
+/// components first if any is missing or older than its sources.
+///
+/// Panics if the build fails, or if `name` is not a component the build
+/// produces.
+pub fn component(name: &str) -> PathBuf {
+    let path = components_dir().join(format!("{name}.wasm"));
+    // Checking and building happen once, under one lock: tests running in
+    // parallel threads wait for a single build, and share its failure.
+    static BUILT: Mutex<Option<Result<(), String>>> = Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Err(e) = built.get_or_insert_with(|| build_if_stale(&path)) {
+        panic!("{e}");
+    }
+    drop(built);
+    assert!(
+        path.is_file(),
+        "{} does not exist after building the components: is `{name}` listed in \
+         scripts/build-components.sh?",
+        path.display()
+    );
+    path
+}
+
+/// Runs `scripts/build-components.sh` unless every built component is
+/// newer than every source. `wanted` is the component being asked for,
+/// which must exist too.
+fn build_if_stale(wanted: &Path) -> Result<(), String> {
+    let root = repo_root();
+    let Some(reason) = stale(&root, wanted)? else {
+        return Ok(());
+    };
+    let dir = root.join("components/target");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let lock_path = dir.join("tests-build.lock");
+    let lock = File::create(&lock_path)
+        .map_err(|e| format!("cannot create {}: {e}", lock_path.display()))?;
+    lock.lock()
+        .map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
+    // Another process may have built them while this one waited.
+    if stale(&root, wanted)?.is_none() {
+        return Ok(());
+    }
+    // Straight to the terminal: the test harness captures only the print
+    // macros, and a build can take minutes.
+    let _ = writeln!(
+        std::io::stderr(),
+        "building the guest components ({reason}): scripts/build-components.sh"
+    );
+    let status = Command::new("bash")
+        .arg(root.join("scripts/build-components.sh"))
+        .current_dir(&root)
+        .status()
+        .map_err(|e| format!("cannot run scripts/build-components.sh: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "scripts/build-components.sh failed ({status}); see its output above"
+        ));
+    }
+    Ok(())
+}
+
+/// Why the components must be built, or `None` when they are fresh: every
+/// artifact the build produces (and `wanted`) exists and is newer than the
+/// newest source.
+fn stale(root: &Path, wanted: &Path) -> Result<Option<String>, String> {
+    let components = root.join("components");
+    if !wanted.is_file() {
+        return Ok(Some(format!("{} is missing", relative(root, wanted))));
+    }
+    let mut newest: Option<(SystemTime, PathBuf)> = None;
+    let mut sources = vec![root.join("scripts/build-components.sh")];
+    collect_sources(&components, true, &mut sources);
+    for path in sources {
+        let Ok(time) = modified(&path) else { continue };
+        if newest.as_ref().is_none_or(|(t, _)| time > *t) {
+            newest = Some((time, path));
+        }
+    }
+    let Some((newest, newest_path)) = newest else {
+        return Ok(None);
+    };
+    for artifact in artifacts(root)? {
+        match modified(&artifact) {
+            Ok(time) if time >= newest => {}
+            Ok(_) => {
+                return Ok(Some(format!(
+                    "{} is older than {}",
+                    relative(root, &artifact),
+                    relative(root, &newest_path)
+                )));
+            }
+            Err(_) => return Ok(Some(format!("{} is missing", relative(root, &artifact)))),
+        }
+    }
+    Ok(None)
+}
+
+/// The components the build produces, as `scripts/build-components.sh
+/// --list` names them.
+fn artifacts(root: &Path) -> Result<Vec<PathBuf>, String> {
+    let out = Command::new("bash")
+        .arg(root.join("scripts/build-components.sh"))
+        .arg("--list")
+        .output()
+        .map_err(|e| format!("cannot run scripts/build-components.sh --list: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "scripts/build-components.sh --list failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|name| root.join("components").join(format!("{name}.wasm")))
+        .collect())
+}
+
+/// Every file under `dir` that a build reads: all but `target/`, hidden
+/// entries and, at the top (`components/`), the built components.
+fn collect_sources(dir: &Path, top: bool, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || name == "target" {
+            continue;
+        }
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            collect_sources(&path, false, out);
+        } else if !(top && name.ends_with(".wasm")) {
+            out.push(path);
+        }
+    }
+}
+
+fn modified(path: &Path) -> std::io::Result<SystemTime> {
+    std::fs::metadata(path)?.modified()
+}
+
+fn relative(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
