@@ -20,7 +20,7 @@ pub const DIVERGED: i32 = 6;
 pub fn for_error(e: &tessera_runtime::Error) -> i32 {
     use tessera_runtime::Error as E;
     match e {
-        E::Engine { .. } | E::Task(_) => INTERNAL,
+        E::Engine { .. } | E::Task { .. } => INTERNAL,
         E::Busy { .. } => TRAP,
         E::Read { .. }
         | E::NotWasm { .. }
@@ -28,7 +28,7 @@ pub fn for_error(e: &tessera_runtime::Error) -> i32 {
         | E::Compile { .. }
         | E::Link { .. }
         | E::Manifest(_)
-        | E::Grant(_)
+        | E::Grant { .. }
         | E::Bind { .. }
         | E::NoSuchFunction { .. }
         | E::Ambiguous { .. }

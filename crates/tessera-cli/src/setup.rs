@@ -177,7 +177,10 @@ pub async fn load(
     let rt = runtime.clone();
     let result = tokio::task::spawn_blocking(move || rt.load(&prepared, grants))
         .await
-        .map_err(|e| Error::Task(format!("compile task failed: {e}")))?;
+        .map_err(|source| Error::Task {
+            what: "the compile task",
+            source,
+        })?;
     if let Some(s) = spinner {
         s.finish_and_clear();
     }

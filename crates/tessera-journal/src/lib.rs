@@ -41,9 +41,14 @@ pub enum Error {
         /// The serializer's error.
         source: serde_json::Error,
     },
-    /// A background task failed.
-    #[error("{0}")]
-    Task(String),
+    /// A background task (loading the component to replay) failed.
+    #[error("{what} failed: {source}")]
+    Task {
+        /// What the task was doing.
+        what: &'static str,
+        /// Why it ended.
+        source: tokio::task::JoinError,
+    },
     /// Time travel needs a runtime created with `guest_debug`.
     #[error("no guest state available: the runtime was not created with guest_debug")]
     NoGuestState,

@@ -146,7 +146,10 @@ async fn prepare(
     let rt = runtime.clone();
     let loaded = tokio::task::spawn_blocking(move || rt.load(&prepared, grants))
         .await
-        .map_err(|e| Error::Task(format!("load task failed: {e}")))??;
+        .map_err(|source| Error::Task {
+            what: "the load task",
+            source,
+        })??;
     Ok(Prepared {
         run_id,
         header,

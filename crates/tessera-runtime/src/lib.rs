@@ -100,9 +100,15 @@ pub enum Error {
     /// The manifest is invalid.
     #[error(transparent)]
     Manifest(#[from] ManifestError),
-    /// A grant could not be applied (e.g. a directory vanished).
-    #[error("grant cannot be applied: {0}")]
-    Grant(String),
+    /// A grant could not be applied when a call started (a granted
+    /// directory vanished or cannot be opened).
+    #[error("grant cannot be applied: cannot open {}: {source}", path.display())]
+    Grant {
+        /// The host directory.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// A grant does not fit the host (a secret the host does not provide).
     #[error("{origin}: {source}")]
     Bind {
@@ -120,8 +126,13 @@ pub enum Error {
         source: wasmtime::Error,
     },
     /// A background task (a compile on a blocking thread) failed.
-    #[error("task failed: {0}")]
-    Task(String),
+    #[error("{what} failed: {source}")]
+    Task {
+        /// What the task was doing.
+        what: &'static str,
+        /// Why it ended.
+        source: tokio::task::JoinError,
+    },
     /// No exported function has that name.
     #[error("no function `{name}`; available: {available}")]
     NoSuchFunction {

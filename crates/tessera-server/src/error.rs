@@ -244,7 +244,7 @@ impl From<RtError> for ApiError {
             }
             RtError::NoSuchFunction { .. } | RtError::Ambiguous { .. } => ErrorCode::NoSuchFunction,
             RtError::NotCallable { .. } => ErrorCode::NotCallable,
-            RtError::Manifest(_) | RtError::Grant(_) | RtError::Bind { .. } => {
+            RtError::Manifest(_) | RtError::Grant { .. } | RtError::Bind { .. } => {
                 ErrorCode::BadManifest
             }
             RtError::Read { .. }
@@ -252,7 +252,7 @@ impl From<RtError> for ApiError {
             | RtError::Adapt { .. }
             | RtError::Compile { .. }
             | RtError::Link { .. } => ErrorCode::BadComponent,
-            RtError::Engine { .. } | RtError::Task(_) => ErrorCode::Engine,
+            RtError::Engine { .. } | RtError::Task { .. } => ErrorCode::Engine,
         };
         ApiError::new(code, e.to_string())
     }

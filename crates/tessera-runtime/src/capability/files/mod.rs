@@ -204,7 +204,10 @@ fn preopen(builder: &mut WasiCtxBuilder, mounts: &[Mount]) -> Result<(), crate::
         };
         builder
             .preopened_dir(&m.host, &m.guest, perms)
-            .map_err(|e| crate::Error::Grant(format!("cannot open {}: {e}", m.host.display())))?;
+            .map_err(|e| crate::Error::Grant {
+                path: m.host.clone(),
+                source: std::io::Error::other(e),
+            })?;
     }
     Ok(())
 }
