@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use serde_json::Value;
-use tessera_runtime::gateway::{CallScope, InteractionObserver, Step};
+use tessera_runtime::gateway::{CallScope, InteractionObserver, Recorded};
 use tessera_runtime::{CallFailure, CallOptions, CallOutcome, LoadedComponent, Runtime};
 
 use crate::format::{self, Caller, ComponentRef, End, EngineSettings, Header, RunResult};
@@ -43,7 +43,7 @@ struct Recorder {
 }
 
 impl InteractionObserver for Recorder {
-    fn observe(&self, scope: &CallScope, index: u64, step: &Step) {
+    fn observe(&self, scope: &CallScope, index: u64, step: &Recorded) {
         self.buffer.push(index, step);
         if let Some(o) = &self.also {
             o.observe(scope, index, step);

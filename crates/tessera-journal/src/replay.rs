@@ -27,8 +27,8 @@ impl ReplayCursor {
 }
 
 impl ReplaySource for ReplayCursor {
-    fn recorded(&self, index: u64) -> Option<Step> {
-        self.steps.get(&index).cloned()
+    fn recorded(&self, index: u64) -> Option<&Step> {
+        self.steps.get(&index)
     }
 }
 
@@ -220,7 +220,7 @@ struct StopAt {
 }
 
 impl ReplaySource for StopAt {
-    fn recorded(&self, index: u64) -> Option<Step> {
+    fn recorded(&self, index: u64) -> Option<&Step> {
         if index >= self.stop {
             None
         } else {

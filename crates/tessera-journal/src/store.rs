@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tessera_runtime::gateway::Step;
+use tessera_runtime::gateway::{Recorded, Step};
 
 use crate::Error;
 use crate::format::{End, FORMAT, Header, VERSION, externalize, internalize};
@@ -29,7 +29,7 @@ const BLOBS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("blobs
 
 enum Msg {
     Begin(Box<Header>, Option<(String, Vec<u8>)>),
-    Steps(Arc<str>, Vec<(u64, Step)>),
+    Steps(Arc<str>, Vec<(u64, Recorded)>),
     End(Arc<str>, Box<End>),
     Flush(mpsc::Sender<()>),
 }
@@ -37,12 +37,12 @@ enum Msg {
 /// The steps of one run not yet taken by the writer.
 pub(crate) struct RunBuffer {
     run_id: Arc<str>,
-    steps: Mutex<Vec<(u64, Step)>>,
+    steps: Mutex<Vec<(u64, Recorded)>>,
 }
 
 impl RunBuffer {
     /// Adds a step (the guest's thread: an uncontended lock and a push).
-    pub(crate) fn push(&self, index: u64, step: &Step) {
+    pub(crate) fn push(&self, index: u64, step: &Recorded) {
         self.steps
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -656,7 +656,8 @@ fn write_batch(
                 }
                 Msg::Steps(run, list) => {
                     for (i, step) in list {
-                        let (bytes, bs) = encode_step(&step);
+                        // Encoded here, on the writer thread, not the guest's.
+                        let (bytes, bs) = encode_step(&step.to_step());
                         for (d, b) in bs {
                             if blobs.get(d.as_str())?.is_none() {
                                 blobs.insert(d.as_str(), b.as_slice())?;

@@ -12,8 +12,8 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 use crate::audit::Decision;
 use crate::cache::CacheStatus;
 use crate::gateway::{
-    CallScope, CapturedOutput, Divergence, Gateway, GatewayParts, InteractionObserver,
-    ReplaySource, Step,
+    CallScope, CapturedOutput, Divergence, Gateway, GatewayParts, InteractionObserver, Recorded,
+    ReplaySource,
 };
 use crate::host::HostState;
 use crate::json::{ArgError, from_val, to_val};
@@ -81,7 +81,7 @@ impl std::fmt::Debug for CallOptions {
 struct TeeObserver(Arc<dyn InteractionObserver>, Arc<dyn InteractionObserver>);
 
 impl InteractionObserver for TeeObserver {
-    fn observe(&self, scope: &CallScope, index: u64, step: &Step) {
+    fn observe(&self, scope: &CallScope, index: u64, step: &Recorded) {
         self.0.observe(scope, index, step);
         self.1.observe(scope, index, step);
     }

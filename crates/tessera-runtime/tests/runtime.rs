@@ -1055,8 +1055,9 @@ impl tessera_runtime::gateway::InteractionObserver for Recorder {
         &self,
         scope: &tessera_runtime::gateway::CallScope,
         _index: u64,
-        step: &tessera_runtime::gateway::Step,
+        step: &tessera_runtime::gateway::Recorded,
     ) {
+        let step = &step.to_step();
         let text = |v: &Value| {
             String::from_utf8_lossy(&hex::decode(v.as_str().unwrap_or_default()).unwrap())
                 .into_owned()
@@ -1293,9 +1294,9 @@ impl tessera_runtime::gateway::InteractionObserver for HoldAtFirstStdout {
         &self,
         _scope: &tessera_runtime::gateway::CallScope,
         _index: u64,
-        i: &tessera_runtime::gateway::Step,
+        i: &tessera_runtime::gateway::Recorded,
     ) {
-        let Some(bytes) = stdout_bytes(i) else {
+        let Some(bytes) = stdout_bytes(&i.to_step()) else {
             return;
         };
         let Some(release) = self.release.lock().unwrap().take() else {

@@ -1039,3 +1039,103 @@ async fn a_version_that_cannot_load_is_reported_and_not_served() {
     assert!(s.server.load_failures().is_empty());
     s.shutdown().await;
 }
+
+/// A listener on 127.0.0.1 that answers every request 200 after reading it
+/// whole; returns its port and every request's head.
+fn api_stub() -> (u16, Arc<std::sync::Mutex<String>>) {
+    use std::io::BufRead;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(std::sync::Mutex::new(String::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                log.lock().unwrap().push_str(&line);
+            }
+            let mut body = vec![0u8; len];
+            let _ = r.read_exact(&mut body);
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (port, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_secrets_reach_the_guest_but_not_the_runs_api_or_the_audit_log() {
+    const SECRET: &str = "srv-secret-Q7v3-value";
+    let data = tempfile::tempdir().unwrap();
+    let (port, received) = api_stub();
+    let s = start(data.path(), |c| {
+        c.secrets.insert("api_key".into(), SECRET.into());
+    })
+    .await;
+    let manifest = write_manifest(
+        data.path(),
+        &format!(
+            "[config]\nsecrets = [\"api_key\"]\n[http]\nallowed_outbound_hosts = [\"http://127.0.0.1:{port}\"]\n"
+        ),
+    );
+    let (status, v) = s
+        .call(
+            "POST",
+            "/v1/components",
+            json!({"name": "tool", "path": component("config-tool").display().to_string(), "manifest_path": manifest}),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = s
+        .call(
+            "POST",
+            "/v1/components/tool/call/call-with-key",
+            json!({"key": "api_key", "url": format!("http://127.0.0.1:{port}/v1/chat")}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["result"], json!({"ok": 200}));
+    assert!(
+        received
+            .lock()
+            .unwrap()
+            .contains(&format!("Bearer {SECRET}"))
+    );
+    let run_id = v["run_id"].as_str().unwrap().to_string();
+    let (status, run) = s
+        .call("GET", &format!("/v1/runs/{run_id}"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{run}");
+    let text = run.to_string();
+    assert!(!text.contains(SECRET), "{text}");
+    assert!(text.contains("hmac-sha256:"), "{text}");
+    let (status, v) = s
+        .call("POST", &format!("/v1/runs/{run_id}/replay"), json!({}))
+        .await;
+    assert_eq!((status, &v["identical"]), (200, &json!(true)), "{v}");
+    s.shutdown().await;
+    let audit = std::fs::read_to_string(data.path().join("audit.jsonl")).unwrap();
+    assert!(!audit.contains(SECRET), "{audit}");
+    // Without the secret the component does not load, and the server says
+    // which field it needs.
+    let s = start(data.path(), |_| {}).await;
+    assert!(s.server.active_names().is_empty());
+    assert!(
+        s.server
+            .load_failures()
+            .iter()
+            .any(|(name, e)| name == "tool" && e.to_string().contains("config.secrets[0]")),
+        "{:?}",
+        s.server.load_failures()
+    );
+    s.shutdown().await;
+}

@@ -18,12 +18,15 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use serde::Deserialize;
+
 use crate::audit::{AuditEvent, AuditSink, Decision};
 use crate::manifest::Grants;
 
 pub mod step;
 
-pub use step::{Bytes, Op, RedactionKey, Replay, Sealed, Step};
+use step::to_value;
+pub use step::{Bytes, Op, Payload, Recorded, RedactionKey, Replay, Sealed, Step, StepData, Typed};
 
 /// Who is calling: the component digest and function every event names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +40,7 @@ pub struct CallScope {
 /// Where a replayed call gets its answers: the recorded steps of a run.
 pub trait ReplaySource: Send + Sync {
     /// The recorded step at `index` (0-based), or `None` past the end.
-    fn recorded(&self, index: u64) -> Option<Step>;
+    fn recorded(&self, index: u64) -> Option<&Step>;
 }
 
 /// The first point where a replayed call departed from its recording.
@@ -67,11 +70,12 @@ fn describe(step: Option<&Step>) -> String {
 /// Receives every host interaction of a call, in order. This is the plug
 /// point for the journal.
 pub trait InteractionObserver: Send + Sync {
-    /// Called once per interaction. `index` numbers the call's interactions
-    /// from 0; an exchange that waits on the host (HTTP) is reported when it
-    /// completes, under the index reserved when it began, so reports can
-    /// arrive out of order.
-    fn observe(&self, scope: &CallScope, index: u64, step: &Step);
+    /// Called once per interaction, on the guest's thread: keep the step
+    /// (a clone of the `Arc`) and encode it elsewhere. `index` numbers the
+    /// call's interactions from 0; an exchange that waits on the host (HTTP)
+    /// is reported when it completes, under the index reserved when it
+    /// began, so reports can arrive out of order.
+    fn observe(&self, scope: &CallScope, index: u64, step: &Recorded);
 }
 
 /// A `wasi:logging` record kept with the call's outcome.
@@ -235,13 +239,13 @@ impl Gateway {
         if O::REPLAY == Replay::Verify
             && let Some(src) = &self.inner.replay
             && let Some(rec) = src.recorded(index)
-            && rec.response != to_value(&response)
+            && rec.decode::<O>().ok().as_ref() != Some(&response)
         {
             let mut actual = probe::<O>(&request);
             actual.response = to_value(&response);
             return Err(self.diverge(
                 index,
-                Some(rec),
+                Some(rec.clone()),
                 Some(actual),
                 Some("the host answered differently".into()),
             ));
@@ -263,28 +267,31 @@ impl Gateway {
         let Some(src) = &self.inner.replay else {
             return Ok(None);
         };
-        let probe = probe::<O>(request);
-        match src.recorded(index) {
-            Some(rec) if rec.answers(&probe) => match O::REPLAY {
-                Replay::Perform | Replay::Verify => Ok(None),
-                Replay::Answer => rec
-                    .decode::<O>()
-                    .map(Some)
-                    .map_err(|m| self.diverge(index, Some(rec), Some(probe), Some(m))),
-            },
-            recorded => Err(self.diverge(index, recorded, Some(probe), None)),
+        let rec = src.recorded(index);
+        let same = rec.is_some_and(|r| {
+            r.capability == O::CAPABILITY
+                && r.op == O::NAME
+                && O::Request::deserialize(&r.request).is_ok_and(|q| q == *request)
+        });
+        if !same {
+            return Err(self.diverge(index, rec.cloned(), Some(probe::<O>(request)), None));
+        }
+        let rec = rec.unwrap_or_else(|| unreachable!("checked above"));
+        match O::REPLAY {
+            Replay::Perform | Replay::Verify => Ok(None),
+            Replay::Answer => rec.decode::<O>().map(Some).map_err(|m| {
+                self.diverge(index, Some(rec.clone()), Some(probe::<O>(request)), Some(m))
+            }),
         }
     }
 
     /// Reports a finished exchange to the observer, if any.
     pub fn report<O: Op>(&self, index: u64, request: &O::Request, response: &O::Response) {
         if let Some(o) = &self.inner.observer {
-            let step = Step {
-                capability: O::CAPABILITY.into(),
-                op: O::NAME.into(),
-                request: to_value(request),
-                response: to_value(response),
-            };
+            let step: Recorded = std::sync::Arc::new(Typed::<O> {
+                request: request.clone(),
+                response: response.clone(),
+            });
             o.observe(&self.inner.scope, index, &step);
         }
     }
@@ -320,7 +327,11 @@ impl Gateway {
         reason: String,
     ) -> Divergence {
         let probe = probe::<O>(request);
-        let recorded = self.inner.replay.as_ref().and_then(|s| s.recorded(index));
+        let recorded = self
+            .inner
+            .replay
+            .as_ref()
+            .and_then(|s| s.recorded(index).cloned());
         self.diverge(index, recorded, Some(probe), Some(reason))
     }
 
@@ -342,7 +353,7 @@ impl Gateway {
         let src = self.inner.replay.as_ref()?;
         let n = self.interaction_count();
         src.recorded(n)
-            .map(|rec| self.diverge(n, Some(rec), None, None))
+            .map(|rec| self.diverge(n, Some(rec.clone()), None, None))
     }
 
     /// The call this gateway serves.
@@ -403,10 +414,4 @@ fn probe<O: Op>(request: &O::Request) -> Step {
         request: to_value(request),
         response: serde_json::Value::Null,
     }
-}
-
-fn to_value<T: serde::Serialize>(v: &T) -> serde_json::Value {
-    // Request and response types are plain data (strings, numbers, maps
-    // with string keys): serializing them cannot fail.
-    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
 }

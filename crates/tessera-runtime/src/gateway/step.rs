@@ -65,17 +65,87 @@ pub enum Replay {
 }
 
 /// One kind of host operation of a capability, with its codec.
-pub trait Op {
+pub trait Op: 'static {
     /// The capability's name, as in [`Step::capability`].
     const CAPABILITY: &'static str;
     /// The operation's name, as in [`Step::op`].
     const NAME: &'static str;
     /// How a replay treats it.
     const REPLAY: Replay = Replay::Answer;
-    /// What the guest asks (compared on replay; must not hold secrets).
-    type Request: Serialize + DeserializeOwned;
+    /// What the guest asks (compared on replay; secrets only as [`Sealed`]).
+    type Request: Payload;
     /// What the guest is given (secrets only as [`Sealed`]).
-    type Response: Serialize + DeserializeOwned;
+    type Response: Payload;
+}
+
+/// What a request or response type must be: plain data with a serde codec,
+/// compared by value on replay.
+pub trait Payload:
+    Serialize + DeserializeOwned + Clone + PartialEq + std::fmt::Debug + Send + Sync + 'static
+{
+}
+
+impl<T> Payload for T where
+    T: Serialize + DeserializeOwned + Clone + PartialEq + std::fmt::Debug + Send + Sync + 'static
+{
+}
+
+/// A step as a capability made it: its typed request and response, not yet
+/// encoded. An observer receives this; encoding it ([`StepData::to_step`])
+/// is left to whoever keeps it (the journal does it on its writer thread),
+/// so recording costs the guest a clone, not a serialization.
+pub trait StepData: std::fmt::Debug + Send + Sync {
+    /// The capability.
+    fn capability(&self) -> &'static str;
+    /// The operation.
+    fn op(&self) -> &'static str;
+    /// The generic, serialized form.
+    fn to_step(&self) -> Step;
+}
+
+/// A typed step of operation `O`.
+pub struct Typed<O: Op> {
+    /// What was asked.
+    pub request: O::Request,
+    /// What was answered.
+    pub response: O::Response,
+}
+
+impl<O: Op> std::fmt::Debug for Typed<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct(O::NAME)
+            .field("request", &self.request)
+            .field("response", &self.response)
+            .finish()
+    }
+}
+
+impl<O: Op> StepData for Typed<O> {
+    fn capability(&self) -> &'static str {
+        O::CAPABILITY
+    }
+
+    fn op(&self) -> &'static str {
+        O::NAME
+    }
+
+    fn to_step(&self) -> Step {
+        Step {
+            capability: O::CAPABILITY.into(),
+            op: O::NAME.into(),
+            request: to_value(&self.request),
+            response: to_value(&self.response),
+        }
+    }
+}
+
+/// A recorded interaction, shared between observers.
+pub type Recorded = std::sync::Arc<dyn StepData>;
+
+/// A payload as JSON. Payload types are plain data (strings, numbers, maps
+/// with string keys): serializing them cannot fail.
+pub(crate) fn to_value<T: Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
 /// Bytes in a step, serialized as lowercase hex (long ones become blobs in
@@ -197,8 +267,9 @@ impl RedactionKey {
 /// A value that is either plain or a secret. A secret is serialized as a
 /// redaction marker with its keyed digest (`{"redacted": "hmac-sha256:…"}`),
 /// never as its value; a replay gets the value again from its own host and
-/// checks it against the digest.
-#[derive(Clone, PartialEq, Eq)]
+/// checks it against the digest. Two secrets are equal when their digests
+/// are (a secret read back from a journal has no value).
+#[derive(Clone, Eq)]
 pub enum Sealed {
     /// A value that may be journaled (set in a manifest).
     Plain(String),
@@ -217,6 +288,16 @@ impl std::fmt::Debug for Sealed {
         match self {
             Sealed::Plain(v) => write!(f, "{v:?}"),
             Sealed::Secret { digest, .. } => write!(f, "<redacted {digest}>"),
+        }
+    }
+}
+
+impl PartialEq for Sealed {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Sealed::Plain(a), Sealed::Plain(b)) => a == b,
+            (Sealed::Secret { digest: a, .. }, Sealed::Secret { digest: b, .. }) => a == b,
+            _ => false,
         }
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tessera_runtime::audit::MemoryAudit;
-use tessera_runtime::gateway::{CallScope, InteractionObserver, Step};
+use tessera_runtime::gateway::{CallScope, InteractionObserver, Recorded, Step};
 use tessera_runtime::{CallOutcome, Grants, LoadedComponent, Runtime, RuntimeConfig};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
@@ -122,8 +122,8 @@ pub const EVENT_WAIT: Duration = Duration::from_secs(60);
 pub struct StdoutEvents(UnboundedSender<String>);
 
 impl InteractionObserver for StdoutEvents {
-    fn observe(&self, _scope: &CallScope, _index: u64, step: &Step) {
-        if let Some(bytes) = stdout_bytes(step) {
+    fn observe(&self, _scope: &CallScope, _index: u64, step: &Recorded) {
+        if let Some(bytes) = stdout_bytes(&step.to_step()) {
             let _ = self.0.send(String::from_utf8_lossy(&bytes).into_owned());
         }
     }
