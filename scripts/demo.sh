@@ -53,6 +53,23 @@ if [ -n "$RUN" ]; then
 fi
 run $T call components/net-escape.wasm entropy --deterministic --seed 7
 
+# wasi:config: a value from the manifest, a secret from the host. The guest
+# reads both; the journal holds only a keyed digest of the secret.
+cat > "$DATA/config.toml" <<TOML
+[config]
+values = { model = "small" }
+secrets = ["api_key"]
+TOML
+run $T call components/config-tool.wasm get-all --manifest "$DATA/config.toml"
+step $T --secret api_key=sk-demo-123 call components/config-tool.wasm get --manifest "$DATA/config.toml" --args '{"key":"api_key"}' --record
+RUN=$($T --secret api_key=sk-demo-123 call components/config-tool.wasm get --manifest "$DATA/config.toml" --args '{"key":"api_key"}' --record 2>&1 >/dev/null | sed -n 's/^recorded run //p')
+echo "recorded run $RUN"
+if [ -n "$RUN" ]; then
+    run $T runs show "$RUN"
+    run $T --secret api_key=sk-demo-123 replay "$RUN"
+    run $T --secret api_key=another-value replay "$RUN"
+fi
+
 # Serve the registry over MCP on stdio, as an MCP host would spawn it: the
 # exchange below is what the host sends. Every call is journaled.
 run $T components add components/hello.wasm --name hello
