@@ -64,9 +64,11 @@ for t in "${targets[@]}"; do
     fi
     before="$(find "$artifacts" -maxdepth 1 -type f ! -name 'fuzz*.log' | wc -l)"
     echo "== $t: ${seconds}s, corpus ${corpus#"$root"/}, log ${log#"$root"/}"
-    # One job in one worker: libFuzzer runs the target in a child process
-    # writing to fuzz-0.log in the working directory, hence the cd.
     status=0
+    started="$(date +%s)"
+    # One job in one worker: libFuzzer runs the target in a child process
+    # logging to fuzz-0.log in the working directory (hence the cd), and
+    # copies that log to its own output when the job ends.
     (
         cd "$artifacts" &&
             "$bin_dir/$t" "$corpus" "${dict[@]}" \
@@ -74,10 +76,8 @@ for t in "${targets[@]}"; do
                 -jobs=1 -workers=1 -print_final_stats=1 \
                 -artifact_prefix="$artifacts/" ${FUZZ_ARGS:-} >"$log" 2>&1
     ) || status=$?
-    if [[ -f "$artifacts/fuzz-0.log" ]]; then
-        cat "$artifacts/fuzz-0.log" >>"$log"
-        rm -f "$artifacts/fuzz-0.log"
-    fi
+    elapsed="$(($(date +%s) - started))"
+    rm -f "$artifacts/fuzz-0.log"
     after="$(find "$artifacts" -maxdepth 1 -type f ! -name 'fuzz*.log' | wc -l)"
     runs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)"
     rate="$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)"
@@ -85,7 +85,7 @@ for t in "${targets[@]}"; do
     cov="$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)"
     feat="$(grep -o 'ft: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)"
     line="$(printf '%-15s %5ss  runs %-10s exec/s %-7s cov %-6s ft %-7s rss %sMB  crashes %s  (exit %s)' \
-        "$t" "$seconds" "${runs:-?}" "${rate:-?}" "${cov:-?}" "${feat:-?}" "${rss:-?}" \
+        "$t" "$elapsed" "${runs:-?}" "${rate:-?}" "${cov:-?}" "${feat:-?}" "${rss:-?}" \
         "$((after - before))" "$status")"
     echo "$line"
     summary+=("$line")
