@@ -347,6 +347,7 @@ impl JournalStore {
     }
 
     /// Imports a file written by [`JournalStore::export`]; returns the run id.
+    /// The file replaces any run already stored under that id.
     ///
     /// Everything is validated before anything is stored: the header (format,
     /// version, run id), every blob against its digest, every step (index
@@ -457,15 +458,19 @@ impl JournalStore {
             for (d, bytes) in &blobs {
                 b.insert(d.as_str(), bytes.as_slice()).map_err(db_err)?;
             }
+            // The file replaces any run stored under the same id: no step
+            // or end record of an earlier import may outlive it.
+            let run = header.run_id.as_str();
             let mut s = w.open_table(STEPS).map_err(db_err)?;
+            s.retain_in((run, 0)..=(run, u64::MAX), |_, _| false)
+                .map_err(db_err)?;
             for (i, bytes) in &encoded {
-                s.insert((header.run_id.as_str(), *i), bytes.as_slice())
-                    .map_err(db_err)?;
+                s.insert((run, *i), bytes.as_slice()).map_err(db_err)?;
             }
+            let mut ends = w.open_table(ENDS).map_err(db_err)?;
+            ends.remove(run).map_err(db_err)?;
             if let Some(e) = &end {
-                let mut ends = w.open_table(ENDS).map_err(db_err)?;
-                ends.insert(header.run_id.as_str(), e.as_slice())
-                    .map_err(db_err)?;
+                ends.insert(run, e.as_slice()).map_err(db_err)?;
             }
         }
         w.commit().map_err(db_err)?;

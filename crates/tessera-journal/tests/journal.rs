@@ -386,6 +386,35 @@ async fn export_and_import_round_trip() {
     other.assert_identical(&id).await;
 }
 
+/// Found by the `journal_import` fuzz target: importing a run over an
+/// earlier import of the same id kept the earlier import's steps, past the
+/// step count of the new end record.
+#[test]
+fn an_import_replaces_the_run_stored_under_its_id() {
+    let e = env();
+    let header = r#"{"header":{"format":"tessera-journal","version":2,"run_id":"r","started":"","component":{"digest":"d","origin":""},"function":"f","args":null,"grants":{},"engine":{"wasmtime":"","fuel":true,"max_wasm_stack":0}}}"#;
+    let first = format!(
+        "{header}\n{}\n{}\n",
+        r#"{"step":0,"interaction":{"capability":"c","op":"o"}}"#,
+        r#"{"step":1,"interaction":{"capability":"c","op":"o"}}"#
+    );
+    let second = format!(
+        "{header}\n{}\n{}\n",
+        r#"{"step":0,"interaction":{"capability":"c","op":"p"}}"#,
+        r#"{"end":{"result":{"status":"trap","message":""},"fuel_consumed":0,"peak_memory_bytes":0,"duration_us":0,"steps":1}}"#
+    );
+    e.store.import(&mut first.as_bytes(), "first").unwrap();
+    e.store.import(&mut second.as_bytes(), "second").unwrap();
+    let steps = e.store.steps("r").unwrap();
+    assert_eq!(steps.len(), 1, "{steps:?}");
+    assert_eq!(steps[0].1.op, "p");
+    assert_eq!(e.store.end("r").unwrap().unwrap().steps, 1);
+    // And back: an import without an end record leaves the run incomplete.
+    e.store.import(&mut first.as_bytes(), "first").unwrap();
+    assert_eq!(e.store.steps("r").unwrap().len(), 2);
+    assert_eq!(e.store.end("r").unwrap(), None);
+}
+
 #[tokio::test]
 async fn inspect_run_shows_what_the_guest_wrote_at_that_step_and_not_before() {
     let e = env();

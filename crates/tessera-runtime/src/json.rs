@@ -191,7 +191,10 @@ pub fn to_val(v: &Value, ty: &Type, path: &str) -> Result<Val, ArgError> {
         Type::U64 => Val::U64(int(v, ty, path)?),
         Type::Float32 => {
             let f = float(v, ty, path)?;
-            if f.is_finite() && f.abs() > f32::MAX as f64 {
+            // Out of range means rounding to infinity: up to half an ulp
+            // past f32::MAX rounds to f32::MAX, which `from_val` prints as
+            // 3.4028235e38, a little above it.
+            if f.is_finite() && (f as f32).is_infinite() {
                 return Err(err(path, format!("{f} is out of range for f32")));
             }
             Val::Float32(f as f32)
@@ -521,4 +524,35 @@ fn single(key: &str, v: Value) -> Value {
     let mut m = Map::new();
     m.insert(key.to_string(), v);
     Value::Object(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Found by the `json_to_wit` fuzz target: `3.4028234e38` converted to
+    /// `f32::MAX`, whose JSON (`3.4028235e38`) was then refused.
+    #[test]
+    fn f32_extremes_round_trip() {
+        for (input, expected) in [
+            (json!(3.4028234e38), f32::MAX),
+            (json!(-3.4028234e38), f32::MIN),
+            (json!(3.4028235e38), f32::MAX),
+            (json!(1e-46), 0.0),
+        ] {
+            let v = to_val(&input, &Type::Float32, "$").unwrap();
+            assert_eq!(v, Val::Float32(expected), "{input}");
+            let back = from_val(&v, &Type::Float32);
+            assert_eq!(
+                to_val(&back, &Type::Float32, "$"),
+                Ok(v),
+                "{input} → {back}"
+            );
+        }
+        for too_big in [json!(3.41e38), json!(-1e39), json!(1e300)] {
+            let e = to_val(&too_big, &Type::Float32, "$").unwrap_err();
+            assert!(e.message.contains("out of range for f32"), "{e}");
+        }
+    }
 }
