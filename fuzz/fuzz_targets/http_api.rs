@@ -3,7 +3,8 @@
 //!
 //! One server is opened for the whole run on a scratch data directory, with
 //! `hello` registered (under tight limits, so a call that loops ends fast)
-//! and one recorded `greet` run to look up and replay.
+//! and two recorded `greet` runs to look up and replay (two, so that a
+//! prefix of both ids is ambiguous whatever ran before).
 //!
 //! Input layout (every byte optional; missing ones read as 0):
 //!
@@ -12,7 +13,7 @@
 //! | 0 | route (index into [`ROUTES`], modulo its length) |
 //! | 1 | bits 0-2: `Content-Type` (index into [`CONTENT_TYPES`]); bit 3: send an unknown bearer token |
 //! | 2 | `{name}`: `hello`, an unknown name, an invalid name, or a raw segment |
-//! | 3 | `{function}` / `{id}`: one of `hello`'s functions, a run id, a prefix, or a raw segment |
+//! | 3 | `{function}`: one of `hello`'s functions (below 128) or a raw segment; `{id}` (modulo 5): a run id, a prefix of both runs' ids, a prefix of one, an unknown id, or a raw segment |
 //! | 4.. | the body; when a raw segment is chosen, it is the body's first line (percent-encoded) and the rest is the body |
 //!
 //! No response may have a 5xx status, and nothing may panic. After each
@@ -83,6 +84,7 @@ struct Fixture {
     /// Candidates for `{function}`: every short and qualified name, and one
     /// that does not exist.
     functions: Vec<String>,
+    /// The first of the two recorded runs.
     run_id: String,
     _data: tempfile::TempDir,
 }
@@ -130,26 +132,32 @@ impl Fixture {
             .flat_map(|f| [f.short_name(), f.qualified_name()])
             .collect();
         functions.push("nope".into());
-        let called = fixture
-            .runtime
-            .block_on(fixture.server.call(
-                "hello",
-                "greet",
-                &json!({ "name": "fuzz" }),
-                None,
-                tessera_journal::Caller {
-                    via: "fuzz".into(),
-                    token: None,
-                },
-            ))
-            .expect("greet runs");
-        assert!(
-            called.outcome.result.is_ok(),
-            "greet fails under the fixture's limits"
-        );
+        let mut runs = Vec::new();
+        for _ in 0..2 {
+            let called = fixture
+                .runtime
+                .block_on(fixture.server.call(
+                    "hello",
+                    "greet",
+                    &json!({ "name": "fuzz" }),
+                    None,
+                    tessera_journal::Caller {
+                        via: "fuzz".into(),
+                        token: None,
+                    },
+                ))
+                .expect("greet runs");
+            assert!(
+                called.outcome.result.is_ok(),
+                "greet fails under the fixture's limits"
+            );
+            runs.push(called.run_id);
+        }
+        // Ids start with the UTC time: the year is a prefix of both.
+        assert_eq!(runs[0][..4], runs[1][..4]);
         Self {
             functions,
-            run_id: called.run_id,
+            run_id: runs.swap_remove(0),
             ..fixture
         }
     }
@@ -238,10 +246,11 @@ fuzz_target!(|data: &[u8]| {
         path = path.replace("{function}", &function);
     }
     if path.contains("{id}") {
-        let id = match pick % 4 {
+        let id = match pick % 5 {
             0 => f.run_id.clone(),
             1 => f.run_id[..4].to_string(),
-            2 => "nope".to_string(),
+            2 => f.run_id[..f.run_id.len() - 1].to_string(),
+            3 => "nope".to_string(),
             _ => raw(),
         };
         path = path.replace("{id}", &id);
