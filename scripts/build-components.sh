@@ -8,6 +8,9 @@
 # are assembled by the native assemble-wat tool. The native embed-wit-docs
 # tool then stores each component's WIT doc comments in it (see
 # components/embed-wit-docs/src/main.rs).
+# Guests written in JavaScript and Python are built by
+# scripts/build-polyglot.sh (called last), which installs their toolchains
+# (componentize-js from npm, componentize-py from PyPI) at pinned versions.
 # Extra arguments are passed to every cargo invocation (e.g. -j1).
 # `--list` prints the names of the components it builds, one per line, and
 # builds nothing (the test harness checks those for staleness).
@@ -38,6 +41,7 @@ wat_guests=(
 
 if [[ "${1:-}" == --list ]]; then
     printf '%s\n' "${component_crates[@]}" p1-command "${wat_guests[@]}"
+    bash "$root/scripts/build-polyglot.sh" --list
     exit 0
 fi
 
@@ -79,3 +83,5 @@ for name in "${wat_guests[@]}"; do
     "$target_dir/debug/assemble-wat" "$components/$name/$name.wat" "$target_dir/wat/$name.wasm"
     install_artifact "$target_dir/wat/$name.wasm" "$name"
 done
+
+bash "$root/scripts/build-polyglot.sh"

@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Builds the guest components written in JavaScript and Python, each with
+# its language's own componentize tool, and copies each artifact to
+# components/<name>.wasm. scripts/build-components.sh calls this; run alone
+# it builds only these.
+#
+# - components/text-js: JavaScript, built with componentize-js
+#   (SpiderMonkey/StarlingMonkey). The tool comes from npm, pinned by
+#   components/text-js/package-lock.json and installed with `npm ci` into
+#   components/text-js/node_modules. Needs Node.js 20 or later.
+# - components/stats-py: Python, built with componentize-py (CPython).
+#   The tool comes from PyPI, pinned by components/stats-py/requirements.txt
+#   and installed into the virtualenv components/target/componentize-py.
+#
+# Toolchains are installed again only when their pin file changed, and a
+# component is rebuilt only when a file of its folder (or this script) is
+# newer than the artifact; a fresh artifact is touched so it stays newer
+# than every source under components/ (the test harness compares those).
+# `--list` prints the names of the components it builds, one per line.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+components="$root/components"
+script="$root/scripts/build-polyglot.sh"
+
+js_guests=(text-js)
+py_guests=(stats-py)
+
+if [[ "${1:-}" == --list ]]; then
+    printf '%s\n' "${js_guests[@]}" "${py_guests[@]}"
+    exit 0
+fi
+
+# True when components/<name>.wasm exists and nothing it is built from
+# (its folder, less installed packages and bytecode caches, and this
+# script) is newer.
+fresh() {
+    local name="$1" out="$components/$1.wasm"
+    [[ -f "$out" ]] || return 1
+    [[ "$script" -nt "$out" ]] && return 1
+    local newer
+    newer="$(find "$components/$name" \( -name node_modules -o -name __pycache__ \) -prune \
+        -o -type f -newer "$out" -print -quit)"
+    [[ -z "$newer" ]]
+}
+
+report() {
+    local name="$1" how="$2" dest="$components/$1.wasm"
+    printf '%-16s %8d bytes  %s  (%s)\n' "$name" "$(wc -c <"$dest")" "${dest#"$root"/}" "$how"
+}
+
+# --- JavaScript: componentize-js from npm --------------------------------
+
+need_node() {
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+            echo "installing nodejs and npm with apt-get" >&2
+            apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+        fi
+    fi
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        echo "error: building components/${js_guests[0]} needs Node.js 20 or later with npm; install them and re-run" >&2
+        exit 1
+    fi
+    local major
+    major="$(node -p 'process.versions.node.split(".")[0]')"
+    if ((major < 20)); then
+        echo "error: componentize-js needs Node.js 20 or later; $(command -v node) is $(node --version)" >&2
+        exit 1
+    fi
+}
+
+# Installs the pinned npm packages of components/<name> unless the
+# installed tree was made from the same package-lock.json.
+npm_install() {
+    local dir="$components/$1"
+    local stamp="$dir/node_modules/.tessera-package-lock.json"
+    if [[ -f "$stamp" ]] && cmp -s "$dir/package-lock.json" "$stamp"; then
+        return
+    fi
+    echo "installing the npm packages of components/$1 (npm ci)" >&2
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
+    cp "$dir/package-lock.json" "$stamp"
+}
+
+mkdir -p "$components/target/polyglot"
+for name in "${js_guests[@]}"; do
+    if fresh "$name"; then
+        touch "$components/$name.wasm"
+        report "$name" "up to date"
+        continue
+    fi
+    need_node
+    npm_install "$name"
+    start=$SECONDS
+    dir="$components/$name"
+    # Written to a temporary file first, so a failed build leaves no
+    # artifact that looks fresh.
+    (cd "$dir" && node_modules/.bin/componentize-js src/$name.js --wit wit \
+        --world-name "$name" --out "$components/target/polyglot/$name.wasm")
+    mv "$components/target/polyglot/$name.wasm" "$components/$name.wasm"
+    report "$name" "built in $((SECONDS - start)) s"
+done
+
+# --- Python: componentize-py from PyPI -----------------------------------
+
+venv="$components/target/componentize-py"
+
+# Makes the virtualenv with the componentize-py that
+# components/<name>/requirements.txt pins, unless it already has it.
+py_install() {
+    local req="$components/$1/requirements.txt"
+    local stamp="$venv/.requirements"
+    if [[ -x "$venv/bin/componentize-py" ]] && [[ -f "$stamp" ]] && cmp -s "$req" "$stamp"; then
+        return
+    fi
+    if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+        if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+            echo "installing python3 and python3-venv with apt-get" >&2
+            apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+        else
+            echo "error: building components/$1 needs python3 with the venv module; install them and re-run" >&2
+            exit 1
+        fi
+    fi
+    echo "installing componentize-py into ${venv#"$root"/} (pip)" >&2
+    rm -rf "$venv"
+    mkdir -p "$(dirname "$venv")"
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
+    cp "$req" "$stamp"
+}
+
+for name in "${py_guests[@]}"; do
+    if fresh "$name"; then
+        touch "$components/$name.wasm"
+        report "$name" "up to date"
+        continue
+    fi
+    py_install "$name"
+    start=$SECONDS
+    dir="$components/$name"
+    # Written to a temporary file first, so a failed build leaves no
+    # artifact that looks fresh.
+    "$venv/bin/componentize-py" -d "$dir/wit" -w "$name" componentize \
+        -p "$dir/src" app -o "$components/target/polyglot/$name.wasm" >/dev/null
+    mv "$components/target/polyglot/$name.wasm" "$components/$name.wasm"
+    report "$name" "built in $((SECONDS - start)) s"
+done
