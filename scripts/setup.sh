@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Prepares a fresh machine: checks the Rust toolchain, adds the wasm targets,
-# builds the example components and the `tessera` binary.
+# builds the example components (installing, inside the repository, the
+# pinned componentize-js and componentize-py that build the JavaScript and
+# Python ones; they need Node.js 20+ with npm and python3 with venv) and the
+# `tessera` binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

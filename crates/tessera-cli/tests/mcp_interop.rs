@@ -186,3 +186,152 @@ fn python_sdk_over_streamable_http() {
     assert!(reports[0]["protocol_version"].as_str().unwrap() < "2026-07-28");
     assert_eq!(reports[1]["protocol_version"], "2026-07-28");
 }
+
+// ---------------------------------------------------------------------------
+// Components built with other languages' toolchains: `components/text-js`
+// (JavaScript, componentize-js) and `components/stats-py` (Python,
+// componentize-py), built by scripts/build-polyglot.sh. They are 12 and 19
+// MB and take tens of seconds each to compile, so one test serves both over
+// stdio and then over streamable HTTP from one data directory: each is
+// compiled once, by the first `serve`, and the second finds the compile
+// cache.
+
+/// Whether a componentize-py component's own build-time export — the
+/// package-less interface `exports` with `init: func(app-name: string,
+/// symbols: symbols, stub-wasi: bool) -> result<_, string>`, which the
+/// toolchain calls while building and which fails when called at run time —
+/// is hidden from MCP's `tools/list`. Today every export is a tool, so it
+/// is listed as `py__exports__init` (with a schema of several KB). Flip
+/// this to `true` once tool curation hides toolchain internals by default;
+/// the checks below then require that it is absent and that calling it is
+/// an unknown tool.
+fn componentize_py_init_hidden() -> bool {
+    false
+}
+
+/// A data directory with the JavaScript tool as `js` and the Python tool
+/// as `py`, both without grants, and both compiled: a `tessera call` of
+/// each fills the compile cache first, so no MCP request waits for a
+/// compile of tens of seconds (an MCP host's timeout is not what this
+/// test is about).
+fn polyglot_data_dir() -> tempfile::TempDir {
+    let data = tempfile::tempdir().unwrap();
+    for (name, wasm, function, args, expected) in [
+        ("js", "text-js", "reverse", r#"{"text":"abc"}"#, "\"cba\""),
+        (
+            "py",
+            "stats-py",
+            "stats#parse-ints",
+            r#"{"texts":["101","x"],"base":2}"#,
+            "[5,null]",
+        ),
+    ] {
+        let out = tessera(data.path())
+            .arg("call")
+            .arg(component(wasm))
+            .arg(function)
+            .args(["--args", args])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tessera call {wasm} {function}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(result.to_string(), expected, "{wasm} {function}");
+        register(data.path(), name, wasm, None);
+    }
+    data
+}
+
+/// Runs the polyglot scenario against `target`; returns its JSON report.
+fn run_polyglot_client(target: &[&str]) -> Value {
+    let internal = if componentize_py_init_hidden() {
+        "hidden"
+    } else {
+        "listed"
+    };
+    let out = Command::new(python())
+        .arg(root().join("crates/tessera-cli/tests/interop/polyglot_client.py"))
+        .args(["--internal-exports", internal])
+        .args(target)
+        .output()
+        .expect("run the Python MCP client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "Python MCP client (polyglot) failed:\n{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("client report is not JSON ({e}): {stdout}"))
+}
+
+/// What the Rust side checks of a polyglot report: the internal export is
+/// listed or not as [`componentize_py_init_hidden`] says, and the two
+/// thrown exceptions were journaled as traps of their functions.
+fn check_polyglot(data: &Path, report: &Value) {
+    let tools: Vec<&str> = report["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        tools.contains(&"py__exports__init"),
+        !componentize_py_init_hidden(),
+        "componentize-py's `exports.init` in tools/list: {tools:?}"
+    );
+    // componentize-js adds no export of its own.
+    assert_eq!(
+        tools.iter().filter(|t| t.starts_with("js__")).count(),
+        7,
+        "{tools:?}"
+    );
+    if !componentize_py_init_hidden() {
+        // Listed, it is a tool that cannot work.
+        assert_eq!(report["init_call"]["is_error"], true, "{report}");
+    }
+    let journal = JournalStore::open(data).unwrap();
+    let runs = journal.list().unwrap();
+    for (key, function) in [
+        ("explode", "tessera:text-js/text@0.1.0#explode"),
+        ("fail", "tessera:stats-py/stats@0.1.0#fail"),
+    ] {
+        let id = report["run_ids"][key].as_str().unwrap();
+        let run = runs
+            .iter()
+            .find(|r| r.header.run_id == id)
+            .unwrap_or_else(|| panic!("run {id} ({key}) not in the journal"));
+        assert_eq!(run.header.function, function);
+        assert!(
+            matches!(
+                run.end.as_ref().map(|e| &e.result),
+                Some(RunResult::Trap { .. })
+            ),
+            "{key}: {:?}",
+            run.end
+        );
+    }
+}
+
+#[test]
+fn componentize_js_and_py_over_mcp() {
+    let data = polyglot_data_dir();
+
+    // stdio: the SDK spawns `tessera serve --stdio`.
+    let report = run_polyglot_client(&[
+        "--tessera",
+        env!("CARGO_BIN_EXE_tessera"),
+        "--data",
+        &data.path().display().to_string(),
+    ]);
+    check_polyglot(data.path(), &report);
+
+    // Streamable HTTP, from the same data directory (compiled already).
+    let serving = Serving::start(data.path(), &[]);
+    let report = run_polyglot_client(&["--url", &serving.url]);
+    serving.stop();
+    check_polyglot(data.path(), &report);
+}
