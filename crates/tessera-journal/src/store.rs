@@ -438,9 +438,9 @@ impl JournalStore {
     }
 
     /// Applies `policy` in the background from now on (`None` stops): the
-    /// writer prunes as runs are recorded, so that the journal stays within
-    /// its limits under continuous load. See `docs/journal.md`
-    /// (Retention) for when each limit is checked.
+    /// writer prunes as runs are recorded. See `docs/journal.md`
+    /// (Retention) for when each limit is checked, and how far the file
+    /// can overshoot `max_bytes` under heavy load.
     pub fn set_retention(&self, policy: Option<Retention>) {
         *self.background.lock().unwrap_or_else(|p| p.into_inner()) =
             policy.filter(|p| !p.is_empty());
@@ -856,22 +856,18 @@ struct Writer {
 /// The writer's bookkeeping for background pruning.
 #[derive(Default)]
 struct Watch {
-    /// Allocated bytes at the last measurement (`None`: not measured yet).
-    allocated: Option<u64>,
-    /// Stored bytes written since.
-    written: u64,
     /// No full pruning (age, count, per component) before this.
     next_full: Option<Instant>,
-    /// No size pruning before this (the last one could free nothing).
+    /// No size pruning before this (the last one could not get under).
     next_size: Option<Instant>,
 }
 
-/// Size pruning starts when the allocated pages reach this share of
-/// `max_bytes`…
-const SIZE_HIGH: (u64, u64) = (45, 100);
-/// …and brings them down to this share. redb grows its file by doubling
-/// it, so a file compacted to at most 45% never grows past 90%.
-const SIZE_LOW: (u64, u64) = (30, 100);
+/// Size pruning brings the journal down to this share of `max_bytes` when
+/// the file passes a quarter of it. redb grows its file by doubling it,
+/// and the transaction that deletes runs copies the pages it touches
+/// before it frees them, so the file needs room for two doublings past
+/// the point where pruning starts.
+const SIZE_LOW: (u64, u64) = (12, 100);
 
 fn share(n: u64, (a, b): (u64, u64)) -> u64 {
     (u128::from(n) * u128::from(a) / u128::from(b)) as u64
@@ -896,15 +892,6 @@ impl Writer {
             .filter_map(std::sync::Weak::upgrade)
             .map(|b| b.run_id.to_string())
             .collect()
-    }
-
-    /// Bytes in allocated pages.
-    fn allocated(&self) -> Result<u64, Error> {
-        let db = self.read();
-        let w = db.begin_write().map_err(db_err)?;
-        let s = w.stats().map_err(db_err)?;
-        w.abort().map_err(db_err)?;
-        Ok(s.allocated_pages() * s.page_size() as u64)
     }
 
     /// Compacts the file so that it shrinks on disk.
@@ -992,7 +979,8 @@ impl Writer {
             report.removed.extend(prune::removed(&inv, &plan));
             report.blobs_removed += gone.len() as u64;
             report.blob_bytes_removed += gone.iter().map(|(_, n)| n).sum::<u64>();
-            if progress && compact {
+            let over = disk_target.is_some_and(|t| file_len(&self.path) > t);
+            if (progress || over) && compact {
                 self.compact()?;
             }
             report.file_bytes_after = file_len(&self.path);
@@ -1005,7 +993,7 @@ impl Writer {
     }
 
     /// Prunes in the background when the policy asks for it.
-    fn background(&self, watch: &mut Watch, written: u64) {
+    fn background(&self, watch: &mut Watch) {
         let Some(policy) = self
             .background
             .lock()
@@ -1016,56 +1004,32 @@ impl Writer {
             return;
         };
         let now = Instant::now();
-        watch.written += written;
         if let Some(max) = policy.global.max_bytes
             && watch.next_size.is_none_or(|t| now >= t)
+            // redb grows its file by doubling it, and a transaction that
+            // deletes runs first copies the pages it changes: past a
+            // quarter of the limit, the next growths could pass it.
+            && 4 * file_len(&self.path) > max
         {
-            let file = file_len(&self.path);
-            let high = share(max, SIZE_HIGH);
-            let estimate = watch.allocated.map(|a| a + 2 * watch.written);
-            // Measure when the estimate nears the mark, when the file is
-            // past 90%, or when the next doubling of the file would pass
-            // the limit and half the room left may be used up.
-            let measure = match (watch.allocated, estimate) {
-                (Some(a), Some(e)) => {
-                    e >= high
-                        || file > share(max, (9, 10))
-                        || (2 * file > max && 4 * watch.written >= file.saturating_sub(a))
-                }
-                _ => true,
+            let low = share(max, SIZE_LOW);
+            let sized = Retention {
+                global: Limits {
+                    max_bytes: Some(low),
+                    ..Limits::default()
+                },
+                components: Default::default(),
             };
-            if measure {
-                match self.allocated() {
-                    Ok(a) => {
-                        watch.allocated = Some(a);
-                        watch.written = 0;
-                        if a >= high || file > share(max, (9, 10)) {
-                            let low = share(max, SIZE_LOW);
-                            let sized = Retention {
-                                global: Limits {
-                                    max_bytes: Some(low),
-                                    ..Limits::default()
-                                },
-                                components: Default::default(),
-                            };
-                            match self.prune(&sized, false, Some(low), true) {
-                                Ok(r) => {
-                                    if r.removed.is_empty() && r.blobs_removed == 0 {
-                                        tracing::warn!(
-                                            "journal: {} on disk is past its limit of {} but every run left is held",
-                                            format_bytes(r.file_bytes_after),
-                                            format_bytes(max)
-                                        );
-                                        watch.next_size = Some(now + Duration::from_secs(1));
-                                    }
-                                    watch.allocated = self.allocated().ok();
-                                }
-                                Err(e) => tracing::error!("journal pruning failed: {e}"),
-                            }
-                        }
-                    }
-                    Err(e) => tracing::error!("journal: cannot measure the file: {e}"),
+            match self.prune(&sized, false, Some(low), true) {
+                Ok(r) if 4 * r.file_bytes_after > max => {
+                    tracing::warn!(
+                        "journal: {} on disk is near its limit of {} but every run left is held",
+                        format_bytes(r.file_bytes_after),
+                        format_bytes(max)
+                    );
+                    watch.next_size = Some(now + Duration::from_secs(1));
                 }
+                Ok(_) => {}
+                Err(e) => tracing::error!("journal pruning failed: {e}"),
             }
         }
         let rest = Retention {
@@ -1117,9 +1081,8 @@ fn write_loop(w: &Writer, woken: Receiver<()>) {
         let data = batch.iter().any(|m| !matches!(m, Msg::Flush(_)));
         let durable = flush || stopping || last_durable.elapsed() >= DURABLE_EVERY;
         let mut acks = Vec::new();
-        let mut written = 0;
         let result = if data {
-            write_batch(&w.read(), batch, &mut acks, durable).map(|n| written = n)
+            write_batch(&w.read(), batch, &mut acks, durable)
         } else {
             for m in batch {
                 if let Msg::Flush(a) = m {
@@ -1154,7 +1117,7 @@ fn write_loop(w: &Writer, woken: Receiver<()>) {
         if stopping {
             return;
         }
-        w.background(&mut watch, written);
+        w.background(&mut watch);
     }
 }
 
@@ -1166,19 +1129,17 @@ fn durable_commit(db: &Database) -> Result<(), redb::Error> {
     Ok(())
 }
 
-/// Writes a batch; returns the bytes stored.
 fn write_batch(
     db: &Database,
     batch: Vec<Msg>,
     acks: &mut Vec<mpsc::Sender<()>>,
     durable: bool,
-) -> Result<u64, redb::Error> {
+) -> Result<(), redb::Error> {
     let mut w = db.begin_write()?;
     if !durable {
         w.set_durability(redb::Durability::None)
             .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
     }
-    let mut written = 0u64;
     {
         let mut runs = w.open_table(RUNS)?;
         let mut steps = w.open_table(STEPS)?;
@@ -1190,17 +1151,14 @@ fn write_batch(
                     if let Some((d, b)) = blob
                         && blobs.get(d.as_str())?.is_none()
                     {
-                        written += b.len() as u64;
                         blobs.insert(d.as_str(), b.as_slice())?;
                     }
                     let (bytes, grants) = encode_header(&header);
                     if let Some((d, g)) = grants
                         && blobs.get(d.as_str())?.is_none()
                     {
-                        written += g.len() as u64;
                         blobs.insert(d.as_str(), g.as_slice())?;
                     }
-                    written += bytes.len() as u64;
                     runs.insert(header.run_id.as_str(), bytes.as_slice())?;
                 }
                 Msg::Steps(run, list) => {
@@ -1209,17 +1167,14 @@ fn write_batch(
                         let (bytes, bs) = encode_step(&step.to_step());
                         for (d, b) in bs {
                             if blobs.get(d.as_str())?.is_none() {
-                                written += b.len() as u64;
                                 blobs.insert(d.as_str(), b.as_slice())?;
                             }
                         }
-                        written += bytes.len() as u64;
                         steps.insert((&*run, i), bytes.as_slice())?;
                     }
                 }
                 Msg::End(run, end, _buffer) => {
                     let bytes = serde_json::to_vec(&end).unwrap_or_default();
-                    written += bytes.len() as u64;
                     ends.insert(&*run, bytes.as_slice())?;
                 }
                 Msg::Flush(ack) => acks.push(ack),
@@ -1228,5 +1183,5 @@ fn write_batch(
         }
     }
     w.commit()?;
-    Ok(written)
+    Ok(())
 }
