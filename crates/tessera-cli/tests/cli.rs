@@ -554,3 +554,80 @@ fn secrets_never_reach_a_journal_an_export_an_audit_line_or_a_log() {
         assert!(text.contains(&format!("secret `{name}` differs")), "{text}");
     }
 }
+
+#[test]
+fn runs_prune_pin_stats_and_bad_retention_settings() {
+    let cli = Cli::new();
+    let mut ids = Vec::new();
+    for name in ["a", "b", "c"] {
+        let o = cli.run(&[
+            "call",
+            component("hello").to_str().unwrap(),
+            "greet",
+            "--args",
+            &format!(r#"{{"name":"{name}"}}"#),
+            "--record",
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        ids.push(
+            stderr(&o)
+                .lines()
+                .find_map(|l| l.strip_prefix("recorded run "))
+                .unwrap()
+                .trim()
+                .to_string(),
+        );
+    }
+    let o = cli.run(&["runs", "stats", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let stats: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(stats["runs"], 3);
+    assert_eq!(stats["components"][0]["name"], "hello");
+    assert!(stats["bytes_per_run"].as_u64().unwrap() > 0);
+    // No policy: a clear refusal.
+    let o = cli.run(&["runs", "prune"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no retention limits"), "{}", stderr(&o));
+    // Pinned: kept by a prune that keeps no run.
+    let o = cli.run(&["runs", "pin", &ids[0]]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = cli.run(&["runs", "prune", "--max-runs", "0", "--dry-run", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let dry: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(dry["dry_run"], true);
+    let removed: Vec<&str> = dry["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(removed, vec![ids[1].as_str(), ids[2].as_str()]);
+    assert_eq!(dry["held"][0]["run_id"], ids[0].as_str());
+    let o = cli.run(&["runs", "prune", "--max-runs", "0"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("removed 2 runs"), "{}", stdout(&o));
+    let o = cli.run(&["runs", "list", "--json"]);
+    let list: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["holds"], serde_json::json!(["pin"]));
+    // A bad setting names the file and the field, for prune and for serve.
+    std::fs::write(
+        cli.data.path().join("tessera.toml"),
+        "[journal.components.hello]\nmax_age = \"7 dayz\"\n",
+    )
+    .unwrap();
+    for args in [
+        &["runs", "prune"][..],
+        &["serve", "--listen", "127.0.0.1:0"],
+    ] {
+        let o = cli.run(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("tessera.toml: journal.components.hello.max_age: `7 dayz`"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+    let o = cli.run(&["runs", "prune", "--max-age", "soon"]);
+    assert_eq!(o.status.code(), Some(2));
+}

@@ -14,8 +14,10 @@
 #![deny(missing_docs)]
 
 pub mod format;
+mod prune;
 mod record;
 mod replay;
+pub mod retention;
 mod store;
 
 use std::path::PathBuf;
@@ -23,9 +25,11 @@ use std::path::PathBuf;
 use tessera_runtime::gateway::Step;
 
 pub use format::{Caller, ComponentRef, End, EngineSettings, Header, RunResult};
+pub use prune::{ComponentStats, HeldRun, JournalStats, PruneReport, PrunedRun, component_name};
 pub use record::{end_of, new_run_id, record_call, record_call_with};
 pub use replay::{ReplayCursor, ReplayDivergence, ReplayReport, StepState, replay, state_at};
-pub use store::{JournalStore, MAX_IMPORT_LINE, MAX_STEP_INDEX, RunSummary};
+pub use retention::{Limits, Retention, RetentionError};
+pub use store::{Hold, JournalStore, MAX_IMPORT_LINE, MAX_STEP_INDEX, PIN, RunSummary};
 
 /// Errors of the journal.
 #[derive(Debug, thiserror::Error)]

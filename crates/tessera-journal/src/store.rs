@@ -8,30 +8,49 @@
 //! stays readable and the run, lacking its end record, is listed as
 //! incomplete.
 
+use std::collections::HashSet;
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tessera_runtime::gateway::{Recorded, Step};
 
 use crate::Error;
 use crate::format::{End, FORMAT, Header, VERSION, externalize, internalize};
+use crate::prune::{self, JournalStats, PruneReport};
+use crate::retention::{Limits, Retention, format_bytes};
 
-const RUNS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("runs");
-const STEPS: TableDefinition<'static, (&str, u64), &[u8]> = TableDefinition::new("steps");
-const ENDS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("ends");
-const BLOBS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("blobs");
+pub(crate) const RUNS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("runs");
+pub(crate) const STEPS: TableDefinition<'static, (&str, u64), &[u8]> =
+    TableDefinition::new("steps");
+pub(crate) const ENDS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("ends");
+pub(crate) const BLOBS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("blobs");
+/// Holds on runs: (run, holder) → JSON `{"since": RFC 3339}`.
+pub(crate) const HOLDS: TableDefinition<'static, (&str, &str), &[u8]> =
+    TableDefinition::new("holds");
 
 enum Msg {
     Begin(Box<Header>, Option<(String, Vec<u8>)>),
     Steps(Arc<str>, Vec<(u64, Recorded)>),
-    End(Arc<str>, Box<End>),
+    /// The end record; the run's buffer rides along so the run counts as
+    /// in progress until its end is stored.
+    End(Arc<str>, Box<End>, Option<Arc<RunBuffer>>),
     Flush(mpsc::Sender<()>),
+    Prune(Box<PruneJob>),
+}
+
+/// A pruning for the writer thread to carry out.
+struct PruneJob {
+    policy: Retention,
+    dry_run: bool,
+    reply: mpsc::Sender<Result<PruneReport, Error>>,
 }
 
 /// The steps of one run not yet taken by the writer.
@@ -59,18 +78,41 @@ pub struct RunSummary {
     pub end: Option<End>,
     /// Steps stored.
     pub steps: u64,
+    /// Bytes of its records as stored (header, steps, end; blobs, which
+    /// runs share, are not counted).
+    pub bytes: u64,
+    /// Who holds it against pruning (`pin`, a plan, an agent), sorted.
+    pub holds: Vec<String>,
 }
+
+/// A hold on a run: while any exists, retention never removes the run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    /// Who holds it: `pin` for `tessera runs pin`, or a name chosen by the
+    /// holder (`plan:<id>`, `agent:<id>`).
+    pub holder: String,
+    /// RFC 3339 time the hold was taken.
+    pub since: String,
+}
+
+/// The holder name `tessera runs pin` uses.
+pub const PIN: &str = "pin";
 
 /// The journal store in a data directory.
 pub struct JournalStore {
-    db: Arc<Database>,
+    db: Arc<RwLock<Database>>,
     path: PathBuf,
     queue: Arc<Mutex<Vec<Msg>>>,
     buffers: Arc<Mutex<Vec<std::sync::Weak<RunBuffer>>>>,
     wake: Mutex<Sender<()>>,
     writer: Mutex<Option<JoinHandle<()>>>,
-    /// Component digests already queued for storage by this process.
-    components: Mutex<std::collections::HashSet<String>>,
+    /// Component digests already queued for storage by this process
+    /// (pruning forgets those whose blob it removes).
+    components: Arc<Mutex<HashSet<String>>>,
+    /// The policy the writer applies in the background, if any.
+    background: Arc<Mutex<Option<Retention>>>,
+    /// Buffers of runs begun and not yet given to their recorder.
+    pending: Mutex<std::collections::HashMap<String, Arc<RunBuffer>>>,
 }
 
 impl std::fmt::Debug for JournalStore {
@@ -81,7 +123,7 @@ impl std::fmt::Debug for JournalStore {
     }
 }
 
-fn db_err(e: impl Into<redb::Error>) -> Error {
+pub(crate) fn db_err(e: impl Into<redb::Error>) -> Error {
     Error::Store(e.into())
 }
 
@@ -108,18 +150,26 @@ impl JournalStore {
             w.open_table(STEPS).map_err(db_err)?;
             w.open_table(ENDS).map_err(db_err)?;
             w.open_table(BLOBS).map_err(db_err)?;
+            w.open_table(HOLDS).map_err(db_err)?;
             w.commit().map_err(db_err)?;
         }
-        let db = Arc::new(db);
+        let db = Arc::new(RwLock::new(db));
         let (wake, woken) = mpsc::channel();
         let queue = Arc::new(Mutex::new(Vec::new()));
         let buffers = Arc::new(Mutex::new(Vec::new()));
-        let writer_db = db.clone();
-        let writer_queue = queue.clone();
-        let writer_buffers = buffers.clone();
+        let components = Arc::new(Mutex::new(HashSet::new()));
+        let background = Arc::new(Mutex::new(None));
+        let shared = Writer {
+            db: db.clone(),
+            path: path.clone(),
+            queue: queue.clone(),
+            buffers: buffers.clone(),
+            components: components.clone(),
+            background: background.clone(),
+        };
         let writer = std::thread::Builder::new()
             .name("tessera-journal".into())
-            .spawn(move || write_loop(&writer_db, &writer_queue, &writer_buffers, woken))
+            .spawn(move || write_loop(&shared, woken))
             .map_err(|e| Error::Io(PathBuf::from("<journal writer thread>"), e))?;
         Ok(Self {
             db,
@@ -128,8 +178,16 @@ impl JournalStore {
             buffers,
             wake: Mutex::new(wake),
             writer: Mutex::new(Some(writer)),
-            components: Mutex::new(std::collections::HashSet::new()),
+            components,
+            background,
+            pending: Mutex::new(std::collections::HashMap::new()),
         })
+    }
+
+    /// The database, for one transaction. Never held across
+    /// [`JournalStore::flush`]: compaction takes it exclusively.
+    fn db(&self) -> RwLockReadGuard<'_, Database> {
+        self.db.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The database file.
@@ -141,12 +199,19 @@ impl JournalStore {
     /// The writer commits them before any of the run's steps.
     pub fn begin(&self, header: Header, component: &[u8]) -> Result<(), Error> {
         let digest = &header.component.digest;
-        let new = self
-            .components
+        // Held while queueing, so that pruning (which forgets a digest when
+        // it removes the blob) sees this header in the queue or sees the
+        // digest forgotten before it is looked up here.
+        let mut known = self.components.lock().unwrap_or_else(|p| p.into_inner());
+        let new = known.insert(digest.clone());
+        let blob = new.then(|| (digest.clone(), component.to_vec()));
+        // The run is in progress from now on: its buffer exists (and is
+        // registered) before its header can reach the store.
+        let buffer = self.new_buffer(&header.run_id);
+        self.pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(digest.clone());
-        let blob = new.then(|| (digest.clone(), component.to_vec()));
+            .insert(header.run_id.clone(), buffer);
         self.send(Msg::Begin(Box::new(header), blob));
         Ok(())
     }
@@ -154,6 +219,15 @@ impl JournalStore {
     /// A buffer for one run's steps. The writer drains it every
     /// [`WRITE_EVERY`]; [`JournalStore::finish_run`] queues what is left.
     pub(crate) fn run_buffer(&self, run_id: &str) -> Arc<RunBuffer> {
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(run_id);
+        pending.unwrap_or_else(|| self.new_buffer(run_id))
+    }
+
+    fn new_buffer(&self, run_id: &str) -> Arc<RunBuffer> {
         let buf = Arc::new(RunBuffer {
             run_id: Arc::from(run_id),
             steps: Mutex::new(Vec::new()),
@@ -165,17 +239,26 @@ impl JournalStore {
     }
 
     /// Queues a run's remaining steps and its end record.
-    pub(crate) fn finish_run(&self, buffer: &RunBuffer, end: &End) {
+    pub(crate) fn finish_run(&self, buffer: &Arc<RunBuffer>, end: &End) {
         let rest = std::mem::take(&mut *buffer.steps.lock().unwrap_or_else(|p| p.into_inner()));
         if !rest.is_empty() {
             self.send(Msg::Steps(buffer.run_id.clone(), rest));
         }
-        self.append_end(&buffer.run_id, end);
+        self.send(Msg::End(
+            buffer.run_id.clone(),
+            Box::new(end.clone()),
+            Some(buffer.clone()),
+        ));
     }
 
     /// Queues the end record.
     pub fn append_end(&self, run_id: &str, end: &End) {
-        self.send(Msg::End(Arc::from(run_id), Box::new(end.clone())));
+        let buffer = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(run_id);
+        self.send(Msg::End(Arc::from(run_id), Box::new(end.clone()), buffer));
     }
 
     /// Queues a message. The writer picks the queue up every
@@ -198,39 +281,191 @@ impl JournalStore {
     /// Every run, oldest first.
     pub fn list(&self) -> Result<Vec<RunSummary>, Error> {
         self.flush();
-        let r = self.db.begin_read().map_err(db_err)?;
+        let db = self.db();
+        let r = db.begin_read().map_err(db_err)?;
         let runs = r.open_table(RUNS).map_err(db_err)?;
         let ends = r.open_table(ENDS).map_err(db_err)?;
         let steps = r.open_table(STEPS).map_err(db_err)?;
+        let holds = r.open_table(HOLDS).map_err(db_err)?;
+        let blobs = r.open_table(BLOBS).map_err(db_err)?;
         let mut out = Vec::new();
         for entry in runs.iter().map_err(db_err)? {
             let (k, v) = entry.map_err(db_err)?;
-            let header = parse_header(k.value(), v.value())?;
-            let end =
-                match ends.get(k.value()).map_err(db_err)? {
-                    Some(e) => Some(serde_json::from_slice(e.value()).map_err(|e| {
+            let header = parse_header(k.value(), v.value(), &blobs)?;
+            let mut bytes = v.value().len() as u64;
+            let end = match ends.get(k.value()).map_err(db_err)? {
+                Some(e) => {
+                    bytes += e.value().len() as u64;
+                    Some(serde_json::from_slice(e.value()).map_err(|e| {
                         Error::Corrupt(format!("run {}: end record: {e}", k.value()))
-                    })?),
-                    None => None,
-                };
-            let n = steps
+                    })?)
+                }
+                None => None,
+            };
+            let mut n = 0;
+            for s in steps
                 .range((k.value(), 0)..=(k.value(), u64::MAX))
                 .map_err(db_err)?
-                .count() as u64;
+            {
+                let (_, v) = s.map_err(db_err)?;
+                n += 1;
+                bytes += v.value().len() as u64;
+            }
+            let mut held = Vec::new();
+            for h in holds
+                .range((k.value(), "")..=(k.value(), "\u{10ffff}"))
+                .map_err(db_err)?
+            {
+                let (hk, _) = h.map_err(db_err)?;
+                held.push(hk.value().1.to_string());
+            }
             out.push(RunSummary {
                 header,
                 end,
                 steps: n,
+                bytes,
+                holds: held,
             });
         }
         out.sort_by(|a, b| a.header.started.cmp(&b.header.started));
         Ok(out)
     }
 
+    /// Holds a run against pruning under `holder` (`pin`, `plan:<id>`, …).
+    /// Holding a run already held by the same holder is not an error. The
+    /// hold is stored in the journal, so it outlives the process.
+    pub fn hold(&self, run_id: &str, holder: &str) -> Result<(), Error> {
+        if holder.is_empty() || holder.len() > 128 {
+            return Err(Error::Corrupt(format!(
+                "holder `{holder}` must be 1 to 128 characters"
+            )));
+        }
+        self.flush();
+        let db = self.db();
+        let w = db.begin_write().map_err(db_err)?;
+        {
+            if w.open_table(RUNS)
+                .map_err(db_err)?
+                .get(run_id)
+                .map_err(db_err)?
+                .is_none()
+            {
+                return Err(Error::NoSuchRun(run_id.to_string()));
+            }
+            let mut holds = w.open_table(HOLDS).map_err(db_err)?;
+            if holds.get((run_id, holder)).map_err(db_err)?.is_none() {
+                let hold = serde_json::json!({ "since": crate::record::now_rfc3339() });
+                let bytes = serde_json::to_vec(&hold).map_err(encode_err("a hold"))?;
+                holds
+                    .insert((run_id, holder), bytes.as_slice())
+                    .map_err(db_err)?;
+            }
+        }
+        w.commit().map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Releases `holder`'s hold on a run; returns whether there was one.
+    pub fn release(&self, run_id: &str, holder: &str) -> Result<bool, Error> {
+        self.flush();
+        let db = self.db();
+        let w = db.begin_write().map_err(db_err)?;
+        let had = w
+            .open_table(HOLDS)
+            .map_err(db_err)?
+            .remove((run_id, holder))
+            .map_err(db_err)?
+            .is_some();
+        w.commit().map_err(db_err)?;
+        Ok(had)
+    }
+
+    /// The holds on a run.
+    pub fn holds(&self, run_id: &str) -> Result<Vec<Hold>, Error> {
+        self.flush();
+        let db = self.db();
+        let r = db.begin_read().map_err(db_err)?;
+        let holds = r.open_table(HOLDS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for h in holds
+            .range((run_id, "")..=(run_id, "\u{10ffff}"))
+            .map_err(db_err)?
+        {
+            let (k, v) = h.map_err(db_err)?;
+            let since = serde_json::from_slice::<Value>(v.value())
+                .ok()
+                .and_then(|v| v.get("since").and_then(Value::as_str).map(str::to_string))
+                .unwrap_or_default();
+            out.push(Hold {
+                holder: k.value().1.to_string(),
+                since,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Pins a run: retention never removes it until it is unpinned.
+    pub fn pin(&self, run_id: &str) -> Result<(), Error> {
+        self.hold(run_id, PIN)
+    }
+
+    /// Unpins a run; returns whether it was pinned.
+    pub fn unpin(&self, run_id: &str) -> Result<bool, Error> {
+        self.release(run_id, PIN)
+    }
+
+    /// Removes the runs `policy` does not keep, then every blob no run
+    /// left references, then compacts the file so that it shrinks on disk.
+    /// Held runs (pinned, held by a plan or agent, or still being recorded
+    /// by this process) are never removed; the report lists the ones a
+    /// limit would have taken. With `dry_run`, nothing changes and the
+    /// report says what would.
+    ///
+    /// The global `max_bytes` is the size of the journal file on disk
+    /// after compaction; a component's `max_bytes` counts its runs' records
+    /// and the blobs they reference.
+    pub fn prune(&self, policy: &Retention, dry_run: bool) -> Result<PruneReport, Error> {
+        let (reply, answer) = mpsc::channel();
+        self.send(Msg::Prune(Box::new(PruneJob {
+            policy: policy.clone(),
+            dry_run,
+            reply,
+        })));
+        let _ = self.wake.lock().unwrap_or_else(|p| p.into_inner()).send(());
+        answer
+            .recv()
+            .map_err(|_| Error::Corrupt("the journal writer stopped".into()))?
+    }
+
+    /// Applies `policy` in the background from now on (`None` stops): the
+    /// writer prunes as runs are recorded. See `docs/journal.md`
+    /// (Retention) for when each limit is checked, and how far the file
+    /// can overshoot `max_bytes` under heavy load.
+    pub fn set_retention(&self, policy: Option<Retention>) {
+        *self.background.lock().unwrap_or_else(|p| p.into_inner()) =
+            policy.filter(|p| !p.is_empty());
+        let _ = self.wake.lock().unwrap_or_else(|p| p.into_inner()).send(());
+    }
+
+    /// What the journal holds and weighs: the file on disk, runs, bytes
+    /// per run, and the same per component.
+    pub fn stats(&self) -> Result<JournalStats, Error> {
+        self.flush();
+        let db = self.db();
+        let w = db.begin_write().map_err(db_err)?;
+        let inv = prune::inventory(&w)?;
+        let redb = w.stats().map_err(db_err)?;
+        w.abort().map_err(db_err)?;
+        drop(db);
+        let file_bytes = file_len(&self.path);
+        Ok(JournalStats::of(&inv, file_bytes, &redb))
+    }
+
     /// Resolves a run id or a unique prefix of one.
     pub fn resolve(&self, id: &str) -> Result<String, Error> {
         self.flush();
-        let r = self.db.begin_read().map_err(db_err)?;
+        let db = self.db();
+        let r = db.begin_read().map_err(db_err)?;
         let runs = r.open_table(RUNS).map_err(db_err)?;
         if runs.get(id).map_err(db_err)?.is_some() {
             return Ok(id.to_string());
@@ -251,19 +486,22 @@ impl JournalStore {
     /// A run's header.
     pub fn header(&self, run_id: &str) -> Result<Header, Error> {
         self.flush();
-        let r = self.db.begin_read().map_err(db_err)?;
+        let db = self.db();
+        let r = db.begin_read().map_err(db_err)?;
         let runs = r.open_table(RUNS).map_err(db_err)?;
+        let blobs = r.open_table(BLOBS).map_err(db_err)?;
         let v = runs
             .get(run_id)
             .map_err(db_err)?
             .ok_or_else(|| Error::NoSuchRun(run_id.to_string()))?;
-        parse_header(run_id, v.value())
+        parse_header(run_id, v.value(), &blobs)
     }
 
     /// A run's end record, `None` if it is incomplete.
     pub fn end(&self, run_id: &str) -> Result<Option<End>, Error> {
         self.flush();
-        let r = self.db.begin_read().map_err(db_err)?;
+        let db = self.db();
+        let r = db.begin_read().map_err(db_err)?;
         let ends = r.open_table(ENDS).map_err(db_err)?;
         match ends.get(run_id).map_err(db_err)? {
             Some(e) => serde_json::from_slice(e.value())
@@ -276,7 +514,8 @@ impl JournalStore {
     /// A run's steps as stored (blobs still referenced), in index order.
     pub fn raw_steps(&self, run_id: &str) -> Result<Vec<(u64, Value)>, Error> {
         self.flush();
-        let r = self.db.begin_read().map_err(db_err)?;
+        let db = self.db();
+        let r = db.begin_read().map_err(db_err)?;
         let steps = r.open_table(STEPS).map_err(db_err)?;
         let mut out = Vec::new();
         for e in steps
@@ -307,7 +546,8 @@ impl JournalStore {
 
     /// A blob by digest.
     pub fn blob(&self, digest: &str) -> Result<Option<Vec<u8>>, Error> {
-        let r = self.db.begin_read().map_err(db_err)?;
+        let db = self.db();
+        let r = db.begin_read().map_err(db_err)?;
         let blobs = r.open_table(BLOBS).map_err(db_err)?;
         Ok(blobs
             .get(digest)
@@ -448,7 +688,8 @@ impl JournalStore {
             .map(|e| serde_json::to_vec(&e))
             .transpose()
             .map_err(encode_err("an end record"))?;
-        let w = self.db.begin_write().map_err(db_err)?;
+        let db = self.db();
+        let w = db.begin_write().map_err(db_err)?;
         {
             let mut runs = w.open_table(RUNS).map_err(db_err)?;
             let hb = serde_json::to_vec(&header).map_err(encode_err("a header"))?;
@@ -519,14 +760,53 @@ fn check_version(h: &Value) -> Result<(), Error> {
     }
 }
 
-fn parse_header(run_id: &str, bytes: &[u8]) -> Result<Header, Error> {
-    let v: Value = serde_json::from_slice(bytes)
-        .map_err(|e| Error::Corrupt(format!("run {run_id}: header: {e}")))?;
+/// Reads a stored header, putting back its grants when they are stored
+/// once as a blob (`"grants": {"blob": "sha256:…"}`).
+fn parse_header(
+    run_id: &str,
+    bytes: &[u8],
+    blobs: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Header, Error> {
+    let corrupt = |m: String| Error::Corrupt(format!("run {run_id}: header: {m}"));
+    let mut v: Value = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
     check_version(&v)?;
-    serde_json::from_value(v).map_err(|e| Error::Corrupt(format!("run {run_id}: header: {e}")))
+    if let Some(d) = grants_blob(&v) {
+        let g = blobs
+            .get(d.as_str())
+            .map_err(db_err)?
+            .ok_or_else(|| corrupt(format!("grants blob {d} is missing")))?;
+        v["grants"] = serde_json::from_slice(g.value()).map_err(|e| corrupt(e.to_string()))?;
+    }
+    serde_json::from_value(v).map_err(|e| corrupt(e.to_string()))
 }
 
-fn collect_blob_refs(v: &Value, out: &mut Vec<String>) {
+/// The digest a stored header's grants are kept under, if they are.
+pub(crate) fn grants_blob(header: &Value) -> Option<String> {
+    match header.get("grants") {
+        Some(Value::Object(o)) if o.len() == 1 => {
+            o.get("blob").and_then(Value::as_str).map(str::to_string)
+        }
+        _ => None,
+    }
+}
+
+/// A header's stored form: its grants, the same for every run of a
+/// component version, are stored once as a blob under the SHA-256 of
+/// their JSON and referenced by digest. Returns the header and the blob.
+fn encode_header(header: &Header) -> (Vec<u8>, Option<(String, Vec<u8>)>) {
+    let Ok(mut v) = serde_json::to_value(header) else {
+        return (Vec::new(), None);
+    };
+    let grants = serde_json::to_vec(&v["grants"]).unwrap_or_default();
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&grants)));
+    v["grants"] = serde_json::json!({ "blob": digest });
+    (
+        serde_json::to_vec(&v).unwrap_or_default(),
+        Some((digest, grants)),
+    )
+}
+
+pub(crate) fn collect_blob_refs(v: &Value, out: &mut Vec<String>) {
     match v {
         Value::Object(o) => {
             if o.len() == 1
@@ -563,15 +843,221 @@ pub const WRITE_EVERY: std::time::Duration = std::time::Duration::from_millis(5)
 /// not just the process, stops) before a durable commit.
 const DURABLE_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
-fn write_loop(
-    db: &Database,
-    queue: &Mutex<Vec<Msg>>,
-    buffers: &Mutex<Vec<std::sync::Weak<RunBuffer>>>,
-    woken: Receiver<()>,
-) {
+/// What the writer thread shares with the store.
+struct Writer {
+    db: Arc<RwLock<Database>>,
+    path: PathBuf,
+    queue: Arc<Mutex<Vec<Msg>>>,
+    buffers: Arc<Mutex<Vec<std::sync::Weak<RunBuffer>>>>,
+    components: Arc<Mutex<HashSet<String>>>,
+    background: Arc<Mutex<Option<Retention>>>,
+}
+
+/// The writer's bookkeeping for background pruning.
+#[derive(Default)]
+struct Watch {
+    /// No full pruning (age, count, per component) before this.
+    next_full: Option<Instant>,
+    /// No size pruning before this (the last one could not get under).
+    next_size: Option<Instant>,
+}
+
+/// Size pruning brings the journal down to this share of `max_bytes` when
+/// the file passes a quarter of it. redb grows its file by doubling it,
+/// and the transaction that deletes runs copies the pages it touches
+/// before it frees them, so the file needs room for two doublings past
+/// the point where pruning starts.
+const SIZE_LOW: (u64, u64) = (12, 100);
+
+fn share(n: u64, (a, b): (u64, u64)) -> u64 {
+    (u128::from(n) * u128::from(a) / u128::from(b)) as u64
+}
+
+/// The journal file's size on disk (0 if it cannot be read).
+pub(crate) fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+impl Writer {
+    fn read(&self) -> RwLockReadGuard<'_, Database> {
+        self.db.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs this process is still recording.
+    fn live(&self) -> HashSet<String> {
+        self.buffers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .map(|b| b.run_id.to_string())
+            .collect()
+    }
+
+    /// Compacts the file so that it shrinks on disk.
+    fn compact(&self) -> Result<(), Error> {
+        let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
+        db.compact().map_err(db_err)?;
+        Ok(())
+    }
+
+    /// One pruning. `disk_target`: the global size limit to bring the file
+    /// under, when it applies. `compact`: compact after removing.
+    fn prune(
+        &self,
+        policy: &Retention,
+        dry_run: bool,
+        disk_target: Option<u64>,
+        compact: bool,
+    ) -> Result<PruneReport, Error> {
+        let before = file_len(&self.path);
+        let mut report = PruneReport {
+            dry_run,
+            file_bytes_before: before,
+            file_bytes_after: before,
+            ..PruneReport::default()
+        };
+        for _round in 0..4 {
+            let live = self.live();
+            let db = self.read();
+            let w = db.begin_write().map_err(db_err)?;
+            let inv = prune::inventory(&w)?;
+            let disk = match disk_target {
+                Some(t) if file_len(&self.path) > t => {
+                    let allocated = {
+                        let s = w.stats().map_err(db_err)?;
+                        s.allocated_pages() * s.page_size() as u64
+                    };
+                    let stored = prune::stored_bytes(&inv).max(1);
+                    Some((t, (allocated as f64 / stored as f64).max(1.0)))
+                }
+                _ => None,
+            };
+            let plan = prune::plan(&inv, policy, &live, now_utc(), disk);
+            report.held = prune::held(&inv, &plan);
+            report.runs_kept = (inv.runs.len() - plan.remove.len()) as u64;
+            if dry_run {
+                report.removed = prune::removed(&inv, &plan);
+                let (n, b) = prune::unreferenced_blobs(&inv, &plan);
+                report.blobs_removed = n;
+                report.blob_bytes_removed = b;
+                if !plan.remove.is_empty() || n > 0 {
+                    // After compaction, at the page overhead measured now.
+                    let s = w.stats().map_err(db_err)?;
+                    let allocated = s.allocated_pages() * s.page_size() as u64;
+                    let ratio = allocated as f64 / prune::stored_bytes(&inv).max(1) as f64;
+                    let after = (prune::remaining_bytes(&inv, &plan) as f64 * ratio) as u64;
+                    report.file_bytes_after = after.min(before);
+                }
+                w.abort().map_err(db_err)?;
+                return Ok(report);
+            }
+            let gone = {
+                // Held from choosing the blobs to keep until the digests
+                // removed are forgotten: `begin` queues a header without
+                // its component's bytes only for a digest in this set.
+                let mut known = self.components.lock().unwrap_or_else(|p| p.into_inner());
+                let keep: HashSet<String> = self
+                    .queue
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .filter_map(|m| match m {
+                        Msg::Begin(h, _) => Some(h.component.digest.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                let gone = prune::execute(&w, &inv, &plan, &keep)?;
+                for (d, _) in &gone {
+                    known.remove(d);
+                }
+                gone
+            };
+            w.commit().map_err(db_err)?;
+            drop(db);
+            let progress = !plan.remove.is_empty() || !gone.is_empty();
+            report.removed.extend(prune::removed(&inv, &plan));
+            report.blobs_removed += gone.len() as u64;
+            report.blob_bytes_removed += gone.iter().map(|(_, n)| n).sum::<u64>();
+            let over = disk_target.is_some_and(|t| file_len(&self.path) > t);
+            if (progress || over) && compact {
+                self.compact()?;
+            }
+            report.file_bytes_after = file_len(&self.path);
+            match disk_target {
+                Some(t) if progress && report.file_bytes_after > t => continue,
+                _ => break,
+            }
+        }
+        Ok(report)
+    }
+
+    /// Prunes in the background when the policy asks for it.
+    fn background(&self, watch: &mut Watch) {
+        let Some(policy) = self
+            .background
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            *watch = Watch::default();
+            return;
+        };
+        let now = Instant::now();
+        if let Some(max) = policy.global.max_bytes
+            && watch.next_size.is_none_or(|t| now >= t)
+            // redb grows its file by doubling it, and a transaction that
+            // deletes runs first copies the pages it changes: past a
+            // quarter of the limit, the next growths could pass it.
+            && 4 * file_len(&self.path) > max
+        {
+            let low = share(max, SIZE_LOW);
+            let sized = Retention {
+                global: Limits {
+                    max_bytes: Some(low),
+                    ..Limits::default()
+                },
+                components: Default::default(),
+            };
+            match self.prune(&sized, false, Some(low), true) {
+                Ok(r) if 4 * r.file_bytes_after > max => {
+                    tracing::warn!(
+                        "journal: {} on disk is near its limit of {} but every run left is held",
+                        format_bytes(r.file_bytes_after),
+                        format_bytes(max)
+                    );
+                    watch.next_size = Some(now + Duration::from_secs(1));
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!("journal pruning failed: {e}"),
+            }
+        }
+        let rest = Retention {
+            global: Limits {
+                max_bytes: None,
+                ..policy.global.clone()
+            },
+            components: policy.components.clone(),
+        };
+        if !rest.is_empty() && watch.next_full.is_none_or(|t| now >= t) {
+            let started = Instant::now();
+            if let Err(e) = self.prune(&rest, false, None, false) {
+                tracing::error!("journal pruning failed: {e}");
+            }
+            watch.next_full = Some(Instant::now() + prune::next_interval(started.elapsed()));
+        }
+    }
+}
+
+fn now_utc() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+fn write_loop(w: &Writer, woken: Receiver<()>) {
     use std::sync::mpsc::RecvTimeoutError;
     let mut last_durable = std::time::Instant::now();
     let mut dirty = false;
+    let mut watch = Watch::default();
     loop {
         let stopping = matches!(
             woken.recv_timeout(WRITE_EVERY),
@@ -580,21 +1066,23 @@ fn write_loop(
         // Buffers first, then the queue: a run's header is queued before any
         // of its steps exist, so it is always in the same or an earlier batch.
         let mut batch = Vec::new();
-        for w in buffers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            if let Some(b) = w.upgrade() {
+        for b in w.buffers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            if let Some(b) = b.upgrade() {
                 let steps = std::mem::take(&mut *b.steps.lock().unwrap_or_else(|p| p.into_inner()));
                 if !steps.is_empty() {
                     batch.push(Msg::Steps(b.run_id.clone(), steps));
                 }
             }
         }
-        batch.append(&mut queue.lock().unwrap_or_else(|p| p.into_inner()));
+        batch.append(&mut w.queue.lock().unwrap_or_else(|p| p.into_inner()));
+        let (prunes, batch): (Vec<Msg>, Vec<Msg>) =
+            batch.into_iter().partition(|m| matches!(m, Msg::Prune(_)));
         let flush = batch.iter().any(|m| matches!(m, Msg::Flush(_)));
         let data = batch.iter().any(|m| !matches!(m, Msg::Flush(_)));
         let durable = flush || stopping || last_durable.elapsed() >= DURABLE_EVERY;
         let mut acks = Vec::new();
         let result = if data {
-            write_batch(db, batch, &mut acks, durable)
+            write_batch(&w.read(), batch, &mut acks, durable)
         } else {
             for m in batch {
                 if let Msg::Flush(a) = m {
@@ -602,7 +1090,7 @@ fn write_loop(
                 }
             }
             if durable && dirty {
-                durable_commit(db)
+                durable_commit(&w.read())
             } else {
                 Ok(())
             }
@@ -618,9 +1106,18 @@ fn write_loop(
         for a in acks {
             let _ = a.send(());
         }
+        for m in prunes {
+            if let Msg::Prune(job) = m {
+                let disk = job.policy.global.max_bytes;
+                let _ = job
+                    .reply
+                    .send(w.prune(&job.policy, job.dry_run, disk, true));
+            }
+        }
         if stopping {
             return;
         }
+        w.background(&mut watch);
     }
 }
 
@@ -656,7 +1153,12 @@ fn write_batch(
                     {
                         blobs.insert(d.as_str(), b.as_slice())?;
                     }
-                    let bytes = serde_json::to_vec(&header).unwrap_or_default();
+                    let (bytes, grants) = encode_header(&header);
+                    if let Some((d, g)) = grants
+                        && blobs.get(d.as_str())?.is_none()
+                    {
+                        blobs.insert(d.as_str(), g.as_slice())?;
+                    }
                     runs.insert(header.run_id.as_str(), bytes.as_slice())?;
                 }
                 Msg::Steps(run, list) => {
@@ -671,11 +1173,12 @@ fn write_batch(
                         steps.insert((&*run, i), bytes.as_slice())?;
                     }
                 }
-                Msg::End(run, end) => {
+                Msg::End(run, end, _buffer) => {
                     let bytes = serde_json::to_vec(&end).unwrap_or_default();
                     ends.insert(&*run, bytes.as_slice())?;
                 }
                 Msg::Flush(ack) => acks.push(ack),
+                Msg::Prune(_) => {}
             }
         }
     }

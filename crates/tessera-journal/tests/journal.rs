@@ -828,3 +828,218 @@ async fn absurd_imports_are_clear_errors_and_store_nothing() {
     // Nothing of any of them was stored.
     assert_eq!(e.store.list().unwrap().len(), runs_before + 1);
 }
+
+// Retention.
+
+fn policy(text: &str) -> tessera_journal::Retention {
+    tessera_journal::Retention::from_toml(text, "test.toml").unwrap()
+}
+
+fn run_ids(store: &JournalStore) -> Vec<String> {
+    store
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.header.run_id)
+        .collect()
+}
+
+fn removed_ids(r: &tessera_journal::PruneReport) -> Vec<String> {
+    r.removed.iter().map(|p| p.run_id.clone()).collect()
+}
+
+#[tokio::test]
+async fn retention_prunes_by_age() {
+    let e = env();
+    let hello = e.load("hello", "");
+    let (recent, _) = e.record(&hello, "greet", json!({"name": "new"})).await;
+    let (template, _) = e.record(&hello, "greet", json!({"name": "old"})).await;
+    // Runs recorded two days ago, as imports would bring them.
+    let old = tamper_header(&e.store, &template, |h| {
+        h["started"] = json!("2026-01-01T00:00:00Z");
+    });
+    let policy = policy("[journal]\nmax_age = \"1d\"");
+    let dry = e.store.prune(&policy, true).unwrap();
+    assert!(dry.dry_run);
+    assert_eq!(removed_ids(&dry), vec![old.clone()]);
+    assert!(
+        dry.removed[0].reason.contains("max_age"),
+        "{:?}",
+        dry.removed
+    );
+    assert_eq!(run_ids(&e.store).len(), 3, "a dry run removes nothing");
+    let r = e.store.prune(&policy, false).unwrap();
+    assert_eq!(removed_ids(&r), vec![old]);
+    assert_eq!(run_ids(&e.store), vec![recent.clone(), template.clone()]);
+    // What is left still replays.
+    e.assert_identical(&recent).await;
+}
+
+#[tokio::test]
+async fn retention_prunes_by_count_globally_and_per_component() {
+    let e = env();
+    let hello = e.load("hello", "");
+    let mut greets = Vec::new();
+    for i in 0..5 {
+        greets.push(
+            e.record(&hello, "greet", json!({"name": format!("n{i}")}))
+                .await
+                .0,
+        );
+    }
+    // Per component: hello keeps its newest 2; nothing else is touched.
+    let r = e
+        .store
+        .prune(&policy("[journal.components.hello]\nmax_runs = 2"), false)
+        .unwrap();
+    assert_eq!(removed_ids(&r), greets[..3].to_vec());
+    assert!(
+        r.removed
+            .iter()
+            .all(|p| p.reason == "component hello: max_runs 2")
+    );
+    assert_eq!(run_ids(&e.store), greets[3..].to_vec());
+    // A component the policy names but that has no runs changes nothing.
+    let r = e
+        .store
+        .prune(&policy("[journal.components.other]\nmax_runs = 0"), false)
+        .unwrap();
+    assert!(r.removed.is_empty());
+    // Globally: the newest one stays.
+    let r = e
+        .store
+        .prune(&policy("[journal]\nmax_runs = 1"), false)
+        .unwrap();
+    assert_eq!(removed_ids(&r), vec![greets[3].clone()]);
+    assert_eq!(run_ids(&e.store), vec![greets[4].clone()]);
+}
+
+#[tokio::test]
+async fn retention_by_size_shrinks_the_file_on_disk_and_removes_unreferenced_blobs() {
+    let e = env();
+    let hello = e.load("hello", "");
+    let mut runs = Vec::new();
+    for i in 0..300 {
+        // Each run writes a distinct long payload: its own blobs.
+        let msg = format!("{i:04}-{}", "x".repeat(400));
+        runs.push(e.record(&hello, "chatter", json!({ "msg": msg })).await.0);
+    }
+    let stats = e.store.stats().unwrap();
+    let before = std::fs::metadata(e.store.path()).unwrap().len();
+    assert_eq!(stats.file_bytes, before);
+    assert_eq!(stats.runs, 300);
+    assert_eq!(stats.blobs, 2 * 300 + 2, "{stats:?}");
+    let limit = before / 3;
+    let pol = policy(&format!("[journal]\nmax_bytes = {limit}"));
+    let dry = e.store.prune(&pol, true).unwrap();
+    assert!(!dry.removed.is_empty());
+    assert_eq!(std::fs::metadata(e.store.path()).unwrap().len(), before);
+    let r = e.store.prune(&pol, false).unwrap();
+    let after = std::fs::metadata(e.store.path()).unwrap().len();
+    assert_eq!(r.file_bytes_after, after);
+    assert!(after <= limit, "{after} > {limit}: {r:?}");
+    assert!(r.bytes_freed() >= before - limit);
+    // The oldest went, the newest stayed.
+    let left = run_ids(&e.store);
+    assert_eq!(left.len() as u64, r.runs_kept);
+    assert_eq!(left.last(), runs.last());
+    assert_eq!(removed_ids(&r), runs[..runs.len() - left.len()].to_vec());
+    // Their payload blobs went with them; the kept runs' are all there.
+    assert!(r.blobs_removed >= r.removed.len() as u64, "{r:?}");
+    // Two payload blobs per run (stdout, stderr), the component and the
+    // grants (stored once).
+    assert_eq!(e.store.stats().unwrap().blobs, 2 * left.len() as u64 + 2);
+    for id in &left {
+        e.store.steps(id).unwrap();
+    }
+    e.assert_identical(left.last().unwrap()).await;
+}
+
+#[tokio::test]
+async fn pinned_and_in_progress_runs_are_never_pruned() {
+    let e = env();
+    let hello = e.load("hello", "");
+    let (pinned, _) = e.record(&hello, "greet", json!({"name": "p"})).await;
+    let (plain, _) = e.record(&hello, "greet", json!({"name": "q"})).await;
+    e.store.pin(&pinned).unwrap();
+    e.store.hold(&plain, "plan:demo").unwrap();
+    assert!(matches!(
+        e.store.pin("no-such-run"),
+        Err(Error::NoSuchRun(_))
+    ));
+    // A run begun and not ended: in progress in this process.
+    let (template, _) = e.record(&hello, "greet", json!({"name": "t"})).await;
+    let end = e.store.end(&template).unwrap().unwrap();
+    let mut header = e.store.header(&template).unwrap();
+    header.run_id = "20990101T000000-inprogress".into();
+    e.store.begin(header, hello.source_bytes()).unwrap();
+    let everything = policy("[journal]\nmax_runs = 0\nmax_bytes = 1");
+    let r = e.store.prune(&everything, false).unwrap();
+    assert_eq!(removed_ids(&r), vec![template.clone()]);
+    let mut left = run_ids(&e.store);
+    left.sort();
+    let mut expected = vec![
+        pinned.clone(),
+        plain.clone(),
+        "20990101T000000-inprogress".to_string(),
+    ];
+    expected.sort();
+    assert_eq!(left, expected);
+    let held: std::collections::BTreeMap<_, _> = r
+        .held
+        .iter()
+        .map(|h| (h.run_id.clone(), h.held_by.clone()))
+        .collect();
+    assert_eq!(held[&pinned], vec!["pin".to_string()]);
+    assert_eq!(held[&plain], vec!["plan:demo".to_string()]);
+    assert_eq!(
+        held["20990101T000000-inprogress"],
+        vec!["in-progress".to_string()]
+    );
+    // The component blob is still referenced, so it stays.
+    assert!(e.store.blob(hello.digest()).unwrap().is_some());
+    // Released, ended: now they go.
+    assert!(e.store.unpin(&pinned).unwrap());
+    assert!(!e.store.unpin(&pinned).unwrap());
+    assert!(e.store.release(&plain, "plan:demo").unwrap());
+    e.store.append_end("20990101T000000-inprogress", &end);
+    let r = e.store.prune(&everything, false).unwrap();
+    assert_eq!(r.removed.len(), 3, "{r:?}");
+    assert!(run_ids(&e.store).is_empty());
+    // No run references the component any more: its blob is gone…
+    assert!(e.store.blob(hello.digest()).unwrap().is_none());
+    assert!(r.blobs_removed >= 1);
+    // …and a new run of it stores it again, so the run replays.
+    let (again, _) = e.record(&hello, "greet", json!({"name": "again"})).await;
+    e.assert_identical(&again).await;
+}
+
+#[tokio::test]
+async fn an_incomplete_run_of_a_process_that_died_is_not_in_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::new(RuntimeConfig::default()).unwrap();
+    let hello = rt
+        .load_file(&component("hello"), Grants::deny_all())
+        .unwrap();
+    let template = {
+        let store = Arc::new(JournalStore::open(dir.path()).unwrap());
+        let (id, _) = record_call(&store, &hello, "greet", &json!({"name": "a"}))
+            .await
+            .unwrap();
+        let mut header = store.header(&id).unwrap();
+        header.run_id = "20260101T000000-cutoff".into();
+        store.begin(header, hello.source_bytes()).unwrap();
+        id
+    };
+    let store = JournalStore::open(dir.path()).unwrap();
+    let list = store.list().unwrap();
+    assert!(
+        list.iter()
+            .any(|r| r.header.run_id == "20260101T000000-cutoff" && r.end.is_none())
+    );
+    let r = store
+        .prune(&policy("[journal]\nmax_runs = 1"), false)
+        .unwrap();
+    assert_eq!(removed_ids(&r), vec!["20260101T000000-cutoff".to_string()]);
+    assert_eq!(run_ids(&store), vec![template]);
+}

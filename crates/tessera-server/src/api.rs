@@ -167,11 +167,49 @@ pub struct RunSummary {
     pub function: String,
     /// Host interactions recorded.
     pub steps: u64,
+    /// Bytes of its records as stored (header, steps, end; shared blobs
+    /// not counted).
+    pub bytes: u64,
+    /// Who holds it against pruning (`pin`, a plan, an agent).
+    pub holds: Vec<String>,
     /// Whether the run has its end record.
     pub complete: bool,
     /// The end record (how the call ended, fuel, duration), `null` while
     /// running or after a crash.
     pub end: Option<Map<String, Value>>,
+}
+
+/// `GET /v1/journal`: what the journal holds and weighs.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct JournalStats {
+    /// Size of the journal file on disk.
+    pub file_bytes: u64,
+    /// Bytes in pages the store has allocated (the rest of the file is
+    /// free space it reuses).
+    pub allocated_bytes: u64,
+    /// Runs stored.
+    pub runs: u64,
+    /// Runs without an end record.
+    pub incomplete: u64,
+    /// Runs held against pruning.
+    pub held: u64,
+    /// Steps stored.
+    pub steps: u64,
+    /// Bytes of the runs' records.
+    pub record_bytes: u64,
+    /// Of which headers.
+    pub header_bytes: u64,
+    /// Of which end records (the rest are steps).
+    pub end_bytes: u64,
+    /// Blobs stored (component bytes, long payloads).
+    pub blobs: u64,
+    /// Their bytes.
+    pub blob_bytes: u64,
+    /// `file_bytes / runs`.
+    pub bytes_per_run: u64,
+    /// Per component: `name`, `runs`, `record_bytes`, `blob_bytes`,
+    /// `bytes_per_run`, `oldest`, `newest`.
+    pub components: Vec<Map<String, Value>>,
 }
 
 /// `GET /v1/runs`.

@@ -34,12 +34,16 @@ pub struct ServerConfig {
     /// Values of `wasi:config` secrets the served components may name
     /// (host configuration: never journaled, never in a manifest).
     pub secrets: std::collections::BTreeMap<String, String>,
+    /// How much of the journal to keep. The server prunes in the
+    /// background as runs are recorded (see `docs/journal.md`,
+    /// Retention); an empty policy keeps everything.
+    pub retention: tessera_journal::Retention,
 }
 
 impl ServerConfig {
     /// Defaults for a data directory: loopback on port 7878, no tokens
     /// required, 16 MiB bodies, 256 concurrent calls, 10 s grace, no extra
-    /// hosts or origins.
+    /// hosts or origins, no retention limit.
     pub fn new(data: PathBuf) -> Self {
         Self {
             data,
@@ -51,6 +55,7 @@ impl ServerConfig {
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
             secrets: std::collections::BTreeMap::new(),
+            retention: tessera_journal::Retention::default(),
         }
     }
 }

@@ -80,7 +80,8 @@ fn accepted_scopes(method: &axum::http::Method, path: &str) -> Option<&'static [
     } else if path == "/mcp" || path.starts_with("/mcp/") {
         // MCP: listing and calling tools.
         Some(&[Scope::Call])
-    } else if path.starts_with("/v1/runs") || path.starts_with("/v1/audit") {
+    } else if path.starts_with("/v1/runs") || path.starts_with("/v1/audit") || path == "/v1/journal"
+    {
         Some(&[Scope::Read])
     } else if path.contains("/call/") {
         Some(&[Scope::Call])
@@ -182,6 +183,7 @@ pub fn router(server: Arc<Server>, mcp: crate::mcp::McpHttpService, local: Socke
         .route("/v1/components/{name}/rollback", post(rollback))
         .route("/v1/components/{name}/call/{function}", post(call))
         .route("/v1/runs", get(list_runs))
+        .route("/v1/journal", get(journal_stats))
         .route("/v1/runs/{id}", get(show_run))
         .route("/v1/runs/{id}/replay", post(replay_run))
         .route("/v1/audit", get(audit_stream))
@@ -471,6 +473,25 @@ fn object(v: impl serde::Serialize) -> serde_json::Map<String, Value> {
     }
 }
 
+async fn journal_stats(State(server): State<Arc<Server>>) -> ApiResult<Json<api::JournalStats>> {
+    let s = server.journal.stats().map_err(ApiError::from)?;
+    Ok(Json(api::JournalStats {
+        file_bytes: s.file_bytes,
+        allocated_bytes: s.allocated_bytes,
+        runs: s.runs,
+        incomplete: s.incomplete,
+        held: s.held,
+        steps: s.steps,
+        record_bytes: s.record_bytes,
+        header_bytes: s.header_bytes,
+        end_bytes: s.end_bytes,
+        blobs: s.blobs,
+        blob_bytes: s.blob_bytes,
+        bytes_per_run: s.bytes_per_run,
+        components: s.components.iter().map(object).collect(),
+    }))
+}
+
 async fn list_runs(State(server): State<Arc<Server>>) -> ApiResult<Json<api::RunList>> {
     let runs = server.journal.list().map_err(ApiError::from)?;
     Ok(Json(api::RunList {
@@ -482,6 +503,8 @@ async fn list_runs(State(server): State<Arc<Server>>) -> ApiResult<Json<api::Run
                 component: serde_json::to_value(&r.header.component).unwrap_or_default(),
                 function: r.header.function.clone(),
                 steps: r.steps,
+                bytes: r.bytes,
+                holds: r.holds.clone(),
                 complete: r.end.is_some(),
                 end: r.end.as_ref().map(object),
             })

@@ -153,6 +153,7 @@ impl Server {
             ..RuntimeConfig::default()
         })?;
         let journal = Arc::new(JournalStore::open(&config.data)?);
+        journal.set_retention(Some(config.retention.clone()));
         let registry = Registry::open(&config.data)?;
         let tokens = auth::Tokens::open(&config.data);
         let server = Arc::new(Self {

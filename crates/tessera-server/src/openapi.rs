@@ -162,6 +162,15 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         method: "get",
+        path: "/v1/journal",
+        scopes: &["read"],
+        summary: "What the journal weighs: file size on disk, runs, bytes per run, per component",
+        request: None,
+        success: Success::Json(200, schema::<api::JournalStats>),
+        errors: &[401, 403, 413, 415, 500],
+    },
+    Route {
+        method: "get",
         path: "/v1/runs/{id}",
         scopes: &["read"],
         summary: "Show a run's journal (the id or an unambiguous prefix)",

@@ -1139,3 +1139,66 @@ async fn configured_secrets_reach_the_guest_but_not_the_runs_api_or_the_audit_lo
     );
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_prunes_its_journal_in_the_background_under_continuous_calls() {
+    const LIMIT: u64 = 2 << 20;
+    const CALLS: usize = 4000;
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), |c| {
+        c.retention = tessera_journal::Retention::from_toml(
+            &format!("[journal]\nmax_bytes = {LIMIT}"),
+            "test",
+        )
+        .unwrap();
+    })
+    .await;
+    let (status, v) = s.add("hello", "hello").await;
+    assert_eq!(status, 201, "{v}");
+    let addr = s.addr;
+    // Two callers at once, back to back, for CALLS calls.
+    let done = Arc::new(AtomicUsize::new(0));
+    let callers: Vec<_> = (0..2)
+        .map(|_| {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut ids = Vec::new();
+                while done.fetch_add(1, Ordering::SeqCst) < CALLS {
+                    let (status, v) = request(
+                        addr,
+                        "POST",
+                        "/v1/components/hello/call/greet",
+                        None,
+                        r#"{"name":"Ada"}"#,
+                    );
+                    assert_eq!(status, 200, "{v}");
+                    ids.push(v["run_id"].as_str().unwrap().to_string());
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut first = Vec::new();
+    let mut last = String::new();
+    for c in callers {
+        let ids = c.join().unwrap();
+        first.push(ids[0].clone());
+        last = ids.last().unwrap().clone();
+    }
+    s.server.journal.flush();
+    // It pruned as it went: the first runs are gone, the last is there and
+    // replays (its component's bytes were kept).
+    let (status, stats) = s.call("GET", "/v1/journal", json!({})).await;
+    assert_eq!(status, 200, "{stats}");
+    let runs = stats["runs"].as_u64().unwrap();
+    assert!(runs > 0 && runs < CALLS as u64, "{stats}");
+    for id in first {
+        let (status, _) = s.call("GET", &format!("/v1/runs/{id}"), json!({})).await;
+        assert_eq!(status, 404);
+    }
+    let (status, v) = s
+        .call("POST", &format!("/v1/runs/{last}/replay"), json!({}))
+        .await;
+    assert_eq!((status, &v["identical"]), (200, &json!(true)), "{v}");
+    s.shutdown().await;
+}

@@ -4,7 +4,8 @@ use std::io::{BufReader, Write};
 use std::path::PathBuf;
 
 use serde_json::json;
-use tessera_journal::{JournalStore, RunResult};
+use tessera_journal::retention::{format_bytes, parse_age, parse_bytes};
+use tessera_journal::{JournalStore, Retention, RunResult};
 
 use crate::exit;
 use crate::setup::GlobalArgs;
@@ -39,6 +40,96 @@ pub enum Command {
         /// The exported file.
         file: PathBuf,
     },
+    /// What the journal weighs: the file on disk, runs, bytes per run, and
+    /// the same per component.
+    Stats {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the runs the retention policy does not keep (the `[journal]`
+    /// table of `<data>/tessera.toml`, overridden by the flags), the blobs
+    /// no run left references, and compact the file. Pinned runs and runs
+    /// held by a plan or agent are never removed.
+    Prune {
+        /// Print what would be removed and the bytes it would free; change
+        /// nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Keep at most this many runs (the newest).
+        #[arg(long, value_name = "N")]
+        max_runs: Option<u64>,
+        /// Remove runs older than this (`30d`, `12h`, `90m`).
+        #[arg(long, value_name = "AGE")]
+        max_age: Option<String>,
+        /// Bring the journal file under this size on disk (`256 MiB`, `1GB`).
+        #[arg(long, value_name = "SIZE")]
+        max_bytes: Option<String>,
+    },
+    /// Pin a run: retention never removes it until it is unpinned.
+    Pin {
+        /// Run id (or a unique prefix).
+        run: String,
+    },
+    /// Unpin a run.
+    Unpin {
+        /// Run id (or a unique prefix).
+        run: String,
+    },
+}
+
+/// The retention policy for `runs prune`: the data directory's settings,
+/// with the flags over its global limits.
+pub fn policy(
+    data: &std::path::Path,
+    max_runs: Option<u64>,
+    max_age: Option<&str>,
+    max_bytes: Option<&str>,
+    flag_prefix: &str,
+) -> Result<Retention, String> {
+    let mut p = Retention::load(data).map_err(|e| e.to_string())?;
+    let flag = |name: &str, m: String| format!("--{flag_prefix}{name}: {m}");
+    if let Some(n) = max_runs {
+        p.global.max_runs = Some(n);
+    }
+    if let Some(a) = max_age {
+        p.global.max_age = Some(parse_age(a).map_err(|m| flag("max-age", m))?);
+    }
+    if let Some(b) = max_bytes {
+        p.global.max_bytes = Some(parse_bytes(b).map_err(|m| flag("max-bytes", m))?);
+    }
+    Ok(p)
+}
+
+fn print_prune(r: &tessera_journal::PruneReport) {
+    let verb = if r.dry_run { "would remove" } else { "removed" };
+    for p in &r.removed {
+        println!(
+            "{verb} {:<26} {:<22} {:>10}  {} ({})",
+            p.run_id,
+            p.started.get(..19).unwrap_or(&p.started),
+            format_bytes(p.bytes),
+            p.component,
+            p.reason
+        );
+    }
+    for h in &r.held {
+        println!("kept   {:<26} held by {}", h.run_id, h.held_by.join(", "));
+    }
+    println!(
+        "{verb} {} runs and {} blobs ({}); {} runs kept; journal {} -> {}{} ({} freed)",
+        r.removed.len(),
+        r.blobs_removed,
+        format_bytes(r.blob_bytes_removed),
+        r.runs_kept,
+        format_bytes(r.file_bytes_before),
+        if r.dry_run { "about " } else { "" },
+        format_bytes(r.file_bytes_after),
+        format_bytes(r.bytes_freed()),
+    );
 }
 
 fn status(end: Option<&tessera_journal::End>) -> String {
@@ -89,6 +180,8 @@ pub fn run(global: &GlobalArgs, command: Command) -> i32 {
                             "component": r.header.component.digest,
                             "function": r.header.function,
                             "steps": r.steps,
+                            "bytes": r.bytes,
+                            "holds": r.holds,
                             "status": status(r.end.as_ref()),
                         })
                     })
@@ -97,13 +190,18 @@ pub fn run(global: &GlobalArgs, command: Command) -> i32 {
             } else {
                 for r in &runs {
                     println!(
-                        "{:<26} {:<22} {:>6} steps  {:<12} {} ({})",
+                        "{:<26} {:<22} {:>6} steps  {:<12} {} ({}){}",
                         r.header.run_id,
                         r.header.started.get(..19).unwrap_or(&r.header.started),
                         r.steps,
                         status(r.end.as_ref()),
                         r.header.function,
                         r.header.component.origin,
+                        if r.holds.is_empty() {
+                            String::new()
+                        } else {
+                            format!("  [held: {}]", r.holds.join(", "))
+                        }
                     );
                 }
                 if runs.is_empty() {
@@ -196,6 +294,119 @@ pub fn run(global: &GlobalArgs, command: Command) -> i32 {
                 .import(&mut BufReader::new(f), &file.display().to_string())
                 .map_err(|e| e.to_string())?;
             println!("{id}");
+            Ok(exit::OK)
+        }
+        Command::Stats { json } => {
+            let s = match store.stats() {
+                Ok(s) => s,
+                Err(e) if json => {
+                    println!("{}", json!({ "error": e.to_string() }));
+                    return Ok(exit::INTERNAL);
+                }
+                Err(e) => return Err(e.to_string()),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+                return Ok(exit::OK);
+            }
+            println!("journal   {}", store.path().display());
+            println!(
+                "on disk   {} ({} in allocated pages)",
+                format_bytes(s.file_bytes),
+                format_bytes(s.allocated_bytes)
+            );
+            println!(
+                "runs      {} ({} incomplete, {} held), {} steps",
+                s.runs, s.incomplete, s.held, s.steps
+            );
+            println!(
+                "stored    {} in records ({} headers, {} steps, {} end records), {} in {} blobs",
+                format_bytes(s.record_bytes),
+                format_bytes(s.header_bytes),
+                format_bytes(s.record_bytes - s.header_bytes - s.end_bytes),
+                format_bytes(s.end_bytes),
+                format_bytes(s.blob_bytes),
+                s.blobs
+            );
+            println!("per run   {} on disk", format_bytes(s.bytes_per_run));
+            for c in &s.components {
+                println!(
+                    "  {:<24} {:>7} runs  {:>10} records  {:>10} blobs  {:>10}/run  {} .. {}",
+                    c.name,
+                    c.runs,
+                    format_bytes(c.record_bytes),
+                    format_bytes(c.blob_bytes),
+                    format_bytes(c.bytes_per_run),
+                    c.oldest.get(..19).unwrap_or(&c.oldest),
+                    c.newest.get(..19).unwrap_or(&c.newest),
+                );
+            }
+            Ok(exit::OK)
+        }
+        Command::Prune {
+            dry_run,
+            json,
+            max_runs,
+            max_age,
+            max_bytes,
+        } => {
+            let fail = |code: i32, m: String| {
+                if json {
+                    println!("{}", json!({ "error": m }));
+                    Ok(code)
+                } else {
+                    Err(m)
+                }
+            };
+            let policy = match policy(
+                &global.data,
+                max_runs,
+                max_age.as_deref(),
+                max_bytes.as_deref(),
+                "",
+            ) {
+                Ok(p) => p,
+                Err(m) => return fail(exit::BAD_INPUT, m),
+            };
+            if policy.is_empty() {
+                return fail(
+                    exit::BAD_INPUT,
+                    format!(
+                        "no retention limits: set them under [journal] in {} or pass --max-runs, --max-age or --max-bytes",
+                        global
+                            .data
+                            .join(tessera_journal::retention::SETTINGS_FILE)
+                            .display()
+                    ),
+                );
+            }
+            let report = match store.prune(&policy, dry_run) {
+                Ok(r) => r,
+                Err(e) => return fail(exit::INTERNAL, e.to_string()),
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+            } else {
+                print_prune(&report);
+            }
+            Ok(exit::OK)
+        }
+        Command::Pin { run } => {
+            let id = store.resolve(&run).map_err(|e| e.to_string())?;
+            store.pin(&id).map_err(|e| e.to_string())?;
+            println!("pinned {id}");
+            Ok(exit::OK)
+        }
+        Command::Unpin { run } => {
+            let id = store.resolve(&run).map_err(|e| e.to_string())?;
+            if store.unpin(&id).map_err(|e| e.to_string())? {
+                println!("unpinned {id}");
+            } else {
+                println!("{id} was not pinned");
+            }
             Ok(exit::OK)
         }
     })

@@ -43,6 +43,18 @@ pub struct Args {
     /// an allowed origin gets CORS headers naming it (never `*`).
     #[arg(long, value_name = "ORIGIN")]
     pub allowed_origin: Vec<tessera_server::guard::AllowedOrigin>,
+    /// Keep at most this many runs in the journal (over `[journal]
+    /// max_runs` in `<data>/tessera.toml`); older ones are pruned in the
+    /// background.
+    #[arg(long, value_name = "N")]
+    pub journal_max_runs: Option<u64>,
+    /// Prune runs older than this (`30d`, `12h`; over `[journal] max_age`).
+    #[arg(long, value_name = "AGE")]
+    pub journal_max_age: Option<String>,
+    /// Keep the journal file under this size on disk (`256 MiB`; over
+    /// `[journal] max_bytes`).
+    #[arg(long, value_name = "SIZE")]
+    pub journal_max_bytes: Option<String>,
 }
 
 async fn shutdown_signal() {
@@ -86,6 +98,19 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
         }
     };
     config.allowed_origins = args.allowed_origin;
+    config.retention = match crate::cmd::runs::policy(
+        &global.data,
+        args.journal_max_runs,
+        args.journal_max_age.as_deref(),
+        args.journal_max_bytes.as_deref(),
+        "journal-",
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return crate::exit::BAD_INPUT;
+        }
+    };
     // Bind first: a taken port is reported before the components load.
     let listener = if args.stdio {
         None
