@@ -9,9 +9,8 @@
 //! and of the client itself.
 //!
 //! Rounds are interleaved (rotating which peer goes first), so every peer
-//! sees the same machine noise. `TESSERA_BASELINE_BIN=<path to another
-//! tessera build>` adds that build as a third peer, to compare two builds
-//! in one run.
+//! sees the same machine noise. `TESSERA_BASELINE_BIN=<path>[:<path>…]`
+//! adds other builds of `tessera` as peers, to compare builds in one run.
 //!
 //! Run: `cargo bench -p tessera-cli --bench stdio` (`BENCH_CALLS` sets the
 //! calls per round, default 2000; `BENCH_ROUNDS` the rounds, default 5).
@@ -160,9 +159,15 @@ fn main() {
     let mut peers: Vec<(String, Peer, bool, Option<tempfile::TempDir>)> = Vec::new();
     let (p, d) = serve(std::ffi::OsStr::new(env!("CARGO_BIN_EXE_tessera")));
     peers.push(("tessera serve --stdio".into(), p, false, Some(d)));
-    if let Some(bin) = std::env::var_os("TESSERA_BASELINE_BIN") {
-        let (p, d) = serve(&bin);
-        peers.push(("baseline build (stdio)".into(), p, false, Some(d)));
+    if let Some(bins) = std::env::var_os("TESSERA_BASELINE_BIN") {
+        for bin in std::env::split_paths(&bins) {
+            let (p, d) = serve(bin.as_os_str());
+            let name = bin
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            peers.push((name, p, false, Some(d)));
+        }
     }
     peers.push((
         "client + pipes (cat)".into(),
