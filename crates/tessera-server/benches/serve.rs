@@ -14,10 +14,17 @@
 //!    with the 50 components loaded (from the cache), and after calls.
 //!
 //! The client runs in the same process as the server (on the same two
-//! cores), so the HTTP and MCP figures include the client's own cost.
+//! cores), so the HTTP and MCP figures include the client's own cost; the
+//! same client against a trivial hyper server, in the same run, shows what
+//! the client alone can drive. Latency rounds also time a raw wasmtime call
+//! of `hello.greet` (no fuel, epochs, limiter, gateway or journal), the
+//! floor the in-process path is compared with.
 //!
 //! Run: `cargo bench -p tessera-server --bench serve` (`BENCH_ROUNDS`
-//! changes the number of latency rounds).
+//! changes the number of latency rounds). For instruction counts,
+//! `SERVE_BENCH_PROFILE=in-process|http|mcp|raw SERVE_BENCH_CALLS=N` makes
+//! N calls on one path and exits (run it under `valgrind --tool=callgrind`
+//! with two values of N; the difference is the cost of the extra calls).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -219,6 +226,176 @@ async fn in_process_greet(server: &Server) {
     assert_eq!(c.outcome.result.unwrap(), json!("Hello, Ada!"));
 }
 
+/// The store data of the raw wasmtime baseline.
+struct RawState {
+    wasi: wasmtime_wasi::WasiCtx,
+    table: wasmtime::component::ResourceTable,
+}
+
+impl wasmtime_wasi::WasiView for RawState {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        wasmtime_wasi::WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// `hello.greet` on plain wasmtime: pooling allocator, one `InstancePre`,
+/// a default WASI context and a fresh instance per call, a typed call. No
+/// fuel, epochs, limiter, gateway or journal (the baseline of
+/// `crates/tessera-runtime/benches/call.rs`).
+struct RawWasmtime {
+    engine: wasmtime::Engine,
+    pre: wasmtime::component::InstancePre<RawState>,
+    greet: wasmtime::component::ComponentExportIndex,
+}
+
+impl RawWasmtime {
+    fn new() -> Self {
+        use wasmtime::component::{Component, Linker};
+        let mut cfg = wasmtime::Config::new();
+        cfg.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(
+            wasmtime::PoolingAllocationConfig::default(),
+        ));
+        let engine = wasmtime::Engine::new(&cfg).unwrap();
+        let bytes = std::fs::read(component("hello")).unwrap();
+        let component = Component::from_binary(&engine, &bytes).unwrap();
+        let mut linker: Linker<RawState> = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+        linker
+            .instance("wasi:logging/logging@0.1.0-draft")
+            .unwrap()
+            .func_new("log", |_, _, _, _| Ok(()))
+            .unwrap();
+        let pre = linker.instantiate_pre(&component).unwrap();
+        let greet = component.get_export_index(None, "greet").unwrap();
+        Self { engine, pre, greet }
+    }
+
+    async fn greet(&self) {
+        let mut store = wasmtime::Store::new(
+            &self.engine,
+            RawState {
+                wasi: wasmtime_wasi::WasiCtx::builder().build(),
+                table: wasmtime::component::ResourceTable::new(),
+            },
+        );
+        let instance = self.pre.instantiate_async(&mut store).await.unwrap();
+        let f = instance
+            .get_typed_func::<(&str,), (String,)>(&mut store, &self.greet)
+            .unwrap();
+        let (out,) = f.call_async(&mut store, ("Ada",)).await.unwrap();
+        assert_eq!(out, "Hello, Ada!");
+    }
+}
+
+/// A trivial native HTTP/1.1 server (hyper, no framework) that answers every
+/// request with a fixed JSON body the size of a `hello.greet` answer: what
+/// the load generator alone can drive, measured in the same run.
+async fn trivial_server() -> SocketAddr {
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let body = Bytes::from(
+        json!({"ok": true, "result": "Hello, Ada!", "component": "hello", "version": 2,
+               "function": "greet", "run_id": "20261125T000000-00000000",
+               "fuel_consumed": 12345, "duration_us": 20, "stdout": "", "stderr": "",
+               "logs": []})
+        .to_string(),
+    );
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let _ = tcp.set_nodelay(true);
+            let body = body.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let body = body.clone();
+                    async move {
+                        let _ = req.into_body().collect().await;
+                        Ok::<_, std::convert::Infallible>(
+                            hyper::Response::builder()
+                                .header("content-type", "application/json")
+                                .body(Full::new(body))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Calls per second the load generator reaches against the trivial server.
+async fn trivial_throughput(addr: SocketAddr, clients: usize, for_how_long: Duration) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (done, stop) = (done.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = Conn::open(addr).await;
+            while !stop.load(Ordering::Relaxed) {
+                assert!(http_greet(&mut c).await);
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(for_how_long).await;
+    stop.store(true, Ordering::Relaxed);
+    let n = done.load(Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    n as f64 / elapsed.as_secs_f64()
+}
+
+/// For instruction counts under `valgrind --tool=callgrind`:
+/// `SERVE_BENCH_PROFILE=in-process|http|mcp|raw` makes `SERVE_BENCH_CALLS`
+/// sequential calls on that path (after 50 warm-up calls) and exits. The
+/// cost of one call is the difference between two runs with different
+/// counts, divided by the difference in calls.
+async fn profile(data: &Path, path: &str, calls: usize) {
+    let (server, addr, stop) = start(data).await;
+    match path {
+        "in-process" => {
+            for _ in 0..calls + 50 {
+                in_process_greet(&server).await;
+            }
+        }
+        "http" => {
+            let mut c = Conn::open(addr).await;
+            for _ in 0..calls + 50 {
+                assert!(http_greet(&mut c).await);
+            }
+        }
+        "mcp" => {
+            let mut s = McpSession::open(addr).await;
+            for _ in 0..calls + 50 {
+                s.greet().await;
+            }
+        }
+        "raw" => {
+            let raw = RawWasmtime::new();
+            for _ in 0..calls + 50 {
+                raw.greet().await;
+            }
+        }
+        other => panic!("SERVE_BENCH_PROFILE: unknown path `{other}`"),
+    }
+    server.journal.flush();
+    let _ = stop.send(());
+}
+
 #[derive(Clone, Copy)]
 enum Path3 {
     InProcess,
@@ -293,13 +470,24 @@ async fn start(data: &Path) -> (Arc<Server>, SocketAddr, tokio::sync::oneshot::S
     (server, addr, stop)
 }
 
-async fn latency_and_throughput(data: &Path, rounds: usize) {
-    let (server, addr, stop) = start(data).await;
-    let per_round = 200;
+/// One caller at a time on each path, rounds interleaved. Runs in a task
+/// of the runtime, as the server's own HTTP and MCP handlers do (a call
+/// made from outside the runtime's worker threads pays two extra thread
+/// wake-ups: see [`latency_and_throughput`]).
+async fn latency(server: Arc<Server>, addr: SocketAddr, rounds: usize, per_round: usize) {
     let mut http = Conn::open(addr).await;
     let mut mcp = McpSession::open(addr).await;
-    let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    let raw = RawWasmtime::new();
+    let (mut a, mut b, mut c, mut r) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
+        for _ in 0..per_round {
+            let t = Instant::now();
+            raw.greet().await;
+            let d = t.elapsed();
+            if round > 0 {
+                r.push(d);
+            }
+        }
         for _ in 0..per_round {
             let t = Instant::now();
             in_process_greet(&server).await;
@@ -329,25 +517,54 @@ async fn latency_and_throughput(data: &Path, rounds: usize) {
         "hello.greet latency, one caller ({} interleaved rounds of {per_round}, first dropped):",
         rounds - 1
     );
+    let raw_p50 = summarize("raw wasmtime", r);
     let base = summarize("in-process (journaled)", a);
     let h = summarize("HTTP API", b);
     let m = summarize("MCP streamable HTTP", c);
     println!(
-        "  ratio p50: HTTP {:.2}x, MCP {:.2}x of in-process",
+        "  ratio p50: in-process {:.2}x of raw wasmtime; HTTP {:.2}x, MCP {:.2}x of in-process",
+        us(base) / us(raw_p50),
         us(h) / us(base),
         us(m) / us(base)
     );
+}
+
+async fn latency_and_throughput(data: &Path, rounds: usize) {
+    let (server, addr, stop) = start(data).await;
+    let per_round = 200;
+    tokio::spawn(latency(server.clone(), addr, rounds, per_round))
+        .await
+        .unwrap();
+    // The same in-process call made from the thread that runs `block_on`,
+    // outside the worker threads: the call's task is handed to a worker
+    // and its end handed back, two thread wake-ups per call.
+    let mut outside = Vec::new();
+    for round in 0..rounds {
+        for _ in 0..per_round {
+            let t = Instant::now();
+            in_process_greet(&server).await;
+            if round > 0 {
+                outside.push(t.elapsed());
+            }
+        }
+    }
+    summarize("in-process, from outside the runtime's workers", outside);
 
     let clients = 8;
     let window = Duration::from_millis(1500);
-    let (mut ta, mut tb, mut tc) = (Vec::new(), Vec::new(), Vec::new());
+    let trivial = trivial_server().await;
+    let (mut ta, mut tb, mut tc, mut tt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..3 {
         ta.push(throughput(&server, addr, Path3::InProcess, clients, window).await);
         tb.push(throughput(&server, addr, Path3::Http, clients, window).await);
         tc.push(throughput(&server, addr, Path3::Mcp, clients, window).await);
+        tt.push(trivial_throughput(trivial, clients, window).await);
     }
-    let (ta, tb, tc) = (median(ta), median(tb), median(tc));
+    let (ta, tb, tc, tt) = (median(ta), median(tb), median(tc), median(tt));
     println!("\nhello.greet throughput, {clients} concurrent callers (median of 3 × 1.5 s):");
+    println!(
+        "  load generator alone   {tt:>8.0} calls/s  (the same HTTP client against a trivial hyper server)"
+    );
     println!("  in-process (journaled) {ta:>8.0} calls/s");
     println!(
         "  HTTP API               {tb:>8.0} calls/s  ({:.2}x of in-process)",
@@ -573,6 +790,24 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if let Ok(path) = std::env::var("SERVE_BENCH_PROFILE") {
+        let calls: usize = std::env::var("SERVE_BENCH_CALLS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1000);
+        rt.block_on(async {
+            let data = tempfile::tempdir().unwrap();
+            let registry = tessera_server::registry::Registry::open(data.path()).unwrap();
+            let bytes = std::fs::read(component("hello")).unwrap();
+            registry.add("hello", &bytes, None, "hello").unwrap();
+            let dir = data.path().to_path_buf();
+            // In a task, as the server's own handlers call.
+            tokio::spawn(async move { profile(&dir, &path, calls).await })
+                .await
+                .unwrap();
+        });
+        return;
+    }
     if let Some(data) = std::env::var_os("SERVE_BENCH_MEMORY") {
         rt.block_on(memory_child(Path::new(&data)));
         return;

@@ -32,6 +32,7 @@ pub mod mcp;
 pub mod openapi;
 pub mod registry;
 mod serve;
+mod stdio;
 mod watcher;
 
 use std::collections::HashMap;

@@ -99,10 +99,10 @@ impl Server {
             // at once rather than left to run out their deadlines.
             r = mcp::McpService::new(self.clone()).serve((
                 CancelOnEof {
-                    inner: tokio::io::stdin(),
+                    inner: crate::stdio::stdin(),
                     on_eof: self.shutdown.clone(),
                 },
-                tokio::io::stdout(),
+                crate::stdio::stdout(),
             )) => r.map_err(|e| ServerError::Stdio(Box::new(e)))?,
             // A signal before the client even connected.
             () = &mut shutdown => return Ok(()),
