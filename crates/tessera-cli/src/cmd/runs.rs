@@ -4,9 +4,10 @@ use std::io::{BufReader, Write};
 use std::path::PathBuf;
 
 use serde_json::json;
-use tessera_journal::{JournalStore, RunResult};
+use tessera_journal::RunResult;
 
 use crate::exit;
+use crate::failure::{Failure, Outcome, finish, journal_failure};
 use crate::setup::GlobalArgs;
 
 /// Subcommands of `tessera runs`.
@@ -58,27 +59,24 @@ fn status(end: Option<&tessera_journal::End>) -> String {
     }
 }
 
-fn with_store(global: &GlobalArgs, f: impl FnOnce(&JournalStore) -> Result<i32, String>) -> i32 {
-    match global.journal() {
-        Ok(store) => match f(&store) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("error: {e}");
-                exit::BAD_INPUT
-            }
-        },
-        Err(e) => {
-            eprintln!("error: {e}");
-            exit::INTERNAL
-        }
-    }
-}
-
 /// Runs the subcommand and returns the exit code.
 pub fn run(global: &GlobalArgs, command: Command) -> i32 {
-    with_store(global, |store| match command {
+    let json = matches!(
+        command,
+        Command::List { json: true } | Command::Show { json: true, .. }
+    );
+    finish(runs(global, command), json)
+}
+
+fn runs(global: &GlobalArgs, command: Command) -> Outcome {
+    let store = global
+        .journal()
+        .map_err(|e| Failure::internal("journal", e))?;
+    let store = &*store;
+    let jf = |e: tessera_journal::Error| journal_failure(&e);
+    match command {
         Command::List { json } => {
-            let runs = store.list().map_err(|e| e.to_string())?;
+            let runs = store.list().map_err(jf)?;
             if json {
                 let v: Vec<_> = runs
                     .iter()
@@ -113,10 +111,12 @@ pub fn run(global: &GlobalArgs, command: Command) -> i32 {
             Ok(exit::OK)
         }
         Command::Show { run, json } => {
-            let id = store.resolve(&run).map_err(|e| e.to_string())?;
-            let header = store.header(&id).map_err(|e| e.to_string())?;
-            let steps = store.steps(&id).map_err(|e| e.to_string())?;
-            let end = store.end(&id).map_err(|e| e.to_string())?;
+            let id = store
+                .resolve(&run)
+                .map_err(|e| jf(e).with("run", run.as_str()))?;
+            let header = store.header(&id).map_err(jf)?;
+            let steps = store.steps(&id).map_err(jf)?;
+            let end = store.end(&id).map_err(jf)?;
             if json {
                 let v = json!({
                     "header": header,
@@ -179,24 +179,30 @@ pub fn run(global: &GlobalArgs, command: Command) -> i32 {
             Ok(exit::OK)
         }
         Command::Export { run, output } => {
-            let id = store.resolve(&run).map_err(|e| e.to_string())?;
-            let f = std::fs::File::create(&output)
-                .map_err(|e| format!("cannot create {}: {e}", output.display()))?;
+            let id = store.resolve(&run).map_err(jf)?;
+            let f = std::fs::File::create(&output).map_err(|e| {
+                Failure::bad_input("io", format!("cannot create {}: {e}", output.display()))
+                    .with("path", output.display().to_string())
+            })?;
             let mut w = std::io::BufWriter::new(f);
-            store.export(&id, &mut w).map_err(|e| e.to_string())?;
-            w.flush()
-                .map_err(|e| format!("{}: {e}", output.display()))?;
+            store.export(&id, &mut w).map_err(jf)?;
+            w.flush().map_err(|e| {
+                Failure::bad_input("io", format!("{}: {e}", output.display()))
+                    .with("path", output.display().to_string())
+            })?;
             eprintln!("exported run {id} to {}", output.display());
             Ok(exit::OK)
         }
         Command::Import { file } => {
-            let f = std::fs::File::open(&file)
-                .map_err(|e| format!("cannot open {}: {e}", file.display()))?;
+            let f = std::fs::File::open(&file).map_err(|e| {
+                Failure::bad_input("io", format!("cannot open {}: {e}", file.display()))
+                    .with("path", file.display().to_string())
+            })?;
             let id = store
                 .import(&mut BufReader::new(f), &file.display().to_string())
-                .map_err(|e| e.to_string())?;
+                .map_err(jf)?;
             println!("{id}");
             Ok(exit::OK)
         }
-    })
+    }
 }
