@@ -76,7 +76,7 @@ pub const PROVIDED: &[ProvidedInterface] = &[
     wasi("wasi:sockets/tcp", None),
     wasi("wasi:sockets/tcp-create-socket", None),
     wasi("wasi:sockets/ip-name-lookup", None),
-    wasi("wasi:cli/environment", Some("args, [env]")),
+    wasi("wasi:cli/environment", Some("[env] and args")),
     wasi("wasi:cli/exit", None),
     wasi("wasi:cli/stdin", None),
     wasi("wasi:cli/stdout", None),
@@ -181,7 +181,7 @@ impl std::fmt::Display for UnresolvedImport {
                     }
                 )?;
                 if let Some(g) = grant {
-                    write!(f, " (calls are governed by the manifest's `{g}`)")?;
+                    write!(f, " (what it may do is granted by the manifest's {g})")?;
                 }
                 Ok(())
             }
@@ -541,7 +541,10 @@ mod tests {
             text.contains("Tessera provides `wasi:config/store` only at 0.2.0-draft"),
             "{text}"
         );
-        assert!(text.contains("`[config]`"), "{text}");
+        assert!(
+            text.contains("granted by the manifest's [config]"),
+            "{text}"
+        );
     }
 
     #[test]
