@@ -73,7 +73,9 @@ pub enum Command {
     Activate {
         /// The name.
         name: String,
-        /// The version (1-based).
+        /// The version (1-based). (Its id differs from the name so it does
+        /// not clash with the global `--version` flag.)
+        #[arg(id = "target_version", value_name = "VERSION")]
         version: usize,
     },
     /// Go back to the previously active version.
