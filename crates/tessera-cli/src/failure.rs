@@ -22,8 +22,8 @@ pub struct Failure {
     /// What happened and what to do, for a person.
     pub message: String,
     /// Details that depend on the kind (the file, the field, the
-    /// unresolved imports, …).
-    pub context: Map<String, Value>,
+    /// unresolved imports, …). Boxed to keep `Result<_, Failure>` small.
+    pub context: Box<Map<String, Value>>,
 }
 
 impl Failure {
@@ -33,7 +33,7 @@ impl Failure {
             code,
             kind: kind.to_string(),
             message: message.into(),
-            context: Map::new(),
+            context: Box::default(),
         }
     }
 

@@ -22,8 +22,9 @@ pub struct ApiFailure {
     /// The server's error code (`bad_component`, …), or `unreachable`
     /// when no answer came, or `bad_server` for an unusable `--server`.
     pub kind: String,
-    /// The server's error details and the HTTP status, when it answered.
-    pub context: serde_json::Map<String, Value>,
+    /// The server's error details and the HTTP status, when it answered
+    /// (boxed to keep `Result<_, ApiFailure>` small).
+    pub context: Box<serde_json::Map<String, Value>>,
 }
 
 impl From<ApiFailure> for crate::failure::Failure {
@@ -44,7 +45,7 @@ impl Api {
             message: format!("--server {server}: {why}"),
             code: exit::BAD_INPUT,
             kind: "bad_server".into(),
-            context: serde_json::Map::new(),
+            context: Box::default(),
         };
         let rest = match server.split_once("://") {
             Some(("http", rest)) => rest,
@@ -77,10 +78,10 @@ impl Api {
             message: format!("http://{}{path}: {e}", self.authority),
             code: exit::INTERNAL,
             kind: "unreachable".into(),
-            context: serde_json::Map::from_iter([(
+            context: Box::new(serde_json::Map::from_iter([(
                 "server".to_string(),
                 Value::String(format!("http://{}", self.authority)),
-            )]),
+            )])),
         };
         let stream = tokio::net::TcpStream::connect(&self.authority)
             .await
@@ -147,7 +148,7 @@ impl Api {
                 exit::INTERNAL
             },
             kind: err["code"].as_str().unwrap_or("error").to_string(),
-            context,
+            context: Box::new(context),
         })
     }
 }
