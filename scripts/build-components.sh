@@ -37,6 +37,8 @@ component_crates=(
 # Guests written in the WebAssembly text format, as components/<name>/<name>.wat.
 wat_guests=(
     two-memories
+    missing-import
+    wasi-future
 )
 
 if [[ "${1:-}" == --list ]]; then

@@ -3,6 +3,7 @@
 
 mod cmd;
 mod exit;
+mod failure;
 mod setup;
 
 use clap::{Parser, Subcommand};
@@ -59,8 +60,37 @@ const EXIT_CODES: &str = "Exit codes:
   5  the call failed and a grant denied something during it (HTTP host, file path)
   6  replay diverged from the recording";
 
+/// Parses the command line. A usage error of a command run with `--json`
+/// is printed as JSON too (see `failure.rs`).
+fn parse() -> Cli {
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let wants_json = std::env::args_os().any(|a| a == "--json");
+            let informational = matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            );
+            if !wants_json || informational {
+                e.exit();
+            }
+            let mut failure =
+                failure::Failure::bad_input("usage", e.render().to_string().trim_end().to_string());
+            if let Some(clap::error::ContextValue::String(arg)) =
+                e.get(clap::error::ContextKind::InvalidArg)
+            {
+                failure = failure.with("argument", arg.as_str());
+            }
+            std::process::exit(failure.emit(true));
+        }
+    }
+}
+
 fn main() {
-    let cli = Cli::parse();
+    let cli = parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

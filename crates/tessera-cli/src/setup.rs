@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_runtime::audit::JsonLinesAudit;
-use tessera_runtime::{Error, Grants, LoadedComponent, Runtime, RuntimeConfig};
+use tessera_runtime::{Error, Grants, Inspection, LoadedComponent, Runtime, RuntimeConfig};
 
 /// Global options.
 #[derive(Debug, clap::Args)]
@@ -122,24 +122,6 @@ impl GlobalArgs {
 }
 
 impl GlobalArgs {
-    /// [`GlobalArgs::runtime_with`], printing the error and giving the exit
-    /// code on failure.
-    pub fn open_runtime(&self, guest_debug: bool) -> Result<Runtime, i32> {
-        self.runtime_with(guest_debug).map_err(|e| {
-            eprintln!("error: {e}");
-            crate::exit::INTERNAL
-        })
-    }
-
-    /// [`GlobalArgs::journal`], printing the error and giving the exit code
-    /// on failure.
-    pub fn open_journal(&self) -> Result<Arc<tessera_journal::JournalStore>, i32> {
-        self.journal().map_err(|e| {
-            eprintln!("error: {e}");
-            crate::exit::INTERNAL
-        })
-    }
-
     /// Opens the journal store in the data directory.
     pub fn journal(&self) -> Result<Arc<tessera_journal::JournalStore>, String> {
         tessera_journal::JournalStore::open(&self.data)
@@ -148,7 +130,23 @@ impl GlobalArgs {
     }
 }
 
-/// Loads a component with a manifest, showing a spinner while it compiles.
+/// A progress indicator on stderr while a component compiles: what is
+/// compiled, its size and the time so far. wasmtime reports no progress
+/// while Cranelift compiles, so it shows elapsed time rather than a
+/// percentage it would have to invent. Drawn only on a terminal.
+pub fn compile_progress(what: &str, bytes: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.set_message(format!("compiling {what} ({} KiB)", bytes / 1024));
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
+}
+
+/// Loads a component with a manifest, showing progress while it compiles.
 pub async fn load(
     runtime: &Runtime,
     path: &Path,
@@ -163,17 +161,8 @@ pub async fn load(
         grants.deterministic = deterministic;
     }
     let prepared = runtime.prepare_file(path)?;
-    let spinner = (!prepared.cached).then(|| {
-        let s = indicatif::ProgressBar::new_spinner();
-        s.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-        s.set_message(format!(
-            "compiling {} ({} KiB)",
-            path.display(),
-            prepared.component_bytes.len() / 1024
-        ));
-        s.enable_steady_tick(Duration::from_millis(100));
-        s
-    });
+    let progress = (!prepared.cached)
+        .then(|| compile_progress(&path.display().to_string(), prepared.component_bytes.len()));
     let rt = runtime.clone();
     let result = tokio::task::spawn_blocking(move || rt.load(&prepared, grants))
         .await
@@ -181,8 +170,38 @@ pub async fn load(
             what: "the compile task",
             source,
         })?;
-    if let Some(s) = spinner {
-        s.finish_and_clear();
+    if let Some(p) = progress {
+        p.finish_and_clear();
+    }
+    result
+}
+
+/// Compiles a component file (or takes it from the cache) and describes
+/// it — exports, imports, and whether it links — showing progress while
+/// it compiles.
+pub async fn inspect(runtime: &Runtime, path: &Path) -> Result<Inspection, Error> {
+    let prepared = runtime.prepare_file(path)?;
+    inspect_prepared(runtime, prepared, &path.display().to_string()).await
+}
+
+/// [`inspect`] for bytes already prepared; `what` names them in the
+/// progress display.
+pub async fn inspect_prepared(
+    runtime: &Runtime,
+    prepared: tessera_runtime::Prepared,
+    what: &str,
+) -> Result<Inspection, Error> {
+    let progress =
+        (!prepared.cached).then(|| compile_progress(what, prepared.component_bytes.len()));
+    let rt = runtime.clone();
+    let result = tokio::task::spawn_blocking(move || rt.inspect(&prepared))
+        .await
+        .map_err(|source| Error::Task {
+            what: "the compile task",
+            source,
+        })?;
+    if let Some(p) = progress {
+        p.finish_and_clear();
     }
     result
 }

@@ -631,3 +631,301 @@ fn runs_prune_pin_stats_and_bad_retention_settings() {
     let o = cli.run(&["runs", "prune", "--max-age", "soon"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// The compile cache's entries (`<data>/cache/**.cwasm`) and when each was
+/// written.
+fn cache_entries(data: &Path) -> Vec<(PathBuf, std::time::SystemTime)> {
+    walk(&data.join("cache"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .map(|p| {
+            let t = std::fs::metadata(&p).unwrap().modified().unwrap();
+            (p, t)
+        })
+        .collect()
+}
+
+fn json_of(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}{}", stdout(o), stderr(o)))
+}
+
+#[test]
+fn components_add_compiles_and_refuses_a_component_that_cannot_link() {
+    let cli = Cli::new();
+    let hello = component("hello").display().to_string();
+    let missing = component("missing-import").display().to_string();
+    let future = component("wasi-future").display().to_string();
+
+    // A good component: compiled into the cache as it is added.
+    let o = cli.run(&["components", "add", &hello, "--name", "tool"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("tool v1 active"), "{}", stdout(&o));
+    let cached = cache_entries(cli.data.path());
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    let registry_file = cli.data.path().join("components/registry.json");
+    let before = std::fs::read(&registry_file).unwrap();
+
+    // Unprovided interface: refused, naming it, listing the exports.
+    let o = cli.run(&["components", "add", &missing, "--name", "tool"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("`example:missing/thing`: Tessera does not provide this interface"),
+        "{err}"
+    );
+    assert!(err.contains("exports: add, lookup"), "{err}");
+    assert!(!err.contains("wrong type"), "{err}");
+    assert!(!stdout(&o).contains("active"), "{}", stdout(&o));
+
+    // Another WASI version: refused, naming the version Tessera links; as JSON.
+    let o = cli.run(&["components", "add", &future, "--name", "tool", "--json"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let v = json_of(&o);
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["error"]["kind"], "link", "{v}");
+    let u = &v["error"]["context"]["unresolved_imports"][0];
+    assert_eq!(u["import"], "wasi:cli/environment@0.3.0", "{v}");
+    assert_eq!(u["reason"]["kind"], "other_version", "{v}");
+    assert!(
+        u["message"]
+            .as_str()
+            .unwrap()
+            .contains("Tessera provides `wasi:cli/environment` only at 0.2.12"),
+        "{v}"
+    );
+    assert_eq!(
+        v["error"]["context"]["exports"],
+        serde_json::json!(["count"])
+    );
+
+    // Nothing changed: the registry file, and the version a server serves.
+    assert_eq!(std::fs::read(&registry_file).unwrap(), before);
+    let o = cli.run(&["components", "list"]);
+    assert!(stdout(&o).contains("v1/1"), "{}", stdout(&o));
+    let serving = Serving::start(cli.data.path(), &[]);
+    let (status, v) = serving.request(
+        "POST",
+        "/v1/components/tool/call/greet",
+        r#"{"name":"Ada"}"#,
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["result"], "Hello, Ada!");
+    serving.stop();
+    // The server loaded the compiled code the add left in the cache (the
+    // refused components' code is cached too, harmlessly).
+    let after = cache_entries(cli.data.path());
+    assert!(after.contains(&cached[0]), "{after:?} {cached:?}");
+}
+
+#[test]
+fn inspect_shows_the_exports_and_unresolved_imports_of_a_component_that_cannot_link() {
+    let cli = Cli::new();
+    let missing = component("missing-import").display().to_string();
+    let o = cli.run(&["inspect", &missing]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("add(a: u32, b: u32) -> u32"), "{out}");
+    assert!(out.contains("lookup(key: u32) -> u32"), "{out}");
+    assert!(
+        out.contains("example:missing/thing  (NOT PROVIDED)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("`example:missing/thing`: Tessera does not provide this interface"),
+        "{out}"
+    );
+    assert!(stderr(&o).contains("cannot link"), "{}", stderr(&o));
+
+    let o = cli.run(&["inspect", &missing, "--json"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let v = json_of(&o);
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["links"], false);
+    let names: Vec<&str> = v["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["add", "lookup"]);
+    assert_eq!(
+        v["functions"][0]["parameters"]["properties"]["a"]["type"],
+        "integer"
+    );
+    assert_eq!(v["imports"], serde_json::json!(["example:missing/thing"]));
+    assert_eq!(
+        v["unresolved_imports"][0]["import"],
+        "example:missing/thing"
+    );
+    assert_eq!(v["unresolved_imports"][0]["reason"]["kind"], "not_provided");
+    assert_eq!(v["error"]["kind"], "link");
+
+    // A component that links: no unresolved imports, exit 0.
+    let o = cli.run(&["inspect", component("hello").to_str().unwrap(), "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v = json_of(&o);
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["unresolved_imports"], serde_json::json!([]));
+    assert!(v["imports"].as_array().unwrap().len() > 3, "{v}");
+}
+
+#[test]
+fn every_json_command_prints_json_when_it_fails() {
+    let cli = Cli::new();
+    let hello = component("hello").display().to_string();
+    let nothing = cli.data.path().join("nothing.wasm").display().to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["inspect", &nothing, "--json"], "read"),
+        (vec!["inspect", "--json"], "usage"),
+        (vec!["call", &nothing, "f", "--json"], "read"),
+        (
+            vec!["call", &hello, "greet", "--args", "{", "--json"],
+            "arguments",
+        ),
+        (vec!["call", &hello, "nope", "--json"], "no_such_function"),
+        (
+            vec!["call", &hello, "greet", "--args", r#"{"name":1}"#, "--json"],
+            "bad_arguments",
+        ),
+        (vec!["runs", "show", "nope", "--json"], "no_such_run"),
+        (vec!["replay", "nope", "--json"], "no_such_run"),
+        (
+            vec!["inspect-run", "nope", "--at", "0", "--json"],
+            "no_such_run",
+        ),
+        (
+            vec!["components", "inspect", "nope", "--json"],
+            "no_such_component",
+        ),
+        (
+            vec!["components", "--json", "activate", "nope", "1"],
+            "no_such_component",
+        ),
+        (
+            vec!["components", "add", &nothing, "--name", "x", "--json"],
+            "read",
+        ),
+        (
+            vec!["components", "add", &hello, "--name", "Bad Name", "--json"],
+            "invalid_name",
+        ),
+        (
+            vec!["components", "--server", "ftp://x", "list", "--json"],
+            "bad_server",
+        ),
+    ];
+    for (args, kind) in cases {
+        let o = cli.run(&args);
+        assert_ne!(o.status.code(), Some(0), "{args:?}");
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{args:?}: stdout is not JSON ({e}): {}{}",
+                stdout(&o),
+                stderr(&o)
+            )
+        });
+        assert_eq!(v["ok"], false, "{args:?}: {v}");
+        assert_eq!(v["error"]["kind"], kind, "{args:?}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{args:?}: {v}"
+        );
+        assert!(v["error"]["context"].is_object(), "{args:?}: {v}");
+    }
+    // Without --json, the same failure is text on stderr.
+    let o = cli.run(&["runs", "show", "nope"]);
+    assert!(o.stdout.is_empty());
+    assert!(stderr(&o).starts_with("error: "), "{}", stderr(&o));
+    // A journal that cannot be opened, with --json.
+    let o = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["--data", "/dev/null/x", "runs", "list", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(json_of(&o)["error"]["kind"], "journal");
+}
+
+#[test]
+fn components_inspect_shows_functions_schemas_grants_and_versions() {
+    let cli = Cli::new();
+    let hello = component("hello").display().to_string();
+    let manifest = cli.data.path().join("hello.toml");
+    std::fs::write(
+        &manifest,
+        "[config]\nvalues = { greeting = \"Hi\" }\n[limits]\nfuel = 12345678\n",
+    )
+    .unwrap();
+    assert!(
+        cli.run(&["components", "add", &hello, "--name", "hello"])
+            .status
+            .success()
+    );
+    let o = cli.run(&[
+        "components",
+        "add",
+        &hello,
+        "--name",
+        "hello",
+        "--manifest",
+        manifest.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let o = cli.run(&["components", "inspect", "hello"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("hello: active v2 (previous v1)"), "{out}");
+    assert!(
+        out.contains("* v2") && out.contains("(with manifest)"),
+        "{out}"
+    );
+    assert!(out.contains("fn greet"), "{out}");
+    assert!(out.contains(r#"parameters: {"#), "{out}");
+    assert!(out.contains(r#""fuel":12345678"#), "{out}");
+    assert!(out.contains(r#""greeting":"Hi""#), "{out}");
+
+    let o = cli.run(&["components", "inspect", "hello", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v = json_of(&o);
+    assert_eq!(v["active_version"], 2);
+    assert_eq!(v["loaded"], 2);
+    assert_eq!(v["versions"].as_array().unwrap().len(), 2);
+    assert_eq!(v["grants"]["grants"]["limits"]["fuel"], 12345678);
+    assert_eq!(v["grants"]["grants"]["config"]["values"]["greeting"], "Hi");
+    let greet = v["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "greet")
+        .unwrap();
+    assert_eq!(greet["parameters"]["properties"]["name"]["type"], "string");
+    assert_eq!(greet["result"]["type"], "string");
+
+    // The same document through a server.
+    let serving = Serving::start(cli.data.path(), &[]);
+    let o = cli.run(&[
+        "components",
+        "--server",
+        &serving.base,
+        "inspect",
+        "hello",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let remote = json_of(&o);
+    for key in [
+        "active_version",
+        "versions",
+        "grants",
+        "functions",
+        "loaded",
+    ] {
+        assert_eq!(remote[key], v[key], "{key}");
+    }
+    let o = cli.run(&["components", "--server", &serving.base, "inspect", "hello"]);
+    assert_eq!(stdout(&o), out);
+    serving.stop();
+}

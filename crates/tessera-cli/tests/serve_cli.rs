@@ -87,6 +87,35 @@ fn components_are_managed_through_a_running_server() {
     );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("bad_component"), "{}", text(&o));
+
+    // So is one that imports an interface Tessera does not provide, with
+    // the interface named; as JSON with --json.
+    let missing = component("missing-import").display().to_string();
+    let o = remote(Some(&manage), &["add", &missing, "--name", "tool"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("`example:missing/thing`: Tessera does not provide this interface"),
+        "{}",
+        text(&o)
+    );
+    let o = remote(
+        Some(&manage),
+        &["add", &missing, "--name", "tool", "--json"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["error"]["kind"], "bad_component", "{v}");
+    assert_eq!(v["error"]["context"]["status"], 400, "{v}");
+    assert_eq!(
+        v["error"]["context"]["unresolved_imports"][0]["import"], "example:missing/thing",
+        "{v}"
+    );
+    assert_eq!(
+        v["error"]["context"]["exports"],
+        serde_json::json!(["add", "lookup"])
+    );
+    let o = remote(Some(&call), &["list"]);
+    assert!(!text(&o).contains("tool"), "{}", text(&o));
     serving.stop();
 
     // Not a URL the client speaks.

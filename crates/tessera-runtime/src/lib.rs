@@ -24,6 +24,7 @@ mod call;
 pub mod capability;
 pub mod gateway;
 mod host;
+pub mod imports;
 pub mod json;
 pub mod limits;
 pub mod manifest;
@@ -36,10 +37,11 @@ pub use cache::{CacheStatus, ComponentCache};
 pub use call::{CallFailure, CallOptions, CallOutcome, LoadedComponent};
 pub use capability::{Effects, HostConfig};
 pub use host::HostState;
+pub use imports::{UnresolvedImport, UnresolvedReason};
 pub use json::ArgError;
 pub use limits::LimitHit;
 pub use manifest::{Grants, Limits, ManifestError};
-pub use runtime::{Prepared, Runtime, RuntimeConfig, digest_of};
+pub use runtime::{Inspection, Prepared, Runtime, RuntimeConfig, digest_of};
 pub use schema::FunctionInfo;
 pub use snapshot::Snapshot;
 pub use tokio_util::sync::CancellationToken;
@@ -94,8 +96,15 @@ pub enum Error {
     Link {
         /// Where the bytes came from.
         origin: String,
-        /// wasmtime's explanation, naming the import.
+        /// What is missing, for a person: each unresolved import and why,
+        /// and the functions the component exports.
         message: String,
+        /// Each import the linker does not satisfy (empty when the
+        /// problem is on the host's side, or could not be narrowed down).
+        unresolved: Vec<UnresolvedImport>,
+        /// The functions the component exports (qualified names), which
+        /// it would serve if it linked.
+        exports: Vec<String>,
     },
     /// The manifest is invalid.
     #[error(transparent)]

@@ -137,6 +137,46 @@ pub struct Prepared {
     pub cached: bool,
 }
 
+/// What a compiled component offers and needs ([`Runtime::inspect`]),
+/// known whether or not it links.
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    /// Where the bytes came from.
+    pub origin: String,
+    /// `sha256:<hex>` of the bytes as given.
+    pub digest: String,
+    /// Whether it was a core module adapted to a component.
+    pub adapted: bool,
+    /// The exported functions, with their schemas.
+    pub functions: Vec<crate::schema::FunctionInfo>,
+    /// The names of everything it imports.
+    pub imports: Vec<String>,
+    /// The imports the linker does not satisfy, and why.
+    pub unresolved: Vec<crate::UnresolvedImport>,
+    /// Why it does not link (as [`Error::Link`] words it), `None` when it
+    /// links.
+    pub link_error: Option<String>,
+    /// Where the compiled code came from.
+    pub cache_status: CacheStatus,
+}
+
+impl Inspection {
+    /// Whether the component links against Tessera's host interfaces.
+    pub fn links(&self) -> bool {
+        self.link_error.is_none()
+    }
+
+    /// The [`Error::Link`] that loading it gives, `None` when it links.
+    pub fn link_failure(&self) -> Option<Error> {
+        self.link_error.as_ref().map(|message| Error::Link {
+            origin: self.origin.clone(),
+            message: message.clone(),
+            unresolved: self.unresolved.clone(),
+            exports: self.functions.iter().map(|f| f.qualified_name()).collect(),
+        })
+    }
+}
+
 /// `sha256:<hex>` of some bytes.
 pub fn digest_of(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
@@ -306,6 +346,10 @@ impl Runtime {
     /// Compiles (or loads from the cache) and pre-instantiates a prepared
     /// component under `grants`. This is CPU-bound; async callers should run
     /// it on a blocking thread.
+    ///
+    /// A component that imports something the linker does not provide is
+    /// refused with [`Error::Link`], which names each unresolved import
+    /// (see [`crate::imports`]) and lists the component's exports.
     pub fn load(&self, prepared: &Prepared, mut grants: Grants) -> Result<LoadedComponent, Error> {
         grants
             .bind(&self.inner.host)
@@ -313,6 +357,67 @@ impl Runtime {
                 origin: prepared.origin.clone(),
                 source,
             })?;
+        let (compiled, cache_status) = self.compiled(prepared)?;
+        let pre = self.link(prepared, &compiled)?;
+        Ok(LoadedComponent::new(
+            self.clone(),
+            prepared.clone(),
+            pre,
+            compiled.functions,
+            grants,
+            cache_status,
+        ))
+    }
+
+    /// Compiles (or loads from the cache, so a later [`Runtime::load`]
+    /// does not compile again) and link-checks a prepared component, without
+    /// binding any grants: what a registry checks before it accepts a
+    /// version. `Ok` means the component links; [`Error::Link`] names what
+    /// it imports that Tessera does not provide.
+    pub fn check(&self, prepared: &Prepared) -> Result<Inspection, Error> {
+        let inspection = self.inspect(prepared)?;
+        match inspection.link_failure() {
+            None => Ok(inspection),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// Compiles (or loads from the cache) a prepared component and reports
+    /// what it exports and imports, and whether it links: a component that
+    /// compiles is described even when it cannot be loaded. Errors only
+    /// when it does not compile.
+    pub fn inspect(&self, prepared: &Prepared) -> Result<Inspection, Error> {
+        let (compiled, cache_status) = self.compiled(prepared)?;
+        let engine = &self.inner.engine;
+        let imports = compiled
+            .component
+            .component_type()
+            .imports(engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let (link_error, unresolved) = match self.link(prepared, &compiled) {
+            Ok(_) => (None, Vec::new()),
+            Err(Error::Link {
+                message,
+                unresolved,
+                ..
+            }) => (Some(message), unresolved),
+            Err(e) => return Err(e),
+        };
+        Ok(Inspection {
+            origin: prepared.origin.clone(),
+            digest: prepared.digest.clone(),
+            adapted: prepared.adapted,
+            functions: compiled.functions,
+            imports,
+            unresolved,
+            link_error,
+            cache_status,
+        })
+    }
+
+    /// The compiled component, from memory, the disk cache or Cranelift.
+    fn compiled(&self, prepared: &Prepared) -> Result<(Compiled, CacheStatus), Error> {
         let known = self
             .inner
             .compiled
@@ -320,46 +425,76 @@ impl Runtime {
             .unwrap_or_else(|p| p.into_inner())
             .get(&prepared.digest)
             .cloned();
-        let (component, functions, cache_status) = match known {
-            Some(c) => (c.component, c.functions, CacheStatus::Memory),
-            None => {
-                let (component, status) = self.compile(prepared)?;
-                let functions =
-                    schema::functions(&self.inner.engine, &component, &prepared.component_bytes);
-                let mut map = self
-                    .inner
-                    .compiled
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                if map.len() >= COMPILED_IN_MEMORY {
-                    map.clear();
-                }
-                map.insert(
-                    prepared.digest.clone(),
-                    Compiled {
-                        component: component.clone(),
-                        functions: functions.clone(),
-                    },
-                );
-                (component, functions, status)
-            }
-        };
-        let pre = self
-            .inner
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| Error::Link {
-                origin: prepared.origin.clone(),
-                message: format!("{e:#}"),
-            })?;
-        Ok(LoadedComponent::new(
-            self.clone(),
-            prepared.clone(),
-            pre,
+        if let Some(c) = known {
+            return Ok((c, CacheStatus::Memory));
+        }
+        let (component, status) = self.compile(prepared)?;
+        let functions =
+            schema::functions(&self.inner.engine, &component, &prepared.component_bytes);
+        let compiled = Compiled {
+            component,
             functions,
-            grants,
-            cache_status,
-        ))
+        };
+        let mut map = self
+            .inner
+            .compiled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if map.len() >= COMPILED_IN_MEMORY {
+            map.clear();
+        }
+        map.insert(prepared.digest.clone(), compiled.clone());
+        Ok((compiled, status))
+    }
+
+    /// Pre-instantiates against the linker; on failure, names what is missing.
+    fn link(
+        &self,
+        prepared: &Prepared,
+        compiled: &Compiled,
+    ) -> Result<wasmtime::component::InstancePre<HostState>, Error> {
+        self.inner
+            .linker
+            .instantiate_pre(&compiled.component)
+            .map_err(|e| {
+                let unresolved = crate::imports::diagnose(
+                    &self.inner.engine,
+                    &self.inner.linker,
+                    &compiled.component,
+                );
+                self.link_error(prepared, &format!("{e:#}"), unresolved, &compiled.functions)
+            })
+    }
+
+    fn link_error(
+        &self,
+        prepared: &Prepared,
+        wasmtime_message: &str,
+        unresolved: Vec<crate::UnresolvedImport>,
+        functions: &[schema::FunctionInfo],
+    ) -> Error {
+        let exports: Vec<String> = functions.iter().map(|f| f.qualified_name()).collect();
+        let mut message = if unresolved.is_empty() {
+            // Nothing narrowed down by name: wasmtime's account is all there is.
+            wasmtime_message.to_string()
+        } else {
+            unresolved
+                .iter()
+                .map(|u| u.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        if exports.is_empty() {
+            message.push_str(" (the component exports no functions)");
+        } else {
+            message.push_str(&format!(" (the component exports: {})", exports.join(", ")));
+        }
+        Error::Link {
+            origin: prepared.origin.clone(),
+            message,
+            unresolved,
+            exports,
+        }
     }
 
     /// Prepares and loads a file in one step.

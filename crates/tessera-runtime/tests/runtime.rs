@@ -1480,6 +1480,7 @@ fn dependency_wit(package: &str, sub: &str) -> std::path::PathBuf {
 fn every_wasi_function_is_served_or_refused_by_the_gateway() {
     use tessera_runtime::capability::coverage::{Coverage, coverage};
     let mut missing = Vec::new();
+    let mut unlisted = Vec::new();
     let mut counts = std::collections::BTreeMap::new();
     for (package, sub, world) in [
         ("wasmtime-wasi", "src/p2/wit", "wasmtime:wasi/bindings"),
@@ -1502,6 +1503,17 @@ fn every_wasi_function_is_served_or_refused_by_the_gateway() {
                 package.name,
                 iface.name.as_deref().unwrap_or("?")
             );
+            let version = package
+                .version
+                .as_ref()
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            if !tessera_runtime::imports::PROVIDED
+                .iter()
+                .any(|p| p.interface == name && p.version == version)
+            {
+                unlisted.push(format!("{name}@{version}"));
+            }
             for function in iface.functions.keys() {
                 match coverage(&name, function) {
                     None => missing.push(format!("{name}#{function}")),
@@ -1520,6 +1532,12 @@ fn every_wasi_function_is_served_or_refused_by_the_gateway() {
     assert!(
         missing.is_empty(),
         "host functions the gateway does not cover: {missing:#?}"
+    );
+    // The interfaces an unresolved import is checked against (see
+    // `tessera_runtime::imports`) are exactly those linked.
+    assert!(
+        unlisted.is_empty(),
+        "linked interfaces missing from imports::PROVIDED: {unlisted:#?}"
     );
     // Sanity: the walk saw the worlds (path and descriptor methods of the
     // filesystem alone are 27 gateway functions).

@@ -107,6 +107,138 @@ pub struct ComponentInfo {
     /// parameters and results (only from `GET /v1/components/{name}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub functions: Option<Vec<Map<String, Value>>>,
+    /// What the active version is granted and the limits it runs under,
+    /// as its manifest says (deny-all defaults without one), and the
+    /// effects that follow (only from `GET /v1/components/{name}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grants: Option<GrantsInfo>,
+    /// Why the active version is not loaded, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_error: Option<String>,
+}
+
+/// A version's grants, limits and effects.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct GrantsInfo {
+    /// One entry per capability (`files`, `http`, `env`, `config`, …) with
+    /// what its manifest section grants, plus `limits` and
+    /// `deterministic`; secrets appear by name only.
+    pub grants: Map<String, Value>,
+    /// What the grants let the component do to the world: `reads`,
+    /// `writes`, `network`, `external` (from which MCP annotations follow).
+    pub effects: Map<String, Value>,
+}
+
+impl GrantsInfo {
+    /// Parses a version's manifest (the host's secrets are not consulted:
+    /// nothing but names comes from the manifest).
+    pub fn of(
+        name: &str,
+        version: usize,
+        record: &crate::registry::Version,
+    ) -> Result<Self, tessera_runtime::ManifestError> {
+        let grants = match &record.manifest {
+            Some(text) => tessera_runtime::Grants::from_toml(
+                text,
+                &format!("manifest of {name} v{version}"),
+                record
+                    .manifest_dir
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new(".")),
+            )?,
+            None => tessera_runtime::Grants::deny_all(),
+        };
+        let object = |v: Value| match v {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        };
+        Ok(Self {
+            grants: object(serde_json::to_value(&grants).unwrap_or_default()),
+            effects: object(serde_json::to_value(grants.effects()).unwrap_or_default()),
+        })
+    }
+}
+
+impl ComponentInfo {
+    /// The registry's record of `name`: versions and which is active,
+    /// without what only a loaded version knows (`loaded`, `functions`,
+    /// `grants`, `load_error` are left empty).
+    pub fn from_entry(name: &str, entry: &crate::registry::Entry) -> Self {
+        Self {
+            name: name.to_string(),
+            active_version: entry.active as u64,
+            previous_version: entry.previous.map(|v| v as u64),
+            versions: entry
+                .versions
+                .iter()
+                .enumerate()
+                .map(|(i, v)| VersionInfo {
+                    version: i as u64 + 1,
+                    digest: v.digest.clone(),
+                    origin: v.origin.clone(),
+                    added: v.added.clone(),
+                    manifest: v.manifest.clone(),
+                })
+                .collect(),
+            loaded: None,
+            functions: None,
+            grants: None,
+            load_error: None,
+        }
+    }
+}
+
+/// An import of a component that Tessera does not provide.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct UnresolvedImportInfo {
+    /// The import as the component names it (`example:missing/thing`,
+    /// `wasi:cli/environment@0.3.0`).
+    pub import: String,
+    /// The item of the interface (function or resource), when Tessera
+    /// provides the interface but not that item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<String>,
+    /// Why: `not_provided` (no such interface), `other_version` (Tessera
+    /// provides it only at `provided_versions`), `missing_item` (the
+    /// interface lacks `item`), `item_type` (`item` has another type), or
+    /// `unsupported` (a kind of import Tessera never provides).
+    pub reason: String,
+    /// The versions Tessera provides the interface at (`other_version`),
+    /// or the exact interface it provides (`missing_item`, `item_type`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub provided: Vec<String>,
+    /// The manifest grant that governs the interface, if one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
+    /// The items the component imports from it (a whole interface missing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<String>,
+    /// The same, for a person.
+    pub message: String,
+}
+
+impl From<&tessera_runtime::UnresolvedImport> for UnresolvedImportInfo {
+    fn from(u: &tessera_runtime::UnresolvedImport) -> Self {
+        use tessera_runtime::UnresolvedReason as R;
+        let (reason, provided, grant) = match &u.reason {
+            R::NotProvided => ("not_provided", Vec::new(), None),
+            R::OtherVersion { provided, grant } => {
+                ("other_version", provided.clone(), grant.clone())
+            }
+            R::MissingItem { provided } => ("missing_item", vec![provided.clone()], None),
+            R::ItemType { provided } => ("item_type", vec![provided.clone()], None),
+            R::Unsupported { .. } => ("unsupported", Vec::new(), None),
+        };
+        Self {
+            import: u.import.clone(),
+            item: u.item.clone(),
+            reason: reason.to_string(),
+            provided,
+            grant,
+            items: u.items.clone(),
+            message: u.to_string(),
+        }
+    }
 }
 
 /// `GET /v1/components`.

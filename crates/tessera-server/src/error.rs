@@ -165,6 +165,14 @@ pub struct ErrorDetail {
     /// `cancelled`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
+    /// Each import of a component that Tessera does not provide, and why
+    /// (`bad_component` when the component does not link).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unresolved_imports: Option<Vec<crate::api::UnresolvedImportInfo>>,
+    /// The functions the refused component exports (`bad_component` when
+    /// the component does not link).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exports: Option<Vec<String>>,
 }
 
 /// An error answer: a code, a message and details, sent as [`ErrorBody`]
@@ -186,6 +194,8 @@ impl ApiError {
             target: None,
             reason: None,
             run_id: None,
+            unresolved_imports: None,
+            exports: None,
         }))
     }
 
@@ -242,6 +252,21 @@ impl From<RtError> for ApiError {
                 return ApiError::new(ErrorCode::ComponentBusy, e.to_string())
                     .with(|d| d.limit = Some(LimitRef::Value(limit)));
             }
+            RtError::Link {
+                unresolved,
+                exports,
+                ..
+            } => {
+                let unresolved: Vec<_> = unresolved
+                    .iter()
+                    .map(crate::api::UnresolvedImportInfo::from)
+                    .collect();
+                let exports = exports.clone();
+                return ApiError::new(ErrorCode::BadComponent, e.to_string()).with(|d| {
+                    d.unresolved_imports = Some(unresolved);
+                    d.exports = Some(exports);
+                });
+            }
             RtError::NoSuchFunction { .. } | RtError::Ambiguous { .. } => ErrorCode::NoSuchFunction,
             RtError::NotCallable { .. } => ErrorCode::NotCallable,
             RtError::Manifest(_) | RtError::Grant { .. } | RtError::Bind { .. } => {
@@ -250,8 +275,7 @@ impl From<RtError> for ApiError {
             RtError::Read { .. }
             | RtError::NotWasm { .. }
             | RtError::Adapt { .. }
-            | RtError::Compile { .. }
-            | RtError::Link { .. } => ErrorCode::BadComponent,
+            | RtError::Compile { .. } => ErrorCode::BadComponent,
             RtError::Engine { .. } | RtError::Task { .. } => ErrorCode::Engine,
         };
         ApiError::new(code, e.to_string())
@@ -268,6 +292,17 @@ impl From<JournalError> for ApiError {
             _ => ErrorCode::Journal,
         };
         ApiError::new(code, e.to_string())
+    }
+}
+
+impl From<crate::admit::AdmitError> for ApiError {
+    fn from(e: crate::admit::AdmitError) -> Self {
+        use crate::admit::AdmitError;
+        match e {
+            AdmitError::Registry(r) => r.into(),
+            AdmitError::Manifest(m) => ApiError::new(ErrorCode::BadManifest, m.to_string()),
+            AdmitError::Runtime(r) => r.into(),
+        }
     }
 }
 

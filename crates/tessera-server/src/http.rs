@@ -228,12 +228,14 @@ async fn openapi() -> Json<Value> {
 fn component_info(
     server: &Server,
     name: &str,
-    schemas: bool,
+    details: bool,
 ) -> Result<api::ComponentInfo, ApiError> {
     let entry = server.registry.get(name)?;
     let active = server.active(name);
-    let functions = match (&active, schemas) {
-        (Some(a), true) => Some(
+    let mut info = api::ComponentInfo::from_entry(name, &entry);
+    info.loaded = active.as_ref().map(|a| a.version as u64);
+    if details {
+        info.functions = active.as_ref().map(|a| {
             a.loaded
                 .functions()
                 .iter()
@@ -241,29 +243,19 @@ fn component_info(
                     Value::Object(m) => m,
                     _ => serde_json::Map::new(),
                 })
-                .collect(),
-        ),
-        _ => None,
-    };
-    Ok(api::ComponentInfo {
-        name: name.to_string(),
-        active_version: entry.active as u64,
-        previous_version: entry.previous.map(|v| v as u64),
-        versions: entry
-            .versions
-            .iter()
-            .enumerate()
-            .map(|(i, v)| api::VersionInfo {
-                version: i as u64 + 1,
-                digest: v.digest.clone(),
-                origin: v.origin.clone(),
-                added: v.added.clone(),
-                manifest: v.manifest.clone(),
-            })
-            .collect(),
-        loaded: active.as_ref().map(|a| a.version as u64),
-        functions,
-    })
+                .collect()
+        });
+        // A manifest that no longer parses is reported by `load_error`.
+        info.grants = api::GrantsInfo::of(name, entry.active, entry.active_version()).ok();
+    }
+    if info.loaded != Some(entry.active as u64) {
+        info.load_error = server
+            .load_failures()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, e)| e.to_string());
+    }
+    Ok(info)
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -284,27 +276,6 @@ async fn inspect_component(
     Ok(Json(component_info(&server, &name, true)?))
 }
 
-/// Validates a new version by loading it before it is registered.
-async fn check_loadable(
-    server: &Server,
-    bytes: &[u8],
-    manifest: Option<&(String, std::path::PathBuf)>,
-) -> Result<(), ApiError> {
-    if let Some((text, dir)) = manifest {
-        tessera_runtime::Grants::from_toml(text, "manifest", dir)
-            .map_err(|e| ApiError::new(ErrorCode::BadManifest, e.to_string()))?;
-    }
-    let rt = server.runtime.clone();
-    let bytes = bytes.to_vec();
-    tokio::task::spawn_blocking(move || {
-        let p = rt.prepare(bytes, "upload")?;
-        rt.load(&p, tessera_runtime::Grants::deny_all()).map(|_| ())
-    })
-    .await
-    .map_err(|e| ApiError::new(ErrorCode::Engine, e.to_string()))?
-    .map_err(ApiError::from)
-}
-
 fn check_name(name: &str) -> Result<(), ApiError> {
     if crate::registry::valid_name(name) {
         Ok(())
@@ -320,8 +291,21 @@ async fn register(
     manifest: Option<(String, std::path::PathBuf)>,
     origin: &str,
 ) -> ApiResult<(StatusCode, Json<api::Registered>)> {
-    check_loadable(server, &bytes, manifest.as_ref()).await?;
-    let version = server.registry.add(name, &bytes, manifest, origin)?;
+    // Compiled and link-checked (with this server's runtime, so the
+    // compiled code is ready to serve) before anything is registered.
+    let new = crate::admit::NewVersion {
+        name: name.to_string(),
+        bytes,
+        manifest,
+        origin: origin.to_string(),
+    };
+    let (rt, registry) = (server.runtime.clone(), server.registry.clone());
+    let admitted = tokio::task::spawn_blocking(move || {
+        crate::admit::add_checked(&rt, &registry, new, crate::admit::HostCheck::Bind, |_| {})
+    })
+    .await
+    .map_err(|e| ApiError::new(ErrorCode::Engine, format!("compile task failed: {e}")))??;
+    let version = admitted.version;
     server.sync().await.map_err(sync_error)?;
     Ok((
         StatusCode::CREATED,

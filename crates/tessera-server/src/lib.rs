@@ -20,6 +20,7 @@
 #![deny(missing_docs)]
 
 mod active;
+pub mod admit;
 pub mod api;
 mod audit;
 pub mod auth;

@@ -1137,6 +1137,145 @@ async fn configured_secrets_reach_the_guest_but_not_the_runs_api_or_the_audit_lo
         "{:?}",
         s.server.load_failures()
     );
+    // Nor does such a server admit another version needing it: refused,
+    // naming the field, and the registry keeps its one version.
+    let (status, v) = s
+        .call(
+            "POST",
+            "/v1/components",
+            json!({"name": "tool", "path": component("hello").display().to_string(), "manifest_path": manifest}),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["code"], "bad_manifest", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("config.secrets[0]"),
+        "{v}"
+    );
+    let (_, v) = s.call("GET", "/v1/components/tool", Value::Null).await;
+    assert_eq!(v["versions"].as_array().unwrap().len(), 1, "{v}");
+    assert!(
+        v["load_error"]
+            .as_str()
+            .unwrap()
+            .contains("config.secrets[0]"),
+        "{v}"
+    );
+    s.shutdown().await;
+}
+
+/// `PUT /v1/components/{name}` with a component's bytes.
+async fn upload(s: &Running, name: &str, wasm: &str, manifest: Option<&str>) -> (u16, Value) {
+    use base64::Engine as _;
+    let bytes = std::fs::read(component(wasm)).unwrap();
+    let body = json!({
+        "wasm_base64": base64::engine::general_purpose::STANDARD.encode(bytes),
+        "manifest": manifest,
+    });
+    s.call("PUT", &format!("/v1/components/{name}"), body).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_that_cannot_link_is_refused_and_the_registry_is_unchanged() {
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), |_| {}).await;
+    assert_eq!(s.add("tool", "hello").await.0, 201);
+    let registry_file = data.path().join("components/registry.json");
+    let before = std::fs::read(&registry_file).unwrap();
+
+    // By path: an interface no host provides.
+    let (status, v) = s.add("tool", "missing-import").await;
+    assert_eq!(status, 400, "{v}");
+    let e = &v["error"];
+    assert_eq!(e["code"], "bad_component", "{v}");
+    let message = e["message"].as_str().unwrap();
+    assert!(
+        message.contains("`example:missing/thing`: Tessera does not provide this interface"),
+        "{message}"
+    );
+    assert!(message.contains("exports: add, lookup"), "{message}");
+    assert!(!message.contains("wrong type"), "{message}");
+    assert_eq!(
+        e["unresolved_imports"][0]["import"],
+        "example:missing/thing"
+    );
+    assert_eq!(e["unresolved_imports"][0]["reason"], "not_provided");
+    assert_eq!(e["unresolved_imports"][0]["items"], json!(["get"]));
+    assert_eq!(e["exports"], json!(["add", "lookup"]));
+
+    // By upload: a WASI interface at a version Tessera does not link.
+    let (status, v) = upload(&s, "tool", "wasi-future", None).await;
+    assert_eq!(status, 400, "{v}");
+    let u = &v["error"]["unresolved_imports"][0];
+    assert_eq!(u["import"], "wasi:cli/environment@0.3.0", "{v}");
+    assert_eq!(u["reason"], "other_version");
+    assert_eq!(u["provided"], json!(["0.2.12"]));
+    assert!(
+        u["message"]
+            .as_str()
+            .unwrap()
+            .contains("Tessera provides `wasi:cli/environment` only at 0.2.12"),
+        "{u}"
+    );
+
+    // A new name is not created either.
+    assert_eq!(s.add("other", "missing-import").await.0, 400);
+    let (status, _) = s.call("GET", "/v1/components/other", Value::Null).await;
+    assert_eq!(status, 404);
+
+    // Nothing changed: the file, the active version, what is served.
+    assert_eq!(std::fs::read(&registry_file).unwrap(), before);
+    let (status, v) = s.call("GET", "/v1/components/tool", Value::Null).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["active_version"], 1);
+    assert_eq!(v["versions"].as_array().unwrap().len(), 1);
+    let (status, v) = s
+        .call(
+            "POST",
+            "/v1/components/tool/call/greet",
+            json!({"name": "Ada"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["result"], "Hello, Ada!");
+    assert!(s.server.load_failures().is_empty());
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspecting_a_component_shows_functions_schemas_grants_and_versions() {
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), |_| {}).await;
+    assert_eq!(s.add("hello", "hello").await.0, 201);
+    let manifest = "[config]\nvalues = { greeting = \"Hi\" }\n[limits]\nfuel = 12345678\n";
+    assert_eq!(upload(&s, "hello", "hello", Some(manifest)).await.0, 201);
+    let (status, v) = s.call("GET", "/v1/components/hello", Value::Null).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["active_version"], 2);
+    assert_eq!(v["previous_version"], 1);
+    assert_eq!(v["loaded"], 2);
+    let versions = v["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 2);
+    assert_eq!(versions[1]["manifest"], manifest);
+    // Grants of the active version, parsed, and their effects.
+    let grants = &v["grants"];
+    assert_eq!(grants["grants"]["limits"]["fuel"], 12345678, "{v}");
+    assert_eq!(grants["grants"]["config"]["values"]["greeting"], "Hi");
+    assert_eq!(grants["effects"]["network"], false);
+    assert_eq!(grants["effects"]["reads"], true, "{grants}");
+    // Functions with their schemas.
+    let functions = v["functions"].as_array().unwrap();
+    let greet = functions.iter().find(|f| f["name"] == "greet").unwrap();
+    assert_eq!(greet["parameters"]["properties"]["name"]["type"], "string");
+    assert_eq!(greet["result"]["type"], "string", "{greet}");
+    assert!(v.get("load_error").is_none(), "{v}");
+    // The listing stays short: no functions or grants.
+    let (_, list) = s.call("GET", "/v1/components", Value::Null).await;
+    assert!(list["components"][0].get("functions").is_none(), "{list}");
+    assert!(list["components"][0].get("grants").is_none(), "{list}");
     s.shutdown().await;
 }
 

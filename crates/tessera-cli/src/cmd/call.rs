@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use tessera_runtime::{CallFailure, CallOutcome};
 
 use crate::exit;
+use crate::failure::{Failure, Outcome, finish};
 use crate::setup::{GlobalArgs, load};
 
 /// Arguments of `tessera call`.
@@ -70,38 +71,28 @@ fn read_args(args: &Args) -> Result<Value, String> {
 
 /// Runs the subcommand and returns the exit code.
 pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
-    let json_args = match read_args(&args) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::BAD_INPUT;
-        }
-    };
-    let runtime = match global.open_runtime(false) {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
+    finish(call(global, &args).await, args.json)
+}
+
+async fn call(global: &GlobalArgs, args: &Args) -> Outcome {
+    let json_args = read_args(args).map_err(|e| Failure::bad_input("arguments", e))?;
+    let runtime = global
+        .runtime_with(false)
+        .map_err(|e| Failure::internal("setup", e))?;
     let deterministic = args.deterministic.then(|| args.seed.unwrap_or(0));
-    let loaded = match load(
+    let loaded = load(
         &runtime,
         &args.component,
         args.manifest.as_deref(),
         deterministic,
     )
     .await
-    {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::for_error(&e);
-        }
-    };
+    .map_err(|e| Failure::from_runtime(&e))?;
     let mut run_id = None;
     let called = if args.record {
-        let store = match global.open_journal() {
-            Ok(s) => s,
-            Err(code) => return code,
-        };
+        let store = global
+            .journal()
+            .map_err(|e| Failure::internal("journal", e))?;
         match tessera_journal::record_call(&store, &loaded, &args.function, &json_args).await {
             Ok((id, o)) => {
                 eprintln!("recorded run {id}");
@@ -109,28 +100,12 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
                 Ok(o)
             }
             Err(tessera_journal::Error::Runtime(e)) => Err(e),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::INTERNAL;
-            }
+            Err(e) => return Err(Failure::internal("journal", e.to_string())),
         }
     } else {
         loaded.call_json(&args.function, &json_args).await
     };
-    let outcome = match called {
-        Ok(o) => o,
-        Err(e) => {
-            if args.json {
-                println!(
-                    "{}",
-                    json!({ "ok": false, "error": { "kind": "refused", "message": e.to_string() } })
-                );
-            } else {
-                eprintln!("error: {e}");
-            }
-            return exit::for_error(&e);
-        }
-    };
+    let outcome = called.map_err(|e| Failure::from_runtime(&e))?;
     let code = exit_code(&outcome);
     if args.json {
         let mut v = outcome_json(&outcome);
@@ -141,7 +116,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
     } else {
         print_human(&outcome);
     }
-    code
+    Ok(code)
 }
 
 fn exit_code(o: &CallOutcome) -> i32 {

@@ -6,6 +6,7 @@ use serde_json::json;
 use tessera_journal::StepState;
 
 use crate::exit;
+use crate::failure::{Failure, Outcome, finish, journal_failure};
 use crate::setup::GlobalArgs;
 
 /// Arguments of `tessera inspect-run`.
@@ -33,14 +34,16 @@ pub struct Args {
 
 /// Runs the subcommand and returns the exit code.
 pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
-    let runtime = match global.open_runtime(true) {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    let store = match global.open_journal() {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
+    finish(inspect_run(global, &args).await, args.json)
+}
+
+async fn inspect_run(global: &GlobalArgs, args: &Args) -> Outcome {
+    let runtime = global
+        .runtime_with(true)
+        .map_err(|e| Failure::internal("setup", e))?;
+    let store = global
+        .journal()
+        .map_err(|e| Failure::internal("journal", e))?;
     let state = |at| {
         let runtime = runtime.clone();
         let store = store.clone();
@@ -51,8 +54,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
         let (a, b) = match (state(pair[0]).await, state(pair[1]).await) {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) | (_, Err(e)) => {
-                eprintln!("error: {e}");
-                return exit::BAD_INPUT;
+                return Err(journal_failure(&e).with("run", args.run.as_str()));
             }
         };
         let changes = a.snapshot.changes(&b.snapshot);
@@ -86,23 +88,21 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
                 );
             }
         }
-        return exit::OK;
+        return Ok(exit::OK);
     }
     let at = args.at.unwrap_or(0);
-    let s = match state(at).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::BAD_INPUT;
-        }
-    };
+    let s = state(at)
+        .await
+        .map_err(|e| journal_failure(&e).with("run", args.run.as_str()))?;
     if let Some(path) = &args.dump {
         let main = s.snapshot.memories.iter().max_by_key(|m| m.bytes.len());
         if let Some(m) = main
             && let Err(e) = std::fs::write(path, &m.bytes)
         {
-            eprintln!("error: cannot write {}: {e}", path.display());
-            return exit::INTERNAL;
+            return Err(
+                Failure::internal("io", format!("cannot write {}: {e}", path.display()))
+                    .with("path", path.display().to_string()),
+            );
         }
     }
     if args.json {
@@ -113,7 +113,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
     } else {
         print_state(&s, args.strings);
     }
-    exit::OK
+    Ok(exit::OK)
 }
 
 fn state_json(s: &StepState, strings: usize) -> serde_json::Value {

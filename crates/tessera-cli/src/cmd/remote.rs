@@ -19,6 +19,23 @@ pub struct ApiFailure {
     pub message: String,
     /// Exit code: bad input for 4xx answers, internal otherwise.
     pub code: i32,
+    /// The server's error code (`bad_component`, …), or `unreachable`
+    /// when no answer came, or `bad_server` for an unusable `--server`.
+    pub kind: String,
+    /// The server's error details and the HTTP status, when it answered
+    /// (boxed to keep `Result<_, ApiFailure>` small).
+    pub context: Box<serde_json::Map<String, Value>>,
+}
+
+impl From<ApiFailure> for crate::failure::Failure {
+    fn from(f: ApiFailure) -> Self {
+        Self {
+            code: f.code,
+            kind: f.kind,
+            message: f.message,
+            context: f.context,
+        }
+    }
 }
 
 impl Api {
@@ -27,6 +44,8 @@ impl Api {
         let bad = |why: &str| ApiFailure {
             message: format!("--server {server}: {why}"),
             code: exit::BAD_INPUT,
+            kind: "bad_server".into(),
+            context: Box::default(),
         };
         let rest = match server.split_once("://") {
             Some(("http", rest)) => rest,
@@ -58,6 +77,11 @@ impl Api {
         let unreachable = |e: String| ApiFailure {
             message: format!("http://{}{path}: {e}", self.authority),
             code: exit::INTERNAL,
+            kind: "unreachable".into(),
+            context: Box::new(serde_json::Map::from_iter([(
+                "server".to_string(),
+                Value::String(format!("http://{}", self.authority)),
+            )])),
         };
         let stream = tokio::net::TcpStream::connect(&self.authority)
             .await
@@ -104,6 +128,13 @@ impl Api {
             return Ok(json);
         }
         let err = &json["error"];
+        let mut context = match err {
+            Value::Object(m) => m.clone(),
+            _ => serde_json::Map::new(),
+        };
+        context.remove("code");
+        context.remove("message");
+        context.insert("status".into(), Value::from(status.as_u16()));
         Err(ApiFailure {
             message: format!(
                 "{} ({}): {}",
@@ -116,6 +147,8 @@ impl Api {
             } else {
                 exit::INTERNAL
             },
+            kind: err["code"].as_str().unwrap_or("error").to_string(),
+            context: Box::new(context),
         })
     }
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use serde_json::json;
 
 use crate::exit;
+use crate::failure::{Failure, Outcome, finish, journal_failure};
 use crate::setup::GlobalArgs;
 
 /// Arguments of `tessera replay`.
@@ -23,23 +24,19 @@ pub struct Args {
 
 /// Runs the subcommand and returns the exit code.
 pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
-    let runtime = match global.open_runtime(false) {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    let store = match global.open_journal() {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let report =
-        match tessera_journal::replay(&runtime, &store, &args.run, args.component.as_deref()).await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::BAD_INPUT;
-            }
-        };
+    finish(replay(global, &args).await, args.json)
+}
+
+async fn replay(global: &GlobalArgs, args: &Args) -> Outcome {
+    let runtime = global
+        .runtime_with(false)
+        .map_err(|e| Failure::internal("setup", e))?;
+    let store = global
+        .journal()
+        .map_err(|e| Failure::internal("journal", e))?;
+    let report = tessera_journal::replay(&runtime, &store, &args.run, args.component.as_deref())
+        .await
+        .map_err(|e| journal_failure(&e).with("run", args.run.as_str()))?;
     if args.json {
         let mut v = json!({
             "run_id": report.run_id,
@@ -97,9 +94,9 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
             println!("note: the recording is incomplete (the process stopped during the run)");
         }
     }
-    if report.divergence.is_some() {
+    Ok(if report.divergence.is_some() {
         exit::DIVERGED
     } else {
         exit::OK
-    }
+    })
 }

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 
 use serde_json::json;
 use tessera_journal::retention::{format_bytes, parse_age, parse_bytes};
-use tessera_journal::{JournalStore, Retention, RunResult};
+use tessera_journal::{Retention, RunResult};
 
 use crate::exit;
+use crate::failure::{Failure, Outcome, finish, journal_failure};
 use crate::setup::GlobalArgs;
 
 /// Subcommands of `tessera runs`.
@@ -149,27 +150,27 @@ fn status(end: Option<&tessera_journal::End>) -> String {
     }
 }
 
-fn with_store(global: &GlobalArgs, f: impl FnOnce(&JournalStore) -> Result<i32, String>) -> i32 {
-    match global.journal() {
-        Ok(store) => match f(&store) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("error: {e}");
-                exit::BAD_INPUT
-            }
-        },
-        Err(e) => {
-            eprintln!("error: {e}");
-            exit::INTERNAL
-        }
-    }
-}
-
 /// Runs the subcommand and returns the exit code.
 pub fn run(global: &GlobalArgs, command: Command) -> i32 {
-    with_store(global, |store| match command {
+    let json = matches!(
+        command,
+        Command::List { json: true }
+            | Command::Show { json: true, .. }
+            | Command::Stats { json: true }
+            | Command::Prune { json: true, .. }
+    );
+    finish(runs(global, command), json)
+}
+
+fn runs(global: &GlobalArgs, command: Command) -> Outcome {
+    let store = global
+        .journal()
+        .map_err(|e| Failure::internal("journal", e))?;
+    let store = &*store;
+    let jf = |e: tessera_journal::Error| journal_failure(&e);
+    match command {
         Command::List { json } => {
-            let runs = store.list().map_err(|e| e.to_string())?;
+            let runs = store.list().map_err(jf)?;
             if json {
                 let v: Vec<_> = runs
                     .iter()
@@ -211,10 +212,12 @@ pub fn run(global: &GlobalArgs, command: Command) -> i32 {
             Ok(exit::OK)
         }
         Command::Show { run, json } => {
-            let id = store.resolve(&run).map_err(|e| e.to_string())?;
-            let header = store.header(&id).map_err(|e| e.to_string())?;
-            let steps = store.steps(&id).map_err(|e| e.to_string())?;
-            let end = store.end(&id).map_err(|e| e.to_string())?;
+            let id = store
+                .resolve(&run)
+                .map_err(|e| jf(e).with("run", run.as_str()))?;
+            let header = store.header(&id).map_err(jf)?;
+            let steps = store.steps(&id).map_err(jf)?;
+            let end = store.end(&id).map_err(jf)?;
             if json {
                 let v = json!({
                     "header": header,
@@ -277,34 +280,33 @@ pub fn run(global: &GlobalArgs, command: Command) -> i32 {
             Ok(exit::OK)
         }
         Command::Export { run, output } => {
-            let id = store.resolve(&run).map_err(|e| e.to_string())?;
-            let f = std::fs::File::create(&output)
-                .map_err(|e| format!("cannot create {}: {e}", output.display()))?;
+            let id = store.resolve(&run).map_err(jf)?;
+            let f = std::fs::File::create(&output).map_err(|e| {
+                Failure::bad_input("io", format!("cannot create {}: {e}", output.display()))
+                    .with("path", output.display().to_string())
+            })?;
             let mut w = std::io::BufWriter::new(f);
-            store.export(&id, &mut w).map_err(|e| e.to_string())?;
-            w.flush()
-                .map_err(|e| format!("{}: {e}", output.display()))?;
+            store.export(&id, &mut w).map_err(jf)?;
+            w.flush().map_err(|e| {
+                Failure::bad_input("io", format!("{}: {e}", output.display()))
+                    .with("path", output.display().to_string())
+            })?;
             eprintln!("exported run {id} to {}", output.display());
             Ok(exit::OK)
         }
         Command::Import { file } => {
-            let f = std::fs::File::open(&file)
-                .map_err(|e| format!("cannot open {}: {e}", file.display()))?;
+            let f = std::fs::File::open(&file).map_err(|e| {
+                Failure::bad_input("io", format!("cannot open {}: {e}", file.display()))
+                    .with("path", file.display().to_string())
+            })?;
             let id = store
                 .import(&mut BufReader::new(f), &file.display().to_string())
-                .map_err(|e| e.to_string())?;
+                .map_err(jf)?;
             println!("{id}");
             Ok(exit::OK)
         }
         Command::Stats { json } => {
-            let s = match store.stats() {
-                Ok(s) => s,
-                Err(e) if json => {
-                    println!("{}", json!({ "error": e.to_string() }));
-                    return Ok(exit::INTERNAL);
-                }
-                Err(e) => return Err(e.to_string()),
-            };
+            let s = store.stats().map_err(jf)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
                 return Ok(exit::OK);
@@ -350,27 +352,17 @@ pub fn run(global: &GlobalArgs, command: Command) -> i32 {
             max_age,
             max_bytes,
         } => {
-            let fail = |code: i32, m: String| {
-                if json {
-                    println!("{}", json!({ "error": m }));
-                    Ok(code)
-                } else {
-                    Err(m)
-                }
-            };
-            let policy = match policy(
+            let policy = policy(
                 &global.data,
                 max_runs,
                 max_age.as_deref(),
                 max_bytes.as_deref(),
                 "",
-            ) {
-                Ok(p) => p,
-                Err(m) => return fail(exit::BAD_INPUT, m),
-            };
+            )
+            .map_err(|m| Failure::bad_input("retention", m))?;
             if policy.is_empty() {
-                return fail(
-                    exit::BAD_INPUT,
+                return Err(Failure::bad_input(
+                    "retention",
                     format!(
                         "no retention limits: set them under [journal] in {} or pass --max-runs, --max-age or --max-bytes",
                         global
@@ -378,12 +370,9 @@ pub fn run(global: &GlobalArgs, command: Command) -> i32 {
                             .join(tessera_journal::retention::SETTINGS_FILE)
                             .display()
                     ),
-                );
+                ));
             }
-            let report = match store.prune(&policy, dry_run) {
-                Ok(r) => r,
-                Err(e) => return fail(exit::INTERNAL, e.to_string()),
-            };
+            let report = store.prune(&policy, dry_run).map_err(jf)?;
             if json {
                 println!(
                     "{}",
@@ -395,19 +384,23 @@ pub fn run(global: &GlobalArgs, command: Command) -> i32 {
             Ok(exit::OK)
         }
         Command::Pin { run } => {
-            let id = store.resolve(&run).map_err(|e| e.to_string())?;
-            store.pin(&id).map_err(|e| e.to_string())?;
+            let id = store
+                .resolve(&run)
+                .map_err(|e| jf(e).with("run", run.as_str()))?;
+            store.pin(&id).map_err(jf)?;
             println!("pinned {id}");
             Ok(exit::OK)
         }
         Command::Unpin { run } => {
-            let id = store.resolve(&run).map_err(|e| e.to_string())?;
-            if store.unpin(&id).map_err(|e| e.to_string())? {
+            let id = store
+                .resolve(&run)
+                .map_err(|e| jf(e).with("run", run.as_str()))?;
+            if store.unpin(&id).map_err(jf)? {
                 println!("unpinned {id}");
             } else {
                 println!("{id} was not pinned");
             }
             Ok(exit::OK)
         }
-    })
+    }
 }

@@ -332,6 +332,8 @@ macro_rules! registry {
                 <$cap as Capability>::link(linker).map_err(|e| crate::Error::Link {
                     origin: "<host>".into(),
                     message: format!("linking the `{}` capability: {e:#}", <$cap as Capability>::NAME),
+                    unresolved: Vec::new(),
+                    exports: Vec::new(),
                 })?;
             )*
             Ok(())
