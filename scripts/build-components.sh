@@ -34,6 +34,7 @@ component_crates=(
 # Guests written in the WebAssembly text format, as components/<name>/<name>.wat.
 wat_guests=(
     two-memories
+    toolchain-exports
 )
 
 if [[ "${1:-}" == --list ]]; then

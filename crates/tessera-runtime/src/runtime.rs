@@ -352,11 +352,13 @@ impl Runtime {
                 origin: prepared.origin.clone(),
                 message: format!("{e:#}"),
             })?;
+        let exposures = grants.tools.resolve(&functions, &prepared.origin)?;
         Ok(LoadedComponent::new(
             self.clone(),
             prepared.clone(),
             pre,
             functions,
+            exposures,
             grants,
             cache_status,
         ))

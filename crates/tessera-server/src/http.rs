@@ -233,11 +233,23 @@ fn component_info(
     let functions = match (&active, schemas) {
         (Some(a), true) => Some(
             a.loaded
-                .functions()
-                .iter()
-                .map(|f| match f.to_json() {
-                    Value::Object(m) => m,
-                    _ => serde_json::Map::new(),
+                .exposures()
+                .map(|(f, exposure)| {
+                    let mut m = match f.to_json() {
+                        Value::Object(m) => m,
+                        _ => serde_json::Map::new(),
+                    };
+                    if let Some(t) = &exposure.title {
+                        m.insert("title".into(), Value::String(t.clone()));
+                    }
+                    if let Some(d) = &exposure.description {
+                        m.insert("description".into(), Value::String(d.clone()));
+                    }
+                    m.insert("served".into(), Value::Bool(exposure.served()));
+                    if let Some(why) = &exposure.hidden {
+                        m.insert("hidden".into(), Value::String(why.to_string()));
+                    }
+                    m
                 })
                 .collect(),
         ),
@@ -288,15 +300,22 @@ async fn check_loadable(
     bytes: &[u8],
     manifest: Option<&(String, std::path::PathBuf)>,
 ) -> Result<(), ApiError> {
-    if let Some((text, dir)) = manifest {
-        tessera_runtime::Grants::from_toml(text, "manifest", dir)
-            .map_err(|e| ApiError::new(ErrorCode::BadManifest, e.to_string()))?;
-    }
+    let grants = match manifest {
+        Some((text, dir)) => tessera_runtime::Grants::from_toml(text, "manifest", dir)
+            .map_err(|e| ApiError::new(ErrorCode::BadManifest, e.to_string()))?,
+        None => tessera_runtime::Grants::deny_all(),
+    };
     let rt = server.runtime.clone();
     let bytes = bytes.to_vec();
     tokio::task::spawn_blocking(move || {
         let p = rt.prepare(bytes, "upload")?;
-        rt.load(&p, tessera_runtime::Grants::deny_all()).map(|_| ())
+        let loaded = rt.load(&p, tessera_runtime::Grants::deny_all())?;
+        // The `[tools]` section must name functions the component exports.
+        grants
+            .tools
+            .resolve(loaded.functions(), "manifest")
+            .map(drop)
+            .map_err(tessera_runtime::Error::from)
     })
     .await
     .map_err(|e| ApiError::new(ErrorCode::Engine, e.to_string()))?
@@ -453,10 +472,7 @@ async fn call(
             .logs
             .iter()
             .map(|l| api::LogLine {
-                level: serde_json::to_value(l.level)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default(),
+                level: api::LogLine::level_name(l.level),
                 context: l.context.clone(),
                 message: l.message.clone(),
             })
