@@ -75,8 +75,9 @@ impl FunctionInfo {
     }
 }
 
-/// Finds a function by qualified name (`iface@ver#name`), short name
-/// (`iface#name`, also `iface.name`) or bare name when unambiguous.
+/// Finds a function by qualified name (`ns:pkg/iface@ver#name`, also
+/// without the version), short name (`iface#name`, also `iface.name`) or
+/// bare name when unambiguous.
 pub fn find<'a>(
     functions: &'a [FunctionInfo],
     name: &str,
@@ -85,6 +86,15 @@ pub fn find<'a>(
         return Ok(f);
     }
     if let Some(f) = functions.iter().find(|f| f.short == name) {
+        return Ok(f);
+    }
+    // `wasi:cli/run#run` for `wasi:cli/run@0.2.0#run`.
+    if let Some(f) = functions.iter().find(|f| {
+        f.interface.as_deref().is_some_and(|i| {
+            i.split_once('@')
+                .is_some_and(|(unversioned, _)| name == format!("{unversioned}#{}", f.name))
+        })
+    }) {
         return Ok(f);
     }
     let dotted = name.replacen('.', "#", 1);
