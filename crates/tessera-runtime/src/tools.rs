@@ -209,17 +209,16 @@ impl ToolCuration {
         names(&raw.include, "include")?;
         names(&raw.exclude, "exclude")?;
         let exclude = raw.exclude.unwrap_or_default();
-        if let Some(include) = &raw.include {
-            if let Some((i, n)) = exclude
+        if let Some(include) = &raw.include
+            && let Some((i, n)) = exclude
                 .iter()
                 .enumerate()
                 .find(|(_, n)| include.contains(n))
-            {
-                return Err(section.invalid(
-                    format!("tools.exclude[{i}]"),
-                    format!("`{n}` is also in tools.include"),
-                ));
-            }
+        {
+            return Err(section.invalid(
+                format!("tools.exclude[{i}]"),
+                format!("`{n}` is also in tools.include"),
+            ));
         }
         let mut functions = BTreeMap::new();
         for (name, o) in raw.functions.unwrap_or_default() {
