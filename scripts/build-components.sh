@@ -39,6 +39,7 @@ wat_guests=(
     two-memories
     missing-import
     wasi-future
+    toolchain-exports
 )
 
 if [[ "${1:-}" == --list ]]; then

@@ -162,6 +162,7 @@ impl TypesGuest for Component {
     }
 
     fn fail(msg: String) -> u32 {
+        log(Level::Error, "fail", &format!("about to fail: {msg}"));
         panic!("{msg}");
     }
 

@@ -31,6 +31,7 @@ pub fn for_error(e: &tessera_runtime::Error) -> i32 {
         | E::Grant { .. }
         | E::Bind { .. }
         | E::NoSuchFunction { .. }
+        | E::NotServed { .. }
         | E::Ambiguous { .. }
         | E::NotCallable { .. }
         | E::BadArguments { .. } => BAD_INPUT,

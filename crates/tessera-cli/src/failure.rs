@@ -70,6 +70,7 @@ impl Failure {
             E::NoSuchFunction { .. } => "no_such_function",
             E::Ambiguous { .. } => "ambiguous_function",
             E::NotCallable { .. } => "not_callable",
+            E::NotServed { .. } => "not_served",
             E::BadArguments { .. } => "bad_arguments",
             E::Busy { .. } => "busy",
         };
@@ -104,6 +105,9 @@ impl Failure {
                 .with("function", name.as_str())
                 .with("candidates", candidates.as_str()),
             E::NotCallable { function, .. } => f.with("function", function.as_str()),
+            E::NotServed { function, reason } => f
+                .with("function", function.as_str())
+                .with("reason", reason.as_str()),
             E::BadArguments { function, error } => f
                 .with("function", function.as_str())
                 .with("path", error.path.as_str()),

@@ -200,13 +200,13 @@ fn python_sdk_over_streamable_http() {
 /// package-less interface `exports` with `init: func(app-name: string,
 /// symbols: symbols, stub-wasi: bool) -> result<_, string>`, which the
 /// toolchain calls while building and which fails when called at run time —
-/// is hidden from MCP's `tools/list`. Today every export is a tool, so it
-/// is listed as `py__exports__init` (with a schema of several KB). Flip
-/// this to `true` once tool curation hides toolchain internals by default;
-/// the checks below then require that it is absent and that calling it is
-/// an unknown tool.
+/// is hidden from MCP's `tools/list`. Tool curation hides it by default
+/// (docs/manifest.md, `[tools]`); the checks below then require that it is
+/// absent and that calling it is an unknown tool. `false` checks the
+/// uncurated behaviour (it is listed, with a schema of several KB, and a
+/// call of it is a tool error).
 fn componentize_py_init_hidden() -> bool {
-    false
+    true
 }
 
 /// A data directory with the JavaScript tool as `js` and the Python tool
@@ -334,4 +334,65 @@ fn componentize_js_and_py_over_mcp() {
     let report = run_polyglot_client(&["--url", &serving.url]);
     serving.stop();
     check_polyglot(data.path(), &report);
+}
+
+/// `[tools]` curation and guest diagnostics through the Python SDK over
+/// stdio (`tests/interop/mcp_curation.py`): an excluded function is not
+/// listed nor callable, a title and description override shows, the
+/// toolchain internals of `toolchain-exports` are hidden by default and
+/// served when included, and a trap's error carries the guest's stderr
+/// tail, its log line and its backtrace.
+#[test]
+fn python_sdk_sees_curated_tools_and_guest_diagnostics() {
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    register(
+        d,
+        "tool",
+        "toolchain-exports",
+        Some(
+            "[tools]\nexclude = [\"sub\"]\n\n[tools.functions.add]\ntitle = \"Add two numbers\"\n\
+             description = \"Returns a + b, wrapping at 2^32.\"\n",
+        ),
+    );
+    register(d, "internals", "toolchain-exports", None);
+    register(
+        d,
+        "shown",
+        "toolchain-exports",
+        Some("[tools]\ninclude = [\"add\", \"exports#init\", \"wasi:cli/run#run\"]\n"),
+    );
+    register(d, "hello", "hello", None);
+    let out = Command::new(python())
+        .arg(root().join("crates/tessera-cli/tests/interop/mcp_curation.py"))
+        .args(["--tessera", env!("CARGO_BIN_EXE_tessera"), "--data"])
+        .arg(d)
+        .output()
+        .expect("run the Python MCP client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "Python MCP client failed:\n{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("client report is not JSON ({e}): {stdout}"));
+    let tools: Vec<&str> = report["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|t| !t.starts_with("hello__"))
+        .collect();
+    assert_eq!(
+        tools,
+        [
+            "internals__add",
+            "internals__sub",
+            "shown__add",
+            "shown__exports__init",
+            "shown__run__run",
+            "tool__add",
+        ]
+    );
 }

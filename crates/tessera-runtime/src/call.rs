@@ -21,6 +21,7 @@ use crate::limits::LimitHit;
 use crate::manifest::Grants;
 use crate::runtime::{Prepared, Runtime};
 use crate::schema::FunctionInfo;
+use crate::tools::Exposure;
 use crate::{Error, audit::AuditEvent, audit::MemoryAudit};
 
 /// Extra time allowed past the deadline for a guest blocked in a host call
@@ -35,6 +36,7 @@ pub struct LoadedComponent {
     prepared: Prepared,
     pre: InstancePre<HostState>,
     functions: Arc<Vec<FunctionInfo>>,
+    exposures: Arc<Vec<Exposure>>,
     grants: Arc<Grants>,
     permits: Arc<Semaphore>,
     cache_status: CacheStatus,
@@ -170,6 +172,7 @@ impl LoadedComponent {
         prepared: Prepared,
         pre: InstancePre<HostState>,
         functions: Vec<FunctionInfo>,
+        exposures: Vec<Exposure>,
         grants: Grants,
         cache_status: CacheStatus,
     ) -> Self {
@@ -179,6 +182,7 @@ impl LoadedComponent {
             prepared,
             pre,
             functions: Arc::new(functions),
+            exposures: Arc::new(exposures),
             grants: Arc::new(grants),
             permits,
             cache_status,
@@ -228,39 +232,44 @@ impl LoadedComponent {
     /// Finds a function by qualified name (`iface@ver#name`), short name
     /// (`iface#name`, also `iface.name`) or bare name when unambiguous.
     pub fn function(&self, name: &str) -> Result<&FunctionInfo, Error> {
-        if let Some(f) = self.functions.iter().find(|f| f.qualified == name) {
-            return Ok(f);
-        }
-        if let Some(f) = self.functions.iter().find(|f| f.short == name) {
-            return Ok(f);
-        }
-        let dotted = name.replacen('.', "#", 1);
-        if let Some(f) = self
-            .functions
-            .iter()
-            .find(|f| f.interface.is_some() && f.short == dotted)
-        {
-            return Ok(f);
-        }
-        let bare: Vec<&FunctionInfo> = self.functions.iter().filter(|f| f.name == name).collect();
-        match bare.as_slice() {
-            [one] => Ok(one),
-            [] => Err(Error::NoSuchFunction {
-                name: name.to_string(),
+        crate::schema::find(&self.functions, name)
+    }
+
+    /// Every exported function with how the manifest's `[tools]` section
+    /// offers it (see [`crate::tools`]), in export order.
+    pub fn exposures(&self) -> impl Iterator<Item = (&FunctionInfo, &Exposure)> {
+        self.functions.iter().zip(self.exposures.iter())
+    }
+
+    /// Finds a function as [`LoadedComponent::function`] does, and refuses
+    /// one that is not served (`Error::NotServed`). Servers call this;
+    /// [`LoadedComponent::call_json`] does not, so the runtime can call any
+    /// export. An unknown name's error lists only the served functions.
+    pub fn served_function(&self, name: &str) -> Result<(&FunctionInfo, &Exposure), Error> {
+        let found = crate::schema::find(&self.functions, name).map_err(|e| match e {
+            Error::NoSuchFunction { name, .. } => Error::NoSuchFunction {
+                name,
                 available: self
-                    .functions
-                    .iter()
-                    .map(|f| f.short_name())
+                    .exposures()
+                    .filter(|(_, x)| x.served())
+                    .map(|(f, _)| f.short_name())
                     .collect::<Vec<_>>()
                     .join(", "),
-            }),
-            many => Err(Error::Ambiguous {
+            },
+            other => other,
+        })?;
+        let (f, x) = self
+            .exposures()
+            .find(|(g, _)| std::ptr::eq(*g, found))
+            .ok_or_else(|| Error::NoSuchFunction {
                 name: name.to_string(),
-                candidates: many
-                    .iter()
-                    .map(|f| f.short_name())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                available: String::new(),
+            })?;
+        match &x.hidden {
+            None => Ok((f, x)),
+            Some(why) => Err(Error::NotServed {
+                function: f.short_name(),
+                reason: why.to_string(),
             }),
         }
     }

@@ -31,6 +31,7 @@ pub mod manifest;
 mod runtime;
 pub mod schema;
 pub mod snapshot;
+pub mod tools;
 
 pub use audit::{AuditEvent, AuditSink, Decision};
 pub use cache::{CacheStatus, ComponentCache};
@@ -45,6 +46,7 @@ pub use runtime::{Inspection, Prepared, Runtime, RuntimeConfig, digest_of};
 pub use schema::FunctionInfo;
 pub use snapshot::Snapshot;
 pub use tokio_util::sync::CancellationToken;
+pub use tools::{Exposure, Hidden, ToolCuration};
 
 /// The wasmtime version this runtime embeds (recorded in journals).
 pub const WASMTIME_VERSION: &str = "48.0.8";
@@ -53,7 +55,7 @@ pub const WASMTIME_VERSION: &str = "48.0.8";
 ///
 /// Loading errors (`Read`, `NotWasm`, `Adapt`, `Compile`, `Manifest`,
 /// `Grant`) happen before any guest code runs. `BadArguments`,
-/// `NoSuchFunction`, `NotCallable` and `Busy` are refusals of a call before
+/// `NoSuchFunction`, `NotServed`, `NotCallable` and `Busy` are refusals of a call before
 /// it starts. What happens once the guest runs is reported in
 /// [`CallOutcome`], not here, because a trap is a result of the call, not a
 /// failure of the runtime.
@@ -149,6 +151,15 @@ pub enum Error {
         name: String,
         /// The callable names.
         available: String,
+    },
+    /// The function exists but is not offered to the server's clients
+    /// (see [`tools`]); the runtime itself can still call it.
+    #[error("function `{function}` is not served: {reason}")]
+    NotServed {
+        /// The function's short name.
+        function: String,
+        /// Why: excluded, not included, a toolchain internal, not callable.
+        reason: String,
     },
     /// The name matches several functions.
     #[error("`{name}` is ambiguous; use one of: {candidates}")]

@@ -122,7 +122,8 @@ impl Grants {
     /// Parses and validates manifest text. `origin` names it in errors;
     /// `base` resolves relative host directories.
     ///
-    /// The runtime reads `limits`, `deterministic` and `seed`; every other
+    /// The runtime reads `limits`, `deterministic`, `seed` and `tools`
+    /// (see [`crate::tools`]); every other
     /// top-level key belongs to the capability that declared it, which
     /// parses and validates it (see `crate::capability`). A key no one
     /// declared is an error.
@@ -188,7 +189,13 @@ impl Grants {
                 "only meaningful with `deterministic = true`".into(),
             ));
         }
-        Grants::parse_capabilities(&section, limits, deterministic.then(|| seed.unwrap_or(0)))
+        let tools = crate::tools::ToolCuration::parse(&section)?;
+        Grants::parse_capabilities(
+            &section,
+            limits,
+            deterministic.then(|| seed.unwrap_or(0)),
+            tools,
+        )
     }
 
     /// The allow-list entry that lets a request to `scheme://host:port`

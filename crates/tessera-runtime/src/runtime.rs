@@ -359,11 +359,13 @@ impl Runtime {
             })?;
         let (compiled, cache_status) = self.compiled(prepared)?;
         let pre = self.link(prepared, &compiled)?;
+        let exposures = grants.tools.resolve(&compiled.functions, &prepared.origin)?;
         Ok(LoadedComponent::new(
             self.clone(),
             prepared.clone(),
             pre,
             compiled.functions,
+            exposures,
             grants,
             cache_status,
         ))

@@ -75,6 +75,52 @@ impl FunctionInfo {
     }
 }
 
+/// Finds a function by qualified name (`ns:pkg/iface@ver#name`, also
+/// without the version), short name (`iface#name`, also `iface.name`) or
+/// bare name when unambiguous.
+pub fn find<'a>(
+    functions: &'a [FunctionInfo],
+    name: &str,
+) -> Result<&'a FunctionInfo, crate::Error> {
+    if let Some(f) = functions.iter().find(|f| f.qualified == name) {
+        return Ok(f);
+    }
+    if let Some(f) = functions.iter().find(|f| f.short == name) {
+        return Ok(f);
+    }
+    // `wasi:cli/run#run` for `wasi:cli/run@0.2.0#run`.
+    if let Some(f) = functions.iter().find(|f| {
+        f.interface.as_deref().is_some_and(|i| {
+            i.split_once('@')
+                .is_some_and(|(unversioned, _)| name == format!("{unversioned}#{}", f.name))
+        })
+    }) {
+        return Ok(f);
+    }
+    let dotted = name.replacen('.', "#", 1);
+    if let Some(f) = functions
+        .iter()
+        .find(|f| f.interface.is_some() && f.short == dotted)
+    {
+        return Ok(f);
+    }
+    let bare: Vec<&FunctionInfo> = functions.iter().filter(|f| f.name == name).collect();
+    let names = |fs: &mut dyn Iterator<Item = &FunctionInfo>| {
+        fs.map(|f| f.short_name()).collect::<Vec<_>>().join(", ")
+    };
+    match bare.as_slice() {
+        [one] => Ok(one),
+        [] => Err(crate::Error::NoSuchFunction {
+            name: name.to_string(),
+            available: names(&mut functions.iter()),
+        }),
+        many => Err(crate::Error::Ambiguous {
+            name: name.to_string(),
+            candidates: names(&mut many.iter().copied()),
+        }),
+    }
+}
+
 /// `tessera:hello/types@0.1.0` → `types`.
 pub fn interface_short(iface: &str) -> &str {
     let no_version = iface.split('@').next().unwrap_or(iface);

@@ -1544,3 +1544,164 @@ fn every_wasi_function_is_served_or_refused_by_the_gateway() {
     assert!(counts["gateway"] >= 27 + 10, "{counts:?}");
     assert!(counts["refused"] >= 3, "{counts:?}");
 }
+
+// ---------------------------------------------------------------- tool curation
+
+/// Which functions of `c` are served, by short name, in export order.
+fn served(c: &tessera_runtime::LoadedComponent) -> Vec<String> {
+    c.exposures()
+        .filter(|(_, x)| x.served())
+        .map(|(f, _)| f.short_name())
+        .collect()
+}
+
+#[tokio::test]
+async fn toolchain_internals_are_hidden_by_default_and_served_when_included() {
+    let rt = runtime();
+    // Defaults: componentize-py's initializer and, beside other functions,
+    // `wasi:cli/run` are hidden.
+    let c = load(&rt, "toolchain-exports", "");
+    assert_eq!(served(&c), ["add", "sub"]);
+    let hidden: Vec<(String, String)> = c
+        .exposures()
+        .filter_map(|(f, x)| x.hidden.as_ref().map(|h| (f.short_name(), h.to_string())))
+        .collect();
+    assert_eq!(hidden.len(), 2, "{hidden:?}");
+    assert_eq!(hidden[0].0, "exports#init");
+    assert!(hidden[0].1.contains("componentize-py"), "{hidden:?}");
+    assert_eq!(hidden[1].0, "run#run");
+    assert!(hidden[1].1.contains("wasi:cli/run"), "{hidden:?}");
+    match c.served_function("exports#init") {
+        Err(Error::NotServed { function, reason }) => {
+            assert_eq!(function, "exports#init");
+            assert!(reason.contains("tools.include"), "{reason}");
+        }
+        other => panic!("init served: {other:?}"),
+    }
+    // The runtime itself still calls it (and it traps, as componentize-py's does).
+    let o = call(
+        &c,
+        "exports#init",
+        json!({"app-name": "app", "symbols": [], "stub-wasi": false}),
+    )
+    .await;
+    assert!(matches!(o.result, Err(CallFailure::Trap { .. })), "{o:?}");
+
+    // Included, they are served; what `include` leaves out is not.
+    let c = load(
+        &rt,
+        "toolchain-exports",
+        "[tools]\ninclude = [\"add\", \"exports#init\", \"wasi:cli/run@0.2.0#run\"]\n",
+    );
+    assert_eq!(served(&c), ["add", "exports#init", "run#run"]);
+    assert!(matches!(
+        c.served_function("sub"),
+        Err(Error::NotServed { .. })
+    ));
+    assert_eq!(c.served_function("run").unwrap().0.short_name(), "run#run");
+
+    // A command whose only export is `run` serves it.
+    let p1 = load(&rt, "p1-command", "");
+    assert!(
+        served(&p1).iter().any(|n| n == "run#run"),
+        "{:?}",
+        served(&p1)
+    );
+}
+
+#[tokio::test]
+async fn exclusions_and_overrides_apply_to_the_named_functions() {
+    let rt = runtime();
+    let c = load(
+        &rt,
+        "toolchain-exports",
+        "[tools]\nexclude = [\"sub\"]\n\n[tools.functions.add]\ntitle = \"Add\"\n\
+         description = \"  Adds two numbers.\\n\"\n",
+    );
+    assert_eq!(served(&c), ["add"]);
+    let (_, add) = c.served_function("add").unwrap();
+    assert_eq!(add.title.as_deref(), Some("Add"));
+    assert_eq!(add.description.as_deref(), Some("Adds two numbers."));
+    match c.served_function("sub") {
+        Err(Error::NotServed { reason, .. }) => {
+            assert!(reason.contains("tools.exclude"), "{reason}")
+        }
+        other => panic!("sub served: {other:?}"),
+    }
+    // An unknown name lists only what is served.
+    match c.served_function("mul") {
+        Err(Error::NoSuchFunction { available, .. }) => assert_eq!(available, "add"),
+        other => panic!("{other:?}"),
+    }
+    // Curation is not a sandbox: the runtime calls an excluded function.
+    assert_eq!(call_ok(&c, "sub", json!({"a": 5, "b": 2})).await, json!(3));
+}
+
+#[test]
+fn a_tools_section_naming_no_export_is_a_load_error_naming_the_field() {
+    let rt = runtime();
+    // The error of parsing `toml` or, if it parses, of loading with it.
+    let load_err = |toml: &str| match Grants::from_toml(toml, "test-manifest.toml", Path::new("."))
+    {
+        Err(e) => e.to_string(),
+        Ok(g) => rt
+            .load_file(&component("toolchain-exports"), g)
+            .expect_err("loaded")
+            .to_string(),
+    };
+    let e = load_err("[tools]\nexclude = [\"add\", \"substract\"]\n");
+    assert!(
+        e.contains("test-manifest.toml: field `tools.exclude[1]`")
+            && e.contains("`substract`")
+            && e.contains("available: add, sub"),
+        "{e}"
+    );
+    let e = load_err("[tools]\ninclude = [\"nope\"]\n");
+    assert!(e.contains("field `tools.include[0]`"), "{e}");
+    let e = load_err("[tools.functions.\"exports#nope\"]\ntitle = \"x\"\n");
+    assert!(
+        e.contains("field `tools.functions.\"exports#nope\"`"),
+        "{e}"
+    );
+    // Two names for one function.
+    let e = load_err("[tools]\ninclude = [\"add\"]\nexclude = [\"add\"]\n");
+    assert!(e.contains("field `tools.exclude[0]`"), "{e}");
+    let e = load_err("[tools]\ninclude = [\"add\"]\nexclude = [\"sub\", \"add\"]\n");
+    assert!(e.contains("tools.exclude[1]"), "{e}");
+    // A description for a function that is not served would never show.
+    let e = load_err("[tools]\nexclude = [\"sub\"]\n[tools.functions.sub]\ndescription = \"x\"\n");
+    assert!(
+        e.contains("field `tools.functions.sub`") && e.contains("excluded"),
+        "{e}"
+    );
+    let e = load_err("[tools.functions.\"exports#init\"]\ndescription = \"x\"\n");
+    assert!(e.contains("hidden by default"), "{e}");
+    // An included function JSON cannot call.
+    let hello = |toml: &str| {
+        rt.load_file(&component("hello"), grants(toml))
+            .expect_err("loaded")
+            .to_string()
+    };
+    let e = hello("[tools]\ninclude = [\"greet\", \"types#make-counter\"]\n");
+    assert!(
+        e.contains("field `tools.include[1]`") && e.contains("not callable"),
+        "{e}"
+    );
+    // Errors found when parsing, before any component is seen.
+    for (toml, field) in [
+        ("[tools]\nincluded = []\n", "tools"),
+        ("[tools]\ninclude = [\"\"]\n", "tools.include[0]"),
+        ("[tools]\nexclude = [\"a\", \"a\"]\n", "tools.exclude[1]"),
+        ("[tools.functions.add]\n", "tools.functions.add"),
+        (
+            "[tools.functions.add]\ntitle = \" \"\n",
+            "tools.functions.add.title",
+        ),
+        ("[tools.functions.add]\nsummary = \"x\"\n", "tools"),
+    ] {
+        let e = Grants::from_toml(toml, "m.toml", Path::new("."))
+            .expect_err(toml)
+            .to_string();
+        assert!(e.contains(&format!("field `{field}`")), "{toml}: {e}");
+    }
+}

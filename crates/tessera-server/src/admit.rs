@@ -110,6 +110,8 @@ pub fn add_checked(
         compiling(&prepared);
     }
     let inspection = runtime.check(&prepared)?;
+    // `[tools]` names must match the component's exports.
+    grants.tools.resolve(&inspection.functions, &described)?;
     let version = registry.add(name, &prepared.source_bytes, manifest, origin)?;
     Ok(Admitted {
         version,

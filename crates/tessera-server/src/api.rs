@@ -105,6 +105,11 @@ pub struct ComponentInfo {
     pub loaded: Option<u64>,
     /// The loaded version's functions, with the JSON Schemas of their
     /// parameters and results (only from `GET /v1/components/{name}`).
+    /// Each has `name`, `short_name`, `parameters` and `result`; `served`
+    /// (whether the manifest's `[tools]` section offers it over MCP and
+    /// HTTP) and, when it does not, `hidden` (why); `description` (the
+    /// manifest's, else the WIT docs) and `title` when there is one; and
+    /// `not_callable` for a function JSON cannot call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub functions: Option<Vec<Map<String, Value>>>,
     /// What the active version is granted and the limits it runs under,
@@ -257,6 +262,16 @@ pub struct LogLine {
     pub context: String,
     /// The message.
     pub message: String,
+}
+
+impl LogLine {
+    /// The name of a level as the API writes it (`info`, `error`, …).
+    pub fn level_name(level: tessera_runtime::capability::logging::LogLevel) -> String {
+        serde_json::to_value(level)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
 }
 
 /// `200` of a call: the function returned.

@@ -7,7 +7,10 @@
 //! when the caller goes away or the server shuts down. [`Called::verdict`]
 //! and `ApiError::from(CallError)` classify the result once: the HTTP API
 //! sends it as a status and body, MCP as a tool result (`isError` with a
-//! message) or, for a server fault, a protocol error.
+//! message) or, for a server fault, a protocol error. A call that ran and
+//! failed carries what the guest left behind ([`GuestDiagnostics`]). A
+//! function the manifest's `[tools]` section does not serve is refused
+//! here, before anything runs or is journaled.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Server;
 use crate::active::Active;
-use crate::error::{ApiError, ErrorCode, LimitRef};
+use crate::error::{ApiError, ErrorCode, GuestDiagnostics, LimitRef};
 
 /// A finished call.
 pub struct Called {
@@ -46,6 +49,10 @@ pub enum CallError {
     /// The call's task failed.
     #[error("call task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The function is unknown or not served (the manifest's `[tools]`
+    /// section): refused before anything ran or was journaled.
+    #[error(transparent)]
+    NotServed(tessera_runtime::Error),
 }
 
 impl From<CallError> for ApiError {
@@ -57,6 +64,7 @@ impl From<CallError> for ApiError {
             }
             CallError::Journal(j) => j.into(),
             CallError::Task(_) => ApiError::new(ErrorCode::Internal, e.to_string()),
+            CallError::NotServed(r) => r.into(),
         }
     }
 }
@@ -130,9 +138,23 @@ impl Called {
             (CallFailure::Cancelled, None) => ApiError::new(ErrorCode::Cancelled, message),
         };
         let run_id = self.run_id.clone();
+        let backtrace = match &failure {
+            CallFailure::Trap { backtrace, .. } => backtrace.as_deref(),
+            _ => None,
+        };
+        let guest = GuestDiagnostics::new(&self.outcome.output, backtrace);
         // Put the failure back: the outcome stays whole for any reader.
         self.outcome.result = Err(failure);
-        Verdict::Failed(error.with(|e| e.run_id = Some(run_id)))
+        Verdict::Failed(error.with(|e| {
+            e.run_id = Some(run_id);
+            e.guest = Some(guest);
+        }))
+    }
+
+    /// The guest's stderr tail and last log records (no backtrace: the
+    /// call returned), for a function that returned its `err` case.
+    pub(crate) fn diagnostics(&self) -> GuestDiagnostics {
+        GuestDiagnostics::new(&self.outcome.output, None)
     }
 }
 
@@ -160,13 +182,19 @@ impl Server {
         let active = self
             .active(name)
             .ok_or_else(|| CallError::NoSuchComponent(name.to_string()))?;
+        // Only what the manifest's `[tools]` section serves can be called.
+        let function = active
+            .loaded
+            .served_function(function)
+            .map_err(CallError::NotServed)?
+            .0
+            .qualified_name();
         let token = self.shutdown.child_token();
         // Cancels the call if this future is dropped before it ends.
         let _dropped = token.clone().drop_guard();
         let journal = self.journal.clone();
         let task = {
             let active = active.clone();
-            let function = function.to_string();
             let args = args.clone();
             let token = token.clone();
             tokio::spawn(async move {

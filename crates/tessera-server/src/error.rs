@@ -47,8 +47,8 @@ pub enum ErrorCode {
     NoSuchComponent,
     /// 404: the component has no such version.
     NoSuchVersion,
-    /// 404: the component exports no such function (or the name is
-    /// ambiguous).
+    /// 404: the component exports no such function, the name is
+    /// ambiguous, or the manifest's `[tools]` section does not serve it.
     NoSuchFunction,
     /// 404: no run has that id (or id prefix).
     NoSuchRun,
@@ -173,6 +173,166 @@ pub struct ErrorDetail {
     /// the component does not link).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exports: Option<Vec<String>>,
+    /// What the guest left behind when a call it ran failed (`denied`,
+    /// `limit`, `trap`, `cancelled`): the end of its stderr, its last log
+    /// records and, for a trap, its backtrace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest: Option<GuestDiagnostics>,
+}
+
+/// Most stderr bytes a failed call's diagnostics carry: the last ones.
+pub const STDERR_TAIL_BYTES: usize = 4096;
+/// Most `wasi:logging` records a failed call's diagnostics carry: the last ones.
+pub const LOG_TAIL_RECORDS: usize = 20;
+/// Most bytes of one log record's message in the diagnostics.
+pub const LOG_MESSAGE_BYTES: usize = 1024;
+/// Most frames of a guest backtrace in the diagnostics: the innermost ones.
+pub const BACKTRACE_FRAMES: usize = 64;
+
+/// What a guest left behind in a call that failed, bounded so an error
+/// stays small however much the guest wrote: the last
+/// [`STDERR_TAIL_BYTES`] bytes of stderr, the last [`LOG_TAIL_RECORDS`]
+/// log records (each message cut to [`LOG_MESSAGE_BYTES`]) and the first
+/// [`BACKTRACE_FRAMES`] frames of a trap's backtrace. The whole output
+/// stays in the journal run.
+#[derive(Debug, Clone, Default, Serialize, JsonSchema)]
+pub struct GuestDiagnostics {
+    /// The end of what the guest wrote to stderr (at most 4096 bytes, lossy
+    /// UTF-8, starting at a character boundary); empty if it wrote nothing.
+    pub stderr: String,
+    /// How many bytes the guest wrote to stderr in all (more than `stderr`
+    /// holds when it was cut).
+    pub stderr_bytes: u64,
+    /// Its last `wasi:logging` records (at most 20, oldest first; each
+    /// message at most 1024 bytes).
+    pub logs: Vec<crate::api::LogLine>,
+    /// How many records it logged in all.
+    pub log_records: u64,
+    /// The guest backtrace of a trap, innermost frame first (at most 64
+    /// frames), with function names and, when the component carries DWARF,
+    /// source lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backtrace: Option<String>,
+}
+
+/// The last `max` bytes of `bytes` as text, starting at a character
+/// boundary.
+fn tail_text(bytes: &[u8], max: usize) -> String {
+    let mut start = bytes.len().saturating_sub(max);
+    // Skip UTF-8 continuation bytes of a character cut in two.
+    while start < bytes.len() && start > 0 && (bytes[start] & 0xC0) == 0x80 {
+        start += 1;
+    }
+    String::from_utf8_lossy(&bytes[start..]).into_owned()
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary, with `…` when cut.
+fn cut(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// Whether a backtrace line starts a frame (`  12: 0x1f - …`); the source
+/// lines under a frame belong to it.
+fn is_frame(line: &str) -> bool {
+    line.trim_start()
+        .split(':')
+        .next()
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()))
+}
+
+/// The first [`BACKTRACE_FRAMES`] frames of a backtrace, and how many more
+/// there were.
+fn first_frames(backtrace: &str) -> String {
+    let mut kept: Vec<&str> = Vec::new();
+    let mut frames = 0;
+    let mut more = 0;
+    for line in backtrace.lines() {
+        if is_frame(line) {
+            frames += 1;
+        }
+        if frames > BACKTRACE_FRAMES {
+            more += usize::from(is_frame(line));
+        } else {
+            kept.push(line);
+        }
+    }
+    let mut text = kept.join("\n");
+    if more > 0 {
+        text.push_str(&format!("\n  … {more} more frames"));
+    }
+    text
+}
+
+impl GuestDiagnostics {
+    /// The diagnostics of a call's output; `backtrace` from its trap.
+    pub fn new(output: &tessera_runtime::gateway::CapturedOutput, backtrace: Option<&str>) -> Self {
+        let skip = output.logs.len().saturating_sub(LOG_TAIL_RECORDS);
+        Self {
+            stderr: tail_text(&output.stderr, STDERR_TAIL_BYTES),
+            stderr_bytes: output.stderr.len() as u64,
+            logs: output.logs[skip..]
+                .iter()
+                .map(|l| crate::api::LogLine {
+                    level: crate::api::LogLine::level_name(l.level),
+                    context: cut(&l.context, LOG_MESSAGE_BYTES),
+                    message: cut(&l.message, LOG_MESSAGE_BYTES),
+                })
+                .collect(),
+            log_records: output.logs.len() as u64,
+            backtrace: backtrace.map(first_frames),
+        }
+    }
+
+    /// Whether there is nothing to show.
+    pub fn is_empty(&self) -> bool {
+        self.stderr.is_empty() && self.logs.is_empty() && self.backtrace.is_none()
+    }
+
+    /// The diagnostics as text, one section each for stderr, logs and the
+    /// backtrace (absent sections left out), for a tool error's content.
+    pub fn render(&self) -> String {
+        let mut sections = Vec::new();
+        if !self.stderr.is_empty() {
+            let head = if (self.stderr.len() as u64) < self.stderr_bytes {
+                format!(
+                    "guest stderr (last {} of {} bytes):",
+                    self.stderr.len(),
+                    self.stderr_bytes
+                )
+            } else {
+                "guest stderr:".to_string()
+            };
+            sections.push(format!("{head}\n{}", self.stderr.trim_end()));
+        }
+        if !self.logs.is_empty() {
+            let head = if (self.logs.len() as u64) < self.log_records {
+                format!(
+                    "guest logs (last {} of {} records):",
+                    self.logs.len(),
+                    self.log_records
+                )
+            } else {
+                "guest logs:".to_string()
+            };
+            let lines: Vec<String> = self
+                .logs
+                .iter()
+                .map(|l| format!("[{}] {}: {}", l.level, l.context, l.message))
+                .collect();
+            sections.push(format!("{head}\n{}", lines.join("\n")));
+        }
+        if let Some(b) = &self.backtrace {
+            sections.push(format!("guest backtrace:\n{}", b.trim_end()));
+        }
+        sections.join("\n\n")
+    }
 }
 
 /// An error answer: a code, a message and details, sent as [`ErrorBody`]
@@ -196,6 +356,7 @@ impl ApiError {
             run_id: None,
             unresolved_imports: None,
             exports: None,
+            guest: None,
         }))
     }
 
@@ -267,7 +428,9 @@ impl From<RtError> for ApiError {
                     d.exports = Some(exports);
                 });
             }
-            RtError::NoSuchFunction { .. } | RtError::Ambiguous { .. } => ErrorCode::NoSuchFunction,
+            RtError::NoSuchFunction { .. }
+            | RtError::Ambiguous { .. }
+            | RtError::NotServed { .. } => ErrorCode::NoSuchFunction,
             RtError::NotCallable { .. } => ErrorCode::NotCallable,
             RtError::Manifest(_) | RtError::Grant { .. } | RtError::Bind { .. } => {
                 ErrorCode::BadManifest

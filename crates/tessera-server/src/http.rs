@@ -237,11 +237,23 @@ fn component_info(
     if details {
         info.functions = active.as_ref().map(|a| {
             a.loaded
-                .functions()
-                .iter()
-                .map(|f| match f.to_json() {
-                    Value::Object(m) => m,
-                    _ => serde_json::Map::new(),
+                .exposures()
+                .map(|(f, exposure)| {
+                    let mut m = match f.to_json() {
+                        Value::Object(m) => m,
+                        _ => serde_json::Map::new(),
+                    };
+                    if let Some(t) = &exposure.title {
+                        m.insert("title".into(), Value::String(t.clone()));
+                    }
+                    if let Some(d) = &exposure.description {
+                        m.insert("description".into(), Value::String(d.clone()));
+                    }
+                    m.insert("served".into(), Value::Bool(exposure.served()));
+                    if let Some(why) = &exposure.hidden {
+                        m.insert("hidden".into(), Value::String(why.to_string()));
+                    }
+                    m
                 })
                 .collect()
         });
@@ -439,10 +451,7 @@ async fn call(
             .logs
             .iter()
             .map(|l| api::LogLine {
-                level: serde_json::to_value(l.level)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default(),
+                level: api::LogLine::level_name(l.level),
                 context: l.context.clone(),
                 message: l.message.clone(),
             })

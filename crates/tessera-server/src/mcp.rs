@@ -1,6 +1,13 @@
-//! The MCP server: every exported function of every active component is a
+//! The MCP server: every served function of every active component is a
 //! tool.
 //!
+//! - What is served follows the manifest's `[tools]` section
+//!   (`tessera_runtime::tools`): `include`/`exclude`, and toolchain
+//!   internals (componentize-py's `exports#init`, `wasi:cli/run#run` beside
+//!   other exports) hidden by default. A function that is not served is not
+//!   listed, and calling it is an unknown tool. The section's title and
+//!   description replace the defaults (`<component>: <function>`; the WIT
+//!   docs, then `WIT: <signature>`).
 //! - Tool names are `<component>__<function>` for functions the world
 //!   exports and `<component>__<interface>__<function>` for functions of an
 //!   exported interface (`hello__greet`, `hello__types__echo-u8`). They use
@@ -14,7 +21,11 @@
 //!   (and not destructive) when it allows neither HTTP nor a writable mount.
 //! - A denial, a limit, a trap, bad arguments or a guest `err` is a tool
 //!   result with `isError: true` and a message; the session carries on. An
-//!   unknown tool is a protocol error (`-32602`).
+//!   unknown tool is a protocol error (`-32602`). When the guest ran, the
+//!   text goes on with its stderr tail, its last log records and a trap's
+//!   backtrace (`GuestDiagnostics`), and `structuredContent` is the HTTP
+//!   API's error body (`{"error": {…}}`), or `{"result": {"err": …}}` for a
+//!   guest `err`.
 //! - Loading, swapping or removing a component sends
 //!   `notifications/tools/list_changed`: to every session of the
 //!   initialize-handshake protocol revisions, and on every
@@ -44,7 +55,7 @@ use tessera_runtime::FunctionInfo;
 use tokio_util::sync::CancellationToken;
 
 use crate::call::Verdict;
-use crate::error::{ApiError, ErrorCode, LimitRef};
+use crate::error::{ApiError, ErrorBody, ErrorCode, ErrorDetail, LimitRef};
 use crate::{Called, Server};
 
 /// Longest tool name: what the most restrictive LLM APIs accept.
@@ -116,7 +127,19 @@ fn annotations(grants: &tessera_runtime::Grants) -> ToolAnnotations {
     }
 }
 
-/// The tools of every active component, sorted by name.
+/// The default description of a tool: the WIT docs if the component
+/// carries them, and the signature.
+fn wit_description(f: &FunctionInfo) -> String {
+    let signature = f.signature();
+    match &f.docs {
+        Some(d) => format!("{}\n\nWIT: {signature}", d.trim()),
+        None => format!("WIT: {signature}"),
+    }
+}
+
+/// The tools of every active component, sorted by name: each function the
+/// manifest's `[tools]` section serves (see `tessera_runtime::tools`),
+/// with its title and description when the section gives them.
 pub fn tools(server: &Server) -> Vec<ToolEntry> {
     let mut out = Vec::new();
     for name in server.active_names() {
@@ -124,24 +147,27 @@ pub fn tools(server: &Server) -> Vec<ToolEntry> {
             continue;
         };
         let hints = annotations(active.loaded.grants());
-        for f in active.loaded.functions() {
-            if f.not_callable.is_some() {
+        for (f, exposure) in active.loaded.exposures() {
+            if !exposure.served() {
                 continue;
             }
-            let signature = f.signature();
-            let description = match &f.docs {
-                Some(d) => format!("{}\n\nWIT: {signature}", d.trim()),
-                None => format!("WIT: {signature}"),
-            };
             let output = json!({
                 "type": "object",
                 "properties": { "result": f.result_schema },
                 "required": ["result"],
             });
+            let title = exposure
+                .title
+                .clone()
+                .unwrap_or_else(|| format!("{name}: {}", f.short_name()));
+            let description = exposure
+                .description
+                .clone()
+                .unwrap_or_else(|| wit_description(f));
             let mut tool =
                 Tool::new_with_raw(tool_name(&name, f), None, object(f.params_schema.clone()))
                     .with_raw_output_schema(object(output))
-                    .with_title(format!("{name}: {}", f.short_name()));
+                    .with_title(title);
             tool.description = Some(description.into());
             tool.annotations = Some(hints.clone());
             out.push(ToolEntry {
@@ -155,17 +181,17 @@ pub fn tools(server: &Server) -> Vec<ToolEntry> {
     out
 }
 
-/// The component and function a tool name calls, if it names one.
+/// The component and function a tool name calls, if it names one that is
+/// served.
 pub fn resolve(server: &Server, tool: &str) -> Option<(String, String)> {
     let find = |component: &str| {
         let active = server.active(component)?;
         active
             .loaded
-            .functions()
-            .iter()
-            .filter(|f| f.not_callable.is_none())
-            .find(|f| tool_name(component, f) == tool)
-            .map(|f| (component.to_string(), f.qualified_name()))
+            .exposures()
+            .filter(|(_, x)| x.served())
+            .find(|(f, _)| tool_name(component, f) == tool)
+            .map(|(f, _)| (component.to_string(), f.qualified_name()))
     };
     // The component name is the part before the first `__`, unless the
     // tool name was cut to length: then look through every component.
@@ -191,6 +217,22 @@ impl McpService {
 fn text_error(message: impl Into<String>) -> CallToolResult {
     let mut r = CallToolResult::error(vec![ContentBlock::text(message.into())]);
     r.structured_content = None;
+    r
+}
+
+/// A tool error for a call the guest ran: the message, then what the
+/// guest left behind (stderr tail, last logs, backtrace) in the text, and
+/// the same as `structuredContent.error` (the HTTP API's error object).
+fn guest_error(message: String, detail: &ErrorDetail) -> CallToolResult {
+    let text = match &detail.guest {
+        Some(g) if !g.is_empty() => format!("{message}\n\n{}", g.render()),
+        _ => message,
+    };
+    let mut r = text_error(text);
+    r.structured_content = serde_json::to_value(ErrorBody {
+        error: detail.clone(),
+    })
+    .ok();
     r
 }
 
@@ -220,19 +262,27 @@ fn tool_result(tool: &str, called: &mut Called) -> Result<CallToolResult, ErrorD
             r
         }
         Verdict::Returned {
-            value,
-            denial: Some(d),
-            ..
-        } => text_error(format!(
-            "`{tool}` returned an error after {}: {}",
-            denial(&d.capability, &d.target, d.reason.as_deref()),
-            error_text(&value)
-        )),
-        Verdict::Returned { value, .. } => text_error(format!(
-            "`{tool}` returned an error: {}",
-            error_text(&value)
-        )),
-        Verdict::Failed(e) => text_error(failure_text(tool, &e)?),
+            value, denial: d, ..
+        } => {
+            let message = match d {
+                Some(d) => format!(
+                    "`{tool}` returned an error after {}: {}",
+                    denial(&d.capability, &d.target, d.reason.as_deref()),
+                    error_text(&value)
+                ),
+                None => format!("`{tool}` returned an error: {}", error_text(&value)),
+            };
+            let guest = called.diagnostics();
+            let mut r = text_error(if guest.is_empty() {
+                message
+            } else {
+                format!("{message}\n\n{}", guest.render())
+            });
+            // The guest's `err` case fits the output schema as it is.
+            r.structured_content = Some(json!({ "result": value }));
+            r
+        }
+        Verdict::Failed(e) => guest_error(failure_text(tool, &e)?, e.detail()),
     };
     result.meta = Some(meta(called));
     Ok(result)

@@ -1341,3 +1341,196 @@ async fn the_server_prunes_its_journal_in_the_background_under_continuous_calls(
     assert_eq!((status, &v["identical"]), (200, &json!(true)), "{v}");
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tools_section_curates_listing_calls_and_descriptions() {
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), |_| {}).await;
+    let manifest = write_manifest(
+        data.path(),
+        "[tools]\nexclude = [\"sub\"]\n\n[tools.functions.add]\ntitle = \"Add two numbers\"\n\
+         description = \"Returns a + b.\"\n",
+    );
+    let body = json!({ "name": "tool", "path": component("toolchain-exports").display().to_string(),
+        "manifest_path": manifest });
+    let (status, v) = s.call("POST", "/v1/components", body).await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(s.add("internals", "toolchain-exports").await.0, 201);
+
+    // MCP lists only what is served, with the override.
+    let tools = tessera_server::mcp::tools(&s.server);
+    let names: Vec<String> = tools.iter().map(|t| t.tool.name.to_string()).collect();
+    assert_eq!(names, ["internals__add", "internals__sub", "tool__add"]);
+    let add = &tools[2].tool;
+    assert_eq!(add.title.as_deref(), Some("Add two numbers"));
+    assert_eq!(add.description.as_deref(), Some("Returns a + b."));
+    // Without docs or an override, the description is the signature.
+    assert_eq!(
+        tools[1].tool.description.as_deref(),
+        Some("WIT: sub(a: u32, b: u32) -> u32")
+    );
+    assert_eq!(tessera_server::mcp::resolve(&s.server, "tool__sub"), None);
+    assert_eq!(
+        tessera_server::mcp::resolve(&s.server, "internals__exports__init"),
+        None
+    );
+
+    // The HTTP API says what is served and why not.
+    let (status, v) = s.call("GET", "/v1/components/tool", json!({})).await;
+    assert_eq!(status, 200, "{v}");
+    let by_name = |v: &Value, n: &str| {
+        v["functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["short_name"] == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("{n} not in {v}"))
+    };
+    let add = by_name(&v, "add");
+    assert_eq!(
+        (&add["served"], &add["title"], &add["description"]),
+        (
+            &json!(true),
+            &json!("Add two numbers"),
+            &json!("Returns a + b.")
+        )
+    );
+    let sub = by_name(&v, "sub");
+    assert_eq!(sub["served"], false);
+    assert!(
+        sub["hidden"].as_str().unwrap().contains("tools.exclude"),
+        "{sub}"
+    );
+    let (_, v) = s.call("GET", "/v1/components/internals", json!({})).await;
+    let init = by_name(&v, "exports#init");
+    assert_eq!(init["served"], false);
+    assert!(
+        init["hidden"].as_str().unwrap().contains("componentize-py"),
+        "{init}"
+    );
+
+    // Calls over HTTP: served functions run, the others are refused
+    // before anything runs or is journaled.
+    let runs_before = s.server.journal.list().unwrap().len();
+    let (status, v) = s
+        .call(
+            "POST",
+            "/v1/components/tool/call/add",
+            json!({"a": 2, "b": 3}),
+        )
+        .await;
+    assert_eq!((status, &v["result"]), (200, &json!(5)), "{v}");
+    let (status, v) = s
+        .call(
+            "POST",
+            "/v1/components/tool/call/sub",
+            json!({"a": 2, "b": 3}),
+        )
+        .await;
+    assert_eq!(status, 404, "{v}");
+    assert_eq!(v["error"]["code"], "no_such_function");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not served"),
+        "{v}"
+    );
+    let (status, v) = s
+        .call(
+            "POST",
+            "/v1/components/internals/call/exports%23init",
+            json!({"app-name": "a", "symbols": [], "stub-wasi": false}),
+        )
+        .await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (404, &json!("no_such_function")),
+        "{v}"
+    );
+    assert_eq!(s.server.journal.list().unwrap().len(), runs_before + 1);
+
+    // A manifest naming a function the component does not export is
+    // refused when it is registered, naming the field.
+    let manifest = write_manifest(data.path(), "[tools]\nexclude = [\"substract\"]\n");
+    let body = json!({ "name": "typo", "path": component("toolchain-exports").display().to_string(),
+        "manifest_path": manifest });
+    let (status, v) = s.call("POST", "/v1/components", body).await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (400, &json!("bad_manifest")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("tools.exclude[0]"),
+        "{v}"
+    );
+    assert!(s.server.active("typo").is_none());
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_over_http_carries_the_guest_stderr_logs_and_backtrace() {
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), |_| {}).await;
+    assert_eq!(s.add("hello", "hello").await.0, 201);
+    let (status, v) = s
+        .call(
+            "POST",
+            "/v1/components/hello/call/types%23fail",
+            json!({"msg": "boom-over-http"}),
+        )
+        .await;
+    assert_eq!((status, &v["error"]["code"]), (422, &json!("trap")), "{v}");
+    let guest = &v["error"]["guest"];
+    let stderr = guest["stderr"].as_str().unwrap();
+    assert!(
+        stderr.contains("panicked") && stderr.contains("boom-over-http"),
+        "{v}"
+    );
+    assert_eq!(guest["stderr_bytes"], stderr.len() as u64);
+    assert_eq!(
+        guest["logs"],
+        json!([{"level": "error", "context": "fail", "message": "about to fail: boom-over-http"}])
+    );
+    assert_eq!(guest["log_records"], 1);
+    let backtrace = guest["backtrace"].as_str().unwrap();
+    assert!(backtrace.contains("fail"), "{backtrace}");
+
+    // Bounded: a 10 000-byte message leaves the last 4096 bytes of stderr
+    // and a log message cut to 1024 bytes; the counts say how much there was.
+    let long = format!("{}END", "x".repeat(10_000));
+    let (status, v) = s
+        .call(
+            "POST",
+            "/v1/components/hello/call/types%23fail",
+            json!({"msg": long}),
+        )
+        .await;
+    assert_eq!(status, 422, "{v}");
+    let guest = &v["error"]["guest"];
+    let stderr = guest["stderr"].as_str().unwrap();
+    assert_eq!(stderr.len(), tessera_server::error::STDERR_TAIL_BYTES);
+    assert!(stderr.contains("xxxEND"), "the tail is kept: {stderr}");
+    assert!(guest["stderr_bytes"].as_u64().unwrap() > 10_000, "{guest}");
+    let message = guest["logs"][0]["message"].as_str().unwrap();
+    assert!(
+        message.ends_with('…') && message.len() <= 1024 + 3,
+        "{message}"
+    );
+
+    // A call that returns is a 200 with the whole output, as before.
+    let (status, v) = s
+        .call(
+            "POST",
+            "/v1/components/hello/call/chatter",
+            json!({"msg": "hi"}),
+        )
+        .await;
+    assert_eq!((status, &v["stderr"]), (200, &json!("stderr: hi\n")), "{v}");
+    s.shutdown().await;
+}

@@ -237,7 +237,7 @@ fn compact(v: &Value) -> String {
 }
 
 /// The manifest keys that belong to the runtime, not to a capability.
-pub(crate) const RUNTIME_KEYS: &[&str] = &["limits", "deterministic", "seed"];
+pub(crate) const RUNTIME_KEYS: &[&str] = &["limits", "deterministic", "seed", "tools"];
 
 /// Declares the capabilities: the one list every lifecycle step iterates.
 macro_rules! registry {
@@ -260,6 +260,10 @@ macro_rules! registry {
             /// the deadline a fuel deadline only.
             #[serde(default)]
             pub deterministic: Option<u64>,
+            /// Which functions a server offers and how it presents them
+            /// (`[tools]`): not a grant, but read from the same manifest.
+            #[serde(default, skip_serializing_if = "crate::tools::ToolCuration::is_default")]
+            pub tools: crate::tools::ToolCuration,
         }
 
         /// The per-instance states of every capability (`()` for those
@@ -283,11 +287,13 @@ macro_rules! registry {
                 section: &Section<'_>,
                 limits: Limits,
                 deterministic: Option<u64>,
+                tools: crate::tools::ToolCuration,
             ) -> Result<Self, ManifestError> {
                 Ok(Self {
                     $($field: <$cap as Capability>::grant(section)?,)*
                     limits,
                     deterministic,
+                    tools,
                 })
             }
 
@@ -310,6 +316,7 @@ macro_rules! registry {
                     $($field: <$cap as Capability>::for_replay(&self.$field, steps, scratch)?,)*
                     limits: self.limits,
                     deterministic: self.deterministic,
+                    tools: self.tools.clone(),
                 })
             }
         }
