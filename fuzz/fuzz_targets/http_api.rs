@@ -98,8 +98,10 @@ impl Fixture {
             .build()
             .expect("cannot start tokio");
         let hello = std::fs::read(tessera_fuzz::component("hello")).expect("cannot read hello");
+        let mut config = ServerConfig::new(data.path().to_path_buf());
+        config.cache_dir = Some(data.path().join("cache"));
         let server = runtime
-            .block_on(Server::open(ServerConfig::new(data.path().to_path_buf())))
+            .block_on(Server::open(config))
             .expect("cannot open the server");
         let app = tessera_server::router(
             server.clone(),

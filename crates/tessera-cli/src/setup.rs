@@ -10,8 +10,8 @@ use tessera_runtime::{Error, Grants, Inspection, LoadedComponent, Runtime, Runti
 /// Global options.
 #[derive(Debug, clap::Args)]
 pub struct GlobalArgs {
-    /// Data directory: compile cache, journal, audit log, component
-    /// registry and tokens live here.
+    /// Data directory: journal, audit log, component registry and tokens
+    /// live here.
     #[arg(
         long,
         global = true,
@@ -19,7 +19,12 @@ pub struct GlobalArgs {
         default_value = "tessera-data"
     )]
     pub data: PathBuf,
-    /// Do not read or write the compile cache.
+    /// The compile cache: compiled components, shared by every data
+    /// directory and process that uses it. Default: `$XDG_CACHE_HOME/tessera`,
+    /// or `~/.cache/tessera` when `XDG_CACHE_HOME` is unset.
+    #[arg(long, global = true, env = "TESSERA_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Do not read or write the compile cache (overrides `--cache-dir`).
     #[arg(long, global = true)]
     pub no_cache: bool,
     /// Append audit events (JSON lines) to this file instead of
@@ -42,6 +47,27 @@ pub struct GlobalArgs {
 pub const SECRET_ENV_PREFIX: &str = "TESSERA_SECRET_";
 
 impl GlobalArgs {
+    /// The compile cache directory: `--cache-dir` (or `TESSERA_CACHE_DIR`),
+    /// else the per-user one; `None` with `--no-cache`, or when no per-user
+    /// location is known (a warning says so).
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        if self.no_cache {
+            return None;
+        }
+        let dir = self
+            .cache_dir
+            .clone()
+            .filter(|d| !d.as_os_str().is_empty())
+            .or_else(tessera_runtime::cache::default_dir);
+        if dir.is_none() {
+            eprintln!(
+                "warning: no compile cache: neither XDG_CACHE_HOME nor HOME is set; \
+                 pass --cache-dir (or set TESSERA_CACHE_DIR) to keep compiled components"
+            );
+        }
+        dir
+    }
+
     /// Builds the runtime, optionally with guest-debug instrumentation.
     pub fn runtime_with(&self, guest_debug: bool) -> Result<Runtime, String> {
         let audit_path = self
@@ -51,7 +77,7 @@ impl GlobalArgs {
         let audit = JsonLinesAudit::open(&audit_path)
             .map_err(|e| format!("cannot open audit log {}: {e}", audit_path.display()))?;
         let rt = Runtime::new(RuntimeConfig {
-            cache_dir: (!self.no_cache).then(|| self.data.join("cache")),
+            cache_dir: self.cache_dir(),
             audit: Arc::new(audit),
             guest_debug,
             host: self.host_config()?,

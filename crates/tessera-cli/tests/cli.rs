@@ -28,6 +28,7 @@ impl Cli {
         Command::new(env!("CARGO_BIN_EXE_tessera"))
             .arg("--data")
             .arg(self.data.path())
+            .env("TESSERA_CACHE_DIR", self.data.path().join("cache"))
             .args(args)
             .output()
             .expect("run tessera")
@@ -270,6 +271,123 @@ fn second_load_uses_the_compile_cache() {
     assert_eq!(before, after, "cache entry was rewritten instead of reused");
 }
 
+/// `tessera --data <data>` with the compile cache settings only from
+/// `env` (no `TESSERA_CACHE_DIR`, `XDG_CACHE_HOME` or `HOME` of the
+/// test's own).
+fn tessera_with_env(data: &Path, env: &[(&str, &Path)]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    c.arg("--data")
+        .arg(data)
+        .env_remove("TESSERA_CACHE_DIR")
+        .env_remove("XDG_CACHE_HOME")
+        .env_remove("HOME");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
+fn cwasm_entries(dir: &Path) -> Vec<PathBuf> {
+    walk(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .collect()
+}
+
+/// By default the compile cache is the user's (`$XDG_CACHE_HOME/tessera`,
+/// else `~/.cache/tessera`), not the data directory's, so a second data
+/// directory uses what the first compiled.
+#[test]
+fn the_compile_cache_is_per_user_and_shared_by_data_directories() {
+    let home = tempfile::tempdir().unwrap();
+    let xdg = tempfile::tempdir().unwrap();
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let hello = component("hello");
+    let inspect = |data: &Path, env: &[(&str, &Path)]| {
+        let o = tessera_with_env(data, env)
+            .arg("inspect")
+            .arg(&hello)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    };
+    // XDG_CACHE_HOME wins over HOME.
+    inspect(
+        one.path(),
+        &[("XDG_CACHE_HOME", xdg.path()), ("HOME", home.path())],
+    );
+    let entries = cwasm_entries(&xdg.path().join("tessera"));
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(cwasm_entries(home.path()).is_empty());
+    assert!(!one.path().join("cache").exists());
+    let before = std::fs::metadata(&entries[0]).unwrap().modified().unwrap();
+    // Another data directory: the same entry is used, not rewritten.
+    inspect(two.path(), &[("XDG_CACHE_HOME", xdg.path())]);
+    let after = std::fs::metadata(&entries[0]).unwrap().modified().unwrap();
+    assert_eq!(before, after, "the entry was compiled again");
+    assert_eq!(cwasm_entries(&xdg.path().join("tessera")).len(), 1);
+    // Without XDG_CACHE_HOME: ~/.cache/tessera.
+    inspect(one.path(), &[("HOME", home.path())]);
+    assert_eq!(cwasm_entries(&home.path().join(".cache/tessera")).len(), 1);
+    // `--cache-dir` over everything; `--no-cache` writes nothing.
+    let flag = tempfile::tempdir().unwrap();
+    let o = tessera_with_env(one.path(), &[("XDG_CACHE_HOME", xdg.path())])
+        .arg("--cache-dir")
+        .arg(flag.path())
+        .arg("inspect")
+        .arg(&hello)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(cwasm_entries(flag.path()).len(), 1);
+    let none = tempfile::tempdir().unwrap();
+    let o = tessera_with_env(one.path(), &[("TESSERA_CACHE_DIR", none.path())])
+        .args(["--no-cache", "inspect"])
+        .arg(&hello)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(walk(none.path()).is_empty());
+    // Nowhere to put it: a warning, and the command still works.
+    let o = tessera_with_env(one.path(), &[])
+        .arg("inspect")
+        .arg(&hello)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no compile cache"), "{}", stderr(&o));
+}
+
+/// Two processes compiling the same component into one cache at once both
+/// succeed, and leave one whole entry (no temporary files).
+#[test]
+fn two_processes_compiling_into_one_cache_both_succeed() {
+    let cache = tempfile::tempdir().unwrap();
+    let datas: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let hello = component("hello");
+    let children: Vec<_> = datas
+        .iter()
+        .map(|d| {
+            tessera_with_env(d.path(), &[("TESSERA_CACHE_DIR", cache.path())])
+                .arg("call")
+                .arg(&hello)
+                .args(["greet", "--args", r#"{"name":"Ada"}"#])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert_eq!(stdout(&o).trim(), "\"Hello, Ada!\"");
+    }
+    let files = walk(cache.path());
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].extension().is_some_and(|e| e == "cwasm"));
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Ok(rd) = std::fs::read_dir(dir) {
@@ -452,6 +570,7 @@ fn secrets_never_reach_a_journal_an_export_an_audit_line_or_a_log() {
         Command::new(env!("CARGO_BIN_EXE_tessera"))
             .arg("--data")
             .arg(cli.data.path())
+            .env("TESSERA_CACHE_DIR", cli.data.path().join("cache"))
             .args(args)
             .env("TESSERA_TEST_INHERITED", INHERITED)
             .env("TESSERA_SECRET_API_KEY", SECRET)
@@ -543,6 +662,7 @@ fn secrets_never_reach_a_journal_an_export_an_audit_line_or_a_log() {
         let o = Command::new(env!("CARGO_BIN_EXE_tessera"))
             .arg("--data")
             .arg(cli.data.path())
+            .env("TESSERA_CACHE_DIR", cli.data.path().join("cache"))
             .args(["replay", id])
             .env("TESSERA_TEST_INHERITED", INHERITED)
             .env("TESSERA_SECRET_API_KEY", SECRET)

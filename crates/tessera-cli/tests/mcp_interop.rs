@@ -46,6 +46,8 @@ fn swap_command(data: &Path) -> String {
         env!("CARGO_BIN_EXE_tessera").to_string(),
         "--data".into(),
         data.display().to_string(),
+        "--cache-dir".into(),
+        data.join("cache").display().to_string(),
         "components".into(),
         "add".into(),
         component("spin").display().to_string(),

@@ -13,11 +13,23 @@
 //! which in turn checks that the artifact was made by a compatible engine. A
 //! corrupt, truncated or foreign entry is removed and the component is
 //! recompiled.
+//!
+//! One cache serves every data directory and every process of a user
+//! (`$XDG_CACHE_HOME/tessera`, see [`default_dir`]): the same bytes are
+//! compiled once per machine and engine, not once per data directory. Any
+//! number of processes and threads may read and write it at once. A writer
+//! puts each entry in a temporary file of its own in the same directory,
+//! `fsync`s it and renames it into place, so a reader sees either no entry
+//! or a whole one; two writers of the same entry both succeed and the last
+//! rename wins (both wrote the same compilation). No lock is taken, so a
+//! crashed writer cannot block anyone; it may leave a `.tmp*` file behind,
+//! which the next writer of that directory removes once it is an hour old.
 
 use std::fs;
 use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
@@ -26,6 +38,38 @@ use wasmtime::component::Component;
 const MAGIC: &[u8; 16] = b"tessera-cwasm-2\n";
 /// Magic, component digest, payload SHA-256, payload length.
 const HEADER_LEN: usize = MAGIC.len() + 32 + 32 + 8;
+
+/// The environment variable that overrides the cache directory (the CLI's
+/// `--cache-dir` reads it too).
+pub const CACHE_DIR_ENV: &str = "TESSERA_CACHE_DIR";
+
+/// The per-user cache directory: `$XDG_CACHE_HOME/tessera`, or
+/// `$HOME/.cache/tessera` when `XDG_CACHE_HOME` is unset or not absolute
+/// (the XDG Base Directory rules). `None` when neither gives an absolute
+/// path. The directory is created on the first write.
+pub fn default_dir() -> Option<PathBuf> {
+    default_dir_from(
+        std::env::var_os("XDG_CACHE_HOME").as_deref(),
+        std::env::var_os("HOME").as_deref(),
+    )
+}
+
+/// [`default_dir`] from the given values of `XDG_CACHE_HOME` and `HOME`.
+pub fn default_dir_from(
+    xdg_cache_home: Option<&std::ffi::OsStr>,
+    home: Option<&std::ffi::OsStr>,
+) -> Option<PathBuf> {
+    let absolute = |v: Option<&std::ffi::OsStr>| {
+        v.map(PathBuf::from)
+            .filter(|p| p.is_absolute() && !p.as_os_str().is_empty())
+    };
+    absolute(xdg_cache_home)
+        .or_else(|| absolute(home).map(|h| h.join(".cache")))
+        .map(|d| d.join("tessera"))
+}
+
+/// Temporary files older than this are a crashed writer's leftovers.
+const STALE_TMP: Duration = Duration::from_secs(3600);
 
 /// What a cache lookup found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,17 +169,23 @@ impl ComponentCache {
         reason
     }
 
-    /// Stores a compiled component atomically (write to a temporary file,
-    /// then rename), so readers never see a half-written entry.
+    /// Stores a compiled component atomically: the entry is written to a
+    /// temporary file of its own in the entry's directory, `fsync`ed, and
+    /// renamed over the entry (then the directory is `fsync`ed), so readers
+    /// never see a half-written entry and concurrent writers of the same
+    /// entry never interfere.
     pub fn store(&self, digest: &str, component: &Component) -> std::io::Result<()> {
         let payload = component
             .serialize()
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         fs::create_dir_all(&self.dir)?;
         let path = self.entry_path(digest);
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".tmp")
+            .suffix(".cwasm")
+            .tempfile_in(&self.dir)?;
         {
-            let mut f = fs::File::create(&tmp)?;
+            let f = tmp.as_file_mut();
             f.write_all(MAGIC)?;
             f.write_all(&digest_bytes(digest))?;
             f.write_all(&Sha256::digest(&payload))?;
@@ -143,7 +193,35 @@ impl ComponentCache {
             f.write_all(&payload)?;
             f.sync_all()?;
         }
-        fs::rename(&tmp, &path)
+        tmp.persist(&path).map_err(|e| e.error)?;
+        // The rename itself is durable once the directory is synced (not
+        // possible on every platform; the entry is valid either way).
+        if let Ok(d) = fs::File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        self.remove_stale_tmp();
+        Ok(())
+    }
+
+    /// Removes temporary files a crashed writer left (older than an hour,
+    /// so a writer still at work is never disturbed).
+    fn remove_stale_tmp(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        let now = SystemTime::now();
+        for e in entries.flatten() {
+            let is_tmp = e.file_name().to_string_lossy().starts_with(".tmp");
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age > STALE_TMP);
+            if is_tmp && old {
+                let _ = fs::remove_file(e.path());
+            }
+        }
     }
 }
 
@@ -183,4 +261,36 @@ fn check_entry<'a>(bytes: &'a [u8], digest: &str) -> Result<&'a [u8], String> {
         return Err("checksum mismatch (corrupted)".into());
     }
     Ok(payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn default_dir_follows_the_xdg_rules() {
+        let d = |x: Option<&str>, h: Option<&str>| {
+            default_dir_from(x.map(OsStr::new), h.map(OsStr::new))
+        };
+        assert_eq!(
+            d(Some("/x/cache"), Some("/home/u")),
+            Some(PathBuf::from("/x/cache/tessera"))
+        );
+        assert_eq!(
+            d(None, Some("/home/u")),
+            Some(PathBuf::from("/home/u/.cache/tessera"))
+        );
+        // A relative or empty XDG_CACHE_HOME is invalid and ignored.
+        assert_eq!(
+            d(Some("rel/cache"), Some("/home/u")),
+            Some(PathBuf::from("/home/u/.cache/tessera"))
+        );
+        assert_eq!(
+            d(Some(""), Some("/home/u")),
+            Some(PathBuf::from("/home/u/.cache/tessera"))
+        );
+        assert_eq!(d(None, None), None);
+        assert_eq!(d(Some("rel"), Some("also-rel")), None);
+    }
 }

@@ -26,6 +26,9 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 #[derive(Clone)]
 pub struct RuntimeConfig {
     /// Where compiled components are cached; `None` disables the cache.
+    /// The directory may be shared by any number of runtimes and processes
+    /// (see [`crate::cache`]); [`crate::cache::default_dir`] gives the
+    /// per-user one the CLI and the server use.
     pub cache_dir: Option<PathBuf>,
     /// Use the pooling allocator (falls back to on-demand allocation with a
     /// warning if the address-space reservation fails).
@@ -307,6 +310,22 @@ impl Runtime {
     /// The compile cache, if enabled.
     pub fn cache(&self) -> Option<&ComponentCache> {
         self.inner.cache.as_ref()
+    }
+
+    /// Whether loading the component with this digest would take no
+    /// compiling: this runtime already compiled it, or the compile cache
+    /// has an entry for it (which may still turn out to be invalid).
+    pub fn has_compiled(&self, digest: &str) -> bool {
+        self.inner
+            .compiled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(digest)
+            || self
+                .inner
+                .cache
+                .as_ref()
+                .is_some_and(|c| c.contains(digest))
     }
 
     /// Reads a file and prepares it (see [`Runtime::prepare`]).

@@ -663,6 +663,125 @@ fn compile_cache_hit_miss_and_corruption() {
     assert_eq!(out.result.unwrap(), json!("Hello, cache!"));
 }
 
+/// Many writers and readers of one entry at once, as several processes
+/// sharing the per-user cache are: every write succeeds, a reader finds no
+/// entry or a whole valid one (never a partial file), and no temporary file
+/// is left behind.
+#[test]
+fn compile_cache_is_safe_under_concurrent_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::new(RuntimeConfig {
+        cache_dir: Some(dir.path().to_path_buf()),
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let prepared = rt.prepare_file(&component("hello")).unwrap();
+    let compiled =
+        wasmtime::component::Component::from_binary(rt.engine(), &prepared.component_bytes)
+            .unwrap();
+    let cache = rt.cache().unwrap().clone();
+    let writers = 6;
+    let start = std::sync::Barrier::new(writers + 2);
+    let writing = std::sync::atomic::AtomicUsize::new(writers);
+    let (found, missing) = std::thread::scope(|s| {
+        for _ in 0..writers {
+            s.spawn(|| {
+                start.wait();
+                for _ in 0..15 {
+                    cache
+                        .store(&prepared.digest, &compiled)
+                        .expect("a concurrent write fails");
+                }
+                writing.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    start.wait();
+                    let (mut found, mut missing) = (0, 0);
+                    while writing.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                        match cache.load(rt.engine(), &prepared.digest) {
+                            Ok(Some(_)) => found += 1,
+                            Ok(None) => missing += 1,
+                            Err(reason) => panic!("a reader saw a bad entry: {reason}"),
+                        }
+                    }
+                    (found, missing)
+                })
+            })
+            .collect();
+        readers
+            .into_iter()
+            .map(|r| r.join().unwrap())
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    });
+    assert!(found + missing > 0, "the readers never read");
+    let left: Vec<_> = std::fs::read_dir(cache.dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        left,
+        vec![format!(
+            "{}.cwasm",
+            prepared.digest.trim_start_matches("sha256:")
+        )],
+        "only the entry remains"
+    );
+    let again = Runtime::new(RuntimeConfig {
+        cache_dir: Some(dir.path().to_path_buf()),
+        ..RuntimeConfig::default()
+    })
+    .unwrap()
+    .load_file(&component("hello"), grants(""))
+    .unwrap();
+    assert_eq!(again.cache_status(), &CacheStatus::Hit);
+}
+
+/// Runtimes on several threads compiling the same component into one
+/// cache at once all succeed; the entry they leave is then used.
+#[test]
+fn runtimes_compiling_the_same_component_at_once_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let make = || {
+        Runtime::new(RuntimeConfig {
+            cache_dir: Some(dir.path().to_path_buf()),
+            pooling: false,
+            ..RuntimeConfig::default()
+        })
+        .unwrap()
+    };
+    let n = 4;
+    let start = std::sync::Barrier::new(n);
+    let statuses: Vec<CacheStatus> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|_| {
+                s.spawn(|| {
+                    let rt = make();
+                    start.wait();
+                    let c = rt.load_file(&component("spin"), grants("")).unwrap();
+                    c.cache_status().clone()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        statuses
+            .iter()
+            .all(|s| matches!(s, CacheStatus::Miss | CacheStatus::Hit)),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        make()
+            .load_file(&component("spin"), grants(""))
+            .unwrap()
+            .cache_status(),
+        &CacheStatus::Hit
+    );
+}
+
 // ---------------------------------------------------------------- loading
 
 #[tokio::test]

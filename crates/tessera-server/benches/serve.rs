@@ -41,6 +41,14 @@ use serde_json::{Value, json};
 use tessera_server::{Server, ServerConfig};
 use tessera_test_support::component;
 
+/// The server settings for `data`, with the compile cache in
+/// `<data>/cache` (never the user's own).
+fn config(data: &Path) -> ServerConfig {
+    let mut c = ServerConfig::new(data.to_path_buf());
+    c.cache_dir = Some(data.join("cache"));
+    c
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i]
@@ -458,9 +466,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 async fn start(data: &Path) -> (Arc<Server>, SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let server = Server::open(ServerConfig::new(data.to_path_buf()))
-        .await
-        .unwrap();
+    let server = Server::open(config(data)).await.unwrap();
+    server.loaded().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -699,9 +706,9 @@ async fn restart(data: &Path) {
             let _ = std::fs::remove_dir_all(data.join("cache"));
         }
         let t = Instant::now();
-        let server = Server::open(ServerConfig::new(data.to_path_buf()))
-            .await
-            .unwrap();
+        let server = Server::open(config(data)).await.unwrap();
+        // Components not in the cache compile in the background.
+        server.loaded().await;
         let d = t.elapsed();
         assert_eq!(server.active_names().len(), 50);
         if i % 3 == 0 {
@@ -734,9 +741,8 @@ async fn restart(data: &Path) {
 /// `data` loaded from the compile cache, and after a call to each `hello`.
 async fn memory_child(data: &Path) {
     let empty = rss_mib();
-    let server = Server::open(ServerConfig::new(data.to_path_buf()))
-        .await
-        .unwrap();
+    let server = Server::open(config(data)).await.unwrap();
+    server.loaded().await;
     let loaded = rss_mib();
     for name in server.active_names() {
         if name.ends_with("-hello") {

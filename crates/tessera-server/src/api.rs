@@ -13,8 +13,17 @@ use serde_json::{Map, Value};
 /// `GET /v1/health`.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Health {
-    /// Always `ok`.
+    /// Always `ok`: the server answers from the moment it listens, while
+    /// components may still be compiling.
     pub status: HealthStatus,
+    /// Components being served.
+    pub ready: u64,
+    /// Components whose active version is still being loaded (compiled)
+    /// in the background; their calls get `503 loading` until they are
+    /// served.
+    pub loading: u64,
+    /// Components whose active version could not be loaded.
+    pub failed: u64,
 }
 
 /// The only health status: the server answers.
@@ -101,8 +110,13 @@ pub struct ComponentInfo {
     pub previous_version: Option<u64>,
     /// Every version, oldest first.
     pub versions: Vec<VersionInfo>,
-    /// The version loaded and serving, `null` when it failed to load.
+    /// The version loaded and serving, `null` when it failed to load or
+    /// is still loading.
     pub loaded: Option<u64>,
+    /// The version being loaded (compiled) in the background, `null` when
+    /// none is. Until it is ready, calls go to `loaded`, or get `503
+    /// loading` when nothing is loaded yet.
+    pub loading: Option<u64>,
     /// The loaded version's functions, with the JSON Schemas of their
     /// parameters and results (only from `GET /v1/components/{name}`).
     /// Each has `name`, `short_name`, `parameters` and `result`; `served`

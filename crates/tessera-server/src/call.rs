@@ -42,6 +42,23 @@ pub enum CallError {
     /// No component of that name is being served.
     #[error("no component named `{0}`")]
     NoSuchComponent(String),
+    /// The component is registered but its version is still being
+    /// loaded (compiled) in the background; nothing of it is served yet.
+    #[error(
+        "component `{name}` v{version} is still {} ({:.1} s so far); it is served as soon as it is ready: retry then",
+        if *.compiling { "compiling" } else { "loading" },
+        .elapsed.as_secs_f64()
+    )]
+    Loading {
+        /// The component.
+        name: String,
+        /// The version being loaded.
+        version: usize,
+        /// Whether it is being compiled (rather than read from the cache).
+        compiling: bool,
+        /// How long it has been loading.
+        elapsed: Duration,
+    },
     /// The call was refused before the guest ran (bad arguments, no such
     /// function, component busy, …) or could not be journaled.
     #[error(transparent)]
@@ -62,6 +79,7 @@ impl From<CallError> for ApiError {
             CallError::NoSuchComponent(_) => {
                 ApiError::new(ErrorCode::NoSuchComponent, e.to_string())
             }
+            CallError::Loading { .. } => ApiError::new(ErrorCode::Loading, e.to_string()),
             CallError::Journal(j) => j.into(),
             CallError::Task(_) => ApiError::new(ErrorCode::Internal, e.to_string()),
             CallError::NotServed(r) => r.into(),
@@ -181,7 +199,15 @@ impl Server {
         // Hold the version for the whole call: a swap does not touch it.
         let active = self
             .active(name)
-            .ok_or_else(|| CallError::NoSuchComponent(name.to_string()))?;
+            .ok_or_else(|| match self.loading_of(name) {
+                Some(l) => CallError::Loading {
+                    name: l.name,
+                    version: l.version,
+                    compiling: l.compiling,
+                    elapsed: l.started.elapsed(),
+                },
+                None => CallError::NoSuchComponent(name.to_string()),
+            })?;
         // Only what the manifest's `[tools]` section serves can be called.
         let function = active
             .loaded

@@ -3,15 +3,24 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::active::LoadObserver;
 use crate::guard::AllowedOrigin;
 
 /// Server settings.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// The data directory (registry, journal, compile cache, audit log, tokens).
+    /// The data directory (registry, journal, audit log, tokens).
     pub data: PathBuf,
+    /// The compile cache, shared with every other data directory and
+    /// process that names the same directory; `None` disables it (every
+    /// start compiles every component).
+    pub cache_dir: Option<PathBuf>,
+    /// Told when a component is compiled (not found in the compile cache),
+    /// which happens in the background while the server already serves.
+    pub load_observer: Option<Arc<dyn LoadObserver>>,
     /// Address to listen on.
     pub listen: SocketAddr,
     /// Require a token on every request (always on for a non-loopback address).
@@ -41,12 +50,16 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// Defaults for a data directory: loopback on port 7878, no tokens
-    /// required, 16 MiB bodies, 256 concurrent calls, 10 s grace, no extra
-    /// hosts or origins, no retention limit.
+    /// Defaults for a data directory: the per-user compile cache
+    /// ([`tessera_runtime::cache::default_dir`]; none when it has no
+    /// location), loopback on port 7878, no tokens required, 16 MiB bodies,
+    /// 256 concurrent calls, 10 s grace, no extra hosts or origins, no
+    /// retention limit.
     pub fn new(data: PathBuf) -> Self {
         Self {
             data,
+            cache_dir: tessera_runtime::cache::default_dir(),
+            load_observer: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
             require_tokens: false,
             max_body_bytes: 16 << 20,

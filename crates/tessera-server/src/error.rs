@@ -41,6 +41,9 @@ pub enum ErrorCode {
     BadPath,
     /// 503: the server is at its limit of concurrent calls.
     Overloaded,
+    /// 503: the component is still being compiled (or loaded) in the
+    /// background; retry in a moment (`Retry-After` says when).
+    Loading,
     /// 429: the component is at its `max_concurrent` limit.
     ComponentBusy,
     /// 404: no component of that name.
@@ -104,7 +107,7 @@ impl ErrorCode {
             BadPath | AmbiguousRun | InvalidName | BadJson | BadArguments | NotCallable
             | BadManifest | BadComponent => StatusCode::BAD_REQUEST,
             ComponentMissing => StatusCode::CONFLICT,
-            Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Overloaded | Loading => StatusCode::SERVICE_UNAVAILABLE,
             ComponentBusy => StatusCode::TOO_MANY_REQUESTS,
             Denied | Limit | Trap | Cancelled => StatusCode::UNPROCESSABLE_ENTITY,
             Registry | Journal | Engine | Tokens | Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -384,7 +387,15 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0.code.status(), Json(ErrorBody { error: *self.0 })).into_response()
+        let code = self.0.code;
+        let mut response = (code.status(), Json(ErrorBody { error: *self.0 })).into_response();
+        if code == ErrorCode::Loading {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        response
     }
 }
 

@@ -215,9 +215,19 @@ fn sync_error(e: crate::ServerError) -> ApiError {
     ApiError::new(ErrorCode::Registry, e.to_string())
 }
 
-async fn health() -> Json<api::Health> {
+async fn health(State(server): State<Arc<Server>>) -> Json<api::Health> {
+    let loading = server.loading();
+    let ready = server.active_names();
+    let failed = server
+        .load_failures()
+        .iter()
+        .filter(|(n, _)| !ready.contains(n) && !loading.iter().any(|l| &l.name == n))
+        .count();
     Json(api::Health {
         status: api::HealthStatus::Ok,
+        ready: ready.len() as u64,
+        loading: loading.len() as u64,
+        failed: failed as u64,
     })
 }
 
@@ -267,6 +277,7 @@ fn component_info(
             .find(|(n, _)| n == name)
             .map(|(_, e)| e.to_string());
     }
+    info.loading = server.loading_of(name).map(|l| l.version as u64);
     Ok(info)
 }
 
@@ -297,7 +308,7 @@ fn check_name(name: &str) -> Result<(), ApiError> {
 }
 
 async fn register(
-    server: &Server,
+    server: &Arc<Server>,
     name: &str,
     bytes: Vec<u8>,
     manifest: Option<(String, std::path::PathBuf)>,

@@ -39,6 +39,7 @@ mod watcher;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tessera_journal::JournalStore;
@@ -47,12 +48,12 @@ use tessera_runtime::{Runtime, RuntimeConfig};
 use tokio::sync::{Semaphore, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-pub use active::{Active, LoadError};
+pub use active::{Active, LoadError, LoadObserver, Loading};
 pub use call::{CallError, Called};
 pub use config::ServerConfig;
 pub use http::router;
 
-use active::ActiveVersions;
+use active::{ActiveVersions, Pending};
 use registry::{Registry, RegistryError};
 
 /// Shared state of a running server.
@@ -70,6 +71,11 @@ pub struct Server {
     active: ActiveVersions,
     /// Registered versions that failed to load, by component name.
     load_failures: Mutex<HashMap<String, Arc<LoadError>>>,
+    /// Versions being loaded in the background, by component name. Lock
+    /// order: `loading`, then `active`, then `load_failures`.
+    loading: Mutex<HashMap<String, Pending>>,
+    /// The id of the next background load.
+    load_ids: AtomicU64,
     /// `registry.json`'s modification time at the last sync.
     registry_seen: Mutex<Option<std::time::SystemTime>>,
     calls: Arc<Semaphore>,
@@ -127,7 +133,12 @@ pub enum ServerError {
 }
 
 impl Server {
-    /// Opens the data directory and loads every registered component.
+    /// Opens the data directory and starts loading every registered
+    /// component. It returns once the components found in the compile
+    /// cache are loaded (milliseconds each); the others compile in the
+    /// background and are served when ready (see [`Server::loading`],
+    /// [`Server::loaded`]), each announced through
+    /// [`Server::tools_changed`].
     pub async fn open(config: ServerConfig) -> Result<Arc<Self>, ServerError> {
         let audit_path = config.data.join("audit.jsonl");
         let file = JsonLinesAudit::open(&audit_path).map_err(|source| ServerError::Audit {
@@ -146,7 +157,7 @@ impl Server {
                 source,
             })?;
         let runtime = Runtime::new(RuntimeConfig {
-            cache_dir: Some(config.data.join("cache")),
+            cache_dir: config.cache_dir.clone(),
             audit: audit_sink.clone(),
             host: tessera_runtime::HostConfig {
                 secrets: config.secrets.clone(),
@@ -167,6 +178,8 @@ impl Server {
             tokens,
             active: ActiveVersions::default(),
             load_failures: Mutex::new(HashMap::new()),
+            loading: Mutex::new(HashMap::new()),
+            load_ids: AtomicU64::new(0),
             registry_seen: Mutex::new(None),
             audit: live,
             audit_sink,
@@ -174,7 +187,7 @@ impl Server {
             shutdown: CancellationToken::new(),
             stopping: CancellationToken::new(),
         });
-        server.sync().await?;
+        server.sync_in_background().await?;
         Ok(server)
     }
 
@@ -199,6 +212,47 @@ impl Server {
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
+    }
+
+    /// The versions being loaded in the background (sorted by name). Their
+    /// components' tools are not served until they are ready; the version
+    /// served before, if any, still is.
+    pub fn loading(&self) -> Vec<Loading> {
+        let mut v: Vec<Loading> = self
+            .loading_mut()
+            .values()
+            .map(|p| p.info.clone())
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// The version of `name` being loaded in the background, if any.
+    pub fn loading_of(&self, name: &str) -> Option<Loading> {
+        self.loading_mut().get(name).map(|p| p.info.clone())
+    }
+
+    /// Waits until no version is being loaded in the background (each has
+    /// been served, or has failed and is listed by
+    /// [`Server::load_failures`]).
+    pub async fn loaded(&self) {
+        loop {
+            let pending: Vec<_> = self
+                .loading_mut()
+                .values()
+                .map(|p| p.done.clone())
+                .collect();
+            if pending.is_empty() {
+                return;
+            }
+            for mut done in pending {
+                let _ = done.wait_for(|d| *d).await;
+            }
+        }
+    }
+
+    fn loading_mut(&self) -> MutexGuard<'_, HashMap<String, Pending>> {
+        self.loading.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn failures_mut(&self) -> MutexGuard<'_, HashMap<String, Arc<LoadError>>> {

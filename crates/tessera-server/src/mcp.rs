@@ -21,11 +21,15 @@
 //!   (and not destructive) when it allows neither HTTP nor a writable mount.
 //! - A denial, a limit, a trap, bad arguments or a guest `err` is a tool
 //!   result with `isError: true` and a message; the session carries on. An
-//!   unknown tool is a protocol error (`-32602`). When the guest ran, the
+//!   unknown tool is a protocol error (`-32602`), except a tool of a
+//!   component still compiling in the background: that is a tool error
+//!   saying so and asking to retry once the tool is listed. When the guest ran, the
 //!   text goes on with its stderr tail, its last log records and a trap's
 //!   backtrace (`GuestDiagnostics`), and `structuredContent` is the HTTP
 //!   API's error body (`{"error": {…}}`), or `{"result": {"err": …}}` for a
 //!   guest `err`.
+//! - The server answers `initialize` and lists tools while components
+//!   compile; each joins the list when it is ready.
 //! - Loading, swapping or removing a component sends
 //!   `notifications/tools/list_changed`: to every session of the
 //!   initialize-handshake protocol revisions, and on every
@@ -313,6 +317,7 @@ fn failure_text(tool: &str, e: &ApiError) -> Result<String, ErrorData> {
         ErrorCode::Cancelled => format!("`{tool}` was cancelled"),
         ErrorCode::Trap => format!("`{tool}` failed: {message}"),
         ErrorCode::Overloaded => format!("server overloaded: {message}"),
+        ErrorCode::Loading => format!("`{tool}`: {message}"),
         ErrorCode::NoSuchComponent => {
             format!("`{tool}`: {message}: it was removed; list the tools again")
         }
@@ -375,6 +380,20 @@ impl ServerHandler for McpService {
     ) -> Result<CallToolResponse, ErrorData> {
         let name = request.name.to_string();
         let Some((component, function)) = resolve(&self.server, &name) else {
+            let component = name.split("__").next().unwrap_or_default();
+            if self.server.active(component).is_none()
+                && let Some(l) = self.server.loading_of(component)
+            {
+                let e = crate::CallError::Loading {
+                    name: l.name,
+                    version: l.version,
+                    compiling: l.compiling,
+                    elapsed: l.started.elapsed(),
+                };
+                return Ok(
+                    text_error(format!("`{name}`: {e} (the tool list changes when it is)")).into(),
+                );
+            }
             return Err(ErrorData::invalid_params(
                 format!("unknown tool `{name}`"),
                 Some(json!({ "tool": name })),

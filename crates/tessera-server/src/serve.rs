@@ -91,23 +91,51 @@ impl Server {
         self: Arc<Self>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
+        self.serve_io(crate::stdio::stdin(), crate::stdio::stdout(), shutdown)
+            .await
+    }
+
+    /// [`Server::serve_stdio`] over any byte streams: MCP messages (one
+    /// JSON-RPC message a line) are read from `input` and written to
+    /// `output`. The end of `input` is the client going away.
+    pub async fn serve_io<R, W>(
+        self: Arc<Self>,
+        input: R,
+        output: W,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError>
+    where
+        R: tokio::io::AsyncRead + Unpin + Send + 'static,
+        W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         use rmcp::ServiceExt as _;
         let mut shutdown = std::pin::pin!(shutdown);
+        // Registry changes (and components compiled meanwhile) are followed
+        // from the start, not only once a client has connected.
+        let watcher = self.spawn_registry_watcher();
         let running = tokio::select! {
             // When the client closes stdin it can no longer ask for
             // anything: calls still running are cancelled (and journaled)
             // at once rather than left to run out their deadlines.
             r = mcp::McpService::new(self.clone()).serve((
                 CancelOnEof {
-                    inner: crate::stdio::stdin(),
+                    inner: input,
                     on_eof: self.shutdown.clone(),
                 },
-                crate::stdio::stdout(),
-            )) => r.map_err(|e| ServerError::Stdio(Box::new(e)))?,
+                output,
+            )) => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    watcher.abort();
+                    return Err(ServerError::Stdio(Box::new(e)));
+                }
+            },
             // A signal before the client even connected.
-            () = &mut shutdown => return Ok(()),
+            () = &mut shutdown => {
+                watcher.abort();
+                return Ok(());
+            }
         };
-        let watcher = self.spawn_registry_watcher();
         let cancel = running.cancellation_token();
         let mut waiting = std::pin::pin!(running.waiting());
         tokio::select! {

@@ -41,6 +41,8 @@ struct Running {
 
 async fn start(data: &Path, tweak: impl FnOnce(&mut ServerConfig)) -> Running {
     let mut config = ServerConfig::new(data.to_path_buf());
+    // Never the user's own compile cache.
+    config.cache_dir = Some(data.join("cache"));
     tweak(&mut config);
     let server = Server::open(config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1024,6 +1026,8 @@ async fn a_version_that_cannot_load_is_reported_and_not_served() {
         )
         .unwrap();
     let s = start(data.path(), |_| {}).await;
+    // Not in the compile cache: it loads (and fails) in the background.
+    s.server.loaded().await;
     assert!(s.server.active_names().is_empty());
     let failures = s.server.load_failures();
     assert_eq!(failures.len(), 1, "{failures:?}");
@@ -1532,5 +1536,383 @@ async fn a_trap_over_http_carries_the_guest_stderr_logs_and_backtrace() {
         )
         .await;
     assert_eq!((status, &v["stderr"]), (200, &json!("stderr: hi\n")), "{v}");
+    s.shutdown().await;
+}
+
+/// Holds every compile at its start until the test releases it, and
+/// records the compiles announced and ended.
+#[derive(Debug, Default)]
+struct HoldCompiles {
+    state: std::sync::Mutex<HoldState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct HoldState {
+    released: bool,
+    compiling: Vec<String>,
+    compiled: Vec<(String, bool)>,
+}
+
+impl HoldCompiles {
+    fn release(&self) {
+        self.state.lock().unwrap().released = true;
+        self.changed.notify_all();
+    }
+
+    /// Waits (on a blocking thread) until a compile of `name` is held.
+    async fn wait_held(self: &Arc<Self>, name: &str) {
+        let (me, name) = (self.clone(), name.to_string());
+        tokio::task::spawn_blocking(move || {
+            let mut st = me.state.lock().unwrap();
+            while !st.compiling.contains(&name) {
+                st = me.changed.wait(st).unwrap();
+            }
+        })
+        .await
+        .unwrap();
+    }
+}
+
+impl tessera_server::LoadObserver for HoldCompiles {
+    fn compiling(&self, name: &str, _version: usize, _bytes: usize) {
+        let mut st = self.state.lock().unwrap();
+        st.compiling.push(name.to_string());
+        self.changed.notify_all();
+        while !st.released {
+            st = self.changed.wait(st).unwrap();
+        }
+    }
+
+    fn compiled(
+        &self,
+        name: &str,
+        _version: usize,
+        _elapsed: Duration,
+        outcome: Result<(), &tessera_server::LoadError>,
+    ) {
+        self.state
+            .lock()
+            .unwrap()
+            .compiled
+            .push((name.to_string(), outcome.is_ok()));
+    }
+}
+
+/// Releases the held compiles when dropped, so a failing test does not
+/// leave a blocking thread waiting forever.
+struct ReleaseOnDrop(Arc<HoldCompiles>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+/// A minimal MCP client over a byte stream (one JSON-RPC message a line).
+struct LineClient {
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>>,
+    out: tokio::io::WriteHalf<tokio::io::DuplexStream>,
+    /// Notifications that arrived while waiting for an answer.
+    notifications: Vec<Value>,
+}
+
+impl LineClient {
+    async fn send(&mut self, message: Value) {
+        use tokio::io::AsyncWriteExt as _;
+        let mut line = message.to_string();
+        line.push('\n');
+        self.out.write_all(line.as_bytes()).await.unwrap();
+    }
+
+    /// Sends a request and returns its answer.
+    async fn request(&mut self, id: u64, method: &str, params: Value) -> Value {
+        self.send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+            .await;
+        loop {
+            let line = self
+                .lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("server closed");
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if v["id"] == json!(id) {
+                return v;
+            }
+            self.notifications.push(v);
+        }
+    }
+
+    /// Waits for a notification of `method` (or finds one already seen).
+    async fn notification(&mut self, method: &str) -> Value {
+        if let Some(i) = self
+            .notifications
+            .iter()
+            .position(|n| n["method"] == method)
+        {
+            return self.notifications.remove(i);
+        }
+        loop {
+            let line = self
+                .lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("server closed");
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if v["method"] == method {
+                return v;
+            }
+        }
+    }
+
+    async fn tool_names(&mut self, id: u64) -> Vec<String> {
+        let v = self.request(id, "tools/list", json!({})).await;
+        v["result"]["tools"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{v}"))
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+/// MCP (the stdio handler, over an in-memory pipe) and the HTTP API answer
+/// while a component is still compiling: the components found in the
+/// compile cache are listed at once; the compiling one is reported as
+/// loading, a call to it is told to retry, and when its compile ends it
+/// joins the tool list with `notifications/tools/list_changed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_answers_while_a_component_compiles_and_it_joins_later() {
+    let data = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    // `hello` is in the compile cache already; `slow` (spin) is not.
+    tessera_runtime::Runtime::new(tessera_runtime::RuntimeConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        ..tessera_runtime::RuntimeConfig::default()
+    })
+    .unwrap()
+    .load_file(&component("hello"), tessera_runtime::Grants::deny_all())
+    .unwrap();
+    let registry = tessera_server::registry::Registry::open(data.path()).unwrap();
+    for (name, file) in [("hello", "hello"), ("slow", "spin")] {
+        let bytes = std::fs::read(component(file)).unwrap();
+        registry.add(name, &bytes, None, file).unwrap();
+    }
+    let hold = Arc::new(HoldCompiles::default());
+    let _release = ReleaseOnDrop(hold.clone());
+    let observer: Arc<dyn tessera_server::LoadObserver> = hold.clone();
+    let s = start(data.path(), |c| {
+        c.cache_dir = Some(cache.path().to_path_buf());
+        c.load_observer = Some(observer);
+    })
+    .await;
+    // The server is up with `hello`; `slow` is held in its compile.
+    hold.wait_held("slow").await;
+    assert_eq!(s.server.active_names(), ["hello"]);
+    assert_eq!(
+        s.server.active("hello").unwrap().loaded.cache_status(),
+        &tessera_runtime::CacheStatus::Hit
+    );
+    let loading = s.server.loading_of("slow").expect("slow is loading");
+    assert!(loading.compiling && loading.version == 1, "{loading:?}");
+    assert_eq!(hold.state.lock().unwrap().compiling, ["slow"]);
+
+    let (client, server_end) = tokio::io::duplex(1 << 16);
+    let (server_in, server_out) = tokio::io::split(server_end);
+    let serving = tokio::spawn(s.server.clone().serve_io(
+        server_in,
+        server_out,
+        std::future::pending(),
+    ));
+    let (client_in, client_out) = tokio::io::split(client);
+    let mut mcp = LineClient {
+        lines: tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(client_in)),
+        out: client_out,
+        notifications: Vec::new(),
+    };
+    let init = mcp
+        .request(
+            1,
+            "initialize",
+            json!({
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": { "name": "test", "version": "0" }
+            }),
+        )
+        .await;
+    assert_eq!(init["result"]["serverInfo"]["name"], "tessera", "{init}");
+    assert_eq!(
+        init["result"]["capabilities"]["tools"]["listChanged"], true,
+        "{init}"
+    );
+    mcp.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        .await;
+    let tools = mcp.tool_names(2).await;
+    assert!(tools.contains(&"hello__greet".to_string()), "{tools:?}");
+    assert!(!tools.iter().any(|t| t.starts_with("slow__")), "{tools:?}");
+    // A call to the compiling component: a tool error saying to retry,
+    // not "unknown tool".
+    let v = mcp
+        .request(
+            3,
+            "tools/call",
+            json!({"name": "slow__count", "arguments": {"n": 1}}),
+        )
+        .await;
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    let text = v["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        text.contains("`slow` v1 is still compiling") && text.contains("retry"),
+        "{v}"
+    );
+    // A tool of no component at all is still a protocol error.
+    let v = mcp
+        .request(
+            4,
+            "tools/call",
+            json!({"name": "nothing__x", "arguments": {}}),
+        )
+        .await;
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+    let v = mcp
+        .request(
+            5,
+            "tools/call",
+            json!({"name": "hello__greet", "arguments": {"name": "Ada"}}),
+        )
+        .await;
+    assert_eq!(
+        v["result"]["structuredContent"]["result"], "Hello, Ada!",
+        "{v}"
+    );
+
+    // The HTTP API says the same.
+    let (status, v) = s.call("GET", "/v1/health", json!({})).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (
+            v["ready"].clone(),
+            v["loading"].clone(),
+            v["failed"].clone()
+        ),
+        (json!(1), json!(1), json!(0)),
+        "{v}"
+    );
+    let (_, v) = s.call("GET", "/v1/components", json!({})).await;
+    let slow = v["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "slow")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (slow["loaded"].clone(), slow["loading"].clone()),
+        (Value::Null, json!(1)),
+        "{slow}"
+    );
+    let addr = s.addr;
+    let host = addr.to_string();
+    let (status, head, body) = tokio::task::spawn_blocking(move || {
+        raw_request(
+            addr,
+            "POST",
+            "/v1/components/slow/call/count",
+            &[
+                ("Host", host.as_str()),
+                ("Content-Type", "application/json"),
+            ],
+            "{\"n\": 1}",
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(error_code(&body), "loading", "{body}");
+    assert_eq!(
+        header_value(&head, "retry-after").as_deref(),
+        Some("1"),
+        "{head}"
+    );
+
+    // The compile ends: the tools change, and `slow` is served.
+    hold.release();
+    let n = mcp.notification("notifications/tools/list_changed").await;
+    assert_eq!(n["jsonrpc"], "2.0");
+    let tools = mcp.tool_names(6).await;
+    assert!(tools.contains(&"slow__count".to_string()), "{tools:?}");
+    let v = mcp
+        .request(
+            7,
+            "tools/call",
+            json!({"name": "slow__count", "arguments": {"n": 3}}),
+        )
+        .await;
+    assert_ne!(v["result"]["isError"], true, "{v}");
+    assert_eq!(
+        hold.state.lock().unwrap().compiled,
+        [("slow".to_string(), true)]
+    );
+    let (_, v) = s.call("GET", "/v1/health", json!({})).await;
+    assert_eq!(
+        (v["ready"].clone(), v["loading"].clone()),
+        (json!(2), json!(0)),
+        "{v}"
+    );
+    let (status, v) = s
+        .call("POST", "/v1/components/slow/call/count", json!({"n": 2}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+
+    drop(mcp);
+    serving.await.unwrap().unwrap();
+    s.shutdown().await;
+}
+
+/// The compile cache lives outside the data directory: a server on a
+/// second data directory loads, from the entry the first one compiled, a
+/// component registered there (a cache hit, no compiling).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_data_directory_reuses_what_the_first_compiled() {
+    let cache = tempfile::tempdir().unwrap();
+    let first = tempfile::tempdir().unwrap();
+    let s = start(first.path(), |c| {
+        c.cache_dir = Some(cache.path().to_path_buf());
+    })
+    .await;
+    assert_eq!(s.add("hello", "hello").await.0, 201);
+    assert_ne!(
+        s.server.active("hello").unwrap().loaded.cache_status(),
+        &tessera_runtime::CacheStatus::Hit
+    );
+    s.shutdown().await;
+
+    let second = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(component("hello")).unwrap();
+    tessera_server::registry::Registry::open(second.path())
+        .unwrap()
+        .add("greeter", &bytes, None, "hello")
+        .unwrap();
+    let hold = Arc::new(HoldCompiles::default());
+    let _release = ReleaseOnDrop(hold.clone());
+    let observer: Arc<dyn tessera_server::LoadObserver> = hold.clone();
+    let s = start(second.path(), |c| {
+        c.cache_dir = Some(cache.path().to_path_buf());
+        c.load_observer = Some(observer);
+    })
+    .await;
+    // Served as soon as the server opened, from the cache.
+    assert_eq!(s.server.active_names(), ["greeter"]);
+    assert_eq!(
+        s.server.active("greeter").unwrap().loaded.cache_status(),
+        &tessera_runtime::CacheStatus::Hit
+    );
+    assert!(hold.state.lock().unwrap().compiling.is_empty());
+    assert!(!first.path().join("cache").exists() && !second.path().join("cache").exists());
     s.shutdown().await;
 }

@@ -2,9 +2,10 @@
 //! streamable HTTP, or MCP over stdio).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_server::{Server, ServerConfig};
+use tessera_server::{LoadError, LoadObserver, Server, ServerConfig};
 
 use crate::exit;
 use crate::setup::GlobalArgs;
@@ -81,9 +82,41 @@ async fn shutdown_signal() {
     eprintln!("shutting down: no new requests; waiting for calls in flight");
 }
 
+/// Says on stderr (where the operator looks; stdout may be MCP's) which
+/// components are compiling in the background and when they are served.
+#[derive(Debug)]
+struct ReportCompiles;
+
+impl LoadObserver for ReportCompiles {
+    fn compiling(&self, name: &str, version: usize, bytes: usize) {
+        eprintln!(
+            "compiling `{name}` v{version} ({:.1} MiB) in the background; its tools are served when it is ready",
+            bytes as f64 / (1 << 20) as f64
+        );
+    }
+
+    fn compiled(
+        &self,
+        name: &str,
+        version: usize,
+        elapsed: Duration,
+        outcome: Result<(), &LoadError>,
+    ) {
+        match outcome {
+            Ok(()) => eprintln!(
+                "`{name}` v{version} compiled in {:.1} s and served",
+                elapsed.as_secs_f64()
+            ),
+            Err(e) => eprintln!("error: cannot load component `{name}` v{version}: {e}"),
+        }
+    }
+}
+
 /// Runs the server until SIGTERM or Ctrl-C.
 pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
     let mut config = ServerConfig::new(global.data.clone());
+    config.cache_dir = global.cache_dir();
+    config.load_observer = Some(Arc::new(ReportCompiles));
     config.listen = args.listen;
     config.require_tokens = args.require_tokens || !args.listen.ip().is_loopback();
     config.max_body_bytes = args.max_body_bytes;
@@ -137,9 +170,15 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
         eprintln!("error: cannot load component `{name}`: {e}");
     }
     let count = server.active_names().len();
+    let compiling = server.loading().len();
+    let count = if compiling == 0 {
+        format!("{count} component(s)")
+    } else {
+        format!("{count} component(s) ({compiling} more compiling)")
+    };
     let served = match listener {
         None => {
-            eprintln!("tessera serving {count} component(s) over MCP on stdio");
+            eprintln!("tessera serving {count} over MCP on stdio");
             server.serve_stdio(shutdown_signal()).await
         }
         Some(listener) => {
@@ -148,7 +187,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
                 .map(|a| a.to_string())
                 .unwrap_or_default();
             eprintln!(
-                "tessera serving {count} component(s) on http://{local} (tokens {}); MCP at /mcp, OpenAPI at /openapi.json",
+                "tessera serving {count} on http://{local} (tokens {}); MCP at /mcp, OpenAPI at /openapi.json",
                 if require {
                     "required"
                 } else {

@@ -11,14 +11,20 @@ use serde_json::Value;
 
 pub use tessera_test_support::component;
 
+/// `tessera --data <data>`, with the compile cache in `<data>/cache` (never
+/// the user's own).
 pub fn tessera(data: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tessera"));
     c.arg("--data").arg(data);
+    c.env("TESSERA_CACHE_DIR", data.join("cache"));
     c
 }
 
 /// `tessera components add components/<wasm>.wasm --name <name>`, with a
-/// manifest written into the data directory if given.
+/// manifest written into the data directory if given. The component is
+/// then compiled into the data directory's compile cache (with `tessera
+/// inspect`), so a server started afterwards serves it from its first
+/// `tools/list` rather than compiling it in the background.
 pub fn register(data: &Path, name: &str, wasm: &str, manifest: Option<&str>) {
     let mut c = tessera(data);
     c.args(["components", "add"])
@@ -33,6 +39,16 @@ pub fn register(data: &Path, name: &str, wasm: &str, manifest: Option<&str>) {
     assert!(
         out.status.success(),
         "components add {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = tessera(data)
+        .arg("inspect")
+        .arg(component(wasm))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "inspect {wasm}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -11,6 +11,9 @@ server offers it). The data directory must hold these components:
     spin    components/spin.wasm        (max_concurrent = 1, long deadline)
     swappy  components/hello.wasm       (swapped to spin.wasm during the run)
 
+Over stdio the server's compile cache is `<data>/cache`, where the test
+put the compiled components.
+
 Prints one JSON line with what the Rust side checks in the journal, and
 exits non-zero (with the failed check on stderr) on any failure.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -182,7 +186,7 @@ def main() -> None:
         elif a.url:
             server = a.url
         else:
-            server = StdioServerParameters(command=a.tessera, args=["serve", "--stdio", "--data", a.data])
+            server = StdioServerParameters(command=a.tessera, args=["serve", "--stdio", "--data", a.data, "--cache-dir", os.path.join(a.data, "cache")])
         report = anyio.run(scenario, server, a.mode, json.loads(a.swap))
     except AssertionError as e:
         print(f"interop check failed ({a.mode}): {e}", file=sys.stderr)
