@@ -180,7 +180,7 @@ impl GrantsInfo {
 
 impl ComponentInfo {
     /// The registry's record of `name`: versions and which is active,
-    /// without what only a loaded version knows (`loaded`, `functions`,
+    /// without what only a loaded version knows (`loaded`, `loading`, `functions`,
     /// `grants`, `load_error` are left empty).
     pub fn from_entry(name: &str, entry: &crate::registry::Entry) -> Self {
         Self {
@@ -200,6 +200,7 @@ impl ComponentInfo {
                 })
                 .collect(),
             loaded: None,
+            loading: None,
             functions: None,
             grants: None,
             load_error: None,

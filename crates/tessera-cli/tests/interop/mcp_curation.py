@@ -16,6 +16,7 @@ failed check on stderr, on any failure.
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import sys
 from typing import Any
@@ -106,7 +107,7 @@ def main() -> None:
     p.add_argument("--tessera", required=True, help="the tessera binary")
     p.add_argument("--data", required=True, help="the data directory")
     a = p.parse_args()
-    server = StdioServerParameters(command=a.tessera, args=["serve", "--stdio", "--data", a.data])
+    server = StdioServerParameters(command=a.tessera, args=["serve", "--stdio", "--data", a.data, "--cache-dir", os.path.join(a.data, "cache")])
     try:
         report = anyio.run(scenario, server)
     except AssertionError as e:

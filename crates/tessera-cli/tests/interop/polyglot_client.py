@@ -22,6 +22,7 @@ non-zero (with the failed check on stderr) on any failure.
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import sys
 from typing import Any
@@ -213,7 +214,7 @@ def main() -> None:
     if a.url:
         server: Any = http_target(a.url, a.token)
     else:
-        server = StdioServerParameters(command=a.tessera, args=["serve", "--stdio", "--data", a.data])
+        server = StdioServerParameters(command=a.tessera, args=["serve", "--stdio", "--data", a.data, "--cache-dir", os.path.join(a.data, "cache")])
     try:
         report = anyio.run(scenario, server, a.internal_exports)
     except Exception as e:
