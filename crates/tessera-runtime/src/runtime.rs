@@ -378,7 +378,9 @@ impl Runtime {
             })?;
         let (compiled, cache_status) = self.compiled(prepared)?;
         let pre = self.link(prepared, &compiled)?;
-        let exposures = grants.tools.resolve(&compiled.functions, &prepared.origin)?;
+        let exposures = grants
+            .tools
+            .resolve(&compiled.functions, &prepared.origin)?;
         Ok(LoadedComponent::new(
             self.clone(),
             prepared.clone(),
