@@ -4,6 +4,7 @@
 mod cmd;
 mod exit;
 mod setup;
+mod source;
 
 use clap::{Parser, Subcommand};
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_runtime::audit::JsonLinesAudit;
-use tessera_runtime::{Error, Grants, LoadedComponent, Runtime, RuntimeConfig};
+use tessera_runtime::{Error, Grants, LoadedComponent, Prepared, Runtime, RuntimeConfig};
 
 /// Global options.
 #[derive(Debug, clap::Args)]
@@ -148,10 +148,11 @@ impl GlobalArgs {
     }
 }
 
-/// Loads a component with a manifest, showing a spinner while it compiles.
-pub async fn load(
+/// Loads prepared bytes with a manifest, showing a spinner while they
+/// compile.
+pub async fn load_prepared(
     runtime: &Runtime,
-    path: &Path,
+    prepared: Prepared,
     manifest: Option<&Path>,
     deterministic: Option<u64>,
 ) -> Result<LoadedComponent, Error> {
@@ -162,13 +163,12 @@ pub async fn load(
     if deterministic.is_some() {
         grants.deterministic = deterministic;
     }
-    let prepared = runtime.prepare_file(path)?;
     let spinner = (!prepared.cached).then(|| {
         let s = indicatif::ProgressBar::new_spinner();
         s.set_draw_target(indicatif::ProgressDrawTarget::stderr());
         s.set_message(format!(
             "compiling {} ({} KiB)",
-            path.display(),
+            prepared.origin,
             prepared.component_bytes.len() / 1024
         ));
         s.enable_steady_tick(Duration::from_millis(100));

@@ -7,12 +7,13 @@ use serde_json::{Value, json};
 use tessera_runtime::{CallFailure, CallOutcome};
 
 use crate::exit;
-use crate::setup::{GlobalArgs, load};
+use crate::setup::GlobalArgs;
 
 /// Arguments of `tessera call`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The component (`.wasm`).
+    /// The component: a `.wasm` file, an `https://…#sha256=<hex>` URL or an
+    /// `oci://host/repo:tag` reference (see `--digest`).
     pub component: PathBuf,
     /// The function: `name`, `interface#name`, or the full
     /// `package:name/interface@version#name`.
@@ -43,6 +44,9 @@ pub struct Args {
     /// The seed for `--deterministic` (default 0, or the manifest's `seed`).
     #[arg(long, requires = "deterministic")]
     pub seed: Option<u64>,
+    /// Where to fetch the component from.
+    #[command(flatten)]
+    pub source: crate::source::SourceArgs,
 }
 
 fn read_args(args: &Args) -> Result<Value, String> {
@@ -82,9 +86,10 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
         Err(code) => return code,
     };
     let deterministic = args.deterministic.then(|| args.seed.unwrap_or(0));
-    let loaded = match load(
+    let loaded = match crate::source::load(
         &runtime,
         &args.component,
+        &args.source,
         args.manifest.as_deref(),
         deterministic,
     )
@@ -93,7 +98,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: {e}");
-            return exit::for_error(&e);
+            return e.code();
         }
     };
     let mut run_id = None;

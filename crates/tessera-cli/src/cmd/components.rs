@@ -32,7 +32,9 @@ pub struct Args {
 pub enum Command {
     /// Register a component, or a new version of one (which becomes active).
     Add {
-        /// The component file.
+        /// The component: a file, an `https://…#sha256=<hex>` URL or an
+        /// `oci://host/repo:tag` reference (fetched here, also with
+        /// `--server`).
         component: PathBuf,
         /// Its name (a-z, 0-9, `-`, `_`).
         #[arg(long)]
@@ -42,6 +44,22 @@ pub enum Command {
         /// directory).
         #[arg(long)]
         manifest: Option<PathBuf>,
+        /// Where to fetch the component from.
+        #[command(flatten)]
+        source: crate::source::SourceArgs,
+    },
+    /// Publish a component to an OCI registry as a Wasm OCI artifact, and
+    /// print the digest-pinned reference that pulls exactly it.
+    Push {
+        /// A registered component's name (its active version, from the
+        /// local data directory), or a component file, URL or reference.
+        component: PathBuf,
+        /// The target, `oci://host[:port]/repository[:tag]` (tag `latest`
+        /// when none is given).
+        target: String,
+        /// Where to fetch the component from, and the registry's options.
+        #[command(flatten)]
+        source: crate::source::SourceArgs,
     },
     /// List registered components.
     List,
@@ -71,6 +89,15 @@ pub enum Command {
 
 /// Runs the subcommand and returns the exit code.
 pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
+    if let Command::Push {
+        component,
+        target,
+        source,
+    } = &args.command
+    {
+        let through_server = args.server.is_some();
+        return crate::source::push(global, through_server, component, target, source).await;
+    }
     match args.server {
         Some(server) => remote(&server, args.token, args.command).await,
         None => local(global, args.command),
@@ -93,29 +120,31 @@ async fn remote(server: &str, token: Option<String>, command: Command) -> i32 {
             component,
             name,
             manifest,
+            source,
         } => {
-            let read = || -> Result<(Vec<u8>, Option<String>), String> {
-                let bytes = std::fs::read(&component)
-                    .map_err(|e| format!("{}: {e}", component.display()))?;
+            let read = || -> Result<(Vec<u8>, Option<String>, String), String> {
+                let fetched =
+                    crate::source::resolve_blocking(&component, &source).map_err(|f| f.message)?;
                 let manifest = manifest
                     .map(|m| {
                         std::fs::read_to_string(&m).map_err(|e| format!("{}: {e}", m.display()))
                     })
                     .transpose()?;
-                Ok((bytes, manifest))
+                Ok((fetched.bytes, manifest, fetched.origin))
             };
             match read() {
                 Err(e) => {
                     eprintln!("error: {e}");
                     return exit::BAD_INPUT;
                 }
-                Ok((bytes, manifest)) => api
+                Ok((bytes, manifest, origin)) => api
                     .request(
                         "PUT",
                         &format!("/v1/components/{name}"),
                         Some(json!({
                             "wasm_base64": base64::engine::general_purpose::STANDARD.encode(bytes),
                             "manifest": manifest,
+                            "origin": origin,
                         })),
                     )
                     .await
@@ -178,6 +207,7 @@ async fn remote(server: &str, token: Option<String>, command: Command) -> i32 {
             .request("DELETE", &format!("/v1/components/{name}"), None)
             .await
             .map(|_| println!("{name} removed")),
+        Command::Push { .. } => unreachable!("`push` is dispatched by `run`"),
     };
     match result {
         Ok(()) => exit::OK,
@@ -202,9 +232,10 @@ fn local(global: &GlobalArgs, command: Command) -> i32 {
             component,
             name,
             manifest,
+            source,
         } => (|| {
-            let bytes =
-                std::fs::read(&component).map_err(|e| format!("{}: {e}", component.display()))?;
+            let fetched =
+                crate::source::resolve_blocking(&component, &source).map_err(|f| f.message)?;
             let manifest = match manifest {
                 Some(m) => {
                     tessera_runtime::Grants::from_file(&m).map_err(|e| e.to_string())?;
@@ -226,7 +257,7 @@ fn local(global: &GlobalArgs, command: Command) -> i32 {
                 None => None,
             };
             let v = registry
-                .add(&name, &bytes, manifest, &component.display().to_string())
+                .add(&name, &fetched.bytes, manifest, &fetched.origin)
                 .map_err(|e| e.to_string())?;
             println!("{name} v{v} active");
             Ok(())
@@ -272,6 +303,7 @@ fn local(global: &GlobalArgs, command: Command) -> i32 {
             .remove(&name)
             .map_err(|e| e.to_string())
             .map(|()| println!("{name} removed")),
+        Command::Push { .. } => unreachable!("`push` is dispatched by `run`"),
     };
     match result {
         Ok(()) => exit::OK,

@@ -5,16 +5,21 @@ use std::path::PathBuf;
 use serde_json::json;
 
 use crate::exit;
-use crate::setup::{GlobalArgs, load};
+use crate::setup::GlobalArgs;
 
 /// Arguments of `tessera inspect`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The component (`.wasm`): a component, or a wasm32-wasip1 core module.
+    /// The component (`.wasm`): a component, or a wasm32-wasip1 core module;
+    /// a file, an `https://…#sha256=<hex>` URL or an `oci://host/repo:tag`
+    /// reference.
     pub component: PathBuf,
     /// Print JSON (functions with full parameter and result schemas).
     #[arg(long)]
     pub json: bool,
+    /// Where to fetch the component from.
+    #[command(flatten)]
+    pub source: crate::source::SourceArgs,
 }
 
 /// Runs the subcommand and returns the exit code.
@@ -23,13 +28,14 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
         Ok(r) => r,
         Err(code) => return code,
     };
-    let loaded = match load(&runtime, &args.component, None, None).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::for_error(&e);
-        }
-    };
+    let loaded =
+        match crate::source::load(&runtime, &args.component, &args.source, None, None).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return e.code();
+            }
+        };
     if args.json {
         let doc = json!({
             "component": args.component.display().to_string(),
