@@ -662,6 +662,24 @@ fn add_through_a_server_fetches_on_the_client() {
     assert_eq!(status, 200, "{called}");
     assert_eq!(called["result"], "Hello, Ada!");
 
+    // The upload's `origin` is a label: one line, at most 1024 characters.
+    use base64::Engine as _;
+    let wasm = base64::engine::general_purpose::STANDARD.encode(&bytes);
+    for (origin, status) in [
+        ("a\nb".to_string(), 400),
+        ("x".repeat(1025), 400),
+        ("mine".into(), 201),
+    ] {
+        let body = serde_json::json!({ "wasm_base64": wasm, "origin": origin }).to_string();
+        let (got, answer) = serving.request("PUT", "/v1/components/labelled", &body);
+        assert_eq!(got, status, "{answer}");
+        if status == 400 {
+            assert_eq!(answer["error"]["path"], "$.origin", "{answer}");
+        }
+    }
+    let (_, info) = serving.request("GET", "/v1/components/labelled", "");
+    assert_eq!(info["versions"][0]["origin"], "mine");
+
     // A registered name is pushed from the local data directory only.
     let err = refused(&run(
         client.path(),
