@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: toolchain targets, example
-# components, the Python MCP SDK the interop tests drive Tessera with, then
+# components, the Python MCP SDK the interop tests drive Tessera with, the OCI
+# registry the component-source tests run (scripts/oci-registry.sh), then
 # every test of every crate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,4 +13,5 @@ if command -v rustup >/dev/null 2>&1; then
 fi
 bash scripts/build-components.sh
 bash scripts/python-env.sh
+bash scripts/oci-registry.sh
 cargo test --workspace

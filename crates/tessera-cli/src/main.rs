@@ -5,6 +5,7 @@ mod cmd;
 mod exit;
 mod failure;
 mod setup;
+mod source;
 
 use clap::{Parser, Subcommand};
 

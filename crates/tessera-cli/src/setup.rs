@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_runtime::audit::JsonLinesAudit;
-use tessera_runtime::{Error, Grants, Inspection, LoadedComponent, Runtime, RuntimeConfig};
+use tessera_runtime::{
+    Error, Grants, Inspection, LoadedComponent, Prepared, Runtime, RuntimeConfig,
+};
 
 /// Global options.
 #[derive(Debug, clap::Args)]
@@ -172,10 +174,11 @@ pub fn compile_progress(what: &str, bytes: usize) -> indicatif::ProgressBar {
     bar
 }
 
-/// Loads a component with a manifest, showing progress while it compiles.
-pub async fn load(
+/// Loads prepared bytes with a manifest, showing progress while they
+/// compile.
+pub async fn load_prepared(
     runtime: &Runtime,
-    path: &Path,
+    prepared: Prepared,
     manifest: Option<&Path>,
     deterministic: Option<u64>,
 ) -> Result<LoadedComponent, Error> {
@@ -186,9 +189,8 @@ pub async fn load(
     if deterministic.is_some() {
         grants.deterministic = deterministic;
     }
-    let prepared = runtime.prepare_file(path)?;
     let progress = (!prepared.cached)
-        .then(|| compile_progress(&path.display().to_string(), prepared.component_bytes.len()));
+        .then(|| compile_progress(&prepared.origin, prepared.component_bytes.len()));
     let rt = runtime.clone();
     let result = tokio::task::spawn_blocking(move || rt.load(&prepared, grants))
         .await
@@ -202,16 +204,8 @@ pub async fn load(
     result
 }
 
-/// Compiles a component file (or takes it from the cache) and describes
-/// it — exports, imports, and whether it links — showing progress while
-/// it compiles.
-pub async fn inspect(runtime: &Runtime, path: &Path) -> Result<Inspection, Error> {
-    let prepared = runtime.prepare_file(path)?;
-    inspect_prepared(runtime, prepared, &path.display().to_string()).await
-}
-
-/// [`inspect`] for bytes already prepared; `what` names them in the
-/// progress display.
+/// Compiles prepared bytes (showing progress; `what` names them) and
+/// reports what they export and import, and whether they link.
 pub async fn inspect_prepared(
     runtime: &Runtime,
     prepared: tessera_runtime::Prepared,

@@ -57,6 +57,12 @@ pub struct Upload {
     /// directory.
     #[serde(default)]
     pub manifest: Option<String>,
+    /// Where the bytes came from, as the client reports it (the CLI sends
+    /// the file path, or the digest-pinned URL or OCI reference it fetched
+    /// them from); recorded as the version's `origin`. Default `upload`.
+    #[serde(default)]
+    #[schemars(length(min = 1, max = 1024))]
+    pub origin: Option<String>,
 }
 
 /// `POST /v1/components/{name}/activate`.

@@ -389,8 +389,23 @@ async fn upload(
             ApiError::new(ErrorCode::BadComponent, format!("wasm_base64: {e}"))
                 .with(|d| d.path = Some("$.wasm_base64".into()))
         })?;
+    let origin = match req.origin.as_deref() {
+        None => "upload",
+        Some(o)
+            if !o.is_empty() && o.chars().count() <= 1024 && !o.chars().any(char::is_control) =>
+        {
+            o
+        }
+        Some(_) => {
+            return Err(ApiError::new(
+                ErrorCode::BadJson,
+                "origin: 1 to 1024 characters without control characters",
+            )
+            .with(|d| d.path = Some("$.origin".into())));
+        }
+    };
     let manifest = req.manifest.map(|m| (m, server.config.data.clone()));
-    register(&server, &name, bytes, manifest, "upload").await
+    register(&server, &name, bytes, manifest, origin).await
 }
 
 async fn activate(

@@ -8,12 +8,13 @@ use tessera_runtime::{CallFailure, CallOutcome};
 
 use crate::exit;
 use crate::failure::{Failure, Outcome, finish};
-use crate::setup::{GlobalArgs, load};
+use crate::setup::GlobalArgs;
 
 /// Arguments of `tessera call`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The component (`.wasm`).
+    /// The component: a `.wasm` file, an `https://…#sha256=<hex>` URL or an
+    /// `oci://host/repo:tag` reference (see `--digest`).
     pub component: PathBuf,
     /// The function: `name`, `interface#name`, or the full
     /// `package:name/interface@version#name`.
@@ -44,6 +45,9 @@ pub struct Args {
     /// The seed for `--deterministic` (default 0, or the manifest's `seed`).
     #[arg(long, requires = "deterministic")]
     pub seed: Option<u64>,
+    /// Where to fetch the component from.
+    #[command(flatten)]
+    pub source: crate::source::SourceArgs,
 }
 
 fn read_args(args: &Args) -> Result<Value, String> {
@@ -80,14 +84,15 @@ async fn call(global: &GlobalArgs, args: &Args) -> Outcome {
         .runtime_with(false)
         .map_err(|e| Failure::internal("setup", e))?;
     let deterministic = args.deterministic.then(|| args.seed.unwrap_or(0));
-    let loaded = load(
+    let loaded = crate::source::load(
         &runtime,
         &args.component,
+        &args.source,
         args.manifest.as_deref(),
         deterministic,
     )
     .await
-    .map_err(|e| Failure::from_runtime(&e))?;
+    .map_err(crate::source::LoadFailure::into_failure)?;
     let mut run_id = None;
     let called = if args.record {
         let store = global

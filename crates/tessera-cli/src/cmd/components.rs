@@ -50,7 +50,9 @@ pub enum Command {
     /// active), once it compiles and links; a component that cannot load
     /// is refused with the reason and nothing changes.
     Add {
-        /// The component file.
+        /// The component: a file, an `https://…#sha256=<hex>` URL or an
+        /// `oci://host/repo:tag` reference (fetched here, also with
+        /// `--server`).
         component: PathBuf,
         /// Its name (a-z, 0-9, `-`, `_`).
         #[arg(long)]
@@ -60,6 +62,22 @@ pub enum Command {
         /// directory).
         #[arg(long)]
         manifest: Option<PathBuf>,
+        /// Where to fetch the component from.
+        #[command(flatten)]
+        source: crate::source::SourceArgs,
+    },
+    /// Publish a component to an OCI registry as a Wasm OCI artifact, and
+    /// print the digest-pinned reference that pulls exactly it.
+    Push {
+        /// A registered component's name (its active version, from the
+        /// local data directory), or a component file, URL or reference.
+        component: PathBuf,
+        /// The target, `oci://host[:port]/repository[:tag]` (tag `latest`
+        /// when none is given).
+        target: String,
+        /// Where to fetch the component from, and the registry's options.
+        #[command(flatten)]
+        source: crate::source::SourceArgs,
     },
     /// List registered components.
     List,
@@ -92,6 +110,15 @@ pub enum Command {
 
 /// Runs the subcommand and returns the exit code.
 pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
+    if let Command::Push {
+        component,
+        target,
+        source,
+    } = &args.command
+    {
+        let through_server = args.server.is_some();
+        return crate::source::push(global, through_server, component, target, source).await;
+    }
     let json = args.json;
     let outcome = match args.server {
         Some(server) => remote(&server, args.token, args.command, json).await,
@@ -220,8 +247,11 @@ async fn remote(server: &str, token: Option<String>, command: Command, json: boo
             component,
             name,
             manifest,
+            source,
         } => {
-            let bytes = read(&component)?;
+            let fetched = crate::source::resolve(&component, &source)
+                .await
+                .map_err(crate::source::Failure::into_failure)?;
             let manifest = manifest
                 .map(|m| {
                     std::fs::read_to_string(&m).map_err(|e| {
@@ -235,8 +265,9 @@ async fn remote(server: &str, token: Option<String>, command: Command, json: boo
                     "PUT",
                     &format!("/v1/components/{name}"),
                     Some(json!({
-                        "wasm_base64": base64::engine::general_purpose::STANDARD.encode(bytes),
+                        "wasm_base64": base64::engine::general_purpose::STANDARD.encode(fetched.bytes),
                         "manifest": manifest,
+                        "origin": fetched.origin,
                     })),
                 )
                 .await?;
@@ -273,16 +304,15 @@ async fn remote(server: &str, token: Option<String>, command: Command, json: boo
                 println!("{} removed", v["name"].as_str().unwrap_or_default())
             })
         }
+        Command::Push { .. } => {
+            return Err(Failure::internal(
+                "usage",
+                "`components push` is handled before a registry is opened",
+            ));
+        }
     };
     show(json, &doc, text);
     Ok(exit::OK)
-}
-
-fn read(component: &Path) -> Result<Vec<u8>, Failure> {
-    std::fs::read(component).map_err(|e| {
-        Failure::bad_input("read", format!("{}: {e}", component.display()))
-            .with("path", component.display().to_string())
-    })
 }
 
 fn admit_failure(e: &AdmitError) -> Failure {
@@ -380,16 +410,19 @@ async fn local(global: &GlobalArgs, command: Command, json: bool) -> Outcome {
             component,
             name,
             manifest,
+            source,
         } => {
-            let bytes = read(&component)?;
+            let fetched = crate::source::resolve(&component, &source)
+                .await
+                .map_err(crate::source::Failure::into_failure)?;
             let manifest = manifest.as_deref().map(read_manifest).transpose()?;
             let runtime = global
                 .runtime_with(false)
                 .map_err(|e| Failure::internal("setup", e))?;
-            let origin = component.display().to_string();
+            let origin = fetched.origin;
             let new = NewVersion {
                 name: name.clone(),
-                bytes,
+                bytes: fetched.bytes,
                 manifest,
                 origin: origin.clone(),
             };
@@ -454,6 +487,12 @@ async fn local(global: &GlobalArgs, command: Command, json: bool) -> Outcome {
             (json!({ "name": name, "removed": true }), |v: &Value| {
                 println!("{} removed", v["name"].as_str().unwrap_or_default())
             })
+        }
+        Command::Push { .. } => {
+            return Err(Failure::internal(
+                "usage",
+                "`components push` is handled before a registry is opened",
+            ));
         }
     };
     show(json, &doc, text);

@@ -14,12 +14,17 @@ use crate::setup::{self, GlobalArgs};
 /// Arguments of `tessera inspect`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The component (`.wasm`): a component, or a wasm32-wasip1 core module.
+    /// The component (`.wasm`): a component, or a wasm32-wasip1 core module;
+    /// a file, an `https://…#sha256=<hex>` URL or an `oci://host/repo:tag`
+    /// reference.
     pub component: PathBuf,
     /// Print JSON (functions with full parameter and result schemas,
     /// imports, unresolved imports); failures are JSON too.
     #[arg(long)]
     pub json: bool,
+    /// Where to fetch the component from.
+    #[command(flatten)]
+    pub source: crate::source::SourceArgs,
 }
 
 /// Runs the subcommand and returns the exit code.
@@ -31,7 +36,13 @@ async fn inspect(global: &GlobalArgs, args: &Args) -> Outcome {
     let runtime = global
         .runtime_with(false)
         .map_err(|e| Failure::internal("setup", e))?;
-    let inspection = setup::inspect(&runtime, &args.component)
+    let fetched = crate::source::resolve(&args.component, &args.source)
+        .await
+        .map_err(crate::source::Failure::into_failure)?;
+    let prepared = runtime
+        .prepare(fetched.bytes, &fetched.origin)
+        .map_err(|e| Failure::from_runtime(&e))?;
+    let inspection = setup::inspect_prepared(&runtime, prepared, &fetched.origin)
         .await
         .map_err(|e| Failure::from_runtime(&e))?;
     let failure = inspection.link_failure().map(|e| Failure::from_runtime(&e));
