@@ -90,12 +90,21 @@ pub struct Failure {
     pub message: String,
     /// The exit code.
     pub code: i32,
+    /// A stable name of what went wrong (`read`, `unpinned`,
+    /// `digest_mismatch`, `unreachable`, …).
+    pub kind: &'static str,
+    /// The local file, when one could not be read.
+    pub path: Option<PathBuf>,
 }
 
 impl Failure {
-    /// The failure a command reports (kind `source`).
+    /// The failure a command reports.
     pub fn into_failure(self) -> crate::failure::Failure {
-        crate::failure::Failure::new(self.code, "source", self.message)
+        let f = crate::failure::Failure::new(self.code, self.kind, self.message);
+        match self.path {
+            Some(p) => f.with("path", p.display().to_string()),
+            None => f,
+        }
     }
 }
 
@@ -107,6 +116,17 @@ impl std::fmt::Display for Failure {
 
 impl From<tessera_source::Error> for Failure {
     fn from(e: tessera_source::Error) -> Self {
+        use tessera_source::Error as E;
+        let (kind, path) = match &e {
+            E::Read { path, .. } => ("read", Some(path.clone())),
+            E::BadSource { .. } => ("bad_source", None),
+            E::Unpinned { .. } => ("unpinned", None),
+            E::ConflictingPins { .. } => ("conflicting_pins", None),
+            E::DigestMismatch { .. } => ("digest_mismatch", None),
+            E::Unreachable { .. } => ("unreachable", None),
+            E::Unauthorized { .. } => ("unauthorized", None),
+            _ => ("source", None),
+        };
         Self {
             code: if e.is_internal() {
                 exit::INTERNAL
@@ -114,6 +134,8 @@ impl From<tessera_source::Error> for Failure {
                 exit::BAD_INPUT
             },
             message: e.to_string(),
+            kind,
+            path,
         }
     }
 }
@@ -122,6 +144,8 @@ fn bad(message: String) -> Failure {
     Failure {
         message,
         code: exit::BAD_INPUT,
+        kind: "source",
+        path: None,
     }
 }
 
@@ -237,6 +261,8 @@ async fn push_inner(
                 tessera_server::registry::Registry::open(&global.data).map_err(|e| Failure {
                     message: e.to_string(),
                     code: exit::INTERNAL,
+                    kind: "registry",
+                    path: None,
                 })?;
             registry.get(n).ok().map(|entry| (registry, entry, n))
         }
@@ -248,6 +274,8 @@ async fn push_inner(
             let bytes = registry.bytes(&v.digest).map_err(|e| Failure {
                 message: e.to_string(),
                 code: exit::INTERNAL,
+                kind: "registry",
+                path: None,
             })?;
             if let Some(expected) = &options.digest
                 && expected.as_str() != v.digest

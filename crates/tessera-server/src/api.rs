@@ -154,6 +154,50 @@ pub struct GrantsInfo {
     pub effects: Map<String, Value>,
 }
 
+/// One function of `ComponentInfo::functions`: its name, schemas and docs
+/// ([`tessera_runtime::schema::FunctionInfo::to_json`]) with what the
+/// manifest's `[tools]` section makes of it: `title`, `description`,
+/// `served` and, when it is not served, `hidden` (why).
+pub fn function_doc(
+    f: &tessera_runtime::schema::FunctionInfo,
+    exposure: &tessera_runtime::tools::Exposure,
+) -> Map<String, Value> {
+    let mut m = match f.to_json() {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    if let Some(t) = &exposure.title {
+        m.insert("title".into(), Value::String(t.clone()));
+    }
+    if let Some(d) = &exposure.description {
+        m.insert("description".into(), Value::String(d.clone()));
+    }
+    m.insert("served".into(), Value::Bool(exposure.served()));
+    if let Some(why) = &exposure.hidden {
+        m.insert("hidden".into(), Value::String(why.to_string()));
+    }
+    m
+}
+
+/// A version's manifest parsed into grants (deny-all without one).
+pub fn version_grants(
+    name: &str,
+    version: usize,
+    record: &crate::registry::Version,
+) -> Result<tessera_runtime::Grants, tessera_runtime::ManifestError> {
+    match &record.manifest {
+        Some(text) => tessera_runtime::Grants::from_toml(
+            text,
+            &format!("manifest of {name} v{version}"),
+            record
+                .manifest_dir
+                .as_deref()
+                .unwrap_or(std::path::Path::new(".")),
+        ),
+        None => Ok(tessera_runtime::Grants::deny_all()),
+    }
+}
+
 impl GrantsInfo {
     /// Parses a version's manifest (the host's secrets are not consulted:
     /// nothing but names comes from the manifest).
@@ -162,17 +206,7 @@ impl GrantsInfo {
         version: usize,
         record: &crate::registry::Version,
     ) -> Result<Self, tessera_runtime::ManifestError> {
-        let grants = match &record.manifest {
-            Some(text) => tessera_runtime::Grants::from_toml(
-                text,
-                &format!("manifest of {name} v{version}"),
-                record
-                    .manifest_dir
-                    .as_deref()
-                    .unwrap_or(std::path::Path::new(".")),
-            )?,
-            None => tessera_runtime::Grants::deny_all(),
-        };
+        let grants = version_grants(name, version, record)?;
         let object = |v: Value| match v {
             Value::Object(m) => m,
             _ => Map::new(),

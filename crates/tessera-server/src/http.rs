@@ -248,23 +248,7 @@ fn component_info(
         info.functions = active.as_ref().map(|a| {
             a.loaded
                 .exposures()
-                .map(|(f, exposure)| {
-                    let mut m = match f.to_json() {
-                        Value::Object(m) => m,
-                        _ => serde_json::Map::new(),
-                    };
-                    if let Some(t) = &exposure.title {
-                        m.insert("title".into(), Value::String(t.clone()));
-                    }
-                    if let Some(d) = &exposure.description {
-                        m.insert("description".into(), Value::String(d.clone()));
-                    }
-                    m.insert("served".into(), Value::Bool(exposure.served()));
-                    if let Some(why) = &exposure.hidden {
-                        m.insert("hidden".into(), Value::String(why.to_string()));
-                    }
-                    m
-                })
+                .map(|(f, exposure)| api::function_doc(f, exposure))
                 .collect()
         });
         // A manifest that no longer parses is reported by `load_error`.

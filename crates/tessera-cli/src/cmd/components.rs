@@ -373,8 +373,17 @@ async fn local_info(
         .map_err(|e| Failure::from_runtime(&e))?;
     match setup::inspect_prepared(&runtime, prepared, &what).await {
         Ok(inspection) => {
-            info.functions = Some(
-                inspection
+            // As the server shows them: with what `[tools]` makes of each.
+            let exposures = tessera_server::api::version_grants(name, entry.active, record)
+                .and_then(|g| g.tools.resolve(&inspection.functions, &what));
+            info.functions = Some(match &exposures {
+                Ok(exposures) => inspection
+                    .functions
+                    .iter()
+                    .zip(exposures)
+                    .map(|(f, e)| tessera_server::api::function_doc(f, e))
+                    .collect(),
+                Err(_) => inspection
                     .functions
                     .iter()
                     .map(|f| match f.to_json() {
@@ -382,7 +391,7 @@ async fn local_info(
                         _ => serde_json::Map::new(),
                     })
                     .collect(),
-            );
+            });
             match inspection.link_failure() {
                 None => info.loaded = Some(entry.active as u64),
                 Some(e) => info.load_error = Some(e.to_string()),
