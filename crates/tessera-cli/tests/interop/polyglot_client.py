@@ -58,7 +58,14 @@ async def call_err(client: Any, tool: str, args: dict[str, Any]) -> str:
     """Calls `tool`; it must be a tool error. Returns its text."""
     r = await client.call_tool(tool, args)
     check(r.is_error is True, f"{tool}({args}) did not fail: {r}")
-    check(r.structured_content is None, f"{tool}: an error with structured content {r.structured_content}")
+    # Structured content of a tool error, when there is any, is the HTTP
+    # API's error body (`{"error": {...}}`) or a guest `err` (`{"result": {"err": ...}}`).
+    sc = r.structured_content
+    check(
+        sc is None
+        or (isinstance(sc, dict) and ("error" in sc or (isinstance(sc.get("result"), dict) and "err" in sc["result"]))),
+        f"{tool}: an error with unexpected structured content {sc}",
+    )
     return text_of(r)
 
 
