@@ -515,38 +515,6 @@ fn a_killed_run_leaves_an_incomplete_readable_journal() {
     assert!(show.contains("INCOMPLETE"), "{show}");
 }
 
-/// A server on 127.0.0.1 that reads each request whole and answers 200;
-/// returns its port and what it received.
-fn api_server() -> (u16, std::sync::Arc<std::sync::Mutex<String>>) {
-    use std::io::{BufRead, Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let log = seen.clone();
-    std::thread::spawn(move || {
-        for s in listener.incoming() {
-            let Ok(mut s) = s else { continue };
-            let mut r = std::io::BufReader::new(s.try_clone().unwrap());
-            let mut len = 0usize;
-            loop {
-                let mut line = String::new();
-                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-                log.lock().unwrap().push_str(&line);
-            }
-            let mut body = vec![0u8; len];
-            let _ = r.read_exact(&mut body);
-            let _ =
-                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-        }
-    });
-    (port, seen)
-}
-
 /// Every place a run's content can surface: the command's own output, the
 /// journal file, `runs list/show/export`, the audit log and a replay. The
 /// guest reads an inherited variable and a `wasi:config` secret and sends
@@ -555,7 +523,7 @@ fn api_server() -> (u16, std::sync::Arc<std::sync::Mutex<String>>) {
 fn secrets_never_reach_a_journal_an_export_an_audit_line_or_a_log() {
     const INHERITED: &str = "inherited-Zq81-value";
     const SECRET: &str = "cfg-secret-Yp27-value";
-    let (port, received) = api_server();
+    let (port, received) = tessera_test_support::http_stub();
     let cli = Cli::new();
     let dir = tempfile::tempdir().unwrap();
     let manifest = dir.path().join("m.toml");

@@ -1044,43 +1044,11 @@ async fn a_version_that_cannot_load_is_reported_and_not_served() {
     s.shutdown().await;
 }
 
-/// A listener on 127.0.0.1 that answers every request 200 after reading it
-/// whole; returns its port and every request's head.
-fn api_stub() -> (u16, Arc<std::sync::Mutex<String>>) {
-    use std::io::BufRead;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let seen = Arc::new(std::sync::Mutex::new(String::new()));
-    let log = seen.clone();
-    std::thread::spawn(move || {
-        for s in listener.incoming() {
-            let Ok(mut s) = s else { continue };
-            let mut r = std::io::BufReader::new(s.try_clone().unwrap());
-            let mut len = 0usize;
-            loop {
-                let mut line = String::new();
-                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-                log.lock().unwrap().push_str(&line);
-            }
-            let mut body = vec![0u8; len];
-            let _ = r.read_exact(&mut body);
-            let _ =
-                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-        }
-    });
-    (port, seen)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configured_secrets_reach_the_guest_but_not_the_runs_api_or_the_audit_log() {
     const SECRET: &str = "srv-secret-Q7v3-value";
     let data = tempfile::tempdir().unwrap();
-    let (port, received) = api_stub();
+    let (port, received) = tessera_test_support::http_stub();
     let s = start(data.path(), |c| {
         c.secrets.insert("api_key".into(), SECRET.into());
     })

@@ -197,3 +197,42 @@ fn relative(root: &Path, path: &Path) -> String {
         .display()
         .to_string()
 }
+
+/// A plain HTTP server on 127.0.0.1 for tests of outbound requests: it
+/// reads each request whole (head and `Content-Length` body), answers
+/// `200` with an empty body and closes. Returns its port and the heads of
+/// every request received, in order.
+pub fn http_stub() -> (u16, std::sync::Arc<std::sync::Mutex<String>>) {
+    use std::io::{BufRead, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let port = listener.local_addr().expect("local address").port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            let Ok(read_half) = s.try_clone() else {
+                continue;
+            };
+            let mut r = std::io::BufReader::new(read_half);
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                log.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push_str(&line);
+            }
+            let mut body = vec![0u8; len];
+            let _ = r.read_exact(&mut body);
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (port, seen)
+}
