@@ -203,6 +203,16 @@ fn base_config(cfg: &RuntimeConfig) -> Config {
     c
 }
 
+/// How many instances' memories, tables and stacks the pooling allocator
+/// resets in one go. Each reset is an `madvise`, and in a process with
+/// several threads every `madvise` makes the kernel interrupt the other
+/// cores to flush their TLBs; batched, the kernel does one
+/// `process_madvise` and one flush for the whole batch (see
+/// `docs/PERFORMANCE.md`, server throughput). A slot waiting in a batch is
+/// not reused until the batch is flushed, which happens when a batch is
+/// full or when the pool runs out of free slots.
+const DECOMMIT_BATCH: usize = 16;
+
 fn pooling_config(cfg: &RuntimeConfig) -> PoolingAllocationConfig {
     let n = cfg.max_instances;
     let mut p = PoolingAllocationConfig::default();
@@ -217,7 +227,8 @@ fn pooling_config(cfg: &RuntimeConfig) -> PoolingAllocationConfig {
         .max_core_instances_per_component(64)
         .max_component_instance_size(1 << 20)
         .max_core_instance_size(1 << 20)
-        .table_elements(100_000);
+        .table_elements(100_000)
+        .decommit_batch_size(DECOMMIT_BATCH);
     p
 }
 

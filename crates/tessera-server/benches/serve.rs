@@ -25,6 +25,9 @@
 //! `SERVE_BENCH_PROFILE=in-process|http|mcp|raw SERVE_BENCH_CALLS=N` makes
 //! N calls on one path and exits (run it under `valgrind --tool=callgrind`
 //! with two values of N; the difference is the cost of the extra calls).
+//! `SERVE_BENCH_LOAD=in-process|http|mcp SERVE_BENCH_SECS=S` runs only the
+//! 8-caller throughput of one path for S seconds (to sample it with
+//! `perf record`).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -811,6 +814,30 @@ fn main() {
             tokio::spawn(async move { profile(&dir, &path, calls).await })
                 .await
                 .unwrap();
+        });
+        return;
+    }
+    if let Ok(path) = std::env::var("SERVE_BENCH_LOAD") {
+        let secs: f64 = std::env::var("SERVE_BENCH_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(5.0);
+        rt.block_on(async {
+            let data = tempfile::tempdir().unwrap();
+            let registry = tessera_server::registry::Registry::open(data.path()).unwrap();
+            let bytes = std::fs::read(component("hello")).unwrap();
+            registry.add("hello", &bytes, None, "hello").unwrap();
+            let (server, addr, stop) = start(data.path()).await;
+            let which = match path.as_str() {
+                "in-process" => Path3::InProcess,
+                "http" => Path3::Http,
+                "mcp" => Path3::Mcp,
+                other => panic!("SERVE_BENCH_LOAD: unknown path `{other}`"),
+            };
+            let n = throughput(&server, addr, which, 8, Duration::from_secs_f64(secs)).await;
+            println!("{path}: {n:.0} calls/s with 8 callers for {secs} s");
+            server.journal.flush();
+            let _ = stop.send(());
         });
         return;
     }
