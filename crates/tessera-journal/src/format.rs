@@ -9,6 +9,8 @@
 //! in a blob table keyed by their SHA-256 and replaced in the step by
 //! `{"blob": "sha256:<hex>"}`.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -61,8 +63,9 @@ pub struct Header {
     pub function: String,
     /// The JSON arguments.
     pub args: Value,
-    /// The grants and limits in force.
-    pub grants: Grants,
+    /// The grants and limits in force (shared with the loaded component
+    /// that ran under them).
+    pub grants: Arc<Grants>,
     /// Engine settings.
     pub engine: EngineSettings,
     /// Who made the call, when it came through a server (absent for runs

@@ -416,24 +416,24 @@ pub(crate) fn stored_bytes(inv: &Inventory) -> u64 {
     inv.runs.iter().map(|r| r.record_bytes).sum::<u64>() + inv.blobs.values().sum::<u64>()
 }
 
-/// Deletes the planned runs and every blob no run left references (except
-/// `keep`, the blobs of runs begun but not yet stored). Returns the blobs
-/// removed and their bytes.
+/// Deletes the runs `now` (indices into `inv`, all of them in `plan`);
+/// with `keep`, also every blob that no run the plan keeps references
+/// (except `keep`, the blobs of runs begun but not yet stored). Returns
+/// the blobs removed and their bytes.
 pub(crate) fn execute(
     w: &WriteTransaction,
     inv: &Inventory,
     plan: &Plan,
-    keep: &HashSet<String>,
+    now: &[usize],
+    keep: Option<&HashSet<String>>,
 ) -> Result<Vec<(String, u64)>, Error> {
-    let mut runs = w.open_table(RUNS).map_err(db_err)?;
-    let mut steps = w.open_table(STEPS).map_err(db_err)?;
-    let mut ends = w.open_table(ENDS).map_err(db_err)?;
-    let mut blobs = w.open_table(BLOBS).map_err(db_err)?;
-    let mut holds = w.open_table(HOLDS).map_err(db_err)?;
-    let mut referenced: HashSet<&str> = keep.iter().map(String::as_str).collect();
-    for (i, r) in inv.runs.iter().enumerate() {
-        if plan.remove.contains_key(&i) {
-            let id = r.id.as_str();
+    {
+        let mut runs = w.open_table(RUNS).map_err(db_err)?;
+        let mut steps = w.open_table(STEPS).map_err(db_err)?;
+        let mut ends = w.open_table(ENDS).map_err(db_err)?;
+        let mut holds = w.open_table(HOLDS).map_err(db_err)?;
+        for &i in now {
+            let id = inv.runs[i].id.as_str();
             runs.remove(id).map_err(db_err)?;
             ends.remove(id).map_err(db_err)?;
             steps
@@ -442,7 +442,15 @@ pub(crate) fn execute(
             holds
                 .retain_in((id, "")..=(id, "\u{10ffff}"), |_, _| false)
                 .map_err(db_err)?;
-        } else {
+        }
+    }
+    let Some(keep) = keep else {
+        return Ok(Vec::new());
+    };
+    let mut blobs = w.open_table(BLOBS).map_err(db_err)?;
+    let mut referenced: HashSet<&str> = keep.iter().map(String::as_str).collect();
+    for (i, r) in inv.runs.iter().enumerate() {
+        if !plan.remove.contains_key(&i) {
             referenced.extend(r.refs().map(String::as_str));
         }
     }

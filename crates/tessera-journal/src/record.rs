@@ -128,14 +128,13 @@ pub async fn record_call_with(
         },
         function: f.qualified_name(),
         args: args.clone(),
-        grants: component.grants().clone(),
+        grants: component.shared_grants(),
         engine: engine_settings(component.runtime()),
         caller,
     };
     let function = header.function.clone();
     let args_owned = header.args.clone();
-    store.begin(header, component.source_bytes())?;
-    let buffer = store.run_buffer(&run_id);
+    let buffer = store.begin_run(header, component.source_bytes());
     let recorder = Arc::new(Recorder {
         buffer: buffer.clone(),
         also: options.observer.clone(),
@@ -154,13 +153,13 @@ pub async fn record_call_with(
         Ok(o) => {
             // Queued, not awaited: the writer commits in the background.
             // `JournalStore::flush` (or dropping the store) waits for it.
-            store.finish_run(&buffer, &end_of(&o));
+            store.finish_run(buffer, end_of(&o));
             Ok((run_id, o))
         }
         Err(e) => {
             store.finish_run(
-                &buffer,
-                &End {
+                buffer,
+                End {
                     result: RunResult::Refused {
                         message: e.to_string(),
                     },

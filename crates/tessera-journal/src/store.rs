@@ -166,6 +166,7 @@ impl JournalStore {
             buffers: buffers.clone(),
             components: components.clone(),
             background: background.clone(),
+            blob_removals: std::sync::atomic::AtomicU64::new(0),
         };
         let writer = std::thread::Builder::new()
             .name("tessera-journal".into())
@@ -198,57 +199,58 @@ impl JournalStore {
     /// Queues a run's header and (once per process) its component bytes.
     /// The writer commits them before any of the run's steps.
     pub fn begin(&self, header: Header, component: &[u8]) -> Result<(), Error> {
+        let run_id = header.run_id.clone();
+        let buffer = self.begin_run(header, component);
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(run_id, buffer);
+        Ok(())
+    }
+
+    /// [`JournalStore::begin`], returning the run's step buffer instead
+    /// of keeping it for [`JournalStore::append_end`].
+    pub(crate) fn begin_run(&self, header: Header, component: &[u8]) -> Arc<RunBuffer> {
         let digest = &header.component.digest;
         // Held while queueing, so that pruning (which forgets a digest when
         // it removes the blob) sees this header in the queue or sees the
         // digest forgotten before it is looked up here.
         let mut known = self.components.lock().unwrap_or_else(|p| p.into_inner());
-        let new = known.insert(digest.clone());
-        let blob = new.then(|| (digest.clone(), component.to_vec()));
+        let blob = if known.contains(digest.as_str()) {
+            None
+        } else {
+            known.insert(digest.clone());
+            Some((digest.clone(), component.to_vec()))
+        };
         // The run is in progress from now on: its buffer exists (and is
         // registered) before its header can reach the store.
         let buffer = self.new_buffer(&header.run_id);
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(header.run_id.clone(), buffer);
         self.send(Msg::Begin(Box::new(header), blob));
-        Ok(())
+        buffer
     }
 
-    /// A buffer for one run's steps. The writer drains it every
-    /// [`WRITE_EVERY`]; [`JournalStore::finish_run`] queues what is left.
-    pub(crate) fn run_buffer(&self, run_id: &str) -> Arc<RunBuffer> {
-        let pending = self
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(run_id);
-        pending.unwrap_or_else(|| self.new_buffer(run_id))
-    }
-
+    /// A new run's step buffer, registered with the writer, which drains
+    /// it every [`WRITE_EVERY`] (and forgets it once the run is done);
+    /// [`JournalStore::finish_run`] queues what is left.
     fn new_buffer(&self, run_id: &str) -> Arc<RunBuffer> {
         let buf = Arc::new(RunBuffer {
             run_id: Arc::from(run_id),
             steps: Mutex::new(Vec::new()),
         });
-        let mut list = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
-        list.retain(|w| w.strong_count() > 0);
-        list.push(Arc::downgrade(&buf));
+        self.buffers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::downgrade(&buf));
         buf
     }
 
     /// Queues a run's remaining steps and its end record.
-    pub(crate) fn finish_run(&self, buffer: &Arc<RunBuffer>, end: &End) {
+    pub(crate) fn finish_run(&self, buffer: Arc<RunBuffer>, end: End) {
         let rest = std::mem::take(&mut *buffer.steps.lock().unwrap_or_else(|p| p.into_inner()));
         if !rest.is_empty() {
             self.send(Msg::Steps(buffer.run_id.clone(), rest));
         }
-        self.send(Msg::End(
-            buffer.run_id.clone(),
-            Box::new(end.clone()),
-            Some(buffer.clone()),
-        ));
+        self.send(Msg::End(buffer.run_id.clone(), Box::new(end), Some(buffer)));
     }
 
     /// Queues the end record.
@@ -792,17 +794,92 @@ pub(crate) fn grants_blob(header: &Value) -> Option<String> {
 
 /// A header's stored form: its grants, the same for every run of a
 /// component version, are stored once as a blob under the SHA-256 of
-/// their JSON and referenced by digest. Returns the header and the blob.
-fn encode_header(header: &Header) -> (Vec<u8>, Option<(String, Vec<u8>)>) {
-    let Ok(mut v) = serde_json::to_value(header) else {
-        return (Vec::new(), None);
+/// their JSON and referenced by digest (`"grants": {"blob": "sha256:…"}`).
+#[derive(Serialize)]
+struct StoredHeader<'a> {
+    format: &'a str,
+    version: u32,
+    run_id: &'a str,
+    started: &'a str,
+    component: &'a crate::format::ComponentRef,
+    function: &'a str,
+    args: &'a Value,
+    grants: GrantsRef<'a>,
+    engine: &'a crate::format::EngineSettings,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    caller: Option<&'a crate::format::Caller>,
+}
+
+#[derive(Serialize)]
+struct GrantsRef<'a> {
+    blob: &'a str,
+}
+
+/// The writer's memory of the grants it has encoded, by the address of
+/// their `Arc` (kept alive here, so the address stays theirs): every run
+/// of a loaded component shares one `Arc<Grants>`, so their JSON and
+/// digest are computed once, not per run.
+/// A pruning that removes blobs may remove grants blobs: the memory is
+/// then cleared ([`GrantsDigests::check`]).
+#[derive(Default)]
+struct GrantsDigests {
+    known: std::collections::HashMap<usize, (Arc<tessera_runtime::Grants>, String)>,
+    /// The writer's count of blob-removing prunings when last checked.
+    removals: u64,
+}
+
+impl GrantsDigests {
+    /// Entries kept before the memory starts over (versions come and go).
+    const MAX: usize = 256;
+
+    /// Forgets everything if blobs were removed since the last check.
+    fn check(&mut self, removals: u64) {
+        if removals != self.removals {
+            self.known.clear();
+            self.removals = removals;
+        }
+    }
+
+    /// The digest of `grants`, with their JSON the first time they are
+    /// seen.
+    fn of(&mut self, grants: &Arc<tessera_runtime::Grants>) -> (String, Option<Vec<u8>>) {
+        let key = Arc::as_ptr(grants) as usize;
+        if let Some((_, d)) = self.known.get(&key) {
+            return (d.clone(), None);
+        }
+        let json = serde_json::to_vec(&**grants).unwrap_or_default();
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&json)));
+        if self.known.len() >= Self::MAX {
+            self.known.clear();
+        }
+        self.known.insert(key, (grants.clone(), digest.clone()));
+        (digest, Some(json))
+    }
+}
+
+/// A header's stored form, and the grants' blob when this writer has not
+/// stored it yet (it may exist already: the caller checks).
+fn encode_header(
+    header: &Header,
+    digests: &mut GrantsDigests,
+) -> (Vec<u8>, String, Option<Vec<u8>>) {
+    let (digest, grants) = digests.of(&header.grants);
+    let stored = StoredHeader {
+        format: &header.format,
+        version: header.version,
+        run_id: &header.run_id,
+        started: &header.started,
+        component: &header.component,
+        function: &header.function,
+        args: &header.args,
+        grants: GrantsRef { blob: &digest },
+        engine: &header.engine,
+        caller: header.caller.as_ref(),
     };
-    let grants = serde_json::to_vec(&v["grants"]).unwrap_or_default();
-    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&grants)));
-    v["grants"] = serde_json::json!({ "blob": digest });
     (
-        serde_json::to_vec(&v).unwrap_or_default(),
-        Some((digest, grants)),
+        serde_json::to_vec(&stored).unwrap_or_default(),
+        digest,
+        grants,
     )
 }
 
@@ -851,6 +928,9 @@ struct Writer {
     buffers: Arc<Mutex<Vec<std::sync::Weak<RunBuffer>>>>,
     components: Arc<Mutex<HashSet<String>>>,
     background: Arc<Mutex<Option<Retention>>>,
+    /// Counts the prunings that removed blobs: the writer's memory of
+    /// stored grants ([`GrantsDigests`]) is void when it changes.
+    blob_removals: std::sync::atomic::AtomicU64,
 }
 
 /// The writer's bookkeeping for background pruning.
@@ -868,6 +948,17 @@ struct Watch {
 /// before it frees them, so the file needs room for two doublings past
 /// the point where pruning starts.
 const SIZE_LOW: (u64, u64) = (12, 100);
+
+/// How many times pruning for size removes runs by its estimate, compacts
+/// and measures again before it gives up on getting under the limit (each
+/// round corrects the estimate of the bytes a run takes on disk).
+const PRUNE_ROUNDS: usize = 16;
+
+/// Runs deleted per transaction when pruning.
+const DELETE_CHUNK: usize = 256;
+
+/// Messages (headers, step lists, end records) written per transaction.
+const WRITE_CHUNK: usize = 1024;
 
 fn share(n: u64, (a, b): (u64, u64)) -> u64 {
     (u128::from(n) * u128::from(a) / u128::from(b)) as u64
@@ -903,12 +994,15 @@ impl Writer {
 
     /// One pruning. `disk_target`: the global size limit to bring the file
     /// under, when it applies. `compact`: compact after removing.
+    /// `in_hand`: component digests of headers the writer holds but has
+    /// not written yet (their bytes stay).
     fn prune(
         &self,
         policy: &Retention,
         dry_run: bool,
         disk_target: Option<u64>,
         compact: bool,
+        in_hand: &HashSet<String>,
     ) -> Result<PruneReport, Error> {
         let before = file_len(&self.path);
         let mut report = PruneReport {
@@ -917,7 +1011,8 @@ impl Writer {
             file_bytes_after: before,
             ..PruneReport::default()
         };
-        for _round in 0..4 {
+        let mut compacted = false;
+        for _round in 0..PRUNE_ROUNDS {
             let live = self.live();
             let db = self.read();
             let w = db.begin_write().map_err(db_err)?;
@@ -928,8 +1023,16 @@ impl Writer {
                         let s = w.stats().map_err(db_err)?;
                         s.allocated_pages() * s.page_size() as u64
                     };
+                    // Once compacted, the file's own size is what its
+                    // runs cost on disk (it can be more than the pages in
+                    // use); before, it is mostly free pages.
+                    let on_disk = if compacted {
+                        allocated.max(file_len(&self.path))
+                    } else {
+                        allocated
+                    };
                     let stored = prune::stored_bytes(&inv).max(1);
-                    Some((t, (allocated as f64 / stored as f64).max(1.0)))
+                    Some((t, (on_disk as f64 / stored as f64).max(1.0)))
                 }
                 _ => None,
             };
@@ -952,24 +1055,41 @@ impl Writer {
                 w.abort().map_err(db_err)?;
                 return Ok(report);
             }
+            // The runs go in transactions of at most DELETE_CHUNK runs,
+            // each durable: a transaction copies every page it changes
+            // before freeing it, so one that deleted most of the journal
+            // would first make the file grow, and pages freed by a durable
+            // commit are reused by the next transactions.
+            let ids: Vec<usize> = plan.remove.keys().copied().collect();
+            let mut chunks = ids.chunks(DELETE_CHUNK);
+            let mut w = Some(w);
+            let last = chunks.next_back().unwrap_or(&[]);
+            for chunk in chunks {
+                let t = match w.take() {
+                    Some(t) => t,
+                    None => db.begin_write().map_err(db_err)?,
+                };
+                prune::execute(&t, &inv, &plan, chunk, None)?;
+                t.commit().map_err(db_err)?;
+            }
+            let w = match w.take() {
+                Some(t) => t,
+                None => db.begin_write().map_err(db_err)?,
+            };
             let gone = {
                 // Held from choosing the blobs to keep until the digests
                 // removed are forgotten: `begin` queues a header without
                 // its component's bytes only for a digest in this set.
                 let mut known = self.components.lock().unwrap_or_else(|p| p.into_inner());
-                let keep: HashSet<String> = self
-                    .queue
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter()
-                    .filter_map(|m| match m {
-                        Msg::Begin(h, _) => Some(h.component.digest.clone()),
-                        _ => None,
-                    })
-                    .collect();
-                let gone = prune::execute(&w, &inv, &plan, &keep)?;
+                let mut keep = begun_digests(&self.queue.lock().unwrap_or_else(|p| p.into_inner()));
+                keep.extend(in_hand.iter().cloned());
+                let gone = prune::execute(&w, &inv, &plan, last, Some(&keep))?;
                 for (d, _) in &gone {
                     known.remove(d);
+                }
+                if !gone.is_empty() {
+                    self.blob_removals
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 gone
             };
@@ -982,6 +1102,7 @@ impl Writer {
             let over = disk_target.is_some_and(|t| file_len(&self.path) > t);
             if (progress || over) && compact {
                 self.compact()?;
+                compacted = true;
             }
             report.file_bytes_after = file_len(&self.path);
             match disk_target {
@@ -994,15 +1115,40 @@ impl Writer {
 
     /// Prunes in the background when the policy asks for it.
     fn background(&self, watch: &mut Watch) {
-        let Some(policy) = self
-            .background
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        else {
+        let Some(policy) = self.policy() else {
             *watch = Watch::default();
             return;
         };
+        self.background_size(&policy, watch, &HashSet::new());
+        let rest = Retention {
+            global: Limits {
+                max_bytes: None,
+                ..policy.global.clone()
+            },
+            components: policy.components.clone(),
+        };
+        let now = Instant::now();
+        if !rest.is_empty() && watch.next_full.is_none_or(|t| now >= t) {
+            let started = Instant::now();
+            if let Err(e) = self.prune(&rest, false, None, false, &HashSet::new()) {
+                tracing::error!("journal pruning failed: {e}");
+            }
+            watch.next_full = Some(Instant::now() + prune::next_interval(started.elapsed()));
+        }
+    }
+
+    /// The background policy, if any.
+    fn policy(&self) -> Option<Retention> {
+        self.background
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The global size limit of the background policy: past a quarter of
+    /// `max_bytes`, removes the oldest runs down to [`SIZE_LOW`] of it and
+    /// compacts.
+    fn background_size(&self, policy: &Retention, watch: &mut Watch, in_hand: &HashSet<String>) {
         let now = Instant::now();
         if let Some(max) = policy.global.max_bytes
             && watch.next_size.is_none_or(|t| now >= t)
@@ -1019,7 +1165,7 @@ impl Writer {
                 },
                 components: Default::default(),
             };
-            match self.prune(&sized, false, Some(low), true) {
+            match self.prune(&sized, false, Some(low), true, in_hand) {
                 Ok(r) if 4 * r.file_bytes_after > max => {
                     tracing::warn!(
                         "journal: {} on disk is near its limit of {} but every run left is held",
@@ -1032,21 +1178,17 @@ impl Writer {
                 Err(e) => tracing::error!("journal pruning failed: {e}"),
             }
         }
-        let rest = Retention {
-            global: Limits {
-                max_bytes: None,
-                ..policy.global.clone()
-            },
-            components: policy.components.clone(),
-        };
-        if !rest.is_empty() && watch.next_full.is_none_or(|t| now >= t) {
-            let started = Instant::now();
-            if let Err(e) = self.prune(&rest, false, None, false) {
-                tracing::error!("journal pruning failed: {e}");
-            }
-            watch.next_full = Some(Instant::now() + prune::next_interval(started.elapsed()));
-        }
     }
+}
+
+/// The component digests of the headers among `msgs`.
+fn begun_digests(msgs: &[Msg]) -> HashSet<String> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            Msg::Begin(h, _) => Some(h.component.digest.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn now_utc() -> time::OffsetDateTime {
@@ -1058,6 +1200,7 @@ fn write_loop(w: &Writer, woken: Receiver<()>) {
     let mut last_durable = std::time::Instant::now();
     let mut dirty = false;
     let mut watch = Watch::default();
+    let mut digests = GrantsDigests::default();
     loop {
         let stopping = matches!(
             woken.recv_timeout(WRITE_EVERY),
@@ -1066,14 +1209,22 @@ fn write_loop(w: &Writer, woken: Receiver<()>) {
         // Buffers first, then the queue: a run's header is queued before any
         // of its steps exist, so it is always in the same or an earlier batch.
         let mut batch = Vec::new();
-        for b in w.buffers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            if let Some(b) = b.upgrade() {
-                let steps = std::mem::take(&mut *b.steps.lock().unwrap_or_else(|p| p.into_inner()));
-                if !steps.is_empty() {
-                    batch.push(Msg::Steps(b.run_id.clone(), steps));
+        // Runs that are done (their buffers dropped) are forgotten here,
+        // not on the callers' path.
+        w.buffers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|b| match b.upgrade() {
+                Some(b) => {
+                    let steps =
+                        std::mem::take(&mut *b.steps.lock().unwrap_or_else(|p| p.into_inner()));
+                    if !steps.is_empty() {
+                        batch.push(Msg::Steps(b.run_id.clone(), steps));
+                    }
+                    true
                 }
-            }
-        }
+                None => false,
+            });
         batch.append(&mut w.queue.lock().unwrap_or_else(|p| p.into_inner()));
         let (prunes, batch): (Vec<Msg>, Vec<Msg>) =
             batch.into_iter().partition(|m| matches!(m, Msg::Prune(_)));
@@ -1082,7 +1233,29 @@ fn write_loop(w: &Writer, woken: Receiver<()>) {
         let durable = flush || stopping || last_durable.elapsed() >= DURABLE_EVERY;
         let mut acks = Vec::new();
         let result = if data {
-            write_batch(&w.read(), batch, &mut acks, durable)
+            // At most WRITE_CHUNK messages per transaction: what queued up
+            // while the writer was busy (a compaction, a slow disk) is not
+            // written in one growth of the file, and the size limit is
+            // checked between them.
+            let mut result = Ok(());
+            let mut batch = batch;
+            while !batch.is_empty() {
+                let rest = batch.split_off(batch.len().min(WRITE_CHUNK));
+                digests.check(w.blob_removals.load(std::sync::atomic::Ordering::Relaxed));
+                let last = rest.is_empty();
+                result = write_batch(&w.read(), &mut digests, batch, &mut acks, durable && last);
+                if result.is_err() {
+                    break;
+                }
+                if !last && let Some(policy) = w.policy() {
+                    // The components of the headers still in hand keep
+                    // their bytes, as those of headers in the queue do.
+                    let in_hand = begun_digests(&rest);
+                    w.background_size(&policy, &mut watch, &in_hand);
+                }
+                batch = rest;
+            }
+            result
         } else {
             for m in batch {
                 if let Msg::Flush(a) = m {
@@ -1101,7 +1274,11 @@ fn write_loop(w: &Writer, woken: Receiver<()>) {
                 last_durable = std::time::Instant::now();
             }
             Ok(()) => dirty |= data,
-            Err(e) => tracing::error!("journal write failed: {e}"),
+            Err(e) => {
+                // What the failed transaction stored is not there.
+                digests = GrantsDigests::default();
+                tracing::error!("journal write failed: {e}");
+            }
         }
         for a in acks {
             let _ = a.send(());
@@ -1109,9 +1286,9 @@ fn write_loop(w: &Writer, woken: Receiver<()>) {
         for m in prunes {
             if let Msg::Prune(job) = m {
                 let disk = job.policy.global.max_bytes;
-                let _ = job
-                    .reply
-                    .send(w.prune(&job.policy, job.dry_run, disk, true));
+                let _ =
+                    job.reply
+                        .send(w.prune(&job.policy, job.dry_run, disk, true, &HashSet::new()));
             }
         }
         if stopping {
@@ -1131,6 +1308,7 @@ fn durable_commit(db: &Database) -> Result<(), redb::Error> {
 
 fn write_batch(
     db: &Database,
+    digests: &mut GrantsDigests,
     batch: Vec<Msg>,
     acks: &mut Vec<mpsc::Sender<()>>,
     durable: bool,
@@ -1153,8 +1331,9 @@ fn write_batch(
                     {
                         blobs.insert(d.as_str(), b.as_slice())?;
                     }
-                    let (bytes, grants) = encode_header(&header);
-                    if let Some((d, g)) = grants
+                    let (bytes, d, grants) = encode_header(&header, digests);
+                    // New to this writer: stored unless the journal has it.
+                    if let Some(g) = grants
                         && blobs.get(d.as_str())?.is_none()
                     {
                         blobs.insert(d.as_str(), g.as_slice())?;

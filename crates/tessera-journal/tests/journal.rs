@@ -929,10 +929,13 @@ async fn retention_by_size_shrinks_the_file_on_disk_and_removes_unreferenced_blo
     assert_eq!(stats.file_bytes, before);
     assert_eq!(stats.runs, 300);
     assert_eq!(stats.blobs, 2 * 300 + 2, "{stats:?}");
-    let limit = before / 3;
+    // A third of what the pages in use take: compaction alone cannot get
+    // there (the file itself may be much larger than its pages in use,
+    // depending on how the commits fell).
+    let limit = stats.allocated_bytes.min(before) / 3;
     let pol = policy(&format!("[journal]\nmax_bytes = {limit}"));
     let dry = e.store.prune(&pol, true).unwrap();
-    assert!(!dry.removed.is_empty());
+    assert!(!dry.removed.is_empty(), "{stats:?} {before} {dry:?}");
     assert_eq!(std::fs::metadata(e.store.path()).unwrap().len(), before);
     let r = e.store.prune(&pol, false).unwrap();
     let after = std::fs::metadata(e.store.path()).unwrap().len();

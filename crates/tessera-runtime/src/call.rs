@@ -224,6 +224,12 @@ impl LoadedComponent {
         &self.grants
     }
 
+    /// The same grants, shared (what a journal header keeps without
+    /// copying them for every call).
+    pub fn shared_grants(&self) -> Arc<Grants> {
+        self.grants.clone()
+    }
+
     /// Every exported function with its schemas.
     pub fn functions(&self) -> &[FunctionInfo] {
         &self.functions

@@ -1267,6 +1267,20 @@ async fn the_server_prunes_its_journal_in_the_background_under_continuous_calls(
     let (status, v) = s.add("hello", "hello").await;
     assert_eq!(status, 201, "{v}");
     let addr = s.addr;
+    // The file's size, sampled every millisecond while the calls run.
+    let path = s.server.journal.path().to_path_buf();
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        std::thread::spawn(move || {
+            let mut largest = 0;
+            while sampling.load(Ordering::SeqCst) {
+                largest = largest.max(std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            largest
+        })
+    };
     // Two callers at once, back to back, for CALLS calls.
     let done = Arc::new(AtomicUsize::new(0));
     let callers: Vec<_> = (0..2)
@@ -1297,6 +1311,13 @@ async fn the_server_prunes_its_journal_in_the_background_under_continuous_calls(
         last = ids.last().unwrap().clone();
     }
     s.server.journal.flush();
+    sampling.store(false, Ordering::SeqCst);
+    let largest = sampler.join().unwrap();
+    // The file never grew past the limit.
+    assert!(
+        largest <= LIMIT,
+        "journal reached {largest} bytes (limit {LIMIT})"
+    );
     // It pruned as it went: the first runs are gone, the last is there and
     // replays (its component's bytes were kept).
     let (status, stats) = s.call("GET", "/v1/journal", json!({})).await;
