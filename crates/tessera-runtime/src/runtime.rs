@@ -213,6 +213,18 @@ fn base_config(cfg: &RuntimeConfig) -> Config {
 /// full or when the pool runs out of free slots.
 const DECOMMIT_BATCH: usize = 16;
 
+/// How much of a finished instance's linear memory, and of its tables, the
+/// pooling allocator resets by hand and keeps mapped, where the kernel can
+/// say which pages the instance wrote (`PAGEMAP_SCAN`, Linux 6.7 and
+/// later): only the written pages are copied back from the memory image
+/// or zeroed, and only what lies beyond this size goes back to the kernel.
+/// A small guest's call then costs no `madvise`, no TLB flush on the other
+/// cores and no page faults when its slot is reused. The price is that
+/// much resident memory, at most, per warm slot (see `docs/PERFORMANCE.md`,
+/// server throughput). Without `PAGEMAP_SCAN` the allocator would have to
+/// reset the whole size on every call, so then nothing is kept.
+const KEEP_RESIDENT: usize = 1 << 20;
+
 fn pooling_config(cfg: &RuntimeConfig) -> PoolingAllocationConfig {
     let n = cfg.max_instances;
     let mut p = PoolingAllocationConfig::default();
@@ -229,6 +241,11 @@ fn pooling_config(cfg: &RuntimeConfig) -> PoolingAllocationConfig {
         .max_core_instance_size(1 << 20)
         .table_elements(100_000)
         .decommit_batch_size(DECOMMIT_BATCH);
+    if PoolingAllocationConfig::is_pagemap_scan_available() {
+        p.pagemap_scan(wasmtime::Enabled::Yes)
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(KEEP_RESIDENT);
+    }
     p
 }
 

@@ -25,7 +25,7 @@
 //! `SERVE_BENCH_PROFILE=in-process|http|mcp|raw SERVE_BENCH_CALLS=N` makes
 //! N calls on one path and exits (run it under `valgrind --tool=callgrind`
 //! with two values of N; the difference is the cost of the extra calls).
-//! `SERVE_BENCH_LOAD=in-process|http|mcp SERVE_BENCH_SECS=S` runs only the
+//! `SERVE_BENCH_LOAD=raw|in-process|http|mcp SERVE_BENCH_SECS=S` runs only the
 //! 8-caller throughput of one path for S seconds (to sample it with
 //! `perf record`).
 
@@ -256,6 +256,11 @@ impl wasmtime_wasi::WasiView for RawState {
 /// a default WASI context and a fresh instance per call, a typed call. No
 /// fuel, epochs, limiter, gateway or journal (the baseline of
 /// `crates/tessera-runtime/benches/call.rs`).
+///
+/// `tuned` gives the pool the slot-reuse settings Tessera's runtime uses
+/// (resets in batches of 16; with `PAGEMAP_SCAN`, 1 MiB of each memory and
+/// table reset by hand and kept mapped), so the ratio to it is Tessera's
+/// own overhead; untuned is wasmtime's default pool.
 struct RawWasmtime {
     engine: wasmtime::Engine,
     pre: wasmtime::component::InstancePre<RawState>,
@@ -263,12 +268,19 @@ struct RawWasmtime {
 }
 
 impl RawWasmtime {
-    fn new() -> Self {
+    fn new(tuned: bool) -> Self {
         use wasmtime::component::{Component, Linker};
+        let mut pool = wasmtime::PoolingAllocationConfig::default();
+        if tuned {
+            pool.decommit_batch_size(16);
+            if wasmtime::PoolingAllocationConfig::is_pagemap_scan_available() {
+                pool.pagemap_scan(wasmtime::Enabled::Yes)
+                    .linear_memory_keep_resident(1 << 20)
+                    .table_keep_resident(1 << 20);
+            }
+        }
         let mut cfg = wasmtime::Config::new();
-        cfg.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(
-            wasmtime::PoolingAllocationConfig::default(),
-        ));
+        cfg.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         let engine = wasmtime::Engine::new(&cfg).unwrap();
         let bytes = std::fs::read(component("hello")).unwrap();
         let component = Component::from_binary(&engine, &bytes).unwrap();
@@ -396,7 +408,7 @@ async fn profile(data: &Path, path: &str, calls: usize) {
             }
         }
         "raw" => {
-            let raw = RawWasmtime::new();
+            let raw = RawWasmtime::new(true);
             for _ in 0..calls + 50 {
                 raw.greet().await;
             }
@@ -409,6 +421,8 @@ async fn profile(data: &Path, path: &str, calls: usize) {
 
 #[derive(Clone, Copy)]
 enum Path3 {
+    /// Plain wasmtime with Tessera's pool settings, no server.
+    Raw,
     InProcess,
     Http,
     Mcp,
@@ -425,10 +439,22 @@ async fn throughput(
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
+    let raw = matches!(path, Path3::Raw).then(|| Arc::new(RawWasmtime::new(true)));
     for _ in 0..clients {
         let (server, done, stop) = (server.clone(), done.clone(), stop.clone());
+        let raw = raw.clone();
         tasks.push(tokio::spawn(async move {
             match path {
+                Path3::Raw => {
+                    let raw = raw.expect("raw wasmtime");
+                    while !stop.load(Ordering::Relaxed) {
+                        raw.greet().await;
+                        done.fetch_add(1, Ordering::Relaxed);
+                        // A raw call never waits, so give the workers
+                        // back to the scheduler (its timers) each time.
+                        tokio::task::yield_now().await;
+                    }
+                }
                 Path3::InProcess => {
                     while !stop.load(Ordering::Relaxed) {
                         in_process_greet(&server).await;
@@ -487,8 +513,10 @@ async fn start(data: &Path) -> (Arc<Server>, SocketAddr, tokio::sync::oneshot::S
 async fn latency(server: Arc<Server>, addr: SocketAddr, rounds: usize, per_round: usize) {
     let mut http = Conn::open(addr).await;
     let mut mcp = McpSession::open(addr).await;
-    let raw = RawWasmtime::new();
+    let raw = RawWasmtime::new(false);
+    let tuned = RawWasmtime::new(true);
     let (mut a, mut b, mut c, mut r) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut rt = Vec::new();
     for round in 0..rounds {
         for _ in 0..per_round {
             let t = Instant::now();
@@ -496,6 +524,14 @@ async fn latency(server: Arc<Server>, addr: SocketAddr, rounds: usize, per_round
             let d = t.elapsed();
             if round > 0 {
                 r.push(d);
+            }
+        }
+        for _ in 0..per_round {
+            let t = Instant::now();
+            tuned.greet().await;
+            let d = t.elapsed();
+            if round > 0 {
+                rt.push(d);
             }
         }
         for _ in 0..per_round {
@@ -527,13 +563,15 @@ async fn latency(server: Arc<Server>, addr: SocketAddr, rounds: usize, per_round
         "hello.greet latency, one caller ({} interleaved rounds of {per_round}, first dropped):",
         rounds - 1
     );
-    let raw_p50 = summarize("raw wasmtime", r);
+    let raw_default = summarize("raw wasmtime (default pool)", r);
+    let raw_p50 = summarize("raw wasmtime (Tessera's pool settings)", rt);
     let base = summarize("in-process (journaled)", a);
     let h = summarize("HTTP API", b);
     let m = summarize("MCP streamable HTTP", c);
     println!(
-        "  ratio p50: in-process {:.2}x of raw wasmtime; HTTP {:.2}x, MCP {:.2}x of in-process",
+        "  ratio p50: in-process {:.2}x of raw wasmtime with the same pool settings ({:.2}x of the default pool); HTTP {:.2}x, MCP {:.2}x of in-process",
         us(base) / us(raw_p50),
+        us(base) / us(raw_default),
         us(h) / us(base),
         us(m) / us(base)
     );
@@ -564,18 +602,26 @@ async fn latency_and_throughput(data: &Path, rounds: usize) {
     let window = Duration::from_millis(1500);
     let trivial = trivial_server().await;
     let (mut ta, mut tb, mut tc, mut tt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut tr = Vec::new();
     for _ in 0..3 {
+        tr.push(throughput(&server, addr, Path3::Raw, clients, window).await);
         ta.push(throughput(&server, addr, Path3::InProcess, clients, window).await);
         tb.push(throughput(&server, addr, Path3::Http, clients, window).await);
         tc.push(throughput(&server, addr, Path3::Mcp, clients, window).await);
         tt.push(trivial_throughput(trivial, clients, window).await);
     }
-    let (ta, tb, tc, tt) = (median(ta), median(tb), median(tc), median(tt));
+    let (ta, tb, tc, tt, tr) = (median(ta), median(tb), median(tc), median(tt), median(tr));
     println!("\nhello.greet throughput, {clients} concurrent callers (median of 3 × 1.5 s):");
     println!(
         "  load generator alone   {tt:>8.0} calls/s  (the same HTTP client against a trivial hyper server)"
     );
-    println!("  in-process (journaled) {ta:>8.0} calls/s");
+    println!(
+        "  raw wasmtime           {tr:>8.0} calls/s  (Tessera's pool settings; no server, no journal)"
+    );
+    println!(
+        "  in-process (journaled) {ta:>8.0} calls/s  ({:.2}x of raw wasmtime)",
+        ta / tr
+    );
     println!(
         "  HTTP API               {tb:>8.0} calls/s  ({:.2}x of in-process)",
         tb / ta
@@ -720,7 +766,13 @@ async fn restart(data: &Path) {
             warm.push(d);
         }
         server.journal.flush();
+        // The load tasks may still hold the server for a moment; the next
+        // round opens the same journal.
+        let weak = Arc::downgrade(&server);
         drop(server);
+        while weak.strong_count() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
     cold.sort();
     warm.sort();
@@ -829,6 +881,7 @@ fn main() {
             registry.add("hello", &bytes, None, "hello").unwrap();
             let (server, addr, stop) = start(data.path()).await;
             let which = match path.as_str() {
+                "raw" => Path3::Raw,
                 "in-process" => Path3::InProcess,
                 "http" => Path3::Http,
                 "mcp" => Path3::Mcp,
