@@ -9,6 +9,13 @@ mod source;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of the C library's allocator: a call allocates and
+/// frees many small objects on several threads, where glibc's allocator
+/// (fast-bin consolidation on large frees, arena locks) held the server
+/// back; see `docs/ARCHITECTURE.md` (Allocator) and `docs/PERFORMANCE.md`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Tessera: a WebAssembly runtime for agent tools.
 ///
 /// Every component is sandboxed: it gets only what its manifest grants

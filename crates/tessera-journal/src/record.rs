@@ -12,10 +12,17 @@ use crate::{Error, JournalStore, store};
 
 /// A new run id: the UTC time to the second, then 16 hex digits (ids sort
 /// by start time). The digits are a random base drawn once per process plus
-/// a counter times an odd constant, so no two ids a process makes are the
-/// same (the map is one-to-one for 2^64 calls), however many runs start in
-/// one second, and ids of different processes meet only by a 64-bit chance.
+/// a counter, so no two ids a process makes are the same (for 2^64 calls),
+/// however many runs start in one second; ids of different processes meet
+/// only by a 64-bit chance. The ids a process makes in one second are
+/// consecutive, so the journal's writer adds each second's runs at one end
+/// of its tables instead of all over the second's range.
 pub fn new_run_id() -> String {
+    run_id_at(time::OffsetDateTime::now_utc())
+}
+
+/// [`new_run_id`] for a run that starts at `now`.
+fn run_id_at(now: time::OffsetDateTime) -> String {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU64, Ordering};
     static BASE: OnceLock<u64> = OnceLock::new();
@@ -28,22 +35,45 @@ pub fn new_run_id() -> String {
         h.finish()
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let suffix = base.wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let now = time::OffsetDateTime::now_utc();
-    format!(
-        "{:04}{:02}{:02}T{:02}{:02}{:02}-{suffix:016x}",
-        now.year(),
-        u8::from(now.month()),
-        now.day(),
-        now.hour(),
-        now.minute(),
-        now.second(),
-    )
+    format_run_id(now, base.wrapping_add(n))
+}
+
+/// `YYYYMMDDTHHMMSS-` and 16 hex digits, written by hand: a run id is made
+/// on every call, and `format!` cost a few percent of a small one.
+fn format_run_id(now: time::OffsetDateTime, suffix: u64) -> String {
+    fn digits(s: &mut String, n: u32, width: u32) {
+        for i in (0..width).rev() {
+            s.push(char::from(b'0' + (n / 10u32.pow(i) % 10) as u8));
+        }
+    }
+    let year = now.year();
+    let mut s = String::with_capacity(32);
+    if (0..=9999).contains(&year) {
+        digits(&mut s, year as u32, 4);
+    } else {
+        s.push_str(&format!("{year:04}"));
+    }
+    digits(&mut s, u32::from(u8::from(now.month())), 2);
+    digits(&mut s, u32::from(now.day()), 2);
+    s.push('T');
+    digits(&mut s, u32::from(now.hour()), 2);
+    digits(&mut s, u32::from(now.minute()), 2);
+    digits(&mut s, u32::from(now.second()), 2);
+    s.push('-');
+    for i in (0..16).rev() {
+        s.push(char::from(
+            b"0123456789abcdef"[((suffix >> (i * 4)) & 0xf) as usize],
+        ));
+    }
+    s
 }
 
 pub(crate) fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
+    rfc3339(time::OffsetDateTime::now_utc())
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
 
@@ -127,12 +157,13 @@ pub async fn record_call_with(
     caller: Option<Caller>,
 ) -> Result<(String, CallOutcome), Error> {
     let f = component.function(function)?;
-    let run_id = new_run_id();
+    let now = time::OffsetDateTime::now_utc();
+    let run_id = run_id_at(now);
     let header = Header {
         format: format::FORMAT.to_string(),
         version: format::VERSION,
         run_id: run_id.clone(),
-        started: now_rfc3339(),
+        started: rfc3339(now),
         component: ComponentRef {
             digest: component.digest().to_string(),
             origin: component.origin().to_string(),
@@ -187,7 +218,21 @@ pub async fn record_call_with(
 
 #[cfg(test)]
 mod tests {
-    use super::new_run_id;
+    use super::{format_run_id, new_run_id};
+
+    #[test]
+    fn run_ids_are_the_start_second_and_the_suffix_in_hex() {
+        let t = time::Date::from_calendar_date(2026, time::Month::March, 4)
+            .unwrap()
+            .with_hms_milli(5, 6, 7, 500)
+            .unwrap()
+            .assume_utc();
+        assert_eq!(
+            format_run_id(t, 0x0123_4567_89ab_cdef),
+            "20260304T050607-0123456789abcdef"
+        );
+        assert_eq!(format_run_id(t, 0x2a), "20260304T050607-000000000000002a");
+    }
 
     /// Under load thousands of runs start in the same second; their ids are
     /// keys of the journal, so two equal ids would mix two runs' records.

@@ -22,12 +22,18 @@
 //!
 //! Run: `cargo bench -p tessera-server --bench serve` (`BENCH_ROUNDS`
 //! changes the number of latency rounds). For instruction counts,
-//! `SERVE_BENCH_PROFILE=in-process|http|mcp|raw SERVE_BENCH_CALLS=N` makes
+//! `SERVE_BENCH_PROFILE=in-process|http|mcp|mcp-2026|raw SERVE_BENCH_CALLS=N` makes
 //! N calls on one path and exits (run it under `valgrind --tool=callgrind`
 //! with two values of N; the difference is the cost of the extra calls).
-//! `SERVE_BENCH_LOAD=raw|in-process|http|mcp SERVE_BENCH_SECS=S` runs only the
+//! `SERVE_BENCH_LOAD=raw|in-process|http|mcp|mcp-2026 SERVE_BENCH_SECS=S` runs only the
 //! 8-caller throughput of one path for S seconds (to sample it with
 //! `perf record`).
+
+/// The allocator the `tessera` binary uses (`crates/tessera-cli/src/main.rs`),
+/// so the server here runs as it does there; the raw wasmtime baselines
+/// share it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -142,15 +148,27 @@ fn rpc_message(body: &[u8]) -> Value {
         .unwrap_or_else(|| panic!("no JSON-RPC response in {text}"))
 }
 
-/// An MCP session over streamable HTTP (2025-11-25, the handshake revision
-/// MCP hosts use today).
+/// An MCP client over streamable HTTP: a session of the 2025-11-25
+/// revision (initialize, then a session id on every request), or, with
+/// [`McpSession::stateless`], the 2026-07-28 revision (no handshake, no
+/// session: each request carries its protocol version and the client's
+/// capabilities).
 struct McpSession {
     conn: Conn,
+    /// Empty for the stateless revision.
     session: String,
     next_id: u64,
 }
 
 impl McpSession {
+    async fn stateless(addr: SocketAddr) -> Self {
+        Self {
+            conn: Conn::open(addr).await,
+            session: String::new(),
+            next_id: 1,
+        }
+    }
+
     async fn open(addr: SocketAddr) -> Self {
         let mut conn = Conn::open(addr).await;
         let (status, headers, body) = conn
@@ -184,18 +202,36 @@ impl McpSession {
 
     async fn greet(&mut self) {
         self.next_id += 1;
-        let (status, _, body) = self
-            .conn
-            .post(
-                "/mcp",
-                &[
-                    ("mcp-session-id", &self.session),
-                    ("mcp-protocol-version", "2025-11-25"),
-                ],
-                &json!({"jsonrpc": "2.0", "id": self.next_id, "method": "tools/call",
-                        "params": {"name": "hello__greet", "arguments": {"name": "Ada"}}}),
-            )
-            .await;
+        let (status, _, body) = if self.session.is_empty() {
+            self.conn
+                .post(
+                    "/mcp",
+                    &[
+                        ("mcp-protocol-version", "2026-07-28"),
+                        ("mcp-method", "tools/call"),
+                        ("mcp-name", "hello__greet"),
+                    ],
+                    &json!({"jsonrpc": "2.0", "id": self.next_id, "method": "tools/call",
+                            "params": {"name": "hello__greet", "arguments": {"name": "Ada"},
+                            "_meta": {
+                                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                                "io.modelcontextprotocol/clientInfo": {"name": "bench", "version": "0"},
+                                "io.modelcontextprotocol/clientCapabilities": {}}}}),
+                )
+                .await
+        } else {
+            self.conn
+                .post(
+                    "/mcp",
+                    &[
+                        ("mcp-session-id", &self.session),
+                        ("mcp-protocol-version", "2025-11-25"),
+                    ],
+                    &json!({"jsonrpc": "2.0", "id": self.next_id, "method": "tools/call",
+                            "params": {"name": "hello__greet", "arguments": {"name": "Ada"}}}),
+                )
+                .await
+        };
         assert_eq!(status, 200);
         let msg = rpc_message(&body);
         assert_eq!(
@@ -383,7 +419,7 @@ async fn trivial_throughput(addr: SocketAddr, clients: usize, for_how_long: Dura
 }
 
 /// For instruction counts under `valgrind --tool=callgrind`:
-/// `SERVE_BENCH_PROFILE=in-process|http|mcp|raw` makes `SERVE_BENCH_CALLS`
+/// `SERVE_BENCH_PROFILE=in-process|http|mcp|mcp-2026|raw` makes `SERVE_BENCH_CALLS`
 /// sequential calls on that path (after 50 warm-up calls) and exits. The
 /// cost of one call is the difference between two runs with different
 /// counts, divided by the difference in calls.
@@ -401,8 +437,12 @@ async fn profile(data: &Path, path: &str, calls: usize) {
                 assert!(http_greet(&mut c).await);
             }
         }
-        "mcp" => {
-            let mut s = McpSession::open(addr).await;
+        "mcp" | "mcp-2026" => {
+            let mut s = if path == "mcp" {
+                McpSession::open(addr).await
+            } else {
+                McpSession::stateless(addr).await
+            };
             for _ in 0..calls + 50 {
                 s.greet().await;
             }
@@ -426,6 +466,8 @@ enum Path3 {
     InProcess,
     Http,
     Mcp,
+    /// MCP, 2026-07-28 revision (stateless).
+    McpStateless,
 }
 
 /// Calls per second with `clients` concurrent callers for `for_how_long`.
@@ -468,8 +510,12 @@ async fn throughput(
                         done.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                Path3::Mcp => {
-                    let mut s = McpSession::open(addr).await;
+                Path3::Mcp | Path3::McpStateless => {
+                    let mut s = if matches!(path, Path3::Mcp) {
+                        McpSession::open(addr).await
+                    } else {
+                        McpSession::stateless(addr).await
+                    };
                     while !stop.load(Ordering::Relaxed) {
                         s.greet().await;
                         done.fetch_add(1, Ordering::Relaxed);
@@ -513,10 +559,11 @@ async fn start(data: &Path) -> (Arc<Server>, SocketAddr, tokio::sync::oneshot::S
 async fn latency(server: Arc<Server>, addr: SocketAddr, rounds: usize, per_round: usize) {
     let mut http = Conn::open(addr).await;
     let mut mcp = McpSession::open(addr).await;
+    let mut mcp_2026 = McpSession::stateless(addr).await;
     let raw = RawWasmtime::new(false);
     let tuned = RawWasmtime::new(true);
     let (mut a, mut b, mut c, mut r) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut rt = Vec::new();
+    let (mut rt, mut s) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         for _ in 0..per_round {
             let t = Instant::now();
@@ -558,6 +605,14 @@ async fn latency(server: Arc<Server>, addr: SocketAddr, rounds: usize, per_round
                 c.push(d);
             }
         }
+        for _ in 0..per_round {
+            let t = Instant::now();
+            mcp_2026.greet().await;
+            let d = t.elapsed();
+            if round > 0 {
+                s.push(d);
+            }
+        }
     }
     println!(
         "hello.greet latency, one caller ({} interleaved rounds of {per_round}, first dropped):",
@@ -568,12 +623,14 @@ async fn latency(server: Arc<Server>, addr: SocketAddr, rounds: usize, per_round
     let base = summarize("in-process (journaled)", a);
     let h = summarize("HTTP API", b);
     let m = summarize("MCP streamable HTTP", c);
+    let m2 = summarize("MCP streamable HTTP, 2026-07-28", s);
     println!(
-        "  ratio p50: in-process {:.2}x of raw wasmtime with the same pool settings ({:.2}x of the default pool); HTTP {:.2}x, MCP {:.2}x of in-process",
+        "  ratio p50: in-process {:.2}x of raw wasmtime with the same pool settings ({:.2}x of the default pool); HTTP {:.2}x, MCP {:.2}x (2026-07-28 {:.2}x) of in-process",
         us(base) / us(raw_p50),
         us(base) / us(raw_default),
         us(h) / us(base),
-        us(m) / us(base)
+        us(m) / us(base),
+        us(m2) / us(base)
     );
 }
 
@@ -602,15 +659,17 @@ async fn latency_and_throughput(data: &Path, rounds: usize) {
     let window = Duration::from_millis(1500);
     let trivial = trivial_server().await;
     let (mut ta, mut tb, mut tc, mut tt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut tr = Vec::new();
+    let (mut tr, mut ts) = (Vec::new(), Vec::new());
     for _ in 0..3 {
         tr.push(throughput(&server, addr, Path3::Raw, clients, window).await);
         ta.push(throughput(&server, addr, Path3::InProcess, clients, window).await);
         tb.push(throughput(&server, addr, Path3::Http, clients, window).await);
         tc.push(throughput(&server, addr, Path3::Mcp, clients, window).await);
+        ts.push(throughput(&server, addr, Path3::McpStateless, clients, window).await);
         tt.push(trivial_throughput(trivial, clients, window).await);
     }
     let (ta, tb, tc, tt, tr) = (median(ta), median(tb), median(tc), median(tt), median(tr));
+    let ts = median(ts);
     println!("\nhello.greet throughput, {clients} concurrent callers (median of 3 × 1.5 s):");
     println!(
         "  load generator alone   {tt:>8.0} calls/s  (the same HTTP client against a trivial hyper server)"
@@ -627,8 +686,12 @@ async fn latency_and_throughput(data: &Path, rounds: usize) {
         tb / ta
     );
     println!(
-        "  MCP streamable HTTP    {tc:>8.0} calls/s  ({:.2}x of in-process)",
+        "  MCP streamable HTTP    {tc:>8.0} calls/s  ({:.2}x of in-process; 2025-11-25, a session)",
         tc / ta
+    );
+    println!(
+        "  MCP, 2026-07-28        {ts:>8.0} calls/s  ({:.2}x of in-process; stateless, no session)",
+        ts / ta
     );
 
     // Hot swap: 8 HTTP callers; versions 1 and 2 of `hello` alternate every
@@ -885,6 +948,7 @@ fn main() {
                 "in-process" => Path3::InProcess,
                 "http" => Path3::Http,
                 "mcp" => Path3::Mcp,
+                "mcp-2026" => Path3::McpStateless,
                 other => panic!("SERVE_BENCH_LOAD: unknown path `{other}`"),
             };
             let n = throughput(&server, addr, which, 8, Duration::from_secs_f64(secs)).await;

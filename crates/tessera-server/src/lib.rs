@@ -76,6 +76,8 @@ pub struct Server {
     loading: Mutex<HashMap<String, Pending>>,
     /// The id of the next background load.
     load_ids: AtomicU64,
+    /// One per core: loads from the compile cache running at once.
+    load_slots: Semaphore,
     /// `registry.json`'s modification time at the last sync.
     registry_seen: Mutex<Option<std::time::SystemTime>>,
     calls: Arc<Semaphore>,
@@ -180,6 +182,9 @@ impl Server {
             load_failures: Mutex::new(HashMap::new()),
             loading: Mutex::new(HashMap::new()),
             load_ids: AtomicU64::new(0),
+            load_slots: Semaphore::new(
+                std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+            ),
             registry_seen: Mutex::new(None),
             audit: live,
             audit_sink,

@@ -501,7 +501,12 @@ pub fn http_service(
     sessions: CancellationToken,
 ) -> McpHttpService {
     let hosts = server.request_guard(local).host_list();
+    // Sessions for the revisions that have them (2025-11-25 and before:
+    // `list_changed` reaches a client on its session's stream). A request
+    // of the sessionless 2026-07-28 revision whose answer is a single
+    // message gets it as a plain JSON body, not a one-event SSE stream.
     let config = StreamableHttpServerConfig::default()
+        .with_json_response(true)
         .with_cancellation_token(sessions)
         .with_max_request_body_bytes(server.config.max_body_bytes);
     let config = if hosts.is_empty() {

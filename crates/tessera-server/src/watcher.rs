@@ -183,6 +183,16 @@ impl Server {
         };
         let started = Instant::now();
         let observer = self.config.load_observer.clone().filter(|_| compiling);
+        // A load from the compile cache is short and CPU-bound: at most one
+        // per core runs at a time (more would only add blocking threads,
+        // each with its own stack and allocator arena). A compile takes no
+        // slot: wasmtime spreads it over the cores itself, and a long one
+        // must not hold cached components back.
+        let _slot = if compiling {
+            None
+        } else {
+            self.load_slots.acquire().await.ok()
+        };
         let result = active::load(
             &self.runtime,
             &self.registry,

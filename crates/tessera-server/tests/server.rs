@@ -596,6 +596,63 @@ async fn spinning_component_does_not_delay_hello_and_shutdown_cancels_it() {
     assert!(runs.iter().all(|r| r.end.is_some()), "{runs:?}");
 }
 
+/// The 2026-07-28 revision has no session: a `tools/call` carries its
+/// protocol version and the client's capabilities, and its one-message
+/// answer comes as a plain JSON body, not as a stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_sessionless_call_is_answered_with_a_json_body() {
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), |_| {}).await;
+    let (status, body) = s.add("hello", "hello").await;
+    assert_eq!(status, 201, "{body}");
+    let addr = s.addr;
+    let call = json!({
+        "jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": {
+            "name": "hello__greet", "arguments": {"name": "Ada"},
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "0"},
+                "io.modelcontextprotocol/clientCapabilities": {}
+            }
+        }
+    })
+    .to_string();
+    let host = format!("127.0.0.1:{}", addr.port());
+    let (status, head, body) = tokio::task::spawn_blocking(move || {
+        raw_request(
+            addr,
+            "POST",
+            "/mcp",
+            &[
+                ("Host", &host),
+                ("Content-Type", "application/json"),
+                ("Accept", "application/json, text/event-stream"),
+                ("MCP-Protocol-Version", "2026-07-28"),
+                ("Mcp-Method", "tools/call"),
+                ("Mcp-Name", "hello__greet"),
+            ],
+            &call,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{head}\n{body}");
+    assert_eq!(
+        header_value(&head, "content-type").as_deref(),
+        Some("application/json"),
+        "{head}"
+    );
+    assert!(header_value(&head, "mcp-session-id").is_none(), "{head}");
+    let answer: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(answer["id"], 7, "{answer}");
+    assert_eq!(
+        answer["result"]["structuredContent"]["result"], "Hello, Ada!",
+        "{answer}"
+    );
+    s.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcp_endpoint_requires_a_call_scope() {
     let data = tempfile::tempdir().unwrap();
