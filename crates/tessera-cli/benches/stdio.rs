@@ -152,6 +152,20 @@ fn main() {
         );
         peer.until(r#""id":0"#);
         peer.send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        // `initialize` is answered before a component that is not in the
+        // compile cache is compiled: wait until `hello` is served.
+        for id in 1_000_000u64.. {
+            peer.send(&format!(
+                r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/list"}}"#
+            ));
+            if peer
+                .until(&format!(r#""id":{id}"#))
+                .contains("hello__greet")
+            {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         (peer, dir)
     };
     // Peers: this build, optionally another build of `tessera` to compare
