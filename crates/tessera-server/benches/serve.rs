@@ -564,55 +564,27 @@ async fn latency(server: Arc<Server>, addr: SocketAddr, rounds: usize, per_round
     let tuned = RawWasmtime::new(true);
     let (mut a, mut b, mut c, mut r) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut rt, mut s) = (Vec::new(), Vec::new());
+    // `per_round` calls of `$call`, each timed into `$into` (not in the
+    // warm-up round).
+    macro_rules! timed {
+        ($round:expr, $into:expr, $call:expr) => {
+            for _ in 0..per_round {
+                let t = Instant::now();
+                $call;
+                let d = t.elapsed();
+                if $round > 0 {
+                    $into.push(d);
+                }
+            }
+        };
+    }
     for round in 0..rounds {
-        for _ in 0..per_round {
-            let t = Instant::now();
-            raw.greet().await;
-            let d = t.elapsed();
-            if round > 0 {
-                r.push(d);
-            }
-        }
-        for _ in 0..per_round {
-            let t = Instant::now();
-            tuned.greet().await;
-            let d = t.elapsed();
-            if round > 0 {
-                rt.push(d);
-            }
-        }
-        for _ in 0..per_round {
-            let t = Instant::now();
-            in_process_greet(&server).await;
-            let d = t.elapsed();
-            if round > 0 {
-                a.push(d);
-            }
-        }
-        for _ in 0..per_round {
-            let t = Instant::now();
-            assert!(http_greet(&mut http).await);
-            let d = t.elapsed();
-            if round > 0 {
-                b.push(d);
-            }
-        }
-        for _ in 0..per_round {
-            let t = Instant::now();
-            mcp.greet().await;
-            let d = t.elapsed();
-            if round > 0 {
-                c.push(d);
-            }
-        }
-        for _ in 0..per_round {
-            let t = Instant::now();
-            mcp_2026.greet().await;
-            let d = t.elapsed();
-            if round > 0 {
-                s.push(d);
-            }
-        }
+        timed!(round, r, raw.greet().await);
+        timed!(round, rt, tuned.greet().await);
+        timed!(round, a, in_process_greet(&server).await);
+        timed!(round, b, assert!(http_greet(&mut http).await));
+        timed!(round, c, mcp.greet().await);
+        timed!(round, s, mcp_2026.greet().await);
     }
     println!(
         "hello.greet latency, one caller ({} interleaved rounds of {per_round}, first dropped):",
