@@ -14,6 +14,13 @@
 //! corrupt, truncated or foreign entry is removed and the component is
 //! recompiled.
 //!
+//! Beside the artifact an entry holds *notes*: what the runtime derived
+//! from the component's bytes that the artifact does not carry (its WIT
+//! doc comments, which take longer to decode than the artifact takes to
+//! load). The cache stores them as opaque bytes under the same checksum;
+//! the runtime says what they mean. Entries of the previous format (no
+//! notes) are still read.
+//!
 //! One cache serves every data directory and every process of a user
 //! (`$XDG_CACHE_HOME/tessera`, see [`default_dir`]): the same bytes are
 //! compiled once per machine and engine, not once per data directory. Any
@@ -35,9 +42,15 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-const MAGIC: &[u8; 16] = b"tessera-cwasm-2\n";
-/// Magic, component digest, payload SHA-256, payload length.
-const HEADER_LEN: usize = MAGIC.len() + 32 + 32 + 8;
+/// Entries written now: magic, component digest, SHA-256 of the artifact
+/// and the notes, artifact length, notes length; then the artifact, then
+/// the notes.
+const MAGIC: &[u8; 16] = b"tessera-cwasm-3\n";
+const HEADER_LEN: usize = MAGIC.len() + 32 + 32 + 8 + 8;
+/// Entries of the format before: magic, component digest, SHA-256 of the
+/// artifact, artifact length; then the artifact. Read, never written.
+const MAGIC_V2: &[u8; 16] = b"tessera-cwasm-2\n";
+const HEADER_LEN_V2: usize = MAGIC_V2.len() + 32 + 32 + 8;
 
 /// The environment variable that overrides the cache directory (the CLI's
 /// `--cache-dir` reads it too).
@@ -85,6 +98,15 @@ pub enum CacheStatus {
     Disabled,
     /// This runtime had already compiled the component (same digest).
     Memory,
+}
+
+/// A valid entry, as [`ComponentCache::load`] found it.
+pub struct CachedComponent {
+    /// The compiled component.
+    pub component: Component,
+    /// The notes stored with it by [`ComponentCache::store`] (empty for an
+    /// entry of the previous format).
+    pub notes: Vec<u8>,
 }
 
 /// Compiled components on disk.
@@ -138,14 +160,14 @@ impl ComponentCache {
 
     /// Loads an entry. `Ok(None)` means there is none; `Err(reason)` means
     /// there was one and it was rejected (and removed).
-    pub fn load(&self, engine: &Engine, digest: &str) -> Result<Option<Component>, String> {
+    pub fn load(&self, engine: &Engine, digest: &str) -> Result<Option<CachedComponent>, String> {
         let path = self.entry_path(digest);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.reject(&path, format!("unreadable: {e}"))),
         };
-        let payload = match check_entry(&bytes, digest) {
+        let (payload, notes) = match check_entry(&bytes, digest) {
             Ok(p) => p,
             Err(reason) => return Err(self.reject(&path, reason)),
         };
@@ -158,7 +180,10 @@ impl ComponentCache {
         #[allow(unsafe_code)]
         let component = unsafe { Component::deserialize(engine, payload) };
         match component {
-            Ok(c) => Ok(Some(c)),
+            Ok(component) => Ok(Some(CachedComponent {
+                component,
+                notes: notes.to_vec(),
+            })),
             Err(e) => Err(self.reject(&path, format!("not loadable by this engine: {e}"))),
         }
     }
@@ -173,8 +198,9 @@ impl ComponentCache {
     /// temporary file of its own in the entry's directory, `fsync`ed, and
     /// renamed over the entry (then the directory is `fsync`ed), so readers
     /// never see a half-written entry and concurrent writers of the same
-    /// entry never interfere.
-    pub fn store(&self, digest: &str, component: &Component) -> std::io::Result<()> {
+    /// entry never interfere. `notes` are kept with it (see the module
+    /// documentation) and handed back by [`ComponentCache::load`].
+    pub fn store(&self, digest: &str, component: &Component, notes: &[u8]) -> std::io::Result<()> {
         let payload = component
             .serialize()
             .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -186,11 +212,16 @@ impl ComponentCache {
             .tempfile_in(&self.dir)?;
         {
             let f = tmp.as_file_mut();
+            let mut sum = Sha256::new();
+            sum.update(&payload);
+            sum.update(notes);
             f.write_all(MAGIC)?;
             f.write_all(&digest_bytes(digest))?;
-            f.write_all(&Sha256::digest(&payload))?;
+            f.write_all(&sum.finalize())?;
             f.write_all(&(payload.len() as u64).to_le_bytes())?;
+            f.write_all(&(notes.len() as u64).to_le_bytes())?;
             f.write_all(&payload)?;
+            f.write_all(notes)?;
             f.sync_all()?;
         }
         tmp.persist(&path).map_err(|e| e.error)?;
@@ -235,10 +266,24 @@ fn digest_bytes(digest: &str) -> [u8; 32] {
     out
 }
 
-fn check_entry<'a>(bytes: &'a [u8], digest: &str) -> Result<&'a [u8], String> {
-    if bytes.len() < HEADER_LEN || &bytes[..MAGIC.len()] != MAGIC {
+/// The artifact and the notes of an entry, once its header and checksum
+/// are found right.
+fn check_entry<'a>(bytes: &'a [u8], digest: &str) -> Result<(&'a [u8], &'a [u8]), String> {
+    let (header_len, has_notes) = if bytes.starts_with(MAGIC) {
+        (HEADER_LEN, true)
+    } else if bytes.starts_with(MAGIC_V2) {
+        (HEADER_LEN_V2, false)
+    } else {
+        return Err("not a Tessera cache entry (bad header)".into());
+    };
+    if bytes.len() < header_len {
         return Err("not a Tessera cache entry (bad header)".into());
     }
+    let field = |at: usize| -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_le_bytes(b)
+    };
     let mut at = MAGIC.len();
     if bytes[at..at + 32] != digest_bytes(digest) {
         return Err("entry belongs to another component (digest mismatch)".into());
@@ -246,21 +291,21 @@ fn check_entry<'a>(bytes: &'a [u8], digest: &str) -> Result<&'a [u8], String> {
     at += 32;
     let sum = &bytes[at..at + 32];
     at += 32;
-    let len_bytes: [u8; 8] = bytes[at..HEADER_LEN]
-        .try_into()
-        .map_err(|_| "bad header".to_string())?;
-    let len = u64::from_le_bytes(len_bytes);
-    let payload = &bytes[HEADER_LEN..];
-    if payload.len() as u64 != len {
+    let len = field(at);
+    let notes_len = if has_notes { field(at + 8) } else { 0 };
+    let body = &bytes[header_len..];
+    if len.checked_add(notes_len) != Some(body.len() as u64) {
         return Err(format!(
-            "truncated or padded: header says {len} bytes, found {}",
-            payload.len()
+            "truncated or padded: header says {} bytes, found {}",
+            len.saturating_add(notes_len),
+            body.len()
         ));
     }
-    if Sha256::digest(payload).as_slice() != sum {
+    if Sha256::digest(body).as_slice() != sum {
         return Err("checksum mismatch (corrupted)".into());
     }
-    Ok(payload)
+    // `len` fits: it is at most `body.len()`.
+    Ok(body.split_at(len as usize))
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ pub mod snapshot;
 pub mod tools;
 
 pub use audit::{AuditEvent, AuditSink, Decision};
-pub use cache::{CacheStatus, ComponentCache};
+pub use cache::{CacheStatus, CachedComponent, ComponentCache};
 pub use call::{CallFailure, CallOptions, CallOutcome, LoadedComponent};
 pub use capability::{Effects, HostConfig};
 pub use host::HostState;

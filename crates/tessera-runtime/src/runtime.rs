@@ -479,9 +479,9 @@ impl Runtime {
         if let Some(c) = known {
             return Ok((c, CacheStatus::Memory));
         }
-        let (component, status) = self.compile(prepared)?;
-        let functions =
-            schema::functions(&self.inner.engine, &component, &prepared.component_bytes);
+        let (component, status, docs) = self.compile(prepared)?;
+        let docs = docs.unwrap_or_else(|| schema::Docs::of(&prepared.component_bytes));
+        let functions = schema::functions_with_docs(&self.inner.engine, &component, &docs);
         let compiled = Compiled {
             component,
             functions,
@@ -554,7 +554,12 @@ impl Runtime {
         self.load(&prepared, grants)
     }
 
-    fn compile(&self, p: &Prepared) -> Result<(Component, CacheStatus), Error> {
+    /// Compiles a component, or loads it from the compile cache with the
+    /// doc comments kept beside it (`None`: read them from the bytes).
+    fn compile(
+        &self,
+        p: &Prepared,
+    ) -> Result<(Component, CacheStatus, Option<schema::Docs>), Error> {
         let engine = &self.inner.engine;
         let compile = || {
             Component::from_binary(engine, &p.component_bytes).map_err(|e| Error::Compile {
@@ -563,18 +568,22 @@ impl Runtime {
             })
         };
         let Some(cache) = &self.inner.cache else {
-            return Ok((compile()?, CacheStatus::Disabled));
+            return Ok((compile()?, CacheStatus::Disabled, None));
         };
         let status = match cache.load(engine, &p.digest) {
-            Ok(Some(c)) => return Ok((c, CacheStatus::Hit)),
+            Ok(Some(c)) => {
+                let docs = schema::Docs::from_notes(&c.notes);
+                return Ok((c.component, CacheStatus::Hit, docs));
+            }
             Ok(None) => CacheStatus::Miss,
             Err(reason) => CacheStatus::Rejected(reason),
         };
         let component = compile()?;
-        if let Err(e) = cache.store(&p.digest, &component) {
+        let docs = schema::Docs::of(&p.component_bytes);
+        if let Err(e) = cache.store(&p.digest, &component, &docs.to_notes()) {
             tracing::warn!("cannot write compile cache entry: {e}");
         }
-        Ok((component, status))
+        Ok((component, status, Some(docs)))
     }
 }
 

@@ -127,16 +127,26 @@ pub fn interface_short(iface: &str) -> &str {
     no_version.rsplit('/').next().unwrap_or(no_version)
 }
 
-/// Lists every exported function of `component` with its schemas.
+/// Lists every exported function of `component` with its schemas, and the
+/// doc comments `bytes` (the component's own bytes) carry.
 pub fn functions(engine: &Engine, component: &Component, bytes: &[u8]) -> Vec<FunctionInfo> {
-    let docs = wit_docs(bytes);
+    functions_with_docs(engine, component, &Docs::of(bytes))
+}
+
+/// [`functions`] with the doc comments already read (see [`Docs`]).
+pub fn functions_with_docs(
+    engine: &Engine,
+    component: &Component,
+    docs: &Docs,
+) -> Vec<FunctionInfo> {
+    let docs = &docs.0;
     let ty = component.component_type();
     let mut out = Vec::new();
     for (name, item) in ty.exports(engine) {
         match item.ty {
             ComponentItem::ComponentFunc(f) => {
                 if let Some(export) = component.get_export_index(None, name) {
-                    out.push(describe(None, name, &f, export, &docs));
+                    out.push(describe(None, name, &f, export, docs));
                 }
             }
             ComponentItem::ComponentInstance(inst) => {
@@ -147,7 +157,7 @@ pub fn functions(engine: &Engine, component: &Component, bytes: &[u8]) -> Vec<Fu
                     if let ComponentItem::ComponentFunc(f) = fitem.ty
                         && let Some(export) = component.get_export_index(Some(&iface_index), fname)
                     {
-                        out.push(describe(Some(name), fname, &f, export, &docs));
+                        out.push(describe(Some(name), fname, &f, export, docs));
                     }
                 }
             }
@@ -335,13 +345,81 @@ fn tagged(name: &str, schema: Value) -> Value {
     })
 }
 
-/// Doc comments of exported functions, keyed by (interface, function).
+/// The doc comments of a component's exported functions, keyed by
+/// (interface, function).
 ///
-/// Two sources, both produced by standard tooling: the `package-docs`
-/// section (world-level docs, read by `wit_component::decode`), and a
-/// `wit-package` custom section holding the component's whole WIT package in
-/// binary form (as `wasm-tools component wit --wasm` writes it), which also
-/// carries docs of functions inside exported interfaces.
+/// Reading them decodes the component's WIT, which takes longer than
+/// loading its compiled artifact; so the runtime keeps them with the
+/// artifact in the compile cache ([`Docs::to_notes`], [`Docs::from_notes`])
+/// and reads them from the bytes only when it compiles.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Docs(HashMap<(Option<String>, String), String>);
+
+/// How [`Docs`] are kept in a compile cache entry's notes. A change to what
+/// [`Docs::of`] reads bumps `version`, so notes written by an older build
+/// are read from the bytes again instead of believed.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DocsNotes {
+    docs_version: u32,
+    docs: Vec<DocNote>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DocNote {
+    interface: Option<String>,
+    function: String,
+    text: String,
+}
+
+/// The version of what [`Docs::of`] reads.
+const DOCS_VERSION: u32 = 1;
+
+impl Docs {
+    /// Reads the doc comments from a component's bytes.
+    ///
+    /// Two sources, both produced by standard tooling: the `package-docs`
+    /// section (world-level docs, read by `wit_component::decode`), and a
+    /// `wit-package` custom section holding the component's whole WIT
+    /// package in binary form (as `wasm-tools component wit --wasm` writes
+    /// it), which also carries docs of functions inside exported interfaces.
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(wit_docs(bytes))
+    }
+
+    /// The docs as compile cache notes (JSON).
+    pub fn to_notes(&self) -> Vec<u8> {
+        let mut docs: Vec<DocNote> = self
+            .0
+            .iter()
+            .map(|((interface, function), text)| DocNote {
+                interface: interface.clone(),
+                function: function.clone(),
+                text: text.clone(),
+            })
+            .collect();
+        docs.sort_by(|a, b| (&a.interface, &a.function).cmp(&(&b.interface, &b.function)));
+        serde_json::to_vec(&DocsNotes {
+            docs_version: DOCS_VERSION,
+            docs,
+        })
+        .unwrap_or_default()
+    }
+
+    /// The docs kept in compile cache notes, or `None` when the notes hold
+    /// none of this version (an entry of an older format or build).
+    pub fn from_notes(notes: &[u8]) -> Option<Self> {
+        let n: DocsNotes = serde_json::from_slice(notes).ok()?;
+        (n.docs_version == DOCS_VERSION).then(|| {
+            Self(
+                n.docs
+                    .into_iter()
+                    .map(|d| ((d.interface, d.function), d.text))
+                    .collect(),
+            )
+        })
+    }
+}
+
 fn wit_docs(bytes: &[u8]) -> HashMap<(Option<String>, String), String> {
     use wit_parser::{WorldItem, WorldKey};
     let mut out = HashMap::new();

@@ -602,16 +602,19 @@ async fn concurrency_limit() {
 
 // ---------------------------------------------------------------- cache
 
+/// A runtime with its compile cache in `dir`.
+fn cached_runtime(dir: &Path) -> Runtime {
+    Runtime::new(RuntimeConfig {
+        cache_dir: Some(dir.to_path_buf()),
+        ..RuntimeConfig::default()
+    })
+    .unwrap()
+}
+
 #[test]
 fn compile_cache_hit_miss_and_corruption() {
     let dir = tempfile::tempdir().unwrap();
-    let make = || {
-        Runtime::new(RuntimeConfig {
-            cache_dir: Some(dir.path().to_path_buf()),
-            ..RuntimeConfig::default()
-        })
-        .unwrap()
-    };
+    let make = || cached_runtime(dir.path());
     let rt = make();
     let path = component("hello");
     let first = rt.load_file(&path, grants("")).unwrap();
@@ -663,6 +666,70 @@ fn compile_cache_hit_miss_and_corruption() {
     assert_eq!(out.result.unwrap(), json!("Hello, cache!"));
 }
 
+/// The doc comments of a component are kept with its compiled artifact:
+/// a load from the cache describes its functions as the compile did, from
+/// the entry's notes (not the bytes), and an entry of the previous format,
+/// which has no notes, still loads and reads them from the bytes.
+#[test]
+fn compile_cache_keeps_the_doc_comments() {
+    let dir = tempfile::tempdir().unwrap();
+    let make = || cached_runtime(dir.path());
+    let docs = |c: &tessera_runtime::LoadedComponent| -> Vec<(String, Option<String>)> {
+        c.functions()
+            .iter()
+            .map(|f| (f.qualified_name(), f.docs.clone()))
+            .collect()
+    };
+    let path = component("hello");
+    let compiled = make().load_file(&path, grants("")).unwrap();
+    assert_eq!(compiled.cache_status(), &CacheStatus::Miss);
+    let greet = compiled.function("greet").unwrap();
+    assert!(
+        greet.docs.as_deref().is_some_and(|d| !d.is_empty()),
+        "hello's greet has a doc comment: {:?}",
+        greet.docs
+    );
+    let hit = make().load_file(&path, grants("")).unwrap();
+    assert_eq!(hit.cache_status(), &CacheStatus::Hit);
+    assert_eq!(docs(&hit), docs(&compiled));
+
+    // The notes are what a hit reads: rewrite them and the docs follow.
+    let rt = make();
+    let cache = rt.cache().unwrap().clone();
+    let artifact =
+        wasmtime::component::Component::from_binary(rt.engine(), &std::fs::read(&path).unwrap())
+            .unwrap();
+    let notes = json!({"docs_version": 1, "docs": [
+        {"interface": null, "function": "greet", "text": "Kept in the cache."}
+    ]});
+    cache
+        .store(compiled.digest(), &artifact, notes.to_string().as_bytes())
+        .unwrap();
+    let from_notes = make().load_file(&path, grants("")).unwrap();
+    assert_eq!(from_notes.cache_status(), &CacheStatus::Hit);
+    assert_eq!(
+        from_notes.function("greet").unwrap().docs.as_deref(),
+        Some("Kept in the cache.")
+    );
+
+    // An entry of the previous format: header without a notes length, no
+    // notes. Still a hit, with the docs read from the bytes.
+    let payload = artifact.serialize().unwrap();
+    let mut old = b"tessera-cwasm-2\n".to_vec();
+    let hex = compiled.digest().strip_prefix("sha256:").unwrap();
+    old.extend((0..32).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()));
+    {
+        use sha2::Digest as _;
+        old.extend(sha2::Sha256::digest(&payload));
+    }
+    old.extend((payload.len() as u64).to_le_bytes());
+    old.extend(&payload);
+    std::fs::write(cache.entry_path(compiled.digest()), &old).unwrap();
+    let from_old = make().load_file(&path, grants("")).unwrap();
+    assert_eq!(from_old.cache_status(), &CacheStatus::Hit);
+    assert_eq!(docs(&from_old), docs(&compiled));
+}
+
 /// Many writers and readers of one entry at once, as several processes
 /// sharing the per-user cache are: every write succeeds, a reader finds no
 /// entry or a whole valid one (never a partial file), and no temporary file
@@ -689,7 +756,7 @@ fn compile_cache_is_safe_under_concurrent_writers() {
                 start.wait();
                 for _ in 0..15 {
                     cache
-                        .store(&prepared.digest, &compiled)
+                        .store(&prepared.digest, &compiled, b"notes")
                         .expect("a concurrent write fails");
                 }
                 writing.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
@@ -702,7 +769,10 @@ fn compile_cache_is_safe_under_concurrent_writers() {
                     let (mut found, mut missing) = (0, 0);
                     while writing.load(std::sync::atomic::Ordering::SeqCst) > 0 {
                         match cache.load(rt.engine(), &prepared.digest) {
-                            Ok(Some(_)) => found += 1,
+                            Ok(Some(c)) => {
+                                assert_eq!(c.notes, b"notes", "notes lost or mixed up");
+                                found += 1;
+                            }
                             Ok(None) => missing += 1,
                             Err(reason) => panic!("a reader saw a bad entry: {reason}"),
                         }

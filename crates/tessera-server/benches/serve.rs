@@ -459,6 +459,45 @@ async fn profile(data: &Path, path: &str, calls: usize) {
     let _ = stop.send(());
 }
 
+/// `SERVE_BENCH_PROFILE=start`: opens a server with the 50 components of
+/// [`register_fifty`], all in the compile cache, `SERVE_BENCH_CALLS` times
+/// (after one open that fills the cache), printing the median time to
+/// ready and to the moment every load has begun (`Server::start`
+/// returned): what a sampling profiler should watch for start-up costs.
+async fn profile_start(opens: usize) {
+    let data = tempfile::tempdir().unwrap();
+    register_fifty(data.path());
+    let mut times = Vec::new();
+    let mut begun = Vec::new();
+    for i in 0..opens + 1 {
+        let t = Instant::now();
+        let server = Server::start(config(data.path())).await.unwrap();
+        let b = t.elapsed();
+        server.started().await;
+        server.loaded().await;
+        if i > 0 {
+            times.push(t.elapsed());
+            begun.push(b);
+        }
+        assert_eq!(server.active_names().len(), 50);
+        let weak = Arc::downgrade(&server);
+        drop(server);
+        while weak.strong_count() > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // The last owner may still be closing the journal.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    times.sort();
+    begun.sort();
+    println!(
+        "start with 50 cached components: p50 {:.1} ms over {} opens (loads begun after {:.1} ms)",
+        times[times.len() / 2].as_secs_f64() * 1e3,
+        times.len(),
+        begun[begun.len() / 2].as_secs_f64() * 1e3,
+    );
+}
+
 #[derive(Clone, Copy)]
 enum Path3 {
     /// Plain wasmtime with Tessera's pool settings, no server.
@@ -891,6 +930,10 @@ fn main() {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(1000);
+        if path == "start" {
+            rt.block_on(profile_start(calls));
+            return;
+        }
         rt.block_on(async {
             let data = tempfile::tempdir().unwrap();
             let registry = tessera_server::registry::Registry::open(data.path()).unwrap();

@@ -196,6 +196,9 @@ impl Server {
         let Ok(permit) = self.calls.clone().try_acquire_owned() else {
             return Err(CallError::Overloaded(self.config.max_calls));
         };
+        if self.active(name).is_none() {
+            self.until_loaded_from_cache(name).await;
+        }
         // Hold the version for the whole call: a swap does not touch it.
         let active = self
             .active(name)

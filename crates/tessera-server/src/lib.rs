@@ -86,6 +86,9 @@ pub struct Server {
     /// Bumped whenever the set of tools changes (a component loaded,
     /// swapped or removed).
     tools_changed: watch::Sender<u64>,
+    /// Becomes `true` when the loads from the compile cache that
+    /// [`Server::start`] began have ended.
+    started: watch::Sender<bool>,
     /// Parent of every call's cancellation token: cancelled at shutdown.
     shutdown: CancellationToken,
     /// Cancelled when shutdown begins.
@@ -142,6 +145,18 @@ impl Server {
     /// [`Server::loaded`]), each announced through
     /// [`Server::tools_changed`].
     pub async fn open(config: ServerConfig) -> Result<Arc<Self>, ServerError> {
+        let server = Self::start(config).await?;
+        server.started().await;
+        Ok(server)
+    }
+
+    /// [`Server::open`], returning as soon as the data directory is open
+    /// and every load has begun, before any has ended: what an MCP server
+    /// on stdio does, so that it answers `initialize` at once. Until the
+    /// loads from the compile cache have ended ([`Server::started`]), the
+    /// MCP tool list waits for them, and a call to a component being loaded
+    /// from the cache waits for its load; compiles are never waited for.
+    pub async fn start(config: ServerConfig) -> Result<Arc<Self>, ServerError> {
         let audit_path = config.data.join("audit.jsonl");
         let file = JsonLinesAudit::open(&audit_path).map_err(|source| ServerError::Audit {
             path: audit_path.clone(),
@@ -189,11 +204,25 @@ impl Server {
             audit: live,
             audit_sink,
             tools_changed: watch::channel(0).0,
+            started: watch::channel(false).0,
             shutdown: CancellationToken::new(),
             stopping: CancellationToken::new(),
         });
-        server.sync_in_background().await?;
+        let plan = server.begin_sync()?;
+        let first = server.clone();
+        tokio::spawn(async move {
+            first.finish_sync(plan, false).await;
+            first.started.send_replace(true);
+        });
         Ok(server)
+    }
+
+    /// Waits until the loads [`Server::start`] began from the compile cache
+    /// have ended (each served, or failed and listed by
+    /// [`Server::load_failures`]). Returns at once after [`Server::open`].
+    pub async fn started(&self) {
+        let mut started = self.started.subscribe();
+        let _ = started.wait_for(|s| *s).await;
     }
 
     /// The active version of a component.

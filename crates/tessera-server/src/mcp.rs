@@ -368,6 +368,9 @@ impl ServerHandler for McpService {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
+        // A server started without waiting lists the components of the
+        // compile cache once they are loaded (milliseconds after start).
+        self.server.started().await;
         Ok(ListToolsResult::with_all_items(
             tools(&self.server).into_iter().map(|t| t.tool).collect(),
         ))
@@ -379,6 +382,12 @@ impl ServerHandler for McpService {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let name = request.name.to_string();
+        self.server.started().await;
+        if let Some((component, _)) = name.split_once("__")
+            && self.server.active(component).is_none()
+        {
+            self.server.until_loaded_from_cache(component).await;
+        }
         let Some((component, function)) = resolve(&self.server, &name) else {
             let component = name.split("__").next().unwrap_or_default();
             if self.server.active(component).is_none()

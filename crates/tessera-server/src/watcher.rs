@@ -22,6 +22,21 @@ use crate::active::{self, Loading, Pending};
 use crate::registry::Version;
 use crate::{Server, ServerError};
 
+/// A load a sync waits for: name, version, record, and its end.
+type Wait = (String, usize, Version, watch::Receiver<bool>);
+
+/// What [`Server::begin_sync`] started, for [`Server::finish_sync`].
+pub(crate) struct SyncPlan {
+    /// `registry.json`'s modification time when it was read.
+    seen: Option<std::time::SystemTime>,
+    /// The registry as read.
+    entries: std::collections::BTreeMap<String, crate::registry::Entry>,
+    /// Loads from the compile cache.
+    cached: Vec<Wait>,
+    /// Compiles.
+    compiling: Vec<Wait>,
+}
+
 /// A version to load, decided under the `loading` lock.
 struct Job {
     id: u64,
@@ -52,6 +67,14 @@ impl Server {
         self: &Arc<Self>,
         wait_for_compiles: bool,
     ) -> Result<Vec<String>, ServerError> {
+        let plan = self.begin_sync()?;
+        Ok(self.finish_sync(plan, wait_for_compiles).await)
+    }
+
+    /// The first half of a sync: reads the registry and starts a load of
+    /// every version that is not served yet (compiles after the loads from
+    /// the cache). Nothing here waits.
+    pub(crate) fn begin_sync(self: &Arc<Self>) -> Result<SyncPlan, ServerError> {
         let seen = self.registry.modified();
         let entries = self.registry.list()?;
         // (name, version, record, done) of every load this sync waits for.
@@ -134,6 +157,28 @@ impl Server {
                 });
             }
         }
+        Ok(SyncPlan {
+            seen,
+            entries,
+            cached,
+            compiling,
+        })
+    }
+
+    /// The second half of a sync: waits for the loads from the cache (and
+    /// the compiles, if asked), forgets removed components, and returns
+    /// the names that changed.
+    pub(crate) async fn finish_sync(
+        self: &Arc<Self>,
+        plan: SyncPlan,
+        wait_for_compiles: bool,
+    ) -> Vec<String> {
+        let SyncPlan {
+            seen,
+            entries,
+            cached,
+            compiling,
+        } = plan;
         let mut changed = Vec::new();
         let mut waits = cached;
         if wait_for_compiles {
@@ -160,7 +205,21 @@ impl Server {
         }
         changed.extend(removed);
         *self.registry_seen.lock().unwrap_or_else(|p| p.into_inner()) = seen;
-        Ok(changed)
+        changed
+    }
+
+    /// If `name` is being loaded from the compile cache (which takes
+    /// milliseconds), waits until that load has ended. A compile is not
+    /// waited for: it can take many seconds.
+    pub(crate) async fn until_loaded_from_cache(&self, name: &str) {
+        let pending = self
+            .loading_mut()
+            .get(name)
+            .filter(|p| !p.info.compiling)
+            .map(|p| p.done.clone());
+        if let Some(mut done) = pending {
+            let _ = done.wait_for(|d| *d).await;
+        }
     }
 
     /// Loads one version and, if it is still the one wanted, serves it (or

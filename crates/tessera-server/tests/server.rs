@@ -1664,6 +1664,49 @@ struct LineClient {
 }
 
 impl LineClient {
+    /// Serves `server` over an in-memory pipe (the stdio handler) and
+    /// connects to it.
+    fn serve(
+        server: &Arc<Server>,
+    ) -> (
+        Self,
+        tokio::task::JoinHandle<Result<(), tessera_server::ServerError>>,
+    ) {
+        let (client, server_end) = tokio::io::duplex(1 << 16);
+        let (server_in, server_out) = tokio::io::split(server_end);
+        let serving = tokio::spawn(server.clone().serve_io(
+            server_in,
+            server_out,
+            std::future::pending(),
+        ));
+        let (client_in, client_out) = tokio::io::split(client);
+        let client = LineClient {
+            lines: tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(client_in)),
+            out: client_out,
+            notifications: Vec::new(),
+        };
+        (client, serving)
+    }
+
+    /// The MCP handshake; returns the `initialize` answer.
+    async fn initialize(&mut self) -> Value {
+        let init = self
+            .request(
+                1,
+                "initialize",
+                json!({
+                    "protocolVersion": "2025-11-25",
+                    "capabilities": {},
+                    "clientInfo": { "name": "test", "version": "0" }
+                }),
+            )
+            .await;
+        assert_eq!(init["result"]["serverInfo"]["name"], "tessera", "{init}");
+        self.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await;
+        init
+    }
+
     async fn send(&mut self, message: Value) {
         use tokio::io::AsyncWriteExt as _;
         let mut line = message.to_string();
@@ -1765,37 +1808,12 @@ async fn mcp_answers_while_a_component_compiles_and_it_joins_later() {
     assert!(loading.compiling && loading.version == 1, "{loading:?}");
     assert_eq!(hold.state.lock().unwrap().compiling, ["slow"]);
 
-    let (client, server_end) = tokio::io::duplex(1 << 16);
-    let (server_in, server_out) = tokio::io::split(server_end);
-    let serving = tokio::spawn(s.server.clone().serve_io(
-        server_in,
-        server_out,
-        std::future::pending(),
-    ));
-    let (client_in, client_out) = tokio::io::split(client);
-    let mut mcp = LineClient {
-        lines: tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(client_in)),
-        out: client_out,
-        notifications: Vec::new(),
-    };
-    let init = mcp
-        .request(
-            1,
-            "initialize",
-            json!({
-                "protocolVersion": "2025-11-25",
-                "capabilities": {},
-                "clientInfo": { "name": "test", "version": "0" }
-            }),
-        )
-        .await;
-    assert_eq!(init["result"]["serverInfo"]["name"], "tessera", "{init}");
+    let (mut mcp, serving) = LineClient::serve(&s.server);
+    let init = mcp.initialize().await;
     assert_eq!(
         init["result"]["capabilities"]["tools"]["listChanged"], true,
         "{init}"
     );
-    mcp.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
-        .await;
     let tools = mcp.tool_names(2).await;
     assert!(tools.contains(&"hello__greet".to_string()), "{tools:?}");
     assert!(!tools.iter().any(|t| t.starts_with("slow__")), "{tools:?}");
@@ -1918,6 +1936,90 @@ async fn mcp_answers_while_a_component_compiles_and_it_joins_later() {
     drop(mcp);
     serving.await.unwrap().unwrap();
     s.shutdown().await;
+}
+
+/// `bytes` with a custom section appended: the same code, another
+/// component (its own digest and compile cache entry).
+fn distinct(bytes: &[u8], tag: u8) -> Vec<u8> {
+    let name = b"tessera-test";
+    let mut out = bytes.to_vec();
+    out.push(0); // custom section
+    out.push((1 + name.len() + 1) as u8); // its size (one LEB128 byte)
+    out.push(name.len() as u8);
+    out.extend_from_slice(name);
+    out.push(tag);
+    out
+}
+
+/// A server started without waiting (`Server::start`, what `serve --stdio`
+/// does) answers MCP `initialize` while its components are still loading
+/// from the compile cache; its first `tools/list` waits for those loads and
+/// lists them all, and a call to one of them waits for its load instead of
+/// being told to retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_started_server_answers_at_once_and_lists_every_cached_component() {
+    let cache = tempfile::tempdir().unwrap();
+    let hello = std::fs::read(component("hello")).unwrap();
+    let names: Vec<String> = (0..12).map(|i| format!("hello{i:02}")).collect();
+    // A data directory with the twelve components registered, all served
+    // from the one compile cache.
+    let registered = || {
+        let data = tempfile::tempdir().unwrap();
+        let registry = tessera_server::registry::Registry::open(data.path()).unwrap();
+        for (i, name) in names.iter().enumerate() {
+            registry
+                .add(name, &distinct(&hello, i as u8), None, "hello")
+                .unwrap();
+        }
+        let mut config = ServerConfig::new(data.path().to_path_buf());
+        config.cache_dir = Some(cache.path().to_path_buf());
+        (data, config)
+    };
+    // Fill the compile cache, as an earlier run of the server would have.
+    let (_first_data, config) = registered();
+    let first = Server::open(config).await.unwrap();
+    first.loaded().await;
+    assert_eq!(first.active_names(), names);
+    first.stop_calls(Duration::from_secs(1)).await;
+
+    let (_data, config) = registered();
+    let server = Server::start(config).await.unwrap();
+    // Returned before the loads ended: they are all from the cache.
+    let loading = server.loading();
+    assert!(!loading.is_empty(), "start waited for the loads");
+    assert!(loading.iter().all(|l| !l.compiling), "{loading:?}");
+
+    let (mut mcp, serving) = LineClient::serve(&server);
+    mcp.initialize().await;
+    let tools = mcp.tool_names(2).await;
+    for name in &names {
+        assert!(
+            tools.contains(&format!("{name}__greet")),
+            "{name} missing from the first tool list: {tools:?}"
+        );
+    }
+    assert!(server.loading().is_empty());
+    assert!(server.load_failures().is_empty());
+    drop(mcp);
+    serving.await.unwrap().unwrap();
+
+    // Another server, and a call right away to the component loaded last.
+    let (_data, config) = registered();
+    let server = Server::start(config).await.unwrap();
+    let last = names.last().unwrap();
+    assert!(
+        server.loading_of(last).is_some(),
+        "start waited for the loads"
+    );
+    let caller = tessera_journal::Caller {
+        via: "test".into(),
+        token: None,
+    };
+    let called = server
+        .call(last, "greet", &json!({"name": "Ada"}), None, caller)
+        .await
+        .unwrap_or_else(|e| panic!("a call during the load from the cache: {e}"));
+    assert_eq!(called.outcome.result.unwrap(), json!("Hello, Ada!"));
 }
 
 /// The compile cache lives outside the data directory: a server on a

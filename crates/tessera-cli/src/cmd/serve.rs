@@ -157,31 +157,33 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
         }
     };
     let require = config.require_tokens;
-    let server = match Server::open(config).await {
+    // Over stdio the MCP host is waiting for its `initialize` answer: the
+    // server answers it while the components load (the tool list waits
+    // for the ones in the compile cache). Over HTTP, the port is bound
+    // already and requests wait in its backlog until the server opens.
+    let opened = if listener.is_none() {
+        Server::start(config).await
+    } else {
+        Server::open(config).await
+    };
+    let server = match opened {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
             return exit::INTERNAL;
         }
     };
-    // The server logs through `tracing`; what failed to load is also said
-    // here, where the operator is looking.
-    for (name, e) in server.load_failures() {
-        eprintln!("error: cannot load component `{name}`: {e}");
-    }
-    let count = server.active_names().len();
-    let compiling = server.loading().len();
-    let count = if compiling == 0 {
-        format!("{count} component(s)")
-    } else {
-        format!("{count} component(s) ({compiling} more compiling)")
-    };
     let served = match listener {
         None => {
-            eprintln!("tessera serving {count} over MCP on stdio");
+            let started = server.clone();
+            tokio::spawn(async move {
+                started.started().await;
+                eprintln!("tessera serving {} over MCP on stdio", count(&started));
+            });
             server.serve_stdio(shutdown_signal()).await
         }
         Some(listener) => {
+            let count = count(&server);
             let local = listener
                 .local_addr()
                 .map(|a| a.to_string())
@@ -203,5 +205,21 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
             eprintln!("error: {e}");
             exit::INTERNAL
         }
+    }
+}
+
+/// What is being served, for the operator: the number of components, and
+/// those still compiling. Says which failed to load too (the server logs
+/// through `tracing`; this is where the operator is looking).
+fn count(server: &Server) -> String {
+    for (name, e) in server.load_failures() {
+        eprintln!("error: cannot load component `{name}`: {e}");
+    }
+    let count = server.active_names().len();
+    let compiling = server.loading().len();
+    if compiling == 0 {
+        format!("{count} component(s)")
+    } else {
+        format!("{count} component(s) ({compiling} more compiling)")
     }
 }
