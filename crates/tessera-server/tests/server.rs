@@ -506,6 +506,26 @@ fn raw_request(
 /// against hangs: no test relies on how long anything takes.
 const EVENT_WAIT: Duration = Duration::from_secs(60);
 
+/// The journal's run of spin's `ticker`, if there is one.
+fn ticker_run(server: &Server) -> Option<tessera_journal::RunSummary> {
+    let runs = server.journal.list().unwrap();
+    runs.into_iter().find(|r| r.header.function == "ticker")
+}
+
+/// Waits until spin's `ticker` has made a step. Listing the journal
+/// commits what is pending first, so a step seen is the ticker's first
+/// tick: it is running, and loops from then on.
+async fn until_ticking(server: &Server) {
+    let waiting = std::time::Instant::now();
+    while ticker_run(server).is_none_or(|r| r.steps == 0) {
+        assert!(
+            waiting.elapsed() < EVENT_WAIT,
+            "the ticker made no step within {EVENT_WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 // The server runs on the test's one thread here, so a guest that never
 // returns must give the thread back for other requests to be served: the
 // epoch callback yields at every tick. Were it not to, the ticker would
@@ -534,21 +554,9 @@ async fn spinning_component_does_not_delay_hello_and_shutdown_cancels_it() {
             r#"{"every": 1000000}"#,
         )
     });
-    // Listing the journal commits what is pending first, so a step seen
-    // here is the ticker's first tick: it is running, and loops from now on.
     let server = s.server.clone();
-    let ticker_run = move || {
-        let runs = server.journal.list().unwrap();
-        runs.into_iter().find(|r| r.header.function == "ticker")
-    };
-    let waiting = std::time::Instant::now();
-    while ticker_run().is_none_or(|r| r.steps == 0) {
-        assert!(
-            waiting.elapsed() < EVENT_WAIT,
-            "the ticker made no step within {EVENT_WAIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let ticker_run = move || ticker_run(&server);
+    until_ticking(&s.server).await;
     // Few calls: with a task always ready, one thread polls the sockets
     // only every 61 scheduler turns (tokio's `event_interval`), here every
     // 61 ticker slices of 2 ms, so each request takes a few hundred ms.
@@ -594,6 +602,76 @@ async fn spinning_component_does_not_delay_hello_and_shutdown_cancels_it() {
         "{ticker:?}"
     );
     assert!(runs.iter().all(|r| r.end.is_some()), "{runs:?}");
+}
+
+/// A caller that goes away mid-call (its future dropped, as when an HTTP
+/// client disconnects): the call runs in the caller's task, so dropping it
+/// must cancel the guest and finish the run elsewhere — its run is
+/// journaled to its end, as cancelled, and its permit comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_caller_goes_away_is_cancelled_and_journaled_to_its_end() {
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), |c| c.max_calls = 1).await;
+    let manifest = write_manifest(
+        data.path(),
+        "[limits]\nfuel = 1000000000000000\ntimeout_ms = 600000\n",
+    );
+    let body = json!({ "name": "spin", "path": component("spin"), "manifest_path": manifest });
+    let (status, v) = s.call("POST", "/v1/components", body).await;
+    assert_eq!(status, 201, "{v}");
+    let server = s.server.clone();
+    let caller = || tessera_journal::Caller {
+        via: "test".into(),
+        token: None,
+    };
+    let args = json!({"every": 1000000});
+    {
+        let call = server.call("spin", "ticker", &args, None, caller());
+        let mut call = std::pin::pin!(call);
+        // Poll the call until the ticker has made a step, then drop it.
+        tokio::select! {
+            r = &mut call => panic!("the ticker returned: {:?}", r.map(|c| c.outcome.result)),
+            () = until_ticking(&server) => {}
+        }
+    }
+    let waiting = std::time::Instant::now();
+    let run = loop {
+        if let Some(r) = ticker_run(&server).filter(|r| r.end.is_some()) {
+            break r;
+        }
+        assert!(
+            waiting.elapsed() < EVENT_WAIT,
+            "the dropped call was not journaled to its end within {EVENT_WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(
+        matches!(
+            run.end.as_ref().map(|e| &e.result),
+            Some(tessera_journal::RunResult::Cancelled { .. })
+        ),
+        "{run:?}"
+    );
+    // Its permit comes back (the server takes one call at a time here; the
+    // run's end is queued a moment before the permit is dropped).
+    assert_eq!(s.add("hello", "hello").await.0, 201);
+    let waiting = std::time::Instant::now();
+    let args = json!({"name": "Ada"});
+    let called = loop {
+        match server.call("hello", "greet", &args, None, caller()).await {
+            Err(tessera_server::CallError::Overloaded(_)) => {
+                assert!(
+                    waiting.elapsed() < EVENT_WAIT,
+                    "the permit did not come back within {EVENT_WAIT:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => break other.unwrap(),
+        }
+    };
+    assert_eq!(called.outcome.result.unwrap(), json!("Hello, Ada!"));
+    drop(server);
+    s.shutdown().await;
 }
 
 /// The 2026-07-28 revision has no session: a `tools/call` carries its
