@@ -86,9 +86,10 @@ pub struct Server {
     /// Bumped whenever the set of tools changes (a component loaded,
     /// swapped or removed).
     tools_changed: watch::Sender<u64>,
-    /// Becomes `true` when the loads from the compile cache that
-    /// [`Server::start`] began have ended.
-    started: watch::Sender<bool>,
+    /// Set when the loads from the compile cache that [`Server::start`]
+    /// began have ended, to the value of `tools_changed` then: the tool
+    /// list a client first gets holds those changes already.
+    started: watch::Sender<Option<u64>>,
     /// Parent of every call's cancellation token: cancelled at shutdown.
     shutdown: CancellationToken,
     /// Cancelled when shutdown begins.
@@ -204,7 +205,7 @@ impl Server {
             audit: live,
             audit_sink,
             tools_changed: watch::channel(0).0,
-            started: watch::channel(false).0,
+            started: watch::channel(None).0,
             shutdown: CancellationToken::new(),
             stopping: CancellationToken::new(),
         });
@@ -212,7 +213,8 @@ impl Server {
         let first = server.clone();
         tokio::spawn(async move {
             first.finish_sync(plan, false).await;
-            first.started.send_replace(true);
+            let changes = *first.tools_changed.borrow();
+            first.started.send_replace(Some(changes));
         });
         Ok(server)
     }
@@ -221,8 +223,20 @@ impl Server {
     /// have ended (each served, or failed and listed by
     /// [`Server::load_failures`]). Returns at once after [`Server::open`].
     pub async fn started(&self) {
+        self.started_at().await;
+    }
+
+    /// [`Server::started`], returning the value [`Server::tools_changed`]
+    /// had then.
+    pub(crate) async fn started_at(&self) -> u64 {
         let mut started = self.started.subscribe();
-        let _ = started.wait_for(|s| *s).await;
+        let at = started
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|v| *v);
+        // The sender lives as long as `self`: the wait cannot fail.
+        at.unwrap_or_default()
     }
 
     /// The active version of a component.

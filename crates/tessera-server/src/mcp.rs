@@ -448,14 +448,17 @@ impl ServerHandler for McpService {
     }
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
-        let mut changes = self.server.tools_changed();
-        changes.mark_unchanged();
         let stopping = self.server.stopping().clone();
+        let mut changes = tokio::select! {
+            () = context.cancelled() => return Ok(()),
+            () = stopping.cancelled() => return Ok(()),
+            news = ToolNews::new(&self.server) => news,
+        };
         loop {
             tokio::select! {
                 () = context.cancelled() => return Ok(()),
                 () = stopping.cancelled() => return Ok(()),
-                r = changes.changed() => {
+                r = changes.next() => {
                     if r.is_err() {
                         return Ok(());
                     }
@@ -470,11 +473,15 @@ impl ServerHandler for McpService {
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
         // Sessions of the initialize-handshake revisions get list_changed
         // as plain notifications for as long as they are open.
-        let mut changes = self.server.tools_changed();
-        changes.mark_unchanged();
+        let server = self.server.clone();
         let stopping = self.server.stopping().clone();
         let peer = context.peer;
         tokio::spawn(async move {
+            let mut changes = tokio::select! {
+                () = stopping.cancelled() => return,
+                news = ToolNews::new(&server) => news,
+            };
+            drop(server);
             let mut check = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {
@@ -484,7 +491,7 @@ impl ServerHandler for McpService {
                             return;
                         }
                     }
-                    r = changes.changed() => {
+                    r = changes.next() => {
                         if r.is_err() || peer.notify_tool_list_changed().await.is_err() {
                             return;
                         }
@@ -492,6 +499,39 @@ impl ServerHandler for McpService {
                 }
             }
         });
+    }
+}
+
+/// The changes of the tool list a session has not heard of: those after it
+/// subscribed, and after the loads from the compile cache at the server's
+/// start (its first `tools/list` waited for those and holds them).
+struct ToolNews {
+    changes: tokio::sync::watch::Receiver<u64>,
+    seen: u64,
+}
+
+impl ToolNews {
+    /// Subscribes, then waits until the server has started.
+    async fn new(server: &Server) -> Self {
+        let mut changes = server.tools_changed();
+        let subscribed = *changes.borrow_and_update();
+        let started = server.started_at().await;
+        Self {
+            changes,
+            seen: subscribed.max(started),
+        }
+    }
+
+    /// Waits for the next change; an error when the server is gone.
+    async fn next(&mut self) -> Result<(), tokio::sync::watch::error::RecvError> {
+        loop {
+            self.changes.changed().await?;
+            let now = *self.changes.borrow_and_update();
+            if now > self.seen {
+                self.seen = now;
+                return Ok(());
+            }
+        }
     }
 }
 

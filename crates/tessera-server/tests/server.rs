@@ -2078,6 +2078,16 @@ async fn a_started_server_answers_at_once_and_lists_every_cached_component() {
     }
     assert!(server.loading().is_empty());
     assert!(server.load_failures().is_empty());
+    // Those loads are no news to the session: its first list held them.
+    let again = mcp.tool_names(3).await;
+    assert_eq!(again, tools);
+    assert!(
+        !mcp.notifications
+            .iter()
+            .any(|n| n["method"] == "notifications/tools/list_changed"),
+        "list_changed for the loads the first list held: {:?}",
+        mcp.notifications
+    );
     drop(mcp);
     serving.await.unwrap().unwrap();
 
