@@ -175,7 +175,6 @@ pub async fn record_call_with(
         caller,
     };
     let function = header.function.clone();
-    let args_owned = header.args.clone();
     let buffer = store.begin_run(header, component.source_bytes());
     let recorder = Arc::new(Recorder {
         buffer: buffer.clone(),
@@ -184,7 +183,7 @@ pub async fn record_call_with(
     let outcome = component
         .call_json_with(
             &function,
-            &args_owned,
+            args,
             CallOptions {
                 observer: Some(recorder),
                 ..options

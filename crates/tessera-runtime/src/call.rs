@@ -522,7 +522,7 @@ impl LoadedComponent {
                     }
                     _ => Value::Null,
                 };
-                let size = serde_json::to_vec(&json).map(|v| v.len()).unwrap_or(0) as u64;
+                let size = json_len(&json);
                 if size > limits.max_output_bytes {
                     let hit = LimitHit::Output {
                         stream: "result",
@@ -562,6 +562,24 @@ impl LoadedComponent {
             audit: call_audit.take(),
         })
     }
+}
+
+/// The length of `value` as JSON, counted without writing it anywhere.
+fn json_len(value: &Value) -> u64 {
+    struct Count(u64);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    // Writing to a counter cannot fail, and a `Value` always serializes.
+    let _ = serde_json::to_writer(&mut n, value);
+    n.0
 }
 
 /// The error a cancelled call stops with.
