@@ -235,6 +235,14 @@ async fn add_spin(addr: SocketAddr, data: &Path) -> (u16, Value) {
         .unwrap()
 }
 
+/// The caller of a call the test makes on the server directly.
+fn in_process() -> tessera_journal::Caller {
+    tessera_journal::Caller {
+        via: "test".into(),
+        token: None,
+    }
+}
+
 fn write_manifest(dir: &Path, text: &str) -> String {
     let p = dir.join("m.toml");
     std::fs::write(&p, text).unwrap();
@@ -612,21 +620,12 @@ async fn spinning_component_does_not_delay_hello_and_shutdown_cancels_it() {
 async fn a_call_whose_caller_goes_away_is_cancelled_and_journaled_to_its_end() {
     let data = tempfile::tempdir().unwrap();
     let s = start(data.path(), |c| c.max_calls = 1).await;
-    let manifest = write_manifest(
-        data.path(),
-        "[limits]\nfuel = 1000000000000000\ntimeout_ms = 600000\n",
-    );
-    let body = json!({ "name": "spin", "path": component("spin"), "manifest_path": manifest });
-    let (status, v) = s.call("POST", "/v1/components", body).await;
+    let (status, v) = add_spin(s.addr, data.path()).await;
     assert_eq!(status, 201, "{v}");
     let server = s.server.clone();
-    let caller = || tessera_journal::Caller {
-        via: "test".into(),
-        token: None,
-    };
     let args = json!({"every": 1000000});
     {
-        let call = server.call("spin", "ticker", &args, None, caller());
+        let call = server.call("spin", "ticker", &args, None, in_process());
         let mut call = std::pin::pin!(call);
         // Poll the call until the ticker has made a step, then drop it.
         tokio::select! {
@@ -658,7 +657,10 @@ async fn a_call_whose_caller_goes_away_is_cancelled_and_journaled_to_its_end() {
     let waiting = std::time::Instant::now();
     let args = json!({"name": "Ada"});
     let called = loop {
-        match server.call("hello", "greet", &args, None, caller()).await {
+        match server
+            .call("hello", "greet", &args, None, in_process())
+            .await
+        {
             Err(tessera_server::CallError::Overloaded(_)) => {
                 assert!(
                     waiting.elapsed() < EVENT_WAIT,
@@ -2099,12 +2101,8 @@ async fn a_started_server_answers_at_once_and_lists_every_cached_component() {
         server.loading_of(last).is_some(),
         "start waited for the loads"
     );
-    let caller = tessera_journal::Caller {
-        via: "test".into(),
-        token: None,
-    };
     let called = server
-        .call(last, "greet", &json!({"name": "Ada"}), None, caller)
+        .call(last, "greet", &json!({"name": "Ada"}), None, in_process())
         .await
         .unwrap_or_else(|e| panic!("a call during the load from the cache: {e}"));
     assert_eq!(called.outcome.result.unwrap(), json!("Hello, Ada!"));
