@@ -304,15 +304,30 @@ impl Planner<'_> {
     }
 }
 
+/// What pruning for the journal's size on disk aims at in one round.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DiskAim {
+    /// The bytes the journal may occupy after compaction.
+    pub target: u64,
+    /// Bytes on disk per stored byte, measured now.
+    pub ratio: f64,
+    /// At most this many runs go for size in this round (the estimate is
+    /// corrected between rounds; a file's fixed overhead makes it too high
+    /// once few runs are left, and this keeps a bad estimate from taking
+    /// every run at once).
+    pub most: usize,
+    /// The newest run is not removed for size.
+    pub spare_newest: bool,
+}
+
 /// Plans a pruning. `disk` is, when the global byte limit applies, the
-/// bytes the journal may occupy after compaction and the ratio of
-/// allocated pages to stored bytes measured now.
+/// size on disk to bring the journal under.
 pub(crate) fn plan(
     inv: &Inventory,
     policy: &Retention,
     live: &HashSet<String>,
     now: time::OffsetDateTime,
-    disk: Option<(u64, f64)>,
+    disk: Option<DiskAim>,
 ) -> Plan {
     let mut p = Planner {
         inv,
@@ -334,7 +349,13 @@ pub(crate) fn plan(
         ..policy.global.clone()
     };
     p.apply(&all, &global, "", now);
-    if let Some((target, ratio)) = disk {
+    if let Some(DiskAim {
+        target,
+        ratio,
+        most,
+        spare_newest,
+    }) = disk
+    {
         // On disk: what is left after removing the marked runs (and every
         // blob nothing else references), scaled by the page overhead.
         let mut uses: HashMap<&str, u64> = HashMap::new();
@@ -354,14 +375,16 @@ pub(crate) fn plan(
             }
         }
         let limit = format_bytes(policy.global.max_bytes.unwrap_or(target));
-        for i in 0..inv.runs.len() {
-            if (total as f64 * ratio) as u64 <= target {
+        let mut taken = 0;
+        for i in 0..inv.runs.len() - usize::from(spare_newest && !inv.runs.is_empty()) {
+            if (total as f64 * ratio) as u64 <= target || taken >= most {
                 break;
             }
             if p.plan.remove.contains_key(&i) {
                 continue;
             }
             if p.take(i, || format!("max_bytes {limit}")) {
+                taken += 1;
                 let r = &inv.runs[i];
                 total -= r.record_bytes;
                 for d in r.refs() {

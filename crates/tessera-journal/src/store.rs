@@ -949,6 +949,18 @@ struct Watch {
 /// the point where pruning starts.
 const SIZE_LOW: (u64, u64) = (12, 100);
 
+/// Where pruning for size aims, and when it is done.
+#[derive(Clone, Copy, Debug)]
+struct SizeGoal {
+    /// The size on disk each round estimates its removals for.
+    aim: u64,
+    /// Rounds go on while the file is larger than this (at least `aim`).
+    enough: u64,
+    /// The newest run stays whatever the estimate says (background
+    /// pruning: a server kept under its limit still shows its last call).
+    keep_newest: bool,
+}
+
 /// How many times pruning for size removes runs by its estimate, compacts
 /// and measures again before it gives up on getting under the limit (each
 /// round corrects the estimate of the bytes a run takes on disk).
@@ -992,15 +1004,15 @@ impl Writer {
         Ok(())
     }
 
-    /// One pruning. `disk_target`: the global size limit to bring the file
-    /// under, when it applies. `compact`: compact after removing.
-    /// `in_hand`: component digests of headers the writer holds but has
-    /// not written yet (their bytes stay).
+    /// One pruning. `size`: the global size limit to bring the file under,
+    /// when it applies. `compact`: compact after removing. `in_hand`:
+    /// component digests of headers the writer holds but has not written
+    /// yet (their bytes stay).
     fn prune(
         &self,
         policy: &Retention,
         dry_run: bool,
-        disk_target: Option<u64>,
+        size: Option<SizeGoal>,
         compact: bool,
         in_hand: &HashSet<String>,
     ) -> Result<PruneReport, Error> {
@@ -1012,13 +1024,13 @@ impl Writer {
             ..PruneReport::default()
         };
         let mut compacted = false;
-        for _round in 0..PRUNE_ROUNDS {
+        for round in 0..PRUNE_ROUNDS {
             let live = self.live();
             let db = self.read();
             let w = db.begin_write().map_err(db_err)?;
             let inv = prune::inventory(&w)?;
-            let disk = match disk_target {
-                Some(t) if file_len(&self.path) > t => {
+            let disk = match size {
+                Some(goal) if file_len(&self.path) > goal.aim => {
                     let allocated = {
                         let s = w.stats().map_err(db_err)?;
                         s.allocated_pages() * s.page_size() as u64
@@ -1032,7 +1044,19 @@ impl Writer {
                         allocated
                     };
                     let stored = prune::stored_bytes(&inv).max(1);
-                    Some((t, (on_disk as f64 / stored as f64).max(1.0)))
+                    Some(prune::DiskAim {
+                        target: goal.aim,
+                        ratio: (on_disk as f64 / stored as f64).max(1.0),
+                        // The first estimate comes from the pages in use;
+                        // later ones from a compacted file, whose fixed
+                        // overhead weighs more the fewer runs are left.
+                        most: if round == 0 {
+                            usize::MAX
+                        } else {
+                            inv.runs.len().div_ceil(2)
+                        },
+                        spare_newest: goal.keep_newest,
+                    })
                 }
                 _ => None,
             };
@@ -1099,14 +1123,14 @@ impl Writer {
             report.removed.extend(prune::removed(&inv, &plan));
             report.blobs_removed += gone.len() as u64;
             report.blob_bytes_removed += gone.iter().map(|(_, n)| n).sum::<u64>();
-            let over = disk_target.is_some_and(|t| file_len(&self.path) > t);
+            let over = size.is_some_and(|g| file_len(&self.path) > g.aim);
             if (progress || over) && compact {
                 self.compact()?;
                 compacted = true;
             }
             report.file_bytes_after = file_len(&self.path);
-            match disk_target {
-                Some(t) if progress && report.file_bytes_after > t => continue,
+            match size {
+                Some(g) if progress && report.file_bytes_after > g.enough => continue,
                 _ => break,
             }
         }
@@ -1165,10 +1189,17 @@ impl Writer {
                 },
                 components: Default::default(),
             };
-            match self.prune(&sized, false, Some(low), true, in_hand) {
+            // Aims at the low mark; another round only while the file is
+            // still past the level that started this pruning.
+            let goal = SizeGoal {
+                aim: low,
+                enough: max / 4,
+                keep_newest: true,
+            };
+            match self.prune(&sized, false, Some(goal), true, in_hand) {
                 Ok(r) if 4 * r.file_bytes_after > max => {
                     tracing::warn!(
-                        "journal: {} on disk is near its limit of {} but every run left is held",
+                        "journal: {} on disk is near its limit of {} with only held runs and the newest left",
                         format_bytes(r.file_bytes_after),
                         format_bytes(max)
                     );
@@ -1285,7 +1316,11 @@ fn write_loop(w: &Writer, woken: Receiver<()>) {
         }
         for m in prunes {
             if let Msg::Prune(job) = m {
-                let disk = job.policy.global.max_bytes;
+                let disk = job.policy.global.max_bytes.map(|m| SizeGoal {
+                    aim: m,
+                    enough: m,
+                    keep_newest: false,
+                });
                 let _ =
                     job.reply
                         .send(w.prune(&job.policy, job.dry_run, disk, true, &HashSet::new()));

@@ -959,6 +959,42 @@ async fn retention_by_size_shrinks_the_file_on_disk_and_removes_unreferenced_blo
 }
 
 #[tokio::test]
+async fn background_size_pruning_keeps_the_newest_run_when_the_limit_is_small() {
+    let e = env();
+    let hello = e.load("hello", "");
+    // What one run and its component's bytes take on disk, compacted.
+    e.record(&hello, "greet", json!({"name": "a"})).await;
+    e.record(&hello, "greet", json!({"name": "b"})).await;
+    let one = e
+        .store
+        .prune(&policy("[journal]\nmax_runs = 1"), false)
+        .unwrap()
+        .file_bytes_after;
+    // A limit whose low mark (where background pruning aims) is below
+    // that: no estimate can get there with a run left.
+    let limit = 5 * one;
+    e.store
+        .set_retention(Some(policy(&format!("[journal]\nmax_bytes = {limit}"))));
+    let mut pruned = false;
+    for i in 0..200 {
+        let (id, _) = e
+            .record(&hello, "greet", json!({"name": format!("n{i}")}))
+            .await;
+        // The second flush returns after the writer's background pruning
+        // that followed the first.
+        e.store.flush();
+        e.store.flush();
+        let ids = run_ids(&e.store);
+        assert_eq!(ids.last(), Some(&id), "run {i}: the newest run is gone");
+        pruned |= ids.len() < i + 2;
+        let len = std::fs::metadata(e.store.path()).unwrap().len();
+        assert!(len <= limit, "run {i}: {len} bytes > {limit}");
+    }
+    assert!(pruned, "the journal was never pruned");
+    e.assert_identical(run_ids(&e.store).last().unwrap()).await;
+}
+
+#[tokio::test]
 async fn pinned_and_in_progress_runs_are_never_pruned() {
     let e = env();
     let hello = e.load("hello", "");
