@@ -32,6 +32,7 @@ component_crates=(
     fs-escape
     net-escape
     config-tool
+    kv-tool
 )
 
 # Guests written in the WebAssembly text format, as components/<name>/<name>.wat.

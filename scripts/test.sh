@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: toolchain targets, example
 # components, the Python MCP SDK the interop tests drive Tessera with, the OCI
-# registry the component-source tests run (scripts/oci-registry.sh), then
+# registry the component-source tests run (scripts/oci-registry.sh), the
+# NATS server the store tests start (scripts/nats-server.sh), then
 # every test of every crate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,4 +15,5 @@ fi
 bash scripts/build-components.sh
 bash scripts/python-env.sh
 bash scripts/oci-registry.sh
+bash scripts/nats-server.sh
 cargo test --workspace

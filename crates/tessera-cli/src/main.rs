@@ -54,6 +54,13 @@ enum Command {
     /// The component registry the server serves (add, list, inspect,
     /// activate, rollback, remove), locally or through `--server`.
     Components(cmd::components::Args),
+    /// Key-value stores (buckets, list, get, put, delete), locally or
+    /// through `--server`.
+    Kv(cmd::kv::Args),
+    /// Plans: graphs of component calls with data flowing between them
+    /// (validate, run, resume, list runs); progress survives `kill -9`.
+    #[command(subcommand)]
+    Plan(cmd::plan::Command),
     /// API tokens (create, list, revoke).
     #[command(subcommand)]
     Tokens(cmd::tokens::Command),
@@ -118,6 +125,8 @@ fn main() {
             Command::InspectRun(args) => cmd::inspect_run::run(&cli.global, args).await,
             Command::Serve(args) => cmd::serve::run(&cli.global, args).await,
             Command::Components(c) => cmd::components::run(&cli.global, c).await,
+            Command::Kv(args) => cmd::kv::run(&cli.global, args).await,
+            Command::Plan(c) => cmd::plan::run(&cli.global, c).await,
             Command::Tokens(c) => cmd::tokens::run(&cli.global, c),
         }
     });

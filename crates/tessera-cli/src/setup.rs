@@ -43,6 +43,10 @@ pub struct GlobalArgs {
     /// `[config] secrets`.
     #[arg(long, global = true, value_name = "FILE")]
     pub secrets_file: Option<PathBuf>,
+    /// The data directory's stores, opened once per process (the embedded
+    /// store file is held by one opener).
+    #[arg(skip)]
+    pub stores: std::sync::OnceLock<Arc<tessera_store::Stores>>,
 }
 
 /// The prefix of environment variables that provide secrets.
@@ -93,13 +97,33 @@ impl GlobalArgs {
     }
 
     /// The host's side of the capabilities: secrets (from the environment,
-    /// the secrets file, then `--secret`, later ones winning) and the data
-    /// directory's redaction key.
+    /// the secrets file, then `--secret`, later ones winning), the data
+    /// directory's redaction key, and its stores (opened on first use).
     pub fn host_config(&self) -> Result<tessera_runtime::HostConfig, String> {
         Ok(tessera_runtime::HostConfig {
             secrets: self.secrets()?,
             redaction_key: self.redaction_key()?,
+            stores: Some(self.stores()?),
         })
+    }
+
+    /// The data directory's stores (each backend opened on first use),
+    /// shared by the runtime and the plan runner.
+    pub fn stores(&self) -> Result<Arc<tessera_store::Stores>, String> {
+        if let Some(s) = self.stores.get() {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(tessera_store::Stores::new(
+            self.store_settings()?,
+            &self.data,
+        ));
+        Ok(self.stores.get_or_init(|| s).clone())
+    }
+
+    /// The data directory's `[store]` settings (which backend holds which
+    /// bucket).
+    pub fn store_settings(&self) -> Result<tessera_store::StoreSettings, String> {
+        tessera_store::StoreSettings::load(&self.data).map_err(|e| e.to_string())
     }
 
     /// The secrets the host provides.

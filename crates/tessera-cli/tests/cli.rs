@@ -1017,3 +1017,390 @@ fn components_inspect_shows_functions_schemas_grants_and_versions() {
     assert_eq!(stdout(&o), out);
     serving.stop();
 }
+
+/// The exit code, stdout and stderr of a command, for messages.
+fn outcome(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        stdout(o),
+        stderr(o)
+    )
+}
+
+#[test]
+fn kv_put_get_list_delete_and_buckets_on_the_data_directory() {
+    let cli = Cli::new();
+    let kv = |args: &[&str]| {
+        let mut all = vec!["kv"];
+        all.extend_from_slice(args);
+        cli.run(&all)
+    };
+    // Nothing yet.
+    let o = kv(&["buckets", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", outcome(&o));
+    assert_eq!(json_of(&o), serde_json::json!({ "buckets": [] }));
+
+    // Writes print the new revision.
+    let o = kv(&["put", "--bucket", "notes", "greeting", "hello"]);
+    assert_eq!(o.status.code(), Some(0), "{}", outcome(&o));
+    let first: u64 = stdout(&o).trim().parse().expect("a revision");
+    let o = kv(&["put", "--bucket", "notes", "a/b c/é", "deep", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", outcome(&o));
+    let deep_revision = json_of(&o)["revision"].as_u64().unwrap();
+    assert!(deep_revision > first);
+    let bin = cli.data.path().join("bytes.bin");
+    std::fs::write(&bin, [0u8, 0xff, 0x10]).unwrap();
+    let o = kv(&[
+        "put",
+        "--bucket",
+        "notes",
+        "bin",
+        "--file",
+        bin.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", outcome(&o));
+
+    // Reads.
+    let o = kv(&["get", "--bucket", "notes", "greeting"]);
+    assert_eq!((o.status.code(), stdout(&o)), (Some(0), "hello\n".into()));
+    let o = kv(&["get", "--bucket", "notes", "a/b c/é", "--json"]);
+    let v = json_of(&o);
+    assert_eq!(
+        v,
+        serde_json::json!({ "bucket": "notes", "key": "a/b c/é", "revision": deep_revision,
+                            "value": "deep", "value_base64": "ZGVlcA==" })
+    );
+    // Binary: told, not printed; `--raw` writes the bytes as they are.
+    let o = kv(&["get", "--bucket", "notes", "bin"]);
+    assert_eq!(o.status.code(), Some(0), "{}", outcome(&o));
+    assert!(o.stdout.is_empty(), "{}", outcome(&o));
+    assert!(
+        stderr(&o).contains("3 bytes of binary data") && stderr(&o).contains("--raw"),
+        "{}",
+        outcome(&o)
+    );
+    let o = kv(&["get", "--bucket", "notes", "bin", "--raw"]);
+    assert_eq!(o.stdout, [0u8, 0xff, 0x10]);
+    let o = kv(&["get", "--bucket", "notes", "bin", "--json"]);
+    assert_eq!(json_of(&o)["value"], Value::Null);
+    assert_eq!(json_of(&o)["value_base64"], "AP8Q");
+    let o = kv(&["get", "--bucket", "notes", "bin", "--raw", "--json"]);
+    assert_eq!(o.status.code(), Some(2), "{}", outcome(&o));
+    assert_eq!(json_of(&o)["error"]["kind"], "usage");
+
+    // Listing: one key per line, in order; pages; a prefix.
+    let o = kv(&["list", "--bucket", "notes"]);
+    assert_eq!(stdout(&o), "a/b c/é\nbin\ngreeting\n", "{}", outcome(&o));
+    let o = kv(&["list", "--bucket", "notes", "--limit", "2", "--json"]);
+    let v = json_of(&o);
+    assert_eq!(v["keys"], serde_json::json!(["a/b c/é", "bin"]));
+    assert_eq!(v["cursor"], "bin");
+    assert_eq!(v["backend"], "embedded");
+    let o = kv(&["list", "--bucket", "notes", "--after", "bin"]);
+    assert_eq!(stdout(&o), "greeting\n");
+    let o = kv(&[
+        "list", "--bucket", "notes", "--limit", "1", "--all", "--json",
+    ]);
+    let v = json_of(&o);
+    assert_eq!(v["keys"], serde_json::json!(["a/b c/é", "bin", "greeting"]));
+    assert_eq!(v["cursor"], Value::Null);
+    let o = kv(&["list", "--bucket", "notes", "--prefix", "a/"]);
+    assert_eq!(stdout(&o), "a/b c/é\n");
+    let o = kv(&["list", "--bucket", "notes", "--limit", "1001", "--json"]);
+    assert_eq!(o.status.code(), Some(2), "{}", outcome(&o));
+    assert_eq!(json_of(&o)["error"]["kind"], "usage");
+
+    let o = kv(&["buckets"]);
+    assert_eq!(o.status.code(), Some(0), "{}", outcome(&o));
+    let line = stdout(&o);
+    assert_eq!(
+        line.split_whitespace().collect::<Vec<_>>(),
+        ["notes", "embedded"]
+    );
+    let o = kv(&["buckets", "--json"]);
+    assert_eq!(
+        json_of(&o),
+        serde_json::json!({ "buckets": [{ "name": "notes", "backend": "embedded" }] })
+    );
+
+    // Conditions: a stale revision and a key that has a value are refused.
+    let o = kv(&[
+        "put",
+        "--bucket",
+        "notes",
+        "greeting",
+        "hi",
+        "--expect-revision",
+        &first.to_string(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", outcome(&o));
+    let second: u64 = stdout(&o).trim().parse().unwrap();
+    let o = kv(&[
+        "put",
+        "--bucket",
+        "notes",
+        "greeting",
+        "lost",
+        "--expect-revision",
+        &first.to_string(),
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", outcome(&o));
+    let v = json_of(&o);
+    assert_eq!(v["error"]["kind"], "conflict", "{v}");
+    assert_eq!(v["error"]["context"]["expected_revision"], first);
+    assert_eq!(v["error"]["context"]["found_revision"], second);
+    let o = kv(&[
+        "put",
+        "--bucket",
+        "notes",
+        "greeting",
+        "x",
+        "--expect-absent",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", outcome(&o));
+    assert!(
+        stderr(&o).contains("expected no value, found revision"),
+        "{}",
+        outcome(&o)
+    );
+    let o = kv(&["get", "--bucket", "notes", "greeting"]);
+    assert_eq!(stdout(&o), "hi\n");
+
+    // A key without a value: exit 2, saying so.
+    let o = kv(&["get", "--bucket", "notes", "nothing"]);
+    assert_eq!(o.status.code(), Some(2), "{}", outcome(&o));
+    assert!(o.stdout.is_empty());
+    assert!(
+        stderr(&o).contains("has no value at key \"nothing\""),
+        "{}",
+        outcome(&o)
+    );
+    let o = kv(&["get", "--bucket", "notes", "nothing", "--json"]);
+    assert_eq!(o.status.code(), Some(2));
+    let v = json_of(&o);
+    assert_eq!(
+        (&v["ok"], &v["error"]["kind"]),
+        (&Value::Bool(false), &"no_such_key".into())
+    );
+    assert_eq!(v["error"]["context"]["key"], "nothing");
+
+    // Invalid names: exit 2, naming the problem, as JSON with --json.
+    for args in [
+        &["get", "--bucket", "bad.name", "k", "--json"][..],
+        &["put", "--bucket", "bad name", "k", "v", "--json"],
+        &["list", "--bucket", "", "--json"],
+        &["delete", "--bucket", "é", "k", "--json"],
+    ] {
+        let o = kv(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", outcome(&o));
+        let v = json_of(&o);
+        assert_eq!(v["error"]["kind"], "invalid_bucket", "{args:?}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("invalid bucket name"),
+            "{v}"
+        );
+    }
+    let o = kv(&["put", "--bucket", "notes", "a\nb", "v"]);
+    assert_eq!(o.status.code(), Some(2), "{}", outcome(&o));
+    assert!(stderr(&o).contains("control character"), "{}", outcome(&o));
+
+    // Deletes: conditional, then gone.
+    let o = kv(&[
+        "delete",
+        "--bucket",
+        "notes",
+        "greeting",
+        "--expect-revision",
+        &first.to_string(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", outcome(&o));
+    let o = kv(&[
+        "delete",
+        "--bucket",
+        "notes",
+        "greeting",
+        "--expect-revision",
+        &second.to_string(),
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", outcome(&o));
+    assert_eq!(json_of(&o)["deleted"], true);
+    let o = kv(&["get", "--bucket", "notes", "greeting"]);
+    assert_eq!(o.status.code(), Some(2), "{}", outcome(&o));
+    let o = kv(&["delete", "--bucket", "notes", "a/b c/é"]);
+    assert_eq!(o.status.code(), Some(0), "{}", outcome(&o));
+    let o = kv(&["list", "--bucket", "notes"]);
+    assert_eq!(stdout(&o), "bin\n");
+}
+
+#[test]
+fn kv_through_a_server_and_the_store_it_holds() {
+    let cli = Cli::new();
+    let data = cli.data.path();
+    common::register(
+        data,
+        "kv",
+        "kv-tool",
+        Some("[keyvalue]\nbuckets = [\"notes\"]\n"),
+    );
+    let o = cli.run(&["tokens", "create", "--scope", "read"]);
+    assert!(o.status.success(), "{}", outcome(&o));
+    let reader = stdout(&o).trim().to_string();
+    let serving = Serving::start(data, &[]);
+    let base = serving.base.clone();
+    let kv = |args: &[&str]| {
+        let mut all = vec!["kv", "--server", base.as_str()];
+        all.extend_from_slice(args);
+        cli.run(&all)
+    };
+
+    // The component writes; the server now holds the store.
+    let (status, v) = serving.request(
+        "POST",
+        "/v1/components/kv/call/set",
+        r#"{"bucket": "notes", "key": "from tool", "value": "tool wrote this"}"#,
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["result"], serde_json::json!({"ok": null}), "{v}");
+
+    // Locally, the store is held: the error says so and points at --server.
+    let o = cli.run(&["kv", "get", "--bucket", "notes", "from tool"]);
+    assert_eq!(o.status.code(), Some(1), "{}", outcome(&o));
+    let err = stderr(&o);
+    assert!(err.contains("another process has it open"), "{err}");
+    assert!(err.contains("--server"), "{err}");
+    let o = cli.run(&["kv", "list", "--bucket", "notes", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", outcome(&o));
+    let v = json_of(&o);
+    assert_eq!(v["error"]["kind"], "store_unavailable", "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("--server"),
+        "{v}"
+    );
+
+    // Through the server: what the component wrote.
+    let o = kv(&["get", "--bucket", "notes", "from tool"]);
+    assert_eq!(o.status.code(), Some(0), "{}", outcome(&o));
+    assert_eq!(stdout(&o), "tool wrote this\n");
+    // Writes, read back by the component (the key with `/`, a space, `é`
+    // and `%` travels percent-encoded).
+    let key = "dir/sub key/é%2F";
+    let o = kv(&["put", "--bucket", "notes", key, "via api", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", outcome(&o));
+    let revision = json_of(&o)["revision"].as_u64().unwrap();
+    let (status, v) = serving.request(
+        "POST",
+        "/v1/components/kv/call/get",
+        &serde_json::json!({"bucket": "notes", "key": key}).to_string(),
+    );
+    assert_eq!(
+        (status, &v["result"]),
+        (200, &serde_json::json!({"ok": "via api"})),
+        "{v}"
+    );
+    let o = kv(&["get", "--bucket", "notes", key, "--json"]);
+    let v = json_of(&o);
+    assert_eq!(
+        (&v["key"], &v["revision"]),
+        (&key.into(), &revision.into()),
+        "{v}"
+    );
+    let bin = data.join("bytes.bin");
+    std::fs::write(&bin, [1u8, 0xfe]).unwrap();
+    let o = kv(&[
+        "put",
+        "--bucket",
+        "notes",
+        "bin",
+        "--file",
+        bin.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", outcome(&o));
+    let o = kv(&["get", "--bucket", "notes", "bin", "--raw"]);
+    assert_eq!(o.stdout, [1u8, 0xfe], "{}", outcome(&o));
+    let o = kv(&["list", "--bucket", "notes"]);
+    assert_eq!(
+        stdout(&o),
+        format!("bin\n{key}\nfrom tool\n"),
+        "{}",
+        outcome(&o)
+    );
+    let o = kv(&[
+        "list", "--bucket", "notes", "--limit", "1", "--all", "--json",
+    ]);
+    assert_eq!(
+        json_of(&o)["keys"],
+        serde_json::json!(["bin", key, "from tool"])
+    );
+    let o = kv(&["list", "--bucket", "notes", "--prefix", "dir/sub "]);
+    assert_eq!(stdout(&o), format!("{key}\n"), "{}", outcome(&o));
+    let o = kv(&["buckets"]);
+    assert_eq!(
+        stdout(&o).split_whitespace().collect::<Vec<_>>(),
+        ["notes", "embedded"],
+        "{}",
+        outcome(&o)
+    );
+
+    // Refusals: a stale revision, a missing key, an invalid bucket.
+    let stale = (revision - 1).to_string();
+    let o = kv(&[
+        "put",
+        "--bucket",
+        "notes",
+        key,
+        "x",
+        "--expect-revision",
+        &stale,
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", outcome(&o));
+    let v = json_of(&o);
+    assert_eq!(v["error"]["kind"], "conflict", "{v}");
+    assert_eq!(v["error"]["context"]["status"], 409);
+    assert_eq!(v["error"]["context"]["expected_revision"], revision - 1);
+    assert_eq!(v["error"]["context"]["found_revision"], revision);
+    let o = kv(&["get", "--bucket", "notes", "nothing", "--json"]);
+    assert_eq!(o.status.code(), Some(2), "{}", outcome(&o));
+    assert_eq!(json_of(&o)["error"]["kind"], "no_such_key");
+    let o = kv(&["get", "--bucket", "bad.name", "k", "--json"]);
+    assert_eq!(o.status.code(), Some(2), "{}", outcome(&o));
+    let v = json_of(&o);
+    assert_eq!(v["error"]["kind"], "invalid_bucket", "{v}");
+    assert_eq!(v["error"]["context"]["status"], 400);
+    // A `read` token reads but cannot write.
+    let o = kv(&[
+        "get", "--bucket", "notes", "bin", "--token", &reader, "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", outcome(&o));
+    let o = kv(&[
+        "put", "--bucket", "notes", "k", "v", "--token", &reader, "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", outcome(&o));
+    assert_eq!(json_of(&o)["error"]["kind"], "forbidden");
+
+    // Deletes.
+    let o = kv(&[
+        "delete",
+        "--bucket",
+        "notes",
+        key,
+        "--expect-revision",
+        &revision.to_string(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", outcome(&o));
+    let o = kv(&["get", "--bucket", "notes", key]);
+    assert_eq!(o.status.code(), Some(2), "{}", outcome(&o));
+    assert!(stderr(&o).contains("no_such_key (404)"), "{}", outcome(&o));
+    serving.stop();
+
+    // The server gone, the store is the local command's again.
+    let o = cli.run(&["kv", "list", "--bucket", "notes"]);
+    assert_eq!(o.status.code(), Some(0), "{}", outcome(&o));
+    assert_eq!(stdout(&o), "bin\nfrom tool\n");
+}

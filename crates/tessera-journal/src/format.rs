@@ -72,6 +72,27 @@ pub struct Header {
     /// recorded by the CLI, and in journals written before this field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caller: Option<Caller>,
+    /// The plan step this call was made for (absent for other calls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanStep>,
+}
+
+/// The plan run, step and attempt a call was made for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanStep {
+    /// The plan run's id.
+    pub run: String,
+    /// The plan's name.
+    pub plan: String,
+    /// The step.
+    pub step: String,
+    /// The item of a fan-out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<usize>,
+    /// The attempt (1-based).
+    pub attempt: u32,
+    /// The idempotency key the step's calls share.
+    pub key: String,
 }
 
 /// Who made a call that came through a server.

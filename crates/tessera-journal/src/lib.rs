@@ -24,9 +24,9 @@ use std::path::PathBuf;
 
 use tessera_runtime::gateway::Step;
 
-pub use format::{Caller, ComponentRef, End, EngineSettings, Header, RunResult};
+pub use format::{Caller, ComponentRef, End, EngineSettings, Header, PlanStep, RunResult};
 pub use prune::{ComponentStats, HeldRun, JournalStats, PruneReport, PrunedRun, component_name};
-pub use record::{end_of, new_run_id, record_call, record_call_with};
+pub use record::{end_of, new_run_id, record_call, record_call_for, record_call_with};
 pub use replay::{ReplayCursor, ReplayDivergence, ReplayReport, StepState, replay, state_at};
 pub use retention::{Limits, Retention, RetentionError};
 pub use store::{Hold, JournalStore, MAX_IMPORT_LINE, MAX_STEP_INDEX, PIN, RunSummary};

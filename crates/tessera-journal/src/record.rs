@@ -156,6 +156,20 @@ pub async fn record_call_with(
     options: CallOptions,
     caller: Option<Caller>,
 ) -> Result<(String, CallOutcome), Error> {
+    record_call_for(store, component, function, args, options, caller, None).await
+}
+
+/// [`record_call_with`] for a call a plan step makes: the header links the
+/// run to the plan run, step and attempt.
+pub async fn record_call_for(
+    store: &Arc<JournalStore>,
+    component: &LoadedComponent,
+    function: &str,
+    args: &Value,
+    options: CallOptions,
+    caller: Option<Caller>,
+    plan: Option<crate::format::PlanStep>,
+) -> Result<(String, CallOutcome), Error> {
     let f = component.function(function)?;
     let now = time::OffsetDateTime::now_utc();
     let run_id = run_id_at(now);
@@ -173,6 +187,7 @@ pub async fn record_call_with(
         grants: component.shared_grants(),
         engine: engine_settings(component.runtime()),
         caller,
+        plan,
     };
     let function = header.function.clone();
     let buffer = store.begin_run(header, component.source_bytes());

@@ -808,6 +808,8 @@ struct StoredHeader<'a> {
     engine: &'a crate::format::EngineSettings,
     #[serde(skip_serializing_if = "Option::is_none")]
     caller: Option<&'a crate::format::Caller>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plan: Option<&'a crate::format::PlanStep>,
 }
 
 #[derive(Serialize)]
@@ -875,6 +877,7 @@ fn encode_header(
         grants: GrantsRef { blob: &digest },
         engine: &header.engine,
         caller: header.caller.as_ref(),
+        plan: header.plan.as_ref(),
     };
     (
         serde_json::to_vec(&stored).unwrap_or_default(),

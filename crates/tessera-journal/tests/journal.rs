@@ -88,6 +88,91 @@ fn serve(
 }
 
 #[tokio::test]
+async fn a_keyvalue_run_replays_offline_without_the_store() {
+    let e = env();
+    let data = tempfile::tempdir().unwrap();
+    let live = Runtime::new(RuntimeConfig {
+        host: tessera_runtime::HostConfig {
+            stores: Some(Arc::new(tessera_store::Stores::new(
+                tessera_store::StoreSettings::default(),
+                data.path(),
+            ))),
+            ..Default::default()
+        },
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let grants = Grants::from_toml(
+        "[keyvalue]\nbuckets = [\"notes\"]\n",
+        "t.toml",
+        Path::new("."),
+    )
+    .unwrap();
+    let kv = live
+        .load_file(&component("kv-tool"), grants.clone())
+        .unwrap();
+    let mut runs = Vec::new();
+    for (f, args) in [
+        (
+            "set",
+            json!({"bucket": "notes", "key": "a", "value": "one"}),
+        ),
+        (
+            "append",
+            json!({"bucket": "notes", "key": "a", "suffix": "+two"}),
+        ),
+        (
+            "increment",
+            json!({"bucket": "notes", "key": "n", "delta": 3}),
+        ),
+        ("keys", json!({"bucket": "notes"})),
+        (
+            "get-many",
+            json!({"bucket": "notes", "keys": ["a", "n", "x"]}),
+        ),
+        ("get", json!({"bucket": "other", "key": "a"})),
+    ] {
+        runs.push(e.record(&kv, f, args).await);
+    }
+    assert_eq!(runs[1].1, json!({"ok": "one+two"}));
+    assert_eq!(runs[4].1, json!({"ok": ["one+two", "3", null]}));
+    // The steps name the bucket, the key and what the store answered.
+    let steps = e.store.steps(&runs[1].0).unwrap();
+    let lines: Vec<String> = steps
+        .iter()
+        .map(|(_, s)| tessera_runtime::capability::describe(s))
+        .filter(|l| l.starts_with("keyvalue"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(
+        lines[1].contains("notes/a") && lines[1].contains("\"one\""),
+        "{lines:?}"
+    );
+    assert!(
+        lines[2].starts_with("keyvalue.swap") && lines[2].ends_with("ok"),
+        "{lines:?}"
+    );
+    // `e.rt` has no store at all: every answer comes from the journal.
+    for (id, result) in &runs {
+        let r = replay(&e.rt, &e.store, id, None).await.unwrap();
+        assert!(r.divergence.is_none(), "{id}: {:?}", r.divergence);
+        assert_eq!(r.outcome.result.as_ref().unwrap(), result);
+    }
+    // Live, that runtime cannot reach a store: the same call is an error.
+    let bare = e.rt.load_file(&component("kv-tool"), grants).unwrap();
+    let o = bare
+        .call_json("get", &json!({"bucket": "notes", "key": "a"}))
+        .await
+        .unwrap();
+    assert!(
+        o.result.unwrap()["err"]
+            .as_str()
+            .unwrap()
+            .contains("no key-value store")
+    );
+}
+
+#[tokio::test]
 async fn record_and_replay_every_example_component() {
     let e = env();
     let hello = e.load("hello", "");

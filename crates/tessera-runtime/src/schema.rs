@@ -57,6 +57,12 @@ impl FunctionInfo {
         self.short.clone()
     }
 
+    /// Whether the result is a WIT `result` (its JSON is `{"ok": …}` or
+    /// `{"err": …}`).
+    pub fn returns_result(&self) -> bool {
+        matches!(self.result, Some(Type::Result(_)))
+    }
+
     /// The listing entry as JSON (`--json` output of `inspect`).
     pub fn to_json(&self) -> Value {
         let mut v = json!({

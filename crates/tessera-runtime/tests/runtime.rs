@@ -1564,6 +1564,239 @@ async fn a_secret_the_host_does_not_provide_fails_the_load_naming_the_field() {
     );
 }
 
+/// A runtime whose buckets live in an embedded store in `dir`.
+fn runtime_with_store(
+    dir: &Path,
+) -> (Runtime, std::sync::Arc<tessera_runtime::audit::MemoryAudit>) {
+    let host = tessera_runtime::HostConfig {
+        stores: Some(std::sync::Arc::new(tessera_store::Stores::new(
+            tessera_store::StoreSettings::default(),
+            dir,
+        ))),
+        ..Default::default()
+    };
+    runtime_with_host(host)
+}
+
+#[tokio::test]
+async fn wasi_keyvalue_store_atomics_and_batch_on_a_granted_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rt, audit) = runtime_with_store(dir.path());
+    let kv = load(&rt, "kv-tool", "[keyvalue]\nbuckets = [\"notes\"]\n");
+    let ok = |v: Value| json!({ "ok": v });
+    let n = |k: &str| json!({"bucket": "notes", "key": k});
+    assert_eq!(call_ok(&kv, "get", n("a")).await, ok(json!(null)));
+    assert_eq!(call_ok(&kv, "exists", n("a")).await, ok(json!(false)));
+    call_ok(
+        &kv,
+        "set",
+        json!({"bucket": "notes", "key": "a", "value": "one"}),
+    )
+    .await;
+    assert_eq!(call_ok(&kv, "get", n("a")).await, ok(json!("one")));
+    assert_eq!(call_ok(&kv, "exists", n("a")).await, ok(json!(true)));
+    // Counters: absent counts as 0; negative deltas; a value that is not a
+    // number is the guest's error, not a trap.
+    let inc = |k: &str, d: i64| json!({"bucket": "notes", "key": k, "delta": d});
+    assert_eq!(call_ok(&kv, "increment", inc("c", 5)).await, ok(json!(5)));
+    assert_eq!(call_ok(&kv, "increment", inc("c", -7)).await, ok(json!(-2)));
+    let e = call_ok(&kv, "increment", inc("a", 1)).await;
+    assert!(
+        e["err"].as_str().unwrap().contains("not a decimal integer"),
+        "{e}"
+    );
+    // Compare-and-swap through a cas handle.
+    let app = |s: &str| json!({"bucket": "notes", "key": "log", "suffix": s});
+    assert_eq!(call_ok(&kv, "append", app("x")).await, ok(json!("x")));
+    assert_eq!(call_ok(&kv, "append", app("y")).await, ok(json!("xy")));
+    // Batch.
+    call_ok(
+        &kv,
+        "set-many",
+        json!({"bucket": "notes", "entries": [["b1", "B1"], ["b2", "B2"]]}),
+    )
+    .await;
+    assert_eq!(
+        call_ok(
+            &kv,
+            "get-many",
+            json!({"bucket": "notes", "keys": ["b1", "zz", "b2"]})
+        )
+        .await,
+        ok(json!(["B1", null, "B2"]))
+    );
+    assert_eq!(
+        call_ok(&kv, "keys", json!({"bucket": "notes"})).await,
+        ok(json!(["a", "b1", "b2", "c", "log"]))
+    );
+    call_ok(
+        &kv,
+        "delete-many",
+        json!({"bucket": "notes", "keys": ["b1", "b2"]}),
+    )
+    .await;
+    call_ok(&kv, "delete", n("a")).await;
+    assert_eq!(
+        call_ok(&kv, "keys", json!({"bucket": "notes"})).await,
+        ok(json!(["c", "log"]))
+    );
+    // What the guest wrote is in the store for anyone to read.
+    let store = tessera_store::Embedded::open(&dir.path().join("store.redb"));
+    // The runtime's store holds the file: a second opener is told so.
+    let e = store.unwrap_err().to_string();
+    assert!(e.contains("another process"), "{e}");
+    assert!(audit.take().iter().any(|e| e.capability == "keyvalue"
+        && e.target == "notes"
+        && e.decision == Decision::Allow));
+}
+
+#[tokio::test]
+async fn wasi_keyvalue_denies_ungranted_buckets_and_writes_to_read_only_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rt, audit) = runtime_with_store(dir.path());
+    let writer = load(&rt, "kv-tool", "[keyvalue]\nbuckets = [\"shared\"]\n");
+    call_ok(
+        &writer,
+        "set",
+        json!({"bucket": "shared", "key": "k", "value": "v"}),
+    )
+    .await;
+    let reader = load(&rt, "kv-tool", "[keyvalue]\nbuckets = [\"shared:ro\"]\n");
+    // Allowed: reading a read-only bucket.
+    assert_eq!(
+        call_ok(&reader, "get", json!({"bucket": "shared", "key": "k"})).await,
+        json!({"ok": "v"})
+    );
+    audit.take();
+    // Denied: writing it, in every way.
+    for (f, args) in [
+        ("set", json!({"bucket": "shared", "key": "k", "value": "w"})),
+        ("delete", json!({"bucket": "shared", "key": "k"})),
+        (
+            "increment",
+            json!({"bucket": "shared", "key": "n", "delta": 1}),
+        ),
+        (
+            "append",
+            json!({"bucket": "shared", "key": "k", "suffix": "w"}),
+        ),
+        (
+            "set-many",
+            json!({"bucket": "shared", "entries": [["k", "w"]]}),
+        ),
+        ("delete-many", json!({"bucket": "shared", "keys": ["k"]})),
+    ] {
+        let r = call_ok(&reader, f, args).await;
+        assert!(
+            r["err"].as_str().unwrap().contains("access denied"),
+            "{f}: {r}"
+        );
+    }
+    let denied = audit.take();
+    assert_eq!(
+        denied
+            .iter()
+            .filter(|e| e.capability == "keyvalue" && e.decision == Decision::Deny)
+            .count(),
+        6,
+        "{denied:?}"
+    );
+    assert_eq!(
+        call_ok(&reader, "get", json!({"bucket": "shared", "key": "k"})).await,
+        json!({"ok": "v"}),
+        "a denied write changed the value"
+    );
+    audit.take();
+    // Denied: a bucket that is not granted at all (and nothing granted).
+    for c in [&reader, &load(&rt, "kv-tool", "")] {
+        let r = call_ok(c, "get", json!({"bucket": "other", "key": "k"})).await;
+        assert!(r["err"].as_str().unwrap().contains("access denied"), "{r}");
+    }
+    let events = audit.take();
+    assert!(
+        events
+            .iter()
+            .all(|e| e.decision == Decision::Deny && e.target == "other")
+            && events.len() == 2,
+        "{events:?}"
+    );
+    assert!(
+        events[0]
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("[keyvalue] buckets")
+    );
+    // A host without a store answers an error, not a trap.
+    let (bare, _) = runtime_with_host(tessera_runtime::HostConfig::default());
+    let c = load(&bare, "kv-tool", "[keyvalue]\nbuckets = [\"shared\"]\n");
+    let r = call_ok(&c, "get", json!({"bucket": "shared", "key": "k"})).await;
+    assert!(
+        r["err"].as_str().unwrap().contains("no key-value store"),
+        "{r}"
+    );
+}
+
+#[tokio::test]
+async fn wasi_keyvalue_increments_from_concurrent_calls_lose_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rt, _) = runtime_with_store(dir.path());
+    let kv = std::sync::Arc::new(load(&rt, "kv-tool", "[keyvalue]\nbuckets = [\"n\"]\n"));
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let kv = kv.clone();
+        tasks.push(tokio::spawn(async move {
+            call_ok(
+                &kv,
+                "increment",
+                json!({"bucket": "n", "key": "hits", "delta": 1}),
+            )
+            .await;
+            call_ok(
+                &kv,
+                "append",
+                json!({"bucket": "n", "key": "log", "suffix": "x"}),
+            )
+            .await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        call_ok(&kv, "get", json!({"bucket": "n", "key": "hits"})).await,
+        json!({"ok": "40"})
+    );
+    assert_eq!(
+        call_ok(&kv, "get", json!({"bucket": "n", "key": "log"})).await,
+        json!({"ok": "x".repeat(40)})
+    );
+}
+
+#[test]
+fn keyvalue_grants_name_the_bad_field() {
+    for (toml, field) in [
+        ("[keyvalue]\nbuckets = [\"a.b\"]\n", "keyvalue.buckets[0]"),
+        (
+            "[keyvalue]\nbuckets = [\"a\", \"a:ro\"]\n",
+            "keyvalue.buckets[1]",
+        ),
+        ("[keyvalue]\nbuckets = [\"a:rx\"]\n", "keyvalue.buckets[0]"),
+        ("[keyvalue]\nbucket = [\"a\"]\n", "keyvalue"),
+    ] {
+        let e = Grants::from_toml(toml, "m.toml", Path::new(".")).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains(field) && msg.contains("m.toml"),
+            "{toml}: {msg}"
+        );
+    }
+    let g = grants("[keyvalue]\nbuckets = [\"a\", \"b:ro\"]\n");
+    assert!(g.effects().writes && g.effects().reads);
+    let g = grants("[keyvalue]\nbuckets = [\"b:ro\"]\n");
+    assert!(!g.effects().writes && g.effects().reads);
+}
+
 #[tokio::test]
 async fn sockets_are_refused_by_the_gateway_with_an_audit_event() {
     let server = TestServer::start("127.0.0.1");

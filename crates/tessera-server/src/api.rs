@@ -453,3 +453,96 @@ pub struct ReplayResult {
     /// The first divergence, `null` when identical.
     pub divergence: Option<String>,
 }
+
+/// Most keys one page of `GET /v1/kv/{bucket}` may ask for (`limit`).
+pub const MAX_KEY_PAGE: usize = 1000;
+
+/// Keys in a page of `GET /v1/kv/{bucket}` when `limit` is not given.
+pub const DEFAULT_KEY_PAGE: usize = 100;
+
+/// A bucket that holds at least one key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+pub struct BucketInfo {
+    /// The bucket's name.
+    pub name: String,
+    /// Where it lives: `embedded` (the data directory's store) or `nats`.
+    pub backend: String,
+}
+
+/// `GET /v1/kv`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct BucketList {
+    /// Buckets holding keys in the embedded store, then (when `[store.nats]`
+    /// is configured) in NATS, sorted by name.
+    pub buckets: Vec<BucketInfo>,
+}
+
+/// `GET /v1/kv/{bucket}`: one page of keys.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct KeyPage {
+    /// The bucket.
+    pub bucket: String,
+    /// Where it lives: `embedded` or `nats`.
+    pub backend: String,
+    /// Keys in byte order.
+    pub keys: Vec<String>,
+    /// Pass it as `after` for the next page; `null` on the last page.
+    pub cursor: Option<String>,
+}
+
+/// `GET /v1/kv/{bucket}/{key}`: a value and its revision.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct KvEntry {
+    /// The bucket.
+    pub bucket: String,
+    /// The key.
+    pub key: String,
+    /// The revision of the write that stored the value.
+    pub revision: u64,
+    /// The value as text, `null` when its bytes are not UTF-8.
+    pub value: Option<String>,
+    /// The value's bytes, base64 (standard alphabet, padded).
+    pub value_base64: String,
+}
+
+impl KvEntry {
+    /// The document of a stored entry.
+    pub fn new(bucket: &str, key: &str, entry: &tessera_store::Entry) -> Self {
+        use base64::Engine as _;
+        Self {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            revision: entry.revision,
+            value: String::from_utf8(entry.value.clone()).ok(),
+            value_base64: base64::engine::general_purpose::STANDARD.encode(&entry.value),
+        }
+    }
+}
+
+/// `PUT /v1/kv/{bucket}/{key}`: the value (exactly one of `value` and
+/// `value_base64`) and, optionally, the state the key must be in for the
+/// write to happen (at most one of `expect_revision` and `expect_absent`).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KvPut {
+    /// The value as text (stored as its UTF-8 bytes).
+    #[serde(default)]
+    pub value: Option<String>,
+    /// The value's bytes, base64 (standard alphabet, padded).
+    #[serde(default)]
+    pub value_base64: Option<String>,
+    /// Write only if the key's current value was written at this revision
+    /// (compare-and-swap); otherwise 409 `conflict`.
+    #[serde(default)]
+    pub expect_revision: Option<u64>,
+    /// Write only if the key has no value; otherwise 409 `conflict`.
+    #[serde(default)]
+    pub expect_absent: bool,
+}
+
+/// `200` of `PUT /v1/kv/{bucket}/{key}`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct KvWritten {
+    /// The revision of this write.
+    pub revision: u64,
+}

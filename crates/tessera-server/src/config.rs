@@ -47,6 +47,9 @@ pub struct ServerConfig {
     /// background as runs are recorded (see `docs/journal.md`,
     /// Retention); an empty policy keeps everything.
     pub retention: tessera_journal::Retention,
+    /// Where the key-value buckets of `wasi:keyvalue` live (the `[store]`
+    /// settings; by default the embedded store in the data directory).
+    pub store: tessera_store::StoreSettings,
 }
 
 impl ServerConfig {
@@ -54,7 +57,7 @@ impl ServerConfig {
     /// ([`tessera_runtime::cache::default_dir`]; none when it has no
     /// location), loopback on port 7878, no tokens required, 16 MiB bodies,
     /// 256 concurrent calls, 10 s grace, no extra hosts or origins, no
-    /// retention limit.
+    /// retention limit, every bucket in the embedded store.
     pub fn new(data: PathBuf) -> Self {
         Self {
             data,
@@ -69,6 +72,7 @@ impl ServerConfig {
             allowed_origins: Vec::new(),
             secrets: std::collections::BTreeMap::new(),
             retention: tessera_journal::Retention::default(),
+            store: tessera_store::StoreSettings::default(),
         }
     }
 }

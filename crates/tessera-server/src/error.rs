@@ -39,6 +39,8 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// 400: a path parameter that cannot be read.
     BadPath,
+    /// 400: a query parameter that cannot be read or is out of range.
+    BadQuery,
     /// 503: the server is at its limit of concurrent calls.
     Overloaded,
     /// 503: the component is still being compiled (or loaded) in the
@@ -59,6 +61,20 @@ pub enum ErrorCode {
     AmbiguousRun,
     /// 409: the run's component is no longer in the store.
     ComponentMissing,
+    /// 400: a bucket name the stores do not accept (1-64 ASCII letters,
+    /// digits, `_` and `-`).
+    InvalidBucket,
+    /// 400: a key the stores do not accept (empty, over 1024 bytes, or
+    /// with a control character).
+    InvalidKey,
+    /// 404: the key has no value in the bucket.
+    NoSuchKey,
+    /// 409: a conditional write (`expect_revision`, `expect_absent`) found
+    /// the key in another state.
+    Conflict,
+    /// 503: the store cannot be opened or reached (the embedded store held
+    /// by another process, NATS down).
+    StoreUnavailable,
     /// 400: a component name that cannot be used.
     InvalidName,
     /// 400: the body is not the JSON the route takes.
@@ -87,6 +103,8 @@ pub enum ErrorCode {
     Engine,
     /// 500: the tokens file could not be read.
     Tokens,
+    /// 500: the store failed an operation.
+    Store,
     /// 500: anything else that should not happen.
     Internal,
 }
@@ -100,17 +118,21 @@ impl ErrorCode {
             Forbidden | HostNotAllowed | OriginNotAllowed => StatusCode::FORBIDDEN,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            NotFound | NoSuchComponent | NoSuchVersion | NoSuchFunction | NoSuchRun => {
+            NotFound | NoSuchComponent | NoSuchVersion | NoSuchFunction | NoSuchRun | NoSuchKey => {
                 StatusCode::NOT_FOUND
             }
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            BadPath | AmbiguousRun | InvalidName | BadJson | BadArguments | NotCallable
-            | BadManifest | BadComponent => StatusCode::BAD_REQUEST,
-            ComponentMissing => StatusCode::CONFLICT,
-            Overloaded | Loading => StatusCode::SERVICE_UNAVAILABLE,
+            BadPath | BadQuery | AmbiguousRun | InvalidName | BadJson | BadArguments
+            | NotCallable | BadManifest | BadComponent | InvalidBucket | InvalidKey => {
+                StatusCode::BAD_REQUEST
+            }
+            ComponentMissing | Conflict => StatusCode::CONFLICT,
+            Overloaded | Loading | StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ComponentBusy => StatusCode::TOO_MANY_REQUESTS,
             Denied | Limit | Trap | Cancelled => StatusCode::UNPROCESSABLE_ENTITY,
-            Registry | Journal | Engine | Tokens | Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Registry | Journal | Engine | Tokens | Store | Internal => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 }
@@ -181,6 +203,26 @@ pub struct ErrorDetail {
     /// records and, for a trap, its backtrace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest: Option<GuestDiagnostics>,
+    /// The bucket (`invalid_bucket`, `invalid_key`, `no_such_key`,
+    /// `conflict`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    /// The key (`invalid_key`, `no_such_key`, `conflict`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The revision a conditional write expected (`conflict` of an
+    /// `expect_revision` write).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_revision: Option<u64>,
+    /// `true` when a conditional write expected the key to have no value
+    /// (`conflict` of an `expect_absent` write).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_absent: Option<bool>,
+    /// The key's revision a conditional write found instead (`conflict`);
+    /// absent when the key has no value (or the backend did not report
+    /// the revision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub found_revision: Option<u64>,
 }
 
 /// Most stderr bytes a failed call's diagnostics carry: the last ones.
@@ -360,6 +402,11 @@ impl ApiError {
             unresolved_imports: None,
             exports: None,
             guest: None,
+            bucket: None,
+            key: None,
+            expected_revision: None,
+            expected_absent: None,
+            found_revision: None,
         }))
     }
 
@@ -476,6 +523,47 @@ impl From<crate::admit::AdmitError> for ApiError {
             AdmitError::Registry(r) => r.into(),
             AdmitError::Manifest(m) => ApiError::new(ErrorCode::BadManifest, m.to_string()),
             AdmitError::Runtime(r) => r.into(),
+        }
+    }
+}
+
+impl From<tessera_store::StoreError> for ApiError {
+    fn from(e: tessera_store::StoreError) -> Self {
+        use tessera_store::{Expect, StoreError as S};
+        let message = e.to_string();
+        match e {
+            S::InvalidBucket { name, .. } => {
+                ApiError::new(ErrorCode::InvalidBucket, message).with(|d| d.bucket = Some(name))
+            }
+            S::InvalidKey { key, .. } => {
+                ApiError::new(ErrorCode::InvalidKey, message).with(|d| d.key = Some(key))
+            }
+            S::Conflict {
+                bucket,
+                key,
+                expected,
+                found,
+            } => ApiError::new(ErrorCode::Conflict, message).with(|d| {
+                d.bucket = Some(bucket);
+                d.key = Some(key);
+                match expected {
+                    Expect::Revision(r) => d.expected_revision = Some(r),
+                    Expect::Absent => d.expected_absent = Some(true),
+                    Expect::Any => {}
+                }
+                d.found_revision = found;
+            }),
+            // No route increments; should one, these are the value's fault.
+            S::NotAnInteger { bucket, key } | S::Overflow { bucket, key } => {
+                ApiError::new(ErrorCode::Conflict, message).with(|d| {
+                    d.bucket = Some(bucket);
+                    d.key = Some(key);
+                })
+            }
+            S::Unavailable { .. } | S::Settings { .. } => {
+                ApiError::new(ErrorCode::StoreUnavailable, message)
+            }
+            S::Backend { .. } => ApiError::new(ErrorCode::Store, message),
         }
     }
 }

@@ -3,10 +3,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -22,6 +23,7 @@ use crate::auth::Scope;
 use crate::call::Verdict;
 use crate::error::{ApiError, ErrorCode, LimitRef};
 use crate::registry::RegistryError;
+use tessera_store::{BackendKind, Expect, SharedStore, Stores};
 
 /// Path parameters, with a JSON error when they cannot be read.
 struct ApiPath<T>(T);
@@ -37,6 +39,23 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> 
             .await
             .map(|Path(t)| ApiPath(t))
             .map_err(|e| ApiError::new(ErrorCode::BadPath, e.body_text()))
+    }
+}
+
+/// Query parameters, with a JSON error when they cannot be read.
+struct ApiQuery<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(t)| ApiQuery(t))
+            .map_err(|e| ApiError::new(ErrorCode::BadQuery, e.body_text()))
     }
 }
 
@@ -83,6 +102,13 @@ fn accepted_scopes(method: &axum::http::Method, path: &str) -> Option<&'static [
     } else if path.starts_with("/v1/runs") || path.starts_with("/v1/audit") || path == "/v1/journal"
     {
         Some(&[Scope::Read])
+    } else if path == "/v1/kv" || path.starts_with("/v1/kv/") {
+        // Key-value stores (before `/call/`: a key may contain it).
+        if method == axum::http::Method::GET || method == axum::http::Method::HEAD {
+            Some(&[Scope::Read])
+        } else {
+            Some(&[Scope::Manage])
+        }
     } else if path.contains("/call/") {
         Some(&[Scope::Call])
     } else if method == axum::http::Method::GET {
@@ -187,6 +213,13 @@ pub fn router(server: Arc<Server>, mcp: crate::mcp::McpHttpService, local: Socke
         .route("/v1/runs/{id}", get(show_run))
         .route("/v1/runs/{id}/replay", post(replay_run))
         .route("/v1/audit", get(audit_stream))
+        .route("/v1/kv", get(kv_buckets))
+        .route("/v1/kv/{bucket}", get(kv_keys))
+        // A wildcard: a key may contain `/` (as is, or as `%2F`).
+        .route(
+            "/v1/kv/{bucket}/{*key}",
+            get(kv_get).put(kv_put).delete(kv_delete),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(server.config.max_body_bytes))
@@ -577,6 +610,217 @@ async fn audit_stream(State(server): State<Arc<Server>>) -> impl IntoResponse {
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
+/// How long a store operation may take before the API gives up with 503
+/// `store_unavailable` (a NATS server that accepts connections but does
+/// not answer).
+const STORE_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Runs a store operation under [`STORE_DEADLINE`].
+async fn store_op<T>(
+    op: impl std::future::Future<Output = Result<T, tessera_store::StoreError>>,
+) -> ApiResult<T> {
+    match tokio::time::timeout(STORE_DEADLINE, op).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(_) => Err(ApiError::new(
+            ErrorCode::StoreUnavailable,
+            format!(
+                "the store did not answer within {} s",
+                STORE_DEADLINE.as_secs()
+            ),
+        )),
+    }
+}
+
+fn stores(server: &Server) -> ApiResult<&Arc<Stores>> {
+    server.stores().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::StoreUnavailable,
+            "this server has no key-value stores",
+        )
+    })
+}
+
+/// Checks the names, then opens (or connects to) the bucket's backend.
+async fn open_bucket(server: &Server, bucket: &str, key: Option<&str>) -> ApiResult<SharedStore> {
+    tessera_store::check_bucket(bucket)?;
+    if let Some(key) = key {
+        tessera_store::check_key(key)?;
+    }
+    let stores = stores(server)?;
+    store_op(stores.for_bucket(bucket)).await
+}
+
+async fn kv_buckets(State(server): State<Arc<Server>>) -> ApiResult<Json<api::BucketList>> {
+    let stores = stores(&server)?;
+    let settings = stores.settings();
+    // The embedded store is listed when buckets live there (or it holds
+    // some from before); NATS when it is configured.
+    let mut kinds = Vec::new();
+    if settings.default == BackendKind::Embedded
+        || settings
+            .buckets
+            .values()
+            .any(|b| *b == BackendKind::Embedded)
+        || stores.embedded_path().exists()
+    {
+        kinds.push(BackendKind::Embedded);
+    }
+    if settings.nats.is_some() {
+        kinds.push(BackendKind::Nats);
+    }
+    let mut buckets = Vec::new();
+    for kind in kinds {
+        let store = store_op(stores.backend(kind)).await?;
+        for name in store_op(store.buckets()).await? {
+            buckets.push(api::BucketInfo {
+                name,
+                backend: kind.name().to_string(),
+            });
+        }
+    }
+    buckets.sort();
+    Ok(Json(api::BucketList { buckets }))
+}
+
+/// The query of `GET /v1/kv/{bucket}` (empty values count as absent).
+#[derive(serde::Deserialize)]
+struct KeysQuery {
+    #[serde(default)]
+    prefix: String,
+    #[serde(default)]
+    after: Option<String>,
+    #[serde(default)]
+    limit: Option<String>,
+}
+
+/// The query of `DELETE /v1/kv/{bucket}/{key}`.
+#[derive(serde::Deserialize)]
+struct DeleteQuery {
+    #[serde(default)]
+    expect_revision: Option<String>,
+}
+
+async fn kv_keys(
+    State(server): State<Arc<Server>>,
+    ApiPath(bucket): ApiPath<String>,
+    ApiQuery(query): ApiQuery<KeysQuery>,
+) -> ApiResult<Json<api::KeyPage>> {
+    let limit = match query.limit.as_deref() {
+        None | Some("") => api::DEFAULT_KEY_PAGE,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=api::MAX_KEY_PAGE).contains(n))
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::BadQuery,
+                    format!(
+                        "limit: `{text}` is not a number from 1 to {}",
+                        api::MAX_KEY_PAGE
+                    ),
+                )
+                .with(|d| d.limit = Some(LimitRef::Value(api::MAX_KEY_PAGE as u64)))
+            })?,
+    };
+    let after = query.after.filter(|a| !a.is_empty());
+    let store = open_bucket(&server, &bucket, None).await?;
+    let page = store_op(store.list(&bucket, &query.prefix, after.as_deref(), limit)).await?;
+    Ok(Json(api::KeyPage {
+        backend: store.backend().to_string(),
+        bucket,
+        keys: page.keys,
+        cursor: page.cursor,
+    }))
+}
+
+/// The error of a key without a value.
+fn no_such_key(bucket: String, key: String) -> ApiError {
+    ApiError::new(
+        ErrorCode::NoSuchKey,
+        format!("bucket `{bucket}` has no value at key {key:?}"),
+    )
+    .with(|d| {
+        d.bucket = Some(bucket);
+        d.key = Some(key);
+    })
+}
+
+async fn kv_get(
+    State(server): State<Arc<Server>>,
+    ApiPath((bucket, key)): ApiPath<(String, String)>,
+) -> ApiResult<Json<api::KvEntry>> {
+    let store = open_bucket(&server, &bucket, Some(&key)).await?;
+    match store_op(store.get(&bucket, &key)).await? {
+        Some(entry) => Ok(Json(api::KvEntry::new(&bucket, &key, &entry))),
+        None => Err(no_such_key(bucket, key)),
+    }
+}
+
+async fn kv_put(
+    State(server): State<Arc<Server>>,
+    ApiPath((bucket, key)): ApiPath<(String, String)>,
+    Body(body): Body,
+) -> ApiResult<Json<api::KvWritten>> {
+    tessera_store::check_bucket(&bucket)?;
+    tessera_store::check_key(&key)?;
+    let req: api::KvPut = parse_json(&body)?;
+    let bad = |path: &str, message: String| {
+        let path = path.to_string();
+        ApiError::new(ErrorCode::BadJson, message).with(|d| d.path = Some(path))
+    };
+    let value = match (req.value, req.value_base64) {
+        (Some(text), None) => text.into_bytes(),
+        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64.as_bytes())
+            .map_err(|e| bad("$.value_base64", format!("value_base64: {e}")))?,
+        (Some(_), Some(_)) => {
+            return Err(bad(
+                "$.value_base64",
+                "give `value` (text) or `value_base64` (bytes), not both".into(),
+            ));
+        }
+        (None, None) => {
+            return Err(bad(
+                "$.value",
+                "the value is missing: give `value` (text) or `value_base64` (bytes)".into(),
+            ));
+        }
+    };
+    let expect = match (req.expect_revision, req.expect_absent) {
+        (Some(_), true) => {
+            return Err(bad(
+                "$.expect_absent",
+                "give `expect_revision` or `expect_absent`, not both".into(),
+            ));
+        }
+        (Some(revision), false) => Expect::Revision(revision),
+        (None, true) => Expect::Absent,
+        (None, false) => Expect::Any,
+    };
+    let store = open_bucket(&server, &bucket, Some(&key)).await?;
+    let revision = store_op(store.put(&bucket, &key, &value, expect, None)).await?;
+    Ok(Json(api::KvWritten { revision }))
+}
+
+async fn kv_delete(
+    State(server): State<Arc<Server>>,
+    ApiPath((bucket, key)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<DeleteQuery>,
+) -> ApiResult<StatusCode> {
+    let expect = match query.expect_revision.as_deref() {
+        None | Some("") => Expect::Any,
+        Some(text) => Expect::Revision(text.parse::<u64>().map_err(|_| {
+            ApiError::new(
+                ErrorCode::BadQuery,
+                format!("expect_revision: `{text}` is not a revision (a whole number)"),
+            )
+        })?),
+    };
+    let store = open_bucket(&server, &bucket, Some(&key)).await?;
+    store_op(store.delete(&bucket, &key, expect)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -589,7 +833,9 @@ mod tests {
                 .path
                 .replace("{name}", "n")
                 .replace("{function}", "f")
-                .replace("{id}", "i");
+                .replace("{id}", "i")
+                .replace("{bucket}", "b")
+                .replace("{key}", "k/call/x");
             let enforced: Vec<&str> = accepted_scopes(&method, &path)
                 .unwrap_or_default()
                 .iter()

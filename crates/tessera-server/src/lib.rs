@@ -180,6 +180,10 @@ impl Server {
             host: tessera_runtime::HostConfig {
                 secrets: config.secrets.clone(),
                 redaction_key,
+                stores: Some(Arc::new(tessera_store::Stores::new(
+                    config.store.clone(),
+                    &config.data,
+                ))),
             },
             ..RuntimeConfig::default()
         })?;
@@ -311,6 +315,13 @@ impl Server {
     /// loaded, swapped or removed.
     pub fn tools_changed(&self) -> watch::Receiver<u64> {
         self.tools_changed.subscribe()
+    }
+
+    /// The stores of the key-value buckets components use through
+    /// `wasi:keyvalue` (the `[store]` settings; each backend opened on
+    /// first use). `None` only for a runtime built without stores.
+    pub fn stores(&self) -> Option<&Arc<tessera_store::Stores>> {
+        self.runtime.host().stores.as_ref()
     }
 
     /// The request guard of this server listening on `local`.

@@ -47,12 +47,27 @@ pub struct Route {
     pub scopes: &'static [&'static str],
     /// One line.
     pub summary: &'static str,
+    /// The query parameters it reads (all optional).
+    pub query: &'static [QueryParam],
     /// The JSON request body, and whether it is required.
     pub request: Option<(SchemaFn, bool)>,
     /// The answer when it works.
     pub success: Success,
     /// Every error status the route can answer, each with the `Error` body.
     pub errors: &'static [u16],
+}
+
+/// An optional query parameter of a route.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryParam {
+    /// Its name.
+    pub name: &'static str,
+    /// Its JSON Schema type: `string` or `integer`.
+    pub kind: &'static str,
+    /// The smallest and largest values of an `integer`.
+    pub range: Option<(u64, u64)>,
+    /// What it does.
+    pub description: &'static str,
 }
 
 /// Statuses any route can answer: a refused `Host` or `Origin` (403), a
@@ -66,6 +81,7 @@ pub const ROUTES: &[Route] = &[
         path: "/v1/health",
         scopes: &[],
         summary: "Liveness",
+        query: &[],
         request: None,
         success: Success::Json(200, schema::<api::Health>),
         errors: GUARD,
@@ -75,6 +91,7 @@ pub const ROUTES: &[Route] = &[
         path: "/openapi.json",
         scopes: &[],
         summary: "This document",
+        query: &[],
         request: None,
         success: Success::Json(200, schema::<Map<String, Value>>),
         errors: GUARD,
@@ -84,6 +101,7 @@ pub const ROUTES: &[Route] = &[
         path: "/v1/components",
         scopes: &["call", "manage"],
         summary: "List components",
+        query: &[],
         request: None,
         success: Success::Json(200, schema::<api::ComponentList>),
         errors: &[401, 403, 413, 415, 500],
@@ -93,6 +111,7 @@ pub const ROUTES: &[Route] = &[
         path: "/v1/components",
         scopes: &["manage"],
         summary: "Add a component (or a new version) from a server-side path; refused (400 bad_component, with unresolved_imports and exports) unless it compiles and links",
+        query: &[],
         request: Some((schema::<api::AddByPath>, true)),
         success: Success::Json(201, schema::<api::Registered>),
         errors: &[400, 401, 403, 413, 415, 500],
@@ -102,6 +121,7 @@ pub const ROUTES: &[Route] = &[
         path: "/v1/components/{name}",
         scopes: &["call", "manage"],
         summary: "Inspect a component: versions, function schemas, grants, effects and any load error",
+        query: &[],
         request: None,
         success: Success::Json(200, schema::<api::ComponentInfo>),
         errors: &[400, 401, 403, 404, 413, 415, 500],
@@ -111,6 +131,7 @@ pub const ROUTES: &[Route] = &[
         path: "/v1/components/{name}",
         scopes: &["manage"],
         summary: "Upload a component (or a new version), base64 in JSON; refused (400 bad_component, with unresolved_imports and exports) unless it compiles and links",
+        query: &[],
         request: Some((schema::<api::Upload>, true)),
         success: Success::Json(201, schema::<api::Registered>),
         errors: &[400, 401, 403, 404, 413, 415, 500],
@@ -120,6 +141,7 @@ pub const ROUTES: &[Route] = &[
         path: "/v1/components/{name}",
         scopes: &["manage"],
         summary: "Remove a component; calls in flight finish",
+        query: &[],
         request: None,
         success: Success::Empty(204),
         errors: &[400, 401, 403, 404, 413, 415, 500],
@@ -129,6 +151,7 @@ pub const ROUTES: &[Route] = &[
         path: "/v1/components/{name}/activate",
         scopes: &["manage"],
         summary: "Activate a version (hot swap)",
+        query: &[],
         request: Some((schema::<api::Activate>, true)),
         success: Success::Json(200, schema::<api::ComponentInfo>),
         errors: &[400, 401, 403, 404, 413, 415, 500],
@@ -138,6 +161,7 @@ pub const ROUTES: &[Route] = &[
         path: "/v1/components/{name}/rollback",
         scopes: &["manage"],
         summary: "Go back to the previously active version",
+        query: &[],
         request: None,
         success: Success::Json(200, schema::<api::ComponentInfo>),
         errors: &[400, 401, 403, 404, 413, 415, 500],
@@ -147,6 +171,7 @@ pub const ROUTES: &[Route] = &[
         path: "/v1/components/{name}/call/{function}",
         scopes: &["call"],
         summary: "Call a function with JSON arguments",
+        query: &[],
         request: Some((schema::<api::CallArgs>, false)),
         success: Success::Json(200, schema::<api::CallResult>),
         errors: &[400, 401, 403, 404, 413, 415, 422, 429, 500, 503],
@@ -156,6 +181,7 @@ pub const ROUTES: &[Route] = &[
         path: "/v1/runs",
         scopes: &["read"],
         summary: "List recorded runs",
+        query: &[],
         request: None,
         success: Success::Json(200, schema::<api::RunList>),
         errors: &[401, 403, 413, 415, 500],
@@ -165,6 +191,7 @@ pub const ROUTES: &[Route] = &[
         path: "/v1/journal",
         scopes: &["read"],
         summary: "What the journal weighs: file size on disk, runs, bytes per run, per component",
+        query: &[],
         request: None,
         success: Success::Json(200, schema::<api::JournalStats>),
         errors: &[401, 403, 413, 415, 500],
@@ -174,6 +201,7 @@ pub const ROUTES: &[Route] = &[
         path: "/v1/runs/{id}",
         scopes: &["read"],
         summary: "Show a run's journal (the id or an unambiguous prefix)",
+        query: &[],
         request: None,
         success: Success::Json(200, schema::<api::RunDetail>),
         errors: &[400, 401, 403, 404, 413, 415, 500],
@@ -183,6 +211,7 @@ pub const ROUTES: &[Route] = &[
         path: "/v1/runs/{id}/replay",
         scopes: &["read"],
         summary: "Replay a run offline",
+        query: &[],
         request: None,
         success: Success::Json(200, schema::<api::ReplayResult>),
         errors: &[400, 401, 403, 404, 409, 413, 415, 429, 500],
@@ -192,9 +221,84 @@ pub const ROUTES: &[Route] = &[
         path: "/v1/audit",
         scopes: &["read"],
         summary: "Stream audit events (server-sent events, `event: audit`, one JSON event per `data:`)",
+        query: &[],
         request: None,
         success: Success::EventStream,
         errors: &[401, 403, 413, 415, 500],
+    },
+    Route {
+        method: "get",
+        path: "/v1/kv",
+        scopes: &["read"],
+        summary: "List the key-value buckets that hold keys, with their backend (`embedded`, or `nats` when `[store.nats]` is configured)",
+        query: &[],
+        request: None,
+        success: Success::Json(200, schema::<api::BucketList>),
+        errors: &[401, 403, 413, 415, 500, 503],
+    },
+    Route {
+        method: "get",
+        path: "/v1/kv/{bucket}",
+        scopes: &["read"],
+        summary: "List a bucket's keys in byte order, a page at a time",
+        query: &[
+            QueryParam {
+                name: "prefix",
+                kind: "string",
+                range: None,
+                description: "Only keys that start with this.",
+            },
+            QueryParam {
+                name: "after",
+                kind: "string",
+                range: None,
+                description: "Only keys after this one: the previous page's `cursor`.",
+            },
+            QueryParam {
+                name: "limit",
+                kind: "integer",
+                range: Some((1, api::MAX_KEY_PAGE as u64)),
+                description: "Keys per page (default 100, at most 1000).",
+            },
+        ],
+        request: None,
+        success: Success::Json(200, schema::<api::KeyPage>),
+        errors: &[400, 401, 403, 413, 415, 500, 503],
+    },
+    Route {
+        method: "get",
+        path: "/v1/kv/{bucket}/{key}",
+        scopes: &["read"],
+        summary: "Read a key's value (as text when it is UTF-8, and base64) and revision; the key is percent-encoded and may contain `/`",
+        query: &[],
+        request: None,
+        success: Success::Json(200, schema::<api::KvEntry>),
+        errors: &[400, 401, 403, 404, 413, 415, 500, 503],
+    },
+    Route {
+        method: "put",
+        path: "/v1/kv/{bucket}/{key}",
+        scopes: &["manage"],
+        summary: "Write a key's value, optionally only at an expected revision or when absent (409 `conflict` otherwise); answers the new revision",
+        query: &[],
+        request: Some((schema::<api::KvPut>, true)),
+        success: Success::Json(200, schema::<api::KvWritten>),
+        errors: &[400, 401, 403, 409, 413, 415, 500, 503],
+    },
+    Route {
+        method: "delete",
+        path: "/v1/kv/{bucket}/{key}",
+        scopes: &["manage"],
+        summary: "Remove a key (removing an absent key is not an error), optionally only at an expected revision (409 `conflict` otherwise)",
+        query: &[QueryParam {
+            name: "expect_revision",
+            kind: "integer",
+            range: Some((0, u64::MAX)),
+            description: "Remove only if the key's value was written at this revision.",
+        }],
+        request: None,
+        success: Success::Empty(204),
+        errors: &[400, 401, 403, 409, 413, 415, 500, 503],
     },
 ];
 
@@ -202,24 +306,28 @@ pub const ROUTES: &[Route] = &[
 fn error_description(status: u16) -> &'static str {
     match status {
         400 => {
-            "Bad request: `bad_json`, `bad_path`, `bad_arguments`, `invalid_name`, `bad_component`, `bad_manifest`, `not_callable`, `ambiguous_run`"
+            "Bad request: `bad_json`, `bad_path`, `bad_query`, `bad_arguments`, `invalid_name`, `bad_component`, `bad_manifest`, `not_callable`, `ambiguous_run`, `invalid_bucket`, `invalid_key`"
         }
         401 => "`unauthorized`: a token is required, or the token is unknown",
         403 => {
             "`forbidden` (the token lacks the scope), `host_not_allowed` or `origin_not_allowed`"
         }
         404 => {
-            "Not found: `no_such_component`, `no_such_version`, `no_such_function`, `no_such_run`, `not_found`"
+            "Not found: `no_such_component`, `no_such_version`, `no_such_function`, `no_such_run`, `no_such_key`, `not_found`"
         }
-        409 => "`component_missing`: the run's component is no longer stored",
+        409 => {
+            "`component_missing` (the run's component is no longer stored), `conflict` (a conditional write found the key in another state: `expected_revision` or `expected_absent`, and `found_revision`)"
+        }
         413 => "`body_too_large`",
         415 => "`unsupported_media_type`: request bodies are `application/json`",
         422 => {
             "The call ran and failed: `denied`, `limit`, `trap`, `cancelled` (with its `run_id`)"
         }
         429 => "`component_busy`: the component is at its `max_concurrent` limit",
-        500 => "Server fault: `registry`, `journal`, `engine`, `tokens`, `internal`",
-        503 => "`overloaded`: the server is at `--max-calls`",
+        500 => "Server fault: `registry`, `journal`, `engine`, `tokens`, `store`, `internal`",
+        503 => {
+            "`overloaded` (the server is at `--max-calls`), `loading` (the component is still compiling), `store_unavailable` (the store cannot be opened or reached)"
+        }
         _ => "Error",
     }
 }
@@ -244,12 +352,26 @@ pub fn document() -> Value {
 
     let mut paths = Map::new();
     for route in ROUTES {
-        let params: Vec<Value> = route
+        let mut params: Vec<Value> = route
             .path
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
             .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
             .collect();
+        params.extend(route.query.iter().map(|q| {
+            let mut schema = json!({ "type": q.kind });
+            if let Some((min, max)) = q.range {
+                schema["minimum"] = json!(min);
+                schema["maximum"] = json!(max);
+            }
+            json!({
+                "name": q.name,
+                "in": "query",
+                "required": false,
+                "description": q.description,
+                "schema": schema,
+            })
+        }));
         let mut responses = Map::new();
         match route.success {
             Success::Json(status, schema) => {
@@ -312,7 +434,7 @@ pub fn document() -> Value {
         "info": {
             "title": "Tessera API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Components as typed tools: register, hot-swap, call from JSON, and read the journal and audit stream. The same tools are served over MCP (streamable HTTP) at /mcp, with the `call` scope. Every route refuses a Host it does not answer to and an Origin it does not allow (403), and request bodies must be application/json (415). See docs/http-api.md."
+            "description": "Components as typed tools: register, hot-swap, call from JSON, read the journal and audit stream, and inspect and edit the key-value buckets components use (wasi:keyvalue). The same tools are served over MCP (streamable HTTP) at /mcp, with the `call` scope. Every route refuses a Host it does not answer to and an Origin it does not allow (403), and request bodies must be application/json (415). See docs/http-api.md."
         },
         "paths": paths,
         "components": {

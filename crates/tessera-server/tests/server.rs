@@ -399,7 +399,9 @@ async fn openapi_document_matches_the_routes() {
             let concrete = path
                 .replace("{name}", "nothing")
                 .replace("{function}", "f")
-                .replace("{id}", "nope");
+                .replace("{id}", "nope")
+                .replace("{bucket}", "nothing")
+                .replace("{key}", "nope");
             let m: &'static str = match method.as_str() {
                 "get" => "GET",
                 "post" => "POST",
@@ -408,13 +410,13 @@ async fn openapi_document_matches_the_routes() {
                 other => panic!("unexpected method {other}"),
             };
             let (status, body) = s.call(m, &concrete, json!({})).await;
-            // A real route answers with JSON (possibly a typed error); an
-            // unknown route or method gets `not_found` or
-            // `method_not_allowed`.
+            // A real route answers with JSON (possibly a typed error) or
+            // 204 without a body; an unknown route or method gets
+            // `not_found` or `method_not_allowed`.
             let code = &body["error"]["code"];
             assert!(
                 status != 405
-                    && body.is_object()
+                    && (body.is_object() || status == 204)
                     && code != "not_found"
                     && code != "method_not_allowed",
                 "{m} {path}: {status} {body}"
@@ -896,7 +898,10 @@ fn every_route() -> Vec<(&'static str, String, bool)> {
             let concrete = if path.contains("{function}") {
                 "/v1/components/hello/call/greet".to_string()
             } else {
-                path.replace("{name}", "nothing").replace("{id}", "nope")
+                path.replace("{name}", "nothing")
+                    .replace("{id}", "nope")
+                    .replace("{bucket}", "nothing")
+                    .replace("{key}", "nope")
             };
             let m: &'static str = match method {
                 "get" => "GET",
@@ -2149,4 +2154,509 @@ async fn a_second_data_directory_reuses_what_the_first_compiled() {
     assert!(hold.state.lock().unwrap().compiling.is_empty());
     assert!(!first.path().join("cache").exists() && !second.path().join("cache").exists());
     s.shutdown().await;
+}
+
+/// Registers `kv-tool` as `kv`, granted the bucket `notes`.
+async fn add_kv_tool(s: &Running, data: &Path) -> (u16, Value) {
+    let body = json!({ "name": "kv", "path": component("kv-tool").display().to_string(),
+                       "manifest_path": write_manifest(data, "[keyvalue]\nbuckets = [\"notes\"]\n") });
+    s.call("POST", "/v1/components", body).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_routes_read_and_edit_what_a_component_stored() {
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), |_| {}).await;
+    let (status, v) = add_kv_tool(&s, data.path()).await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = s.call("GET", "/v1/kv", json!({})).await;
+    assert_eq!((status, &v), (200, &json!({ "buckets": [] })), "{v}");
+
+    // The component writes through wasi:keyvalue.
+    let tool = |f: &str| format!("/v1/components/kv/call/{f}");
+    let (status, v) = s
+        .call(
+            "POST",
+            &tool("set"),
+            json!({"bucket": "notes", "key": "greeting", "value": "hello"}),
+        )
+        .await;
+    assert_eq!((status, &v["result"]), (200, &json!({"ok": null})), "{v}");
+    let (status, v) = s
+        .call(
+            "POST",
+            &tool("increment"),
+            json!({"bucket": "notes", "key": "visits", "delta": 2}),
+        )
+        .await;
+    assert_eq!((status, &v["result"]), (200, &json!({"ok": 2})), "{v}");
+    let deep = "a/b c/é";
+    let (status, v) = s
+        .call(
+            "POST",
+            &tool("set"),
+            json!({"bucket": "notes", "key": deep, "value": "deep"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+
+    // The API reads it.
+    let (status, v) = s.call("GET", "/v1/kv", json!({})).await;
+    assert_eq!(
+        (status, &v),
+        (
+            200,
+            &json!({ "buckets": [{ "name": "notes", "backend": "embedded" }] })
+        ),
+        "{v}"
+    );
+    let (status, v) = s.call("GET", "/v1/kv/notes", json!({})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v,
+        json!({ "bucket": "notes", "backend": "embedded",
+                "keys": [deep, "greeting", "visits"], "cursor": null })
+    );
+    // Pages, and a prefix (percent-encoded in the query).
+    let (_, v) = s.call("GET", "/v1/kv/notes?limit=2", json!({})).await;
+    assert_eq!(v["keys"], json!([deep, "greeting"]), "{v}");
+    assert_eq!(v["cursor"], "greeting");
+    let (_, v) = s
+        .call("GET", "/v1/kv/notes?limit=2&after=greeting", json!({}))
+        .await;
+    assert_eq!(
+        (&v["keys"], &v["cursor"]),
+        (&json!(["visits"]), &json!(null))
+    );
+    let (_, v) = s
+        .call("GET", "/v1/kv/notes?prefix=a%2Fb%20", json!({}))
+        .await;
+    assert_eq!(v["keys"], json!([deep]), "{v}");
+    let (status, v) = s.call("GET", "/v1/kv/notes?limit=1001", json!({})).await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (400, &json!("bad_query")),
+        "{v}"
+    );
+    let (status, v) = s.call("GET", "/v1/kv/notes/greeting", json!({})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["value"], "hello");
+    assert_eq!(v["value_base64"], "aGVsbG8=");
+    assert_eq!(
+        (&v["bucket"], &v["key"]),
+        (&json!("notes"), &json!("greeting"))
+    );
+    let first = v["revision"].as_u64().unwrap();
+    let (_, v) = s.call("GET", "/v1/kv/notes/visits", json!({})).await;
+    assert_eq!(v["value"], "2", "{v}");
+    // A key with `/`, a space and `é`: the slashes as they are, or encoded.
+    for path in [
+        "/v1/kv/notes/a/b%20c/%C3%A9",
+        "/v1/kv/notes/a%2Fb%20c%2F%C3%A9",
+    ] {
+        let (status, v) = s.call("GET", path, json!({})).await;
+        assert_eq!(status, 200, "{path}: {v}");
+        assert_eq!(
+            (&v["key"], &v["value"]),
+            (&json!(deep), &json!("deep")),
+            "{path}"
+        );
+    }
+
+    // Writes: compare-and-swap on the revision read.
+    let (status, v) = s
+        .call(
+            "PUT",
+            "/v1/kv/notes/greeting",
+            json!({"value": "hi", "expect_revision": first}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let second = v["revision"].as_u64().unwrap();
+    assert!(second > first, "{first} then {second}");
+    // A stale revision: refused, naming what was expected and found.
+    let (status, v) = s
+        .call(
+            "PUT",
+            "/v1/kv/notes/greeting",
+            json!({"value": "lost", "expect_revision": first}),
+        )
+        .await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (409, &json!("conflict")),
+        "{v}"
+    );
+    assert_eq!(v["error"]["expected_revision"], first);
+    assert_eq!(v["error"]["found_revision"], second);
+    assert_eq!(v["error"]["key"], "greeting");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!(
+            "expected revision {first}, found revision {second}"
+        )),
+        "{message}"
+    );
+    // The component sees the write that won.
+    let (_, v) = s
+        .call(
+            "POST",
+            &tool("get"),
+            json!({"bucket": "notes", "key": "greeting"}),
+        )
+        .await;
+    assert_eq!(v["result"], json!({"ok": "hi"}), "{v}");
+    // Absent: refused for a key that has a value, allowed for a new one.
+    let (status, v) = s
+        .call(
+            "PUT",
+            "/v1/kv/notes/greeting",
+            json!({"value": "x", "expect_absent": true}),
+        )
+        .await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (409, &json!("conflict")),
+        "{v}"
+    );
+    assert_eq!(v["error"]["expected_absent"], true);
+    assert_eq!(v["error"]["found_revision"], second);
+    let (status, v) = s
+        .call(
+            "PUT",
+            "/v1/kv/notes/fresh",
+            json!({"value": "new", "expect_absent": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    // Bytes that are not UTF-8.
+    let (status, v) = s
+        .call("PUT", "/v1/kv/notes/bin", json!({"value_base64": "AP8="}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let (_, v) = s.call("GET", "/v1/kv/notes/bin", json!({})).await;
+    assert_eq!(
+        (&v["value"], &v["value_base64"]),
+        (&json!(null), &json!("AP8="))
+    );
+    // A key with slashes written through the API, read by the component.
+    let (status, v) = s
+        .call("PUT", "/v1/kv/notes/x/y%20z", json!({"value": "slashed"}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let (_, v) = s
+        .call(
+            "POST",
+            &tool("get"),
+            json!({"bucket": "notes", "key": "x/y z"}),
+        )
+        .await;
+    assert_eq!(v["result"], json!({"ok": "slashed"}), "{v}");
+
+    // Bad requests.
+    for (body, path) in [
+        (json!({}), "$.value"),
+        (
+            json!({"value": "a", "value_base64": "YQ=="}),
+            "$.value_base64",
+        ),
+        (json!({"value_base64": "not base64!"}), "$.value_base64"),
+        (
+            json!({"value": "a", "expect_revision": 1, "expect_absent": true}),
+            "$.expect_absent",
+        ),
+    ] {
+        let (status, v) = s.call("PUT", "/v1/kv/notes/k", body.clone()).await;
+        assert_eq!(
+            (status, &v["error"]["code"]),
+            (400, &json!("bad_json")),
+            "{body}: {v}"
+        );
+        assert_eq!(v["error"]["path"], path, "{body}: {v}");
+    }
+    let (status, v) = s
+        .call("PUT", "/v1/kv/notes/k", json!({"value": "a", "ttl": 1}))
+        .await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (400, &json!("bad_json")),
+        "{v}"
+    );
+    for (method, path) in [
+        ("GET", "/v1/kv/bad.name"),
+        ("GET", "/v1/kv/bad%20name/k"),
+        ("PUT", "/v1/kv/bad.name/k"),
+        ("DELETE", "/v1/kv/bad.name/k"),
+    ] {
+        let (status, v) = s.call(method, path, json!({"value": "a"})).await;
+        assert_eq!(
+            (status, &v["error"]["code"]),
+            (400, &json!("invalid_bucket")),
+            "{method} {path}: {v}"
+        );
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains("invalid bucket name `bad"), "{message}");
+        assert!(message.contains("is not allowed"), "{message}");
+    }
+    let (status, v) = s.call("GET", "/v1/kv/notes/a%0Ab", json!({})).await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (400, &json!("invalid_key")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("control character")
+    );
+    // A key without a value.
+    let (status, v) = s.call("GET", "/v1/kv/notes/nothing", json!({})).await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (404, &json!("no_such_key")),
+        "{v}"
+    );
+    assert_eq!(
+        (&v["error"]["bucket"], &v["error"]["key"]),
+        (&json!("notes"), &json!("nothing"))
+    );
+
+    // Deletes: conditional, then unconditional.
+    let (status, v) = s
+        .call(
+            "DELETE",
+            &format!("/v1/kv/notes/greeting?expect_revision={first}"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (409, &json!("conflict")),
+        "{v}"
+    );
+    let (status, _) = s
+        .call(
+            "DELETE",
+            &format!("/v1/kv/notes/greeting?expect_revision={second}"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, _) = s.call("GET", "/v1/kv/notes/greeting", json!({})).await;
+    assert_eq!(status, 404);
+    let (_, v) = s
+        .call(
+            "POST",
+            &tool("get"),
+            json!({"bucket": "notes", "key": "greeting"}),
+        )
+        .await;
+    assert_eq!(v["result"], json!({"ok": null}), "{v}");
+    let (status, _) = s
+        .call("DELETE", "/v1/kv/notes/a/b%20c/%C3%A9", json!({}))
+        .await;
+    assert_eq!(status, 204);
+    let (status, v) = s
+        .call("DELETE", "/v1/kv/notes/x?expect_revision=no", json!({}))
+        .await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (400, &json!("bad_query")),
+        "{v}"
+    );
+    let (_, v) = s.call("GET", "/v1/kv/notes", json!({})).await;
+    assert_eq!(v["keys"], json!(["bin", "fresh", "visits", "x/y z"]), "{v}");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_reads_need_the_read_scope_and_writes_the_manage_scope() {
+    use tessera_server::auth::Scope;
+    let data = tempfile::tempdir().unwrap();
+    let tokens = tessera_server::auth::Tokens::open(data.path());
+    let (reader, _) = tokens.create(vec![Scope::Read], "reader").unwrap();
+    let (admin, _) = tokens.create(vec![Scope::Manage], "admin").unwrap();
+    let (caller, _) = tokens.create(vec![Scope::Call], "caller").unwrap();
+    let s = start(data.path(), |c| c.require_tokens = true).await;
+    let addr = s.addr;
+    let results = tokio::task::spawn_blocking(move || {
+        let put = |t: Option<&str>| request(addr, "PUT", "/v1/kv/notes/k", t, r#"{"value":"v"}"#);
+        let get = |t: Option<&str>| request(addr, "GET", "/v1/kv/notes/k", t, "");
+        let list = |t: Option<&str>| request(addr, "GET", "/v1/kv", t, "");
+        let delete = |t: Option<&str>| request(addr, "DELETE", "/v1/kv/notes/k", t, "");
+        vec![
+            ("put without a token", put(None), 401),
+            ("put with read", put(Some(&reader)), 403),
+            ("put with call", put(Some(&caller)), 403),
+            ("put with manage", put(Some(&admin)), 200),
+            ("get with manage", get(Some(&admin)), 403),
+            ("get with call", get(Some(&caller)), 403),
+            ("get with read", get(Some(&reader)), 200),
+            ("list with read", list(Some(&reader)), 200),
+            ("list without a token", list(None), 401),
+            ("delete with read", delete(Some(&reader)), 403),
+            ("delete with manage", delete(Some(&admin)), 204),
+            ("get after delete", get(Some(&reader)), 404),
+        ]
+    })
+    .await
+    .unwrap();
+    for (what, (status, v), expected) in results {
+        assert_eq!(status, expected, "{what}: {v}");
+        if expected == 403 {
+            assert_eq!(v["error"]["code"], "forbidden", "{what}: {v}");
+        }
+        if what == "get with read" {
+            assert_eq!(v["value"], "v", "{what}: {v}");
+        }
+    }
+    s.shutdown().await;
+}
+
+/// A `nats-server` with JetStream on a free loopback port (the Debian
+/// package `scripts/nats-server.sh` installs); killed when dropped.
+struct NatsServer {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl NatsServer {
+    fn start() -> Self {
+        let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| Path::new(p).is_file())
+            .unwrap_or("nats-server");
+        // A port found free may be taken before the server binds it.
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let port = free_port();
+            let config = dir.path().join("nats.conf");
+            std::fs::write(
+                &config,
+                format!(
+                    "listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: {:?}\n}}\n",
+                    dir.path().join("js").display().to_string()
+                ),
+            )
+            .unwrap();
+            let mut child = std::process::Command::new(bin)
+                .arg("-c")
+                .arg(&config)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("starting nats-server ({e}): run scripts/nats-server.sh")
+                });
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                if child.try_wait().unwrap().is_some() {
+                    break; // exited: try another port
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Self {
+                        child,
+                        url: format!("nats://127.0.0.1:{port}"),
+                        _dir: dir,
+                    };
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "nats-server did not listen within 20 s"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("nats-server did not start on any of 5 free ports");
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `[store]` settings serving the bucket `shared` from NATS at `url`.
+fn nats_settings(url: &str) -> tessera_store::StoreSettings {
+    tessera_store::StoreSettings::from_toml(
+        &format!("[store.nats]\nurl = \"{url}\"\n[store.buckets]\nshared = \"nats\"\n"),
+        "test settings",
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_routes_list_nats_buckets_and_answer_503_when_nats_is_down() {
+    let nats = NatsServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let url = nats.url.clone();
+    let s = start(data.path(), |c| c.store = nats_settings(&url)).await;
+    let (status, v) = s
+        .call("PUT", "/v1/kv/shared/k%2F1", json!({"value": "in nats"}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = s
+        .call("PUT", "/v1/kv/notes/k", json!({"value": "embedded"}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = s.call("GET", "/v1/kv", json!({})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["buckets"],
+        json!([{ "name": "notes", "backend": "embedded" },
+               { "name": "shared", "backend": "nats" }])
+    );
+    let (_, v) = s.call("GET", "/v1/kv/shared", json!({})).await;
+    assert_eq!(
+        (&v["backend"], &v["keys"]),
+        (&json!("nats"), &json!(["k/1"])),
+        "{v}"
+    );
+    let (_, v) = s.call("GET", "/v1/kv/shared/k%2F1", json!({})).await;
+    assert_eq!(v["value"], "in nats", "{v}");
+    s.shutdown().await;
+
+    // NATS configured where nothing listens: a clear 503, not a hang, and
+    // the embedded buckets still answer.
+    let dead = format!("nats://127.0.0.1:{}", free_port());
+    let data = tempfile::tempdir().unwrap();
+    let d = dead.clone();
+    let s = start(data.path(), |c| c.store = nats_settings(&d)).await;
+    for path in ["/v1/kv", "/v1/kv/shared", "/v1/kv/shared/k"] {
+        let began = std::time::Instant::now();
+        let (status, v) = s.call("GET", path, json!({})).await;
+        assert_eq!(
+            (status, &v["error"]["code"]),
+            (503, &json!("store_unavailable")),
+            "{path}: {v}"
+        );
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("nats") && message.contains(&dead),
+            "{message}"
+        );
+        assert!(
+            began.elapsed() < Duration::from_secs(25),
+            "{path}: {:?}",
+            began.elapsed()
+        );
+    }
+    let (status, v) = s
+        .call("PUT", "/v1/kv/notes/k", json!({"value": "still here"}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    s.shutdown().await;
+    drop(nats);
 }

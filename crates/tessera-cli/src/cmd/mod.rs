@@ -4,6 +4,8 @@ pub mod call;
 pub mod components;
 pub mod inspect;
 pub mod inspect_run;
+pub mod kv;
+pub mod plan;
 pub mod remote;
 pub mod replay;
 pub mod runs;

@@ -34,6 +34,7 @@ pub mod coverage;
 pub mod env;
 pub mod files;
 pub mod http;
+pub mod keyvalue;
 pub mod logging;
 pub mod random;
 pub mod sockets;
@@ -88,14 +89,18 @@ pub struct HostConfig {
     pub secrets: BTreeMap<String, String>,
     /// The key of the digests that stand in for secrets in journals.
     pub redaction_key: RedactionKey,
+    /// Where key-value buckets live (`wasi:keyvalue`); `None`: no store,
+    /// and a live bucket operation answers an error (a replay needs none).
+    pub stores: Option<std::sync::Arc<tessera_store::Stores>>,
 }
 
 impl Default for HostConfig {
-    /// No secrets; a random redaction key.
+    /// No secrets; a random redaction key; no key-value store.
     fn default() -> Self {
         Self {
             secrets: BTreeMap::new(),
             redaction_key: RedactionKey::random(),
+            stores: None,
         }
     }
 }
@@ -368,6 +373,7 @@ registry! {
     http: http::Http,
     sockets: sockets::Sockets,
     config: config::Config,
+    keyvalue: keyvalue::KeyValue,
 }
 
 /// Opens `instance` for replacing the functions `names` that wasmtime-wasi

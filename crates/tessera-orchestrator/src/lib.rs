@@ -1,0 +1,11 @@
+//! Tessera's orchestrator: plans — graphs of component calls with data
+//! flowing between them — that run to the end even if the process dies
+//! halfway.
+
+#![deny(missing_docs)]
+
+pub mod expr;
+pub mod local;
+pub mod plan;
+pub mod progress;
+pub mod run;

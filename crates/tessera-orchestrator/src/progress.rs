@@ -1,0 +1,372 @@
+//! A plan run's progress in the store: what survives `kill -9`.
+//!
+//! Everything lives in one bucket ([`PLANS_BUCKET`] by default) of the
+//! host's stores, under these keys (`<id>` is the plan run id):
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `run/<id>` | [`RunRecord`]: the plan's text, inputs, status, outputs |
+//! | `step/<id>/<step>` | [`StepRecord`]: a finished step (succeeded, failed, skipped, continued) |
+//! | `item/<id>/<step>/<index>` | [`StepRecord`] of one call of a fan-out |
+//! | `started/<id>/<step>[/<index>]` | [`Started`]: the attempt in flight, with its idempotency key |
+//!
+//! A step's record is written with "expect absent" before any step that
+//! reads it starts: a finished step is never run again, and two processes
+//! that both finish it keep the first record.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tessera_store::{Expect, SharedStore, StoreError};
+
+/// The bucket plan runs are kept in.
+pub const PLANS_BUCKET: &str = "tessera-plans";
+
+/// Where a plan run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunStatus {
+    /// Started and not finished (or its process died: resume it).
+    Running,
+    /// Every step done; outputs computed.
+    Succeeded,
+    /// A step failed and the plan could not go on.
+    Failed,
+    /// Cancelled (resume goes on).
+    Cancelled,
+}
+
+/// A plan run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Its id.
+    pub id: String,
+    /// The plan's name.
+    pub plan: String,
+    /// Where the plan was read from.
+    pub origin: String,
+    /// The directory its relative paths resolve against.
+    pub base: String,
+    /// The plan's text (a resume runs the same plan, whatever the file
+    /// says now).
+    pub text: String,
+    /// The inputs, defaults filled in.
+    pub inputs: Value,
+    /// Where it is.
+    pub status: RunStatus,
+    /// Start time, RFC 3339.
+    pub started: String,
+    /// End time, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<String>,
+    /// How many times it was resumed.
+    #[serde(default)]
+    pub resumes: u32,
+    /// The outputs, once it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<Value>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// How a step (or one call of a fan-out) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepState {
+    /// Its call returned; `output` holds the result.
+    Succeeded,
+    /// Every attempt failed and the plan stops.
+    Failed,
+    /// `when` was false: not run, output null.
+    Skipped,
+    /// Every attempt failed, `on_error = "continue"`: output null.
+    Continued,
+    /// Every attempt failed; its fallback step's output stands for it.
+    FellBack,
+}
+
+/// A finished step, or one finished call of a fan-out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// How it ended.
+    pub state: StepState,
+    /// Its output (the function's result; the `ok` value of a WIT result;
+    /// the list of results of a fan-out).
+    #[serde(default)]
+    pub output: Value,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The journal runs of its calls.
+    #[serde(default)]
+    pub runs: Vec<String>,
+    /// When its first attempt started (RFC 3339).
+    #[serde(default)]
+    pub started: String,
+    /// When it ended (RFC 3339).
+    #[serde(default)]
+    pub finished: String,
+    /// Milliseconds from start to end.
+    #[serde(default)]
+    pub duration_ms: u64,
+    /// The last error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The fan-out's item count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<u64>,
+}
+
+/// An attempt in flight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Started {
+    /// Which attempt.
+    pub attempt: u32,
+    /// The idempotency key the call was given.
+    pub key: String,
+    /// When (RFC 3339).
+    pub at: String,
+}
+
+/// The current time, RFC 3339.
+pub fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// A new plan run id: the start time and a random suffix.
+pub fn new_run_id() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut x = (nanos as u64) ^ (u64::from(std::process::id()) << 32);
+    // splitmix64: spreads the clock's low bits over the suffix.
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    format!(
+        "p{:04}{:02}{:02}T{:02}{:02}{:02}-{:08x}",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        x as u32
+    )
+}
+
+/// Plan runs in a store.
+#[derive(Clone)]
+pub struct Progress {
+    store: SharedStore,
+    bucket: String,
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Progress")
+            .field("backend", &self.store.backend())
+            .field("bucket", &self.bucket)
+            .finish()
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Backend {
+        backend: "plans",
+        message: format!("the record at `{key}` does not decode: {e}"),
+    })
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn item_key(id: &str, step: &str, index: usize) -> String {
+    format!("item/{id}/{step}/{index:08}")
+}
+
+impl Progress {
+    /// Plan runs in `bucket` of `store`.
+    pub fn new(store: SharedStore, bucket: impl Into<String>) -> Self {
+        Self {
+            store,
+            bucket: bucket.into(),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &SharedStore {
+        &self.store
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<(T, u64)>, StoreError> {
+        match self.store.get(&self.bucket, key).await? {
+            None => Ok(None),
+            Some(e) => Ok(Some((decode(key, &e.value)?, e.revision))),
+        }
+    }
+
+    /// Records a new run.
+    pub async fn create_run(&self, rec: &RunRecord) -> Result<u64, StoreError> {
+        self.store
+            .put(
+                &self.bucket,
+                &format!("run/{}", rec.id),
+                &encode(rec),
+                Expect::Absent,
+                None,
+            )
+            .await
+    }
+
+    /// A run and its revision.
+    pub async fn run(&self, id: &str) -> Result<Option<(RunRecord, u64)>, StoreError> {
+        self.get(&format!("run/{id}")).await
+    }
+
+    /// Replaces a run's record if it is still at `revision`.
+    pub async fn update_run(&self, rec: &RunRecord, revision: u64) -> Result<u64, StoreError> {
+        self.store
+            .put(
+                &self.bucket,
+                &format!("run/{}", rec.id),
+                &encode(rec),
+                Expect::Revision(revision),
+                None,
+            )
+            .await
+    }
+
+    /// Run ids, newest first, at most `limit`.
+    pub async fn runs(&self, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
+        let mut keys = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .list(&self.bucket, "run/", after.as_deref(), 1000)
+                .await?;
+            keys.extend(page.keys);
+            match page.cursor {
+                Some(c) => after = Some(c),
+                None => break,
+            }
+        }
+        keys.sort();
+        keys.reverse();
+        let mut out = Vec::new();
+        for k in keys.into_iter().take(limit) {
+            if let Some((r, _)) = self.get::<RunRecord>(&k).await? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A finished step.
+    pub async fn step(&self, id: &str, step: &str) -> Result<Option<StepRecord>, StoreError> {
+        Ok(self
+            .get(&format!("step/{id}/{step}"))
+            .await?
+            .map(|(r, _)| r))
+    }
+
+    /// Commits a finished step once: if another process committed it
+    /// first, its record is the one returned.
+    pub async fn commit_step(
+        &self,
+        id: &str,
+        step: &str,
+        rec: StepRecord,
+    ) -> Result<StepRecord, StoreError> {
+        self.commit(&format!("step/{id}/{step}"), rec).await
+    }
+
+    /// A finished call of a fan-out.
+    pub async fn item(
+        &self,
+        id: &str,
+        step: &str,
+        index: usize,
+    ) -> Result<Option<StepRecord>, StoreError> {
+        Ok(self.get(&item_key(id, step, index)).await?.map(|(r, _)| r))
+    }
+
+    /// Commits a finished call of a fan-out once.
+    pub async fn commit_item(
+        &self,
+        id: &str,
+        step: &str,
+        index: usize,
+        rec: StepRecord,
+    ) -> Result<StepRecord, StoreError> {
+        self.commit(&item_key(id, step, index), rec).await
+    }
+
+    async fn commit(&self, key: &str, rec: StepRecord) -> Result<StepRecord, StoreError> {
+        match self
+            .store
+            .put(&self.bucket, key, &encode(&rec), Expect::Absent, None)
+            .await
+        {
+            Ok(_) => Ok(rec),
+            Err(StoreError::Conflict { .. }) => match self.get::<StepRecord>(key).await? {
+                Some((r, _)) => Ok(r),
+                None => Err(StoreError::Backend {
+                    backend: "plans",
+                    message: format!("`{key}` was committed and then removed"),
+                }),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes a failed step's record (a resume tries it again).
+    pub async fn forget_step(&self, id: &str, step: &str) -> Result<(), StoreError> {
+        self.store
+            .delete(&self.bucket, &format!("step/{id}/{step}"), Expect::Any)
+            .await
+    }
+
+    /// Notes an attempt in flight (before its call starts).
+    pub async fn mark_started(
+        &self,
+        id: &str,
+        step: &str,
+        index: Option<usize>,
+        started: &Started,
+    ) -> Result<(), StoreError> {
+        let key = match index {
+            Some(i) => format!("started/{id}/{step}/{i:08}"),
+            None => format!("started/{id}/{step}"),
+        };
+        self.store
+            .put(&self.bucket, &key, &encode(started), Expect::Any, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// The attempt last started for a step (or one call of a fan-out).
+    pub async fn started(
+        &self,
+        id: &str,
+        step: &str,
+        index: Option<usize>,
+    ) -> Result<Option<Started>, StoreError> {
+        let key = match index {
+            Some(i) => format!("started/{id}/{step}/{i:08}"),
+            None => format!("started/{id}/{step}"),
+        };
+        Ok(self.get(&key).await?.map(|(r, _)| r))
+    }
+}

@@ -1,0 +1,323 @@
+//! Plans run against the real example components: every step an ordinary
+//! journaled call, progress in a real embedded store.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tessera_journal::JournalStore;
+use tessera_orchestrator::local::{FileComponents, LocalCaller};
+use tessera_orchestrator::plan::Plan;
+use tessera_orchestrator::progress::{PLANS_BUCKET, Progress, RunStatus, StepState};
+use tessera_orchestrator::run::{PlanEvent, Runner};
+use tessera_runtime::{Runtime, RuntimeConfig};
+use tessera_store::Embedded;
+use tokio_util::sync::CancellationToken;
+
+struct Env {
+    _dir: tempfile::TempDir,
+    journal: Arc<JournalStore>,
+    runner: Runner,
+}
+
+fn env() -> Env {
+    // Built (if needed) before any plan names them by path.
+    tessera_test_support::component("hello");
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Arc::new(JournalStore::open(dir.path()).unwrap());
+    let store = Arc::new(Embedded::open(&dir.path().join("store.redb")).unwrap());
+    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+    let caller = LocalCaller::new(FileComponents::new(runtime), journal.clone());
+    let runner = Runner::new(Progress::new(store, PLANS_BUCKET), Arc::new(caller));
+    Env {
+        _dir: dir,
+        journal,
+        runner,
+    }
+}
+
+fn plan(text: &str) -> Plan {
+    Plan::from_toml(
+        text,
+        "test.plan.toml",
+        &tessera_test_support::components_dir(),
+        "test",
+    )
+    .unwrap()
+}
+
+const FAN_OUT: &str = r#"
+name = "greetings"
+[inputs.names]
+type = "array"
+
+[steps.greet]
+component = "hello.wasm"
+function = "greet"
+for_each = ".inputs.names"
+concurrency = 2
+args = { name = "${{ .item }}" }
+
+[steps.count]
+component = "hello.wasm"
+function = "chatter"
+args = { msg = "${{ .steps.greet.output | join(\" \") }}" }
+
+[outputs]
+greetings = "${{ .steps.greet.output }}"
+length = "${{ .steps.count.output }}"
+"#;
+
+#[tokio::test]
+async fn a_fan_out_keeps_item_order_and_every_call_is_journaled_and_linked() {
+    let e = env();
+    let names: Vec<String> = (0..7).map(|i| format!("n{i}")).collect();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let rec = e
+        .runner
+        .run(
+            &plan(FAN_OUT),
+            &json!({ "names": names }),
+            Some(tx),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rec.status, RunStatus::Succeeded, "{rec:?}");
+    let outputs = rec.outputs.unwrap();
+    let expected: Vec<String> = names.iter().map(|n| format!("Hello, {n}!")).collect();
+    assert_eq!(outputs["greetings"], json!(expected));
+    assert_eq!(outputs["length"], json!(expected.join(" ").len()));
+    // Eight calls (seven greetings, one count), each its own journal run,
+    // linked to the plan run, step and item.
+    e.journal.flush();
+    let greet = e
+        .runner
+        .progress()
+        .step(&rec.id, "greet")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (greet.state, greet.items, greet.runs.len()),
+        (StepState::Succeeded, Some(7), 7)
+    );
+    for (i, run) in greet.runs.iter().enumerate() {
+        let h = e.journal.header(run).unwrap();
+        let link = h.plan.unwrap();
+        assert_eq!(
+            (link.run.as_str(), link.step.as_str()),
+            (rec.id.as_str(), "greet")
+        );
+        assert_eq!(link.key, format!("{}/greet/{}", rec.id, link.item.unwrap()));
+        let _ = i;
+    }
+    // The events: a start, an attempt per call, a step each, the end.
+    let mut attempts = 0;
+    let mut ended = false;
+    while let Ok(ev) = rx.try_recv() {
+        match ev {
+            PlanEvent::Attempt { .. } => attempts += 1,
+            PlanEvent::Ended { record } => ended = record.status == RunStatus::Succeeded,
+            _ => {}
+        }
+    }
+    assert_eq!((attempts, ended), (8, true));
+    // The journal runs were held while the plan ran and released after.
+    assert!(e.journal.holds(&greet.runs[0]).unwrap().is_empty());
+}
+
+const RETRY_FALLBACK: &str = r#"
+[inputs.b]
+type = "integer"
+
+[steps.divide]
+component = "hello.wasm"
+function = "types#divide"
+args = { a = 10, b = "${{ .inputs.b }}" }
+retry = { max_attempts = 3, backoff = "10ms" }
+on_error = "fallback"
+fallback = "safe"
+
+[steps.safe]
+component = "hello.wasm"
+function = "types#divide"
+args = { a = 10, b = 1 }
+
+[steps.skipped]
+component = "hello.wasm"
+function = "greet"
+when = ".inputs.b == 0 | not"
+args = { name = "never" }
+
+[steps.after]
+component = "hello.wasm"
+function = "greet"
+args = { name = "${{ .steps.divide.output | tostring }}" }
+
+[outputs]
+result = "${{ .steps.after.output }}"
+"#;
+
+#[tokio::test]
+async fn retries_then_a_fallback_stands_in_and_when_skips() {
+    let e = env();
+    let rec = e
+        .runner
+        .run(
+            &plan(RETRY_FALLBACK),
+            &json!({"b": 0}),
+            None,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rec.status, RunStatus::Succeeded, "{rec:?}");
+    assert_eq!(rec.outputs.unwrap()["result"], json!("Hello, 10!"));
+    let p = e.runner.progress();
+    let divide = p.step(&rec.id, "divide").await.unwrap().unwrap();
+    assert_eq!(divide.state, StepState::FellBack);
+    assert_eq!(divide.attempts, 3, "{divide:?}");
+    assert!(divide.error.unwrap().contains("division by zero"));
+    assert_eq!(
+        p.step(&rec.id, "safe").await.unwrap().unwrap().output,
+        json!(10)
+    );
+    assert_eq!(
+        p.step(&rec.id, "skipped").await.unwrap().unwrap().state,
+        StepState::Skipped
+    );
+    // With b = 2, the primary succeeds and its fallback never runs.
+    let rec = e
+        .runner
+        .run(
+            &plan(RETRY_FALLBACK),
+            &json!({"b": 2}),
+            None,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rec.outputs.unwrap()["result"], json!("Hello, 5!"));
+    assert!(p.step(&rec.id, "safe").await.unwrap().is_none());
+    assert_eq!(
+        p.step(&rec.id, "skipped").await.unwrap().unwrap().state,
+        StepState::Succeeded
+    );
+}
+
+#[tokio::test]
+async fn a_failed_step_fails_the_plan_keeps_finished_steps_and_resume_goes_on() {
+    let e = env();
+    let text = r#"
+[inputs.b]
+type = "integer"
+[steps.first]
+component = "hello.wasm"
+function = "greet"
+args = { name = "first" }
+[steps.divide]
+component = "hello.wasm"
+function = "types#divide"
+needs = ["first"]
+args = { a = 6, b = "${{ .inputs.b }}" }
+[outputs]
+q = "${{ .steps.divide.output }}"
+"#;
+    let p = plan(text);
+    let rec = e
+        .runner
+        .run(&p, &json!({"b": 0}), None, CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(rec.status, RunStatus::Failed);
+    assert!(
+        rec.error
+            .as_deref()
+            .unwrap()
+            .contains("step `divide` failed"),
+        "{rec:?}"
+    );
+    let first = e
+        .runner
+        .progress()
+        .step(&rec.id, "first")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.output, json!("Hello, first!"));
+    // Resuming tries the failed step again (here it fails again: the
+    // inputs are the run's) and never runs `first` again.
+    let again = e
+        .runner
+        .resume(&rec.id, None, CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!((again.status, again.resumes), (RunStatus::Failed, 1));
+    let first_again = e
+        .runner
+        .progress()
+        .step(&rec.id, "first")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first_again, first, "a finished step ran again");
+    // A succeeded run is not resumed.
+    let ok = e
+        .runner
+        .run(&p, &json!({"b": 3}), None, CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(ok.outputs.unwrap()["q"], json!(2));
+    assert!(
+        e.runner
+            .resume(&ok.id, None, CancellationToken::new())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_cancelled_plan_stops_keeps_finished_steps_and_notes_the_attempt_in_flight() {
+    let e = env();
+    // `spin` burns fuel for a long time: the plan is cancelled while it runs.
+    tessera_test_support::component("spin");
+    let text = r#"
+[steps.quick]
+component = "hello.wasm"
+function = "greet"
+args = { name = "q" }
+[steps.slow]
+component = "spin.wasm"
+function = "count"
+needs = ["quick"]
+args = { n = 4000000000 }
+"#;
+    let cancel = CancellationToken::new();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let runner = e.runner.clone();
+    let p = plan(text);
+    let c2 = cancel.clone();
+    let task = tokio::spawn(async move { runner.run(&p, &Value::Null, Some(tx), c2).await });
+    // Cancel once `slow` has started.
+    while let Some(ev) = rx.recv().await {
+        if matches!(&ev, PlanEvent::Attempt { step, .. } if step == "slow") {
+            cancel.cancel();
+            break;
+        }
+    }
+    let rec = task.await.unwrap().unwrap();
+    assert_eq!(rec.status, RunStatus::Cancelled, "{rec:?}");
+    let progress = e.runner.progress();
+    assert!(progress.step(&rec.id, "slow").await.unwrap().is_none());
+    let quick = progress.step(&rec.id, "quick").await.unwrap().unwrap();
+    // The attempt in flight was noted with its idempotency key.
+    let started = progress
+        .started(&rec.id, "slow", None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(started.key, format!("{}/slow", rec.id));
+    let _ = Path::new(".");
+    assert_eq!(quick.runs.len(), 1);
+}

@@ -1,0 +1,528 @@
+//! The store's durable commits and key-value operations, embedded (redb)
+//! against NATS JetStream, with the cost of one fsync on the same disk
+//! measured in the same run.
+//!
+//! 1. **fsync baseline**: a plain `std::fs` write of 300 bytes followed by
+//!    `File::sync_data()`, to a file in the temporary directory that also
+//!    holds the redb file and the NATS storage: once overwriting the same
+//!    300 bytes in place (one device flush, the floor of any durable
+//!    write), once appending (as a log would; the file's size changes too).
+//! 2. **Durable commit**: `put` with [`Expect::Absent`] on a fresh key each
+//!    time, a ~300-byte JSON value (a plan step's result), back to back by
+//!    one writer, then by 8 concurrent writers (the embedded store's writer
+//!    thread commits what waits for it together: group commit).
+//! 3. **Get**: an existing key with a 100-byte value, one reader.
+//! 4. **Set**: unconditional `put` of a 100-byte value over existing keys,
+//!    one writer and 8 writers.
+//!
+//! Each case runs against the embedded store (a redb file, commits with
+//! fsync) and against a `nats-server -js` the bench starts on a free
+//! loopback port with its storage in the same temporary directory (killed
+//! when the bench ends). If that server accepts `sync_interval: always`
+//! (NATS 2.10 and later), a second one is started with it and measured too:
+//! by default JetStream acknowledges a write before it is fsynced (it syncs
+//! every 2 minutes), so the default NATS rows are not durable against power
+//! loss the way the embedded ones are.
+//!
+//! The operations of each case are split into rounds; every round runs
+//! every case, in an order rotated from round to round, so that all cases
+//! see the same moments of machine noise. Latencies are pooled over the
+//! rounds (p50, p99, mean); ops/s is the median of the rounds' throughputs;
+//! the last column gives the range of the rounds' p50s (the noise).
+//!
+//! Run: `cargo bench -p tessera-store --bench store`. `BENCH_N` sets the
+//! operations per case (default 2000), `BENCH_ROUNDS` the rounds they are
+//! split into (default 4). Needs `nats-server` (`scripts/nats-server.sh`).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tessera_store::{Embedded, Expect, Nats, NatsOptions, SharedStore};
+
+// ---------------------------------------------------------------------------
+// The NATS server (as tests/store.rs starts it).
+
+/// A `nats-server` with JetStream on a free loopback port, its storage in
+/// `store_dir`; killed when dropped.
+struct NatsServer {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+fn nats_server_bin() -> PathBuf {
+    let packaged = PathBuf::from("/usr/sbin/nats-server");
+    if packaged.is_file() {
+        return packaged;
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let bin = dir.join("nats-server");
+            if bin.is_file() {
+                return bin;
+            }
+        }
+    }
+    panic!(
+        "nats-server is not installed (not /usr/sbin/nats-server, not on PATH): \
+         run scripts/nats-server.sh, which installs the Debian package nats-server"
+    );
+}
+
+fn nats_server_version() -> String {
+    Command::new(nats_server_bin())
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|e| format!("unknown ({e})"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl NatsServer {
+    /// Starts a server whose files go under `dir`; with `sync_always`, one
+    /// that fsyncs every write before acknowledging it. `None` when the
+    /// server refuses `sync_interval` (NATS before 2.10).
+    fn start(dir: &Path, sync_always: bool) -> Option<Self> {
+        let bin = nats_server_bin();
+        std::fs::create_dir_all(dir).unwrap();
+        // A port found free may be taken before the server binds it: then
+        // the server exits, and another port is tried.
+        for attempt in 0..5 {
+            let port = free_port();
+            let config = dir.join("nats.conf");
+            let sync = if sync_always {
+                "  sync_interval: always\n"
+            } else {
+                ""
+            };
+            let text = format!(
+                "listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: {:?}\n{sync}}}\n",
+                dir.join("js").display().to_string()
+            );
+            std::fs::write(&config, text).unwrap();
+            let log = dir.join(format!("nats-{attempt}.log"));
+            let child = Command::new(&bin)
+                .arg("-c")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(File::create(&log).unwrap())
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+            let mut server = Self {
+                child,
+                url: format!("nats://127.0.0.1:{port}"),
+                log,
+            };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if server.child.try_wait().unwrap().is_some() {
+                    if server.log_text().contains("sync_interval") {
+                        return None; // an older server: no such setting
+                    }
+                    break; // exited: try another port
+                }
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Some(server);
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "nats-server did not listen on {} within 20 s; its log:\n{}",
+                    server.url,
+                    server.log_text()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("nats-server did not start on any of 5 free ports");
+    }
+
+    fn log_text(&self) -> String {
+        let mut s = String::new();
+        let _ = File::open(&self.log).and_then(|mut f| f.read_to_string(&mut s));
+        s
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Values.
+
+/// A plan step's result as the orchestrator would commit it: JSON, 300
+/// bytes.
+fn step_result(run: &str, step: usize) -> Vec<u8> {
+    let head = format!(
+        r#"{{"run":"{run}","step":{step},"component":"summarize","function":"run","status":"ok","attempt":1,"started_ms":1764547200123,"duration_us":48211,"output":{{"text":""#
+    );
+    let tail = r#""}}"#;
+    let fill = 300usize.saturating_sub(head.len() + tail.len());
+    let mut v = head.into_bytes();
+    v.extend(std::iter::repeat_n(b'x', fill));
+    v.extend_from_slice(tail.as_bytes());
+    v
+}
+
+/// A 100-byte value.
+fn small_value(i: usize) -> Vec<u8> {
+    let mut v = format!("value {i:>8} ").into_bytes();
+    v.resize(100, b'.');
+    v
+}
+
+/// Keys of the get and set cases.
+const KV_KEYS: usize = 100;
+
+fn kv_key(i: usize) -> String {
+    format!("key-{:03}", i % KV_KEYS)
+}
+
+// ---------------------------------------------------------------------------
+// Cases.
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    /// Overwrite 300 bytes in place + `sync_data`.
+    FsyncOverwrite,
+    /// Append 300 bytes + `sync_data`.
+    FsyncAppend,
+    /// `put`, `Expect::Absent`, fresh key, 300-byte JSON.
+    Commit,
+    /// `get` of an existing key (100 bytes).
+    Get,
+    /// `put`, `Expect::Any`, existing key, 100 bytes.
+    Set,
+}
+
+struct Case {
+    op: Op,
+    /// Index into the stores (unused by the fsync baselines).
+    store: usize,
+    writers: usize,
+    /// Latencies of every round.
+    samples: Vec<Duration>,
+    /// Each round's p50.
+    round_p50: Vec<Duration>,
+    /// Each round's ops/s.
+    round_rate: Vec<f64>,
+}
+
+impl Case {
+    fn new(op: Op, store: usize, writers: usize) -> Self {
+        Self {
+            op,
+            store,
+            writers,
+            samples: Vec::new(),
+            round_p50: Vec::new(),
+            round_rate: Vec::new(),
+        }
+    }
+
+    fn what(&self) -> &'static str {
+        match self.op {
+            Op::FsyncOverwrite => "fsync baseline: overwrite 300 B + sync_data",
+            Op::FsyncAppend => "fsync baseline: append 300 B + sync_data",
+            Op::Commit => "durable commit: put Absent, fresh key, 300 B JSON",
+            Op::Get => "get: existing key, 100 B",
+            Op::Set => "set: put Any, existing key, 100 B",
+        }
+    }
+}
+
+/// Runs `ops` fsynced writes of 300 bytes to `file`.
+fn fsync_round(file: &mut File, append: bool, ops: usize) -> (Vec<Duration>, Duration) {
+    let bytes = step_result("fsync", 0);
+    let mut lat = Vec::with_capacity(ops);
+    let start = Instant::now();
+    for _ in 0..ops {
+        let t = Instant::now();
+        if append {
+            file.write_all(&bytes).unwrap();
+        } else {
+            file.write_all_at(&bytes, 0).unwrap();
+        }
+        file.sync_data().unwrap();
+        lat.push(t.elapsed());
+    }
+    (lat, start.elapsed())
+}
+
+/// Runs `ops` operations split over `writers` concurrent tasks; `tag`
+/// makes the commit keys fresh.
+async fn store_round(
+    store: &SharedStore,
+    op: Op,
+    writers: usize,
+    ops: usize,
+    tag: &str,
+) -> (Vec<Duration>, Duration) {
+    let per = ops.div_ceil(writers);
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(writers);
+    for w in 0..writers {
+        let store = store.clone();
+        let tag = tag.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per);
+            for i in 0..per {
+                match op {
+                    Op::Commit => {
+                        let run = format!("{tag}-w{w}");
+                        let key = format!("{run}/step-{i}");
+                        let value = step_result(&run, i);
+                        let t = Instant::now();
+                        store
+                            .put("steps", &key, &value, Expect::Absent, None)
+                            .await
+                            .unwrap();
+                        lat.push(t.elapsed());
+                    }
+                    Op::Get => {
+                        let key = kv_key(i * writers + w);
+                        let t = Instant::now();
+                        let e = store.get("kv", &key).await.unwrap();
+                        lat.push(t.elapsed());
+                        assert_eq!(e.map(|e| e.value.len()), Some(100));
+                    }
+                    Op::Set => {
+                        let key = kv_key(i * writers + w);
+                        let value = small_value(i);
+                        let t = Instant::now();
+                        store
+                            .put("kv", &key, &value, Expect::Any, None)
+                            .await
+                            .unwrap();
+                        lat.push(t.elapsed());
+                    }
+                    Op::FsyncOverwrite | Op::FsyncAppend => unreachable!(),
+                }
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::with_capacity(per * writers);
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    (lat, start.elapsed())
+}
+
+// ---------------------------------------------------------------------------
+// Statistics.
+
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn p50(v: &[Duration]) -> Duration {
+    let mut v = v.to_vec();
+    v.sort();
+    quantile(&v, 0.5)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(default)
+}
+
+// ---------------------------------------------------------------------------
+
+fn main() {
+    let n = env("BENCH_N", 2000);
+    let rounds = env("BENCH_ROUNDS", 4);
+    let per_round = n.div_ceil(rounds);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    // One temporary directory for everything that touches the disk.
+    let dir = tempfile::tempdir().unwrap();
+    let version = nats_server_version();
+    let nats_default = NatsServer::start(&dir.path().join("nats-default"), false)
+        .expect("nats-server started without sync_interval");
+    let nats_sync = NatsServer::start(&dir.path().join("nats-sync-always"), true);
+
+    let mut stores: Vec<(String, SharedStore)> = Vec::new();
+    let embedded = Embedded::open(&dir.path().join("store.redb")).unwrap();
+    stores.push(("embedded".into(), Arc::new(embedded)));
+    let connect = |url: &str| {
+        let url = url.to_string();
+        rt.block_on(async move {
+            Nats::connect(NatsOptions {
+                url,
+                prefix: "bench".into(),
+                credentials: None,
+            })
+            .await
+            .unwrap()
+        })
+    };
+    stores.push((
+        "nats (default: no fsync per write)".into(),
+        Arc::new(connect(&nats_default.url)),
+    ));
+    if let Some(s) = &nats_sync {
+        stores.push((
+            "nats (sync_interval: always)".into(),
+            Arc::new(connect(&s.url)),
+        ));
+    }
+
+    let mut cases = vec![
+        Case::new(Op::FsyncOverwrite, 0, 1),
+        Case::new(Op::FsyncAppend, 0, 1),
+    ];
+    for (op, writers) in [
+        (Op::Commit, 1),
+        (Op::Commit, 8),
+        (Op::Get, 1),
+        (Op::Set, 1),
+        (Op::Set, 8),
+    ] {
+        for store in 0..stores.len() {
+            cases.push(Case::new(op, store, writers));
+        }
+    }
+
+    let mut overwrite = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.path().join("fsync-overwrite.bin"))
+        .unwrap();
+    let mut append = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.path().join("fsync-append.bin"))
+        .unwrap();
+
+    // Warm-up: buckets created, keys of the get and set cases written,
+    // every path run once.
+    rt.block_on(async {
+        for (_, s) in &stores {
+            for i in 0..KV_KEYS {
+                s.put("kv", &kv_key(i), &small_value(i), Expect::Any, None)
+                    .await
+                    .unwrap();
+            }
+            for op in [Op::Commit, Op::Get, Op::Set] {
+                store_round(s, op, 8, 64, "warm").await;
+            }
+        }
+    });
+    fsync_round(&mut overwrite, false, 20);
+    fsync_round(&mut append, true, 20);
+
+    println!(
+        "tessera-store bench: {n} ops per case in {rounds} rounds of {per_round}; \
+         temporary directory {}; {version}",
+        dir.path().display()
+    );
+    if nats_sync.is_none() {
+        println!(
+            "({version} does not know `sync_interval`: no `sync_interval: always` rows; \
+             its JetStream fsyncs file storage on a timer, not per write)"
+        );
+    }
+    let started = Instant::now();
+    for round in 0..rounds {
+        let k = cases.len();
+        for j in 0..k {
+            // Rotated order: each round starts with another case.
+            let index = (j + round * 3) % k;
+            let case = &mut cases[index];
+            let (lat, wall) = match case.op {
+                Op::FsyncOverwrite => fsync_round(&mut overwrite, false, per_round),
+                Op::FsyncAppend => fsync_round(&mut append, true, per_round),
+                op => {
+                    let store = &stores[case.store].1;
+                    // Fresh commit keys for every case and round.
+                    let tag = format!("c{index}r{round}");
+                    rt.block_on(store_round(store, op, case.writers, per_round, &tag))
+                }
+            };
+            case.round_rate.push(lat.len() as f64 / wall.as_secs_f64());
+            case.round_p50.push(p50(&lat));
+            case.samples.extend(lat);
+        }
+        eprintln!(
+            "round {}/{rounds} done at {:.1} s",
+            round + 1,
+            started.elapsed().as_secs_f64()
+        );
+    }
+
+    let floor = p50(&cases[0].samples);
+    println!();
+    println!(
+        "| case | backend | writers | ops | p50 | p99 | mean | ops/s | p50 ÷ fsync | round p50s |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for case in &mut cases {
+        case.samples.sort();
+        let s = &case.samples;
+        let mean = s.iter().sum::<Duration>() / s.len() as u32;
+        let backend = match case.op {
+            Op::FsyncOverwrite | Op::FsyncAppend => "disk (std::fs)",
+            _ => stores[case.store].0.as_str(),
+        };
+        let lo = case.round_p50.iter().min().copied().unwrap_or_default();
+        let hi = case.round_p50.iter().max().copied().unwrap_or_default();
+        println!(
+            "| {} | {backend} | {} | {} | {:.3} ms | {:.3} ms | {:.3} ms | {:.0} | {:.2}x | {:.3}–{:.3} ms |",
+            case.what(),
+            case.writers,
+            s.len(),
+            ms(quantile(s, 0.5)),
+            ms(quantile(s, 0.99)),
+            ms(mean),
+            median(case.round_rate.clone()),
+            quantile(s, 0.5).as_secs_f64() / floor.as_secs_f64(),
+            ms(lo),
+            ms(hi),
+        );
+    }
+    println!();
+    println!(
+        "p50 ÷ fsync: against the p50 of one in-place 300-byte write + sync_data ({:.3} ms). \
+         ops/s: median of the rounds' throughputs. Total {:.1} s.",
+        ms(floor),
+        started.elapsed().as_secs_f64()
+    );
+    drop(stores);
+    drop(nats_sync);
+    drop(nats_default);
+}
