@@ -29,7 +29,9 @@ pub use prune::{ComponentStats, HeldRun, JournalStats, PruneReport, PrunedRun, c
 pub use record::{end_of, new_run_id, record_call, record_call_for, record_call_with};
 pub use replay::{ReplayCursor, ReplayDivergence, ReplayReport, StepState, replay, state_at};
 pub use retention::{Limits, Retention, RetentionError};
-pub use store::{Hold, JournalStore, MAX_IMPORT_LINE, MAX_STEP_INDEX, PIN, RunSummary};
+pub use store::{
+    Hold, JournalStore, MAX_IMPORT_LINE, MAX_STEP_INDEX, PIN, RunSummary, plan_holder,
+};
 
 /// Errors of the journal.
 #[derive(Debug, thiserror::Error)]

@@ -382,6 +382,30 @@ impl JournalStore {
         Ok(had)
     }
 
+    /// Releases every hold of `holder` (a plan run's on all its steps'
+    /// runs) in one transaction; returns how many there were.
+    pub fn release_holder(&self, holder: &str) -> Result<usize, Error> {
+        self.flush();
+        let db = self.db();
+        let w = db.begin_write().map_err(db_err)?;
+        let n = {
+            let mut holds = w.open_table(HOLDS).map_err(db_err)?;
+            let mine: Vec<String> = holds
+                .iter()
+                .map_err(db_err)?
+                .filter_map(Result::ok)
+                .filter(|(k, _)| k.value().1 == holder)
+                .map(|(k, _)| k.value().0.to_string())
+                .collect();
+            for run in &mine {
+                holds.remove((run.as_str(), holder)).map_err(db_err)?;
+            }
+            mine.len()
+        };
+        w.commit().map_err(db_err)?;
+        Ok(n)
+    }
+
     /// The holds on a run.
     pub fn holds(&self, run_id: &str) -> Result<Vec<Hold>, Error> {
         self.flush();
@@ -1344,6 +1368,11 @@ fn durable_commit(db: &Database) -> Result<(), redb::Error> {
     Ok(())
 }
 
+/// The holder under which a plan run holds its steps' journal runs.
+pub fn plan_holder(plan_run: &str) -> String {
+    format!("plan:{plan_run}")
+}
+
 fn write_batch(
     db: &Database,
     digests: &mut GrantsDigests,
@@ -1361,6 +1390,7 @@ fn write_batch(
         let mut steps = w.open_table(STEPS)?;
         let mut ends = w.open_table(ENDS)?;
         let mut blobs = w.open_table(BLOBS)?;
+        let mut holds = w.open_table(HOLDS)?;
         for msg in batch {
             match msg {
                 Msg::Begin(header, blob) => {
@@ -1377,6 +1407,15 @@ fn write_batch(
                         blobs.insert(d.as_str(), g.as_slice())?;
                     }
                     runs.insert(header.run_id.as_str(), bytes.as_slice())?;
+                    // A plan step's run is held for its plan run from the
+                    // moment it exists (released when the plan run ends).
+                    if let Some(p) = &header.plan {
+                        let holder = plan_holder(&p.run);
+                        let since = serde_json::json!({ "since": header.started });
+                        let bytes = serde_json::to_vec(&since).unwrap_or_default();
+                        holds
+                            .insert((header.run_id.as_str(), holder.as_str()), bytes.as_slice())?;
+                    }
                 }
                 Msg::Steps(run, list) => {
                     for (i, step) in list {

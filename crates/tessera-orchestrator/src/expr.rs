@@ -14,8 +14,11 @@
 //!
 //! ```json
 //! {"inputs": {...}, "steps": {"fetch": {"output": ...}}, "item": ..., "index": 0,
-//!  "run": {"id": "...", "plan": "..."}}
+//!  "run": {"id": "...", "plan": "..."}, "step": {"name": "...", "key": "..."}}
 //! ```
+//!
+//! (`item` and `index` in a fan-out's arguments; `step` — the step's name
+//! and idempotency key — in arguments only.)
 //!
 //! A **template** is a JSON value in which a string may hold `${{ expr }}`:
 //! a string that is exactly one `${{ expr }}` becomes the expression's value

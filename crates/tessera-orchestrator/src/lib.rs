@@ -5,7 +5,10 @@
 #![deny(missing_docs)]
 
 pub mod expr;
+pub mod graph;
 pub mod local;
 pub mod plan;
 pub mod progress;
+pub mod replay;
 pub mod run;
+pub mod validate;

@@ -90,6 +90,34 @@ impl Components for FileComponents {
     }
 }
 
+/// Signatures from the loaded components (plan validation).
+pub struct LoadedCatalog<'a, C: Components>(pub &'a C);
+
+impl<C: Components> crate::validate::Catalog for LoadedCatalog<'_, C> {
+    fn signature(
+        &self,
+        component: &ComponentRef,
+        base: &Path,
+        function: &str,
+    ) -> Result<crate::validate::Signature, crate::validate::SignatureError> {
+        use crate::validate::{Signature, SignatureError};
+        let c = self
+            .0
+            .load(component, base)
+            .map_err(SignatureError::Component)?;
+        let f = c
+            .function(function)
+            .map_err(|e| SignatureError::Function(e.to_string()))?;
+        let keyvalue = c.imports().iter().any(|i| i.starts_with("wasi:keyvalue/"));
+        Ok(Signature {
+            params: f.params_schema.clone(),
+            result: f.result_schema.clone(),
+            returns_result: f.returns_result(),
+            buckets: keyvalue.then(|| c.grants().keyvalue.buckets.keys().cloned().collect()),
+        })
+    }
+}
+
 /// Calls steps in this process, recording each call in `journal`.
 pub struct LocalCaller<C: Components> {
     components: Arc<C>,
@@ -104,11 +132,17 @@ impl<C: Components> LocalCaller<C> {
             journal,
         }
     }
+
+    /// The components it calls.
+    pub fn components(&self) -> &C {
+        &self.components
+    }
 }
 
-/// The journal holder of a plan run's step runs.
+/// The journal holder of a plan run's step runs (the journal holds each
+/// step's run from its header on).
 pub fn holder(plan_run: &str) -> String {
-    format!("plan:{plan_run}")
+    tessera_journal::plan_holder(plan_run)
 }
 
 #[async_trait::async_trait]
@@ -147,6 +181,7 @@ impl<C: Components> StepCaller for LocalCaller<C> {
             &call.args,
             CallOptions {
                 cancel: Some(call.cancel.clone()),
+                context: Some(Arc::new(link.context())),
                 ..CallOptions::default()
             },
             Some(Caller {
@@ -160,10 +195,6 @@ impl<C: Components> StepCaller for LocalCaller<C> {
             Ok(r) => r,
             Err(e) => return fail(e.to_string(), false),
         };
-        let holder = holder(&link.plan_run);
-        if let Err(e) = self.journal.hold(&run_id, &holder) {
-            tracing::warn!("holding journal run {run_id} for {holder}: {e}");
-        }
         let result = match outcome.result {
             Ok(v) if outcome.guest_error => Err(StepFailure {
                 message: format!(
@@ -190,12 +221,13 @@ impl<C: Components> StepCaller for LocalCaller<C> {
         }
     }
 
-    async fn plan_ended(&self, plan_run: &str, runs: &[String]) {
+    async fn plan_ended(&self, plan_run: &str, _runs: &[String]) {
         let holder = holder(plan_run);
-        for r in runs {
-            if let Err(e) = self.journal.release(r, &holder) {
-                tracing::warn!("releasing journal run {r} from {holder}: {e}");
-            }
+        let journal = self.journal.clone();
+        match tokio::task::spawn_blocking(move || journal.release_holder(&holder)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("releasing the journal runs of plan run {plan_run}: {e}"),
+            Err(e) => tracing::warn!("releasing the journal runs of plan run {plan_run}: {e}"),
         }
     }
 }

@@ -479,6 +479,20 @@ impl Plan {
                 }
             }
         }
+        for s in &self.steps {
+            for n in &s.needs {
+                if let Some(primary) = fallback_of.get(n.as_str())
+                    && *primary != s.name
+                {
+                    return Err(self.error(
+                        format!("steps.{}", s.name),
+                        format!(
+                            "step `{n}` runs only as the fallback of `{primary}`: read `.steps.{primary}.output`, which its output stands for"
+                        ),
+                    ));
+                }
+            }
+        }
         for (f, primary) in &fallback_of {
             if let Some(step) = self.step(f)
                 && step.needs.contains(*primary)
@@ -885,6 +899,13 @@ mod tests {
                 "[steps.a]\ncomponent = \"h\"\nfunction = \"f\"\ntimeout = \"soon\"\n",
                 "steps.a.timeout",
                 "not a duration",
+            ),
+            (
+                "[steps.a]\ncomponent = \"h\"\nfunction = \"f\"\nfallback = \"b\"\n\
+                 [steps.b]\ncomponent = \"h\"\nfunction = \"f\"\n\
+                 [steps.c]\ncomponent = \"h\"\nfunction = \"f\"\nneeds = [\"b\"]\n",
+                "steps.c",
+                "only as the fallback of `a`",
             ),
             (
                 "[steps.a-b]\ncomponent = \"h\"\nfunction = \"f\"\n",

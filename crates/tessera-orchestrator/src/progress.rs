@@ -338,7 +338,8 @@ impl Progress {
             .await
     }
 
-    /// Notes an attempt in flight (before its call starts).
+    /// Notes an attempt in flight (before its call starts), as a hint that
+    /// becomes durable with the next durable write.
     pub async fn mark_started(
         &self,
         id: &str,
@@ -350,10 +351,11 @@ impl Progress {
             Some(i) => format!("started/{id}/{step}/{i:08}"),
             None => format!("started/{id}/{step}"),
         };
+        // A hint: a crash may lose it (then a resume numbers attempts from
+        // the last one that was kept), and it costs no fsync of its own.
         self.store
-            .put(&self.bucket, &key, &encode(started), Expect::Any, None)
+            .put_hint(&self.bucket, &key, &encode(started))
             .await
-            .map(|_| ())
     }
 
     /// The attempt last started for a step (or one call of a fan-out).

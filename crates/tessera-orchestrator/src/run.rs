@@ -45,6 +45,25 @@ pub struct StepLink {
     pub key: String,
 }
 
+impl StepLink {
+    /// The values a step's call is given, which the component reads through
+    /// `wasi:config`: `tessera.idempotency_key`, `tessera.plan.run`,
+    /// `tessera.plan.name`, `tessera.plan.step`, `tessera.plan.attempt`, and
+    /// `tessera.plan.item` in a fan-out.
+    pub fn context(&self) -> std::collections::BTreeMap<String, String> {
+        let mut m = std::collections::BTreeMap::new();
+        m.insert("tessera.idempotency_key".into(), self.key.clone());
+        m.insert("tessera.plan.run".into(), self.plan_run.clone());
+        m.insert("tessera.plan.name".into(), self.plan.clone());
+        m.insert("tessera.plan.step".into(), self.step.clone());
+        m.insert("tessera.plan.attempt".into(), self.attempt.to_string());
+        if let Some(i) = self.item {
+            m.insert("tessera.plan.item".into(), i.to_string());
+        }
+        m
+    }
+}
+
 /// One call a step makes.
 #[derive(Debug, Clone)]
 pub struct StepCall {
@@ -343,10 +362,12 @@ fn millis(d: Duration) -> u64 {
 }
 
 impl Drive {
-    /// What the expressions of a step see.
-    fn context(&self, done: &BTreeMap<String, StepRecord>) -> Value {
-        let steps: serde_json::Map<String, Value> = done
+    /// What the expressions of a step see: the inputs, and the steps it
+    /// waits for (its expressions can name no others).
+    fn context(&self, done: &BTreeMap<String, StepRecord>, names: &BTreeSet<String>) -> Value {
+        let steps: serde_json::Map<String, Value> = names
             .iter()
+            .filter_map(|k| done.get(k).map(|r| (k, r)))
             .map(|(k, r)| (k.clone(), json!({"output": r.output, "state": r.state})))
             .collect();
         json!({
@@ -379,22 +400,37 @@ impl Drive {
         let mut in_flight: BTreeSet<String> = BTreeSet::new();
         let mut failure: Option<String> = None;
         let mut store_error: Option<StoreError> = None;
+        // Computed once: what each step waits for, who waits for each step,
+        // and how many of its waits are not finished; a step is ready when
+        // that count reaches 0.
+        let order = self.plan.topological();
+        let waits: HashMap<String, BTreeSet<String>> = order
+            .iter()
+            .map(|s| (s.name.clone(), self.waits_for(s)))
+            .collect();
+        let mut waiting_on: HashMap<String, Vec<String>> = HashMap::new();
+        let mut missing: HashMap<String, usize> = HashMap::new();
+        let mut ready: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+        for s in &order {
+            let w = &waits[&s.name];
+            for n in w {
+                waiting_on
+                    .entry(n.clone())
+                    .or_default()
+                    .push(s.name.clone());
+            }
+            let left = w.iter().filter(|n| !done.contains_key(*n)).count();
+            missing.insert(s.name.clone(), left);
+            if left == 0 && !done.contains_key(&s.name) && !fallbacks.contains(&s.name) {
+                ready.push_back(s.name.clone());
+            }
+        }
         loop {
             if failure.is_none() && store_error.is_none() && !self.cancel.is_cancelled() {
-                for s in self.plan.topological() {
-                    if in_flight.len() >= self.plan.max_parallel {
-                        break;
-                    }
-                    if done.contains_key(&s.name)
-                        || in_flight.contains(&s.name)
-                        || fallbacks.contains(&s.name)
-                        || !self.waits_for(s).iter().all(|n| done.contains_key(n))
-                    {
-                        continue;
-                    }
-                    let ctx = self.context(&done);
+                while in_flight.len() < self.plan.max_parallel {
+                    let Some(name) = ready.pop_front() else { break };
+                    let ctx = self.context(&done, &waits[&name]);
                     let me = self.clone();
-                    let name = s.name.clone();
                     in_flight.insert(name.clone());
                     running.spawn(async move {
                         let r = me.step(&name, ctx).await;
@@ -432,6 +468,14 @@ impl Drive {
                             record: rec.clone(),
                         },
                     );
+                    for d in waiting_on.get(&name).into_iter().flatten() {
+                        if let Some(m) = missing.get_mut(d) {
+                            *m = m.saturating_sub(1);
+                            if *m == 0 && !done.contains_key(d) && !fallbacks.contains(d) {
+                                ready.push_back(d.clone());
+                            }
+                        }
+                    }
                     done.insert(name, rec);
                 }
             }
@@ -446,7 +490,21 @@ impl Drive {
         if let Some(f) = failure {
             return Ok((RunStatus::Failed, None, Some(f), runs));
         }
-        let ctx = self.context(&done);
+        let never: Vec<&str> = order
+            .iter()
+            .map(|s| s.name.as_str())
+            .filter(|n| !done.contains_key(*n) && !fallbacks.contains(*n))
+            .collect();
+        if !never.is_empty() {
+            return Ok((
+                RunStatus::Failed,
+                None,
+                Some(format!("steps never became ready: {}", never.join(", "))),
+                runs,
+            ));
+        }
+        let all: BTreeSet<String> = done.keys().cloned().collect();
+        let ctx = self.context(&done, &all);
         let mut outputs = serde_json::Map::new();
         for (name, t) in &self.plan.outputs {
             match t.eval(&ctx, &format!("outputs.{name}")) {
@@ -749,13 +807,16 @@ impl Drive {
             Some(i) => format!("steps.{}.args (item {i})", step.name),
             None => format!("steps.{}.args", step.name),
         };
-        let args = match step.args.eval(ctx, &path) {
-            Ok(a) => a,
-            Err(e) => return Ok(Tried::Failed(e, 0, vec![])),
-        };
         let key = match item {
             Some(i) => format!("{}/{}/{i}", self.run, step.name),
             None => format!("{}/{}", self.run, step.name),
+        };
+        // `.step` in the arguments: this step's name and idempotency key.
+        let mut ctx = ctx.clone();
+        ctx["step"] = json!({"name": step.name, "key": key});
+        let args = match step.args.eval(&ctx, &path) {
+            Ok(a) => a,
+            Err(e) => return Ok(Tried::Failed(e, 0, vec![])),
         };
         let before = self
             .progress

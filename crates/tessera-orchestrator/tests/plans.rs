@@ -321,3 +321,224 @@ args = { n = 4000000000 }
     let _ = Path::new(".");
     assert_eq!(quick.runs.len(), 1);
 }
+
+#[tokio::test]
+async fn a_step_reads_its_idempotency_key_through_wasi_config_and_its_arguments() {
+    let e = env();
+    tessera_test_support::component("config-tool");
+    let text = r#"
+[steps.own]
+component = "config-tool.wasm"
+function = "get"
+args = { key = "tessera.idempotency_key" }
+[steps.all]
+component = "config-tool.wasm"
+function = "get-all"
+for_each = "[1, 2]"
+[steps.arg]
+component = "hello.wasm"
+function = "greet"
+args = { name = "${{ .step.key }}" }
+"#;
+    let rec = e
+        .runner
+        .run(&plan(text), &Value::Null, None, CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(rec.status, RunStatus::Succeeded, "{rec:?}");
+    let p = e.runner.progress();
+    assert_eq!(
+        p.step(&rec.id, "own").await.unwrap().unwrap().output,
+        json!(format!("{}/own", rec.id))
+    );
+    // In a fan-out, each item has its own key; every `tessera.` value shows.
+    let all = p.step(&rec.id, "all").await.unwrap().unwrap().output;
+    let pairs: Vec<(String, String)> = serde_json::from_value(all[1].clone()).unwrap();
+    let second: std::collections::BTreeMap<String, String> = pairs.into_iter().collect();
+    assert_eq!(
+        second["tessera.idempotency_key"],
+        format!("{}/all/1", rec.id)
+    );
+    assert_eq!(second["tessera.plan.item"], "1");
+    assert_eq!(second["tessera.plan.step"], "all");
+    assert_eq!(second["tessera.plan.attempt"], "1");
+    assert_eq!(
+        p.step(&rec.id, "arg").await.unwrap().unwrap().output,
+        json!(format!("Hello, {}/arg!", rec.id))
+    );
+    // A manifest cannot set those keys.
+    let e = tessera_runtime::Grants::from_toml(
+        "[config]\nvalues = { \"tessera.idempotency_key\" = \"x\" }\n",
+        "m.toml",
+        Path::new("."),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("reserved"), "{e}");
+}
+
+#[tokio::test]
+async fn validation_against_the_components_names_every_mismatch() {
+    use tessera_orchestrator::local::LoadedCatalog;
+    use tessera_orchestrator::validate::check;
+    for c in ["http-fetch", "kv-tool"] {
+        tessera_test_support::component(c);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("kv.toml"),
+        "[keyvalue]\nbuckets = [\"notes\"]\n",
+    )
+    .unwrap();
+    let components = tessera_test_support::components_dir();
+    let text = r#"
+[inputs.who]
+type = "integer"
+[steps.div]
+component = "C/hello.wasm"
+function = "types#divide"
+args = { a = 1, b = 2 }
+[steps.fetch]
+component = "C/http-fetch.wasm"
+function = "fetch"
+args = { url = "http://127.0.0.1:1/" }
+[steps.missing]
+component = "C/no-such.wasm"
+function = "f"
+[steps.nofn]
+component = "C/hello.wasm"
+function = "no-such-function"
+[steps.badparam]
+component = "C/hello.wasm"
+function = "greet"
+args = { nme = "x" }
+[steps.literal]
+component = "C/hello.wasm"
+function = "greet"
+args = { name = 3 }
+[steps.typed]
+component = "C/hello.wasm"
+function = "greet"
+args = { name = "${{ .steps.div.output }}" }
+[steps.input]
+component = "C/hello.wasm"
+function = "greet"
+args = { name = "${{ .inputs.who }}" }
+[steps.field]
+component = "C/hello.wasm"
+function = "greet"
+args = { name = "${{ .steps.fetch.output.nosuch }}" }
+[steps.bucket]
+component = "C/kv-tool.wasm"
+manifest = "KV"
+function = "get"
+args = { bucket = "other", key = "k" }
+[steps.fine]
+component = "C/hello.wasm"
+function = "greet"
+args = { name = "${{ .steps.fetch.output.body }}" }
+[steps.computed]
+component = "C/hello.wasm"
+function = "greet"
+args = { name = "${{ .steps.div.output | tostring }}" }
+"#
+    .replace("C/", &format!("{}/", components.display()))
+    .replace(
+        "\"KV\"",
+        &format!("{:?}", dir.path().join("kv.toml").display().to_string()),
+    );
+    let p = Plan::from_toml(&text, "v.plan.toml", dir.path(), "v").unwrap();
+    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+    let files = FileComponents::new(runtime);
+    let errors = check(&p, &LoadedCatalog(&files));
+    let found: Vec<(String, String)> = errors
+        .iter()
+        .map(|e| (e.place.clone(), e.message.clone()))
+        .collect();
+    let expect = |place: &str, needle: &str| {
+        assert!(
+            found.iter().any(|(p, m)| p == place && m.contains(needle)),
+            "no error at {place} containing {needle:?}: {found:#?}"
+        );
+    };
+    expect("steps.missing.component", "no-such.wasm");
+    expect("steps.nofn.function", "no-such-function");
+    expect("steps.badparam.args.nme", "has no parameter `nme`");
+    expect("steps.badparam.args", "takes the parameter `name`");
+    expect(
+        "steps.literal.args.name",
+        "3 is integer, the parameter takes string",
+    );
+    expect(
+        "steps.typed.args.name",
+        "is integer, the parameter takes string",
+    );
+    expect("steps.input.args.name", "input `who` is integer");
+    expect("steps.field.args.name", "has no field `nosuch`");
+    expect("steps.bucket.args.bucket", "bucket `other` is not granted");
+    // Nothing else: the fine and computed steps pass, as do div and fetch.
+    assert_eq!(found.len(), 9, "{found:#?}");
+    assert!(errors.iter().all(|e| e.origin == "v.plan.toml"));
+}
+
+#[tokio::test]
+async fn a_plan_run_replays_offline_call_by_call() {
+    let e = env();
+    let names = json!({"names": ["a", "b", "c"]});
+    let rec = e
+        .runner
+        .run(&plan(FAN_OUT), &names, None, CancellationToken::new())
+        .await
+        .unwrap();
+    let fb = e
+        .runner
+        .run(
+            &plan(RETRY_FALLBACK),
+            &json!({"b": 0}),
+            None,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    e.journal.flush();
+    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+    let r = tessera_orchestrator::replay::replay_run(
+        e.runner.progress(),
+        &e.journal,
+        &runtime,
+        &rec.id,
+    )
+    .await
+    .unwrap();
+    assert!(r.identical(), "{r:?}");
+    // Three greetings (items 0, 1, 2 in order), then the count.
+    let order: Vec<(String, Option<usize>)> =
+        r.calls.iter().map(|c| (c.step.clone(), c.item)).collect();
+    assert_eq!(
+        order,
+        vec![
+            ("greet".to_string(), Some(0)),
+            ("greet".to_string(), Some(1)),
+            ("greet".to_string(), Some(2)),
+            ("count".to_string(), None)
+        ]
+    );
+    // Every attempt replays: three failed divisions, the fallback, and
+    // the steps after; the fallback's primary-only step is listed unrun.
+    let r =
+        tessera_orchestrator::replay::replay_run(e.runner.progress(), &e.journal, &runtime, &fb.id)
+            .await
+            .unwrap();
+    assert!(r.identical(), "{r:?}");
+    assert_eq!(r.calls.iter().filter(|c| c.step == "divide").count(), 3);
+    assert!(r.unfinished.is_empty(), "{r:?}");
+    assert!(matches!(
+        tessera_orchestrator::replay::replay_run(
+            e.runner.progress(),
+            &e.journal,
+            &runtime,
+            "p-none"
+        )
+        .await,
+        Err(tessera_orchestrator::replay::ReplayError::NoSuchRun(_))
+    ));
+}

@@ -66,6 +66,11 @@ pub struct CallOptions {
     /// its next epoch tick, a guest waiting on the host at once. The call
     /// then ends with [`CallFailure::Cancelled`].
     pub cancel: Option<CancellationToken>,
+    /// Values this call is given, read by the guest through `wasi:config`
+    /// (`get`, `get-all`) besides its manifest's: every key starts with
+    /// `tessera.` (a plan step's `tessera.idempotency_key`, …). Reads are
+    /// journaled like any configuration read.
+    pub context: Option<Arc<std::collections::BTreeMap<String, String>>>,
 }
 
 impl std::fmt::Debug for CallOptions {
@@ -75,6 +80,7 @@ impl std::fmt::Debug for CallOptions {
             .field("replay", &self.replay.is_some())
             .field("snapshot", &self.snapshot)
             .field("cancel", &self.cancel.is_some())
+            .field("context", &self.context)
             .finish()
     }
 }
@@ -187,6 +193,15 @@ impl LoadedComponent {
             permits,
             cache_status,
         }
+    }
+
+    /// The names of what it imports (`wasi:keyvalue/store@0.2.0-draft2`, …).
+    pub fn imports(&self) -> Vec<String> {
+        let c = self.pre.component();
+        c.component_type()
+            .imports(c.engine())
+            .map(|(name, _)| name.to_string())
+            .collect()
     }
 
     /// `sha256:<hex>` of the component file.
@@ -387,6 +402,7 @@ impl LoadedComponent {
                     (a, b) => a.or(b),
                 },
                 replay: options.replay,
+                context: options.context,
             },
         );
         let Ok(_permit) = self.permits.clone().try_acquire_owned() else {

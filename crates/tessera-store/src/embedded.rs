@@ -9,6 +9,10 @@
 //! answers them all. Readers do not wait for it: redb's read transactions
 //! see the last commit.
 //!
+//! Hints ([`Store::put_hint`]) are committed without fsync when a
+//! transaction holds nothing else; redb makes them durable with the next
+//! durable commit.
+//!
 //! Tables: `entries` maps (bucket, key) to (revision, expiry in ms since the
 //! epoch or 0, value); `revisions` keeps each bucket's last revision (it
 //! never goes back, even when keys are deleted); `expiries` indexes keys
@@ -63,6 +67,8 @@ type Done = Result<i64, StoreError>;
 
 struct Job {
     writes: Vec<Write>,
+    /// Whether the caller waits for it to be on disk (false: a hint).
+    durable: bool,
     reply: oneshot::Sender<Result<Vec<i64>, StoreError>>,
 }
 
@@ -149,9 +155,17 @@ impl Embedded {
     }
 
     async fn submit(&self, writes: Vec<Write>) -> Result<Vec<i64>, StoreError> {
+        self.submit_as(writes, true).await
+    }
+
+    async fn submit_as(&self, writes: Vec<Write>, durable: bool) -> Result<Vec<i64>, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.jobs
-            .send(Job { writes, reply })
+            .send(Job {
+                writes,
+                durable,
+                reply,
+            })
             .map_err(|_| backend("the writer thread stopped"))?;
         answer
             .await
@@ -208,6 +222,23 @@ impl Store for Embedded {
             }])
             .await?;
         Ok(done.first().copied().unwrap_or_default() as u64)
+    }
+
+    async fn put_hint(&self, bucket: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        check_bucket(bucket)?;
+        check_key(key)?;
+        self.submit_as(
+            vec![Write::Put {
+                bucket: bucket.into(),
+                key: key.into(),
+                value: value.to_vec(),
+                expect: Expect::Any,
+                expires: 0,
+            }],
+            false,
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn delete(&self, bucket: &str, key: &str, expect: Expect) -> Result<(), StoreError> {
@@ -406,7 +437,11 @@ fn write_loop(db: &Database, jobs: &mpsc::Receiver<Job>) {
 /// Applies the jobs in one durable transaction: each job's answer, or an
 /// error for them all when the transaction itself fails.
 fn apply(db: &Database, batch: &[Job]) -> Result<Vec<Result<Vec<i64>, StoreError>>, StoreError> {
-    let w = db.begin_write().map_err(backend)?;
+    let mut w = db.begin_write().map_err(backend)?;
+    if !batch.iter().any(|j| j.durable) {
+        // Only hints: on disk with the next durable commit.
+        w.set_durability(redb::Durability::None).map_err(backend)?;
+    }
     let now = now_ms();
     let mut answers = Vec::with_capacity(batch.len());
     for job in batch {

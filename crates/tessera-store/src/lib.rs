@@ -259,6 +259,16 @@ pub trait Store: Send + Sync + 'static {
     /// key with [`Expect::Any`] is not an error).
     async fn delete(&self, bucket: &str, key: &str, expect: Expect) -> Result<(), StoreError>;
 
+    /// Writes `value` unconditionally without waiting for it to be durable:
+    /// a crash may lose it; it is durable once any later write is. For
+    /// progress hints that are not worth an fsync of their own. A backend
+    /// without the distinction writes it durably (the default).
+    async fn put_hint(&self, bucket: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.put(bucket, key, value, Expect::Any, None)
+            .await
+            .map(|_| ())
+    }
+
     /// Adds `delta` to the decimal integer at `key` (absent: 0) atomically
     /// and returns the result.
     async fn increment(&self, bucket: &str, key: &str, delta: i64) -> Result<i64, StoreError>;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
-use tessera_orchestrator::local::{FileComponents, LocalCaller};
+use tessera_orchestrator::local::{FileComponents, LoadedCatalog, LocalCaller};
 use tessera_orchestrator::plan::Plan;
 use tessera_orchestrator::progress::{PLANS_BUCKET, Progress, RunRecord, RunStatus, StepState};
 use tessera_orchestrator::run::{PlanEvent, RunError, Runner, step_records};
@@ -24,7 +24,9 @@ use crate::setup::GlobalArgs;
 /// `tessera plan …`.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Check a plan file: its keys, expressions, step references and cycles.
+    /// Check a plan file: its keys, expressions, step references and
+    /// cycles, and against its components: functions, parameters, the
+    /// types of literal arguments and of references, granted buckets.
     Validate {
         /// The plan file (TOML).
         file: PathBuf,
@@ -55,6 +57,24 @@ pub enum Command {
     /// Plan runs: list them, or show one.
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// Draw a plan's graph (steps, needs, fallbacks) as SVG or PNG; with
+    /// `--run`, each step's state, duration and attempts in that run.
+    Graph {
+        /// The plan file (TOML); with `--run` and no file, the run's own plan.
+        file: Option<PathBuf>,
+        /// A plan run to draw.
+        #[arg(long)]
+        run: Option<String>,
+        /// Where to write: `.svg` or `.png` (by its extension).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// PNG scale (1 = the SVG's size).
+        #[arg(long, default_value_t = 2.0)]
+        scale: f32,
+        /// Print a JSON result.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `tessera plan runs …`.
@@ -85,13 +105,31 @@ pub async fn run(global: &GlobalArgs, command: Command) -> i32 {
         Command::Validate { json, .. }
         | Command::Run { json, .. }
         | Command::Resume { json, .. }
+        | Command::Graph { json, .. }
         | Command::Runs(RunsCommand::List { json, .. })
         | Command::Runs(RunsCommand::Show { json, .. }) => *json,
     };
     let outcome = match command {
-        Command::Validate { file, json } => validate(&file, json),
+        Command::Validate { file, json } => validate(global, &file, json),
         Command::Run { file, input, json } => run_plan(global, &file, &input, json).await,
         Command::Resume { id, json } => resume(global, &id, json).await,
+        Command::Graph {
+            file,
+            run,
+            output,
+            scale,
+            json,
+        } => {
+            graph(
+                global,
+                file.as_deref(),
+                run.as_deref(),
+                &output,
+                scale,
+                json,
+            )
+            .await
+        }
         Command::Runs(RunsCommand::List { limit, json }) => list(global, limit, json).await,
         Command::Runs(RunsCommand::Show { id, json }) => show(global, &id, json).await,
     };
@@ -108,8 +146,9 @@ fn read_plan(file: &std::path::Path) -> Result<Plan, Failure> {
     Plan::from_file(file).map_err(|e| plan_failure(&e))
 }
 
-fn validate(file: &std::path::Path, json: bool) -> Outcome {
+fn validate(global: &GlobalArgs, file: &std::path::Path, json: bool) -> Outcome {
     let plan = read_plan(file)?;
+    check_components(&plan, &components(global)?)?;
     if json {
         let steps: Vec<Value> = plan
             .topological()
@@ -145,12 +184,11 @@ fn validate(file: &std::path::Path, json: bool) -> Outcome {
     Ok(exit::OK)
 }
 
+type Caller = LocalCaller<FileComponents>;
+
 /// The runner of this process: components by path or from the registry,
 /// calls recorded in the journal, progress in the store.
-async fn runner(global: &GlobalArgs) -> Result<Runner, Failure> {
-    let runtime = global
-        .runtime_with(false)
-        .map_err(|m| Failure::internal("runtime", m))?;
+async fn runner(global: &GlobalArgs) -> Result<(Runner, Arc<Caller>), Failure> {
     let journal = global
         .journal()
         .map_err(|m| Failure::internal("journal", m))?;
@@ -161,6 +199,19 @@ async fn runner(global: &GlobalArgs) -> Result<Runner, Failure> {
         .for_bucket(PLANS_BUCKET)
         .await
         .map_err(|e| Failure::internal("store", e.to_string()))?;
+    let caller = Arc::new(LocalCaller::new(components(global)?, journal));
+    Ok((
+        Runner::new(Progress::new(store, PLANS_BUCKET), caller.clone()),
+        caller,
+    ))
+}
+
+/// Components by path (relative to the plan) or by registry name (the
+/// active version, under its manifest), each loaded once.
+fn components(global: &GlobalArgs) -> Result<FileComponents, Failure> {
+    let runtime = global
+        .runtime_with(false)
+        .map_err(|m| Failure::internal("runtime", m))?;
     let registry_dir = global.data.clone();
     let rt = runtime.clone();
     let loaded: Mutex<HashMap<String, Arc<LoadedComponent>>> = Mutex::new(HashMap::new());
@@ -196,12 +247,32 @@ async fn runner(global: &GlobalArgs) -> Result<Runner, Failure> {
             .insert(name.to_string(), c.clone());
         Ok(c)
     };
-    let components = FileComponents::new(runtime).with_registry(Box::new(from_registry));
-    let caller = LocalCaller::new(components, journal);
-    Ok(Runner::new(
-        Progress::new(store, PLANS_BUCKET),
-        Arc::new(caller),
-    ))
+    Ok(FileComponents::new(runtime).with_registry(Box::new(from_registry)))
+}
+
+/// Checks the plan against its components: every problem, or none.
+fn check_components(plan: &Plan, components: &FileComponents) -> Result<(), Failure> {
+    let errors = tessera_orchestrator::validate::check(plan, &LoadedCatalog(components));
+    let Some(first) = errors.first() else {
+        return Ok(());
+    };
+    let list: Vec<Value> = errors
+        .iter()
+        .map(|e| json!({"place": e.place, "message": e.message}))
+        .collect();
+    let message = if errors.len() == 1 {
+        first.to_string()
+    } else {
+        let mut m = format!("{}: {} problems:", first.origin, errors.len());
+        for e in &errors {
+            m.push_str(&format!("\n  {}: {}", e.place, e.message));
+        }
+        m
+    };
+    Err(Failure::bad_input("bad_plan", message)
+        .with("file", first.origin.clone())
+        .with("place", first.place.clone())
+        .with("errors", Value::Array(list)))
 }
 
 fn run_failure(e: RunError) -> Failure {
@@ -371,7 +442,8 @@ async fn run_plan(global: &GlobalArgs, file: &std::path::Path, input: &str, json
     let plan = read_plan(file)?;
     let inputs: Value = serde_json::from_str(input)
         .map_err(|e| Failure::bad_input("bad_json", format!("--input: {e}")))?;
-    let runner = runner(global).await?;
+    let (runner, caller) = runner(global).await?;
+    check_components(&plan, caller.components())?;
     let created = runner.create(&plan, &inputs).await.map_err(run_failure)?;
     if !json {
         eprintln!(
@@ -389,7 +461,7 @@ async fn run_plan(global: &GlobalArgs, file: &std::path::Path, input: &str, json
 }
 
 async fn resume(global: &GlobalArgs, id: &str, json: bool) -> Outcome {
-    let runner = runner(global).await?;
+    let (runner, _) = runner(global).await?;
     let (events, printing) = printer(json);
     let rec = runner
         .resume(id, events, cancel_on_ctrl_c())
@@ -516,6 +588,77 @@ async fn show(global: &GlobalArgs, id: &str, json: bool) -> Outcome {
     }
     if let Some(e) = &rec.error {
         println!("  error {e}");
+    }
+    Ok(exit::OK)
+}
+
+async fn graph(
+    global: &GlobalArgs,
+    file: Option<&std::path::Path>,
+    run: Option<&str>,
+    output: &std::path::Path,
+    scale: f32,
+    json: bool,
+) -> Outcome {
+    use tessera_orchestrator::graph;
+    let png = match output.extension().and_then(|e| e.to_str()) {
+        Some(e) if e.eq_ignore_ascii_case("png") => true,
+        Some(e) if e.eq_ignore_ascii_case("svg") => false,
+        _ => {
+            return Err(Failure::bad_input(
+                "usage",
+                format!("{}: the output is a .svg or .png file", output.display()),
+            ));
+        }
+    };
+    let (plan, records) = match run {
+        None => {
+            let file = file.ok_or_else(|| {
+                Failure::bad_input("usage", "give a plan file, or --run with a plan run id")
+            })?;
+            (read_plan(file)?, None)
+        }
+        Some(id) => {
+            let p = progress(global).await?;
+            let (rec, _) = p
+                .run(id)
+                .await
+                .map_err(|e| Failure::internal("store", e.to_string()))?
+                .ok_or_else(|| Failure::bad_input("no_such_run", format!("no plan run `{id}`")))?;
+            let plan = match file {
+                Some(f) => read_plan(f)?,
+                None => Plan::from_toml(
+                    &rec.text,
+                    &rec.origin,
+                    std::path::Path::new(&rec.base),
+                    &rec.plan,
+                )
+                .map_err(|e| plan_failure(&e))?,
+            };
+            let steps = step_records(&p, &plan, id)
+                .await
+                .map_err(|e| Failure::internal("store", e.to_string()))?;
+            (plan, Some(steps))
+        }
+    };
+    let svg = graph::svg(&plan, records.as_deref())
+        .map_err(|e| Failure::internal("graph", e.to_string()))?;
+    let bytes = if png {
+        graph::png(&svg, scale).map_err(|e| Failure::bad_input("graph", e.to_string()))?
+    } else {
+        svg.into_bytes()
+    };
+    std::fs::write(output, &bytes).map_err(|e| {
+        Failure::internal("write", format!("{}: {e}", output.display()))
+            .with("file", output.display().to_string())
+    })?;
+    if json {
+        println!(
+            "{}",
+            json!({"plan": plan.name, "run": run, "file": output.display().to_string(), "bytes": bytes.len()})
+        );
+    } else {
+        eprintln!("wrote {} ({} bytes)", output.display(), bytes.len());
     }
     Ok(exit::OK)
 }

@@ -27,6 +27,12 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
     finish(replay(global, &args).await, args.json)
 }
 
+/// Whether `id` has the shape of a plan run id (`p20261201T120000-…`).
+fn is_plan_run(id: &str) -> bool {
+    id.strip_prefix('p')
+        .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+}
+
 async fn replay(global: &GlobalArgs, args: &Args) -> Outcome {
     let runtime = global
         .runtime_with(false)
@@ -34,6 +40,9 @@ async fn replay(global: &GlobalArgs, args: &Args) -> Outcome {
     let store = global
         .journal()
         .map_err(|e| Failure::internal("journal", e))?;
+    if is_plan_run(&args.run) {
+        return replay_plan(global, &runtime, &store, args).await;
+    }
     let report = tessera_journal::replay(&runtime, &store, &args.run, args.component.as_deref())
         .await
         .map_err(|e| journal_failure(&e).with("run", args.run.as_str()))?;
@@ -98,5 +107,72 @@ async fn replay(global: &GlobalArgs, args: &Args) -> Outcome {
         exit::DIVERGED
     } else {
         exit::OK
+    })
+}
+
+/// A plan run: every call of its finished steps, in order, to the first
+/// divergence.
+async fn replay_plan(
+    global: &GlobalArgs,
+    runtime: &tessera_runtime::Runtime,
+    journal: &tessera_journal::JournalStore,
+    args: &Args,
+) -> Outcome {
+    use tessera_orchestrator::progress::{PLANS_BUCKET, Progress};
+    if args.component.is_some() {
+        return Err(Failure::bad_input(
+            "usage",
+            "--component replays one journal run; a plan run replays each step's own components",
+        ));
+    }
+    let stores = global
+        .stores()
+        .map_err(|m| Failure::bad_input("store_settings", m))?;
+    let store = stores
+        .for_bucket(PLANS_BUCKET)
+        .await
+        .map_err(|e| Failure::internal("store", e.to_string()))?;
+    let progress = Progress::new(store, PLANS_BUCKET);
+    let report = tessera_orchestrator::replay::replay_run(&progress, journal, runtime, &args.run)
+        .await
+        .map_err(|e| match e {
+            tessera_orchestrator::replay::ReplayError::NoSuchRun(id) => {
+                Failure::bad_input("no_such_run", format!("no plan run `{id}`")).with("run", id)
+            }
+            other => Failure::internal("replay", other.to_string()).with("run", args.run.as_str()),
+        })?;
+    if args.json {
+        let mut v = serde_json::to_value(&report).unwrap_or_default();
+        v["identical"] = json!(report.identical());
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        for c in &report.calls {
+            let item = c.item.map(|i| format!(" item {i}")).unwrap_or_default();
+            println!(
+                "  {:<20} {:<28} {}",
+                format!("{}{item}", c.step),
+                c.run,
+                if c.identical { "identical" } else { "DIVERGED" }
+            );
+        }
+        if !report.unfinished.is_empty() {
+            println!(
+                "  not finished or not run: {}",
+                report.unfinished.join(", ")
+            );
+        }
+        match &report.divergence {
+            None => println!(
+                "identical: plan run {} replayed {} calls offline",
+                report.plan_run,
+                report.calls.len()
+            ),
+            Some(d) => println!("DIVERGED at {d}"),
+        }
+    }
+    Ok(if report.identical() {
+        exit::OK
+    } else {
+        exit::DIVERGED
     })
 }

@@ -7,6 +7,12 @@
 //! file, or `TESSERA_SECRET_<NAME>`); a component whose manifest names a
 //! secret the host does not provide fails to load, naming the field.
 //!
+//! Besides its manifest's, a call may be given values by its caller
+//! ([`crate::CallOptions::context`]) under keys starting with `tessera.`: a
+//! plan step's `tessera.idempotency_key`, `tessera.plan.run`,
+//! `tessera.plan.step`, `tessera.plan.attempt`. A manifest cannot set those
+//! keys.
+//!
 //! Every read is a step. Plain values are journaled; a secret is journaled
 //! only as a redaction marker with a keyed digest, and a replay takes the
 //! value from its own host and checks it against the digest.
@@ -93,9 +99,17 @@ impl Op for GetAll {
     type Response = Vec<(String, Sealed)>;
 }
 
+/// Keys of the values a caller gives one call ([`crate::CallOptions::context`]):
+/// reserved, a manifest cannot set them.
+pub const CONTEXT_PREFIX: &str = "tessera.";
+
 fn check_key(key: &str) -> Result<(), String> {
     if key.is_empty() || key.chars().any(char::is_control) {
         Err(format!("`{key}` is not a valid configuration key"))
+    } else if key.starts_with(CONTEXT_PREFIX) {
+        Err(format!(
+            "`{key}`: keys starting with `{CONTEXT_PREFIX}` are reserved for the values the host gives a call (a plan step's idempotency key)"
+        ))
     } else {
         Ok(())
     }
@@ -105,6 +119,11 @@ impl ConfigGrant {
     fn lookup(&self, gateway: &Gateway, key: &str) -> Option<Sealed> {
         if let Some(v) = self.values.get(key) {
             return Some(Sealed::Plain(v.clone()));
+        }
+        if key.starts_with(CONTEXT_PREFIX)
+            && let Some(v) = gateway.context(key)
+        {
+            return Some(Sealed::Plain(v.to_string()));
         }
         self.resolved
             .get(key)
@@ -140,8 +159,19 @@ impl bindings::wasi::config::store::Host for HostState {
         let grant = &gateway.grants().config;
         let index = gateway.reserve_index();
         let all = gateway.exchange_at::<GetAll>(index, (), |_| {
-            let mut keys: Vec<&String> = grant.values.keys().chain(grant.resolved.keys()).collect();
+            let mut keys: Vec<&String> = grant
+                .values
+                .keys()
+                .chain(grant.resolved.keys())
+                .chain(
+                    gateway
+                        .context_values()
+                        .map(|(k, _)| k)
+                        .filter(|k| k.starts_with(CONTEXT_PREFIX)),
+                )
+                .collect();
             keys.sort();
+            keys.dedup();
             keys.into_iter()
                 .filter_map(|k| grant.lookup(gateway, k).map(|v| (k.clone(), v)))
                 .collect()

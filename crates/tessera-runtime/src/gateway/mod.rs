@@ -107,6 +107,7 @@ struct GatewayInner {
     audit: Arc<dyn AuditSink>,
     observer: Option<Arc<dyn InteractionObserver>>,
     replay: Option<Arc<dyn ReplaySource>>,
+    context: Option<Arc<std::collections::BTreeMap<String, String>>>,
     next_index: AtomicU64,
     divergence: Mutex<Option<Divergence>>,
     started: std::time::Instant,
@@ -142,6 +143,9 @@ pub struct GatewayParts {
     pub observer: Option<Arc<dyn InteractionObserver>>,
     /// Where a replayed call's answers come from.
     pub replay: Option<Arc<dyn ReplaySource>>,
+    /// Values the caller gives this call (a plan step's idempotency key),
+    /// read through `wasi:config` under keys starting with `tessera.`.
+    pub context: Option<Arc<std::collections::BTreeMap<String, String>>>,
 }
 
 impl Gateway {
@@ -163,6 +167,7 @@ impl Gateway {
                 audit: parts.audit,
                 observer: parts.observer,
                 replay: parts.replay,
+                context: parts.context,
                 next_index: AtomicU64::new(0),
                 divergence: Mutex::new(None),
                 started: std::time::Instant::now(),
@@ -354,6 +359,16 @@ impl Gateway {
         let n = self.interaction_count();
         src.recorded(n)
             .map(|rec| self.diverge(n, Some(rec.clone()), None, None))
+    }
+
+    /// A value the caller gave this call ([`GatewayParts::context`]).
+    pub fn context(&self, key: &str) -> Option<&str> {
+        self.inner.context.as_ref()?.get(key).map(String::as_str)
+    }
+
+    /// Every value the caller gave this call.
+    pub fn context_values(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.inner.context.iter().flat_map(|c| c.iter())
     }
 
     /// The call this gateway serves.
