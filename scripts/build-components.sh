@@ -33,6 +33,7 @@ component_crates=(
     net-escape
     config-tool
     kv-tool
+    kv-draft
 )
 
 # Guests written in the WebAssembly text format, as components/<name>/<name>.wat.

@@ -61,6 +61,9 @@ enum Command {
     /// (validate, run, resume, list runs); progress survives `kill -9`.
     #[command(subcommand)]
     Plan(cmd::plan::Command),
+    /// The plans a server serves (add, list, remove): each an MCP tool
+    /// `plan__<name>`, run over HTTP; locally or through `--server`.
+    Plans(cmd::plans::Args),
     /// API tokens (create, list, revoke).
     #[command(subcommand)]
     Tokens(cmd::tokens::Command),
@@ -127,6 +130,7 @@ fn main() {
             Command::Components(c) => cmd::components::run(&cli.global, c).await,
             Command::Kv(args) => cmd::kv::run(&cli.global, args).await,
             Command::Plan(c) => cmd::plan::run(&cli.global, c).await,
+            Command::Plans(args) => cmd::plans::run(&cli.global, args).await,
             Command::Tokens(c) => cmd::tokens::run(&cli.global, c),
         }
     });

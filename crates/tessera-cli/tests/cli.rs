@@ -1404,3 +1404,121 @@ fn kv_through_a_server_and_the_store_it_holds() {
     assert_eq!(o.status.code(), Some(0), "{}", outcome(&o));
     assert_eq!(stdout(&o), "bin\nfrom tool\n");
 }
+
+#[test]
+fn plans_add_list_remove_locally_and_through_a_server_which_runs_them() {
+    let cli = Cli::new();
+    let hello = component("hello").display().to_string();
+    let o = cli.run(&["components", "add", &hello, "--name", "hello"]);
+    assert_eq!(o.status.code(), Some(0), "{}", outcome(&o));
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("greet.plan.toml");
+    std::fs::write(
+        &plan,
+        r#"description = "Greets someone."
+[inputs.who]
+type = "string"
+[steps.greet]
+component = "hello"
+function = "greet"
+args = { name = "${{ .inputs.who }}" }
+[outputs]
+greeting = "${{ .steps.greet.output }}"
+"#,
+    )
+    .unwrap();
+    let by_path = dir.path().join("by-path.plan.toml");
+    std::fs::write(
+        &by_path,
+        "[steps.greet]\ncomponent = \"hello.wasm\"\nfunction = \"greet\"\n",
+    )
+    .unwrap();
+    let plan = plan.to_str().unwrap();
+    let by_path = by_path.to_str().unwrap();
+
+    // Locally, on the data directory.
+    let o = cli.run(&["plans", "add", "greet", plan, "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", outcome(&o));
+    let v = json_of(&o);
+    assert_eq!(
+        (&v["name"], &v["tool"]),
+        (&"greet".into(), &"plan__greet".into()),
+        "{v}"
+    );
+    let o = cli.run(&["plans", "list"]);
+    assert!(
+        stdout(&o).contains("greet") && stdout(&o).contains("Greets someone."),
+        "{}",
+        outcome(&o)
+    );
+    // A step given as a file path is refused, naming the step and file.
+    let o = cli.run(&["plans", "add", "by-path", by_path, "--json"]);
+    assert_eq!(o.status.code(), Some(2), "{}", outcome(&o));
+    let e = &json_of(&o)["error"];
+    assert_eq!(e["kind"], "bad_plan", "{e}");
+    assert_eq!(
+        (&e["context"]["place"], &e["context"]["file"]),
+        (&"steps.greet.component".into(), &by_path.into()),
+        "{e}"
+    );
+    let o = cli.run(&["plans", "remove", "nothing", "--json"]);
+    assert_eq!(o.status.code(), Some(2), "{}", outcome(&o));
+    assert_eq!(json_of(&o)["error"]["kind"], "no_such_plan");
+
+    // A server serves the plan added beside it, and its API manages plans.
+    let serving = Serving::start(cli.data.path(), &[]);
+    let (status, v) = serving.request("POST", "/v1/plans/greet/runs", r#"{"who": "Ada"}"#);
+    assert_eq!(status, 202, "{v}");
+    let id = v["run"].as_str().unwrap().to_string();
+    let waiting = std::time::Instant::now();
+    loop {
+        let (status, v) = serving.request("GET", &format!("/v1/plan-runs/{id}"), "");
+        assert_eq!(status, 200, "{v}");
+        if v["status"] != "running" {
+            assert_eq!(v["outputs"]["greeting"], "Hello, Ada!", "{v}");
+            break;
+        }
+        assert!(waiting.elapsed() < EVENT_WAIT, "{v}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let remote = |args: &[&str]| {
+        let mut all = vec!["plans", "--server", serving.base.as_str()];
+        all.extend_from_slice(args);
+        cli.run(&all)
+    };
+    let o = remote(&["add", "greet2", plan, "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", outcome(&o));
+    assert_eq!(json_of(&o)["text"], std::fs::read_to_string(plan).unwrap());
+    let o = remote(&["list", "--json"]);
+    let names: Vec<Value> = json_of(&o)["plans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].clone())
+        .collect();
+    assert_eq!(names, ["greet", "greet2"], "{}", outcome(&o));
+    let o = remote(&["add", "by-path", by_path, "--json"]);
+    assert_eq!(o.status.code(), Some(2), "{}", outcome(&o));
+    let e = &json_of(&o)["error"];
+    assert_eq!(
+        (&e["kind"], &e["context"]["place"], &e["context"]["status"]),
+        (
+            &"bad_plan".into(),
+            &"steps.greet.component".into(),
+            &400.into()
+        ),
+        "{e}"
+    );
+    let o = remote(&["remove", "greet2", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", outcome(&o));
+    serving.stop();
+    let o = cli.run(&["plans", "remove", "greet"]);
+    assert_eq!(o.status.code(), Some(0), "{}", outcome(&o));
+    let o = cli.run(&["plans", "list", "--json"]);
+    assert_eq!(
+        json_of(&o)["plans"],
+        Value::Array(vec![]),
+        "{}",
+        outcome(&o)
+    );
+}

@@ -247,7 +247,7 @@ impl Progress {
             .await
     }
 
-    /// Run ids, newest first, at most `limit`.
+    /// Runs, newest first (by start time), at most `limit`.
     pub async fn runs(&self, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
         let mut keys = Vec::new();
         let mut after: Option<String> = None;
@@ -262,14 +262,25 @@ impl Progress {
                 None => break,
             }
         }
+        // Ids sort by their start second; within a second, by start time.
         keys.sort();
         keys.reverse();
         let mut out = Vec::new();
-        for k in keys.into_iter().take(limit) {
+        for k in keys {
+            if out.len() >= limit
+                && let Some(last) = out
+                    .last()
+                    .map(|r: &RunRecord| r.id.get(..16).unwrap_or("").to_string())
+                && !k.get(4..20).unwrap_or("").starts_with(&last)
+            {
+                break;
+            }
             if let Some((r, _)) = self.get::<RunRecord>(&k).await? {
                 out.push(r);
             }
         }
+        out.sort_by(|a, b| b.started.cmp(&a.started));
+        out.truncate(limit);
         Ok(out)
     }
 

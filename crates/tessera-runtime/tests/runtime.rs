@@ -1773,6 +1773,80 @@ async fn wasi_keyvalue_increments_from_concurrent_calls_lose_none() {
     );
 }
 
+#[tokio::test]
+async fn components_built_for_the_earlier_keyvalue_draft_share_buckets_with_draft_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rt, audit) = runtime_with_store(dir.path());
+    let old = load(&rt, "kv-draft", "[keyvalue]\nbuckets = [\"notes\"]\n");
+    let new = load(&rt, "kv-tool", "[keyvalue]\nbuckets = [\"notes\"]\n");
+    call_ok(
+        &old,
+        "set",
+        json!({"bucket": "notes", "key": "a", "value": "from draft"}),
+    )
+    .await;
+    assert_eq!(
+        call_ok(&new, "get", json!({"bucket": "notes", "key": "a"})).await,
+        json!({"ok": "from draft"})
+    );
+    assert_eq!(
+        call_ok(
+            &old,
+            "increment",
+            json!({"bucket": "notes", "key": "n", "delta": 5})
+        )
+        .await,
+        json!({"ok": 5})
+    );
+    // Draft 2 takes the counter below zero: the draft's unsigned increment
+    // says so instead of wrapping.
+    call_ok(
+        &new,
+        "increment",
+        json!({"bucket": "notes", "key": "n", "delta": -9}),
+    )
+    .await;
+    let r = call_ok(
+        &old,
+        "increment",
+        json!({"bucket": "notes", "key": "n", "delta": 1}),
+    )
+    .await;
+    assert!(r["err"].as_str().unwrap().contains("-3"), "{r}");
+    // The numeric cursor pages through more than one page of keys.
+    let many: Vec<(String, String)> = (0..2100)
+        .map(|i| (format!("k{i:05}"), "v".to_string()))
+        .collect();
+    let back = call_ok(
+        &old,
+        "round-trip",
+        json!({"bucket": "notes", "entries": many}),
+    )
+    .await;
+    assert_eq!(back["ok"].as_array().unwrap().len(), 2100);
+    let keys = call_ok(&old, "keys", json!({"bucket": "notes"})).await;
+    let keys: Vec<&str> = keys["ok"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    let mut expected: Vec<String> = (0..2100).map(|i| format!("k{i:05}")).collect();
+    expected.extend(["a".to_string(), "n".to_string()]);
+    expected.sort();
+    assert_eq!(keys, expected);
+    // Grants hold for the draft too.
+    audit.take();
+    let r = call_ok(&old, "get", json!({"bucket": "secret", "key": "a"})).await;
+    assert!(r["err"].as_str().unwrap().contains("access denied"), "{r}");
+    assert!(
+        audit
+            .take()
+            .iter()
+            .any(|e| e.capability == "keyvalue" && e.decision == Decision::Deny)
+    );
+}
+
 #[test]
 fn keyvalue_grants_name_the_bad_field() {
     for (toml, field) in [

@@ -546,3 +546,372 @@ pub struct KvWritten {
     /// The revision of this write.
     pub revision: u64,
 }
+
+/// Plan runs per `GET /v1/plan-runs` at most.
+pub const MAX_PLAN_RUN_PAGE: usize = 1000;
+/// Plan runs per `GET /v1/plan-runs` by default.
+pub const DEFAULT_PLAN_RUN_PAGE: usize = 50;
+
+/// `PUT /v1/plans/{name}`: register (or replace) a plan.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct PlanUpload {
+    /// The plan file's text (TOML; see docs/plans.md). Its `name` key, if
+    /// any, must be the name it is registered under, and every step names
+    /// a registered component (a server does not call `.wasm` paths).
+    pub text: String,
+    /// The absolute directory relative paths in the plan resolve against
+    /// (kept with each run). Default: the server's data directory.
+    #[serde(default)]
+    pub base: Option<String>,
+    /// What names the plan in errors (the client's file path). Default
+    /// `plans/<name>.toml`.
+    #[serde(default)]
+    #[schemars(length(min = 1, max = 1024))]
+    pub origin: Option<String>,
+}
+
+/// A step of a registered plan.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct PlanStepInfo {
+    /// The step's name.
+    pub name: String,
+    /// The registered component it calls.
+    pub component: String,
+    /// The function.
+    pub function: String,
+    /// The steps it waits for (named in `needs` or read by its expressions).
+    pub needs: Vec<String>,
+    /// The fan-out's list expression.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub for_each: Option<String>,
+    /// The condition it runs under.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    /// Attempts in all.
+    pub max_attempts: u32,
+    /// Each attempt's time limit, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// `fail`, `continue` or `fallback`.
+    pub on_error: String,
+    /// The fallback step (`on_error = "fallback"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+}
+
+/// A registered plan.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct PlanInfo {
+    /// Its name.
+    pub name: String,
+    /// Its MCP tool: `plan__<name>` (cut to 64 characters with a hash
+    /// suffix when longer).
+    pub tool: String,
+    /// What it does.
+    pub description: Option<String>,
+    /// What names it in errors.
+    pub origin: String,
+    /// The directory its relative paths resolve against.
+    pub base: String,
+    /// When it was registered (RFC 3339; empty for a file put in
+    /// `<data>/plans` by hand).
+    pub added: String,
+    /// The JSON Schema of its inputs (the MCP tool's input schema).
+    pub input_schema: Value,
+    /// Its steps, in dependency order.
+    pub steps: Vec<PlanStepInfo>,
+    /// Its output names.
+    pub outputs: Vec<String>,
+    /// The plan's text (`GET /v1/plans/{name}` and the `PUT` answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Why the stored plan no longer reads (edited by hand); the other
+    /// fields are then empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl PlanInfo {
+    /// The document of a stored plan, with its text when `details`.
+    pub fn of(stored: &crate::plan_registry::StoredPlan, details: bool) -> Self {
+        use tessera_orchestrator::plan::OnError;
+        let mut info = PlanInfo {
+            name: stored.name.clone(),
+            tool: crate::mcp::plan_tool_name(&stored.name),
+            description: None,
+            origin: stored.source.origin.clone(),
+            base: stored.source.base.display().to_string(),
+            added: stored.source.added.clone(),
+            input_schema: Value::Null,
+            steps: Vec::new(),
+            outputs: Vec::new(),
+            text: details.then(|| stored.text.clone()),
+            error: None,
+        };
+        let plan = match stored.plan() {
+            Ok(p) => p,
+            Err(e) => {
+                info.error = Some(e.to_string());
+                return info;
+            }
+        };
+        info.description = plan.description.clone();
+        info.input_schema = plan.input_schema();
+        info.outputs = plan.outputs.iter().map(|(n, _)| n.clone()).collect();
+        info.steps = plan
+            .topological()
+            .iter()
+            .map(|s| {
+                let (on_error, fallback) = match &s.on_error {
+                    OnError::Fail => ("fail", None),
+                    OnError::Continue => ("continue", None),
+                    OnError::Fallback(f) => ("fallback", Some(f.clone())),
+                };
+                PlanStepInfo {
+                    name: s.name.clone(),
+                    component: s.component.to_string(),
+                    function: s.function.clone(),
+                    needs: s.needs.iter().cloned().collect(),
+                    for_each: s.for_each.as_ref().map(|e| e.source().to_string()),
+                    when: s.when.as_ref().map(|e| e.source().to_string()),
+                    max_attempts: s.retry.max_attempts,
+                    timeout_ms: s
+                        .timeout
+                        .map(|t| t.as_millis().min(u128::from(u64::MAX)) as u64),
+                    on_error: on_error.to_string(),
+                    fallback,
+                }
+            })
+            .collect();
+        info
+    }
+}
+
+/// `GET /v1/plans`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct PlanList {
+    /// Every registered plan, by name (without their text).
+    pub plans: Vec<PlanInfo>,
+}
+
+/// `202` of `POST /v1/plans/{name}/runs` and `POST /v1/plan-runs/{id}/resume`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct PlanRunStarted {
+    /// The plan run's id: watch it at `/v1/plan-runs/{id}/events`.
+    pub run: String,
+}
+
+/// The inputs of a plan run: one property per input the plan declares
+/// (`GET /v1/plans/{name}` gives their schema). An empty body is `{}`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct PlanInputs(pub Map<String, Value>);
+
+/// Where a plan run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlanRunStatus {
+    /// Started and not finished (if no process drives it, it was
+    /// interrupted: resume it).
+    Running,
+    /// Every step done; outputs computed.
+    Succeeded,
+    /// A step failed and the plan could not go on.
+    Failed,
+    /// Cancelled (resume goes on).
+    Cancelled,
+}
+
+impl From<tessera_orchestrator::progress::RunStatus> for PlanRunStatus {
+    fn from(s: tessera_orchestrator::progress::RunStatus) -> Self {
+        use tessera_orchestrator::progress::RunStatus as S;
+        match s {
+            S::Running => Self::Running,
+            S::Succeeded => Self::Succeeded,
+            S::Failed => Self::Failed,
+            S::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
+/// One plan run in a list.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct PlanRunSummary {
+    /// Its id.
+    pub id: String,
+    /// The plan.
+    pub plan: String,
+    /// Where it is.
+    pub status: PlanRunStatus,
+    /// Start time, RFC 3339.
+    pub started: String,
+    /// End time, RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished: Option<String>,
+    /// How many times it was resumed.
+    pub resumes: u32,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Whether this server is driving it now.
+    pub active: bool,
+}
+
+/// `GET /v1/plan-runs`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct PlanRunList {
+    /// The newest runs first.
+    pub runs: Vec<PlanRunSummary>,
+}
+
+/// How a step (or one call of a fan-out) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlanStepState {
+    /// Its call returned; `output` holds the result.
+    Succeeded,
+    /// Every attempt failed and the plan stopped.
+    Failed,
+    /// `when` was false: not run, output null.
+    Skipped,
+    /// Every attempt failed, `on_error = "continue"`: output null.
+    Continued,
+    /// Every attempt failed; its fallback step's output stands for it.
+    FellBack,
+}
+
+/// A finished step.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct PlanStepRecord {
+    /// How it ended.
+    pub state: PlanStepState,
+    /// Its output (the `ok` value of a WIT result; a fan-out's list).
+    pub output: Value,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The journal runs of its calls (`/v1/runs/{id}`).
+    pub runs: Vec<String>,
+    /// When its first attempt started (RFC 3339).
+    pub started: String,
+    /// When it ended (RFC 3339).
+    pub finished: String,
+    /// Milliseconds from start to end.
+    pub duration_ms: u64,
+    /// The last error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The fan-out's item count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub items: Option<u64>,
+}
+
+impl From<&tessera_orchestrator::progress::StepRecord> for PlanStepRecord {
+    fn from(r: &tessera_orchestrator::progress::StepRecord) -> Self {
+        use tessera_orchestrator::progress::StepState as S;
+        Self {
+            state: match r.state {
+                S::Succeeded => PlanStepState::Succeeded,
+                S::Failed => PlanStepState::Failed,
+                S::Skipped => PlanStepState::Skipped,
+                S::Continued => PlanStepState::Continued,
+                S::FellBack => PlanStepState::FellBack,
+            },
+            output: r.output.clone(),
+            attempts: r.attempts,
+            runs: r.runs.clone(),
+            started: r.started.clone(),
+            finished: r.finished.clone(),
+            duration_ms: r.duration_ms,
+            error: r.error.clone(),
+            items: r.items,
+        }
+    }
+}
+
+/// A step of a plan run and its record (`null` while not finished).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct PlanRunStep {
+    /// The step.
+    pub step: String,
+    /// How it ended.
+    pub record: Option<PlanStepRecord>,
+}
+
+/// A plan run: its record (as `tessera plan runs show --json` prints it)
+/// and each step's, in dependency order.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct PlanRunDetail {
+    /// Its id.
+    pub id: String,
+    /// The plan.
+    pub plan: String,
+    /// What named the plan in errors.
+    pub origin: String,
+    /// The directory its relative paths resolve against.
+    pub base: String,
+    /// The plan's text (a resume runs this, whatever the registry holds now).
+    pub text: String,
+    /// The inputs, defaults filled in.
+    pub inputs: Value,
+    /// Where it is.
+    pub status: PlanRunStatus,
+    /// Start time, RFC 3339.
+    pub started: String,
+    /// End time, RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished: Option<String>,
+    /// How many times it was resumed.
+    pub resumes: u32,
+    /// The outputs, once it succeeded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<Value>,
+    /// Why it failed (or `cancelled`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Whether this server is driving it now.
+    pub active: bool,
+    /// Every step, in dependency order.
+    pub steps: Vec<PlanRunStep>,
+}
+
+impl PlanRunDetail {
+    /// The detail of `rec`, with its steps' records.
+    pub fn new(
+        rec: &tessera_orchestrator::progress::RunRecord,
+        steps: Vec<PlanRunStep>,
+        active: bool,
+    ) -> Self {
+        Self {
+            id: rec.id.clone(),
+            plan: rec.plan.clone(),
+            origin: rec.origin.clone(),
+            base: rec.base.clone(),
+            text: rec.text.clone(),
+            inputs: rec.inputs.clone(),
+            status: rec.status.into(),
+            started: rec.started.clone(),
+            finished: rec.finished.clone(),
+            resumes: rec.resumes,
+            outputs: rec.outputs.clone(),
+            error: rec.error.clone(),
+            active,
+            steps,
+        }
+    }
+}
+
+impl PlanRunSummary {
+    /// The summary of `rec`.
+    pub fn new(rec: &tessera_orchestrator::progress::RunRecord, active: bool) -> Self {
+        Self {
+            id: rec.id.clone(),
+            plan: rec.plan.clone(),
+            status: rec.status.into(),
+            started: rec.started.clone(),
+            finished: rec.finished.clone(),
+            resumes: rec.resumes,
+            error: rec.error.clone(),
+            active,
+        }
+    }
+}

@@ -30,6 +30,16 @@ use crate::Server;
 use crate::active::Active;
 use crate::error::{ApiError, ErrorCode, GuestDiagnostics, LimitRef};
 
+/// What a plan step adds to a call ([`Server::call_for`]).
+#[derive(Debug, Clone)]
+pub struct PlanCall {
+    /// The journal header's link to the plan run, step, item and attempt.
+    pub link: tessera_journal::PlanStep,
+    /// Values the component reads through `wasi:config` (keys starting with
+    /// `tessera.`: the idempotency key, the plan run, step, attempt, item).
+    pub context: std::collections::BTreeMap<String, String>,
+}
+
 /// A finished call.
 pub struct Called {
     /// The version that served the call.
@@ -257,6 +267,24 @@ impl Server {
         cancel: Option<CancellationToken>,
         caller: tessera_journal::Caller,
     ) -> Result<Called, CallError> {
+        self.call_for(name, function, args, cancel, caller, None)
+            .await
+    }
+
+    /// [`Server::call`] for a call a plan step makes: the same path
+    /// (permit, active version, `[tools]` curation, journal, cancellation),
+    /// with `plan` linking the journal run to the plan run, step, item and
+    /// attempt in its header, and giving the component the step's values
+    /// (its idempotency key, …) through `wasi:config`.
+    pub async fn call_for(
+        &self,
+        name: &str,
+        function: &str,
+        args: &Value,
+        cancel: Option<CancellationToken>,
+        caller: tessera_journal::Caller,
+        plan: Option<PlanCall>,
+    ) -> Result<Called, CallError> {
         let Ok(permit) = self.calls.clone().try_acquire_owned() else {
             return Err(CallError::Overloaded(self.config.max_calls));
         };
@@ -284,22 +312,28 @@ impl Server {
             .qualified_name();
         let token = self.shutdown.child_token();
         let journal = self.journal.clone();
+        let (link, context) = match plan {
+            Some(p) => (Some(p.link), Some(Arc::new(p.context))),
+            None => (None, None),
+        };
         let run = {
             let active = active.clone();
             let args = args.clone();
             let token = token.clone();
             std::panic::AssertUnwindSafe(async move {
                 let _permit = permit;
-                tessera_journal::record_call_with(
+                tessera_journal::record_call_for(
                     &journal,
                     &active.loaded,
                     &function,
                     &args,
                     CallOptions {
                         cancel: Some(token),
+                        context,
                         ..CallOptions::default()
                     },
                     Some(caller),
+                    link,
                 )
                 .await
             })
@@ -332,9 +366,13 @@ impl Server {
         })
     }
 
-    /// Cancels every running call and waits up to `wait` for their journals
-    /// to be written, then flushes the journal.
+    /// Cancels every plan run and every running call and waits up to
+    /// `wait` for their records and journals to be written, then flushes
+    /// the journal.
     pub async fn stop_calls(&self, wait: Duration) {
+        // Plan runs first: cancelled, each records how it stopped
+        // (`cancelled`, resumable) while the store and journal are there.
+        self.stop_plan_runs(wait).await;
         self.shutdown.cancel();
         self.calls_finished(wait).await;
         self.journal.flush();

@@ -95,6 +95,23 @@ pub enum ErrorCode {
     Trap,
     /// 422: the call was cancelled (client gone, server shutting down).
     Cancelled,
+    /// 404: no plan of that name is registered.
+    NoSuchPlan,
+    /// 404: no plan run has that id.
+    NoSuchPlanRun,
+    /// 400: the plan cannot be used (TOML, keys, expressions, cycles, a
+    /// step given as a file path); `place` names where, `file` the plan.
+    BadPlan,
+    /// 400: the inputs of a plan run do not fit the plan's inputs
+    /// (unknown, missing, wrong type); `place` names the input.
+    BadInputs,
+    /// 409: the plan run is already running in this server.
+    PlanRunActive,
+    /// 409: the plan run is not running in this server (it ended, or it
+    /// was interrupted and waits for a resume).
+    PlanRunNotActive,
+    /// 409: the plan run succeeded: there is nothing to resume.
+    PlanRunSucceeded,
     /// 500: the registry could not be read or written.
     Registry,
     /// 500: the journal could not be read or written.
@@ -118,15 +135,15 @@ impl ErrorCode {
             Forbidden | HostNotAllowed | OriginNotAllowed => StatusCode::FORBIDDEN,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            NotFound | NoSuchComponent | NoSuchVersion | NoSuchFunction | NoSuchRun | NoSuchKey => {
-                StatusCode::NOT_FOUND
-            }
+            NotFound | NoSuchComponent | NoSuchVersion | NoSuchFunction | NoSuchRun | NoSuchKey
+            | NoSuchPlan | NoSuchPlanRun => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             BadPath | BadQuery | AmbiguousRun | InvalidName | BadJson | BadArguments
-            | NotCallable | BadManifest | BadComponent | InvalidBucket | InvalidKey => {
-                StatusCode::BAD_REQUEST
+            | NotCallable | BadManifest | BadComponent | InvalidBucket | InvalidKey | BadPlan
+            | BadInputs => StatusCode::BAD_REQUEST,
+            ComponentMissing | Conflict | PlanRunActive | PlanRunNotActive | PlanRunSucceeded => {
+                StatusCode::CONFLICT
             }
-            ComponentMissing | Conflict => StatusCode::CONFLICT,
             Overloaded | Loading | StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ComponentBusy => StatusCode::TOO_MANY_REQUESTS,
             Denied | Limit | Trap | Cancelled => StatusCode::UNPROCESSABLE_ENTITY,
@@ -223,6 +240,18 @@ pub struct ErrorDetail {
     /// the revision).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub found_revision: Option<u64>,
+    /// Where in a plan the problem is (`bad_plan`, `bad_inputs`):
+    /// `steps.fetch.args.url`, `inputs.topic`, `line 3`, or `plan`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub place: Option<String>,
+    /// The plan file, as it was named when given (`bad_plan`,
+    /// `bad_inputs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// The plan run (`no_such_plan_run`, `plan_run_active`,
+    /// `plan_run_not_active`, `plan_run_succeeded`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_run: Option<String>,
 }
 
 /// Most stderr bytes a failed call's diagnostics carry: the last ones.
@@ -407,6 +436,9 @@ impl ApiError {
             expected_revision: None,
             expected_absent: None,
             found_revision: None,
+            place: None,
+            file: None,
+            plan_run: None,
         }))
     }
 

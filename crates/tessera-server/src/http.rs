@@ -102,6 +102,8 @@ fn accepted_scopes(method: &axum::http::Method, path: &str) -> Option<&'static [
     } else if path.starts_with("/v1/runs") || path.starts_with("/v1/audit") || path == "/v1/journal"
     {
         Some(&[Scope::Read])
+    } else if let Some(scopes) = plan_scopes(method, path) {
+        Some(scopes)
     } else if path == "/v1/kv" || path.starts_with("/v1/kv/") {
         // Key-value stores (before `/call/`: a key may contain it).
         if method == axum::http::Method::GET || method == axum::http::Method::HEAD {
@@ -116,6 +118,20 @@ fn accepted_scopes(method: &axum::http::Method, path: &str) -> Option<&'static [
         Some(&[Scope::Call, Scope::Manage])
     } else {
         Some(&[Scope::Manage])
+    }
+}
+
+/// The scopes of the plan routes: `read` to look, `call` to start,
+/// resume and cancel runs, `manage` to add and remove plans. `None` for
+/// other routes.
+fn plan_scopes(method: &axum::http::Method, path: &str) -> Option<&'static [Scope]> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let looks = method == axum::http::Method::GET || method == axum::http::Method::HEAD;
+    match segments.as_slice() {
+        ["v1", "plans", ..] | ["v1", "plan-runs", ..] if looks => Some(&[Scope::Read]),
+        ["v1", "plans", _, "runs"] | ["v1", "plan-runs", ..] => Some(&[Scope::Call]),
+        ["v1", "plans", ..] => Some(&[Scope::Manage]),
+        _ => None,
     }
 }
 
@@ -213,6 +229,17 @@ pub fn router(server: Arc<Server>, mcp: crate::mcp::McpHttpService, local: Socke
         .route("/v1/runs/{id}", get(show_run))
         .route("/v1/runs/{id}/replay", post(replay_run))
         .route("/v1/audit", get(audit_stream))
+        .route("/v1/plans", get(list_plans))
+        .route(
+            "/v1/plans/{name}",
+            get(show_plan).put(put_plan).delete(remove_plan),
+        )
+        .route("/v1/plans/{name}/runs", post(start_plan_run))
+        .route("/v1/plan-runs", get(list_plan_runs))
+        .route("/v1/plan-runs/{id}", get(show_plan_run))
+        .route("/v1/plan-runs/{id}/cancel", post(cancel_plan_run))
+        .route("/v1/plan-runs/{id}/resume", post(resume_plan_run))
+        .route("/v1/plan-runs/{id}/events", get(plan_run_events))
         .route("/v1/kv", get(kv_buckets))
         .route("/v1/kv/{bucket}", get(kv_keys))
         // A wildcard: a key may contain `/` (as is, or as `%2F`).
@@ -608,6 +635,199 @@ async fn audit_stream(State(server): State<Arc<Server>>) -> impl IntoResponse {
     // The stream ends when the server shuts down.
     .take_until(stopping);
     Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+async fn list_plans(State(server): State<Arc<Server>>) -> ApiResult<Json<api::PlanList>> {
+    let mut plans = Vec::new();
+    for name in server.plans.names()? {
+        match server.plans.get(&name) {
+            Ok(stored) => plans.push(api::PlanInfo::of(&stored, false)),
+            // Removed meanwhile.
+            Err(crate::plan_registry::PlanRegistryError::NoSuchPlan(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Json(api::PlanList { plans }))
+}
+
+async fn show_plan(
+    State(server): State<Arc<Server>>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<api::PlanInfo>> {
+    let stored = server.stored_plan(&name)?;
+    Ok(Json(api::PlanInfo::of(&stored, true)))
+}
+
+async fn put_plan(
+    State(server): State<Arc<Server>>,
+    ApiPath(name): ApiPath<String>,
+    Body(body): Body,
+) -> ApiResult<(StatusCode, Json<api::PlanInfo>)> {
+    let req: api::PlanUpload = parse_json(&body)?;
+    let bad = |path: &str, message: &str| {
+        let path = path.to_string();
+        ApiError::new(ErrorCode::BadJson, message).with(|d| d.path = Some(path))
+    };
+    let base = match req.base.as_deref() {
+        None => server.config.data.clone(),
+        Some(b) if std::path::Path::new(b).is_absolute() => std::path::PathBuf::from(b),
+        Some(_) => return Err(bad("$.base", "base: an absolute directory")),
+    };
+    let origin = match req.origin {
+        None => format!("plans/{name}.toml"),
+        Some(o) if !o.is_empty() && o.len() <= 1024 && !o.chars().any(char::is_control) => o,
+        Some(_) => {
+            return Err(bad(
+                "$.origin",
+                "origin: 1 to 1024 characters without control characters",
+            ));
+        }
+    };
+    server.plans.put(&name, &req.text, &base, &origin)?;
+    server.plans_changed();
+    let stored = server.stored_plan(&name)?;
+    Ok((StatusCode::CREATED, Json(api::PlanInfo::of(&stored, true))))
+}
+
+async fn remove_plan(
+    State(server): State<Arc<Server>>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    server.plans.remove(&name)?;
+    server.plans_changed();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn start_plan_run(
+    State(server): State<Arc<Server>>,
+    ApiPath(name): ApiPath<String>,
+    token: Option<axum::Extension<crate::auth::TokenId>>,
+    Body(body): Body,
+) -> ApiResult<(StatusCode, Json<api::PlanRunStarted>)> {
+    let inputs = if body.is_empty() {
+        serde_json::Map::new()
+    } else {
+        parse_json::<api::PlanInputs>(&body)?.0
+    };
+    let handle = server
+        .start_plan(&name, &Value::Object(inputs), token.map(|t| t.0.0))
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(api::PlanRunStarted { run: handle.id }),
+    ))
+}
+
+/// The query of `GET /v1/plan-runs`.
+#[derive(serde::Deserialize)]
+struct PlanRunsQuery {
+    #[serde(default)]
+    limit: Option<String>,
+}
+
+async fn list_plan_runs(
+    State(server): State<Arc<Server>>,
+    ApiQuery(query): ApiQuery<PlanRunsQuery>,
+) -> ApiResult<Json<api::PlanRunList>> {
+    let limit = match query.limit.as_deref() {
+        None | Some("") => api::DEFAULT_PLAN_RUN_PAGE,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=api::MAX_PLAN_RUN_PAGE).contains(n))
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::BadQuery,
+                    format!(
+                        "limit: `{text}` is not a number from 1 to {}",
+                        api::MAX_PLAN_RUN_PAGE
+                    ),
+                )
+                .with(|d| d.limit = Some(LimitRef::Value(api::MAX_PLAN_RUN_PAGE as u64)))
+            })?,
+    };
+    let progress = server.plan_progress().await?;
+    let active = server.active_plan_runs();
+    // Run ids tell the second they started in; within a second the start
+    // time orders them (a few more are read, for runs started in the same
+    // second as the last one kept).
+    let mut runs = store_op(progress.runs(limit.saturating_add(16))).await?;
+    let started = |r: &tessera_orchestrator::progress::RunRecord| {
+        time::OffsetDateTime::parse(&r.started, &time::format_description::well_known::Rfc3339).ok()
+    };
+    runs.sort_by(|a, b| started(b).cmp(&started(a)).then_with(|| b.id.cmp(&a.id)));
+    runs.truncate(limit);
+    Ok(Json(api::PlanRunList {
+        runs: runs
+            .iter()
+            .map(|r| api::PlanRunSummary::new(r, active.contains(&r.id)))
+            .collect(),
+    }))
+}
+
+async fn show_plan_run(
+    State(server): State<Arc<Server>>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<api::PlanRunDetail>> {
+    let progress = server.plan_progress().await?;
+    let (rec, _) = store_op(progress.run(&id)).await?.ok_or_else(|| {
+        ApiError::new(ErrorCode::NoSuchPlanRun, format!("no plan run `{id}`"))
+            .with(|d| d.plan_run = Some(id.clone()))
+    })?;
+    let plan = tessera_orchestrator::plan::Plan::from_toml(
+        &rec.text,
+        &rec.origin,
+        std::path::Path::new(&rec.base),
+        &rec.plan,
+    )
+    .map_err(|e| crate::plans::plan_error(ErrorCode::BadPlan, e))?;
+    let steps = store_op(tessera_orchestrator::run::step_records(
+        &progress, &plan, &rec.id,
+    ))
+    .await?
+    .into_iter()
+    .map(|(step, r)| api::PlanRunStep {
+        step,
+        record: r.as_ref().map(api::PlanStepRecord::from),
+    })
+    .collect();
+    let active = server.active_plan_runs().contains(&rec.id);
+    Ok(Json(api::PlanRunDetail::new(&rec, steps, active)))
+}
+
+async fn cancel_plan_run(
+    State(server): State<Arc<Server>>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<api::PlanRunSummary>> {
+    let rec = server.cancel_plan_run(&id).await?;
+    let active = server.active_plan_runs().contains(&rec.id);
+    Ok(Json(api::PlanRunSummary::new(&rec, active)))
+}
+
+async fn resume_plan_run(
+    State(server): State<Arc<Server>>,
+    ApiPath(id): ApiPath<String>,
+    token: Option<axum::Extension<crate::auth::TokenId>>,
+) -> ApiResult<(StatusCode, Json<api::PlanRunStarted>)> {
+    let handle = server.resume_plan(&id, token.map(|t| t.0.0)).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(api::PlanRunStarted { run: handle.id }),
+    ))
+}
+
+async fn plan_run_events(
+    State(server): State<Arc<Server>>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<impl IntoResponse> {
+    use futures_util::StreamExt as _;
+    let events = server.plan_run_events(&id).await?;
+    let stream = events.map(|event| {
+        let data = serde_json::to_value(&event).unwrap_or_default();
+        let name = data["event"].as_str().unwrap_or("event").to_string();
+        Ok::<_, std::convert::Infallible>(Event::default().event(name).data(data.to_string()))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
 /// How long a store operation may take before the API gives up with 503

@@ -16,7 +16,8 @@
 //! the registry; `call.rs` the one call path and the one classification of
 //! its outcome; `serve.rs` serving and shutdown; `guard.rs`, `http.rs`,
 //! `api.rs`, `error.rs` and `openapi.rs` the HTTP side; `mcp.rs` the MCP
-//! side; `auth.rs` tokens; `registry.rs` the registry on disk.
+//! side; `auth.rs` tokens; `registry.rs` the registry on disk;
+//! `plan_registry.rs` the registered plans and `plans.rs` running them.
 #![deny(missing_docs)]
 
 mod active;
@@ -31,6 +32,8 @@ pub mod guard;
 mod http;
 pub mod mcp;
 pub mod openapi;
+pub mod plan_registry;
+pub mod plans;
 pub mod registry;
 mod serve;
 mod stdio;
@@ -49,7 +52,7 @@ use tokio::sync::{Semaphore, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use active::{Active, LoadError, LoadObserver, Loading};
-pub use call::{CallError, Called};
+pub use call::{CallError, Called, PlanCall};
 pub use config::ServerConfig;
 pub use http::router;
 
@@ -66,6 +69,10 @@ pub struct Server {
     pub journal: Arc<JournalStore>,
     /// The registry.
     pub registry: Registry,
+    /// The registered plans (`<data>/plans`).
+    pub plans: plan_registry::PlanRegistry,
+    /// The plan runs this server drives.
+    plan_runs: plans::PlanRuns,
     /// Tokens.
     pub tokens: auth::Tokens,
     active: ActiveVersions,
@@ -108,6 +115,9 @@ pub enum ServerError {
     /// The registry could not be read.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// The plan registry could not be opened.
+    #[error(transparent)]
+    Plans(#[from] plan_registry::PlanRegistryError),
     /// The audit log could not be opened.
     #[error("{}: {source}", path.display())]
     Audit {
@@ -190,6 +200,8 @@ impl Server {
         let journal = Arc::new(JournalStore::open(&config.data)?);
         journal.set_retention(Some(config.retention.clone()));
         let registry = Registry::open(&config.data)?;
+        let plans = plan_registry::PlanRegistry::open(&config.data)?;
+        let plan_runs = plans::PlanRuns::new(plans.modified());
         let tokens = auth::Tokens::open(&config.data);
         let server = Arc::new(Self {
             calls: Arc::new(Semaphore::new(config.max_calls)),
@@ -197,6 +209,8 @@ impl Server {
             runtime,
             journal,
             registry,
+            plans,
+            plan_runs,
             tokens,
             active: ActiveVersions::default(),
             load_failures: Mutex::new(HashMap::new()),

@@ -39,6 +39,15 @@
 //!   journaled as cancelled.
 //! - Every call is journaled like an HTTP call; the result's `_meta` holds
 //!   `tessera/run_id`, `tessera/component` and `tessera/version`.
+//! - Every registered plan is a tool too, `plan__<name>` (no component may
+//!   be named `plan`): its input schema is the plan's inputs, its
+//!   description the plan's. `tools/call` runs the plan to its end (a plan
+//!   run like one started over HTTP, watchable there), cancelled with the
+//!   request, and answers its outputs as `structuredContent` (and as JSON
+//!   text), or a tool error naming the step that failed; `_meta` holds
+//!   `tessera/plan_run`; with a progress token, each finished step is a
+//!   `notifications/progress`. Adding or removing a plan (over HTTP, or
+//!   with `tessera plans` beside the server) sends `list_changed`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -183,6 +192,87 @@ pub fn tools(server: &Server) -> Vec<ToolEntry> {
     }
     out.sort_by(|a, b| a.tool.name.cmp(&b.tool.name));
     out
+}
+
+/// The MCP tool name of registered plan `plan`: `plan__<plan>` (cut to
+/// [`MAX_TOOL_NAME`] with a hash suffix, like every tool name). No
+/// component can be named `plan` ([`crate::registry::RESERVED_NAMES`]), so
+/// plan tools and component tools never share a name.
+pub fn plan_tool_name(plan: &str) -> String {
+    name_for("plan", None, plan)
+}
+
+/// One plan tool: the MCP definition and the plan it runs.
+#[derive(Debug, Clone)]
+pub struct PlanToolEntry {
+    /// The definition sent in `tools/list`.
+    pub tool: Tool,
+    /// The registered plan.
+    pub plan: String,
+}
+
+/// The tools of the registered plans, sorted by name: input schema
+/// [`Plan::input_schema`](tessera_orchestrator::plan::Plan::input_schema),
+/// output schema an object with a property per output, description the
+/// plan's. A stored plan that no longer reads is left out (and logged).
+pub fn plan_tools(server: &Server) -> Vec<PlanToolEntry> {
+    let names = match server.plans.names() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!("listing plans: {e}");
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for name in names {
+        let plan = match server.plans.get(&name).and_then(|p| p.plan()) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("plan `{name}` is not served: {e}");
+                continue;
+            }
+        };
+        let outputs: Map<String, Value> = plan
+            .outputs
+            .iter()
+            .map(|(o, _)| (o.clone(), json!({})))
+            .collect();
+        let required: Vec<&String> = outputs.keys().collect();
+        let output = json!({ "type": "object", "properties": outputs, "required": required });
+        let steps: Vec<String> = plan.topological().iter().map(|s| s.name.clone()).collect();
+        let description = plan
+            .description
+            .clone()
+            .unwrap_or_else(|| format!("Runs plan `{name}`: steps {}.", steps.join(", ")));
+        let mut tool = Tool::new_with_raw(plan_tool_name(&name), None, object(plan.input_schema()))
+            .with_raw_output_schema(object(output))
+            .with_title(format!("plan: {name}"));
+        tool.description = Some(description.into());
+        out.push(PlanToolEntry { tool, plan: name });
+    }
+    out.sort_by(|a, b| a.tool.name.cmp(&b.tool.name));
+    out
+}
+
+/// The registered plan a tool name runs, if any.
+pub fn resolve_plan(server: &Server, tool: &str) -> Option<String> {
+    if !tool.starts_with("plan__") {
+        return None;
+    }
+    server
+        .plans
+        .names()
+        .ok()?
+        .into_iter()
+        .find(|p| plan_tool_name(p) == tool)
+}
+
+/// Every tool: the components' and the plans', sorted by name.
+pub fn all_tools(server: &Server) -> Vec<Tool> {
+    let mut all: Vec<Tool> = plan_tools(server).into_iter().map(|t| t.tool).collect();
+    all.extend(tools(server).into_iter().map(|t| t.tool));
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    all
 }
 
 /// The component and function a tool name calls, if it names one that is
@@ -345,6 +435,145 @@ fn error_text(v: &Value) -> String {
     }
 }
 
+/// The id of the token the request presented (over streamable HTTP).
+fn token_id(context: &RequestContext<RoleServer>) -> Option<String> {
+    context
+        .extensions
+        .get::<http::request::Parts>()
+        .and_then(|p| p.extensions.get::<crate::auth::TokenId>())
+        .map(|t| t.0.clone())
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl McpService {
+    /// Sends `notifications/progress` for a plan run a tool call runs: one
+    /// per finished step (`progress` the steps finished, `total` the
+    /// plan's steps, `message` the step and how it ended).
+    async fn plan_progress(
+        &self,
+        id: &str,
+        token: rmcp::model::ProgressToken,
+        context: &RequestContext<RoleServer>,
+    ) -> Option<AbortOnDrop> {
+        use futures_util::StreamExt as _;
+        use tessera_orchestrator::run::PlanEvent;
+        let mut events = self.server.plan_run_events(id).await.ok()?;
+        let peer = context.peer.clone();
+        Some(AbortOnDrop(tokio::spawn(async move {
+            let (mut done, mut total) = (0u64, None);
+            while let Some(event) = events.next().await {
+                match event {
+                    PlanEvent::Started {
+                        steps, finished, ..
+                    } => {
+                        total = Some(steps.len() as f64);
+                        done = finished.len() as u64;
+                    }
+                    PlanEvent::Step { step, record } => {
+                        done += 1;
+                        let state = serde_json::to_value(record.state)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default();
+                        let mut p =
+                            rmcp::model::ProgressNotificationParam::new(token.clone(), done as f64)
+                                .with_message(format!("step `{step}`: {state}"));
+                        p.total = total;
+                        if peer.notify_progress(p).await.is_err() {
+                            return;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        })))
+    }
+
+    /// Runs a plan tool to its end: a plan run like one started over HTTP
+    /// (watchable and cancellable there too), cancelled when the request
+    /// is, with a progress notification per finished step when the request
+    /// has a progress token; its outputs as `structuredContent`, or a tool
+    /// error naming the step that failed.
+    async fn call_plan(
+        &self,
+        tool: &str,
+        plan: &str,
+        args: Value,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let mut handle = match self
+            .server
+            .start_plan(plan, &args, token_id(&context))
+            .await
+        {
+            Ok(h) => h,
+            Err(e) => return Ok(text_error(failure_text(tool, &e)?).into()),
+        };
+        let id = handle.id.clone();
+        // A request that goes away (its future dropped) cancels the run.
+        let _cancel_on_drop = handle.cancel_on_drop();
+        let progress = match context.meta.get_progress_token() {
+            Some(token) => self.plan_progress(&id, token, &context).await,
+            None => None,
+        };
+        let stop = handle.canceller();
+        let ended = {
+            let wait = handle.ended();
+            tokio::pin!(wait);
+            tokio::select! {
+                r = &mut wait => r,
+                () = context.ct.cancelled() => {
+                    stop.cancel();
+                    wait.await
+                }
+            }
+        };
+        if let Some(mut p) = progress {
+            // The last step's notification goes before the answer.
+            if tokio::time::timeout(Duration::from_secs(5), &mut p.0)
+                .await
+                .is_err()
+            {
+                p.0.abort();
+            }
+        }
+        let rec = match ended {
+            Ok(rec) => rec,
+            Err(e) => return Ok(text_error(failure_text(tool, &e)?).into()),
+        };
+        use tessera_orchestrator::progress::RunStatus;
+        let mut result = match rec.status {
+            RunStatus::Succeeded => {
+                let outputs = rec.outputs.clone().unwrap_or_else(|| json!({}));
+                let text = serde_json::to_string_pretty(&outputs).unwrap_or_default();
+                let mut r = CallToolResult::structured(outputs);
+                r.content = vec![ContentBlock::text(text)];
+                r
+            }
+            RunStatus::Cancelled => text_error(format!(
+                "`{tool}` was cancelled (plan run {id}; POST /v1/plan-runs/{id}/resume goes on with it)"
+            )),
+            RunStatus::Failed | RunStatus::Running => text_error(format!(
+                "`{tool}` failed: {} (plan run {id}; POST /v1/plan-runs/{id}/resume tries the failed steps again)",
+                rec.error.as_deref().unwrap_or("unknown error")
+            )),
+        };
+        let mut m = Map::new();
+        m.insert("tessera/plan_run".into(), json!(id));
+        m.insert("tessera/plan".into(), json!(plan));
+        result.meta = Some(MetaObject(m));
+        Ok(result.into())
+    }
+}
+
 impl ServerHandler for McpService {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(
@@ -358,8 +587,9 @@ impl ServerHandler for McpService {
         )
         .with_instructions(
             "Each tool is an exported function of a WebAssembly component, run sandboxed \
-             under the grants of its manifest. Tool names are <component>__<function>. \
-             Every call is journaled and can be replayed.",
+             under the grants of its manifest. Tool names are <component>__<function>; \
+             a tool named plan__<name> runs a registered plan (a graph of such calls) to \
+             its end and answers its outputs. Every call is journaled and can be replayed.",
         )
     }
 
@@ -371,9 +601,7 @@ impl ServerHandler for McpService {
         // A server started without waiting lists the components of the
         // compile cache once they are loaded (milliseconds after start).
         self.server.started().await;
-        Ok(ListToolsResult::with_all_items(
-            tools(&self.server).into_iter().map(|t| t.tool).collect(),
-        ))
+        Ok(ListToolsResult::with_all_items(all_tools(&self.server)))
     }
 
     async fn call_tool(
@@ -382,6 +610,10 @@ impl ServerHandler for McpService {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let name = request.name.to_string();
+        if let Some(plan) = resolve_plan(&self.server, &name) {
+            let args = Value::Object(request.arguments.unwrap_or_default());
+            return self.call_plan(&name, &plan, args, context).await;
+        }
         self.server.started().await;
         if let Some((component, _)) = name.split_once("__")
             && self.server.active(component).is_none()

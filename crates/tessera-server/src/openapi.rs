@@ -228,6 +228,111 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         method: "get",
+        path: "/v1/plans",
+        scopes: &["read"],
+        summary: "List registered plans: name, MCP tool, description, input schema, steps, outputs (without their text)",
+        query: &[],
+        request: None,
+        success: Success::Json(200, schema::<api::PlanList>),
+        errors: &[401, 403, 413, 415, 500],
+    },
+    Route {
+        method: "get",
+        path: "/v1/plans/{name}",
+        scopes: &["read"],
+        summary: "Show a plan: its text, input schema, steps (in dependency order) and outputs",
+        query: &[],
+        request: None,
+        success: Success::Json(200, schema::<api::PlanInfo>),
+        errors: &[400, 401, 403, 404, 413, 415, 500],
+    },
+    Route {
+        method: "put",
+        path: "/v1/plans/{name}",
+        scopes: &["manage"],
+        summary: "Register (or replace) a plan from its TOML text; refused (400 bad_plan, with `place` and `file`) unless it reads and every step names a registered component",
+        query: &[],
+        request: Some((schema::<api::PlanUpload>, true)),
+        success: Success::Json(201, schema::<api::PlanInfo>),
+        errors: &[400, 401, 403, 413, 415, 500],
+    },
+    Route {
+        method: "delete",
+        path: "/v1/plans/{name}",
+        scopes: &["manage"],
+        summary: "Remove a plan; its runs in progress go on (each keeps the plan's text)",
+        query: &[],
+        request: None,
+        success: Success::Empty(204),
+        errors: &[400, 401, 403, 404, 413, 415, 500],
+    },
+    Route {
+        method: "post",
+        path: "/v1/plans/{name}/runs",
+        scopes: &["call"],
+        summary: "Start a run of a plan with these inputs, in the background; answers its id (watch it at /v1/plan-runs/{id}/events)",
+        query: &[],
+        request: Some((schema::<api::PlanInputs>, false)),
+        success: Success::Json(202, schema::<api::PlanRunStarted>),
+        errors: &[400, 401, 403, 404, 413, 415, 500, 503],
+    },
+    Route {
+        method: "get",
+        path: "/v1/plan-runs",
+        scopes: &["read"],
+        summary: "List plan runs, newest first",
+        query: &[QueryParam {
+            name: "limit",
+            kind: "integer",
+            range: Some((1, api::MAX_PLAN_RUN_PAGE as u64)),
+            description: "At most this many runs (default 50, at most 1000).",
+        }],
+        request: None,
+        success: Success::Json(200, schema::<api::PlanRunList>),
+        errors: &[400, 401, 403, 413, 415, 500, 503],
+    },
+    Route {
+        method: "get",
+        path: "/v1/plan-runs/{id}",
+        scopes: &["read"],
+        summary: "Show a plan run: its record (status, inputs, outputs, error) and each step's (state, output, attempts, journal runs, timings)",
+        query: &[],
+        request: None,
+        success: Success::Json(200, schema::<api::PlanRunDetail>),
+        errors: &[400, 401, 403, 404, 413, 415, 500, 503],
+    },
+    Route {
+        method: "post",
+        path: "/v1/plan-runs/{id}/cancel",
+        scopes: &["call"],
+        summary: "Cancel a plan run this server drives: calls in flight stop, nothing more starts; answers the run once it stopped (`cancelled`, resumable)",
+        query: &[],
+        request: None,
+        success: Success::Json(200, schema::<api::PlanRunSummary>),
+        errors: &[400, 401, 403, 404, 409, 413, 415, 500, 503],
+    },
+    Route {
+        method: "post",
+        path: "/v1/plan-runs/{id}/resume",
+        scopes: &["call"],
+        summary: "Go on with a plan run that stopped (interrupted, cancelled or failed) in the background: finished steps are not run again",
+        query: &[],
+        request: None,
+        success: Success::Json(202, schema::<api::PlanRunStarted>),
+        errors: &[400, 401, 403, 404, 409, 413, 415, 500, 503],
+    },
+    Route {
+        method: "get",
+        path: "/v1/plan-runs/{id}/events",
+        scopes: &["read"],
+        summary: "Stream a plan run's events (server-sent events named `started`, `attempt`, `retrying`, `step`, `ended`, one JSON event per `data:`), from its start, ending after `ended`; a run that ended gets its `ended` event alone",
+        query: &[],
+        request: None,
+        success: Success::EventStream,
+        errors: &[400, 401, 403, 404, 409, 413, 415, 500, 503],
+    },
+    Route {
+        method: "get",
         path: "/v1/kv",
         scopes: &["read"],
         summary: "List the key-value buckets that hold keys, with their backend (`embedded`, or `nats` when `[store.nats]` is configured)",
@@ -306,17 +411,17 @@ pub const ROUTES: &[Route] = &[
 fn error_description(status: u16) -> &'static str {
     match status {
         400 => {
-            "Bad request: `bad_json`, `bad_path`, `bad_query`, `bad_arguments`, `invalid_name`, `bad_component`, `bad_manifest`, `not_callable`, `ambiguous_run`, `invalid_bucket`, `invalid_key`"
+            "Bad request: `bad_json`, `bad_path`, `bad_query`, `bad_arguments`, `invalid_name`, `bad_component`, `bad_manifest`, `not_callable`, `ambiguous_run`, `invalid_bucket`, `invalid_key`, `bad_plan` and `bad_inputs` (with `place` and `file`)"
         }
         401 => "`unauthorized`: a token is required, or the token is unknown",
         403 => {
             "`forbidden` (the token lacks the scope), `host_not_allowed` or `origin_not_allowed`"
         }
         404 => {
-            "Not found: `no_such_component`, `no_such_version`, `no_such_function`, `no_such_run`, `no_such_key`, `not_found`"
+            "Not found: `no_such_component`, `no_such_version`, `no_such_function`, `no_such_run`, `no_such_key`, `no_such_plan`, `no_such_plan_run`, `not_found`"
         }
         409 => {
-            "`component_missing` (the run's component is no longer stored), `conflict` (a conditional write found the key in another state: `expected_revision` or `expected_absent`, and `found_revision`)"
+            "`component_missing` (the run's component is no longer stored), `conflict` (a conditional write found the key in another state: `expected_revision` or `expected_absent`, and `found_revision`), `plan_run_active` (the plan run is already running here), `plan_run_not_active` (the plan run is not running here: ended, or interrupted), `plan_run_succeeded` (nothing to resume)"
         }
         413 => "`body_too_large`",
         415 => "`unsupported_media_type`: request bodies are `application/json`",
@@ -387,7 +492,7 @@ pub fn document() -> Value {
                 responses.insert(
                     "200".into(),
                     json!({
-                        "description": "A stream of audit events; it ends when the server shuts down",
+                        "description": "A stream of server-sent events (see the summary); an audit stream ends when the server shuts down, a plan run's after its `ended` event",
                         "content": { "text/event-stream": { "schema": { "type": "string" } } }
                     }),
                 );
@@ -434,7 +539,7 @@ pub fn document() -> Value {
         "info": {
             "title": "Tessera API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Components as typed tools: register, hot-swap, call from JSON, read the journal and audit stream, and inspect and edit the key-value buckets components use (wasi:keyvalue). The same tools are served over MCP (streamable HTTP) at /mcp, with the `call` scope. Every route refuses a Host it does not answer to and an Origin it does not allow (403), and request bodies must be application/json (415). See docs/http-api.md."
+            "description": "Components as typed tools: register, hot-swap, call from JSON, read the journal and audit stream, inspect and edit the key-value buckets components use (wasi:keyvalue), and register, run, watch, cancel and resume plans (graphs of component calls). The same tools are served over MCP (streamable HTTP) at /mcp, with the `call` scope. Every route refuses a Host it does not answer to and an Origin it does not allow (403), and request bodies must be application/json (415). See docs/http-api.md."
         },
         "paths": paths,
         "components": {

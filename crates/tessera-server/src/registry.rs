@@ -49,7 +49,7 @@ pub enum RegistryError {
     },
     /// A name that cannot be used (tool names must be portable).
     #[error(
-        "invalid component name `{0}`: use 1-64 characters from a-z, 0-9, `-` and `_`, starting with a letter, without `__` (it separates names in MCP tool names)"
+        "invalid component name `{0}`: use 1-64 characters from a-z, 0-9, `-` and `_`, starting with a letter, without `__` (it separates names in MCP tool names), and not `plan` (MCP tools `plan__<name>` are plans)"
     )]
     InvalidName(String),
 }
@@ -109,12 +109,19 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RegistryError + '_ {
     }
 }
 
-/// Whether `name` is a valid component name. `__` is reserved: it joins the
-/// component and function names in MCP tool names.
+/// Names no component may take: MCP tools named `plan__<name>` are the
+/// registered plans (see `plans.rs`), so a component named `plan` would
+/// collide with them.
+pub const RESERVED_NAMES: &[&str] = &["plan"];
+
+/// Whether `name` is a valid component (or plan) name. `__` is reserved: it
+/// joins the component and function names in MCP tool names; so are
+/// [`RESERVED_NAMES`].
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && !name.contains("__")
+        && !RESERVED_NAMES.contains(&name)
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && name
             .chars()
@@ -335,6 +342,11 @@ mod tests {
         ));
         assert!(matches!(
             again.add("Bad Name", b"x", None, "x"),
+            Err(RegistryError::InvalidName(_))
+        ));
+        // `plan__<name>` tools are plans.
+        assert!(matches!(
+            again.add("plan", b"x", None, "x"),
             Err(RegistryError::InvalidName(_))
         ));
         again.remove("fetch").unwrap();

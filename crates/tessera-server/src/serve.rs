@@ -1,8 +1,9 @@
 //! Serving and shutting down: the HTTP listener (API and MCP over
 //! streamable HTTP) and MCP over stdio, each with the same order of
-//! shutdown — stop taking work, let calls in flight finish within the
-//! grace period, cancel the rest (journaled as cancelled), close sessions,
-//! flush the journal.
+//! shutdown — stop taking work, cancel plan runs (each recorded as
+//! `cancelled`, resumable), let calls in flight finish within the grace
+//! period, cancel the rest (journaled as cancelled), close sessions, flush
+//! the journal.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,10 @@ impl Server {
     /// Lets calls in flight finish within the grace period, then cancels
     /// the rest and waits for their journals.
     async fn drain(&self) {
+        // Plan runs are cancelled when shutdown begins (their tokens are
+        // children of `stopping`): wait for them to record it, so their
+        // calls do not hold up the grace period.
+        self.stop_plan_runs(Duration::from_secs(5)).await;
         if !self.calls_finished(self.config.grace).await {
             tracing::warn!("grace period over: cancelling calls still running");
         }

@@ -305,12 +305,16 @@ impl Server {
     }
 
     /// Runs [`Server::sync_in_background`] whenever the registry file
-    /// changes, until aborted.
+    /// changes, and tells MCP sessions when the plan registry changes,
+    /// until aborted.
     pub(crate) fn spawn_registry_watcher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let server = self.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(250)).await;
+                // Plans added or removed by another process (`tessera
+                // plans`): the MCP tool list changed.
+                server.notice_plan_changes();
                 if server.registry_changed()
                     && let Err(e) = server.sync_in_background().await
                 {

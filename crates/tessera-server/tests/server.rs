@@ -2660,3 +2660,959 @@ async fn kv_routes_list_nats_buckets_and_answer_503_when_nats_is_down() {
     s.shutdown().await;
     drop(nats);
 }
+
+// ---------------------------------------------------------------------
+// Plans served by the server.
+
+/// Greets every name (a fan-out) and divides 100 by the divisor with a
+/// retry; the default divisor is 0, so every attempt fails and the
+/// fallback answers.
+const GREETINGS_PLAN: &str = r#"
+description = "Greets every name and divides with a retry and a fallback."
+
+[inputs.names]
+type = "array"
+description = "Who to greet."
+
+[inputs.divisor]
+type = "integer"
+default = 0
+
+[steps.greet]
+component = "hello"
+function = "greet"
+for_each = ".inputs.names"
+concurrency = 2
+args = { name = "${{ .item }}" }
+
+[steps.share]
+component = "hello"
+function = "types#divide"
+args = { a = 100, b = "${{ .inputs.divisor }}" }
+retry = { max_attempts = 3, backoff = "10ms" }
+on_error = "fallback"
+fallback = "whole"
+
+[steps.whole]
+component = "hello"
+function = "types#divide"
+args = { a = 100, b = 1 }
+
+[outputs]
+greetings = "${{ .steps.greet.output }}"
+share = "${{ .steps.share.output }}"
+"#;
+
+/// A quick step, then a long one (spin's `count` of `n`).
+const LONG_PLAN: &str = r#"
+description = "Counts a little, then a lot."
+
+[inputs.n]
+type = "integer"
+
+[steps.quick]
+component = "spin"
+function = "count"
+args = { n = 3 }
+
+[steps.long]
+component = "spin"
+function = "count"
+needs = ["quick"]
+args = { n = "${{ .inputs.n }}" }
+
+[outputs]
+counted = "${{ .steps.long.output }}"
+"#;
+
+/// More iterations than spin's `count` finishes before the test cancels
+/// it (its fuel and deadline are roomy: see [`spin_body`]).
+const HUGE_N: u64 = 1 << 50;
+
+fn find_bytes(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Reads server-sent events from `path` (blocking), each `(event, data)`,
+/// until `stop` says so for one or the stream ends; an answer other than
+/// 200 is `Err((status, body))`.
+fn read_events(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    mut stop: impl FnMut(&str, &Value) -> bool,
+) -> Result<Vec<(String, Value)>, (u16, Value)> {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(EVENT_WAIT)).unwrap();
+    let mut head = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\nConnection: close\r\n"
+    );
+    if let Some(t) = token {
+        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    write!(s, "{head}\r\n").unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = find_bytes(&raw, b"\r\n\r\n") {
+            break i;
+        }
+        let n = s.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "closed before the head: {}",
+            String::from_utf8_lossy(&raw)
+        );
+        raw.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_ascii_lowercase();
+    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let chunked = head.contains("transfer-encoding: chunked");
+    let mut rest = raw[head_end + 4..].to_vec();
+    // Decodes the complete chunks at the start of `rest` into `out`;
+    // true at the last chunk.
+    let dechunk = |rest: &mut Vec<u8>, out: &mut Vec<u8>| -> bool {
+        loop {
+            let Some(eol) = find_bytes(rest, b"\r\n") else {
+                return false;
+            };
+            let size =
+                usize::from_str_radix(String::from_utf8_lossy(&rest[..eol]).trim(), 16).unwrap();
+            if size == 0 {
+                return true;
+            }
+            if rest.len() < eol + 2 + size + 2 {
+                return false;
+            }
+            out.extend_from_slice(&rest[eol + 2..eol + 2 + size]);
+            rest.drain(..eol + 2 + size + 2);
+        }
+    };
+    if status != 200 {
+        let _ = s.read_to_end(&mut rest);
+        let mut body = Vec::new();
+        if chunked {
+            dechunk(&mut rest, &mut body);
+        } else {
+            body = rest;
+        }
+        return Err((status, serde_json::from_slice(&body).unwrap_or(Value::Null)));
+    }
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    assert!(chunked, "{head}");
+    let mut text = Vec::new();
+    let mut events = Vec::new();
+    loop {
+        let last = dechunk(&mut rest, &mut text);
+        while let Some(i) = find_bytes(&text, b"\n\n") {
+            let block: Vec<u8> = text.drain(..i + 2).collect();
+            let block = String::from_utf8(block).unwrap();
+            let (mut name, mut data) = ("message".to_string(), String::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    name = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                }
+            }
+            if data.is_empty() {
+                continue; // a keep-alive comment
+            }
+            let v: Value = serde_json::from_str(&data).unwrap_or_else(|e| panic!("{e}: {data}"));
+            let done = stop(&name, &v);
+            events.push((name, v));
+            if done {
+                return Ok(events);
+            }
+        }
+        if last {
+            return Ok(events);
+        }
+        let n = s.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            return Ok(events);
+        }
+        rest.extend_from_slice(&buf[..n]);
+    }
+}
+
+impl Running {
+    /// Registers plan `name` with `text` over HTTP.
+    async fn put_plan(&self, name: &str, text: &str) -> (u16, Value) {
+        self.call("PUT", &format!("/v1/plans/{name}"), json!({ "text": text }))
+            .await
+    }
+
+    /// A plan run's events until `stop` says so or the stream ends.
+    async fn events(
+        &self,
+        id: &str,
+        stop: impl FnMut(&str, &Value) -> bool + Send + 'static,
+    ) -> Result<Vec<(String, Value)>, (u16, Value)> {
+        let (addr, path) = (self.addr, format!("/v1/plan-runs/{id}/events"));
+        tokio::task::spawn_blocking(move || read_events(addr, &path, None, stop))
+            .await
+            .unwrap()
+    }
+
+    /// A plan run's record and steps.
+    async fn plan_run(&self, id: &str) -> Value {
+        let (status, v) = self
+            .call("GET", &format!("/v1/plan-runs/{id}"), json!({}))
+            .await;
+        assert_eq!(status, 200, "{v}");
+        v
+    }
+}
+
+/// The record of `step` in a plan run's detail.
+fn step_record<'a>(run: &'a Value, step: &str) -> &'a Value {
+    &run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == step)
+        .unwrap_or_else(|| panic!("no step {step}: {run}"))["record"]
+}
+
+/// Whether an event is the attempt of `step`.
+fn attempt_of(name: &str, v: &Value, step: &str) -> bool {
+    name == "attempt" && v["step"] == step
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_registered_over_http_runs_watched_through_sse_and_its_calls_carry_the_plan_link() {
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), |_| {}).await;
+    assert_eq!(s.add("hello", "hello").await.0, 201);
+    let (status, v) = s.put_plan("greetings", GREETINGS_PLAN).await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["tool"], "plan__greetings");
+    assert!(
+        data.path().join("plans/greetings.toml").is_file(),
+        "not in the data directory"
+    );
+    // Listed and shown: text, input schema, steps in dependency order.
+    let (status, v) = s.call("GET", "/v1/plans", json!({})).await;
+    assert_eq!(status, 200, "{v}");
+    let names: Vec<&str> = v["plans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["greetings"]);
+    let (status, v) = s.call("GET", "/v1/plans/greetings", json!({})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["text"], GREETINGS_PLAN);
+    assert_eq!(v["input_schema"]["required"], json!(["names"]), "{v}");
+    assert_eq!(v["input_schema"]["properties"]["divisor"]["default"], 0);
+    let steps: Vec<&str> = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["greet", "share", "whole"], "{v}");
+    assert_eq!(v["steps"][1]["fallback"], "whole");
+
+    // Started over HTTP, in the background.
+    let names = json!(["Ada", "Grace", "Linus"]);
+    let (status, v) = s
+        .call(
+            "POST",
+            "/v1/plans/greetings/runs",
+            json!({ "names": names }),
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["run"].as_str().unwrap().to_string();
+    // Watched through SSE until `ended` (the stream ends there), from its
+    // start whenever the watcher comes.
+    let events = s.events(&id, |_, _| false).await.unwrap();
+    let kinds: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"started"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"ended"), "{kinds:?}");
+    for (name, v) in &events {
+        assert_eq!(v["event"], name.as_str(), "event name is the tag");
+    }
+    assert_eq!(events[0].1["run"], id.as_str());
+    // 3 greetings + 3 divisions + the fallback.
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "attempt").count(),
+        7,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "retrying").count(),
+        2,
+        "{kinds:?}"
+    );
+    let stepped: Vec<&Value> = events
+        .iter()
+        .filter(|(n, _)| n == "step")
+        .map(|(_, v)| &v["step"])
+        .collect();
+    assert_eq!(stepped.len(), 3, "{stepped:?}");
+    let ended = &events.last().unwrap().1["record"];
+    assert_eq!(ended["status"], "succeeded", "{ended}");
+    let expected = json!(["Hello, Ada!", "Hello, Grace!", "Hello, Linus!"]);
+    assert_eq!(
+        ended["outputs"],
+        json!({"greetings": expected, "share": 100})
+    );
+
+    // Its record and every step's.
+    let run = s.plan_run(&id).await;
+    assert_eq!(
+        (&run["status"], &run["plan"], &run["active"]),
+        (&json!("succeeded"), &json!("greetings"), &json!(false)),
+        "{run}"
+    );
+    assert_eq!(run["inputs"], json!({"names": names, "divisor": 0}));
+    assert_eq!(run["outputs"]["share"], 100);
+    let greet = step_record(&run, "greet");
+    assert_eq!(
+        (&greet["state"], &greet["items"]),
+        (&json!("succeeded"), &json!(3))
+    );
+    assert_eq!(greet["output"], expected);
+    let share = step_record(&run, "share");
+    assert_eq!(
+        (&share["state"], &share["attempts"], &share["output"]),
+        (&json!("fell-back"), &json!(3), &json!(100)),
+        "{share}"
+    );
+    assert!(
+        share["error"]
+            .as_str()
+            .unwrap()
+            .contains("division by zero"),
+        "{share}"
+    );
+    let whole = step_record(&run, "whole");
+    assert_eq!(whole["state"], "succeeded");
+
+    // Every step call is journaled through the server's call path, with
+    // the plan link in its header, and released once the run ended.
+    let (_, journal) = s.call("GET", "/v1/runs", json!({})).await;
+    let mut calls = 0;
+    for (step, rec) in [("greet", greet), ("share", share), ("whole", whole)] {
+        let runs = rec["runs"].as_array().unwrap();
+        assert_eq!(
+            runs.len(),
+            match step {
+                "greet" | "share" => 3,
+                _ => 1,
+            },
+            "{step}: {rec}"
+        );
+        for (i, r) in runs.iter().enumerate() {
+            let r = r.as_str().unwrap();
+            let (status, v) = s.call("GET", &format!("/v1/runs/{r}"), json!({})).await;
+            assert_eq!(status, 200, "{v}");
+            let h = &v["header"];
+            assert_eq!(h["caller"]["via"], "plan", "{h}");
+            assert_eq!(h["plan"]["run"], id.as_str(), "{h}");
+            assert_eq!(h["plan"]["plan"], "greetings", "{h}");
+            assert_eq!(h["plan"]["step"], step, "{h}");
+            match step {
+                "greet" => {
+                    let item = h["plan"]["item"].as_u64().unwrap();
+                    assert_eq!(h["plan"]["key"], format!("{id}/greet/{item}"));
+                    assert_eq!(h["args"]["name"], names[item as usize]);
+                }
+                "share" => {
+                    assert_eq!(h["plan"]["attempt"], i as u64 + 1, "{h}");
+                    assert_eq!(h["plan"]["key"], format!("{id}/share"));
+                }
+                _ => assert_eq!(h["function"], "tessera:hello/types@0.1.0#divide", "{h}"),
+            }
+            let summary = journal["runs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["run_id"] == r)
+                .unwrap_or_else(|| panic!("{r} not listed"));
+            assert_eq!(summary["holds"], json!([]), "still held: {summary}");
+            calls += 1;
+        }
+    }
+    assert_eq!(calls, 7);
+
+    // Listed newest first; a run that ended streams its `ended` alone; it
+    // succeeded, so there is nothing to resume.
+    let (status, second) = s
+        .call(
+            "POST",
+            "/v1/plans/greetings/runs",
+            json!({ "names": ["Ada"], "divisor": 4 }),
+        )
+        .await;
+    assert_eq!(status, 202, "{second}");
+    let second = second["run"].as_str().unwrap().to_string();
+    let events = s.events(&second, |_, _| false).await.unwrap();
+    assert_eq!(events.last().unwrap().1["record"]["outputs"]["share"], 25);
+    let (status, v) = s.call("GET", "/v1/plan-runs", json!({})).await;
+    assert_eq!(status, 200, "{v}");
+    let ids: Vec<&str> = v["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [second.as_str(), id.as_str()], "{v}");
+    let events = s.events(&id, |_, _| false).await.unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        (events[0].0.as_str(), &events[0].1["record"]["status"]),
+        ("ended", &json!("succeeded"))
+    );
+    let (status, v) = s
+        .call("POST", &format!("/v1/plan-runs/{id}/resume"), json!({}))
+        .await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (409, &json!("plan_run_succeeded")),
+        "{v}"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_plan_run_is_cancelled_over_http_and_resumed_without_repeating_finished_steps() {
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), |_| {}).await;
+    assert_eq!(add_spin(s.addr, data.path()).await.0, 201);
+    let (status, v) = s.put_plan("counting", LONG_PLAN).await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = s
+        .call("POST", "/v1/plans/counting/runs", json!({ "n": HUGE_N }))
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["run"].as_str().unwrap().to_string();
+    // Until the long step is running.
+    let events = s
+        .events(&id, |n, v| attempt_of(n, v, "long"))
+        .await
+        .unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|(n, v)| n == "step" && v["step"] == "quick"),
+        "{events:?}"
+    );
+    let run = s.plan_run(&id).await;
+    assert_eq!(
+        (&run["status"], &run["active"]),
+        (&json!("running"), &json!(true))
+    );
+    let quick_runs = step_record(&run, "quick")["runs"].clone();
+    let quick_run = quick_runs[0].as_str().unwrap().to_string();
+    // While the plan runs, its finished step's journal run is held.
+    let (_, journal) = s.call("GET", "/v1/runs", json!({})).await;
+    let held = journal["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["run_id"] == quick_run.as_str())
+        .unwrap()["holds"]
+        .clone();
+    assert_eq!(held, json!([format!("plan:{id}")]));
+    // A run already driven is not resumed twice.
+    let (status, v) = s
+        .call("POST", &format!("/v1/plan-runs/{id}/resume"), json!({}))
+        .await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (409, &json!("plan_run_active")),
+        "{v}"
+    );
+
+    // Cancelled over HTTP: answered once it stopped.
+    let (status, v) = s
+        .call("POST", &format!("/v1/plan-runs/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (&v["status"], &v["active"]),
+        (&json!("cancelled"), &json!(false)),
+        "{v}"
+    );
+    let run = s.plan_run(&id).await;
+    assert_eq!(run["status"], "cancelled", "{run}");
+    assert!(step_record(&run, "long").is_null(), "{run}");
+    // The long call was cancelled, and journaled as such; the holds are
+    // released.
+    let (_, journal) = s.call("GET", "/v1/runs", json!({})).await;
+    let runs = journal["runs"].as_array().unwrap();
+    let long = runs
+        .iter()
+        .find(|r| r["run_id"] != quick_run.as_str())
+        .unwrap_or_else(|| panic!("{journal}"));
+    assert_eq!(long["end"]["result"]["status"], "cancelled", "{long}");
+    assert!(runs.iter().all(|r| r["holds"] == json!([])), "{journal}");
+    let (status, v) = s
+        .call("POST", &format!("/v1/plan-runs/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (409, &json!("plan_run_not_active")),
+        "{v}"
+    );
+
+    // Resumed: the finished step is not run again.
+    let (status, v) = s
+        .call("POST", &format!("/v1/plan-runs/{id}/resume"), json!({}))
+        .await;
+    assert_eq!((status, &v["run"]), (202, &json!(id)), "{v}");
+    let events = s
+        .events(&id, |n, v| attempt_of(n, v, "long"))
+        .await
+        .unwrap();
+    assert_eq!(events[0].0, "started");
+    assert_eq!(events[0].1["finished"], json!(["quick"]), "{events:?}");
+    assert!(
+        !events.iter().any(|(n, v)| attempt_of(n, v, "quick")),
+        "{events:?}"
+    );
+    let run = s.plan_run(&id).await;
+    assert_eq!(
+        (&run["status"], &run["resumes"]),
+        (&json!("running"), &json!(1))
+    );
+    assert_eq!(step_record(&run, "quick")["runs"], quick_runs);
+    let (status, v) = s
+        .call("POST", &format!("/v1/plan-runs/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!((status, &v["status"]), (200, &json!("cancelled")), "{v}");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_shutdown_cancels_plan_runs_and_a_restarted_server_resumes_them() {
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), |_| {}).await;
+    assert_eq!(add_spin(s.addr, data.path()).await.0, 201);
+    assert_eq!(s.put_plan("counting", LONG_PLAN).await.0, 201);
+    let (status, v) = s
+        .call("POST", "/v1/plans/counting/runs", json!({ "n": HUGE_N }))
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["run"].as_str().unwrap().to_string();
+    let (addr, path) = (s.addr, format!("/v1/plan-runs/{id}/events"));
+    // A watcher that stays until the end.
+    let watcher = tokio::task::spawn_blocking(move || read_events(addr, &path, None, |_, _| false));
+    s.events(&id, |n, v| attempt_of(n, v, "long"))
+        .await
+        .unwrap();
+    // Shutting down does not wait for the long call: the run is cancelled.
+    let stopping = std::time::Instant::now();
+    s.shutdown().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(8),
+        "shutdown waited for the plan: {:?}",
+        stopping.elapsed()
+    );
+    let events = watcher.await.unwrap().unwrap();
+    let (last, v) = events.last().unwrap();
+    assert_eq!(
+        (last.as_str(), &v["record"]["status"]),
+        ("ended", &json!("cancelled")),
+        "{events:?}"
+    );
+
+    // After a restart: cancelled, not driven, resumable.
+    let s = start(data.path(), |_| {}).await;
+    let run = s.plan_run(&id).await;
+    assert_eq!(
+        (&run["status"], &run["active"]),
+        (&json!("cancelled"), &json!(false)),
+        "{run}"
+    );
+    let (status, v) = s
+        .call("POST", &format!("/v1/plan-runs/{id}/resume"), json!({}))
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let events = s
+        .events(&id, |n, v| attempt_of(n, v, "long"))
+        .await
+        .unwrap();
+    assert_eq!(events[0].1["finished"], json!(["quick"]), "{events:?}");
+    let (status, v) = s
+        .call("POST", &format!("/v1/plan-runs/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(
+        (status, &v["status"], &v["resumes"]),
+        (200, &json!("cancelled"), &json!(1)),
+        "{v}"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_are_mcp_tools_with_their_input_schema_called_to_their_outputs_and_cancelled() {
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), |_| {}).await;
+    assert_eq!(s.add("hello", "hello").await.0, 201);
+    assert_eq!(add_spin(s.addr, data.path()).await.0, 201);
+    assert_eq!(s.put_plan("greetings", GREETINGS_PLAN).await.0, 201);
+    let (mut mcp, serving) = LineClient::serve(&s.server);
+    mcp.initialize().await;
+    let v = mcp.request(2, "tools/list", json!({})).await;
+    let tools = v["result"]["tools"].as_array().unwrap();
+    let tool = tools
+        .iter()
+        .find(|t| t["name"] == "plan__greetings")
+        .unwrap_or_else(|| panic!("{v}"));
+    assert!(tools.iter().any(|t| t["name"] == "hello__greet"), "{v}");
+    let (_, shown) = s.call("GET", "/v1/plans/greetings", json!({})).await;
+    assert_eq!(tool["inputSchema"], shown["input_schema"], "{tool}");
+    assert_eq!(tool["inputSchema"]["required"], json!(["names"]));
+    assert_eq!(
+        tool["description"],
+        "Greets every name and divides with a retry and a fallback."
+    );
+    // Called to its end: the outputs, structured and as text, after a
+    // progress notification per finished step.
+    let v = mcp
+        .request(
+            3,
+            "tools/call",
+            json!({"name": "plan__greetings", "arguments": {"names": ["Ada"], "divisor": 5},
+                   "_meta": {"progressToken": "greet-1"}}),
+        )
+        .await;
+    let progress: Vec<&Value> = mcp
+        .notifications
+        .iter()
+        .filter(|n| n["method"] == "notifications/progress")
+        .map(|n| &n["params"])
+        .collect();
+    assert_eq!(progress.len(), 2, "{progress:?}");
+    for (i, p) in progress.iter().enumerate() {
+        assert_eq!(
+            (&p["progressToken"], p["progress"].as_f64(), &p["total"]),
+            (&json!("greet-1"), Some(i as f64 + 1.0), &json!(3.0)),
+            "{p}"
+        );
+    }
+    // `greet` and `share` run at once: either may finish first.
+    let mut messages: Vec<&str> = progress
+        .iter()
+        .map(|p| p["message"].as_str().unwrap())
+        .collect();
+    messages.sort();
+    assert_eq!(
+        messages,
+        ["step `greet`: succeeded", "step `share`: succeeded"]
+    );
+    let result = &v["result"];
+    assert_ne!(result["isError"], true, "{v}");
+    assert_eq!(
+        result["structuredContent"],
+        json!({"greetings": ["Hello, Ada!"], "share": 20}),
+        "{v}"
+    );
+    let text: Value = serde_json::from_str(result["content"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(text, result["structuredContent"]);
+    let run_id = result["_meta"]["tessera/plan_run"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let run = s.plan_run(&run_id).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let greet_run = step_record(&run, "greet")["runs"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, v) = s
+        .call("GET", &format!("/v1/runs/{greet_run}"), json!({}))
+        .await;
+    assert_eq!(v["header"]["plan"]["run"], run_id.as_str(), "{v}");
+    // Bad inputs: a tool error naming the input.
+    let v = mcp
+        .request(
+            4,
+            "tools/call",
+            json!({"name": "plan__greetings", "arguments": {"names": "Ada"}}),
+        )
+        .await;
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    assert!(
+        v["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("inputs.names"),
+        "{v}"
+    );
+
+    // Adding a plan changes the tool list.
+    let failing = r#"
+[steps.share]
+component = "hello"
+function = "types#divide"
+args = { a = 1, b = 0 }
+"#;
+    assert_eq!(s.put_plan("failing", failing).await.0, 201);
+    tokio::time::timeout(
+        EVENT_WAIT,
+        mcp.notification("notifications/tools/list_changed"),
+    )
+    .await
+    .expect("no list_changed");
+    assert!(
+        mcp.tool_names(5)
+            .await
+            .contains(&"plan__failing".to_string())
+    );
+    // A plan that fails is a tool error naming the step.
+    let v = mcp
+        .request(
+            6,
+            "tools/call",
+            json!({"name": "plan__failing", "arguments": {}}),
+        )
+        .await;
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    let text = v["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.contains("step `share` failed") && text.contains("division by zero"),
+        "{v}"
+    );
+
+    // MCP cancellation cancels the plan run.
+    assert_eq!(s.put_plan("counting", LONG_PLAN).await.0, 201);
+    tokio::time::timeout(
+        EVENT_WAIT,
+        mcp.notification("notifications/tools/list_changed"),
+    )
+    .await
+    .expect("no list_changed");
+    mcp.send(json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                    "params": {"name": "plan__counting", "arguments": {"n": HUGE_N}}}))
+        .await;
+    let waiting = std::time::Instant::now();
+    let counting = loop {
+        let (_, v) = s.call("GET", "/v1/plan-runs", json!({})).await;
+        let found = v["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["plan"] == "counting")
+            .map(|r| r["id"].as_str().unwrap().to_string());
+        if let Some(id) = found {
+            break id;
+        }
+        assert!(
+            waiting.elapsed() < EVENT_WAIT,
+            "the plan tool never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    s.events(&counting, |n, v| attempt_of(n, v, "long"))
+        .await
+        .unwrap();
+    mcp.send(
+        json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                    "params": {"requestId": 7, "reason": "test"}}),
+    )
+    .await;
+    let events = s.events(&counting, |_, _| false).await.unwrap();
+    let (last, v) = events.last().unwrap();
+    assert_eq!(
+        (last.as_str(), &v["record"]["status"]),
+        ("ended", &json!("cancelled")),
+        "{events:?}"
+    );
+
+    // Removing a plan changes the tool list too.
+    let (status, _) = s.call("DELETE", "/v1/plans/failing", json!({})).await;
+    assert_eq!(status, 204);
+    tokio::time::timeout(
+        EVENT_WAIT,
+        mcp.notification("notifications/tools/list_changed"),
+    )
+    .await
+    .expect("no list_changed");
+    let names = mcp.tool_names(8).await;
+    assert!(!names.contains(&"plan__failing".to_string()), "{names:?}");
+    let v = mcp
+        .request(
+            9,
+            "tools/call",
+            json!({"name": "plan__failing", "arguments": {}}),
+        )
+        .await;
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+    // A plan added beside the server (as `tessera plans add` does) is
+    // noticed too.
+    mcp.notifications.clear();
+    tessera_server::plan_registry::PlanRegistry::open(data.path())
+        .unwrap()
+        .put("beside", failing, data.path(), "beside.toml")
+        .unwrap();
+    tokio::time::timeout(
+        EVENT_WAIT,
+        mcp.notification("notifications/tools/list_changed"),
+    )
+    .await
+    .expect("no list_changed");
+    assert!(
+        mcp.tool_names(10)
+            .await
+            .contains(&"plan__beside".to_string())
+    );
+    drop(mcp);
+    serving.await.unwrap().unwrap();
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_routes_need_their_scopes_and_an_invalid_plan_is_refused_with_its_place() {
+    use tessera_server::auth::Scope;
+    let data = tempfile::tempdir().unwrap();
+    let tokens = tessera_server::auth::Tokens::open(data.path());
+    let (reader, _) = tokens.create(vec![Scope::Read], "reader").unwrap();
+    let (caller, caller_record) = tokens.create(vec![Scope::Call], "caller").unwrap();
+    let (admin, _) = tokens.create(vec![Scope::Manage], "admin").unwrap();
+    let s = start(data.path(), |c| c.require_tokens = true).await;
+    let addr = s.addr;
+    let path = component("hello").display().to_string();
+    let valid = json!({ "text": GREETINGS_PLAN }).to_string();
+    let bad_expression = json!({
+        "text": GREETINGS_PLAN.replace(r#"for_each = ".inputs.names""#, r#"for_each = ".inputs.names |""#),
+        "origin": "greetings.plan.toml",
+    })
+    .to_string();
+    let file_path = json!({ "text": GREETINGS_PLAN.replacen(r#"component = "hello""#, r#"component = "../hello.wasm""#, 1) })
+        .to_string();
+    let (r, c, a) = (reader.clone(), caller.clone(), admin.clone());
+    let answers = tokio::task::spawn_blocking(move || {
+        let add = json!({ "name": "hello", "path": path }).to_string();
+        let added = request(addr, "POST", "/v1/components", Some(&a), &add);
+        let put = |token: &str, body: &str| {
+            request(addr, "PUT", "/v1/plans/greetings", Some(token), body)
+        };
+        let runs = "/v1/plans/greetings/runs";
+        let inputs = r#"{"names": ["Ada"], "divisor": 2}"#;
+        (
+            added,
+            put(&c, &valid),
+            put(&r, &valid),
+            put(&a, &bad_expression),
+            put(&a, &file_path),
+            request(addr, "PUT", "/v1/plans/Bad", Some(&a), &valid),
+            put(&a, &valid),
+            request(addr, "POST", runs, Some(&r), inputs),
+            request(addr, "POST", runs, Some(&a), inputs),
+            request(
+                addr,
+                "POST",
+                runs,
+                Some(&c),
+                r#"{"names": ["Ada"], "nope": 1}"#,
+            ),
+            request(addr, "POST", "/v1/plans/nothing/runs", Some(&c), "{}"),
+            request(addr, "POST", runs, Some(&c), inputs),
+            request(addr, "GET", "/v1/plans", Some(&c), ""),
+            request(addr, "GET", "/v1/plans", Some(&r), ""),
+            request(addr, "GET", "/v1/plan-runs/nope", Some(&r), ""),
+            request(addr, "DELETE", "/v1/plans/greetings", Some(&c), ""),
+        )
+    })
+    .await
+    .unwrap();
+    let code = |a: &(u16, Value)| (a.0, a.1["error"]["code"].clone());
+    assert_eq!(answers.0.0, 201, "{}", answers.0.1);
+    assert_eq!(
+        code(&answers.1),
+        (403, json!("forbidden")),
+        "call cannot add plans"
+    );
+    assert_eq!(
+        code(&answers.2),
+        (403, json!("forbidden")),
+        "read cannot add plans"
+    );
+    // An invalid plan: refused with the place and the file.
+    let e = &answers.3.1["error"];
+    assert_eq!((answers.3.0, &e["code"]), (400, &json!("bad_plan")), "{e}");
+    assert_eq!(
+        (&e["place"], &e["file"]),
+        (
+            &json!("steps.greet.for_each"),
+            &json!("greetings.plan.toml")
+        ),
+        "{e}"
+    );
+    // A step given as a file: refused, naming it.
+    let e = &answers.4.1["error"];
+    assert_eq!((answers.4.0, &e["code"]), (400, &json!("bad_plan")), "{e}");
+    assert_eq!(e["place"], "steps.greet.component", "{e}");
+    assert_eq!(code(&answers.5), (400, json!("invalid_name")));
+    assert_eq!(answers.6.0, 201, "{}", answers.6.1);
+    assert!(!data.path().join("plans/Bad.toml").exists());
+    // Starting a run needs `call`.
+    assert_eq!(
+        code(&answers.7),
+        (403, json!("forbidden")),
+        "read cannot start a run"
+    );
+    assert_eq!(
+        code(&answers.8),
+        (403, json!("forbidden")),
+        "manage cannot start a run"
+    );
+    let e = &answers.9.1["error"];
+    assert_eq!(
+        (answers.9.0, &e["code"], &e["place"]),
+        (400, &json!("bad_inputs"), &json!("inputs.nope")),
+        "{e}"
+    );
+    assert_eq!(code(&answers.10), (404, json!("no_such_plan")));
+    assert_eq!(answers.11.0, 202, "{}", answers.11.1);
+    assert_eq!(
+        code(&answers.12),
+        (403, json!("forbidden")),
+        "reading plans needs `read`"
+    );
+    assert_eq!(answers.13.0, 200, "{}", answers.13.1);
+    assert_eq!(code(&answers.14), (404, json!("no_such_plan_run")));
+    assert_eq!(
+        code(&answers.15),
+        (403, json!("forbidden")),
+        "call cannot remove plans"
+    );
+    // The run a `call` token started: watched with `read`, its calls name
+    // the token.
+    let id = answers.11.1["run"].as_str().unwrap().to_string();
+    let (r, path) = (reader.clone(), format!("/v1/plan-runs/{id}/events"));
+    let events =
+        tokio::task::spawn_blocking(move || read_events(addr, &path, Some(&r), |_, _| false))
+            .await
+            .unwrap()
+            .unwrap();
+    let ended = &events.last().unwrap().1["record"];
+    assert_eq!(ended["outputs"]["share"], 50, "{ended}");
+    let (c, path) = (caller.clone(), format!("/v1/plan-runs/{id}/events"));
+    let refused =
+        tokio::task::spawn_blocking(move || read_events(addr, &path, Some(&c), |_, _| false))
+            .await
+            .unwrap();
+    assert_eq!(refused.unwrap_err().0, 403, "events need `read`");
+    s.server.journal.flush();
+    let runs = s.server.journal.list().unwrap();
+    let linked: Vec<_> = runs.iter().filter(|r| r.header.plan.is_some()).collect();
+    assert_eq!(linked.len(), 2, "{runs:?}");
+    for r in linked {
+        assert_eq!(
+            r.header.caller,
+            Some(tessera_journal::Caller {
+                via: "plan".into(),
+                token: Some(caller_record.id.clone()),
+            })
+        );
+    }
+    s.shutdown().await;
+}

@@ -6,7 +6,10 @@
 //!    `File::sync_data()`, to a file in the temporary directory that also
 //!    holds the redb file and the NATS storage: once overwriting the same
 //!    300 bytes in place (one device flush, the floor of any durable
-//!    write), once appending (as a log would; the file's size changes too).
+//!    write), once appending (as a log would; the file's size changes too),
+//!    and once writing what one redb commit of these cases writes (seen
+//!    with `strace`): a 320-byte header at the start of the file and seven
+//!    4 KiB pages at other offsets, then `sync_data`.
 //! 2. **Durable commit**: `put` with [`Expect::Absent`] on a fresh key each
 //!    time, a ~300-byte JSON value (a plan step's result), back to back by
 //!    one writer, then by 8 concurrent writers (the embedded store's writer
@@ -16,19 +19,26 @@
 //!    one writer and 8 writers.
 //!
 //! Each case runs against the embedded store (a redb file, commits with
-//! fsync) and against a `nats-server -js` the bench starts on a free
-//! loopback port with its storage in the same temporary directory (killed
-//! when the bench ends). If that server accepts `sync_interval: always`
-//! (NATS 2.10 and later), a second one is started with it and measured too:
-//! by default JetStream acknowledges a write before it is fsynced (it syncs
-//! every 2 minutes), so the default NATS rows are not durable against power
-//! loss the way the embedded ones are.
+//! fsync), against the same store on tmpfs (`/dev/shm`, where an fsync
+//! costs nothing: what is left is redb's work and the hand-offs to and
+//! from the writer thread) and against a `nats-server -js` the bench
+//! starts on a free loopback port with its storage in the same temporary
+//! directory (killed when the bench ends). If that server accepts
+//! `sync_interval: always` (NATS 2.10 and later), a second one is started
+//! with it and measured too: by default JetStream acknowledges a write
+//! before it is fsynced (NATS documents a 2-minute default interval), so
+//! the default NATS rows are not durable against power loss the way the
+//! embedded ones are.
 //!
 //! The operations of each case are split into rounds; every round runs
 //! every case, in an order rotated from round to round, so that all cases
 //! see the same moments of machine noise. Latencies are pooled over the
 //! rounds (p50, p99, mean); ops/s is the median of the rounds' throughputs;
-//! the last column gives the range of the rounds' p50s (the noise).
+//! "CPU wait / op" is the time the threads of the bench and of its NATS
+//! servers spent runnable but waiting for a CPU during the case (from
+//! `/proc/<pid>/task/*/schedstat`), per operation: when something else
+//! keeps the cores busy, it tells a slow disk from a late wake-up; the
+//! last column gives the range of the rounds' p50s (the noise).
 //!
 //! Run: `cargo bench -p tessera-store --bench store`. `BENCH_N` sets the
 //! operations per case (default 2000), `BENCH_ROUNDS` the rounds they are
@@ -203,6 +213,8 @@ enum Op {
     FsyncOverwrite,
     /// Append 300 bytes + `sync_data`.
     FsyncAppend,
+    /// A 320-byte header and 7 pages of 4 KiB in place + `sync_data`.
+    FsyncPages,
     /// `put`, `Expect::Absent`, fresh key, 300-byte JSON.
     Commit,
     /// `get` of an existing key (100 bytes).
@@ -222,6 +234,8 @@ struct Case {
     round_p50: Vec<Duration>,
     /// Each round's ops/s.
     round_rate: Vec<f64>,
+    /// Time runnable threads waited for a CPU during the case.
+    cpu_wait: Duration,
 }
 
 impl Case {
@@ -233,6 +247,7 @@ impl Case {
             samples: Vec::new(),
             round_p50: Vec::new(),
             round_rate: Vec::new(),
+            cpu_wait: Duration::ZERO,
         }
     }
 
@@ -240,6 +255,7 @@ impl Case {
         match self.op {
             Op::FsyncOverwrite => "fsync baseline: overwrite 300 B + sync_data",
             Op::FsyncAppend => "fsync baseline: append 300 B + sync_data",
+            Op::FsyncPages => "fsync baseline: 320 B + 7 × 4 KiB pages in place + sync_data",
             Op::Commit => "durable commit: put Absent, fresh key, 300 B JSON",
             Op::Get => "get: existing key, 100 B",
             Op::Set => "set: put Any, existing key, 100 B",
@@ -247,17 +263,29 @@ impl Case {
     }
 }
 
-/// Runs `ops` fsynced writes of 300 bytes to `file`.
-fn fsync_round(file: &mut File, append: bool, ops: usize) -> (Vec<Duration>, Duration) {
+/// Pages of the file the page-pattern baseline writes in.
+const PAGES: u64 = 128;
+
+/// Runs `ops` fsynced writes of one baseline kind to `file`.
+fn fsync_round(file: &mut File, op: Op, ops: usize) -> (Vec<Duration>, Duration) {
     let bytes = step_result("fsync", 0);
+    let header = [7u8; 320];
+    let page = [9u8; 4096];
     let mut lat = Vec::with_capacity(ops);
     let start = Instant::now();
-    for _ in 0..ops {
+    for i in 0..ops as u64 {
         let t = Instant::now();
-        if append {
-            file.write_all(&bytes).unwrap();
-        } else {
-            file.write_all_at(&bytes, 0).unwrap();
+        match op {
+            Op::FsyncOverwrite => file.write_all_at(&bytes, 0).unwrap(),
+            Op::FsyncAppend => file.write_all(&bytes).unwrap(),
+            Op::FsyncPages => {
+                file.write_all_at(&header, 0).unwrap();
+                for p in 0..7 {
+                    let at = 1 + (i * 7 + p) % (PAGES - 1);
+                    file.write_all_at(&page, at * 4096).unwrap();
+                }
+            }
+            _ => unreachable!(),
         }
         file.sync_data().unwrap();
         lat.push(t.elapsed());
@@ -312,7 +340,7 @@ async fn store_round(
                             .unwrap();
                         lat.push(t.elapsed());
                     }
-                    Op::FsyncOverwrite | Op::FsyncAppend => unreachable!(),
+                    Op::FsyncOverwrite | Op::FsyncAppend | Op::FsyncPages => unreachable!(),
                 }
             }
             lat
@@ -348,6 +376,37 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// Milliseconds, or microseconds below 10 µs (an embedded read).
+fn show(d: Duration) -> String {
+    if d < Duration::from_micros(10) {
+        format!("{:.1} µs", d.as_secs_f64() * 1e6)
+    } else {
+        format!("{:.3} ms", ms(d))
+    }
+}
+
+/// How long the threads of these processes have waited, runnable, for a
+/// CPU (the second field of `/proc/<pid>/task/<tid>/schedstat`; 0 where
+/// the kernel does not keep it).
+fn cpu_wait(pids: &[u32]) -> Duration {
+    let mut ns = 0u64;
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(task.path().join("schedstat")) {
+                ns += s
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    Duration::from_nanos(ns)
+}
+
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -372,12 +431,17 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let version = nats_server_version();
     let nats_default = NatsServer::start(&dir.path().join("nats-default"), false)
-        .expect("nats-server started without sync_interval");
+        .expect("a nats-server without `sync_interval` starts");
     let nats_sync = NatsServer::start(&dir.path().join("nats-sync-always"), true);
 
     let mut stores: Vec<(String, SharedStore)> = Vec::new();
     let embedded = Embedded::open(&dir.path().join("store.redb")).unwrap();
     stores.push(("embedded".into(), Arc::new(embedded)));
+    let shm = tempfile::tempdir_in("/dev/shm").ok();
+    if let Some(shm) = &shm {
+        let on_tmpfs = Embedded::open(&shm.path().join("store.redb")).unwrap();
+        stores.push(("embedded on tmpfs (fsync free)".into(), Arc::new(on_tmpfs)));
+    }
     let connect = |url: &str| {
         let url = url.to_string();
         rt.block_on(async move {
@@ -404,6 +468,7 @@ fn main() {
     let mut cases = vec![
         Case::new(Op::FsyncOverwrite, 0, 1),
         Case::new(Op::FsyncAppend, 0, 1),
+        Case::new(Op::FsyncPages, 0, 1),
     ];
     for (op, writers) in [
         (Op::Commit, 1),
@@ -428,6 +493,14 @@ fn main() {
         .append(true)
         .open(dir.path().join("fsync-append.bin"))
         .unwrap();
+    let mut pages = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.path().join("fsync-pages.bin"))
+        .unwrap();
+    pages.set_len(PAGES * 4096).unwrap();
+    pages.sync_all().unwrap();
 
     // Warm-up: buckets created, keys of the get and set cases written,
     // every path run once.
@@ -443,20 +516,26 @@ fn main() {
             }
         }
     });
-    fsync_round(&mut overwrite, false, 20);
-    fsync_round(&mut append, true, 20);
+    fsync_round(&mut overwrite, Op::FsyncOverwrite, 20);
+    fsync_round(&mut append, Op::FsyncAppend, 20);
+    fsync_round(&mut pages, Op::FsyncPages, 20);
 
     println!(
         "tessera-store bench: {n} ops per case in {rounds} rounds of {per_round}; \
          temporary directory {}; {version}",
         dir.path().display()
     );
+    if shm.is_none() {
+        println!("(no /dev/shm: no tmpfs rows)");
+    }
     if nats_sync.is_none() {
         println!(
             "({version} does not know `sync_interval`: no `sync_interval: always` rows; \
              its JetStream fsyncs file storage on a timer, not per write)"
         );
     }
+    let mut pids = vec![std::process::id(), nats_default.child.id()];
+    pids.extend(nats_sync.as_ref().map(|s| s.child.id()));
     let started = Instant::now();
     for round in 0..rounds {
         let k = cases.len();
@@ -464,9 +543,11 @@ fn main() {
             // Rotated order: each round starts with another case.
             let index = (j + round * 3) % k;
             let case = &mut cases[index];
+            let waited = cpu_wait(&pids);
             let (lat, wall) = match case.op {
-                Op::FsyncOverwrite => fsync_round(&mut overwrite, false, per_round),
-                Op::FsyncAppend => fsync_round(&mut append, true, per_round),
+                Op::FsyncOverwrite => fsync_round(&mut overwrite, case.op, per_round),
+                Op::FsyncAppend => fsync_round(&mut append, case.op, per_round),
+                Op::FsyncPages => fsync_round(&mut pages, case.op, per_round),
                 op => {
                     let store = &stores[case.store].1;
                     // Fresh commit keys for every case and round.
@@ -475,6 +556,7 @@ fn main() {
                 }
             };
             case.round_rate.push(lat.len() as f64 / wall.as_secs_f64());
+            case.cpu_wait += cpu_wait(&pids).saturating_sub(waited);
             case.round_p50.push(p50(&lat));
             case.samples.extend(lat);
         }
@@ -488,31 +570,32 @@ fn main() {
     let floor = p50(&cases[0].samples);
     println!();
     println!(
-        "| case | backend | writers | ops | p50 | p99 | mean | ops/s | p50 ÷ fsync | round p50s |"
+        "| case | backend | writers | ops | p50 | p99 | mean | ops/s | p50 ÷ fsync | CPU wait / op | round p50s |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for case in &mut cases {
         case.samples.sort();
         let s = &case.samples;
         let mean = s.iter().sum::<Duration>() / s.len() as u32;
         let backend = match case.op {
-            Op::FsyncOverwrite | Op::FsyncAppend => "disk (std::fs)",
+            Op::FsyncOverwrite | Op::FsyncAppend | Op::FsyncPages => "disk (std::fs)",
             _ => stores[case.store].0.as_str(),
         };
         let lo = case.round_p50.iter().min().copied().unwrap_or_default();
         let hi = case.round_p50.iter().max().copied().unwrap_or_default();
         println!(
-            "| {} | {backend} | {} | {} | {:.3} ms | {:.3} ms | {:.3} ms | {:.0} | {:.2}x | {:.3}–{:.3} ms |",
+            "| {} | {backend} | {} | {} | {} | {} | {} | {:.0} | {:.2}x | {} | {}–{} |",
             case.what(),
             case.writers,
             s.len(),
-            ms(quantile(s, 0.5)),
-            ms(quantile(s, 0.99)),
-            ms(mean),
+            show(quantile(s, 0.5)),
+            show(quantile(s, 0.99)),
+            show(mean),
             median(case.round_rate.clone()),
             quantile(s, 0.5).as_secs_f64() / floor.as_secs_f64(),
-            ms(lo),
-            ms(hi),
+            show(case.cpu_wait / s.len() as u32),
+            show(lo),
+            show(hi),
         );
     }
     println!();

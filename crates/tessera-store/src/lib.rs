@@ -20,8 +20,12 @@
 //! - the batch operations ([`Store::get_many`], [`Store::put_many`],
 //!   [`Store::delete_many`]) are not atomic (neither backend promises it).
 //!
-//! A write is acknowledged only once it is durable: on disk (the embedded
-//! backend commits with fsync) or stored by JetStream.
+//! A write is acknowledged only once it is stored: the embedded backend
+//! commits with fsync (on disk); JetStream acknowledges once the server
+//! holds it — with nats-server's default `sync_interval` (2 minutes) that
+//! is the server's page cache, which survives a crash of the server process
+//! but not of its machine. Where NATS must match the embedded store, run
+//! nats-server 2.10+ with `sync_interval: always`, or replicate the stream.
 //!
 //! Backends: [`Embedded`] (redb, one file in the data directory; the
 //! default, needs nothing running) and [`Nats`] (NATS JetStream key-value

@@ -6,6 +6,7 @@ pub mod inspect;
 pub mod inspect_run;
 pub mod kv;
 pub mod plan;
+pub mod plans;
 pub mod remote;
 pub mod replay;
 pub mod runs;

@@ -755,7 +755,8 @@ impl Capability for KeyValue {
         type Me = wasmtime::component::HasSelf<HostState>;
         bindings::wasi::keyvalue::store::add_to_linker::<HostState, Me>(linker, |s| s)?;
         bindings::wasi::keyvalue::atomics::add_to_linker::<HostState, Me>(linker, |s| s)?;
-        bindings::wasi::keyvalue::batch::add_to_linker::<HostState, Me>(linker, |s| s)
+        bindings::wasi::keyvalue::batch::add_to_linker::<HostState, Me>(linker, |s| s)?;
+        draft::link(linker)
     }
 
     fn grant(section: &Section<'_>) -> Result<KeyValueGrant, ManifestError> {
@@ -921,4 +922,241 @@ fn describe(step: &Step) -> Option<String> {
         _ => return None,
     };
     Some(format!("{:<16} {what}", step.kind()))
+}
+
+/// `wasi:keyvalue@0.2.0-draft`, the earlier draft (a numeric listing cursor,
+/// an unsigned increment, no compare-and-swap), linked beside draft 2 so
+/// that components built for either run. Every function answers through
+/// its draft-2 counterpart: the same grants, audit events and journal
+/// steps.
+mod draft {
+    use wasmtime::component::Resource;
+
+    use super::bindings::wasi::keyvalue as v2;
+    use super::{BucketHandle, LIST_PAGE, WitError};
+    use crate::host::HostState;
+
+    #[allow(missing_docs)]
+    pub(super) mod bindings {
+        wasmtime::component::bindgen!({
+            inline: "
+                package wasi:keyvalue@0.2.0-draft;
+
+                interface store {
+                    variant error {
+                        no-such-store,
+                        access-denied,
+                        other(string)
+                    }
+                    record key-response {
+                        keys: list<string>,
+                        cursor: option<u64>
+                    }
+                    open: func(identifier: string) -> result<bucket, error>;
+                    resource bucket {
+                        get: func(key: string) -> result<option<list<u8>>, error>;
+                        set: func(key: string, value: list<u8>) -> result<_, error>;
+                        delete: func(key: string) -> result<_, error>;
+                        exists: func(key: string) -> result<bool, error>;
+                        list-keys: func(cursor: option<u64>) -> result<key-response, error>;
+                    }
+                }
+
+                interface atomics {
+                    use store.{bucket, error};
+                    increment: func(bucket: borrow<bucket>, key: string, delta: u64) -> result<u64, error>;
+                }
+
+                interface batch {
+                    use store.{bucket, error};
+                    get-many: func(bucket: borrow<bucket>, keys: list<string>) -> result<list<option<tuple<string, list<u8>>>>, error>;
+                    set-many: func(bucket: borrow<bucket>, key-values: list<tuple<string, list<u8>>>) -> result<_, error>;
+                    delete-many: func(bucket: borrow<bucket>, keys: list<string>) -> result<_, error>;
+                }
+
+                world host {
+                    import store;
+                    import atomics;
+                    import batch;
+                }
+            ",
+            imports: { default: async | trappable },
+            with: {
+                "wasi:keyvalue/store.bucket": super::super::BucketHandle,
+            },
+        });
+    }
+
+    use bindings::wasi::keyvalue::store::{Error as DraftError, KeyResponse as DraftKeys};
+
+    fn from_v2(e: WitError) -> DraftError {
+        match e {
+            WitError::NoSuchStore => DraftError::NoSuchStore,
+            WitError::AccessDenied => DraftError::AccessDenied,
+            WitError::Other(m) => DraftError::Other(m),
+        }
+    }
+
+    /// The same bucket handle, borrowed again for a draft-2 call.
+    fn again(b: &Resource<BucketHandle>) -> Resource<BucketHandle> {
+        Resource::new_borrow(b.rep())
+    }
+
+    type Answer<T> = wasmtime::Result<Result<T, DraftError>>;
+
+    impl bindings::wasi::keyvalue::store::Host for HostState {
+        async fn open(&mut self, identifier: String) -> Answer<Resource<BucketHandle>> {
+            Ok(<Self as v2::store::Host>::open(self, identifier)
+                .await?
+                .map_err(from_v2))
+        }
+    }
+
+    impl bindings::wasi::keyvalue::store::HostBucket for HostState {
+        async fn get(&mut self, b: Resource<BucketHandle>, key: String) -> Answer<Option<Vec<u8>>> {
+            Ok(<Self as v2::store::HostBucket>::get(self, again(&b), key)
+                .await?
+                .map_err(from_v2))
+        }
+
+        async fn set(
+            &mut self,
+            b: Resource<BucketHandle>,
+            key: String,
+            value: Vec<u8>,
+        ) -> Answer<()> {
+            Ok(
+                <Self as v2::store::HostBucket>::set(self, again(&b), key, value)
+                    .await?
+                    .map_err(from_v2),
+            )
+        }
+
+        async fn delete(&mut self, b: Resource<BucketHandle>, key: String) -> Answer<()> {
+            Ok(
+                <Self as v2::store::HostBucket>::delete(self, again(&b), key)
+                    .await?
+                    .map_err(from_v2),
+            )
+        }
+
+        async fn exists(&mut self, b: Resource<BucketHandle>, key: String) -> Answer<bool> {
+            Ok(
+                <Self as v2::store::HostBucket>::exists(self, again(&b), key)
+                    .await?
+                    .map_err(from_v2),
+            )
+        }
+
+        /// The draft's cursor counts the keys already returned: the page
+        /// starts that many keys in (read through draft-2 pages, each a
+        /// step).
+        async fn list_keys(
+            &mut self,
+            b: Resource<BucketHandle>,
+            cursor: Option<u64>,
+        ) -> Answer<DraftKeys> {
+            let skip = usize::try_from(cursor.unwrap_or(0)).unwrap_or(usize::MAX);
+            let mut seen = 0usize;
+            let mut keys = Vec::new();
+            let mut at: Option<String> = None;
+            loop {
+                let page =
+                    match <Self as v2::store::HostBucket>::list_keys(self, again(&b), at.clone())
+                        .await?
+                    {
+                        Ok(p) => p,
+                        Err(e) => return Ok(Err(from_v2(e))),
+                    };
+                for k in page.keys {
+                    if seen >= skip && keys.len() < LIST_PAGE {
+                        keys.push(k);
+                    } else if keys.len() == LIST_PAGE {
+                        // One more key past the page: there is a next one.
+                        let next = (skip + keys.len()) as u64;
+                        return Ok(Ok(DraftKeys {
+                            keys,
+                            cursor: Some(next),
+                        }));
+                    }
+                    seen += 1;
+                }
+                match page.cursor {
+                    Some(c) => at = Some(c),
+                    None => return Ok(Ok(DraftKeys { keys, cursor: None })),
+                }
+            }
+        }
+
+        async fn drop(&mut self, b: Resource<BucketHandle>) -> wasmtime::Result<()> {
+            <Self as v2::store::HostBucket>::drop(self, b).await
+        }
+    }
+
+    impl bindings::wasi::keyvalue::atomics::Host for HostState {
+        async fn increment(
+            &mut self,
+            b: Resource<BucketHandle>,
+            key: String,
+            delta: u64,
+        ) -> Answer<u64> {
+            let Ok(delta) = i64::try_from(delta) else {
+                return Ok(Err(DraftError::Other(format!(
+                    "the delta {delta} does not fit a 64-bit signed counter"
+                ))));
+            };
+            Ok(match <Self as v2::atomics::Host>::increment(self, again(&b), key, delta).await? {
+                Ok(n) => u64::try_from(n).map_err(|_| {
+                    DraftError::Other(format!("the counter is {n}, which this draft's unsigned increment cannot return"))
+                }),
+                Err(e) => Err(from_v2(e)),
+            })
+        }
+    }
+
+    impl bindings::wasi::keyvalue::batch::Host for HostState {
+        async fn get_many(
+            &mut self,
+            b: Resource<BucketHandle>,
+            keys: Vec<String>,
+        ) -> Answer<Vec<Option<(String, Vec<u8>)>>> {
+            Ok(<Self as v2::batch::Host>::get_many(self, again(&b), keys)
+                .await?
+                .map_err(from_v2))
+        }
+
+        async fn set_many(
+            &mut self,
+            b: Resource<BucketHandle>,
+            key_values: Vec<(String, Vec<u8>)>,
+        ) -> Answer<()> {
+            Ok(
+                <Self as v2::batch::Host>::set_many(self, again(&b), key_values)
+                    .await?
+                    .map_err(from_v2),
+            )
+        }
+
+        async fn delete_many(
+            &mut self,
+            b: Resource<BucketHandle>,
+            keys: Vec<String>,
+        ) -> Answer<()> {
+            Ok(
+                <Self as v2::batch::Host>::delete_many(self, again(&b), keys)
+                    .await?
+                    .map_err(from_v2),
+            )
+        }
+    }
+
+    /// Links the draft's interfaces.
+    pub(super) fn link(
+        linker: &mut wasmtime::component::Linker<HostState>,
+    ) -> wasmtime::Result<()> {
+        type Me = wasmtime::component::HasSelf<HostState>;
+        bindings::wasi::keyvalue::store::add_to_linker::<HostState, Me>(linker, |s| s)?;
+        bindings::wasi::keyvalue::atomics::add_to_linker::<HostState, Me>(linker, |s| s)?;
+        bindings::wasi::keyvalue::batch::add_to_linker::<HostState, Me>(linker, |s| s)
+    }
 }
