@@ -50,6 +50,19 @@ pub struct ExprError {
     pub message: String,
 }
 
+/// jq's standard definitions (`map`, `select`, …), parsed once per process
+/// rather than once per expression.
+fn standard_defs() -> &'static [jaq_core::load::parse::Def<&'static str>] {
+    static DEFS: std::sync::OnceLock<Vec<jaq_core::load::parse::Def<&'static str>>> =
+        std::sync::OnceLock::new();
+    DEFS.get_or_init(|| {
+        jaq_core::defs()
+            .chain(jaq_std::defs())
+            .chain(jaq_json::defs())
+            .collect()
+    })
+}
+
 /// A compiled jq expression.
 #[derive(Clone)]
 pub struct Expr {
@@ -88,9 +101,7 @@ impl Expr {
             position,
             message,
         };
-        let defs = jaq_core::defs()
-            .chain(jaq_std::defs())
-            .chain(jaq_json::defs());
+        let defs = standard_defs().iter().cloned();
         let funs = jaq_core::funs()
             .chain(jaq_std::funs().filter(|(name, _, _)| !NOT_IN_PLANS.contains(name)))
             .chain(jaq_json::funs());
