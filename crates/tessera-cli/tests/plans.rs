@@ -528,3 +528,52 @@ fn the_example_plan_validates_runs_draws_and_replays() {
         "a plan that does not validate does not run"
     );
 }
+
+/// The published JSON Schema of plan files (docs/plan.schema.json) accepts
+/// the example plans and refuses what the parser refuses, checked with
+/// Python's `jsonschema` (installed by scripts/python-env.sh).
+#[test]
+fn the_plan_schema_accepts_the_examples_and_refuses_unknown_keys() {
+    let root = tessera_test_support::repo_root();
+    let python = root.join("target/mcp-venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/python-env.sh",
+        python.display()
+    );
+    let script = r#"
+import json, sys, tomllib, pathlib, jsonschema
+schema = json.load(open(sys.argv[1]))
+jsonschema.Draft202012Validator.check_schema(schema)
+v = jsonschema.Draft202012Validator(schema)
+examples = sorted(pathlib.Path(sys.argv[2]).glob("*.plan.toml"))
+assert examples, "no example plans"
+for p in examples:
+    errors = list(v.iter_errors(tomllib.load(open(p, "rb"))))
+    assert not errors, f"{p}: {[e.message for e in errors]}"
+bad = [
+    {"steps": {"a": {"component": "h", "function": "f", "retires": 3}}},
+    {"steps": {}},
+    {"bogus": 1, "steps": {"a": {"component": "h", "function": "f"}}},
+    {"steps": {"a-b": {"component": "h", "function": "f"}}},
+    {"steps": {"a": {"component": "h", "function": "f", "on_error": "explode"}}},
+    {"steps": {"a": {"function": "f"}}},
+]
+for doc in bad:
+    assert list(v.iter_errors(doc)), f"accepted: {doc}"
+print(len(examples), "examples valid,", len(bad), "bad documents refused")
+"#;
+    let out = Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .arg(root.join("docs/plan.schema.json"))
+        .arg(root.join("examples/plans"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1774,6 +1774,107 @@ async fn wasi_keyvalue_increments_from_concurrent_calls_lose_none() {
 }
 
 #[tokio::test]
+async fn wasi_keyvalue_on_nats_jetstream_store_atomics_batch_and_concurrent_increments() {
+    let nats = tessera_test_support::NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = tessera_store::StoreSettings::from_toml(
+        &format!(
+            "[store]\ndefault = \"nats\"\n[store.nats]\nurl = \"{}\"\nprefix = \"rt\"\n",
+            nats.url()
+        ),
+        "test settings",
+    )
+    .unwrap();
+    let host = tessera_runtime::HostConfig {
+        stores: Some(std::sync::Arc::new(tessera_store::Stores::new(
+            settings,
+            dir.path(),
+        ))),
+        ..Default::default()
+    };
+    let (rt, _) = runtime_with_host(host);
+    let kv = std::sync::Arc::new(load(&rt, "kv-tool", "[keyvalue]\nbuckets = [\"notes\"]\n"));
+    call_ok(
+        &kv,
+        "set",
+        json!({"bucket": "notes", "key": "a b", "value": "one"}),
+    )
+    .await;
+    assert_eq!(
+        call_ok(&kv, "get", json!({"bucket": "notes", "key": "a b"})).await,
+        json!({"ok": "one"})
+    );
+    call_ok(
+        &kv,
+        "set-many",
+        json!({"bucket": "notes", "entries": [["x", "X"], ["y", "Y"]]}),
+    )
+    .await;
+    assert_eq!(
+        call_ok(
+            &kv,
+            "get-many",
+            json!({"bucket": "notes", "keys": ["x", "zz", "y"]})
+        )
+        .await,
+        json!({"ok": ["X", null, "Y"]})
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let kv = kv.clone();
+        tasks.push(tokio::spawn(async move {
+            call_ok(
+                &kv,
+                "increment",
+                json!({"bucket": "notes", "key": "n", "delta": 1}),
+            )
+            .await;
+            call_ok(
+                &kv,
+                "append",
+                json!({"bucket": "notes", "key": "log", "suffix": "x"}),
+            )
+            .await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        call_ok(&kv, "get", json!({"bucket": "notes", "key": "n"})).await,
+        json!({"ok": "20"})
+    );
+    assert_eq!(
+        call_ok(&kv, "get", json!({"bucket": "notes", "key": "log"})).await,
+        json!({"ok": "x".repeat(20)})
+    );
+    call_ok(
+        &kv,
+        "delete-many",
+        json!({"bucket": "notes", "keys": ["x", "y"]}),
+    )
+    .await;
+    assert_eq!(
+        call_ok(&kv, "keys", json!({"bucket": "notes"})).await,
+        json!({"ok": ["a b", "log", "n"]})
+    );
+    // It is the NATS server that holds them: another client sees the
+    // bucket (`rt_notes`) and the plain key.
+    let client = tessera_store::Nats::connect(tessera_store::NatsOptions {
+        url: nats.url().to_string(),
+        prefix: "rt".into(),
+        credentials: None,
+    })
+    .await
+    .unwrap();
+    use tessera_store::Store as _;
+    assert_eq!(
+        client.get("notes", "n").await.unwrap().map(|e| e.value),
+        Some(b"20".to_vec())
+    );
+}
+
+#[tokio::test]
 async fn components_built_for_the_earlier_keyvalue_draft_share_buckets_with_draft_2() {
     let dir = tempfile::tempdir().unwrap();
     let (rt, audit) = runtime_with_store(dir.path());

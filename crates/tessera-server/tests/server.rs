@@ -2514,80 +2514,6 @@ async fn kv_reads_need_the_read_scope_and_writes_the_manage_scope() {
     s.shutdown().await;
 }
 
-/// A `nats-server` with JetStream on a free loopback port (the Debian
-/// package `scripts/nats-server.sh` installs); killed when dropped.
-struct NatsServer {
-    child: std::process::Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl NatsServer {
-    fn start() -> Self {
-        let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-            .into_iter()
-            .find(|p| Path::new(p).is_file())
-            .unwrap_or("nats-server");
-        // A port found free may be taken before the server binds it.
-        for _ in 0..5 {
-            let dir = tempfile::tempdir().unwrap();
-            let port = free_port();
-            let config = dir.path().join("nats.conf");
-            std::fs::write(
-                &config,
-                format!(
-                    "listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: {:?}\n}}\n",
-                    dir.path().join("js").display().to_string()
-                ),
-            )
-            .unwrap();
-            let mut child = std::process::Command::new(bin)
-                .arg("-c")
-                .arg(&config)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!("starting nats-server ({e}): run scripts/nats-server.sh")
-                });
-            let deadline = std::time::Instant::now() + Duration::from_secs(20);
-            loop {
-                if child.try_wait().unwrap().is_some() {
-                    break; // exited: try another port
-                }
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Self {
-                        child,
-                        url: format!("nats://127.0.0.1:{port}"),
-                        _dir: dir,
-                    };
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "nats-server did not listen within 20 s"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        panic!("nats-server did not start on any of 5 free ports");
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `[store]` settings serving the bucket `shared` from NATS at `url`.
 fn nats_settings(url: &str) -> tessera_store::StoreSettings {
     tessera_store::StoreSettings::from_toml(
@@ -2599,9 +2525,9 @@ fn nats_settings(url: &str) -> tessera_store::StoreSettings {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_routes_list_nats_buckets_and_answer_503_when_nats_is_down() {
-    let nats = NatsServer::start();
+    let nats = tessera_test_support::NatsServer::start();
     let data = tempfile::tempdir().unwrap();
-    let url = nats.url.clone();
+    let url = nats.url().to_string();
     let s = start(data.path(), |c| c.store = nats_settings(&url)).await;
     let (status, v) = s
         .call("PUT", "/v1/kv/shared/k%2F1", json!({"value": "in nats"}))
@@ -2630,7 +2556,7 @@ async fn kv_routes_list_nats_buckets_and_answer_503_when_nats_is_down() {
 
     // NATS configured where nothing listens: a clear 503, not a hang, and
     // the embedded buckets still answer.
-    let dead = format!("nats://127.0.0.1:{}", free_port());
+    let dead = format!("nats://127.0.0.1:{}", tessera_test_support::free_port());
     let data = tempfile::tempdir().unwrap();
     let d = dead.clone();
     let s = start(data.path(), |c| c.store = nats_settings(&d)).await;

@@ -45,45 +45,17 @@
 //! split into (default 4). Needs `nats-server` (`scripts/nats-server.sh`).
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tessera_store::{Embedded, Expect, Nats, NatsOptions, SharedStore};
+use tessera_store::{Embedded, Expect, Nats, SharedStore};
+use tessera_test_support::{NatsOptions, NatsServer, nats_server_bin};
 
 // ---------------------------------------------------------------------------
 // The NATS server (as tests/store.rs starts it).
-
-/// A `nats-server` with JetStream on a free loopback port, its storage in
-/// `store_dir`; killed when dropped.
-struct NatsServer {
-    child: Child,
-    url: String,
-    log: PathBuf,
-}
-
-fn nats_server_bin() -> PathBuf {
-    let packaged = PathBuf::from("/usr/sbin/nats-server");
-    if packaged.is_file() {
-        return packaged;
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let bin = dir.join("nats-server");
-            if bin.is_file() {
-                return bin;
-            }
-        }
-    }
-    panic!(
-        "nats-server is not installed (not /usr/sbin/nats-server, not on PATH): \
-         run scripts/nats-server.sh, which installs the Debian package nats-server"
-    );
-}
 
 fn nats_server_version() -> String {
     Command::new(nats_server_bin())
@@ -91,86 +63,6 @@ fn nats_server_version() -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|e| format!("unknown ({e})"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl NatsServer {
-    /// Starts a server whose files go under `dir`; with `sync_always`, one
-    /// that fsyncs every write before acknowledging it. `None` when the
-    /// server refuses `sync_interval` (NATS before 2.10).
-    fn start(dir: &Path, sync_always: bool) -> Option<Self> {
-        let bin = nats_server_bin();
-        std::fs::create_dir_all(dir).unwrap();
-        // A port found free may be taken before the server binds it: then
-        // the server exits, and another port is tried.
-        for attempt in 0..5 {
-            let port = free_port();
-            let config = dir.join("nats.conf");
-            let sync = if sync_always {
-                "  sync_interval: always\n"
-            } else {
-                ""
-            };
-            let text = format!(
-                "listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: {:?}\n{sync}}}\n",
-                dir.join("js").display().to_string()
-            );
-            std::fs::write(&config, text).unwrap();
-            let log = dir.join(format!("nats-{attempt}.log"));
-            let child = Command::new(&bin)
-                .arg("-c")
-                .arg(&config)
-                .stdout(Stdio::null())
-                .stderr(File::create(&log).unwrap())
-                .spawn()
-                .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-            let mut server = Self {
-                child,
-                url: format!("nats://127.0.0.1:{port}"),
-                log,
-            };
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if server.child.try_wait().unwrap().is_some() {
-                    if server.log_text().contains("sync_interval") {
-                        return None; // an older server: no such setting
-                    }
-                    break; // exited: try another port
-                }
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Some(server);
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "nats-server did not listen on {} within 20 s; its log:\n{}",
-                    server.url,
-                    server.log_text()
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        panic!("nats-server did not start on any of 5 free ports");
-    }
-
-    fn log_text(&self) -> String {
-        let mut s = String::new();
-        let _ = File::open(&self.log).and_then(|mut f| f.read_to_string(&mut s));
-        s
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -430,9 +322,12 @@ fn main() {
     // One temporary directory for everything that touches the disk.
     let dir = tempfile::tempdir().unwrap();
     let version = nats_server_version();
-    let nats_default = NatsServer::start(&dir.path().join("nats-default"), false)
+    let nats_default = NatsServer::start_with(NatsOptions::default())
         .expect("a nats-server without `sync_interval` starts");
-    let nats_sync = NatsServer::start(&dir.path().join("nats-sync-always"), true);
+    let nats_sync = NatsServer::start_with(NatsOptions {
+        sync_always: true,
+        ..NatsOptions::default()
+    });
 
     let mut stores: Vec<(String, SharedStore)> = Vec::new();
     let embedded = Embedded::open(&dir.path().join("store.redb")).unwrap();
@@ -445,7 +340,7 @@ fn main() {
     let connect = |url: &str| {
         let url = url.to_string();
         rt.block_on(async move {
-            Nats::connect(NatsOptions {
+            Nats::connect(tessera_store::NatsOptions {
                 url,
                 prefix: "bench".into(),
                 credentials: None,
@@ -456,12 +351,12 @@ fn main() {
     };
     stores.push((
         "nats (default: no fsync per write)".into(),
-        Arc::new(connect(&nats_default.url)),
+        Arc::new(connect(nats_default.url())),
     ));
     if let Some(s) = &nats_sync {
         stores.push((
             "nats (sync_interval: always)".into(),
-            Arc::new(connect(&s.url)),
+            Arc::new(connect(s.url())),
         ));
     }
 
@@ -534,8 +429,8 @@ fn main() {
              its JetStream fsyncs file storage on a timer, not per write)"
         );
     }
-    let mut pids = vec![std::process::id(), nats_default.child.id()];
-    pids.extend(nats_sync.as_ref().map(|s| s.child.id()));
+    let mut pids = vec![std::process::id(), nats_default.pid()];
+    pids.extend(nats_sync.as_ref().map(|s| s.pid()));
     let started = Instant::now();
     for round in 0..rounds {
         let k = cases.len();

@@ -9,10 +9,8 @@
 //! The tests need `nats-server` (`scripts/nats-server.sh` installs it); they
 //! fail, not skip, without it.
 
-use std::io::Read;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -20,6 +18,7 @@ use std::time::{Duration, Instant};
 use tessera_store::{
     Embedded, Entry, Expect, Nats, NatsOptions, Page, SharedStore, Store, StoreError,
 };
+use tessera_test_support::{NatsOptions as ServerOptions, NatsServer, free_port, nats_server_bin};
 
 // ---------------------------------------------------------------------------
 // The backends.
@@ -27,108 +26,19 @@ use tessera_store::{
 /// The largest message the test servers take (the default is 1 MB).
 const TEST_MAX_PAYLOAD: usize = 8 * 1024 * 1024;
 
-/// A `nats-server` with JetStream on a free loopback port; killed (and its
-/// storage removed) when dropped.
-struct NatsServer {
-    child: Child,
-    url: String,
-    dir: tempfile::TempDir,
+/// A `nats-server` with JetStream on a free loopback port, taking messages
+/// up to [`TEST_MAX_PAYLOAD`]; killed when dropped.
+fn start_nats() -> NatsServer {
+    start_nats_with(true)
 }
 
-fn nats_server_bin() -> PathBuf {
-    let packaged = PathBuf::from("/usr/sbin/nats-server");
-    if packaged.is_file() {
-        return packaged;
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let bin = dir.join("nats-server");
-            if bin.is_file() {
-                return bin;
-            }
-        }
-    }
-    panic!(
-        "nats-server is not installed (not /usr/sbin/nats-server, not on PATH): \
-         run scripts/nats-server.sh, which installs the Debian package nats-server"
-    );
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl NatsServer {
-    fn start() -> Self {
-        Self::start_with(true)
-    }
-
-    fn start_with(jetstream: bool) -> Self {
-        let bin = nats_server_bin();
-        // A port found free may be taken before the server binds it: then
-        // the server exits, and another port is tried.
-        for _ in 0..5 {
-            let dir = tempfile::tempdir().unwrap();
-            let port = free_port();
-            let config = dir.path().join("nats.conf");
-            let mut text = format!("listen: 127.0.0.1:{port}\nmax_payload: {TEST_MAX_PAYLOAD}\n");
-            if jetstream {
-                text.push_str(&format!(
-                    "jetstream {{\n  store_dir: {:?}\n}}\n",
-                    dir.path().join("js").display().to_string()
-                ));
-            }
-            std::fs::write(&config, text).unwrap();
-            let log = std::fs::File::create(dir.path().join("nats.log")).unwrap();
-            let child = Command::new(&bin)
-                .arg("-c")
-                .arg(&config)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-            let mut server = Self {
-                child,
-                url: format!("nats://127.0.0.1:{port}"),
-                dir,
-            };
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if server.child.try_wait().unwrap().is_some() {
-                    break; // exited: try another port
-                }
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return server;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "nats-server did not listen on {} within 20 s; its log:\n{}",
-                    server.url,
-                    server.log()
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        panic!("nats-server did not start on any of 5 free ports");
-    }
-
-    fn log(&self) -> String {
-        let mut s = String::new();
-        let _ = std::fs::File::open(self.dir.path().join("nats.log"))
-            .and_then(|mut f| f.read_to_string(&mut s));
-        s
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start_nats_with(jetstream: bool) -> NatsServer {
+    NatsServer::start_with(ServerOptions {
+        jetstream,
+        max_payload: Some(TEST_MAX_PAYLOAD),
+        sync_always: false,
+    })
+    .expect("nats-server starts")
 }
 
 /// A prefix no other test uses (each test has its own server anyway).
@@ -166,10 +76,10 @@ impl Fixture {
     }
 
     async fn nats() -> Self {
-        let server = NatsServer::start();
+        let server = start_nats();
         let prefix = unique_prefix();
         let store = Nats::connect(NatsOptions {
-            url: server.url.clone(),
+            url: server.url().to_string(),
             prefix: prefix.clone(),
             credentials: None,
         })
@@ -192,7 +102,7 @@ impl Fixture {
             }
             Kind::Nats { server, prefix } => Arc::new(
                 Nats::connect(NatsOptions {
-                    url: server.url.clone(),
+                    url: server.url().to_string(),
                     prefix: prefix.clone(),
                     credentials: None,
                 })
@@ -956,7 +866,7 @@ mod nats_only {
         prefix: &str,
         bucket: &str,
     ) -> async_nats::jetstream::kv::Store {
-        let client = async_nats::connect(server.url.as_str()).await.unwrap();
+        let client = async_nats::connect(server.url()).await.unwrap();
         async_nats::jetstream::new(client)
             .get_key_value(format!("{prefix}_{bucket}"))
             .await
@@ -1024,16 +934,16 @@ mod nats_only {
 
     #[tokio::test]
     async fn a_server_without_jetstream_is_unavailable() {
-        let server = NatsServer::start_with(false);
+        let server = start_nats_with(false);
         let r = Nats::connect(NatsOptions {
-            url: server.url.clone(),
+            url: server.url().to_string(),
             prefix: "tessera".into(),
             credentials: None,
         })
         .await;
         match r {
             Err(StoreError::Unavailable { at, message, .. }) => {
-                assert_eq!(at, server.url);
+                assert_eq!(at, server.url());
                 assert!(message.contains("JetStream"), "{message}");
             }
             other => panic!("{other:?}"),
@@ -1174,7 +1084,7 @@ mod nats_only {
         let (server, prefix) = server_and_prefix(&f);
         put(&f.store, "mine", "k", "v").await;
         let other = Nats::connect(NatsOptions {
-            url: server.url.clone(),
+            url: server.url().to_string(),
             prefix: format!("{prefix}x"),
             credentials: None,
         })
@@ -1188,7 +1098,7 @@ mod nats_only {
         assert_eq!(other.buckets().await.unwrap(), vec!["theirs"]);
         assert_eq!(other.get("mine", "k").await.unwrap(), None);
         let debug = format!("{other:?}");
-        assert!(debug.contains(&server.url), "{debug}");
+        assert!(debug.contains(server.url()), "{debug}");
     }
 
     #[tokio::test]
@@ -1196,8 +1106,7 @@ mod nats_only {
         let mut f = Fixture::nats().await;
         put(&f.store, "b", "k", "v").await;
         if let Kind::Nats { server, .. } = &mut f.kind {
-            server.child.kill().unwrap();
-            server.child.wait().unwrap();
+            server.kill();
         }
         // Reads and writes fail as unavailable, within the request timeout
         // (5 s), not later.

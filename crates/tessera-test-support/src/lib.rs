@@ -17,6 +17,9 @@
 //! builds and the others find the result fresh.
 #![deny(missing_docs)]
 
+mod nats;
+pub use nats::{NatsOptions, NatsServer, free_port, nats_server_bin};
+
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
