@@ -9,6 +9,7 @@
 //! | `step/<id>/<step>` | [`StepRecord`]: a finished step (succeeded, failed, skipped, continued) |
 //! | `item/<id>/<step>/<index>` | [`StepRecord`] of one call of a fan-out |
 //! | `started/<id>/<step>[/<index>]` | [`Started`]: the attempt in flight, with its idempotency key |
+//! | `lease/<id>` | [`LeaseHolder`]: who drives the run now (a TTL lease, renewed while it runs) |
 //!
 //! A step's record is written with "expect absent" before any step that
 //! reads it starts: a finished step is never run again, and two processes
@@ -22,6 +23,84 @@ use tessera_store::{Expect, SharedStore, StoreError};
 
 /// The bucket plan runs are kept in.
 pub const PLANS_BUCKET: &str = "tessera-plans";
+
+/// How long a lease on a run lasts unless renewed.
+pub const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// How often the driver of a run renews its lease.
+pub const LEASE_RENEW: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Who drives a plan run: one process at a time, wherever the progress
+/// store is shared (NATS).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseHolder {
+    /// The host's name.
+    pub host: String,
+    /// The process.
+    pub pid: u32,
+    /// Tells apart two drivers in one process.
+    pub nonce: String,
+    /// When it took the lease (RFC 3339).
+    pub since: String,
+}
+
+impl LeaseHolder {
+    /// This process, with a fresh nonce.
+    pub fn here() -> Self {
+        Self {
+            host: host_name(),
+            pid: std::process::id(),
+            nonce: new_run_id(),
+            since: now(),
+        }
+    }
+
+    /// Whether the holder is a process of this host that no longer runs
+    /// (killed: its lease may be taken over at once).
+    pub fn is_dead_here(&self) -> bool {
+        self.host == host_name()
+            && self.pid != std::process::id()
+            && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
+            && std::path::Path::new("/proc/self").exists()
+    }
+}
+
+impl std::fmt::Display for LeaseHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "process {} on {} (since {})",
+            self.pid, self.host, self.since
+        )
+    }
+}
+
+/// The host's name (Linux: the kernel's; else `HOSTNAME`).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown-host".into())
+}
+
+/// A lease this process holds on a run.
+#[derive(Debug)]
+pub struct Lease {
+    key: String,
+    revision: u64,
+    holder: LeaseHolder,
+}
+
+/// Why a lease could not be had.
+#[derive(Debug)]
+pub enum LeaseRefused {
+    /// Another driver holds it.
+    Held(LeaseHolder),
+    /// The store failed.
+    Store(StoreError),
+}
 
 /// Where a plan run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -339,6 +418,96 @@ impl Progress {
                 }),
             },
             Err(e) => Err(e),
+        }
+    }
+
+    /// Takes the lease on run `id`: free, expired, or held by a process of
+    /// this host that is gone (killed) — else refused, naming the holder.
+    pub async fn acquire_lease(&self, id: &str) -> Result<Lease, LeaseRefused> {
+        let key = format!("lease/{id}");
+        let holder = LeaseHolder::here();
+        let bytes = encode(&holder);
+        for _ in 0..3 {
+            match self
+                .store
+                .put(&self.bucket, &key, &bytes, Expect::Absent, Some(LEASE_TTL))
+                .await
+            {
+                Ok(revision) => {
+                    return Ok(Lease {
+                        key,
+                        revision,
+                        holder,
+                    });
+                }
+                Err(StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(LeaseRefused::Store(e)),
+            }
+            let Some((current, revision)) = self
+                .get::<LeaseHolder>(&key)
+                .await
+                .map_err(LeaseRefused::Store)?
+            else {
+                continue; // expired in between: try again
+            };
+            if !current.is_dead_here() {
+                return Err(LeaseRefused::Held(current));
+            }
+            match self
+                .store
+                .put(
+                    &self.bucket,
+                    &key,
+                    &bytes,
+                    Expect::Revision(revision),
+                    Some(LEASE_TTL),
+                )
+                .await
+            {
+                Ok(revision) => {
+                    return Ok(Lease {
+                        key,
+                        revision,
+                        holder,
+                    });
+                }
+                Err(StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(LeaseRefused::Store(e)),
+            }
+        }
+        match self.get::<LeaseHolder>(&key).await {
+            Ok(Some((h, _))) => Err(LeaseRefused::Held(h)),
+            Ok(None) => Err(LeaseRefused::Store(StoreError::Backend {
+                backend: "plans",
+                message: format!("the lease `{key}` keeps changing"),
+            })),
+            Err(e) => Err(LeaseRefused::Store(e)),
+        }
+    }
+
+    /// Renews a lease; an error when it was lost (taken over or expired).
+    pub async fn renew_lease(&self, lease: &mut Lease) -> Result<(), StoreError> {
+        lease.revision = self
+            .store
+            .put(
+                &self.bucket,
+                &lease.key,
+                &encode(&lease.holder),
+                Expect::Revision(lease.revision),
+                Some(LEASE_TTL),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Gives a lease back.
+    pub async fn release_lease(&self, lease: Lease) {
+        if let Err(e) = self
+            .store
+            .delete(&self.bucket, &lease.key, Expect::Revision(lease.revision))
+            .await
+        {
+            tracing::warn!("giving back the plan run lease `{}`: {e}", lease.key);
         }
     }
 

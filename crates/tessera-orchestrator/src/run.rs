@@ -178,6 +178,14 @@ pub enum RunError {
     /// No such plan run.
     #[error("no plan run `{0}`")]
     NoSuchRun(String),
+    /// Another process (or task) drives it now.
+    #[error("plan run `{id}` is being driven by {holder}; its lease lapses within {}s unless renewed", crate::progress::LEASE_TTL.as_secs())]
+    Busy {
+        /// The run.
+        id: String,
+        /// Who holds its lease.
+        holder: crate::progress::LeaseHolder,
+    },
     /// It already ended.
     #[error("plan run `{id}` already {status}")]
     Ended {
@@ -274,6 +282,57 @@ impl Runner {
             std::path::Path::new(&rec.base),
             &rec.plan,
         )?;
+        // One driver at a time: the lease is renewed while the run goes on;
+        // losing it (taken over after it lapsed) stops this driver.
+        let lease = match self.progress.acquire_lease(id).await {
+            Ok(l) => l,
+            Err(crate::progress::LeaseRefused::Held(holder)) => {
+                return Err(RunError::Busy {
+                    id: id.to_string(),
+                    holder,
+                });
+            }
+            Err(crate::progress::LeaseRefused::Store(e)) => return Err(e.into()),
+        };
+        let cancel = cancel.child_token();
+        let renewing = {
+            let progress = self.progress.clone();
+            let cancel = cancel.clone();
+            let id = id.to_string();
+            let mut lease = lease;
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep(crate::progress::LEASE_RENEW) => {}
+                        () = cancel.cancelled() => return lease,
+                    }
+                    if let Err(e) = progress.renew_lease(&mut lease).await {
+                        tracing::error!("plan run {id}: lost its lease ({e}); stopping");
+                        cancel.cancel();
+                        return lease;
+                    }
+                }
+            })
+        };
+        let outcome = self
+            .drive(id, &mut rec, &mut rev, plan, events, cancel.clone())
+            .await;
+        cancel.cancel();
+        if let Ok(lease) = renewing.await {
+            self.progress.release_lease(lease).await;
+        }
+        outcome
+    }
+
+    async fn drive(
+        &self,
+        id: &str,
+        rec: &mut RunRecord,
+        rev: &mut u64,
+        plan: Plan,
+        events: Events,
+        cancel: CancellationToken,
+    ) -> Result<RunRecord, RunError> {
         let mut done: BTreeMap<String, StepRecord> = BTreeMap::new();
         for s in &plan.steps {
             if let Some(r) = self.progress.step(id, &s.name).await? {
@@ -293,7 +352,7 @@ impl Runner {
         if !done.is_empty() || rec.resumes > 0 || rec.status != RunStatus::Running {
             rec.resumes += 1;
         }
-        rev = self.progress.update_run(&rec, rev).await?;
+        *rev = self.progress.update_run(rec, *rev).await?;
         emit(
             &events,
             PlanEvent::Started {
@@ -324,7 +383,7 @@ impl Runner {
         rec.outputs = outputs;
         rec.error = error;
         rec.finished = Some(now());
-        self.progress.update_run(&rec, rev).await?;
+        *rev = self.progress.update_run(rec, *rev).await?;
         self.caller.plan_ended(&rec.id, &runs).await;
         emit(
             &events,
@@ -332,7 +391,7 @@ impl Runner {
                 record: rec.clone(),
             },
         );
-        Ok(rec)
+        Ok(rec.clone())
     }
 }
 

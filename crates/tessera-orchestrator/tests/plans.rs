@@ -542,3 +542,78 @@ async fn a_plan_run_replays_offline_call_by_call() {
         Err(tessera_orchestrator::replay::ReplayError::NoSuchRun(_))
     ));
 }
+
+#[tokio::test]
+async fn one_driver_at_a_time_holds_a_run_and_a_dead_processes_lease_is_taken_over() {
+    use tessera_orchestrator::progress::LeaseHolder;
+    use tessera_orchestrator::run::RunError;
+    let e = env();
+    tessera_test_support::component("spin");
+    let text = r#"
+[steps.slow]
+component = "spin.wasm"
+function = "count"
+args = { n = 4000000000 }
+"#;
+    let p = plan(text);
+    let rec = e.runner.create(&p, &Value::Null).await.unwrap();
+    // A driver is running the step...
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let cancel = CancellationToken::new();
+    let first = {
+        let (runner, id, cancel) = (e.runner.clone(), rec.id.clone(), cancel.clone());
+        tokio::spawn(async move { runner.resume(&id, Some(tx), cancel).await })
+    };
+    while let Some(ev) = rx.recv().await {
+        if matches!(ev, PlanEvent::Attempt { .. }) {
+            break;
+        }
+    }
+    // ...so a second one is refused, naming the holder.
+    match e
+        .runner
+        .resume(&rec.id, None, CancellationToken::new())
+        .await
+    {
+        Err(RunError::Busy { holder, .. }) => assert_eq!(holder.pid, std::process::id()),
+        other => panic!("a second driver was let in: {other:?}"),
+    }
+    cancel.cancel();
+    assert_eq!(first.await.unwrap().unwrap().status, RunStatus::Cancelled);
+    // Given back when it stopped.
+    let store = e.runner.progress().store().clone();
+    let key = format!("lease/{}", rec.id);
+    assert!(store.get(PLANS_BUCKET, &key).await.unwrap().is_none());
+    // A lease held by a process of this host that is gone (kill -9) is
+    // taken over at once; one held on another host is not.
+    let quick = plan(
+        "[steps.q]\ncomponent = \"hello.wasm\"\nfunction = \"greet\"\nargs = { name = \"q\" }\n",
+    );
+    for (host, taken) in [(None, true), (Some("elsewhere"), false)] {
+        let run = e.runner.create(&quick, &Value::Null).await.unwrap();
+        let mut dead = LeaseHolder::here();
+        dead.pid = u32::MAX - 1; // no such process
+        if let Some(h) = host {
+            dead.host = h.to_string();
+        }
+        store
+            .put(
+                PLANS_BUCKET,
+                &format!("lease/{}", run.id),
+                &serde_json::to_vec(&dead).unwrap(),
+                tessera_store::Expect::Absent,
+                Some(std::time::Duration::from_secs(60)),
+            )
+            .await
+            .unwrap();
+        let r = e
+            .runner
+            .resume(&run.id, None, CancellationToken::new())
+            .await;
+        match (taken, r) {
+            (true, Ok(done)) => assert_eq!(done.status, RunStatus::Succeeded),
+            (false, Err(RunError::Busy { holder, .. })) => assert_eq!(holder.host, "elsewhere"),
+            (t, other) => panic!("host {host:?} (taken over: {t}): {other:?}"),
+        }
+    }
+}

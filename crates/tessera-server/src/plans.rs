@@ -355,6 +355,11 @@ pub fn run_error(e: RunError) -> ApiError {
         }
         RunError::Store(s) => s.into(),
         RunError::NoSuchRun(id) => no_such_run(&id),
+        RunError::Busy { id, holder } => ApiError::new(
+            ErrorCode::PlanRunActive,
+            format!("plan run `{id}` is being driven by {holder}"),
+        )
+        .with(|d| d.plan_run = Some(id)),
         RunError::Ended { id, status } => ApiError::new(
             ErrorCode::PlanRunSucceeded,
             format!("plan run `{id}` already {status}: there is nothing to resume"),

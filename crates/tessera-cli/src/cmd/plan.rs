@@ -282,6 +282,7 @@ fn run_failure(e: RunError) -> Failure {
             Failure::bad_input("no_such_run", format!("no plan run `{id}`")).with("run", id)
         }
         e @ RunError::Ended { .. } => Failure::bad_input("run_ended", e.to_string()),
+        e @ RunError::Busy { .. } => Failure::bad_input("run_busy", e.to_string()),
         RunError::Store(s) => Failure::internal("store", s.to_string()),
     }
 }
