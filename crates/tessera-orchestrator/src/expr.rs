@@ -161,29 +161,23 @@ impl Expr {
         path_mentions(&self.source, ".item") || path_mentions(&self.source, ".index")
     }
 
-    /// Every value it produces for `input`.
-    pub fn eval_all(&self, input: &Value) -> Result<Vec<Value>, String> {
+    /// Its one value for `input` (no value, or several, is an error). It
+    /// stops at the second value, so an endless generator (`repeat(1)`) is
+    /// an error, not a hang.
+    pub fn eval(&self, input: &Value) -> Result<Value, String> {
         let val: Val = serde_json::from_value(input.clone())
             .map_err(|e| format!("the input is not JSON jq can read: {e}"))?;
         let ctx = Ctx::<data::JustLut<Val>>::new(&self.filter.lut, Vars::new([]));
-        let mut out = Vec::new();
-        for r in self.filter.id.run((ctx, val)).map(jaq_core::unwrap_valr) {
-            match r {
-                Ok(v) => out.push(to_json(&v)?),
-                Err(e) => return Err(e.to_string()),
-            }
+        let mut outputs = self.filter.id.run((ctx, val)).map(jaq_core::unwrap_valr);
+        let first = match outputs.next() {
+            None => return Err("produced no value".into()),
+            Some(Err(e)) => return Err(e.to_string()),
+            Some(Ok(v)) => v,
+        };
+        if outputs.next().is_some() {
+            return Err("produced more than one value (one is expected)".into());
         }
-        Ok(out)
-    }
-
-    /// Its one value for `input` (no value, or several, is an error).
-    pub fn eval(&self, input: &Value) -> Result<Value, String> {
-        let mut all = self.eval_all(input)?;
-        match all.len() {
-            1 => Ok(all.remove(0)),
-            0 => Err("produced no value".into()),
-            n => Err(format!("produced {n} values (one is expected)")),
-        }
+        to_json(&first)
     }
 
     /// When the expression is a plain path (`.steps.fetch.output.body`),
@@ -494,6 +488,12 @@ mod tests {
         assert!(Expr::parse("now").is_err());
         assert!(Expr::parse("env").is_err());
         assert!(Expr::parse(".[]").unwrap().eval(&json!([1, 2])).is_err());
+        // An endless generator is an error at its second value.
+        let e = Expr::parse("repeat(1)")
+            .unwrap()
+            .eval(&json!(null))
+            .unwrap_err();
+        assert!(e.contains("more than one value"), "{e}");
         assert_eq!(
             Expr::parse(".steps.a.output.b").unwrap().plain_path(),
             Some(vec![
