@@ -1436,7 +1436,21 @@ greeting = "${{ .steps.greet.output }}"
     let plan = plan.to_str().unwrap();
     let by_path = by_path.to_str().unwrap();
 
-    // Locally, on the data directory.
+    // Locally, on the data directory: checked against the registered
+    // components first (a wrong parameter is refused, nothing stored).
+    let wrong = dir.path().join("wrong.plan.toml");
+    std::fs::write(
+        &wrong,
+        "[steps.greet]\ncomponent = \"hello\"\nfunction = \"greet\"\nargs = { nme = \"x\" }\n",
+    )
+    .unwrap();
+    let o = cli.run(&["plans", "add", "wrong", wrong.to_str().unwrap(), "--json"]);
+    assert_eq!(o.status.code(), Some(2), "{}", outcome(&o));
+    assert!(
+        outcome(&o).contains("steps.greet.args.nme"),
+        "{}",
+        outcome(&o)
+    );
     let o = cli.run(&["plans", "add", "greet", plan, "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", outcome(&o));
     let v = json_of(&o);

@@ -683,6 +683,10 @@ async fn put_plan(
             ));
         }
     };
+    // Read and checked against the components served here before it is
+    // stored: a plan that cannot run is refused with every problem.
+    let plan = crate::plan_registry::check(&name, &req.text, &origin, &base)?;
+    crate::plans::check_against_active(&server, &plan)?;
     server.plans.put(&name, &req.text, &base, &origin)?;
     server.plans_changed();
     let stored = server.stored_plan(&name)?;

@@ -707,3 +707,63 @@ impl From<plan_registry::PlanRegistryError> for ApiError {
         }
     }
 }
+
+/// Signatures from the components this server serves (their active
+/// versions), for checking a plan when it is registered.
+pub struct ActiveCatalog<'a>(pub &'a Server);
+
+impl tessera_orchestrator::validate::Catalog for ActiveCatalog<'_> {
+    fn signature(
+        &self,
+        component: &ComponentRef,
+        _base: &std::path::Path,
+        function: &str,
+    ) -> Result<
+        tessera_orchestrator::validate::Signature,
+        tessera_orchestrator::validate::SignatureError,
+    > {
+        use tessera_orchestrator::validate::{Signature, SignatureError};
+        let ComponentRef::Registry(name) = component else {
+            return Err(SignatureError::Component(
+                "a server calls only registered components".into(),
+            ));
+        };
+        let active = self.0.active.get(name).ok_or_else(|| {
+            SignatureError::Component(format!(
+                "component `{name}` is not registered here (or not loaded): add it first (`tessera components add FILE --name {name}`)"
+            ))
+        })?;
+        let c = &active.loaded;
+        let f = c
+            .function(function)
+            .map_err(|e| SignatureError::Function(e.to_string()))?;
+        let keyvalue = c.imports().iter().any(|i| i.starts_with("wasi:keyvalue/"));
+        Ok(Signature {
+            params: f.params_schema.clone(),
+            result: f.result_schema.clone(),
+            returns_result: f.returns_result(),
+            buckets: keyvalue.then(|| c.grants().keyvalue.buckets.keys().cloned().collect()),
+        })
+    }
+}
+
+/// Checks a plan against the components this server serves: every
+/// problem, as one `bad_plan` error listing them.
+pub fn check_against_active(
+    server: &Server,
+    plan: &tessera_orchestrator::plan::Plan,
+) -> Result<(), ApiError> {
+    let errors = tessera_orchestrator::validate::check(plan, &ActiveCatalog(server));
+    let Some(first) = errors.first() else {
+        return Ok(());
+    };
+    let mut message = first.to_string();
+    for e in &errors[1..] {
+        message.push_str(&format!("; {}: {}", e.place, e.message));
+    }
+    let (place, file) = (first.place.clone(), first.origin.clone());
+    Err(ApiError::new(ErrorCode::BadPlan, message).with(|d| {
+        d.place = Some(place);
+        d.file = Some(file);
+    }))
+}

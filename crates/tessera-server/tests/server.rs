@@ -3479,6 +3479,36 @@ async fn plan_routes_need_their_scopes_and_an_invalid_plan_is_refused_with_its_p
     assert_eq!(code(&answers.5), (400, json!("invalid_name")));
     assert_eq!(answers.6.0, 201, "{}", answers.6.1);
     assert!(!data.path().join("plans/Bad.toml").exists());
+    // Checked against the components served here, every problem at once:
+    // a component not registered, an argument of the wrong type.
+    let mismatched = json!({ "text": GREETINGS_PLAN
+        .replacen(r#"component = "hello""#, r#"component = "nope""#, 1)
+        .replace(r#"args = { a = 100, b = 1 }"#, r#"args = { a = "x", b = 1 }"#) })
+    .to_string();
+    let admin_token = admin.clone();
+    let (status, v) = tokio::task::spawn_blocking(move || {
+        request(
+            addr,
+            "PUT",
+            "/v1/plans/mismatched",
+            Some(&admin_token),
+            &mismatched,
+        )
+    })
+    .await
+    .unwrap();
+    let e = &v["error"];
+    assert_eq!(
+        (status, &e["code"], &e["place"]),
+        (400, &json!("bad_plan"), &json!("steps.greet.component")),
+        "{e}"
+    );
+    let message = e["message"].as_str().unwrap();
+    assert!(
+        message.contains("`nope` is not registered") && message.contains("steps.whole.args.a"),
+        "{message}"
+    );
+    assert!(!data.path().join("plans/mismatched.toml").exists());
     // Starting a run needs `call`.
     assert_eq!(
         code(&answers.7),

@@ -208,7 +208,7 @@ async fn runner(global: &GlobalArgs) -> Result<(Runner, Arc<Caller>), Failure> {
 
 /// Components by path (relative to the plan) or by registry name (the
 /// active version, under its manifest), each loaded once.
-fn components(global: &GlobalArgs) -> Result<FileComponents, Failure> {
+pub(crate) fn components(global: &GlobalArgs) -> Result<FileComponents, Failure> {
     let runtime = global
         .runtime_with(false)
         .map_err(|m| Failure::internal("runtime", m))?;
@@ -251,7 +251,7 @@ fn components(global: &GlobalArgs) -> Result<FileComponents, Failure> {
 }
 
 /// Checks the plan against its components: every problem, or none.
-fn check_components(plan: &Plan, components: &FileComponents) -> Result<(), Failure> {
+pub(crate) fn check_components(plan: &Plan, components: &FileComponents) -> Result<(), Failure> {
     let errors = tessera_orchestrator::validate::check(plan, &LoadedCatalog(components));
     let Some(first) = errors.first() else {
         return Ok(());

@@ -173,6 +173,10 @@ fn local(global: &GlobalArgs, command: Command, json: bool) -> Outcome {
     let (doc, text): (Value, fn(&Value)) = match command {
         Command::Add { name, file } => {
             let (text, base, origin) = read_plan_file(&file)?;
+            // Checked against the registered components before it is stored.
+            let plan = tessera_server::plan_registry::check(&name, &text, &origin, &base)
+                .map_err(registry_failure)?;
+            crate::cmd::plan::check_components(&plan, &crate::cmd::plan::components(global)?)?;
             registry
                 .put(&name, &text, &base, &origin)
                 .map_err(registry_failure)?;
