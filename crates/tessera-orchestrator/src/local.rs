@@ -221,7 +221,7 @@ impl<C: Components> StepCaller for LocalCaller<C> {
         }
     }
 
-    async fn plan_ended(&self, plan_run: &str, _runs: &[String]) {
+    async fn plan_ended(&self, plan_run: &str) {
         let holder = holder(plan_run);
         let journal = self.journal.clone();
         match tokio::task::spawn_blocking(move || journal.release_holder(&holder)).await {

@@ -110,7 +110,7 @@ pub trait StepCaller: Send + Sync + 'static {
 
     /// The plan run ended (or stopped): the journal runs it made are no
     /// longer in use by it.
-    async fn plan_ended(&self, _plan_run: &str, _runs: &[String]) {}
+    async fn plan_ended(&self, _plan_run: &str) {}
 }
 
 /// What happens in a plan run, as it happens.
@@ -372,7 +372,7 @@ impl Runner {
             cancel: cancel.clone(),
         };
         let outcome = drive.steps(done).await;
-        let (status, outputs, error, runs) = match outcome {
+        let (status, outputs, error) = match outcome {
             Err(e) => {
                 // The store failed: the run stays `running`, to resume.
                 return Err(e.into());
@@ -384,7 +384,7 @@ impl Runner {
         rec.error = error;
         rec.finished = Some(now());
         *rev = self.progress.update_run(rec, *rev).await?;
-        self.caller.plan_ended(&rec.id, &runs).await;
+        self.caller.plan_ended(&rec.id).await;
         emit(
             &events,
             PlanEvent::Ended {
@@ -407,7 +407,7 @@ struct Drive {
     cancel: CancellationToken,
 }
 
-type Ended = (RunStatus, Option<Value>, Option<String>, Vec<String>);
+type Ended = (RunStatus, Option<Value>, Option<String>);
 
 /// How a step's attempts ended.
 enum Tried {
@@ -542,12 +542,11 @@ impl Drive {
         if let Some(e) = store_error {
             return Err(e);
         }
-        let runs: Vec<String> = done.values().flat_map(|r| r.runs.iter().cloned()).collect();
         if self.cancel.is_cancelled() && failure.is_none() {
-            return Ok((RunStatus::Cancelled, None, Some("cancelled".into()), runs));
+            return Ok((RunStatus::Cancelled, None, Some("cancelled".into())));
         }
         if let Some(f) = failure {
-            return Ok((RunStatus::Failed, None, Some(f), runs));
+            return Ok((RunStatus::Failed, None, Some(f)));
         }
         let never: Vec<&str> = order
             .iter()
@@ -559,7 +558,6 @@ impl Drive {
                 RunStatus::Failed,
                 None,
                 Some(format!("steps never became ready: {}", never.join(", "))),
-                runs,
             ));
         }
         let all: BTreeSet<String> = done.keys().cloned().collect();
@@ -570,15 +568,10 @@ impl Drive {
                 Ok(v) => {
                     outputs.insert(name.clone(), v);
                 }
-                Err(e) => return Ok((RunStatus::Failed, None, Some(e), runs)),
+                Err(e) => return Ok((RunStatus::Failed, None, Some(e))),
             }
         }
-        Ok((
-            RunStatus::Succeeded,
-            Some(Value::Object(outputs)),
-            None,
-            runs,
-        ))
+        Ok((RunStatus::Succeeded, Some(Value::Object(outputs)), None))
     }
 
     /// Runs one step (and its fallback) to a committed record; `None` when
@@ -995,6 +988,3 @@ pub async fn step_records(
     }
     Ok(out)
 }
-
-/// Step records by name.
-pub type StepRecords = HashMap<String, StepRecord>;

@@ -722,6 +722,25 @@ async fn start_plan_run(
     ))
 }
 
+/// A page size from a `limit` query parameter: `default` when absent,
+/// else 1 to `max`.
+fn page_limit(text: Option<&str>, default: usize, max: usize) -> ApiResult<usize> {
+    match text {
+        None | Some("") => Ok(default),
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::BadQuery,
+                    format!("limit: `{text}` is not a number from 1 to {max}"),
+                )
+                .with(|d| d.limit = Some(LimitRef::Value(max as u64)))
+            }),
+    }
+}
+
 /// The query of `GET /v1/plan-runs`.
 #[derive(serde::Deserialize)]
 struct PlanRunsQuery {
@@ -733,34 +752,15 @@ async fn list_plan_runs(
     State(server): State<Arc<Server>>,
     ApiQuery(query): ApiQuery<PlanRunsQuery>,
 ) -> ApiResult<Json<api::PlanRunList>> {
-    let limit = match query.limit.as_deref() {
-        None | Some("") => api::DEFAULT_PLAN_RUN_PAGE,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=api::MAX_PLAN_RUN_PAGE).contains(n))
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::BadQuery,
-                    format!(
-                        "limit: `{text}` is not a number from 1 to {}",
-                        api::MAX_PLAN_RUN_PAGE
-                    ),
-                )
-                .with(|d| d.limit = Some(LimitRef::Value(api::MAX_PLAN_RUN_PAGE as u64)))
-            })?,
-    };
+    let limit = page_limit(
+        query.limit.as_deref(),
+        api::DEFAULT_PLAN_RUN_PAGE,
+        api::MAX_PLAN_RUN_PAGE,
+    )?;
     let progress = server.plan_progress().await?;
     let active = server.active_plan_runs();
-    // Run ids tell the second they started in; within a second the start
-    // time orders them (a few more are read, for runs started in the same
-    // second as the last one kept).
-    let mut runs = store_op(progress.runs(limit.saturating_add(16))).await?;
-    let started = |r: &tessera_orchestrator::progress::RunRecord| {
-        time::OffsetDateTime::parse(&r.started, &time::format_description::well_known::Rfc3339).ok()
-    };
-    runs.sort_by(|a, b| started(b).cmp(&started(a)).then_with(|| b.id.cmp(&a.id)));
-    runs.truncate(limit);
+    // Newest first, by start time (`Progress::runs` orders them).
+    let runs = store_op(progress.runs(limit)).await?;
     Ok(Json(api::PlanRunList {
         runs: runs
             .iter()
@@ -929,23 +929,11 @@ async fn kv_keys(
     ApiPath(bucket): ApiPath<String>,
     ApiQuery(query): ApiQuery<KeysQuery>,
 ) -> ApiResult<Json<api::KeyPage>> {
-    let limit = match query.limit.as_deref() {
-        None | Some("") => api::DEFAULT_KEY_PAGE,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=api::MAX_KEY_PAGE).contains(n))
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::BadQuery,
-                    format!(
-                        "limit: `{text}` is not a number from 1 to {}",
-                        api::MAX_KEY_PAGE
-                    ),
-                )
-                .with(|d| d.limit = Some(LimitRef::Value(api::MAX_KEY_PAGE as u64)))
-            })?,
-    };
+    let limit = page_limit(
+        query.limit.as_deref(),
+        api::DEFAULT_KEY_PAGE,
+        api::MAX_KEY_PAGE,
+    )?;
     let after = query.after.filter(|a| !a.is_empty());
     let store = open_bucket(&server, &bucket, None).await?;
     let page = store_op(store.list(&bucket, &query.prefix, after.as_deref(), limit)).await?;

@@ -172,7 +172,7 @@ impl StepCaller for ServerCaller {
         }
     }
 
-    async fn plan_ended(&self, plan_run: &str, _runs: &[String]) {
+    async fn plan_ended(&self, plan_run: &str) {
         // Every run the plan run held (a fallback's, a cancelled
         // attempt's too), in one transaction.
         let holder = holder(plan_run);
@@ -616,7 +616,7 @@ impl Server {
                 // The store failed: the run stays `running` (to resume),
                 // but nothing goes on with it now.
                 tracing::error!("plan run {id}: {e}");
-                caller.plan_ended(&id, &[]).await;
+                caller.plan_ended(&id).await;
                 end.driving.ended.send_replace(Some(Err(run_error(e))));
             }
             drop(end);

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
 use crate::{Entry, Expect, Page, Store, StoreError, add_to_counter, check_bucket, check_key};
@@ -444,33 +444,50 @@ fn apply(db: &Database, batch: &[Job]) -> Result<Vec<Result<Vec<i64>, StoreError
     }
     let now = now_ms();
     let mut answers = Vec::with_capacity(batch.len());
-    for job in batch {
-        let mut out = Vec::with_capacity(job.writes.len());
-        let mut failed = None;
-        for write in &job.writes {
-            match one(&w, write, now)? {
-                Ok(v) => out.push(v),
-                Err(e) => {
-                    failed = Some(e);
-                    break;
+    {
+        // Opened once for the whole transaction.
+        let mut tables = Tables {
+            entries: w.open_table(ENTRIES).map_err(backend)?,
+            revisions: w.open_table(REVISIONS).map_err(backend)?,
+            expiries: w.open_table(EXPIRIES).map_err(backend)?,
+        };
+        for job in batch {
+            let mut out = Vec::with_capacity(job.writes.len());
+            let mut failed = None;
+            for write in &job.writes {
+                match one(&mut tables, write, now)? {
+                    Ok(v) => out.push(v),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
                 }
             }
+            answers.push(match failed {
+                Some(e) => Err(e),
+                None => Ok(out),
+            });
         }
-        answers.push(match failed {
-            Some(e) => Err(e),
-            None => Ok(out),
-        });
     }
     w.commit().map_err(backend)?;
     Ok(answers)
 }
 
+/// The tables of one write transaction.
+struct Tables<'t> {
+    entries: redb::Table<'t, (&'static str, &'static str), (u64, u64, &'static [u8])>,
+    revisions: redb::Table<'t, &'static str, u64>,
+    expiries: redb::Table<'t, (u64, &'static str, &'static str), ()>,
+}
+
 /// One write inside the transaction. The outer error fails the whole
 /// transaction; the inner one only this write (a condition not met).
-fn one(w: &WriteTransaction, write: &Write, now: u64) -> Result<Done, StoreError> {
-    let mut entries = w.open_table(ENTRIES).map_err(backend)?;
-    let mut revisions = w.open_table(REVISIONS).map_err(backend)?;
-    let mut expiries = w.open_table(EXPIRIES).map_err(backend)?;
+fn one(t: &mut Tables<'_>, write: &Write, now: u64) -> Result<Done, StoreError> {
+    let Tables {
+        entries,
+        revisions,
+        expiries,
+    } = t;
     let (bucket, key) = match write {
         Write::Put { bucket, key, .. }
         | Write::Delete { bucket, key, .. }
