@@ -102,7 +102,7 @@ async fn a_fan_out_keeps_item_order_and_every_call_is_journaled_and_linked() {
         (greet.state, greet.items, greet.runs.len()),
         (StepState::Succeeded, Some(7), 7)
     );
-    for (i, run) in greet.runs.iter().enumerate() {
+    for run in &greet.runs {
         let h = e.journal.header(run).unwrap();
         let link = h.plan.unwrap();
         assert_eq!(
@@ -110,7 +110,6 @@ async fn a_fan_out_keeps_item_order_and_every_call_is_journaled_and_linked() {
             (rec.id.as_str(), "greet")
         );
         assert_eq!(link.key, format!("{}/greet/{}", rec.id, link.item.unwrap()));
-        let _ = i;
     }
     // The events: a start, an attempt per call, a step each, the end.
     let mut attempts = 0;
@@ -318,7 +317,6 @@ args = { n = 4000000000 }
         .unwrap()
         .unwrap();
     assert_eq!(started.key, format!("{}/slow", rec.id));
-    let _ = Path::new(".");
     assert_eq!(quick.runs.len(), 1);
 }
 
