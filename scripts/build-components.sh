@@ -34,6 +34,12 @@ component_crates=(
     config-tool
     kv-tool
     kv-draft
+    llm-probe
+    react-agent
+    coordinator
+    worker
+    probe-agent
+    city-facts
 )
 
 # Guests written in the WebAssembly text format, as components/<name>/<name>.wat.

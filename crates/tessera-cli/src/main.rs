@@ -64,6 +64,9 @@ enum Command {
     /// The plans a server serves (add, list, remove): each an MCP tool
     /// `plan__<name>`, run over HTTP; locally or through `--server`.
     Plans(cmd::plans::Args),
+    /// Agents: durable actors with explicit state (spawn, send, list,
+    /// show, log, fork, approve, dead letters, restart).
+    Agents(cmd::agents::Args),
     /// API tokens (create, list, revoke).
     #[command(subcommand)]
     Tokens(cmd::tokens::Command),
@@ -131,6 +134,7 @@ fn main() {
             Command::Kv(args) => cmd::kv::run(&cli.global, args).await,
             Command::Plan(c) => cmd::plan::run(&cli.global, c).await,
             Command::Plans(args) => cmd::plans::run(&cli.global, args).await,
+            Command::Agents(args) => cmd::agents::run(&cli.global, args).await,
             Command::Tokens(c) => cmd::tokens::run(&cli.global, c),
         }
     });

@@ -98,13 +98,26 @@ impl GlobalArgs {
 
     /// The host's side of the capabilities: secrets (from the environment,
     /// the secrets file, then `--secret`, later ones winning), the data
-    /// directory's redaction key, and its stores (opened on first use).
+    /// directory's redaction key, its stores (opened on first use) and its
+    /// LLM providers.
     pub fn host_config(&self) -> Result<tessera_runtime::HostConfig, String> {
         Ok(tessera_runtime::HostConfig {
             secrets: self.secrets()?,
             redaction_key: self.redaction_key()?,
             stores: Some(self.stores()?),
+            llm: self.llm_providers()?,
         })
+    }
+
+    /// The data directory's LLM providers (the `[llm.providers.<name>]`
+    /// tables of `<data>/tessera.toml`, their keys read now); `None` when
+    /// it configures none.
+    pub fn llm_providers(
+        &self,
+    ) -> Result<Option<Arc<tessera_runtime::capability::llm::LlmProviders>>, String> {
+        tessera_runtime::capability::llm::LlmProviders::load(&self.data)
+            .map(|p| p.map(Arc::new))
+            .map_err(|e| e.to_string())
     }
 
     /// The data directory's stores (each backend opened on first use),

@@ -75,6 +75,34 @@ pub struct Header {
     /// The plan step this call was made for (absent for other calls).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<PlanStep>,
+    /// The agent turn this call was (or, for a tool call, was made from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentTurn>,
+}
+
+/// The agent turn a call belongs to: the turn itself, or a tool call it made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentTurn {
+    /// The agent's id.
+    pub agent: String,
+    /// The turn's number (1-based; the turn being made).
+    pub turn: u64,
+    /// The message the turn handles.
+    pub message: String,
+    /// The attempt (1-based).
+    pub attempt: u32,
+    /// For a tool call: the turn's run and the tool's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<ToolLink>,
+}
+
+/// A tool call's place in its turn.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolLink {
+    /// The turn's journal run.
+    pub turn_run: String,
+    /// The tool (`<grant>__<function>`).
+    pub name: String,
 }
 
 /// The plan run, step and attempt a call was made for.

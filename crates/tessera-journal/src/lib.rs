@@ -24,13 +24,17 @@ use std::path::PathBuf;
 
 use tessera_runtime::gateway::Step;
 
-pub use format::{Caller, ComponentRef, End, EngineSettings, Header, PlanStep, RunResult};
+pub use format::{
+    AgentTurn, Caller, ComponentRef, End, EngineSettings, Header, PlanStep, RunResult, ToolLink,
+};
 pub use prune::{ComponentStats, HeldRun, JournalStats, PruneReport, PrunedRun, component_name};
-pub use record::{end_of, new_run_id, record_call, record_call_for, record_call_with};
+pub use record::{
+    end_of, new_run_id, record_call, record_call_for, record_call_linked, record_call_with,
+};
 pub use replay::{ReplayCursor, ReplayDivergence, ReplayReport, StepState, replay, state_at};
 pub use retention::{Limits, Retention, RetentionError};
 pub use store::{
-    Hold, JournalStore, MAX_IMPORT_LINE, MAX_STEP_INDEX, PIN, RunSummary, plan_holder,
+    Hold, JournalStore, MAX_IMPORT_LINE, MAX_STEP_INDEX, PIN, RunSummary, agent_holder, plan_holder,
 };
 
 /// Errors of the journal.

@@ -170,9 +170,32 @@ pub async fn record_call_for(
     caller: Option<Caller>,
     plan: Option<crate::format::PlanStep>,
 ) -> Result<(String, CallOutcome), Error> {
+    record_call_linked(
+        store, component, function, args, options, caller, plan, None, None,
+    )
+    .await
+}
+
+/// [`record_call_for`] for an agent's turn or one of its tool calls: the
+/// header names the agent and turn ([`crate::AgentTurn`]), and the journal
+/// holds the run for the agent. `run_id`, when given (made with
+/// [`new_run_id`]), is the run's id: a turn's tool calls name their turn's
+/// run before it ends.
+#[allow(clippy::too_many_arguments)]
+pub async fn record_call_linked(
+    store: &Arc<JournalStore>,
+    component: &LoadedComponent,
+    function: &str,
+    args: &Value,
+    options: CallOptions,
+    caller: Option<Caller>,
+    plan: Option<crate::format::PlanStep>,
+    agent: Option<crate::format::AgentTurn>,
+    run_id: Option<String>,
+) -> Result<(String, CallOutcome), Error> {
     let f = component.function(function)?;
     let now = time::OffsetDateTime::now_utc();
-    let run_id = run_id_at(now);
+    let run_id = run_id.unwrap_or_else(|| run_id_at(now));
     let header = Header {
         format: format::FORMAT.to_string(),
         version: format::VERSION,
@@ -188,6 +211,7 @@ pub async fn record_call_for(
         engine: engine_settings(component.runtime()),
         caller,
         plan,
+        agent,
     };
     let function = header.function.clone();
     let buffer = store.begin_run(header, component.source_bytes());

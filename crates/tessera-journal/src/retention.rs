@@ -28,6 +28,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+/// Sections of `tessera.toml` read by other loaders (the stores, the LLM
+/// providers), skipped here.
+const OTHER_SECTIONS: &[&str] = &["store", "llm"];
+
 /// The settings file in a data directory.
 pub const SETTINGS_FILE: &str = "tessera.toml";
 
@@ -103,7 +107,8 @@ impl Retention {
         }
     }
 
-    /// Parses the `[journal]` table of a settings file. `origin` names the
+    /// Parses the `[journal]` table of a settings file (`[store]` and
+    /// `[llm]` belong to other loaders and are skipped). `origin` names the
     /// file in errors. Unknown keys and sections are errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, RetentionError> {
         let err = |field: &str, message: String| RetentionError {
@@ -116,8 +121,16 @@ impl Retention {
             .map_err(|e: toml::de::Error| err("(syntax)", e.message().to_string()))?;
         let mut out = Self::default();
         for (key, value) in &doc {
+            // The file holds other readers' sections too (`[store]`,
+            // `[llm]`), each read by its own loader.
+            if OTHER_SECTIONS.contains(&key.as_str()) {
+                continue;
+            }
             if key != "journal" {
-                return Err(err(key, "unknown section (known: `journal`)".to_string()));
+                return Err(err(
+                    key,
+                    "unknown section (known: `journal`, `store`, `llm`)".to_string(),
+                ));
             }
             let toml::Value::Table(journal) = value else {
                 return Err(err("journal", "must be a table (`[journal]`)".into()));

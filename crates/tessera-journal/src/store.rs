@@ -834,6 +834,8 @@ struct StoredHeader<'a> {
     caller: Option<&'a crate::format::Caller>,
     #[serde(skip_serializing_if = "Option::is_none")]
     plan: Option<&'a crate::format::PlanStep>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent: Option<&'a crate::format::AgentTurn>,
 }
 
 #[derive(Serialize)]
@@ -902,6 +904,7 @@ fn encode_header(
         engine: &header.engine,
         caller: header.caller.as_ref(),
         plan: header.plan.as_ref(),
+        agent: header.agent.as_ref(),
     };
     (
         serde_json::to_vec(&stored).unwrap_or_default(),
@@ -1373,6 +1376,11 @@ pub fn plan_holder(plan_run: &str) -> String {
     format!("plan:{plan_run}")
 }
 
+/// The holder under which the journal keeps an agent's turn runs.
+pub fn agent_holder(agent: &str) -> String {
+    format!("agent:{agent}")
+}
+
 fn write_batch(
     db: &Database,
     digests: &mut GrantsDigests,
@@ -1411,6 +1419,16 @@ fn write_batch(
                     // moment it exists (released when the plan run ends).
                     if let Some(p) = &header.plan {
                         let holder = plan_holder(&p.run);
+                        let since = serde_json::json!({ "since": header.started });
+                        let bytes = serde_json::to_vec(&since).unwrap_or_default();
+                        holds
+                            .insert((header.run_id.as_str(), holder.as_str()), bytes.as_slice())?;
+                    }
+                    // So is an agent's turn (and its tool calls): its log
+                    // and its forks read it (released when the agent is
+                    // removed).
+                    if let Some(a) = &header.agent {
+                        let holder = agent_holder(&a.agent);
                         let since = serde_json::json!({ "since": header.started });
                         let bytes = serde_json::to_vec(&since).unwrap_or_default();
                         holds

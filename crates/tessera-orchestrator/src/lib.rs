@@ -4,6 +4,7 @@
 
 #![deny(missing_docs)]
 
+pub mod agent;
 pub mod expr;
 pub mod graph;
 pub mod local;

@@ -71,6 +71,13 @@ pub struct CallOptions {
     /// `tessera.` (a plan step's `tessera.idempotency_key`, …). Reads are
     /// journaled like any configuration read.
     pub context: Option<Arc<std::collections::BTreeMap<String, String>>>,
+    /// The agent host an agent's turn reaches through its `tessera:agent`
+    /// imports (the orchestrator's; none for any other call).
+    pub agent: Option<Arc<dyn crate::capability::agent::AgentLink>>,
+    /// With `replay`: answer the recorded steps, then go on live instead of
+    /// diverging where the recording ends (a turn that stopped to wait for
+    /// an approval, run again after the decision).
+    pub continue_live: bool,
 }
 
 impl std::fmt::Debug for CallOptions {
@@ -81,6 +88,8 @@ impl std::fmt::Debug for CallOptions {
             .field("snapshot", &self.snapshot)
             .field("cancel", &self.cancel.is_some())
             .field("context", &self.context)
+            .field("agent", &self.agent.as_ref().map(|a| a.id()))
+            .field("continue_live", &self.continue_live)
             .finish()
     }
 }
@@ -150,6 +159,10 @@ pub struct CallOutcome {
     pub divergence: Option<Divergence>,
     /// The guest's state when the call ended, if asked for.
     pub snapshot: Option<crate::Snapshot>,
+    /// What the call consumed, by counter (`llm.prompt_tokens`,
+    /// `llm.completion_tokens`): the sums the capabilities added through
+    /// [`Gateway::add_usage`], recorded and replayed calls alike.
+    pub usage: std::collections::BTreeMap<String, u64>,
 }
 
 impl CallOutcome {
@@ -403,6 +416,8 @@ impl LoadedComponent {
                 },
                 replay: options.replay,
                 context: options.context,
+                agent: options.agent,
+                continue_live: options.continue_live,
             },
         );
         let Ok(_permit) = self.permits.clone().try_acquire_owned() else {
@@ -576,6 +591,7 @@ impl LoadedComponent {
             peak_memory_bytes,
             duration,
             audit: call_audit.take(),
+            usage: gateway.usage(),
         })
     }
 }

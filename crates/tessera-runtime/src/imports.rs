@@ -56,8 +56,9 @@ const fn wasi(interface: &'static str, grant: Option<&'static str>) -> ProvidedI
 pub const WASI_VERSION: &str = "0.2.12";
 
 /// Every interface the linker provides (`wasi:cli/imports` and
-/// `wasi:http/proxy` from wasmtime-wasi, `wasi:logging` and `wasi:config`
-/// from Tessera's capabilities).
+/// `wasi:http/proxy` from wasmtime-wasi; `wasi:logging`, `wasi:config`,
+/// `wasi:keyvalue` and Tessera's own `tessera:agent` package from its
+/// capabilities).
 pub const PROVIDED: &[ProvidedInterface] = &[
     wasi("wasi:io/error", None),
     wasi("wasi:io/poll", None),
@@ -100,6 +101,56 @@ pub const PROVIDED: &[ProvidedInterface] = &[
         interface: "wasi:config/store",
         version: "0.2.0-draft",
         grant: Some("[config]"),
+    },
+    ProvidedInterface {
+        interface: "wasi:keyvalue/store",
+        version: "0.2.0-draft2",
+        grant: Some("[keyvalue] buckets"),
+    },
+    ProvidedInterface {
+        interface: "wasi:keyvalue/atomics",
+        version: "0.2.0-draft2",
+        grant: Some("[keyvalue] buckets"),
+    },
+    ProvidedInterface {
+        interface: "wasi:keyvalue/batch",
+        version: "0.2.0-draft2",
+        grant: Some("[keyvalue] buckets"),
+    },
+    ProvidedInterface {
+        interface: "wasi:keyvalue/store",
+        version: "0.2.0-draft",
+        grant: Some("[keyvalue] buckets"),
+    },
+    ProvidedInterface {
+        interface: "wasi:keyvalue/atomics",
+        version: "0.2.0-draft",
+        grant: Some("[keyvalue] buckets"),
+    },
+    ProvidedInterface {
+        interface: "wasi:keyvalue/batch",
+        version: "0.2.0-draft",
+        grant: Some("[keyvalue] buckets"),
+    },
+    ProvidedInterface {
+        interface: "tessera:agent/types",
+        version: "0.1.0",
+        grant: None,
+    },
+    ProvidedInterface {
+        interface: "tessera:agent/agents",
+        version: "0.1.0",
+        grant: Some("[agent] (answers inside an agent's turn)"),
+    },
+    ProvidedInterface {
+        interface: "tessera:agent/tools",
+        version: "0.1.0",
+        grant: Some("[agent.tools]"),
+    },
+    ProvidedInterface {
+        interface: "tessera:agent/llm",
+        version: "0.1.0",
+        grant: Some("[llm] models"),
     },
 ];
 

@@ -567,6 +567,16 @@ pub fn wit_type(ty: &Type) -> String {
 }
 
 impl FunctionInfo {
+    /// A tool's default description: the WIT docs if the component carries
+    /// them, and the signature (what MCP clients and agents' models see).
+    pub fn tool_description(&self) -> String {
+        let signature = self.signature();
+        match &self.docs {
+            Some(d) => format!("{}\n\nWIT: {signature}", d.trim()),
+            None => format!("WIT: {signature}"),
+        }
+    }
+
     /// `name(a: t, b: u) -> r`, WIT style.
     pub fn signature(&self) -> String {
         let params = self

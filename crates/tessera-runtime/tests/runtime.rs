@@ -2019,7 +2019,7 @@ async fn deterministic_timers_advance_virtual_time_instead_of_waiting() {
 fn every_capability_declares_its_effects_and_manifest_keys() {
     use tessera_runtime::capability::NAMES;
     for name in [
-        "clocks", "random", "env", "stdio", "logging", "files", "http", "sockets", "config",
+        "clocks", "random", "env", "stdio", "logging", "files", "http", "sockets", "config", "llm",
     ] {
         assert!(NAMES.contains(&name), "{name} is not registered: {NAMES:?}");
     }
@@ -2300,5 +2300,720 @@ fn a_tools_section_naming_no_export_is_a_load_error_naming_the_field() {
             .expect_err(toml)
             .to_string();
         assert!(e.contains(&format!("field `{field}`")), "{toml}: {e}");
+    }
+}
+
+// ---------------------------------------------------------------- llm
+//
+// Tests use a scripted OpenAI-compatible server in place of a model
+// (`tessera_test_support::ScriptedLlm`).
+
+mod llm {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use serde_json::{Value, json};
+    use tessera_runtime::audit::MemoryAudit;
+    use tessera_runtime::capability::llm::{LlmProviders, Provider};
+    use tessera_runtime::gateway::{ReplaySource, Step};
+    use tessera_runtime::{CallFailure, CallOptions, Decision, HostConfig, Runtime};
+    use tessera_test_support::{Rule, ScriptedLlm};
+
+    use super::common::*;
+    use super::runtime_with_host;
+
+    /// Grants the scripted provider's `gpt-test` (the default) and any
+    /// other of its models.
+    const GRANT: &str = "[llm]\nmodels = [\"scripted/gpt-test\", \"scripted/*\"]\n";
+
+    fn providers(llm: &ScriptedLlm, configure: impl FnOnce(&mut Provider)) -> Arc<LlmProviders> {
+        let mut p = Provider::new(llm.base_url());
+        configure(&mut p);
+        Arc::new(LlmProviders::new([("scripted".to_string(), p)].into()))
+    }
+
+    /// A runtime whose provider `scripted` is `llm`, adjusted by `configure`.
+    fn llm_runtime(
+        llm: &ScriptedLlm,
+        configure: impl FnOnce(&mut Provider),
+    ) -> (Runtime, Arc<MemoryAudit>) {
+        runtime_with_host(HostConfig {
+            llm: Some(providers(llm, configure)),
+            ..Default::default()
+        })
+    }
+
+    fn msg(role: &str, content: &str) -> Value {
+        json!({"role": role, "content": content, "tool-calls": []})
+    }
+
+    fn request(messages: Vec<Value>) -> Value {
+        json!({"request": {"messages": messages, "tools": [], "stop": []}})
+    }
+
+    fn ask(text: &str) -> Value {
+        request(vec![msg("system", "You are terse."), msg("user", text)])
+    }
+
+    /// The `ok` of a `chat` result; panics on an error.
+    fn ok(v: &Value) -> &Value {
+        v.get("ok")
+            .unwrap_or_else(|| panic!("expected a completion, got {v}"))
+    }
+
+    /// The `err` of a `chat` result; panics on a completion.
+    fn err(v: &Value) -> &Value {
+        v.get("err")
+            .unwrap_or_else(|| panic!("expected an error, got {v}"))
+    }
+
+    fn chats(llm: &ScriptedLlm) -> Vec<Value> {
+        llm.requests()
+            .into_iter()
+            .filter(|r| r.path == "/v1/chat/completions")
+            .map(|r| r.body)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_text_reply_with_its_usage_and_an_allow_event() {
+        let llm = ScriptedLlm::start([Rule::text("Hello from the script.")]);
+        let (rt, audit) = llm_runtime(&llm, |_| {});
+        let c = load(&rt, "llm-probe", GRANT);
+        let o = call(&c, "chat", ask("Say hello")).await;
+        let v = o.result.clone().unwrap();
+        let r = ok(&v);
+        assert_eq!(r["message"]["role"], "assistant");
+        assert_eq!(r["message"]["content"], "Hello from the script.");
+        assert_eq!(r["finish-reason"], "stop");
+        assert_eq!(r["model"], "scripted/gpt-test");
+        // "You are terse." + "Say hello": 23 characters, 5 tokens; the
+        // reply's 22 characters, 5 tokens.
+        assert_eq!(
+            r["usage"],
+            json!({"prompt-tokens": 5, "completion-tokens": 5})
+        );
+        assert_eq!(o.usage.get("llm.prompt_tokens"), Some(&5));
+        assert_eq!(o.usage.get("llm.completion_tokens"), Some(&5));
+        let sent = chats(&llm);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0]["model"], "gpt-test");
+        assert_eq!(
+            sent[0]["messages"],
+            json!([{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hello"}])
+        );
+        assert!(sent[0].get("tools").is_none() && sent[0].get("stream").is_none());
+        assert_eq!(llm.requests()[0].authorization, None);
+        let events = audit.take();
+        assert!(
+            events.iter().any(|e| e.capability == "llm"
+                && e.decision == Decision::Allow
+                && e.target == "scripted/gpt-test"),
+            "{events:?}"
+        );
+        // A model named by its bare name resolves through the patterns.
+        let mut q = ask("Say hello");
+        q["request"]["model"] = json!("other-model");
+        let v = call_ok(&c, "chat", q).await;
+        assert_eq!(ok(&v)["model"], "scripted/other-model");
+        assert_eq!(chats(&llm)[1]["model"], "other-model");
+    }
+
+    fn weather_tool() -> Value {
+        json!({
+            "name": "get_weather",
+            "description": "The weather in a city.",
+            "parameters": "{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\"}},\"required\":[\"city\"]}"
+        })
+    }
+
+    /// A conversation that asks for the weather with the tool offered.
+    fn weather_question() -> Value {
+        let mut q = ask("What is the weather in Oslo?");
+        q["request"]["tools"] = json!([weather_tool()]);
+        q
+    }
+
+    /// The same conversation after the tool call and its answer.
+    fn weather_answered(call_id: &str) -> Value {
+        let mut q = weather_question();
+        let messages = q["request"]["messages"].as_array_mut().unwrap();
+        messages.push(json!({
+            "role": "assistant",
+            "content": "",
+            "tool-calls": [{"id": call_id, "name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}],
+        }));
+        messages.push(json!({
+            "role": "tool",
+            "content": "{\"sky\":\"clear\"}",
+            "tool-calls": [],
+            "tool-call-id": call_id,
+        }));
+        q
+    }
+
+    fn weather_script() -> Vec<Rule> {
+        vec![
+            Rule::tool_call("get_weather", json!({"city": "Oslo"})).when("weather in Oslo"),
+            Rule::text("It is clear in Oslo.").when("clear"),
+        ]
+    }
+
+    /// Runs the two turns of the weather conversation; returns both answers.
+    async fn weather(c: &tessera_runtime::LoadedComponent) -> (Value, Value) {
+        let first = call_ok(c, "chat", weather_question()).await;
+        let r = ok(&first);
+        assert_eq!(r["finish-reason"], "tool_calls", "{first}");
+        let calls = r["message"]["tool-calls"].as_array().unwrap();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0]["name"], "get_weather");
+        assert_eq!(
+            serde_json::from_str::<Value>(calls[0]["arguments"].as_str().unwrap()).unwrap(),
+            json!({"city": "Oslo"})
+        );
+        let id = calls[0]["id"].as_str().unwrap().to_string();
+        assert!(!id.is_empty());
+        let second = call_ok(c, "chat", weather_answered(&id)).await;
+        assert_eq!(ok(&second)["message"]["content"], "It is clear in Oslo.");
+        assert_eq!(ok(&second)["finish-reason"], "stop");
+        (first, second)
+    }
+
+    #[tokio::test]
+    async fn tool_definitions_are_sent_and_tool_calls_come_back() {
+        let llm = ScriptedLlm::start(weather_script());
+        let (rt, _) = llm_runtime(&llm, |_| {});
+        let c = load(&rt, "llm-probe", GRANT);
+        weather(&c).await;
+        let sent = chats(&llm);
+        assert_eq!(
+            sent[0]["tools"],
+            json!([{"type": "function", "function": {
+                "name": "get_weather",
+                "description": "The weather in a city.",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+            }}])
+        );
+        let m = &sent[1]["messages"];
+        assert_eq!(m[2]["role"], "assistant");
+        assert_eq!(m[2]["content"], Value::Null);
+        assert_eq!(m[2]["tool_calls"][0]["type"], "function");
+        assert_eq!(m[2]["tool_calls"][0]["function"]["name"], "get_weather");
+        assert_eq!(m[3]["role"], "tool");
+        assert_eq!(m[3]["tool_call_id"], m[2]["tool_calls"][0]["id"]);
+        assert_eq!(m[3]["content"], "{\"sky\":\"clear\"}");
+    }
+
+    #[tokio::test]
+    async fn a_streaming_provider_assembles_the_same_completions() {
+        let plain = ScriptedLlm::start(weather_script());
+        let (rt, _) = llm_runtime(&plain, |_| {});
+        let expected = weather(&load(&rt, "llm-probe", GRANT)).await;
+        let streamed = ScriptedLlm::start(weather_script());
+        let (rt, _) = llm_runtime(&streamed, |p| p.stream = true);
+        let c = load(&rt, "llm-probe", GRANT);
+        assert_eq!(weather(&c).await, expected);
+        let sent = chats(&streamed);
+        assert!(
+            sent.iter()
+                .all(|b| b["stream"] == true && b["stream_options"]["include_usage"] == true),
+            "{sent:?}"
+        );
+        // A long text arrives in many events, cut through lines.
+        let long = "A fairly long answer, streamed in pieces of five characters each.";
+        streamed.push([Rule::text(long)]);
+        let v = call_ok(&c, "chat", ask("Tell me more")).await;
+        assert_eq!(ok(&v)["message"]["content"], long);
+        assert!(ok(&v)["usage"]["completion-tokens"].as_u64().unwrap() > 1);
+    }
+
+    #[tokio::test]
+    async fn provider_failures_map_to_llm_errors() {
+        let llm = ScriptedLlm::start([
+            Rule::error(500, "the model is overloaded")
+                .when("first")
+                .once(),
+            Rule::error(400, "context length exceeded")
+                .when("second")
+                .once(),
+            Rule::text("too late")
+                .when("slow")
+                .after(Duration::from_secs(3)),
+        ]);
+        let (rt, audit) = llm_runtime(&llm, |p| p.timeout = Duration::from_millis(400));
+        let c = load(&rt, "llm-probe", GRANT);
+        let v = call_ok(&c, "chat", ask("first")).await;
+        let m = err(&v)["unavailable"].as_str().unwrap();
+        assert!(m.contains("500") && m.contains("overloaded"), "{m}");
+        let v = call_ok(&c, "chat", ask("second")).await;
+        let m = err(&v)["rejected"].as_str().unwrap();
+        assert!(
+            m.contains("400") && m.contains("context length exceeded"),
+            "{m}"
+        );
+        let started = std::time::Instant::now();
+        let v = call_ok(&c, "chat", ask("slow")).await;
+        assert_eq!(err(&v), "timeout");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        // A provider nobody listens on.
+        let port = tessera_test_support::free_port();
+        let (rt, _) = runtime_with_host(HostConfig {
+            llm: Some(Arc::new(LlmProviders::new(
+                [(
+                    "scripted".to_string(),
+                    Provider::new(format!("http://127.0.0.1:{port}/v1")),
+                )]
+                .into(),
+            ))),
+            ..Default::default()
+        });
+        let v = call_ok(&load(&rt, "llm-probe", GRANT), "chat", ask("hi")).await;
+        assert!(
+            err(&v)["unavailable"]
+                .as_str()
+                .unwrap()
+                .contains("scripted"),
+            "{v}"
+        );
+        // A host without providers loads the grant and answers `unavailable`.
+        let (rt, _) = runtime_with_host(HostConfig::default());
+        let v = call_ok(&load(&rt, "llm-probe", GRANT), "chat", ask("hi")).await;
+        assert_eq!(
+            err(&v)["unavailable"],
+            "this host has no LLM providers configured"
+        );
+        // None of these is a denial.
+        assert!(audit.take().iter().all(|e| e.decision != Decision::Deny));
+    }
+
+    #[tokio::test]
+    async fn models_are_denied_unless_granted_with_an_audit_event() {
+        let llm = ScriptedLlm::start([Rule::text("hi")]);
+        let (rt, audit) = llm_runtime(&llm, |_| {});
+        // Nothing granted.
+        let none = load(&rt, "llm-probe", "");
+        assert!(
+            rt.load_file(&component("llm-probe"), grants(""))
+                .unwrap()
+                .grants()
+                .effects()
+                .read_only()
+        );
+        let mut q = ask("hello");
+        q["request"]["model"] = json!("gpt-test");
+        let o = call(&none, "chat", q.clone()).await;
+        let v = o.result.clone().unwrap();
+        assert!(
+            err(&v)["denied"]
+                .as_str()
+                .unwrap()
+                .contains("grants no model"),
+            "{v}"
+        );
+        assert!(o.guest_error && o.denied());
+        let events = audit.take();
+        assert!(
+            events.iter().any(|e| e.capability == "llm"
+                && e.decision == Decision::Deny
+                && e.target == "gpt-test"
+                && e.detail.as_deref().unwrap().contains("[llm] models")),
+            "{events:?}"
+        );
+        // A model outside the grant.
+        let one = load(
+            &rt,
+            "llm-probe",
+            "[llm]\nmodels = [\"scripted/gpt-test\"]\n",
+        );
+        assert!(one.grants().effects().network && one.grants().effects().external);
+        q["request"]["model"] = json!("scripted/gpt-big");
+        let v = call_ok(&one, "chat", q.clone()).await;
+        assert!(
+            err(&v)["denied"]
+                .as_str()
+                .unwrap()
+                .contains("scripted/gpt-big"),
+            "{v}"
+        );
+        let events = audit.take();
+        assert!(
+            events
+                .iter()
+                .any(|e| e.decision == Decision::Deny && e.target == "scripted/gpt-big"),
+            "{events:?}"
+        );
+        assert_eq!(
+            llm.request_count(),
+            0,
+            "a denied request reached the provider"
+        );
+        // Allowed: the granted one.
+        q["request"]["model"] = json!("scripted/gpt-test");
+        assert_eq!(
+            ok(&call_ok(&one, "chat", q).await)["message"]["content"],
+            "hi"
+        );
+        assert_eq!(llm.request_count(), 1);
+    }
+
+    #[test]
+    fn llm_grants_and_bindings_name_the_bad_field() {
+        for (manifest, field) in [
+            ("[llm]\nmodels = [\"gpt-test\"]\n", "llm.models[0]"),
+            ("[llm]\nmodels = [\"a/b\", \"a/\"]\n", "llm.models[1]"),
+            ("[llm]\nmodels = [\"a/b\", \"a/b\"]\n", "llm.models[1]"),
+            ("[llm]\nmodels = [\"a/b*\"]\n", "llm.models[0]"),
+            ("[llm]\nmodel = [\"a/b\"]\n", "llm"),
+            (
+                "[llm]\nmax_tokens_per_call = 0\n",
+                "llm.max_tokens_per_call",
+            ),
+        ] {
+            let e =
+                tessera_runtime::Grants::from_toml(manifest, "m.toml", std::path::Path::new("."))
+                    .unwrap_err()
+                    .to_string();
+            assert!(e.contains(&format!("`{field}`")), "{manifest}: {e}");
+        }
+        let llm = ScriptedLlm::start([]);
+        let (rt, _) = llm_runtime(&llm, |p| p.models = vec!["gpt-test".into()]);
+        for (manifest, field) in [
+            (
+                "[llm]\nmodels = [\"scripted/gpt-test\", \"openai/gpt-4o\"]\n",
+                "llm.models[1]",
+            ),
+            (
+                "[llm]\nmodels = [\"scripted/gpt-other\"]\n",
+                "llm.models[0]",
+            ),
+        ] {
+            let e = rt
+                .load_file(&component("llm-probe"), grants(manifest))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{manifest}: {e}");
+        }
+        rt.load_file(&component("llm-probe"), grants(GRANT))
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_call_budget_caps_max_tokens() {
+        let llm = ScriptedLlm::start([Rule::text("0123456789".repeat(10))]);
+        let (rt, _) = llm_runtime(&llm, |_| {});
+        let c = load(
+            &rt,
+            "llm-probe",
+            &format!("{GRANT}max_tokens_per_call = 5\n"),
+        );
+        let mut q = ask("Count");
+        q["request"]["max-tokens"] = json!(100);
+        let v = call_ok(&c, "chat", q.clone()).await;
+        assert_eq!(chats(&llm)[0]["max_tokens"], 5);
+        // The scripted model stops at 5 tokens (20 characters).
+        assert_eq!(ok(&v)["finish-reason"], "length");
+        assert_eq!(ok(&v)["message"]["content"], "01234567890123456789");
+        // Without the cap, the request's own is sent.
+        let c = load(&rt, "llm-probe", GRANT);
+        call_ok(&c, "chat", q).await;
+        assert_eq!(chats(&llm)[1]["max_tokens"], 100);
+    }
+
+    #[tokio::test]
+    async fn the_turn_budget_refuses_the_call_after_it_is_used_up() {
+        // Each answer uses 25 prompt tokens (100 characters) and 10
+        // completion tokens: 35 of the turn's 30.
+        let llm = ScriptedLlm::start([Rule::text("x".repeat(40))]);
+        let (rt, audit) = llm_runtime(&llm, |_| {});
+        let c = load(
+            &rt,
+            "llm-probe",
+            &format!("{GRANT}max_tokens_per_turn = 30\n"),
+        );
+        let one = ask(&"y".repeat(86))["request"].clone();
+        let o = call(&c, "chat-all", json!({"requests": [one, one]})).await;
+        let v = o.result.unwrap();
+        assert!(ok(&v[0])["message"]["content"].is_string(), "{v}");
+        let m = err(&v[1])["budget-exceeded"].as_str().unwrap();
+        assert!(
+            m.contains("35/30") && m.contains("max_tokens_per_turn"),
+            "{m}"
+        );
+        assert_eq!(
+            llm.request_count(),
+            1,
+            "the refused call reached the provider"
+        );
+        assert_eq!(chats(&llm)[0]["max_tokens"], 30);
+        assert_eq!(o.usage.get("llm.prompt_tokens"), Some(&25));
+        assert_eq!(o.usage.get("llm.completion_tokens"), Some(&10));
+        assert!(
+            audit
+                .take()
+                .iter()
+                .any(|e| e.decision == Decision::Limit && e.capability == "llm")
+        );
+        // The next call is another turn, with a budget of its own.
+        let v = call_ok(&c, "chat", json!({"request": one})).await;
+        assert!(v.get("ok").is_some(), "{v}");
+        assert_eq!(llm.request_count(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_agent_budget_comes_from_the_call_context() {
+        let llm = ScriptedLlm::start([Rule::text("fine")]);
+        let (rt, _) = llm_runtime(&llm, |_| {});
+        let c = load(
+            &rt,
+            "llm-probe",
+            &format!("{GRANT}max_tokens_per_agent = 1000\n"),
+        );
+        let with_left = |left: &str| CallOptions {
+            context: Some(Arc::new(
+                [("tessera.agent.tokens_left".to_string(), left.to_string())].into(),
+            )),
+            ..CallOptions::default()
+        };
+        let o = c
+            .call_json_with("chat", &ask("hi"), with_left("12"))
+            .await
+            .unwrap();
+        assert!(o.result.unwrap().get("ok").is_some());
+        assert_eq!(chats(&llm)[0]["max_tokens"], 12);
+        let o = c
+            .call_json_with("chat", &ask("hi"), with_left("0"))
+            .await
+            .unwrap();
+        let v = o.result.unwrap();
+        assert!(
+            err(&v)["budget-exceeded"]
+                .as_str()
+                .unwrap()
+                .contains("agent"),
+            "{v}"
+        );
+        assert_eq!(llm.request_count(), 1);
+        assert!(o.usage.is_empty(), "{:?}", o.usage);
+    }
+
+    /// Every file under `dir`, read whole.
+    fn all_bytes(dir: &std::path::Path, out: &mut Vec<u8>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                all_bytes(&p, out);
+            } else {
+                out.extend(std::fs::read(&p).unwrap());
+            }
+        }
+    }
+
+    fn contains(hay: &[u8], needle: &str) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+    }
+
+    #[tokio::test]
+    async fn the_api_key_reaches_the_provider_and_nothing_else() {
+        const KEY: &str = "sk-tessera-test-7f3a9c2e51";
+        let llm = ScriptedLlm::start([
+            Rule::text("Keyed hello.").when("hello").once(),
+            Rule::error(401, format!("Incorrect API key provided: {KEY}")).when("again"),
+        ]);
+        let data = tempfile::tempdir().unwrap();
+        std::fs::write(data.path().join("openai.key"), format!("{KEY}\n")).unwrap();
+        std::fs::write(
+            data.path().join("tessera.toml"),
+            format!(
+                "[store]\ndefault = \"embedded\"\n\n[llm.providers.scripted]\nbase_url = \"{}\"\napi_key_file = \"openai.key\"\n",
+                llm.base_url()
+            ),
+        )
+        .unwrap();
+        let providers = LlmProviders::load(data.path()).unwrap().unwrap();
+        assert!(!format!("{providers:?}").contains(KEY));
+        // The same key through an environment variable.
+        let env = |n: &str| (n == "TESSERA_TEST_LLM_KEY").then(|| KEY.to_string());
+        let from_env = LlmProviders::from_toml_with_env(
+            &format!("[llm.providers.scripted]\nbase_url = \"{}\"\napi_key_env = \"TESSERA_TEST_LLM_KEY\"\n", llm.base_url()),
+            "inline",
+            data.path(),
+            &env,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            from_env
+                .get("scripted")
+                .unwrap()
+                .api_key
+                .as_ref()
+                .unwrap()
+                .expose(),
+            KEY
+        );
+        let host = HostConfig {
+            llm: Some(Arc::new(providers)),
+            ..Default::default()
+        };
+        assert!(!format!("{host:?}").contains(KEY));
+        let (rt, audit) = runtime_with_host(host);
+        let journal_dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(tessera_journal::JournalStore::open(journal_dir.path()).unwrap());
+        let c = load(&rt, "llm-probe", GRANT);
+        let (hello, o) = tessera_journal::record_call(&store, &c, "chat", &ask("hello"))
+            .await
+            .unwrap();
+        assert_eq!(
+            ok(o.result.as_ref().unwrap())["message"]["content"],
+            "Keyed hello."
+        );
+        let (again, o) = tessera_journal::record_call(&store, &c, "chat", &ask("again"))
+            .await
+            .unwrap();
+        let v = o.result.unwrap();
+        let m = err(&v)["rejected"].as_str().unwrap();
+        assert!(
+            m.contains("401") && m.contains("<redacted>") && !m.contains(KEY),
+            "{m}"
+        );
+        // The provider got it, in the header.
+        let seen = llm.requests();
+        assert_eq!(seen.len(), 2);
+        assert!(
+            seen.iter()
+                .all(|r| r.authorization.as_deref() == Some(&*format!("Bearer {KEY}")))
+        );
+        // Nothing else did.
+        store.flush();
+        let mut bytes = Vec::new();
+        all_bytes(journal_dir.path(), &mut bytes);
+        assert!(!bytes.is_empty());
+        assert!(!contains(&bytes, KEY), "the key is in the journal files");
+        for run in [&hello, &again] {
+            let mut export = Vec::new();
+            store.export(run, &mut export).unwrap();
+            assert!(
+                contains(&export, "llm"),
+                "{}",
+                String::from_utf8_lossy(&export)
+            );
+            assert!(!contains(&export, KEY), "the key is in the export of {run}");
+            for (_, step) in store.steps(run).unwrap() {
+                assert!(!tessera_runtime::capability::describe(&step).contains(KEY));
+            }
+        }
+        assert!(!format!("{:?}", audit.take()).contains(KEY));
+    }
+
+    /// Steps answered in order.
+    struct Recorded(Vec<Step>);
+
+    impl ReplaySource for Recorded {
+        fn recorded(&self, index: u64) -> Option<&Step> {
+            self.0.get(index as usize)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_recorded_conversation_replays_offline_and_a_changed_prompt_diverges() {
+        let mut llm = ScriptedLlm::start([Rule::text("Recorded answer, once only.").once()]);
+        let (rt, _) = llm_runtime(&llm, |_| {});
+        let journal_dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(tessera_journal::JournalStore::open(journal_dir.path()).unwrap());
+        let c = load(&rt, "llm-probe", GRANT);
+        let (run, recorded) =
+            tessera_journal::record_call(&store, &c, "chat", &ask("Remember this"))
+                .await
+                .unwrap();
+        assert_eq!(llm.request_count(), 1);
+        let steps = store.steps(&run).unwrap();
+        let chat: Vec<&Step> = steps
+            .iter()
+            .map(|(_, s)| s)
+            .filter(|s| s.capability == "llm")
+            .collect();
+        assert_eq!(chat.len(), 1);
+        // The step holds the digest and the whole reply, not the conversation.
+        let step = chat[0];
+        assert_eq!(step.op, "chat");
+        assert_eq!(step.request["model"], "scripted/gpt-test");
+        assert_eq!(step.request["messages"], 2);
+        assert!(
+            step.request["digest"]
+                .as_str()
+                .unwrap()
+                .starts_with("sha256:")
+        );
+        assert!(!step.request.to_string().contains("Remember this"));
+        assert_eq!(
+            step.response["Ok"]["message"]["content"],
+            "Recorded answer, once only."
+        );
+        let line = tessera_runtime::capability::describe(step);
+        assert!(
+            line.starts_with("llm.chat")
+                && line.contains("scripted/gpt-test 2 messages")
+                && line.contains("-> stop, 6+6 tokens: \"Recorded answer"),
+            "{line}"
+        );
+        // Offline: the server is gone, and the replaying host has no such
+        // provider (another one only).
+        llm.stop();
+        let other = ScriptedLlm::start([]);
+        let (offline, _) = runtime_with_host(HostConfig {
+            llm: Some(Arc::new(LlmProviders::new(
+                [("local".to_string(), Provider::new(other.base_url()))].into(),
+            ))),
+            ..Default::default()
+        });
+        let report = tessera_journal::replay(&offline, &store, &run, None)
+            .await
+            .unwrap();
+        assert!(report.divergence.is_none(), "{:?}", report.divergence);
+        assert_eq!(report.outcome.result, recorded.result);
+        assert_eq!(report.outcome.usage, recorded.usage);
+        assert!(!report.outcome.usage.is_empty());
+        assert_eq!(llm.request_count(), 1);
+        assert_eq!(other.request_count(), 0);
+        // The same steps, under a changed prompt: the digest differs.
+        let source = Arc::new(Recorded(steps.iter().map(|(_, s)| s.clone()).collect()));
+        // Loading the live grant on this host fails (no `scripted`
+        // provider); the grant adapted for replay needs none.
+        let e = offline
+            .load_file(&component("llm-probe"), grants(GRANT))
+            .unwrap_err();
+        assert!(e.to_string().contains("llm.models[0]"), "{e}");
+        let scratch = tempfile::tempdir().unwrap();
+        let replay_grants = grants(GRANT).for_replay(&steps, scratch.path()).unwrap();
+        let c = offline
+            .load_file(&component("llm-probe"), replay_grants)
+            .unwrap();
+        let replayed = |args: Value| {
+            let source = source.clone();
+            let c = c.clone();
+            async move {
+                c.call_json_with(
+                    "chat",
+                    &args,
+                    CallOptions {
+                        replay: Some(source),
+                        ..CallOptions::default()
+                    },
+                )
+                .await
+                .unwrap()
+            }
+        };
+        let same = replayed(ask("Remember this")).await;
+        assert!(same.divergence.is_none(), "{:?}", same.divergence);
+        let changed = replayed(ask("Remember that")).await;
+        let d = changed.divergence.expect("a changed prompt must diverge");
+        assert!(
+            matches!(changed.result, Err(CallFailure::Diverged(_))),
+            "{:?}",
+            changed.result
+        );
+        assert!(d.to_string().contains("llm.chat"), "{d}");
+        assert_eq!(other.request_count(), 0);
     }
 }

@@ -915,3 +915,445 @@ impl PlanRunSummary {
         }
     }
 }
+
+/// Agents per `GET /v1/agents` page at most.
+pub const MAX_AGENT_PAGE: usize = 1000;
+/// Agents per `GET /v1/agents` page by default.
+pub const DEFAULT_AGENT_PAGE: usize = 100;
+/// Turns per `GET /v1/agents/{id}/turns` page at most.
+pub const MAX_TURN_PAGE: usize = 1000;
+/// Turns per `GET /v1/agents/{id}/turns` page by default.
+pub const DEFAULT_TURN_PAGE: usize = 100;
+/// How long a send with `wait` (and `ask`, and an MCP agent tool) waits
+/// for the reply by default, in milliseconds.
+pub const DEFAULT_REPLY_TIMEOUT_MS: u64 = 60_000;
+/// The longest wait for a reply, in milliseconds (one hour).
+pub const MAX_REPLY_TIMEOUT_MS: u64 = 3_600_000;
+
+/// `POST /v1/agents`: create a top-level agent.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct SpawnAgent {
+    /// Its id: 1-64 characters from `a-z 0-9 - _ .`, starting with a
+    /// letter or a digit (top-level agents have no `/`: that joins a
+    /// parent's id and its child's name).
+    pub id: String,
+    /// The registered component it runs (a registry name; the component
+    /// must export `tessera:agent/handler.turn`). A server runs only what
+    /// its registry serves: a `.wasm` path is refused, and the component's
+    /// manifest is the one it was registered with.
+    pub component: String,
+    /// Refused when given: a registered component has its own manifest
+    /// (register it again with another manifest, under another name).
+    #[serde(default)]
+    pub manifest: Option<String>,
+    /// Its initial state (text; JSON by convention). Default none.
+    #[serde(default)]
+    pub state: Option<String>,
+}
+
+/// `POST /v1/agents/{id}/messages` and `POST /v1/agents/{id}/ask`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct SendMessage {
+    /// The message's body: a string is sent as it is, any other JSON value
+    /// as its JSON text.
+    pub body: Value,
+    /// The message id (default: a new one): sending the same id twice
+    /// delivers it once. 1-200 characters, no control characters.
+    #[serde(default)]
+    #[schemars(length(min = 1, max = 200))]
+    pub id: Option<String>,
+    /// Wait for the turn's reply and answer it (200) instead of answering
+    /// 202 once the message is in the mailbox. Implied by `/ask`.
+    #[serde(default)]
+    pub wait: bool,
+    /// How long to wait for the reply, in milliseconds (default 60000, at
+    /// most 3600000).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 3_600_000))]
+    pub timeout_ms: Option<u64>,
+}
+
+/// `202` of `POST /v1/agents/{id}/messages` without `wait`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct MessageSent {
+    /// The agent.
+    pub agent: String,
+    /// The message id.
+    pub message: String,
+}
+
+/// `200` of a send that waited (`wait`, `/ask`): the turn's reply.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct AgentReply {
+    /// The agent.
+    pub agent: String,
+    /// The message id.
+    pub message: String,
+    /// The turn that handled it.
+    pub turn: u64,
+    /// The journal run of the turn (`/v1/runs/{id}`).
+    pub run: Option<String>,
+    /// The reply: parsed when it is JSON, else the text; `null` when the
+    /// turn gave none.
+    pub reply: Value,
+}
+
+/// A message in a mailbox or a turn log.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct AgentMessage {
+    /// Its id.
+    pub id: String,
+    /// The agent that sent it; absent: from outside (HTTP, MCP, CLI).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+    /// The body (text; JSON by convention).
+    pub body: String,
+    /// Whether its sender waits for the reply.
+    pub expects_reply: bool,
+    /// When it was sent (RFC 3339).
+    pub sent: String,
+}
+
+impl From<&tessera_orchestrator::agent::Envelope> for AgentMessage {
+    fn from(e: &tessera_orchestrator::agent::Envelope) -> Self {
+        Self {
+            id: e.id.clone(),
+            sender: e.sender.clone(),
+            body: e.body.clone(),
+            expects_reply: e.expects_reply,
+            sent: e.sent.clone(),
+        }
+    }
+}
+
+/// A person's decision on an approval request.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ApprovalDecision {
+    /// Approved or rejected.
+    pub approved: bool,
+    /// Who decided: the id of the token presented, `http` without one,
+    /// `cli` from the command line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// Why (a rejected tool call answers it to the agent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When (RFC 3339).
+    pub at: String,
+}
+
+/// A tool call that waits (or waited) for a person's decision.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ApprovalInfo {
+    /// The request's id (`POST /v1/agents/{id}/approvals/{request}`).
+    pub request: String,
+    /// The agent.
+    pub agent: String,
+    /// The tool (`<grant>__<function>`).
+    pub tool: String,
+    /// Its arguments (JSON text).
+    pub arguments: String,
+    /// The turn that asked.
+    pub turn: u64,
+    /// When it was asked (RFC 3339).
+    pub asked: String,
+    /// The decision; absent while it waits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<ApprovalDecision>,
+}
+
+impl From<&tessera_orchestrator::agent::Approval> for ApprovalInfo {
+    fn from(a: &tessera_orchestrator::agent::Approval) -> Self {
+        Self {
+            request: a.request.clone(),
+            agent: a.agent.clone(),
+            tool: a.tool.clone(),
+            arguments: a.arguments.clone(),
+            turn: a.turn,
+            asked: a.asked.clone(),
+            decision: a.decision.as_ref().map(|d| ApprovalDecision {
+                approved: d.approved,
+                by: d.by.clone(),
+                reason: d.reason.clone(),
+                at: d.at.clone(),
+            }),
+        }
+    }
+}
+
+/// `GET /v1/agents/{id}/approvals`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ApprovalList {
+    /// Every approval request of the agent, waiting and decided.
+    pub approvals: Vec<ApprovalInfo>,
+}
+
+/// `POST /v1/agents/{id}/approvals/{request}`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct Decide {
+    /// Approve (the tool call runs) or reject (the tool answers
+    /// `rejected` with the reason).
+    pub approved: bool,
+    /// Why.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `200` of `POST /v1/agents/{id}/approvals/{request}`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Decided {
+    /// The request, with its decision; the waiting turn goes on.
+    pub approval: ApprovalInfo,
+}
+
+/// An agent: its record and its mailbox depth; `GET /v1/agents/{id}` adds
+/// the approval requests waiting and the dead-letter count.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct AgentInfo {
+    /// Its id (`parent/child` for a child).
+    pub id: String,
+    /// `active` (takes messages), `waiting` (a turn waits for an approval;
+    /// messages queue), `failed` or `stopped` (takes no messages until
+    /// restarted).
+    pub status: String,
+    /// Why it failed or stopped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The approval request a `waiting` agent waits for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+    /// The registered component it runs (or, for an agent spawned with the
+    /// CLI, a `.wasm` path).
+    pub component: String,
+    /// Its MCP tool (`agent__<id>`); top-level agents only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    /// Its supervisor (children only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// The template it was spawned from (children only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// Its children's ids, in spawn order.
+    pub children: Vec<String>,
+    /// Committed turns.
+    pub turns: u64,
+    /// Messages waiting in its mailbox.
+    pub depth: u64,
+    /// Mailbox capacity.
+    pub mailbox: u32,
+    /// Attempts of a failing turn before its message is a dead letter.
+    pub retries: u32,
+    /// LLM tokens its turns used.
+    pub tokens: u64,
+    /// Its token budget, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_budget: Option<u64>,
+    /// How many times it was restarted.
+    pub restarts: u64,
+    /// The last failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// How it supervises its children (`strategy`, `max_restarts`,
+    /// `within_secs`).
+    pub supervisor: Value,
+    /// The state its last turn returned (text; JSON by convention).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// When it was created (RFC 3339).
+    pub created: String,
+    /// The approval requests waiting for a decision (`GET
+    /// /v1/agents/{id}` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approvals_waiting: Option<Vec<ApprovalInfo>>,
+    /// How many dead letters it has (`GET /v1/agents/{id}` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_letters: Option<u64>,
+}
+
+impl AgentInfo {
+    /// The document of an agent as the agent system lists it.
+    pub fn of(info: &tessera_orchestrator::agent::AgentInfo) -> Self {
+        use tessera_orchestrator::agent::Status;
+        let r = &info.record;
+        Self {
+            id: r.id.clone(),
+            status: r.status.name().to_string(),
+            reason: match &r.status {
+                Status::Failed { reason } | Status::Stopped { reason } => Some(reason.clone()),
+                _ => None,
+            },
+            waiting_for: match &r.status {
+                Status::Waiting { request } => Some(request.clone()),
+                _ => None,
+            },
+            component: r.component.component.clone(),
+            tool: r
+                .parent
+                .is_none()
+                .then(|| crate::mcp::agent_tool_name(&r.id)),
+            parent: r.parent.clone(),
+            template: r.template.clone(),
+            children: r.children.clone(),
+            turns: r.turns,
+            depth: info.depth,
+            mailbox: r.mailbox,
+            retries: r.retries,
+            tokens: r.tokens,
+            token_budget: r.token_budget,
+            restarts: r.restart_count,
+            last_error: r.last_error.clone(),
+            supervisor: serde_json::to_value(r.supervisor).unwrap_or_default(),
+            state: r.state.clone(),
+            created: r.created.clone(),
+            approvals_waiting: None,
+            dead_letters: None,
+        }
+    }
+}
+
+/// `GET /v1/agents`: a page of agents, by id.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct AgentList {
+    /// The agents of this page (without approvals and dead-letter counts).
+    pub agents: Vec<AgentInfo>,
+    /// Where the next page starts (pass it as `after`); absent at the end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// A message a turn sent.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct SentMessage {
+    /// The recipient.
+    pub to: String,
+    /// The message id.
+    pub message: String,
+}
+
+/// A model exchange or an agent operation of a turn: a step of its journal
+/// run whose capability is `llm` or `agent`, rendered as `tessera agents
+/// log` prints it.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct TurnExchange {
+    /// The step's index in the run.
+    pub step: u64,
+    /// `capability.op` (`llm.chat`, `agent.send`, `agent.tool`, …).
+    pub kind: String,
+    /// One line saying what happened.
+    pub line: String,
+    /// The request, as journaled.
+    pub request: Value,
+    /// The response, as journaled.
+    pub response: Value,
+}
+
+/// One committed turn.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct AgentTurn {
+    /// Its number (1-based).
+    pub turn: u64,
+    /// The message it handled.
+    pub message: AgentMessage,
+    /// The message's mailbox sequence.
+    pub seq: u64,
+    /// The journal run of the attempt that committed (`/v1/runs/{id}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+    /// Journal runs of attempts that failed or stopped before it.
+    pub earlier_runs: Vec<String>,
+    /// The reply.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply: Option<String>,
+    /// Messages it sent.
+    pub sent: Vec<SentMessage>,
+    /// The state it returned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// LLM tokens it used.
+    pub tokens: u64,
+    /// When it committed (RFC 3339).
+    pub committed: String,
+    /// How long it took, attempts included, in milliseconds.
+    pub duration_ms: u64,
+    /// Its model exchanges and agent operations (sends, asks, spawns, tool
+    /// calls), in order.
+    pub exchanges: Vec<TurnExchange>,
+}
+
+/// `GET /v1/agents/{id}/turns`: a page of an agent's turn log, oldest
+/// first.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct TurnList {
+    /// The agent.
+    pub agent: String,
+    /// The turns of this page.
+    pub turns: Vec<AgentTurn>,
+    /// Where the next page starts (pass it as `after`); absent at the end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<u64>,
+}
+
+/// A message whose turn failed for good.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct DeadLetterInfo {
+    /// The message.
+    pub message: AgentMessage,
+    /// Its mailbox sequence (`POST …/dead-letters/redrive` with `seq`).
+    pub seq: u64,
+    /// The last error.
+    pub error: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The journal runs of the attempts.
+    pub runs: Vec<String>,
+    /// When it failed (RFC 3339).
+    pub failed: String,
+}
+
+impl From<&tessera_orchestrator::agent::DeadLetter> for DeadLetterInfo {
+    fn from(d: &tessera_orchestrator::agent::DeadLetter) -> Self {
+        Self {
+            message: (&d.message).into(),
+            seq: d.seq,
+            error: d.error.clone(),
+            attempts: d.attempts,
+            runs: d.runs.clone(),
+            failed: d.failed.clone(),
+        }
+    }
+}
+
+/// `GET /v1/agents/{id}/dead-letters`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct DeadLetterList {
+    /// The agent's dead letters, oldest first.
+    pub dead_letters: Vec<DeadLetterInfo>,
+}
+
+/// `POST /v1/agents/{id}/dead-letters/redrive`. An empty body re-drives
+/// every dead letter.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+pub struct Redrive {
+    /// Only the dead letter at this mailbox sequence.
+    #[serde(default)]
+    pub seq: Option<u64>,
+}
+
+/// `200` of `POST /v1/agents/{id}/dead-letters/redrive`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Redriven {
+    /// The ids the messages were sent again under
+    /// (`<id>~redrive<seq>`), in order.
+    pub messages: Vec<String>,
+}
+
+/// `POST /v1/agents/{id}/fork`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct ForkAgent {
+    /// The turn to fork after (0: the agent's initial state).
+    pub at: u64,
+    /// The new top-level agent's id.
+    #[serde(rename = "as")]
+    pub as_id: String,
+}

@@ -50,6 +50,9 @@ pub struct ServerConfig {
     /// Where the key-value buckets of `wasi:keyvalue` live (the `[store]`
     /// settings; by default the embedded store in the data directory).
     pub store: tessera_store::StoreSettings,
+    /// The LLM providers that serve `tessera:agent/llm` (the `[llm]`
+    /// settings, keys included; never journaled); `None`: none.
+    pub llm: Option<Arc<tessera_runtime::capability::llm::LlmProviders>>,
 }
 
 impl ServerConfig {
@@ -57,7 +60,8 @@ impl ServerConfig {
     /// ([`tessera_runtime::cache::default_dir`]; none when it has no
     /// location), loopback on port 7878, no tokens required, 16 MiB bodies,
     /// 256 concurrent calls, 10 s grace, no extra hosts or origins, no
-    /// retention limit, every bucket in the embedded store.
+    /// retention limit, every bucket in the embedded store, no LLM
+    /// providers.
     pub fn new(data: PathBuf) -> Self {
         Self {
             data,
@@ -73,6 +77,7 @@ impl ServerConfig {
             secrets: std::collections::BTreeMap::new(),
             retention: tessera_journal::Retention::default(),
             store: tessera_store::StoreSettings::default(),
+            llm: None,
         }
     }
 }

@@ -194,6 +194,7 @@ impl Server {
                     config.store.clone(),
                     &config.data,
                 ))),
+                llm: config.llm.clone(),
             },
             ..RuntimeConfig::default()
         })?;

@@ -140,16 +140,6 @@ fn annotations(grants: &tessera_runtime::Grants) -> ToolAnnotations {
     }
 }
 
-/// The default description of a tool: the WIT docs if the component
-/// carries them, and the signature.
-fn wit_description(f: &FunctionInfo) -> String {
-    let signature = f.signature();
-    match &f.docs {
-        Some(d) => format!("{}\n\nWIT: {signature}", d.trim()),
-        None => format!("WIT: {signature}"),
-    }
-}
-
 /// The tools of every active component, sorted by name: each function the
 /// manifest's `[tools]` section serves (see `tessera_runtime::tools`),
 /// with its title and description when the section gives them.
@@ -176,7 +166,7 @@ pub fn tools(server: &Server) -> Vec<ToolEntry> {
             let description = exposure
                 .description
                 .clone()
-                .unwrap_or_else(|| wit_description(f));
+                .unwrap_or_else(|| f.tool_description());
             let mut tool =
                 Tool::new_with_raw(tool_name(&name, f), None, object(f.params_schema.clone()))
                     .with_raw_output_schema(object(output))

@@ -15,9 +15,16 @@
 //! that guest (the JavaScript and Python guests take tens of seconds). When everything is fresh nothing is built. Concurrent test processes take a lock
 //! file (`components/target/tests-build.lock`) around the build, so one
 //! builds and the others find the result fresh.
+//!
+//! Tests also share servers started on free loopback ports: a real
+//! `nats-server` ([`NatsServer`]) and [`ScriptedLlm`], a scripted
+//! OpenAI-compatible chat server that tests use in place of a language
+//! model.
 #![deny(missing_docs)]
 
+mod llm;
 mod nats;
+pub use llm::{Reply, Rule, SCRIPTED_MODEL, ScriptedLlm, ScriptedRequest};
 pub use nats::{NatsOptions, NatsServer, free_port, nats_server_bin};
 
 use std::fs::File;

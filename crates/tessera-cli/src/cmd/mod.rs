@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod agents;
 pub mod call;
 pub mod components;
 pub mod inspect;

@@ -151,6 +151,13 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
             return crate::exit::BAD_INPUT;
         }
     };
+    config.llm = match global.llm_providers() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return crate::exit::BAD_INPUT;
+        }
+    };
     // Bind first: a taken port is reported before the components load.
     let listener = if args.stdio {
         None

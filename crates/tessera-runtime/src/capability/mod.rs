@@ -28,6 +28,8 @@ use crate::gateway::{Gateway, RedactionKey, Step};
 use crate::host::HostState;
 use crate::manifest::{Limits, ManifestError};
 
+pub mod agent;
+pub mod agent_wit;
 pub mod clocks;
 pub mod config;
 pub mod coverage;
@@ -35,6 +37,7 @@ pub mod env;
 pub mod files;
 pub mod http;
 pub mod keyvalue;
+pub mod llm;
 pub mod logging;
 pub mod random;
 pub mod sockets;
@@ -92,15 +95,21 @@ pub struct HostConfig {
     /// Where key-value buckets live (`wasi:keyvalue`); `None`: no store,
     /// and a live bucket operation answers an error (a replay needs none).
     pub stores: Option<std::sync::Arc<tessera_store::Stores>>,
+    /// The LLM providers that serve `tessera:agent/llm` (the `[llm]`
+    /// settings of the data directory, keys included); `None`: none, and a
+    /// live `chat` answers `unavailable` (a replay needs none).
+    pub llm: Option<std::sync::Arc<llm::LlmProviders>>,
 }
 
 impl Default for HostConfig {
-    /// No secrets; a random redaction key; no key-value store.
+    /// No secrets; a random redaction key; no key-value store; no LLM
+    /// providers.
     fn default() -> Self {
         Self {
             secrets: BTreeMap::new(),
             redaction_key: RedactionKey::random(),
             stores: None,
+            llm: None,
         }
     }
 }
@@ -374,6 +383,8 @@ registry! {
     sockets: sockets::Sockets,
     config: config::Config,
     keyvalue: keyvalue::KeyValue,
+    llm: llm::Llm,
+    agent: agent::Agent,
 }
 
 /// Opens `instance` for replacing the functions `names` that wasmtime-wasi

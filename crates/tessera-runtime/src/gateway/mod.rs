@@ -41,6 +41,20 @@ pub struct CallScope {
 pub trait ReplaySource: Send + Sync {
     /// The recorded step at `index` (0-based), or `None` past the end.
     fn recorded(&self, index: u64) -> Option<&Step>;
+
+    /// How many steps are recorded (the first index past the end).
+    fn len(&self) -> u64 {
+        let mut n = 0;
+        while self.recorded(n).is_some() {
+            n += 1;
+        }
+        n
+    }
+
+    /// Whether nothing is recorded.
+    fn is_empty(&self) -> bool {
+        self.recorded(0).is_none()
+    }
 }
 
 /// The first point where a replayed call departed from its recording.
@@ -108,11 +122,14 @@ struct GatewayInner {
     observer: Option<Arc<dyn InteractionObserver>>,
     replay: Option<Arc<dyn ReplaySource>>,
     context: Option<Arc<std::collections::BTreeMap<String, String>>>,
+    agent: Option<Arc<dyn crate::capability::agent::AgentLink>>,
+    live_after: Option<u64>,
     next_index: AtomicU64,
     divergence: Mutex<Option<Divergence>>,
     started: std::time::Instant,
     prng: Mutex<Option<crate::capability::random::SplitMix64>>,
     output: Mutex<CapturedOutput>,
+    usage: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 /// The per-call interposition layer. Cheap to clone; every capability
@@ -146,6 +163,11 @@ pub struct GatewayParts {
     /// Values the caller gives this call (a plan step's idempotency key),
     /// read through `wasi:config` under keys starting with `tessera.`.
     pub context: Option<Arc<std::collections::BTreeMap<String, String>>>,
+    /// The agent host a turn's `tessera:agent` imports reach.
+    pub agent: Option<Arc<dyn crate::capability::agent::AgentLink>>,
+    /// With `replay`: answer only the recorded steps, then go on live (a
+    /// turn resumed after it stopped to wait for an approval).
+    pub continue_live: bool,
 }
 
 impl Gateway {
@@ -159,6 +181,10 @@ impl Gateway {
                 .deterministic
                 .map(crate::capability::random::SplitMix64::new),
         );
+        let live_after = match (&parts.replay, parts.continue_live) {
+            (Some(src), true) => Some(src.len()),
+            _ => None,
+        };
         Self {
             inner: Arc::new(GatewayInner {
                 scope,
@@ -168,11 +194,14 @@ impl Gateway {
                 observer: parts.observer,
                 replay: parts.replay,
                 context: parts.context,
+                live_after,
+                agent: parts.agent,
                 next_index: AtomicU64::new(0),
                 divergence: Mutex::new(None),
                 started: std::time::Instant::now(),
                 prng,
                 output: Mutex::new(CapturedOutput::default()),
+                usage: Mutex::new(std::collections::BTreeMap::new()),
             }),
         }
     }
@@ -199,9 +228,18 @@ impl Gateway {
         self.inner.started.elapsed()
     }
 
-    /// Whether this call is a replay.
+    /// Whether this call is a replay (for a resumed call: whether its
+    /// recorded steps are not all answered yet).
     pub fn replaying(&self) -> bool {
-        self.inner.replay.is_some()
+        match self.inner.live_after {
+            Some(n) => self.interaction_count() < n,
+            None => self.inner.replay.is_some(),
+        }
+    }
+
+    /// The agent host of a turn.
+    pub fn agent(&self) -> Option<&Arc<dyn crate::capability::agent::AgentLink>> {
+        self.inner.agent.as_ref()
     }
 
     /// Reserves the next interaction index.
@@ -242,6 +280,7 @@ impl Gateway {
             None => live(&request),
         };
         if O::REPLAY == Replay::Verify
+            && self.inner.live_after.is_none_or(|n| index < n)
             && let Some(src) = &self.inner.replay
             && let Some(rec) = src.recorded(index)
             && rec.decode::<O>().ok().as_ref() != Some(&response)
@@ -272,6 +311,9 @@ impl Gateway {
         let Some(src) = &self.inner.replay else {
             return Ok(None);
         };
+        if self.inner.live_after.is_some_and(|n| index >= n) {
+            return Ok(None);
+        }
         let rec = src.recorded(index);
         let same = rec.is_some_and(|r| {
             r.capability == O::CAPABILITY
@@ -413,6 +455,29 @@ impl Gateway {
     /// Runs `f` with the call's captured output.
     pub(crate) fn with_output<R>(&self, f: impl FnOnce(&mut CapturedOutput) -> R) -> R {
         f(&mut self.inner.output.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Adds `n` to the call's usage counter `key` (`llm.prompt_tokens`,
+    /// …): what the call consumed that a caller may charge for, reported in
+    /// [`crate::CallOutcome::usage`]. Capabilities add it for replayed
+    /// answers too, so a replay reports the recorded call's usage.
+    pub fn add_usage(&self, key: &str, n: u64) {
+        let mut usage = self.inner.usage.lock().unwrap_or_else(|p| p.into_inner());
+        match usage.get_mut(key) {
+            Some(v) => *v = v.saturating_add(n),
+            None => {
+                usage.insert(key.to_string(), n);
+            }
+        }
+    }
+
+    /// The call's usage counters so far.
+    pub fn usage(&self) -> std::collections::BTreeMap<String, u64> {
+        self.inner
+            .usage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Takes what the guest wrote so far.
