@@ -1188,9 +1188,7 @@ impl AgentInfo {
                 _ => None,
             },
             component: r.component.component.clone(),
-            tool: r
-                .parent
-                .is_none()
+            tool: (r.parent.is_none() && !r.id.contains('/'))
                 .then(|| crate::mcp::agent_tool_name(&r.id)),
             parent: r.parent.clone(),
             template: r.template.clone(),

@@ -112,6 +112,30 @@ pub enum ErrorCode {
     PlanRunNotActive,
     /// 409: the plan run succeeded: there is nothing to resume.
     PlanRunSucceeded,
+    /// 404: no agent has that id.
+    NoSuchAgent,
+    /// 400: an agent id that cannot be used (1-200 characters; segments of
+    /// lowercase letters, digits, `-`, `_`, `.` joined by `/`).
+    InvalidAgentId,
+    /// 409: an agent with that id exists already.
+    AgentExists,
+    /// 429: the agent's mailbox is full (`limit`: its capacity); send again
+    /// once it has drained.
+    MailboxFull,
+    /// 409: the agent takes no messages (it failed, or its supervisor did):
+    /// restart it.
+    AgentStopped,
+    /// 404: the agent has no such approval request, dead letter or turn.
+    NoSuchAgentEntry,
+    /// 409: the request does not fit the agent's state (an approval
+    /// request already decided).
+    AgentConflict,
+    /// 422: the message's turn failed for good: the message is a dead
+    /// letter (`GET /v1/agents/{id}/dead-letters`).
+    TurnFailed,
+    /// 504: no reply within the time asked; the message stays delivered and
+    /// its turn still runs.
+    ReplyTimeout,
     /// 500: the registry could not be read or written.
     Registry,
     /// 500: the journal could not be read or written.
@@ -136,17 +160,17 @@ impl ErrorCode {
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             NotFound | NoSuchComponent | NoSuchVersion | NoSuchFunction | NoSuchRun | NoSuchKey
-            | NoSuchPlan | NoSuchPlanRun => StatusCode::NOT_FOUND,
+            | NoSuchPlan | NoSuchPlanRun | NoSuchAgent | NoSuchAgentEntry => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             BadPath | BadQuery | AmbiguousRun | InvalidName | BadJson | BadArguments
             | NotCallable | BadManifest | BadComponent | InvalidBucket | InvalidKey | BadPlan
-            | BadInputs => StatusCode::BAD_REQUEST,
-            ComponentMissing | Conflict | PlanRunActive | PlanRunNotActive | PlanRunSucceeded => {
-                StatusCode::CONFLICT
-            }
+            | BadInputs | InvalidAgentId => StatusCode::BAD_REQUEST,
+            ComponentMissing | Conflict | PlanRunActive | PlanRunNotActive | PlanRunSucceeded
+            | AgentExists | AgentStopped | AgentConflict => StatusCode::CONFLICT,
             Overloaded | Loading | StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ComponentBusy => StatusCode::TOO_MANY_REQUESTS,
-            Denied | Limit | Trap | Cancelled => StatusCode::UNPROCESSABLE_ENTITY,
+            ComponentBusy | MailboxFull => StatusCode::TOO_MANY_REQUESTS,
+            Denied | Limit | Trap | Cancelled | TurnFailed => StatusCode::UNPROCESSABLE_ENTITY,
+            ReplyTimeout => StatusCode::GATEWAY_TIMEOUT,
             Registry | Journal | Engine | Tokens | Store | Internal => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -191,7 +215,8 @@ pub struct ErrorDetail {
     /// Column of a JSON syntax error in the body (`bad_json`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub column: Option<u64>,
-    /// The limit involved (`body_too_large`, `component_busy`, `limit`).
+    /// The limit involved (`body_too_large`, `component_busy`, `mailbox_full`,
+    /// `limit`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<LimitRef>,
     /// The capability whose grant denied (`denied`): `http`, `files`, …
@@ -252,6 +277,13 @@ pub struct ErrorDetail {
     /// `plan_run_not_active`, `plan_run_succeeded`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan_run: Option<String>,
+    /// The agent (the agent codes, `turn_failed`, `reply_timeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// The id of the message sent (`turn_failed`, `reply_timeout`): its
+    /// turn is in `GET /v1/agents/{id}/turns` once it committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_message: Option<String>,
 }
 
 /// Most stderr bytes a failed call's diagnostics carry: the last ones.
@@ -439,6 +471,8 @@ impl ApiError {
             place: None,
             file: None,
             plan_run: None,
+            agent: None,
+            agent_message: None,
         }))
     }
 

@@ -26,7 +26,7 @@ use crate::registry::RegistryError;
 use tessera_store::{BackendKind, Expect, SharedStore, Stores};
 
 /// Path parameters, with a JSON error when they cannot be read.
-struct ApiPath<T>(T);
+pub(crate) struct ApiPath<T>(pub(crate) T);
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
     type Rejection = ApiError;
@@ -43,7 +43,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> 
 }
 
 /// Query parameters, with a JSON error when they cannot be read.
-struct ApiQuery<T>(T);
+pub(crate) struct ApiQuery<T>(pub(crate) T);
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
@@ -61,7 +61,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> 
 
 /// The request body, with a JSON error when it cannot be read (over the
 /// limit, connection gone).
-struct Body(Bytes);
+pub(crate) struct Body(pub(crate) Bytes);
 
 impl<S: Send + Sync> FromRequest<S> for Body {
     type Rejection = ApiError;
@@ -82,7 +82,7 @@ impl<S: Send + Sync> FromRequest<S> for Body {
 }
 
 /// Parses a JSON request body into `T`, with a typed error naming the place.
-fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         ApiError::new(ErrorCode::BadJson, format!("request body: {e}")).with(|d| {
             d.line = Some(e.line() as u64);
@@ -103,6 +103,8 @@ fn accepted_scopes(method: &axum::http::Method, path: &str) -> Option<&'static [
     {
         Some(&[Scope::Read])
     } else if let Some(scopes) = plan_scopes(method, path) {
+        Some(scopes)
+    } else if let Some(scopes) = crate::agent_routes::scopes(method, path) {
         Some(scopes)
     } else if path == "/v1/kv" || path.starts_with("/v1/kv/") {
         // Key-value stores (before `/call/`: a key may contain it).
@@ -240,6 +242,7 @@ pub fn router(server: Arc<Server>, mcp: crate::mcp::McpHttpService, local: Socke
         .route("/v1/plan-runs/{id}/cancel", post(cancel_plan_run))
         .route("/v1/plan-runs/{id}/resume", post(resume_plan_run))
         .route("/v1/plan-runs/{id}/events", get(plan_run_events))
+        .merge(crate::agent_routes::routes())
         .route("/v1/kv", get(kv_buckets))
         .route("/v1/kv/{bucket}", get(kv_keys))
         // A wildcard: a key may contain `/` (as is, or as `%2F`).
@@ -325,7 +328,7 @@ fn component_info(
     Ok(info)
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 async fn list_components(State(server): State<Arc<Server>>) -> ApiResult<Json<api::ComponentList>> {
     let names: Vec<String> = server.registry.list()?.into_keys().collect();
@@ -724,7 +727,7 @@ async fn start_plan_run(
 
 /// A page size from a `limit` query parameter: `default` when absent,
 /// else 1 to `max`.
-fn page_limit(text: Option<&str>, default: usize, max: usize) -> ApiResult<usize> {
+pub(crate) fn page_limit(text: Option<&str>, default: usize, max: usize) -> ApiResult<usize> {
     match text {
         None | Some("") => Ok(default),
         Some(text) => text
@@ -1047,7 +1050,8 @@ mod tests {
                 .replace("{function}", "f")
                 .replace("{id}", "i")
                 .replace("{bucket}", "b")
-                .replace("{key}", "k/call/x");
+                .replace("{key}", "k/call/x")
+                .replace("{request}", "r");
             let enforced: Vec<&str> = accepted_scopes(&method, &path)
                 .unwrap_or_default()
                 .iter()

@@ -17,11 +17,15 @@
 //! its outcome; `serve.rs` serving and shutdown; `guard.rs`, `http.rs`,
 //! `api.rs`, `error.rs` and `openapi.rs` the HTTP side; `mcp.rs` the MCP
 //! side; `auth.rs` tokens; `registry.rs` the registry on disk;
-//! `plan_registry.rs` the registered plans and `plans.rs` running them.
+//! `plan_registry.rs` the registered plans and `plans.rs` running them;
+//! `agents.rs` the agents (the orchestrator's agent system) and
+//! `agent_routes.rs` their HTTP routes.
 #![deny(missing_docs)]
 
 mod active;
 pub mod admit;
+mod agent_routes;
+pub mod agents;
 pub mod api;
 mod audit;
 pub mod auth;
@@ -73,6 +77,9 @@ pub struct Server {
     pub plans: plan_registry::PlanRegistry,
     /// The plan runs this server drives.
     plan_runs: plans::PlanRuns,
+    /// The agent system (`agents.rs`), opened at start in the background or
+    /// on first use.
+    agents: tokio::sync::OnceCell<tessera_orchestrator::agent::AgentSystem>,
     /// Tokens.
     pub tokens: auth::Tokens,
     active: ActiveVersions,
@@ -212,6 +219,7 @@ impl Server {
             registry,
             plans,
             plan_runs,
+            agents: tokio::sync::OnceCell::new(),
             tokens,
             active: ActiveVersions::default(),
             load_failures: Mutex::new(HashMap::new()),
@@ -235,6 +243,8 @@ impl Server {
             let changes = *first.tools_changed.borrow();
             first.started.send_replace(Some(changes));
         });
+        // Agents with work left by a previous process resume.
+        server.open_agents_in_background();
         Ok(server)
     }
 

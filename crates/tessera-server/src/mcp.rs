@@ -48,6 +48,19 @@
 //!   `tessera/plan_run`; with a progress token, each finished step is a
 //!   `notifications/progress`. Adding or removing a plan (over HTTP, or
 //!   with `tessera plans` beside the server) sends `list_changed`.
+//! - Every top-level agent is a tool too, `agent__<id>` (no component may
+//!   be named `agent`; an id that is not a valid tool name as it is — one
+//!   with `.`, or too long — gets a hash suffix). Children (`parent/child`)
+//!   are not tools: their parents talk to them. Its input is
+//!   `{"message": string | object, "timeout_ms"?: integer}`; `tools/call`
+//!   sends the message (an object as its JSON text) and waits for the
+//!   reply of its turn, answered as text, and as `structuredContent` when
+//!   it is JSON (an object as it is, any other value as `{"reply": …}`);
+//!   `_meta` holds `tessera/agent`, `tessera/message`, `tessera/turn` and
+//!   `tessera/run_id` (the turn's journal run). A turn that failed for good
+//!   (the message is a dead letter), a full mailbox, a stopped agent or no
+//!   reply in time is a tool error with the reason. Spawning or forking a
+//!   top-level agent sends `list_changed`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -73,6 +86,10 @@ use crate::{Called, Server};
 
 /// Longest tool name: what the most restrictive LLM APIs accept.
 pub const MAX_TOOL_NAME: usize = 64;
+
+/// How long `tools/list` waits for the agents' store before listing the
+/// other tools without the agents'.
+const AGENT_LIST_WAIT: Duration = Duration::from_secs(5);
 
 /// The MCP tool name of `function` of component `component`.
 pub fn tool_name(component: &str, function: &FunctionInfo) -> String {
@@ -257,7 +274,111 @@ pub fn resolve_plan(server: &Server, tool: &str) -> Option<String> {
         .find(|p| plan_tool_name(p) == tool)
 }
 
-/// Every tool: the components' and the plans', sorted by name.
+/// The MCP tool name of top-level agent `id`: `agent__<id>`, or, when that
+/// is not a valid tool name (an id with `.`, or over 57 characters), the
+/// valid characters of it cut to [`MAX_TOOL_NAME`] with a hash of the id as
+/// suffix, so two ids never share a name. No component can be named
+/// `agent` ([`crate::registry::RESERVED_NAMES`]).
+pub fn agent_tool_name(id: &str) -> String {
+    let plain = format!("agent__{id}");
+    let valid = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if plain.len() <= MAX_TOOL_NAME && plain.chars().all(valid) {
+        return plain;
+    }
+    let hash = hex::encode(&Sha256::digest(id.as_bytes())[..4]);
+    let mut name: String = plain
+        .chars()
+        .map(|c| if valid(c) { c } else { '-' })
+        .collect();
+    name.truncate(MAX_TOOL_NAME - hash.len() - 1);
+    name.push('-');
+    name.push_str(&hash);
+    name
+}
+
+/// One agent tool: the MCP definition and the agent it talks to.
+#[derive(Debug, Clone)]
+pub struct AgentToolEntry {
+    /// The definition sent in `tools/list`.
+    pub tool: Tool,
+    /// The agent's id.
+    pub agent: String,
+}
+
+/// The tools of the top-level agents, sorted by name (none when the agent
+/// system cannot be opened: the store is down; logged).
+pub async fn agent_tools(server: &Arc<Server>) -> Vec<AgentToolEntry> {
+    let list = match server.agents().await {
+        Ok(sys) => sys.list().await.map_err(crate::agents::agent_error),
+        Err(e) => Err(e),
+    };
+    let list = match list {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!("agent tools are not listed: {}", e.message());
+            return Vec::new();
+        }
+    };
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "message": {
+                "type": ["string", "object"],
+                "description": "The message: text, or a JSON object (sent as its JSON text).",
+            },
+            "timeout_ms": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": crate::api::MAX_REPLY_TIMEOUT_MS,
+                "description": "How long to wait for the reply, in milliseconds (default 60000).",
+            },
+        },
+        "required": ["message"],
+    });
+    let mut out: Vec<AgentToolEntry> = list
+        .iter()
+        .map(|i| &i.record)
+        .filter(|r| r.parent.is_none() && !r.id.contains('/'))
+        .map(|r| {
+            let mut tool = Tool::new_with_raw(agent_tool_name(&r.id), None, object(schema.clone()))
+                .with_title(format!("agent: {}", r.id));
+            tool.description = Some(
+                format!(
+                    "Sends a message to agent `{}` (component `{}`) and answers the reply of the turn that handles it. The agent keeps its state from one message to the next.",
+                    r.id, r.component.component
+                )
+                .into(),
+            );
+            tool.annotations = Some(ToolAnnotations::new().read_only(false).open_world(true));
+            AgentToolEntry {
+                tool,
+                agent: r.id.clone(),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.tool.name.cmp(&b.tool.name));
+    out
+}
+
+/// The top-level agent a tool name talks to, if any.
+pub async fn resolve_agent(server: &Arc<Server>, tool: &str) -> Option<String> {
+    let id = tool.strip_prefix("agent__")?;
+    // The common case, an id that is its own tool name, without a listing.
+    if agent_tool_name(id) == tool
+        && let Ok(sys) = server.agents().await
+        && let Ok(info) = sys.get(id).await
+    {
+        return info.record.parent.is_none().then(|| id.to_string());
+    }
+    agent_tools(server)
+        .await
+        .into_iter()
+        .find(|t| t.tool.name == tool)
+        .map(|t| t.agent)
+}
+
+/// Every tool: the components' and the plans', sorted by name (the
+/// agents' are added by `tools/list`: see [`agent_tools`]).
 pub fn all_tools(server: &Server) -> Vec<Tool> {
     let mut all: Vec<Tool> = plan_tools(server).into_iter().map(|t| t.tool).collect();
     all.extend(tools(server).into_iter().map(|t| t.tool));
@@ -564,6 +685,91 @@ impl McpService {
     }
 }
 
+impl McpService {
+    /// Sends a message to an agent and waits for its turn's reply.
+    async fn call_agent(
+        &self,
+        tool: &str,
+        agent: &str,
+        args: Map<String, Value>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let message = match args.get("message") {
+            Some(Value::String(s)) => s.clone(),
+            Some(v @ Value::Object(_)) => v.to_string(),
+            _ => {
+                return Ok(text_error(format!(
+                    "`{tool}`: `message` is required: a string, or an object (sent as its JSON text)"
+                ))
+                .into());
+            }
+        };
+        let timeout = match args.get("timeout_ms") {
+            None | Some(Value::Null) => crate::agent_routes::reply_timeout(None),
+            Some(v) => v
+                .as_u64()
+                .ok_or_else(|| "timeout_ms: a whole number of milliseconds".to_string())
+                .and_then(|ms| crate::agent_routes::reply_timeout(Some(ms))),
+        };
+        let timeout = match timeout {
+            Ok(t) => t,
+            Err(m) => return Ok(text_error(format!("`{tool}`: {m}")).into()),
+        };
+        let sent = tokio::select! {
+            r = self.server.send_to_agent(agent, &message, None, Some(timeout)) => r,
+            () = context.ct.cancelled() => {
+                return Ok(text_error(format!(
+                    "`{tool}` was cancelled (a message already delivered stays in the mailbox)"
+                ))
+                .into());
+            }
+        };
+        let mut m = Map::new();
+        m.insert("tessera/agent".into(), json!(agent));
+        let mut result = match sent {
+            Ok(crate::agents::Sent {
+                message,
+                reply: Some(reply),
+            }) => {
+                m.insert("tessera/message".into(), json!(message));
+                m.insert("tessera/turn".into(), json!(reply.turn));
+                m.insert("tessera/run_id".into(), json!(reply.run));
+                let mut r = CallToolResult::success(vec![ContentBlock::text(
+                    reply.text.clone().unwrap_or_default(),
+                )]);
+                r.structured_content = reply
+                    .text
+                    .as_deref()
+                    .and_then(|t| serde_json::from_str::<Value>(t).ok())
+                    .map(|v| match v {
+                        Value::Object(_) => v,
+                        other => json!({ "reply": other }),
+                    });
+                r
+            }
+            Ok(crate::agents::Sent { message, .. }) => {
+                m.insert("tessera/message".into(), json!(message));
+                text_error(format!("`{tool}`: no reply"))
+            }
+            // Gone since it was listed.
+            Err(e) if e.code() == ErrorCode::NoSuchAgent => {
+                return Err(ErrorData::invalid_params(
+                    format!("unknown tool `{tool}`: {}", e.message()),
+                    Some(json!({ "tool": tool })),
+                ));
+            }
+            Err(e) => {
+                if let Some(message) = &e.detail().agent_message {
+                    m.insert("tessera/message".into(), json!(message));
+                }
+                text_error(failure_text(tool, &e)?)
+            }
+        };
+        result.meta = Some(MetaObject(m));
+        Ok(result.into())
+    }
+}
+
 impl ServerHandler for McpService {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(
@@ -579,7 +785,9 @@ impl ServerHandler for McpService {
             "Each tool is an exported function of a WebAssembly component, run sandboxed \
              under the grants of its manifest. Tool names are <component>__<function>; \
              a tool named plan__<name> runs a registered plan (a graph of such calls) to \
-             its end and answers its outputs. Every call is journaled and can be replayed.",
+             its end and answers its outputs; a tool named agent__<id> sends a message to \
+             a long-lived agent and answers its reply. Every call is journaled and can be \
+             replayed.",
         )
     }
 
@@ -591,7 +799,18 @@ impl ServerHandler for McpService {
         // A server started without waiting lists the components of the
         // compile cache once they are loaded (milliseconds after start).
         self.server.started().await;
-        Ok(ListToolsResult::with_all_items(all_tools(&self.server)))
+        let mut all = all_tools(&self.server);
+        // The agents' store may be slow to answer (NATS down): the other
+        // tools are listed all the same.
+        match tokio::time::timeout(AGENT_LIST_WAIT, agent_tools(&self.server)).await {
+            Ok(agents) => all.extend(agents.into_iter().map(|t| t.tool)),
+            Err(_) => tracing::warn!(
+                "agent tools are not listed: the agents' store did not answer within {} s",
+                AGENT_LIST_WAIT.as_secs()
+            ),
+        }
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(ListToolsResult::with_all_items(all))
     }
 
     async fn call_tool(
@@ -603,6 +822,23 @@ impl ServerHandler for McpService {
         if let Some(plan) = resolve_plan(&self.server, &name) {
             let args = Value::Object(request.arguments.unwrap_or_default());
             return self.call_plan(&name, &plan, args, context).await;
+        }
+        if name.starts_with("agent__") {
+            return match resolve_agent(&self.server, &name).await {
+                Some(agent) => {
+                    self.call_agent(
+                        &name,
+                        &agent,
+                        request.arguments.unwrap_or_default(),
+                        context,
+                    )
+                    .await
+                }
+                None => Err(ErrorData::invalid_params(
+                    format!("unknown tool `{name}`"),
+                    Some(json!({ "tool": name })),
+                )),
+            };
         }
         self.server.started().await;
         if let Some((component, _)) = name.split_once("__")
@@ -835,5 +1071,22 @@ mod tests {
         );
         // Nothing outside [A-Za-z0-9_-] survives.
         assert!(valid(&name_for("c", Some("ns:pkg/odd.name"), "f")));
+    }
+
+    #[test]
+    fn agent_tool_names_are_valid_and_distinct() {
+        assert_eq!(agent_tool_name("a"), "agent__a");
+        assert_eq!(agent_tool_name("a-b"), "agent__a-b");
+        let dotted = agent_tool_name("a.b");
+        assert!(
+            valid(&dotted) && dotted.starts_with("agent__a-b-"),
+            "{dotted}"
+        );
+        assert_ne!(dotted, agent_tool_name("a-b"));
+        let long = "x".repeat(64);
+        let (a, b) = (agent_tool_name(&long), agent_tool_name(&format!("{long}y")));
+        assert!(valid(&a) && valid(&b), "{a} {b}");
+        assert_ne!(a, b);
+        assert_eq!(a, agent_tool_name(&long));
     }
 }

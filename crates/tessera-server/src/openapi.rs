@@ -29,6 +29,9 @@ fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
 pub enum Success {
     /// A JSON body with this status.
     Json(u16, SchemaFn),
+    /// One of two JSON bodies, each with its status (a send answers 202
+    /// without `wait`, 200 with the reply with it).
+    Either(u16, SchemaFn, u16, SchemaFn),
     /// No body (`204`).
     Empty(u16),
     /// A stream of server-sent events.
@@ -333,6 +336,172 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         method: "get",
+        path: "/v1/agents",
+        scopes: &["read"],
+        summary: "List agents by id, a page at a time: status, component, supervisor, turns, mailbox depth, tokens, state",
+        query: &[
+            QueryParam {
+                name: "after",
+                kind: "string",
+                range: None,
+                description: "Only agents after this id: the previous page's `cursor`.",
+            },
+            QueryParam {
+                name: "limit",
+                kind: "integer",
+                range: Some((1, api::MAX_AGENT_PAGE as u64)),
+                description: "Agents per page (default 100, at most 1000).",
+            },
+        ],
+        request: None,
+        success: Success::Json(200, schema::<api::AgentList>),
+        errors: &[400, 401, 403, 413, 415, 500, 503],
+    },
+    Route {
+        method: "post",
+        path: "/v1/agents",
+        scopes: &["manage"],
+        summary: "Create a top-level agent running a registered component (one that exports `tessera:agent/handler.turn`), with an optional initial state; it becomes the MCP tool `agent__<id>`",
+        query: &[],
+        request: Some((schema::<api::SpawnAgent>, true)),
+        success: Success::Json(201, schema::<api::AgentInfo>),
+        errors: &[400, 401, 403, 404, 409, 413, 415, 500, 503],
+    },
+    Route {
+        method: "get",
+        path: "/v1/agents/events",
+        scopes: &["read"],
+        summary: "Stream what happens to agents (server-sent events named `spawned`, `turn`, `attempt-failed`, `dead-letter`, `approval`, `restarted`, `failed`, and `lagged` when the watcher fell behind; one JSON event per `data:`) from now on, of every agent or of `?agent=<id>` and its descendants",
+        query: &[QueryParam {
+            name: "agent",
+            kind: "string",
+            range: None,
+            description: "Only the events of this agent and its descendants (`parent/child` ids).",
+        }],
+        request: None,
+        success: Success::EventStream,
+        errors: &[400, 401, 403, 413, 415, 500, 503],
+    },
+    Route {
+        method: "get",
+        path: "/v1/agents/{id}",
+        scopes: &["read"],
+        summary: "Show an agent: its record (status, state, supervisor, children, turns, tokens, last error), mailbox depth, the approval requests waiting and its dead-letter count; a child's id has its `/` percent-encoded (`parent%2Fchild`)",
+        query: &[],
+        request: None,
+        success: Success::Json(200, schema::<api::AgentInfo>),
+        errors: &[400, 401, 403, 404, 413, 415, 500, 503],
+    },
+    Route {
+        method: "post",
+        path: "/v1/agents/{id}/messages",
+        scopes: &["call"],
+        summary: "Send a message: 202 once it is in the mailbox; with `wait`, 200 with the reply of its turn (504 `reply_timeout` when none comes in time, 422 `turn_failed` when the turn failed for good); 429 `mailbox_full`, 409 `agent_stopped`",
+        query: &[],
+        request: Some((schema::<api::SendMessage>, true)),
+        success: Success::Either(
+            202,
+            schema::<api::MessageSent>,
+            200,
+            schema::<api::AgentReply>,
+        ),
+        errors: &[400, 401, 403, 404, 409, 413, 415, 422, 429, 500, 503, 504],
+    },
+    Route {
+        method: "post",
+        path: "/v1/agents/{id}/ask",
+        scopes: &["call"],
+        summary: "Send a message and wait for the reply of its turn (`/messages` with `wait`)",
+        query: &[],
+        request: Some((schema::<api::SendMessage>, true)),
+        success: Success::Json(200, schema::<api::AgentReply>),
+        errors: &[400, 401, 403, 404, 409, 413, 415, 422, 429, 500, 503, 504],
+    },
+    Route {
+        method: "get",
+        path: "/v1/agents/{id}/turns",
+        scopes: &["read"],
+        summary: "An agent's turn log, oldest first, a page at a time: each turn's message, journal run, model exchanges and agent operations (the `llm` and `agent` steps of its run), messages sent, reply, state, tokens",
+        query: &[
+            QueryParam {
+                name: "after",
+                kind: "integer",
+                range: Some((0, u64::MAX)),
+                description: "Only turns after this one: the previous page's `cursor`.",
+            },
+            QueryParam {
+                name: "limit",
+                kind: "integer",
+                range: Some((1, api::MAX_TURN_PAGE as u64)),
+                description: "Turns per page (default 100, at most 1000).",
+            },
+        ],
+        request: None,
+        success: Success::Json(200, schema::<api::TurnList>),
+        errors: &[400, 401, 403, 404, 413, 415, 500, 503],
+    },
+    Route {
+        method: "get",
+        path: "/v1/agents/{id}/dead-letters",
+        scopes: &["read"],
+        summary: "An agent's dead letters: messages whose turns failed for good, with the error, the attempts and their journal runs",
+        query: &[],
+        request: None,
+        success: Success::Json(200, schema::<api::DeadLetterList>),
+        errors: &[400, 401, 403, 404, 413, 415, 500, 503],
+    },
+    Route {
+        method: "post",
+        path: "/v1/agents/{id}/dead-letters/redrive",
+        scopes: &["call"],
+        summary: "Send dead letters (all, or the one at `seq`) back to the agent's mailbox under new message ids",
+        query: &[],
+        request: Some((schema::<api::Redrive>, false)),
+        success: Success::Json(200, schema::<api::Redriven>),
+        errors: &[400, 401, 403, 404, 409, 413, 415, 429, 500, 503],
+    },
+    Route {
+        method: "get",
+        path: "/v1/agents/{id}/approvals",
+        scopes: &["read"],
+        summary: "An agent's approval requests (tool calls that wait for a person), waiting and decided",
+        query: &[],
+        request: None,
+        success: Success::Json(200, schema::<api::ApprovalList>),
+        errors: &[400, 401, 403, 404, 413, 415, 500, 503],
+    },
+    Route {
+        method: "post",
+        path: "/v1/agents/{id}/approvals/{request}",
+        scopes: &["call"],
+        summary: "Approve or reject a waiting tool call (the decider is the token's id); the turn goes on",
+        query: &[],
+        request: Some((schema::<api::Decide>, true)),
+        success: Success::Json(200, schema::<api::Decided>),
+        errors: &[400, 401, 403, 404, 409, 413, 415, 500, 503],
+    },
+    Route {
+        method: "post",
+        path: "/v1/agents/{id}/fork",
+        scopes: &["manage"],
+        summary: "Create a top-level agent with this agent's component, its state after turn `at` and its turn log up to there; nothing runs again",
+        query: &[],
+        request: Some((schema::<api::ForkAgent>, true)),
+        success: Success::Json(201, schema::<api::AgentInfo>),
+        errors: &[400, 401, 403, 404, 409, 413, 415, 500, 503],
+    },
+    Route {
+        method: "post",
+        path: "/v1/agents/{id}/restart",
+        scopes: &["manage"],
+        summary: "Restart an agent and its subtree: state back to the initial one, status active, mailbox kept",
+        query: &[],
+        request: None,
+        success: Success::Json(200, schema::<api::AgentInfo>),
+        errors: &[400, 401, 403, 404, 413, 415, 500, 503],
+    },
+    Route {
+        method: "get",
         path: "/v1/kv",
         scopes: &["read"],
         summary: "List the key-value buckets that hold keys, with their backend (`embedded`, or `nats` when `[store.nats]` is configured)",
@@ -411,27 +580,32 @@ pub const ROUTES: &[Route] = &[
 fn error_description(status: u16) -> &'static str {
     match status {
         400 => {
-            "Bad request: `bad_json`, `bad_path`, `bad_query`, `bad_arguments`, `invalid_name`, `bad_component`, `bad_manifest`, `not_callable`, `ambiguous_run`, `invalid_bucket`, `invalid_key`, `bad_plan` and `bad_inputs` (with `place` and `file`)"
+            "Bad request: `bad_json`, `bad_path`, `bad_query`, `bad_arguments`, `invalid_name`, `bad_component`, `bad_manifest`, `not_callable`, `ambiguous_run`, `invalid_bucket`, `invalid_key`, `bad_plan` and `bad_inputs` (with `place` and `file`), `invalid_agent_id`"
         }
         401 => "`unauthorized`: a token is required, or the token is unknown",
         403 => {
             "`forbidden` (the token lacks the scope), `host_not_allowed` or `origin_not_allowed`"
         }
         404 => {
-            "Not found: `no_such_component`, `no_such_version`, `no_such_function`, `no_such_run`, `no_such_key`, `no_such_plan`, `no_such_plan_run`, `not_found`"
+            "Not found: `no_such_component`, `no_such_version`, `no_such_function`, `no_such_run`, `no_such_key`, `no_such_plan`, `no_such_plan_run`, `no_such_agent`, `no_such_agent_entry` (the agent has no such approval request, dead letter or turn), `not_found`"
         }
         409 => {
-            "`component_missing` (the run's component is no longer stored), `conflict` (a conditional write found the key in another state: `expected_revision` or `expected_absent`, and `found_revision`), `plan_run_active` (the plan run is already running here), `plan_run_not_active` (the plan run is not running here: ended, or interrupted), `plan_run_succeeded` (nothing to resume)"
+            "`component_missing` (the run's component is no longer stored), `conflict` (a conditional write found the key in another state: `expected_revision` or `expected_absent`, and `found_revision`), `plan_run_active` (the plan run is already running here), `plan_run_not_active` (the plan run is not running here: ended, or interrupted), `plan_run_succeeded` (nothing to resume), `agent_exists`, `agent_stopped` (the agent takes no messages until restarted), `agent_conflict` (an approval request already decided)"
         }
         413 => "`body_too_large`",
         415 => "`unsupported_media_type`: request bodies are `application/json`",
         422 => {
-            "The call ran and failed: `denied`, `limit`, `trap`, `cancelled` (with its `run_id`)"
+            "The call ran and failed: `denied`, `limit`, `trap`, `cancelled` (with its `run_id`); `turn_failed`: an agent's turn failed for good (the message is a dead letter)"
         }
-        429 => "`component_busy`: the component is at its `max_concurrent` limit",
+        429 => {
+            "`component_busy`: the component is at its `max_concurrent` limit; `mailbox_full`: the agent's mailbox is full (`limit`: its capacity)"
+        }
         500 => "Server fault: `registry`, `journal`, `engine`, `tokens`, `store`, `internal`",
         503 => {
             "`overloaded` (the server is at `--max-calls`), `loading` (the component is still compiling), `store_unavailable` (the store cannot be opened or reached)"
+        }
+        504 => {
+            "`reply_timeout`: no reply from the agent in time; the message stays delivered and its turn still runs (`agent_message`)"
         }
         _ => "Error",
     }
@@ -485,6 +659,14 @@ pub fn document() -> Value {
                     json!({ "description": "Success", "content": json_content(schema(&mut answers)) }),
                 );
             }
+            Success::Either(first, first_schema, second, second_schema) => {
+                for (status, schema) in [(first, first_schema), (second, second_schema)] {
+                    responses.insert(
+                        status.to_string(),
+                        json!({ "description": "Success", "content": json_content(schema(&mut answers)) }),
+                    );
+                }
+            }
             Success::Empty(status) => {
                 responses.insert(status.to_string(), json!({ "description": "Done" }));
             }
@@ -492,7 +674,7 @@ pub fn document() -> Value {
                 responses.insert(
                     "200".into(),
                     json!({
-                        "description": "A stream of server-sent events (see the summary); an audit stream ends when the server shuts down, a plan run's after its `ended` event",
+                        "description": "A stream of server-sent events (see the summary); an audit stream and the agents' stream end when the server shuts down, a plan run's after its `ended` event",
                         "content": { "text/event-stream": { "schema": { "type": "string" } } }
                     }),
                 );
@@ -539,7 +721,7 @@ pub fn document() -> Value {
         "info": {
             "title": "Tessera API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Components as typed tools: register, hot-swap, call from JSON, read the journal and audit stream, inspect and edit the key-value buckets components use (wasi:keyvalue), and register, run, watch, cancel and resume plans (graphs of component calls). The same tools are served over MCP (streamable HTTP) at /mcp, with the `call` scope. Every route refuses a Host it does not answer to and an Origin it does not allow (403), and request bodies must be application/json (415). See docs/http-api.md."
+            "description": "Components as typed tools: register, hot-swap, call from JSON, read the journal and audit stream, inspect and edit the key-value buckets components use (wasi:keyvalue), register, run, watch, cancel and resume plans (graphs of component calls), and spawn, message, inspect and watch long-lived agents (durable actors; `/v1/agents`, a child's id with its `/` percent-encoded). The same tools are served over MCP (streamable HTTP) at /mcp, with the `call` scope (plans as `plan__<name>`, top-level agents as `agent__<id>`). Every route refuses a Host it does not answer to and an Origin it does not allow (403), and request bodies must be application/json (415). See docs/http-api.md."
         },
         "paths": paths,
         "components": {

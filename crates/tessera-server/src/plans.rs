@@ -327,7 +327,7 @@ impl Drop for EndDrive {
 }
 
 /// Runs `op` under [`STORE_DEADLINE`], its error as an API error.
-async fn store_op<T>(
+pub(crate) async fn store_op<T>(
     op: impl std::future::Future<Output = Result<T, tessera_store::StoreError>>,
 ) -> Result<T, ApiError> {
     match tokio::time::timeout(STORE_DEADLINE, op).await {

@@ -110,9 +110,10 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RegistryError + '_ {
 }
 
 /// Names no component may take: MCP tools named `plan__<name>` are the
-/// registered plans (see `plans.rs`), so a component named `plan` would
+/// registered plans (see `plans.rs`) and those named `agent__<id>` the
+/// agents (see `agents.rs`), so a component named `plan` or `agent` would
 /// collide with them.
-pub const RESERVED_NAMES: &[&str] = &["plan"];
+pub const RESERVED_NAMES: &[&str] = &["plan", "agent"];
 
 /// Whether `name` is a valid component (or plan) name. `__` is reserved: it
 /// joins the component and function names in MCP tool names; so are

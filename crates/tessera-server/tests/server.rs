@@ -393,7 +393,7 @@ async fn openapi_document_matches_the_routes() {
     for (path, ops) in paths {
         for method in ops.as_object().unwrap().keys() {
             documented += 1;
-            if path == "/v1/audit" {
+            if path == "/v1/audit" || path == "/v1/agents/events" {
                 continue; // a stream: checked by its own content type elsewhere
             }
             let concrete = path
@@ -401,7 +401,8 @@ async fn openapi_document_matches_the_routes() {
                 .replace("{function}", "f")
                 .replace("{id}", "nope")
                 .replace("{bucket}", "nothing")
-                .replace("{key}", "nope");
+                .replace("{key}", "nope")
+                .replace("{request}", "nope");
             let m: &'static str = match method.as_str() {
                 "get" => "GET",
                 "post" => "POST",
@@ -902,6 +903,7 @@ fn every_route() -> Vec<(&'static str, String, bool)> {
                     .replace("{id}", "nope")
                     .replace("{bucket}", "nothing")
                     .replace("{key}", "nope")
+                    .replace("{request}", "nope")
             };
             let m: &'static str = match method {
                 "get" => "GET",
@@ -997,7 +999,10 @@ async fn every_route_refuses_foreign_hosts_origins_and_content_types() {
             let send = |extra: &[(&str, &str)], body: &str| {
                 let mut headers = vec![mcp_accept];
                 headers.extend_from_slice(extra);
-                if path == "/v1/audit" || (path == "/mcp" && method == "GET") {
+                if path == "/v1/audit"
+                    || path == "/v1/agents/events"
+                    || (path == "/mcp" && method == "GET")
+                {
                     raw_head(addr, method, &path, &headers)
                 } else {
                     raw_request(addr, method, &path, &headers, body)
@@ -3570,5 +3575,993 @@ async fn plan_routes_need_their_scopes_and_an_invalid_plan_is_refused_with_its_p
             })
         );
     }
+    s.shutdown().await;
+}
+
+// Agents.
+
+/// The manifest of the `probe` agent: it may send to any agent and spawn
+/// `kid` children (itself).
+const PROBE_MANIFEST: &str = "[agent]\nsend = [\"*\"]\n[agent.spawn.kid]\ncomponent = \"probe\"\n";
+
+/// A probe agent with a one-message mailbox whose `cities` tool waits for
+/// a person's approval: a tool call holds it.
+const HELD_MANIFEST: &str =
+    "[agent]\nmailbox = 1\n[agent.tools.cities]\ncomponent = \"city-facts\"\napproval = true\n";
+
+impl Running {
+    /// A request with a token (or none).
+    async fn call_as(
+        &self,
+        method: &'static str,
+        path: &str,
+        token: Option<&str>,
+        body: Value,
+    ) -> (u16, Value) {
+        let (addr, path, body) = (self.addr, path.to_string(), body.to_string());
+        let token = token.map(str::to_string);
+        tokio::task::spawn_blocking(move || request(addr, method, &path, token.as_deref(), &body))
+            .await
+            .unwrap()
+    }
+
+    /// Registers `components/<wasm>.wasm` under `name` with a manifest.
+    async fn add_with_manifest(
+        &self,
+        name: &str,
+        wasm: &str,
+        manifest: &str,
+        dir: &Path,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        let manifest_dir = dir.join(format!("manifest-{name}"));
+        std::fs::create_dir_all(&manifest_dir).unwrap();
+        let body = json!({ "name": name, "path": component(wasm).display().to_string(),
+                           "manifest_path": write_manifest(&manifest_dir, manifest) });
+        self.call_as("POST", "/v1/components", token, body).await
+    }
+
+    /// Polls `GET /v1/agents/{id}` until `done` holds for it.
+    async fn agent_until(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let started = std::time::Instant::now();
+        loop {
+            let (status, v) = self
+                .call("GET", &format!("/v1/agents/{id}"), json!({}))
+                .await;
+            assert_eq!(status, 200, "{v}");
+            if done(&v) {
+                return v;
+            }
+            assert!(started.elapsed() < EVENT_WAIT, "agent {id} stays at {v}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_are_spawned_messaged_inspected_forked_and_restarted_over_http() {
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), |_| {}).await;
+    let (status, v) = s
+        .add_with_manifest("probe", "probe-agent", PROBE_MANIFEST, data.path(), None)
+        .await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(s.add("hello", "hello").await.0, 201);
+
+    // Spawned from the registry: two agents.
+    for id in ["a", "b"] {
+        let (status, v) = s
+            .call(
+                "POST",
+                "/v1/agents",
+                json!({"id": id, "component": "probe"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{v}");
+        assert_eq!(
+            (&v["id"], &v["status"], &v["component"], &v["turns"]),
+            (&json!(id), &json!("active"), &json!("probe"), &json!(0)),
+            "{v}"
+        );
+        assert_eq!(v["tool"], format!("agent__{id}"), "{v}");
+    }
+    // Refused: an id taken, a component not registered, one that is no
+    // agent, a path, an id with `/`, a manifest.
+    let refusals = [
+        (
+            json!({"id": "a", "component": "probe"}),
+            409,
+            "agent_exists",
+        ),
+        (
+            json!({"id": "c", "component": "nothing"}),
+            404,
+            "no_such_component",
+        ),
+        (
+            json!({"id": "c", "component": "hello"}),
+            400,
+            "bad_component",
+        ),
+        (
+            json!({"id": "c", "component": component("probe-agent").display().to_string()}),
+            400,
+            "bad_component",
+        ),
+        (
+            json!({"id": "c/d", "component": "probe"}),
+            400,
+            "invalid_agent_id",
+        ),
+        (
+            json!({"id": "C", "component": "probe"}),
+            400,
+            "invalid_agent_id",
+        ),
+        (
+            json!({"id": "c", "component": "probe", "manifest": "/m.toml"}),
+            400,
+            "bad_json",
+        ),
+    ];
+    for (body, status, code) in refusals {
+        let (got, v) = s.call("POST", "/v1/agents", body.clone()).await;
+        assert_eq!(
+            (got, &v["error"]["code"]),
+            (status, &json!(code)),
+            "{body}: {v}"
+        );
+    }
+    assert!(
+        s.server.agents().await.unwrap().get("c").await.is_err(),
+        "a refused spawn created the agent"
+    );
+
+    // A message with wait: the reply of its turn, and its journal run.
+    let (status, v) = s
+        .call(
+            "POST",
+            "/v1/agents/a/messages",
+            json!({"body": {"op": "append", "value": 7}, "wait": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (&v["reply"], &v["turn"], &v["agent"]),
+        (&json!(1), &json!(1), &json!("a")),
+        "{v}"
+    );
+    let run = v["run"].as_str().unwrap().to_string();
+    let (status, journaled) = s.call("GET", &format!("/v1/runs/{run}"), json!({})).await;
+    assert_eq!(status, 200, "{journaled}");
+    assert_eq!(journaled["header"]["caller"]["via"], "http", "{journaled}");
+    // Without wait: 202 once it is in the mailbox. `a` sends three
+    // messages to `b`, delivered after its turn commits.
+    let (status, v) = s
+        .call(
+            "POST",
+            "/v1/agents/a/messages",
+            json!({"body": {"op": "sendn", "to": "b", "n": 3}, "id": "fan-out"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    assert_eq!(v["message"], "fan-out", "{v}");
+    s.agent_until("b", |v| v["turns"] == 3 && v["depth"] == 0)
+        .await;
+    let (status, v) = s
+        .call(
+            "POST",
+            "/v1/agents/b/ask",
+            json!({"body": "{\"op\":\"state\"}"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["reply"], json!([0, 1, 2]), "{v}");
+    // The same message id again is delivered once.
+    let (status, _) = s
+        .call(
+            "POST",
+            "/v1/agents/a/messages",
+            json!({"body": {"op": "sendn", "to": "b", "n": 3}, "id": "fan-out"}),
+        )
+        .await;
+    assert_eq!(status, 202);
+
+    // Listed and shown.
+    let (status, v) = s.call("GET", "/v1/agents", json!({})).await;
+    assert_eq!(status, 200, "{v}");
+    let ids: Vec<&str> = v["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a", "b"], "{v}");
+    let (_, page) = s.call("GET", "/v1/agents?limit=1", json!({})).await;
+    assert_eq!(page["agents"].as_array().unwrap().len(), 1, "{page}");
+    assert_eq!(page["cursor"], "a", "{page}");
+    let (_, page) = s.call("GET", "/v1/agents?after=a", json!({})).await;
+    assert_eq!(page["agents"][0]["id"], "b", "{page}");
+    assert!(page["cursor"].is_null(), "{page}");
+    let a = s.agent_until("a", |v| v["turns"] == 2).await;
+    assert_eq!(
+        (
+            &a["depth"],
+            &a["dead_letters"],
+            &a["approvals_waiting"],
+            &a["state"]
+        ),
+        (&json!(0), &json!(0), &json!([]), &json!("[7]")),
+        "{a}"
+    );
+
+    // The turn log: messages, replies, sends, and the agent operations of
+    // each turn's journal run.
+    let (status, log) = s.call("GET", "/v1/agents/a/turns", json!({})).await;
+    assert_eq!(status, 200, "{log}");
+    let turns = log["turns"].as_array().unwrap();
+    assert_eq!(turns.len(), 2, "{log}");
+    assert_eq!(turns[0]["reply"], "1", "{log}");
+    assert_eq!(turns[0]["run"], run.as_str(), "{log}");
+    assert_eq!(turns[1]["message"]["id"], "fan-out", "{log}");
+    let sent = turns[1]["sent"].as_array().unwrap();
+    assert_eq!(sent.len(), 3, "{log}");
+    assert!(sent.iter().all(|m| m["to"] == "b"), "{log}");
+    let exchanges = turns[1]["exchanges"].as_array().unwrap();
+    assert_eq!(exchanges.len(), 3, "{log}");
+    assert!(
+        exchanges
+            .iter()
+            .all(|x| x["kind"] == "agent.send" && x["line"].as_str().unwrap().contains("to b")),
+        "{log}"
+    );
+    assert!(
+        turns[0]["exchanges"].as_array().unwrap().is_empty(),
+        "{log}"
+    );
+    let (_, page) = s.call("GET", "/v1/agents/a/turns?limit=1", json!({})).await;
+    assert_eq!(
+        (page["turns"].as_array().unwrap().len(), &page["cursor"]),
+        (1, &json!(1))
+    );
+    let (_, page) = s.call("GET", "/v1/agents/a/turns?after=1", json!({})).await;
+    assert_eq!(page["turns"][0]["turn"], 2, "{page}");
+
+    // An unknown agent.
+    for (method, path, body) in [
+        ("GET", "/v1/agents/nobody", json!({})),
+        ("GET", "/v1/agents/nobody/turns", json!({})),
+        ("POST", "/v1/agents/nobody/messages", json!({"body": "hi"})),
+        ("POST", "/v1/agents/nobody/ask", json!({"body": "hi"})),
+        ("POST", "/v1/agents/nobody/restart", json!({})),
+    ] {
+        let (status, v) = s.call(method, path, body).await;
+        assert_eq!(
+            (status, &v["error"]["code"], &v["error"]["agent"]),
+            (404, &json!("no_such_agent"), &json!("nobody")),
+            "{method} {path}: {v}"
+        );
+    }
+
+    // A child: its id has a `/`, percent-encoded in paths; it is no MCP
+    // tool.
+    let (status, v) = s
+        .call(
+            "POST",
+            "/v1/agents/a/ask",
+            json!({"body": {"op": "spawn", "name": "kid", "template": "kid"}}),
+        )
+        .await;
+    assert_eq!((status, &v["reply"]["id"]), (200, &json!("a/kid")), "{v}");
+    let (status, kid) = s.call("GET", "/v1/agents/a%2Fkid", json!({})).await;
+    assert_eq!((status, &kid["parent"]), (200, &json!("a")), "{kid}");
+    assert!(kid["tool"].is_null(), "{kid}");
+    let (status, v) = s
+        .call(
+            "POST",
+            "/v1/agents/a%2Fkid/ask",
+            json!({"body": {"op": "append", "value": "k"}}),
+        )
+        .await;
+    assert_eq!(
+        (status, &v["reply"], &v["agent"]),
+        (200, &json!(1), &json!("a/kid")),
+        "{v}"
+    );
+
+    // A turn that fails for good: 422, and its message is a dead letter
+    // that can be re-driven.
+    let (status, v) = s
+        .call(
+            "POST",
+            "/v1/agents/b/ask",
+            json!({"body": {"op": "fail", "message": "boom"}, "id": "doomed"}),
+        )
+        .await;
+    assert_eq!(status, 422, "{v}");
+    assert_eq!(
+        (
+            &v["error"]["code"],
+            &v["error"]["agent"],
+            &v["error"]["agent_message"]
+        ),
+        (&json!("turn_failed"), &json!("b"), &json!("doomed")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("boom"),
+        "{v}"
+    );
+    let (status, dead) = s.call("GET", "/v1/agents/b/dead-letters", json!({})).await;
+    assert_eq!(status, 200, "{dead}");
+    let letters = dead["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 1, "{dead}");
+    assert_eq!(letters[0]["message"]["id"], "doomed", "{dead}");
+    assert!(
+        letters[0]["error"].as_str().unwrap().contains("boom"),
+        "{dead}"
+    );
+    assert!(!letters[0]["runs"].as_array().unwrap().is_empty(), "{dead}");
+    let seq = letters[0]["seq"].as_u64().unwrap();
+    let b = s.agent_until("b", |_| true).await;
+    assert_eq!(b["dead_letters"], 1, "{b}");
+    let (status, v) = s
+        .call(
+            "POST",
+            "/v1/agents/b/dead-letters/redrive",
+            json!({"seq": seq + 100}),
+        )
+        .await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (404, &json!("no_such_agent_entry")),
+        "{v}"
+    );
+    let (status, v) = s
+        .call("POST", "/v1/agents/b/dead-letters/redrive", json!({}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let redriven = format!("doomed~redrive{seq}");
+    assert_eq!(v["messages"], json!([redriven]), "{v}");
+    // It runs again (and fails again): the dead letter is the new one.
+    let started = std::time::Instant::now();
+    loop {
+        let (_, dead) = s.call("GET", "/v1/agents/b/dead-letters", json!({})).await;
+        let ids: Vec<&Value> = dead["dead_letters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| &d["message"]["id"])
+            .collect();
+        if ids == [&json!(redriven)] {
+            break;
+        }
+        assert!(
+            ids.is_empty() && started.elapsed() < EVENT_WAIT,
+            "after the redrive: {dead}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Forked after turn 1: the state then, the log up to there.
+    let (status, v) = s
+        .call("POST", "/v1/agents/a/fork", json!({"at": 1, "as": "a2"}))
+        .await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(
+        (&v["id"], &v["turns"], &v["state"]),
+        (&json!("a2"), &json!(1), &json!("[7]")),
+        "{v}"
+    );
+    let (status, v) = s
+        .call("POST", "/v1/agents/a/fork", json!({"at": 99, "as": "a3"}))
+        .await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (404, &json!("no_such_agent_entry")),
+        "{v}"
+    );
+    let (status, v) = s
+        .call(
+            "POST",
+            "/v1/agents/a2/ask",
+            json!({"body": {"op": "append", "value": 8}}),
+        )
+        .await;
+    assert_eq!(
+        (status, &v["reply"], &v["turn"]),
+        (200, &json!(2), &json!(2)),
+        "{v}"
+    );
+
+    // Restarted: back to its initial state (none).
+    let (status, v) = s.call("POST", "/v1/agents/a/restart", json!({})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (&v["status"], &v["restarts"]),
+        (&json!("active"), &json!(1)),
+        "{v}"
+    );
+    assert!(v["state"].is_null(), "{v}");
+    let (_, v) = s
+        .call(
+            "POST",
+            "/v1/agents/a/ask",
+            json!({"body": {"op": "append", "value": 9}}),
+        )
+        .await;
+    assert_eq!(v["reply"], 1, "{v}");
+
+    // An agent named `events` is shown with its name percent-encoded.
+    let (status, v) = s
+        .call(
+            "POST",
+            "/v1/agents",
+            json!({"id": "events", "component": "probe"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = s.call("GET", "/v1/agents/%65vents", json!({})).await;
+    assert_eq!((status, &v["id"]), (200, &json!("events")), "{v}");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_held_by_an_approval_fills_its_mailbox_and_goes_on_once_approved_over_http() {
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), |_| {}).await;
+    assert_eq!(s.add("city-facts", "city-facts").await.0, 201);
+    let (status, v) = s
+        .add_with_manifest("held", "probe-agent", HELD_MANIFEST, data.path(), None)
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = s
+        .call(
+            "POST",
+            "/v1/agents",
+            json!({"id": "h", "component": "held"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["mailbox"], 1, "{v}");
+    // Its tool call waits for a person; the sender waits for the reply.
+    let addr = s.addr;
+    let asking = tokio::task::spawn_blocking(move || {
+        let body = json!({"body": {"op": "tool", "name": "cities__cities", "args": {"country": null}},
+                          "timeout_ms": 120_000});
+        request(addr, "POST", "/v1/agents/h/ask", None, &body.to_string())
+    });
+    let h = s.agent_until("h", |v| v["status"] == "waiting").await;
+    let waiting = h["approvals_waiting"].as_array().unwrap();
+    assert_eq!(waiting.len(), 1, "{h}");
+    assert_eq!(waiting[0]["tool"], "cities__cities", "{h}");
+    let request_id = h["waiting_for"].as_str().unwrap().to_string();
+    assert_eq!(waiting[0]["request"], request_id.as_str(), "{h}");
+    // The held message fills the one-message mailbox.
+    let (status, v) = s
+        .call(
+            "POST",
+            "/v1/agents/h/messages",
+            json!({"body": {"op": "noop"}}),
+        )
+        .await;
+    assert_eq!(status, 429, "{v}");
+    assert_eq!(
+        (
+            &v["error"]["code"],
+            &v["error"]["limit"],
+            &v["error"]["agent"]
+        ),
+        (&json!("mailbox_full"), &json!(1), &json!("h")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("full"),
+        "{v}"
+    );
+    let (status, v) = s.call("GET", "/v1/agents/h/approvals", json!({})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["approvals"].as_array().unwrap().len(), 1, "{v}");
+    assert!(v["approvals"][0]["decision"].is_null(), "{v}");
+    let (status, v) = s
+        .call(
+            "POST",
+            "/v1/agents/h/approvals/nope",
+            json!({"approved": true}),
+        )
+        .await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (404, &json!("no_such_agent_entry")),
+        "{v}"
+    );
+    // Approved over HTTP: the held turn goes on and the sender gets its
+    // reply.
+    let path = format!("/v1/agents/h/approvals/{request_id}");
+    let (status, v) = s
+        .call("POST", &path, json!({"approved": true, "reason": "fine"}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (
+            &v["approval"]["decision"]["approved"],
+            &v["approval"]["decision"]["by"]
+        ),
+        (&json!(true), &json!("http")),
+        "{v}"
+    );
+    let (status, v) = asking.await.unwrap();
+    assert_eq!(status, 200, "{v}");
+    let result = v["reply"]["result"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"));
+    assert!(!result.is_empty(), "{v}");
+    let (status, v) = s.call("POST", &path, json!({"approved": false})).await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (409, &json!("agent_conflict")),
+        "{v}"
+    );
+    let h = s.agent_until("h", |v| v["status"] == "active").await;
+    assert_eq!((&h["turns"], &h["depth"]), (&json!(1), &json!(0)), "{h}");
+    // Room again.
+    let (status, v) = s
+        .call(
+            "POST",
+            "/v1/agents/h/messages",
+            json!({"body": {"op": "noop"}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_routes_need_their_scopes_and_events_stream_over_sse() {
+    use tessera_server::auth::Scope;
+    let data = tempfile::tempdir().unwrap();
+    let tokens = tessera_server::auth::Tokens::open(data.path());
+    let (reader, _) = tokens.create(vec![Scope::Read], "reader").unwrap();
+    let (caller, caller_record) = tokens.create(vec![Scope::Call], "caller").unwrap();
+    let (admin, _) = tokens.create(vec![Scope::Manage], "admin").unwrap();
+    let s = start(data.path(), |c| c.require_tokens = true).await;
+    let (status, v) = s
+        .add_with_manifest(
+            "probe",
+            "probe-agent",
+            PROBE_MANIFEST,
+            data.path(),
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let spawn = |id: &str| json!({"id": id, "component": "probe"});
+    for token in [&reader, &caller] {
+        let (status, v) = s
+            .call_as("POST", "/v1/agents", Some(token), spawn("a"))
+            .await;
+        assert_eq!(
+            (status, &v["error"]["code"]),
+            (403, &json!("forbidden")),
+            "{v}"
+        );
+    }
+    let (status, v) = s.call_as("POST", "/v1/agents", None, spawn("a")).await;
+    assert_eq!(status, 401, "{v}");
+    for id in ["a", "b"] {
+        let (status, v) = s
+            .call_as("POST", "/v1/agents", Some(&admin), spawn(id))
+            .await;
+        assert_eq!(status, 201, "{v}");
+    }
+    // Reading needs `read`; sending `call`.
+    let noop = json!({"body": {"op": "noop"}});
+    let (status, v) = s
+        .call_as("POST", "/v1/agents/a/messages", Some(&reader), noop.clone())
+        .await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (403, &json!("forbidden")),
+        "{v}"
+    );
+    let (status, v) = s
+        .call_as("POST", "/v1/agents/a/ask", Some(&admin), noop.clone())
+        .await;
+    assert_eq!(status, 403, "{v}");
+    let (status, v) = s
+        .call_as("GET", "/v1/agents", Some(&caller), json!({}))
+        .await;
+    assert_eq!(status, 403, "{v}");
+    let (status, v) = s
+        .call_as("GET", "/v1/agents", Some(&reader), json!({}))
+        .await;
+    assert_eq!(
+        (status, v["agents"].as_array().map(Vec::len)),
+        (200, Some(2)),
+        "{v}"
+    );
+    let (status, v) = s
+        .call_as("POST", "/v1/agents/a/restart", Some(&caller), json!({}))
+        .await;
+    assert_eq!(status, 403, "{v}");
+
+    // The events of `a` (and its subtree), as server-sent events: one
+    // reader watches while messages go to `b`, then to `a`, until it sees
+    // a turn of `a`.
+    let addr = s.addr;
+    let r = reader.clone();
+    let watching = tokio::task::spawn_blocking(move || {
+        read_events(addr, "/v1/agents/events?agent=a", Some(&r), |name, v| {
+            name == "turn" && v["agent"] == "a"
+        })
+    });
+    let mut sent = Vec::new();
+    let started = std::time::Instant::now();
+    while !watching.is_finished() {
+        assert!(started.elapsed() < EVENT_WAIT, "no turn event");
+        for to in ["b", "a"] {
+            let (status, v) = s
+                .call_as(
+                    "POST",
+                    &format!("/v1/agents/{to}/messages"),
+                    Some(&caller),
+                    noop.clone(),
+                )
+                .await;
+            assert_eq!(status, 202, "{v}");
+            sent.push(v["message"].as_str().unwrap().to_string());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let events = watching.await.unwrap().unwrap();
+    assert!(
+        events.iter().all(|(_, v)| v["agent"] == "a"),
+        "the filter let other agents through: {events:?}"
+    );
+    let (name, turn) = events.last().unwrap();
+    assert_eq!(name, "turn");
+    assert_eq!(turn["event"], "turn", "{turn}");
+    assert!(
+        sent.contains(&turn["message"].as_str().unwrap().to_string()),
+        "{turn}"
+    );
+    let run = turn["run"].as_str().unwrap().to_string();
+    // Its run names the HTTP agent system; a reader may read it.
+    let (status, v) = s
+        .call_as("GET", &format!("/v1/runs/{run}"), Some(&reader), json!({}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["header"]["caller"]["via"], "http", "{v}");
+    // Events need `read`.
+    let c = caller.clone();
+    let refused = tokio::task::spawn_blocking(move || {
+        read_events(addr, "/v1/agents/events", Some(&c), |_, _| true)
+    })
+    .await
+    .unwrap();
+    assert_eq!(refused.unwrap_err().0, 403, "events need `read`");
+    // An approval decided with a token names it.
+    let (status, v) = s
+        .add_with_manifest("city-facts", "city-facts", "", data.path(), Some(&admin))
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = s
+        .add_with_manifest(
+            "held",
+            "probe-agent",
+            HELD_MANIFEST,
+            data.path(),
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = s
+        .call_as(
+            "POST",
+            "/v1/agents",
+            Some(&admin),
+            json!({"id": "h", "component": "held"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let (status, _) = s
+        .call_as(
+            "POST",
+            "/v1/agents/h/messages",
+            Some(&caller),
+            json!({"body": {"op": "tool", "name": "cities__cities", "args": {"country": null}}}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let started = std::time::Instant::now();
+    let request_id = loop {
+        let (_, v) = s
+            .call_as("GET", "/v1/agents/h/approvals", Some(&reader), json!({}))
+            .await;
+        if let Some(r) = v["approvals"][0]["request"].as_str() {
+            break r.to_string();
+        }
+        assert!(started.elapsed() < EVENT_WAIT, "no approval request: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let path = format!("/v1/agents/h/approvals/{request_id}");
+    let (status, _) = s
+        .call_as("POST", &path, Some(&reader), json!({"approved": true}))
+        .await;
+    assert_eq!(status, 403);
+    let (status, v) = s
+        .call_as(
+            "POST",
+            &path,
+            Some(&caller),
+            json!({"approved": false, "reason": "no"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["approval"]["decision"]["by"],
+        caller_record.id.as_str(),
+        "{v}"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_level_agents_are_mcp_tools_that_answer_their_replies() {
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), |_| {}).await;
+    let (status, v) = s
+        .add_with_manifest("probe", "probe-agent", PROBE_MANIFEST, data.path(), None)
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = s
+        .call(
+            "POST",
+            "/v1/agents",
+            json!({"id": "a", "component": "probe"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let (mut mcp, serving) = LineClient::serve(&s.server);
+    mcp.initialize().await;
+    let v = mcp.request(2, "tools/list", json!({})).await;
+    let tools = v["result"]["tools"].as_array().unwrap();
+    let tool = tools
+        .iter()
+        .find(|t| t["name"] == "agent__a")
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(
+        tool["inputSchema"]["required"],
+        json!(["message"]),
+        "{tool}"
+    );
+    assert_eq!(
+        tool["inputSchema"]["properties"]["message"]["type"],
+        json!(["string", "object"]),
+        "{tool}"
+    );
+    assert_eq!(
+        (
+            &tool["annotations"]["readOnlyHint"],
+            &tool["annotations"]["openWorldHint"]
+        ),
+        (&json!(false), &json!(true)),
+        "{tool}"
+    );
+    // An object message: sent as its JSON text; the reply as text and,
+    // being JSON, structured.
+    let v = mcp
+        .request(
+            3,
+            "tools/call",
+            json!({"name": "agent__a", "arguments": {"message": {"op": "append", "value": "x"}}}),
+        )
+        .await;
+    let result = &v["result"];
+    assert_ne!(result["isError"], true, "{v}");
+    assert_eq!(result["content"][0]["text"], "1", "{v}");
+    assert_eq!(result["structuredContent"], json!({"reply": 1}), "{v}");
+    assert_eq!(
+        (
+            &result["_meta"]["tessera/agent"],
+            &result["_meta"]["tessera/turn"]
+        ),
+        (&json!("a"), &json!(1)),
+        "{v}"
+    );
+    let run = result["_meta"]["tessera/run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, _) = s.call("GET", &format!("/v1/runs/{run}"), json!({})).await;
+    assert_eq!(status, 200);
+    // A text message; a reply that is an object is the structured content.
+    let v = mcp
+        .request(
+            4,
+            "tools/call",
+            json!({"name": "agent__a", "arguments": {"message": "{\"op\":\"self\"}"}}),
+        )
+        .await;
+    assert_ne!(v["result"]["isError"], true, "{v}");
+    assert_eq!(v["result"]["structuredContent"]["id"], "a", "{v}");
+    let text: Value =
+        serde_json::from_str(v["result"]["content"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(text, v["result"]["structuredContent"], "{v}");
+    // The agent kept its state across calls.
+    let v = mcp
+        .request(
+            5,
+            "tools/call",
+            json!({"name": "agent__a", "arguments": {"message": {"op": "state"}}}),
+        )
+        .await;
+    assert_eq!(
+        v["result"]["structuredContent"],
+        json!({"reply": ["x"]}),
+        "{v}"
+    );
+    // A turn that fails for good is a tool error with its error.
+    let v = mcp
+        .request(
+            6,
+            "tools/call",
+            json!({"name": "agent__a", "arguments": {"message": {"op": "fail", "message": "kaput"}}}),
+        )
+        .await;
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    let text = v["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.contains("kaput") && text.contains("dead letter"),
+        "{v}"
+    );
+    // No message: a tool error; an unknown agent: an unknown tool.
+    let v = mcp
+        .request(
+            7,
+            "tools/call",
+            json!({"name": "agent__a", "arguments": {}}),
+        )
+        .await;
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    let v = mcp
+        .request(
+            8,
+            "tools/call",
+            json!({"name": "agent__nobody", "arguments": {"message": "hi"}}),
+        )
+        .await;
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+
+    // Spawning an agent changes the tool list; a child is no tool.
+    mcp.notifications.clear();
+    let (status, v) = s
+        .call(
+            "POST",
+            "/v1/agents",
+            json!({"id": "b.two", "component": "probe"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let b_tool = v["tool"].as_str().unwrap().to_string();
+    assert!(b_tool.starts_with("agent__b-two-"), "{v}");
+    tokio::time::timeout(
+        EVENT_WAIT,
+        mcp.notification("notifications/tools/list_changed"),
+    )
+    .await
+    .expect("no list_changed after a spawn");
+    let (status, v) = s
+        .call(
+            "POST",
+            "/v1/agents/a/ask",
+            json!({"body": {"op": "spawn", "name": "kid", "template": "kid"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let names = mcp.tool_names(9).await;
+    assert!(names.contains(&b_tool), "{names:?}");
+    let agents: Vec<&String> = names.iter().filter(|n| n.starts_with("agent__")).collect();
+    assert_eq!(agents.len(), 2, "{names:?}");
+    let v = mcp
+        .request(
+            10,
+            "tools/call",
+            json!({"name": b_tool, "arguments": {"message": {"op": "append", "value": 2}}}),
+        )
+        .await;
+    assert_eq!(v["result"]["content"][0]["text"], "1", "{v}");
+    drop(mcp);
+    serving.await.unwrap().unwrap();
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_resumes_the_agent_work_left_in_the_store() {
+    use tessera_orchestrator::agent::{AgentRecord, Envelope, records};
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), |_| {}).await;
+    let (status, v) = s
+        .add_with_manifest("probe", "probe-agent", PROBE_MANIFEST, data.path(), None)
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = s
+        .call(
+            "POST",
+            "/v1/agents",
+            json!({"id": "a", "component": "probe"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    s.shutdown().await;
+
+    // What a process that died right after a delivery leaves: the message
+    // in the mailbox, the tail moved, the work marker set.
+    {
+        // The stopped server's store closes a moment after it is dropped.
+        let started = std::time::Instant::now();
+        let (_stores, store) = loop {
+            let stores =
+                tessera_store::Stores::new(tessera_store::StoreSettings::default(), data.path());
+            match stores.for_bucket(records::BUCKET).await {
+                Ok(store) => break (stores, store),
+                Err(e) => assert!(started.elapsed() < EVENT_WAIT, "{e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let envelope = Envelope {
+            id: "left-over".into(),
+            sender: None,
+            body: json!({"op": "append", "value": "resumed"}).to_string(),
+            expects_reply: false,
+            sent: records::now(),
+        };
+        let seq = store
+            .increment(records::BUCKET, &records::tail_key("a"), 1)
+            .await
+            .unwrap() as u64;
+        store
+            .put(
+                records::BUCKET,
+                &records::mail_key("a", seq),
+                &serde_json::to_vec(&envelope).unwrap(),
+                tessera_store::Expect::Any,
+                None,
+            )
+            .await
+            .unwrap();
+        store
+            .put_hint(records::BUCKET, &records::work_key("a"), b"1")
+            .await
+            .unwrap();
+    }
+
+    // The restarted server picks it up by itself: nothing asks for agent
+    // `a` (the record is read from the store, not through the API).
+    let s = start(data.path(), |_| {}).await;
+    let started = std::time::Instant::now();
+    let store = loop {
+        match s.server.stores().unwrap().for_bucket(records::BUCKET).await {
+            Ok(store) => break store,
+            Err(e) => assert!(started.elapsed() < EVENT_WAIT, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let record = loop {
+        let entry = store
+            .get(records::BUCKET, &records::agent_key("a"))
+            .await
+            .unwrap()
+            .unwrap();
+        let record: AgentRecord = serde_json::from_slice(&entry.value).unwrap();
+        if record.turns == 1 {
+            break record;
+        }
+        assert!(started.elapsed() < EVENT_WAIT, "not resumed: {record:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(record.state.as_deref(), Some("[\"resumed\"]"));
+    let (_, log) = s.call("GET", "/v1/agents/a/turns", json!({})).await;
+    assert_eq!(log["turns"][0]["message"]["id"], "left-over", "{log}");
     s.shutdown().await;
 }

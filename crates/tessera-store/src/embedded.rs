@@ -77,6 +77,21 @@ pub struct Embedded {
     db: Arc<Database>,
     jobs: mpsc::Sender<Job>,
     path: PathBuf,
+    /// The writer thread, joined on drop: the file is closed when the
+    /// store is dropped, and can be opened again at once.
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        // Closing the queue ends the writer loop once it has committed
+        // what was waiting.
+        let (closed, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.jobs, closed));
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for Embedded {
@@ -138,7 +153,7 @@ impl Embedded {
         let db = Arc::new(db);
         let (jobs, rx) = mpsc::channel();
         let writer = db.clone();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("tessera-store".into())
             .spawn(move || write_loop(&writer, &rx))
             .map_err(|e| unavailable(format!("starting the writer thread: {e}")))?;
@@ -146,6 +161,7 @@ impl Embedded {
             db,
             jobs,
             path: path.to_path_buf(),
+            writer: Some(writer),
         })
     }
 
@@ -225,15 +241,44 @@ impl Store for Embedded {
     }
 
     async fn put_hint(&self, bucket: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.put_hint_with_ttl(bucket, key, value, None).await
+    }
+
+    async fn put_hint_with_ttl(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
         check_bucket(bucket)?;
         check_key(key)?;
+        let expires = match ttl {
+            None => 0,
+            Some(t) => now_ms().saturating_add(t.as_millis().max(1) as u64),
+        };
         self.submit_as(
             vec![Write::Put {
                 bucket: bucket.into(),
                 key: key.into(),
                 value: value.to_vec(),
                 expect: Expect::Any,
-                expires: 0,
+                expires,
+            }],
+            false,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn delete_hint(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
+        check_bucket(bucket)?;
+        check_key(key)?;
+        self.submit_as(
+            vec![Write::Delete {
+                bucket: bucket.into(),
+                key: key.into(),
+                expect: Expect::Any,
             }],
             false,
         )

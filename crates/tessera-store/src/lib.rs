@@ -273,6 +273,26 @@ pub trait Store: Send + Sync + 'static {
             .map(|_| ())
     }
 
+    /// [`Store::put_hint`] with a time to live.
+    async fn put_hint_with_ttl(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        self.put(bucket, key, value, Expect::Any, ttl)
+            .await
+            .map(|_| ())
+    }
+
+    /// Removes `key` (if present) without waiting for it to be durable, as
+    /// [`Store::put_hint`] writes: a crash may bring it back; it is gone for
+    /// good once any later write is durable.
+    async fn delete_hint(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
+        self.delete(bucket, key, Expect::Any).await
+    }
+
     /// Adds `delta` to the decimal integer at `key` (absent: 0) atomically
     /// and returns the result.
     async fn increment(&self, bucket: &str, key: &str, delta: i64) -> Result<i64, StoreError>;

@@ -134,6 +134,9 @@ pub enum AgentEvent {
         reply: Option<String>,
         /// Messages sent.
         sent: usize,
+        /// How long the commit (the record's compare-and-swap) took, in
+        /// microseconds.
+        commit_us: u64,
     },
     /// A turn attempt failed.
     AttemptFailed {
@@ -622,12 +625,21 @@ async fn drive(inner: &Arc<Inner>, id: &str) -> Result<(), AgentError> {
                 rec.outbox.clear();
                 commit(inner, &rec, revision).await?;
             }
+            // A hint: a marker that comes back after a crash only wakes an
+            // agent that finds nothing to do.
             inner
                 .store
-                .delete(records::BUCKET, &records::work_key(id), Expect::Any)
+                .delete_hint(records::BUCKET, &records::work_key(id))
                 .await?;
-            // A delivery between the read and the delete put the marker
-            // back and woke this agent, which looks again.
+            // A delivery between the read and the delete: its marker may
+            // be the one just removed; put it back and go on.
+            if read_counter(&inner.store, &records::tail_key(id)).await > rec.head {
+                inner
+                    .store
+                    .put_hint(records::BUCKET, &records::work_key(id), b"1")
+                    .await?;
+                continue;
+            }
             return Ok(());
         }
         let mkey = records::mail_key(id, next);
@@ -661,13 +673,15 @@ async fn drive(inner: &Arc<Inner>, id: &str) -> Result<(), AgentError> {
                 .and_then(|s| s.parse::<u64>().ok())
                 .is_some_and(|s| s != next),
             None => {
+                // A hint: the turn's commit makes it durable; if the process
+                // dies before, the message is claimed again at the same
+                // sequence.
                 inner
                     .store
-                    .put(
+                    .put_hint_with_ttl(
                         records::BUCKET,
                         &skey,
                         next.to_string().as_bytes(),
-                        Expect::Any,
                         Some(DEDUP_WINDOW),
                     )
                     .await?;
@@ -678,10 +692,7 @@ async fn drive(inner: &Arc<Inner>, id: &str) -> Result<(), AgentError> {
             rec.head = next;
             rec.outbox.clear();
             commit(inner, &rec, revision).await?;
-            inner
-                .store
-                .delete(records::BUCKET, &mkey, Expect::Any)
-                .await?;
+            inner.store.delete_hint(records::BUCKET, &mkey).await?;
             continue;
         }
         let started = Instant::now();
@@ -723,10 +734,9 @@ async fn drive(inner: &Arc<Inner>, id: &str) -> Result<(), AgentError> {
         };
         match outcome {
             None => {
-                inner
-                    .store
-                    .delete(records::BUCKET, &mkey, Expect::Any)
-                    .await?;
+                // Consumed (the head moved past it): removing it can wait
+                // for the next durable write.
+                inner.store.delete_hint(records::BUCKET, &mkey).await?;
                 let outbox = rec.outbox.clone();
                 drop(guard);
                 deliver_outbox(inner, &outbox).await?;
@@ -747,10 +757,9 @@ async fn drive(inner: &Arc<Inner>, id: &str) -> Result<(), AgentError> {
                     inner, &mut rec, revision, next, &envelope, &error, attempt, runs,
                 )
                 .await?;
-                inner
-                    .store
-                    .delete(records::BUCKET, &mkey, Expect::Any)
-                    .await?;
+                // Consumed (the head moved past it): removing it can wait
+                // for the next durable write.
+                inner.store.delete_hint(records::BUCKET, &mkey).await?;
                 drop(guard);
                 if let Some(parent) = rec.parent.clone() {
                     supervise::child_failed(inner, &parent, id, &error).await?;
@@ -976,7 +985,9 @@ async fn run_turn(
     rec.children = fx.children;
     rec.suspended = None;
     rec.status = Status::Active;
+    let committing = Instant::now();
     *revision = commit(inner, rec, *revision).await?;
+    let commit_us = committing.elapsed().as_micros() as u64;
     emit(
         inner,
         AgentEvent::Turn {
@@ -986,6 +997,7 @@ async fn run_turn(
             run: Some(run),
             reply,
             sent: sent.len(),
+            commit_us,
         },
     );
     Ok(Attempt::Committed)

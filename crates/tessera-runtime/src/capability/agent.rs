@@ -319,11 +319,30 @@ fn component_spec(
             manifest: None,
         });
     }
-    let abs = |p: &str| section.base().join(p).to_string_lossy().into_owned();
+    let abs = |p: &str| {
+        normalize(&section.base().join(p))
+            .to_string_lossy()
+            .into_owned()
+    };
     Ok(ComponentSpec {
         component: abs(component),
         manifest: manifest.map(abs),
     })
+}
+
+/// `a/b/../c` as `a/c`, without touching the file system.
+fn normalize(path: &Path) -> std::path::PathBuf {
+    let mut out = std::path::PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// A tool as the guest and the model see it.
