@@ -271,6 +271,56 @@ impl Store for Embedded {
         .map(|_| ())
     }
 
+    async fn put_lazy(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: &[u8],
+        expect: Expect,
+        ttl: Option<Duration>,
+    ) -> Result<u64, StoreError> {
+        check_bucket(bucket)?;
+        check_key(key)?;
+        let expires = match ttl {
+            None => 0,
+            Some(t) => now_ms().saturating_add(t.as_millis().max(1) as u64),
+        };
+        let done = self
+            .submit_as(
+                vec![Write::Put {
+                    bucket: bucket.into(),
+                    key: key.into(),
+                    value: value.to_vec(),
+                    expect,
+                    expires,
+                }],
+                false,
+            )
+            .await?;
+        Ok(done.first().copied().unwrap_or_default() as u64)
+    }
+
+    async fn increment_lazy(
+        &self,
+        bucket: &str,
+        key: &str,
+        delta: i64,
+    ) -> Result<i64, StoreError> {
+        check_bucket(bucket)?;
+        check_key(key)?;
+        let done = self
+            .submit_as(
+                vec![Write::Increment {
+                    bucket: bucket.into(),
+                    key: key.into(),
+                    delta,
+                }],
+                false,
+            )
+            .await?;
+        Ok(done.first().copied().unwrap_or_default())
+    }
+
     async fn delete_hint(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
         check_bucket(bucket)?;
         check_key(key)?;

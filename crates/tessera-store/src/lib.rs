@@ -286,6 +286,33 @@ pub trait Store: Send + Sync + 'static {
             .map(|_| ())
     }
 
+    /// [`Store::put`] without waiting for the write to be durable: the
+    /// condition is checked and the revision returned as for `put`, but a
+    /// crash may lose the write; it is durable once any later write is
+    /// (writes become durable in the order they were made). For a write
+    /// whose loss a later durable write would repair or make moot.
+    async fn put_lazy(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: &[u8],
+        expect: Expect,
+        ttl: Option<Duration>,
+    ) -> Result<u64, StoreError> {
+        self.put(bucket, key, value, expect, ttl).await
+    }
+
+    /// [`Store::increment`] without waiting for it to be durable, as
+    /// [`Store::put_lazy`].
+    async fn increment_lazy(
+        &self,
+        bucket: &str,
+        key: &str,
+        delta: i64,
+    ) -> Result<i64, StoreError> {
+        self.increment(bucket, key, delta).await
+    }
+
     /// Removes `key` (if present) without waiting for it to be durable, as
     /// [`Store::put_hint`] writes: a crash may bring it back; it is gone for
     /// good once any later write is durable.

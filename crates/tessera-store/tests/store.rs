@@ -155,6 +155,7 @@ conformance!(
     concurrent_first_writes_to_a_bucket,
     large_values,
     many_keys,
+    lazy_and_hint_writes_keep_their_conditions,
 );
 
 // ---------------------------------------------------------------------------
@@ -1136,4 +1137,39 @@ mod nats_only {
     fn the_server_binary_is_found() {
         assert!(Path::new(&nats_server_bin()).is_file());
     }
+}
+
+/// The writes that do not wait for durability mean the same as their
+/// durable forms: conditions checked, revisions and counters returned,
+/// TTLs kept, visible to readers at once.
+async fn lazy_and_hint_writes_keep_their_conditions(f: &Fixture) {
+    let s = &f.store;
+    let b = "lazy";
+    let r1 = s.put_lazy(b, "k", b"1", Expect::Absent, None).await.unwrap();
+    assert_eq!(value(s, b, "k").await.as_deref(), Some("1"));
+    assert_conflict(
+        s.put_lazy(b, "k", b"2", Expect::Absent, None).await,
+        Expect::Absent,
+        Some(r1),
+    );
+    assert_conflict(
+        s.put_lazy(b, "k", b"2", Expect::Revision(r1 + 1000), None).await,
+        Expect::Revision(r1 + 1000),
+        Some(r1),
+    );
+    let r2 = s.put_lazy(b, "k", b"2", Expect::Revision(r1), None).await.unwrap();
+    assert!(r2 > r1);
+    assert_eq!(s.get(b, "k").await.unwrap().unwrap().revision, r2);
+    assert_eq!(s.increment_lazy(b, "n", 5).await.unwrap(), 5);
+    assert_eq!(s.increment_lazy(b, "n", -2).await.unwrap(), 3);
+    assert_eq!(s.increment(b, "n", 1).await.unwrap(), 4);
+    s.put_hint_with_ttl(b, "t", b"x", Some(Duration::from_millis(300))).await.unwrap();
+    assert_eq!(value(s, b, "t").await.as_deref(), Some("x"));
+    let start = Instant::now();
+    until_absent(s, b, "t", start).await;
+    s.put_hint(b, "h", b"y").await.unwrap();
+    assert_eq!(value(s, b, "h").await.as_deref(), Some("y"));
+    s.delete_hint(b, "h").await.unwrap();
+    assert_eq!(value(s, b, "h").await, None);
+    s.delete_hint(b, "never-there").await.unwrap();
 }

@@ -138,7 +138,7 @@ impl AgentLink for TurnLink {
             expects_reply: true,
             sent: records::now(),
         };
-        super::deliver(&self.inner, to, envelope, false)
+        super::deliver(&self.inner, to, envelope, super::Delivery::FromTurn)
             .await
             .map_err(|e| match e {
                 super::AgentError::NotFound(a) => AskError::Send(SendError::NoSuchAgent(a)),

@@ -405,13 +405,26 @@ fn turn_function(c: &LoadedComponent) -> Result<String, String> {
         })
 }
 
+/// How a delivery is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    /// From outside: durable before the sender is answered; the capacity
+    /// is checked.
+    External,
+    /// From a committed outbox (or an ask, which its turn repeats if it
+    /// dies): written lazily — the sender's record keeps the message until
+    /// a later write, made durable after these, clears it.
+    FromTurn,
+}
+
 /// Puts a message in `to`'s mailbox (once per message id) and wakes it.
 pub(crate) async fn deliver(
     inner: &Arc<Inner>,
     to: &str,
     envelope: Envelope,
-    check_capacity: bool,
+    how: Delivery,
 ) -> Result<(), AgentError> {
+    let check_capacity = how == Delivery::External;
     let store = &inner.store;
     let Some((rec, _)) = load(inner, to).await? else {
         return Err(AgentError::NotFound(to.to_string()));
@@ -446,18 +459,25 @@ pub(crate) async fn deliver(
     store
         .put_hint(records::BUCKET, &records::work_key(to), b"1")
         .await?;
+    // The counter lazily in any case: the mail write after it makes it
+    // durable (writes become durable in order).
     let seq = store
-        .increment(records::BUCKET, &records::tail_key(to), 1)
+        .increment_lazy(records::BUCKET, &records::tail_key(to), 1)
         .await? as u64;
-    store
-        .put(
-            records::BUCKET,
-            &records::mail_key(to, seq),
-            &encode(&envelope),
-            Expect::Any,
-            None,
-        )
-        .await?;
+    let key = records::mail_key(to, seq);
+    let bytes = encode(&envelope);
+    match how {
+        Delivery::External => {
+            store
+                .put(records::BUCKET, &key, &bytes, Expect::Any, None)
+                .await?
+        }
+        Delivery::FromTurn => {
+            store
+                .put_lazy(records::BUCKET, &key, &bytes, Expect::Any, None)
+                .await?
+        }
+    };
     wake(inner, to);
     Ok(())
 }
@@ -535,6 +555,8 @@ pub(crate) async fn wait_reply(
     }
 }
 
+/// Writes the reply of a committed turn (lazily: the turn's record holds
+/// it until a later durable write) and hands it to waiting senders.
 async fn put_reply(
     inner: &Arc<Inner>,
     message: &str,
@@ -542,7 +564,7 @@ async fn put_reply(
 ) -> Result<(), AgentError> {
     inner
         .store
-        .put(
+        .put_lazy(
             records::BUCKET,
             &records::reply_key(message),
             &encode(reply),
@@ -569,7 +591,7 @@ async fn deliver_outbox(
     for o in outbox {
         match o {
             records::Outgoing::Message { to, envelope } => {
-                match deliver(inner, to, envelope.clone(), false).await {
+                match deliver(inner, to, envelope.clone(), Delivery::FromTurn).await {
                     Ok(()) => {}
                     // The recipient went away or failed after the send was
                     // accepted: the message is dropped, as the turn log says.
@@ -622,8 +644,20 @@ async fn drive(inner: &Arc<Inner>, id: &str) -> Result<(), AgentError> {
         let tail = read_counter(&inner.store, &records::tail_key(id)).await;
         if next > tail {
             if !rec.outbox.is_empty() {
+                // Delivered: cleared lazily, after the deliveries (a crash
+                // that loses this brings the outbox back, delivered again
+                // and de-duplicated).
                 rec.outbox.clear();
-                commit(inner, &rec, revision).await?;
+                inner
+                    .store
+                    .put_lazy(
+                        records::BUCKET,
+                        &records::agent_key(id),
+                        &encode(&rec),
+                        Expect::Revision(revision),
+                        None,
+                    )
+                    .await?;
             }
             // A hint: a marker that comes back after a crash only wakes an
             // agent that finds nothing to do.
@@ -1204,7 +1238,7 @@ impl AgentSystem {
                 expects_reply: options.expects_reply,
                 sent: records::now(),
             },
-            true,
+            Delivery::External,
         )
         .await?;
         Ok(id)
@@ -1327,7 +1361,7 @@ impl AgentSystem {
                     sent: records::now(),
                     ..d.message.clone()
                 },
-                true,
+                Delivery::External,
             )
             .await?;
             self.inner
