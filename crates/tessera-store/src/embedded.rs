@@ -188,6 +188,37 @@ impl Embedded {
             .map_err(|_| backend("the writer thread stopped"))?
     }
 
+    /// One put, durable or lazy.
+    async fn put_as(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: &[u8],
+        expect: Expect,
+        ttl: Option<Duration>,
+        durable: bool,
+    ) -> Result<u64, StoreError> {
+        check_bucket(bucket)?;
+        check_key(key)?;
+        let expires = match ttl {
+            None => 0,
+            Some(t) => now_ms().saturating_add(t.as_millis().max(1) as u64),
+        };
+        let done = self
+            .submit_as(
+                vec![Write::Put {
+                    bucket: bucket.into(),
+                    key: key.into(),
+                    value: value.to_vec(),
+                    expect,
+                    expires,
+                }],
+                durable,
+            )
+            .await?;
+        Ok(done.first().copied().unwrap_or_default() as u64)
+    }
+
     fn read_entry(&self, bucket: &str, key: &str) -> Result<Option<Entry>, StoreError> {
         let r = self.db.begin_read().map_err(backend)?;
         let t = r.open_table(ENTRIES).map_err(backend)?;
@@ -214,98 +245,7 @@ impl Store for Embedded {
         self.read_entry(bucket, key)
     }
 
-    async fn put(
-        &self,
-        bucket: &str,
-        key: &str,
-        value: &[u8],
-        expect: Expect,
-        ttl: Option<Duration>,
-    ) -> Result<u64, StoreError> {
-        check_bucket(bucket)?;
-        check_key(key)?;
-        let expires = match ttl {
-            None => 0,
-            Some(t) => now_ms().saturating_add(t.as_millis().max(1) as u64),
-        };
-        let done = self
-            .submit(vec![Write::Put {
-                bucket: bucket.into(),
-                key: key.into(),
-                value: value.to_vec(),
-                expect,
-                expires,
-            }])
-            .await?;
-        Ok(done.first().copied().unwrap_or_default() as u64)
-    }
-
-    async fn put_hint(&self, bucket: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.put_hint_with_ttl(bucket, key, value, None).await
-    }
-
-    async fn put_hint_with_ttl(
-        &self,
-        bucket: &str,
-        key: &str,
-        value: &[u8],
-        ttl: Option<Duration>,
-    ) -> Result<(), StoreError> {
-        check_bucket(bucket)?;
-        check_key(key)?;
-        let expires = match ttl {
-            None => 0,
-            Some(t) => now_ms().saturating_add(t.as_millis().max(1) as u64),
-        };
-        self.submit_as(
-            vec![Write::Put {
-                bucket: bucket.into(),
-                key: key.into(),
-                value: value.to_vec(),
-                expect: Expect::Any,
-                expires,
-            }],
-            false,
-        )
-        .await
-        .map(|_| ())
-    }
-
-    async fn put_lazy(
-        &self,
-        bucket: &str,
-        key: &str,
-        value: &[u8],
-        expect: Expect,
-        ttl: Option<Duration>,
-    ) -> Result<u64, StoreError> {
-        check_bucket(bucket)?;
-        check_key(key)?;
-        let expires = match ttl {
-            None => 0,
-            Some(t) => now_ms().saturating_add(t.as_millis().max(1) as u64),
-        };
-        let done = self
-            .submit_as(
-                vec![Write::Put {
-                    bucket: bucket.into(),
-                    key: key.into(),
-                    value: value.to_vec(),
-                    expect,
-                    expires,
-                }],
-                false,
-            )
-            .await?;
-        Ok(done.first().copied().unwrap_or_default() as u64)
-    }
-
-    async fn increment_lazy(
-        &self,
-        bucket: &str,
-        key: &str,
-        delta: i64,
-    ) -> Result<i64, StoreError> {
+    async fn increment_lazy(&self, bucket: &str, key: &str, delta: i64) -> Result<i64, StoreError> {
         check_bucket(bucket)?;
         check_key(key)?;
         let done = self
@@ -319,6 +259,44 @@ impl Store for Embedded {
             )
             .await?;
         Ok(done.first().copied().unwrap_or_default())
+    }
+
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: &[u8],
+        expect: Expect,
+        ttl: Option<Duration>,
+    ) -> Result<u64, StoreError> {
+        self.put_as(bucket, key, value, expect, ttl, true).await
+    }
+
+    async fn put_lazy(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: &[u8],
+        expect: Expect,
+        ttl: Option<Duration>,
+    ) -> Result<u64, StoreError> {
+        self.put_as(bucket, key, value, expect, ttl, false).await
+    }
+
+    async fn put_hint(&self, bucket: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.put_hint_with_ttl(bucket, key, value, None).await
+    }
+
+    async fn put_hint_with_ttl(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        self.put_as(bucket, key, value, Expect::Any, ttl, false)
+            .await
+            .map(|_| ())
     }
 
     async fn delete_hint(&self, bucket: &str, key: &str) -> Result<(), StoreError> {

@@ -304,12 +304,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// [`Store::increment`] without waiting for it to be durable, as
     /// [`Store::put_lazy`].
-    async fn increment_lazy(
-        &self,
-        bucket: &str,
-        key: &str,
-        delta: i64,
-    ) -> Result<i64, StoreError> {
+    async fn increment_lazy(&self, bucket: &str, key: &str, delta: i64) -> Result<i64, StoreError> {
         self.increment(bucket, key, delta).await
     }
 

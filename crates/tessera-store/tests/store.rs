@@ -1145,7 +1145,10 @@ mod nats_only {
 async fn lazy_and_hint_writes_keep_their_conditions(f: &Fixture) {
     let s = &f.store;
     let b = "lazy";
-    let r1 = s.put_lazy(b, "k", b"1", Expect::Absent, None).await.unwrap();
+    let r1 = s
+        .put_lazy(b, "k", b"1", Expect::Absent, None)
+        .await
+        .unwrap();
     assert_eq!(value(s, b, "k").await.as_deref(), Some("1"));
     assert_conflict(
         s.put_lazy(b, "k", b"2", Expect::Absent, None).await,
@@ -1153,17 +1156,23 @@ async fn lazy_and_hint_writes_keep_their_conditions(f: &Fixture) {
         Some(r1),
     );
     assert_conflict(
-        s.put_lazy(b, "k", b"2", Expect::Revision(r1 + 1000), None).await,
+        s.put_lazy(b, "k", b"2", Expect::Revision(r1 + 1000), None)
+            .await,
         Expect::Revision(r1 + 1000),
         Some(r1),
     );
-    let r2 = s.put_lazy(b, "k", b"2", Expect::Revision(r1), None).await.unwrap();
+    let r2 = s
+        .put_lazy(b, "k", b"2", Expect::Revision(r1), None)
+        .await
+        .unwrap();
     assert!(r2 > r1);
     assert_eq!(s.get(b, "k").await.unwrap().unwrap().revision, r2);
     assert_eq!(s.increment_lazy(b, "n", 5).await.unwrap(), 5);
     assert_eq!(s.increment_lazy(b, "n", -2).await.unwrap(), 3);
     assert_eq!(s.increment(b, "n", 1).await.unwrap(), 4);
-    s.put_hint_with_ttl(b, "t", b"x", Some(Duration::from_millis(300))).await.unwrap();
+    s.put_hint_with_ttl(b, "t", b"x", Some(Duration::from_millis(300)))
+        .await
+        .unwrap();
     assert_eq!(value(s, b, "t").await.as_deref(), Some("x"));
     let start = Instant::now();
     until_absent(s, b, "t", start).await;

@@ -40,6 +40,8 @@ pub(crate) struct Effects {
     pub(crate) sends: u32,
     pub(crate) asks: u32,
     pub(crate) tool_calls: u32,
+    /// The approval request the turn stopped for.
+    pub(crate) suspended: Option<String>,
 }
 
 impl TurnLink {
@@ -275,6 +277,7 @@ impl AgentLink for TurnLink {
                             arguments: arguments.to_string(),
                         },
                     );
+                    self.effects().suspended = Some(request.clone());
                     return ToolAnswer::Suspend { request };
                 }
             }

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tessera_journal::{AgentTurn, Caller, JournalStore};
 use tessera_runtime::capability::agent::{ComponentSpec, check_agent_id};
-use tessera_runtime::{CallFailure, CallOptions, LoadedComponent};
+use tessera_runtime::{CallOptions, LoadedComponent};
 use tessera_store::{Expect, SharedStore, StoreError};
 use tokio::sync::{broadcast, oneshot, watch};
 
@@ -940,16 +940,22 @@ async fn run_turn(
     };
     runs.push(run.clone());
     let used = outcome.usage.values().sum::<u64>();
+    let suspended = link
+        .effects
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .suspended
+        .take();
     let output = match &outcome.result {
         Ok(v) if outcome.guest_error => Err(match v.get("err") {
             Some(serde_json::Value::String(s)) => format!("the turn returned an error: {s}"),
             other => format!("the turn returned an error: {}", other.unwrap_or(v)),
         }),
         Ok(v) => Ok(v.get("ok").cloned().unwrap_or_default()),
-        Err(CallFailure::Trap { message, .. })
-            if message.contains("waits for approval request") =>
-        {
-            return suspend(inner, rec, revision, seq, attempt, &run, message).await;
+        // The guest was stopped where a tool call waits for a person.
+        Err(_) if suspended.is_some() => {
+            let request = suspended.unwrap_or_default();
+            return suspend(inner, rec, revision, seq, attempt, &run, request).await;
         }
         Err(f) => Err(f.to_string()),
     };
@@ -1037,7 +1043,7 @@ async fn run_turn(
     Ok(Attempt::Committed)
 }
 
-/// Records that the turn for `seq` waits for an approval.
+/// Records that the turn for `seq` waits for approval `request`.
 async fn suspend(
     inner: &Arc<Inner>,
     rec: &mut AgentRecord,
@@ -1045,14 +1051,8 @@ async fn suspend(
     seq: u64,
     attempt: u32,
     run: &str,
-    message: &str,
+    request: String,
 ) -> Result<Attempt, AgentError> {
-    let request = message
-        .split("approval request `")
-        .nth(1)
-        .and_then(|s| s.split('`').next())
-        .unwrap_or_default()
-        .to_string();
     rec.status = Status::Waiting {
         request: request.clone(),
     };

@@ -580,26 +580,6 @@ fn link(gateway: &Gateway) -> wasmtime::Result<Arc<dyn AgentLink>> {
     })
 }
 
-/// One exchange whose live half is async.
-async fn exchange<O, F, Fut>(
-    gateway: &Gateway,
-    request: O::Request,
-    live: F,
-) -> wasmtime::Result<O::Response>
-where
-    O: Op,
-    F: FnOnce(Gateway, O::Request) -> Fut,
-    Fut: std::future::Future<Output = wasmtime::Result<O::Response>>,
-{
-    let index = gateway.reserve_index();
-    let response = match gateway.answer::<O>(index, &request)? {
-        Some(r) => r,
-        None => live(gateway.clone(), request.clone()).await?,
-    };
-    gateway.report::<O>(index, &request, &response);
-    Ok(response)
-}
-
 fn wit_send_error(e: SendError) -> wit_agents::SendError {
     match e {
         SendError::NoSuchAgent(a) => wit_agents::SendError::NoSuchAgent(a),
@@ -611,23 +591,21 @@ fn wit_send_error(e: SendError) -> wit_agents::SendError {
 
 impl wit_agents::Host for HostState {
     async fn self_id(&mut self) -> wasmtime::Result<String> {
-        exchange::<SelfId, _, _>(&self.gateway, (), |g, ()| async move { Ok(link(&g)?.id()) }).await
+        self.gateway
+            .exchange_async::<SelfId, _, _>((), |g, ()| async move { Ok(link(&g)?.id()) })
+            .await
     }
 
     async fn parent(&mut self) -> wasmtime::Result<Option<String>> {
-        exchange::<Parent, _, _>(
-            &self.gateway,
-            (),
-            |g, ()| async move { Ok(link(&g)?.parent()) },
-        )
-        .await
+        self.gateway
+            .exchange_async::<Parent, _, _>((), |g, ()| async move { Ok(link(&g)?.parent()) })
+            .await
     }
 
     async fn children(&mut self) -> wasmtime::Result<Vec<String>> {
-        exchange::<Children, _, _>(&self.gateway, (), |g, ()| async move {
-            Ok(link(&g)?.children())
-        })
-        .await
+        self.gateway
+            .exchange_async::<Children, _, _>((), |g, ()| async move { Ok(link(&g)?.children()) })
+            .await
     }
 
     async fn send(
@@ -635,19 +613,17 @@ impl wit_agents::Host for HostState {
         to: String,
         body: String,
     ) -> wasmtime::Result<Result<String, wit_agents::SendError>> {
-        let r = exchange::<SendMessage, _, _>(
-            &self.gateway,
-            SendRequest { to, body },
-            |g, q| async move {
+        let r = self
+            .gateway
+            .exchange_async::<SendMessage, _, _>(SendRequest { to, body }, |g, q| async move {
                 let link = link(&g)?;
                 if !link.is_kin(&q.to) && !g.grants().agent.may_send(&q.to) {
                     deny(&g, "send", &q.to);
                     return Ok(Err(SendError::Denied(q.to)));
                 }
                 Ok(link.send(&q.to, &q.body).await)
-            },
-        )
-        .await?;
+            })
+            .await?;
         Ok(r.map_err(wit_send_error))
     }
 
@@ -662,17 +638,19 @@ impl wit_agents::Host for HostState {
             body,
             timeout_ms,
         };
-        let r = exchange::<Ask, _, _>(&self.gateway, request, |g, q| async move {
-            let link = link(&g)?;
-            if !link.is_kin(&q.to) && !g.grants().agent.may_send(&q.to) {
-                deny(&g, "ask", &q.to);
-                return Ok(Err(AskError::Send(SendError::Denied(q.to))));
-            }
-            Ok(link
-                .ask(&q.to, &q.body, Duration::from_millis(q.timeout_ms.into()))
-                .await)
-        })
-        .await?;
+        let r = self
+            .gateway
+            .exchange_async::<Ask, _, _>(request, |g, q| async move {
+                let link = link(&g)?;
+                if !link.is_kin(&q.to) && !g.grants().agent.may_send(&q.to) {
+                    deny(&g, "ask", &q.to);
+                    return Ok(Err(AskError::Send(SendError::Denied(q.to))));
+                }
+                Ok(link
+                    .ask(&q.to, &q.body, Duration::from_millis(q.timeout_ms.into()))
+                    .await)
+            })
+            .await?;
         Ok(r.map_err(|e| match e {
             AskError::Send(s) => wit_agents::AskError::Send(wit_send_error(s)),
             AskError::Timeout => wit_agents::AskError::Timeout,
@@ -690,18 +668,20 @@ impl wit_agents::Host for HostState {
             template: spec.template,
             state: spec.state,
         };
-        let r = exchange::<Spawn, _, _>(&self.gateway, request, |g, q| async move {
-            let link = link(&g)?;
-            if let Err(e) = check_segment(&q.name) {
-                return Ok(Err(SpawnError::InvalidName(e)));
-            }
-            if !g.grants().agent.spawn.contains_key(&q.template) {
-                deny(&g, "spawn", &q.template);
-                return Ok(Err(SpawnError::Denied(q.template)));
-            }
-            Ok(link.spawn(&q.name, &q.template, q.state.as_deref()).await)
-        })
-        .await?;
+        let r = self
+            .gateway
+            .exchange_async::<Spawn, _, _>(request, |g, q| async move {
+                let link = link(&g)?;
+                if let Err(e) = check_segment(&q.name) {
+                    return Ok(Err(SpawnError::InvalidName(e)));
+                }
+                if !g.grants().agent.spawn.contains_key(&q.template) {
+                    deny(&g, "spawn", &q.template);
+                    return Ok(Err(SpawnError::Denied(q.template)));
+                }
+                Ok(link.spawn(&q.name, &q.template, q.state.as_deref()).await)
+            })
+            .await?;
         Ok(r.map_err(|e| match e {
             SpawnError::Denied(t) => wit_agents::SpawnError::Denied(t),
             SpawnError::Exists(a) => wit_agents::SpawnError::Exists(a),
@@ -728,13 +708,15 @@ fn deny(gateway: &Gateway, what: &str, target: &str) {
 
 impl wit_tools::Host for HostState {
     async fn list(&mut self) -> wasmtime::Result<Vec<wit_tools::Tool>> {
-        let tools = exchange::<ListTools, _, _>(&self.gateway, (), |g, ()| async move {
-            if g.grants().agent.tools.is_empty() {
-                return Ok(Vec::new());
-            }
-            Ok(link(&g)?.tools().await)
-        })
-        .await?;
+        let tools = self
+            .gateway
+            .exchange_async::<ListTools, _, _>((), |g, ()| async move {
+                if g.grants().agent.tools.is_empty() {
+                    return Ok(Vec::new());
+                }
+                Ok(link(&g)?.tools().await)
+            })
+            .await?;
         Ok(tools
             .into_iter()
             .map(|t| wit_tools::Tool {

@@ -318,13 +318,9 @@ where
     F: FnOnce(Gateway, O::Request) -> Fut,
     Fut: Future<Output = O::Response>,
 {
-    let index = gateway.reserve_index();
-    let response = match gateway.answer::<O>(index, &request)? {
-        Some(r) => r,
-        None => live(gateway.clone(), request.clone()).await,
-    };
-    gateway.report::<O>(index, &request, &response);
-    Ok(response)
+    gateway
+        .exchange_async::<O, _, _>(request, |g, q| async move { Ok(live(g, q).await) })
+        .await
 }
 
 /// Refuses a write to a read-only bucket (audited).

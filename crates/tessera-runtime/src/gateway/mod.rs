@@ -298,6 +298,29 @@ impl Gateway {
         Ok(response)
     }
 
+    /// [`Gateway::exchange`] for an operation whose live half waits on the
+    /// host (a store, another agent, a model): replaying, answers from the
+    /// recording; live, awaits `live` (which may fail the call with a trap)
+    /// and reports the exchange.
+    pub async fn exchange_async<O, F, Fut>(
+        &self,
+        request: O::Request,
+        live: F,
+    ) -> wasmtime::Result<O::Response>
+    where
+        O: Op,
+        F: FnOnce(Gateway, O::Request) -> Fut,
+        Fut: std::future::Future<Output = wasmtime::Result<O::Response>>,
+    {
+        let index = self.reserve_index();
+        let response = match self.answer::<O>(index, &request)? {
+            Some(r) => r,
+            None => live(self.clone(), request.clone()).await?,
+        };
+        self.report::<O>(index, &request, &response);
+        Ok(response)
+    }
+
     /// The first half of an exchange that waits on the host: replaying,
     /// checks `request` against the step at `index` and returns the
     /// recorded response for an [`Replay::Answer`] operation; live (or for a
