@@ -174,6 +174,34 @@ async fn messages_from_one_agent_arrive_in_order_and_a_turns_sends_are_delivered
 }
 
 #[tokio::test]
+async fn idle_agents_keep_nothing_in_memory() {
+    let e = env().await;
+    let m = e.manifest(
+        "parent",
+        "[agent.spawn.p]\ncomponent = \"@COMPONENTS@/probe-agent.wasm\"\n",
+    );
+    for i in 0..40 {
+        e.spawn(&format!("i{i}"), "probe-agent", Some(&m)).await;
+        e.sys
+            .send(
+                &format!("i{i}"),
+                &json!({"op": "append", "value": i}).to_string(),
+                SendOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+    // A supervisor restarting a child touches both.
+    e.reply("i0", json!({"op": "spawn", "name": "c", "template": "p"}))
+        .await;
+    e.ask("i0/c", json!({"op": "trap"})).await;
+    e.sys.idle().await;
+    assert_eq!(e.sys.get("i0/c").await.unwrap().record.restart_count, 1);
+    assert_eq!(e.sys.resident(), 0);
+    assert_eq!(e.state("i39").await, json!([39]));
+}
+
+#[tokio::test]
 async fn a_message_delivered_twice_under_one_id_is_processed_once() {
     let e = env().await;
     let m = e.manifest(

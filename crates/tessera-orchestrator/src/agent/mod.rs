@@ -324,6 +324,15 @@ fn lock_of(inner: &Inner, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         .clone()
 }
 
+/// Drops an idle agent's lock when nobody holds or waits for it: an idle
+/// agent keeps nothing in memory.
+fn forget_lock(inner: &Inner, id: &str) {
+    let mut locks = inner.locks.lock().unwrap_or_else(|p| p.into_inner());
+    if locks.get(id).is_some_and(|l| Arc::strong_count(l) == 1) {
+        locks.remove(id);
+    }
+}
+
 /// Creates an agent's record (its component must load and export
 /// [`TURN`]).
 pub(crate) async fn spawn(inner: &Arc<Inner>, spec: SpawnSpec) -> Result<AgentRecord, AgentError> {
@@ -504,6 +513,7 @@ pub(crate) fn wake(inner: &Arc<Inner>, id: &str) {
             let mut r = inner.running.lock().unwrap_or_else(|p| p.into_inner());
             if !r.1.remove(&id) {
                 r.0.remove(&id);
+                forget_lock(&inner, &id);
                 inner.active.send_modify(|n| *n -= 1);
                 break;
             }
@@ -1535,6 +1545,25 @@ impl AgentSystem {
             },
         );
         Ok(())
+    }
+
+    /// How many agents this process keeps anything of in memory (a turn
+    /// cycle running, a lock): 0 once every agent is idle.
+    pub fn resident(&self) -> usize {
+        let running = self
+            .inner
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .len();
+        let locks = self
+            .inner
+            .locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
+        running.max(locks)
     }
 
     /// Events from now on.

@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use super::records::{self, Status};
-use super::{AgentError, AgentEvent, Inner, commit, emit, load, lock_of, wake};
+use super::{AgentError, AgentEvent, Inner, commit, emit, forget_lock, load, lock_of, wake};
 use tessera_runtime::capability::agent::Strategy;
 
 type Boxed<'a> = Pin<Box<dyn Future<Output = Result<(), AgentError>> + Send + 'a>>;
@@ -53,6 +53,8 @@ pub(crate) fn child_failed<'a>(
             rec.last_error = Some(reason.clone());
             commit(inner, &rec, revision).await?;
             drop(guard);
+            drop(lock);
+            forget_lock(inner, parent);
             for c in &rec.children {
                 stop(inner, c, &format!("its supervisor `{parent}` failed")).await?;
             }
@@ -70,6 +72,8 @@ pub(crate) fn child_failed<'a>(
         }
         commit(inner, &rec, revision).await?;
         drop(guard);
+        drop(lock);
+        forget_lock(inner, parent);
         let targets: Vec<String> = match policy.strategy {
             Strategy::OneForOne => vec![child.to_string()],
             Strategy::OneForAll => rec.children.clone(),
@@ -110,6 +114,8 @@ pub(crate) fn restart<'a>(inner: &'a Arc<Inner>, id: &'a str, reason: &'a str) -
         rec.last_error = Some(format!("restarted: {reason}"));
         commit(inner, &rec, revision).await?;
         drop(guard);
+        drop(lock);
+        forget_lock(inner, id);
         for c in &rec.children {
             restart(inner, c, reason).await?;
         }
@@ -131,6 +137,8 @@ fn stop<'a>(inner: &'a Arc<Inner>, id: &'a str, reason: &'a str) -> Boxed<'a> {
         };
         commit(inner, &rec, revision).await?;
         drop(guard);
+        drop(lock);
+        forget_lock(inner, id);
         for c in &rec.children {
             stop(inner, c, reason).await?;
         }
