@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up (see setup.sh) and runs a short tour of Tessera: inspect a
-# component, call it from JSON, and watch grants and limits at work.
+# component, call it from JSON, watch grants and limits at work, replay a
+# run, serve over MCP, and run supervised agents.
 # Needs no services: everything runs in-process on the embedded defaults.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -90,6 +91,22 @@ step "MCP over stdio: initialize, list tools, call a tool, get a tool error (den
     esac
 done
 run $T runs list
+
+# Agents: a coordinator spawns supervised workers and asks each for a word
+# count; a worker's failing turn becomes a dead letter and its supervisor
+# restarts it; every turn is a journal run that replays offline.
+run $T agents spawn coord --component components/coordinator.wasm --manifest examples/agents/coordinator.toml
+run $T agents send coord '{"texts": ["the quick brown fox", "jumps over", "the lazy dog"]}' --wait
+run $T agents send coord/w0 '{"trap": true}' --wait
+run $T agents list
+run $T agents dead-letters coord/w0
+run $T agents log coord
+TURN=$($T agents log coord --json | sed -n 's/.*"run": "\([^"]*\)".*/\1/p' | head -1)
+if [ -n "$TURN" ]; then
+    run $T replay "$TURN"
+fi
+run $T agents fork coord --at 1 --as coord-b
+run $T agents show coord-b
 
 step "audit log ($DATA/audit.jsonl)"
 cat "$DATA/audit.jsonl"
