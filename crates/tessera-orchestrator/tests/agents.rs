@@ -66,6 +66,10 @@ async fn env() -> Env {
 }
 
 async fn env_with(llm: Option<Arc<LlmProviders>>) -> Env {
+    env_on(StoreSettings::default(), llm).await
+}
+
+async fn env_on(settings: StoreSettings, llm: Option<Arc<LlmProviders>>) -> Env {
     for c in [
         "probe-agent",
         "coordinator",
@@ -76,7 +80,7 @@ async fn env_with(llm: Option<Arc<LlmProviders>>) -> Env {
         tessera_test_support::component(c);
     }
     let dir = tempfile::tempdir().unwrap();
-    let stores = Arc::new(Stores::new(StoreSettings::default(), dir.path()));
+    let stores = Arc::new(Stores::new(settings, dir.path()));
     let journal = Arc::new(JournalStore::open(dir.path()).unwrap());
     let sys = open_with(dir.path(), &stores, &journal, llm).await;
     Env {
@@ -171,6 +175,73 @@ async fn messages_from_one_agent_arrive_in_order_and_a_turns_sends_are_delivered
     let log = e.sys.turns("a").await.unwrap();
     assert_eq!(log[0].sent.len(), 40);
     assert!(log[0].sent.iter().all(|(to, _)| to == "b"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_on_nats_jetstream_keep_order_de_duplicate_and_supervise() {
+    let nats = tessera_test_support::NatsServer::start();
+    let settings = StoreSettings::from_toml(
+        &format!(
+            "[store.nats]\nurl = \"{}\"\n[store.buckets]\ntessera-agents = \"nats\"\n",
+            nats.url()
+        ),
+        "test settings",
+    )
+    .unwrap();
+    let e = env_on(settings, None).await;
+    assert_eq!(
+        e.stores
+            .for_bucket(records::BUCKET)
+            .await
+            .unwrap()
+            .backend(),
+        "nats"
+    );
+    let m = e.manifest("open", OPEN);
+    e.spawn("a", "probe-agent", Some(&m)).await;
+    e.spawn("b", "probe-agent", Some(&m)).await;
+    e.reply("a", json!({"op": "sendn", "to": "b", "n": 20}))
+        .await;
+    let expected: Vec<Value> = (0..20).map(|i| json!(i)).collect();
+    assert_eq!(e.state("b").await, Value::Array(expected));
+    for _ in 0..2 {
+        e.sys
+            .send(
+                "b",
+                &json!({"op": "append", "value": "once"}).to_string(),
+                SendOptions {
+                    id: Some("dup".into()),
+                    expects_reply: false,
+                },
+            )
+            .await
+            .unwrap();
+        e.sys.idle().await;
+    }
+    assert_eq!(e.sys.get("b").await.unwrap().record.turns, 21);
+    // A child that traps is restarted by its supervisor (ids with `/` and
+    // `#` in NATS keys).
+    let parent = e.manifest(
+        "parent",
+        "[agent.spawn.p]\ncomponent = \"@COMPONENTS@/probe-agent.wasm\"\n",
+    );
+    e.spawn("sup", "probe-agent", Some(&parent)).await;
+    e.reply(
+        "sup",
+        json!({"op": "spawn", "name": "kid", "template": "p"}),
+    )
+    .await;
+    e.reply("sup/kid", json!({"op": "append", "value": 1}))
+        .await;
+    e.ask("sup/kid", json!({"op": "trap"})).await;
+    e.sys.idle().await;
+    let kid = e.sys.get("sup/kid").await.unwrap();
+    assert_eq!(
+        (kid.record.restart_count, kid.record.state.clone()),
+        (1, None)
+    );
+    assert_eq!(e.sys.dead_letters("sup/kid").await.unwrap().len(), 1);
+    assert_eq!(e.sys.turns("sup/kid").await.unwrap().len(), 1);
 }
 
 #[tokio::test]
