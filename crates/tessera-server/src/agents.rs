@@ -483,14 +483,18 @@ pub fn encode_id(id: &str) -> String {
     id.replace('%', "%25").replace('/', "%2F")
 }
 
+/// Whether agent `id` is agent `root` or one of its descendants
+/// (`root/child`, `root/child/grandchild`, …).
+pub fn within(id: &str, root: &str) -> bool {
+    id == root
+        || id
+            .strip_prefix(root)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
 /// Whether `event` concerns agent `root` or one of its descendants.
 pub fn event_concerns(event: &AgentEvent, root: &str) -> bool {
-    let within = |id: &str| {
-        id == root
-            || id
-                .strip_prefix(root)
-                .is_some_and(|rest| rest.starts_with('/'))
-    };
+    let within = |id: &str| within(id, root);
     match event {
         AgentEvent::Spawned { agent, .. }
         | AgentEvent::Turn { agent, .. }

@@ -61,6 +61,19 @@
 //!   (the message is a dead letter), a full mailbox, a stopped agent or no
 //!   reply in time is a tool error with the reason. Spawning or forking a
 //!   top-level agent sends `list_changed`.
+//! - While the server has agents, two more tools decide their tool
+//!   calls that wait for a person (`approval` in an agent's manifest; no
+//!   component may be named `agents`): `agents__approvals` (`{"agent"?:
+//!   string}`; read-only) answers the requests still waiting — of that
+//!   agent and its descendants, or of every agent — each `agent`,
+//!   `request`, `tool`, `arguments`, `turn`, `asked`, as
+//!   `structuredContent` `{"approvals": […]}` and as JSON text;
+//!   `agents__decide` (`{"agent": string, "request": string, "approved":
+//!   boolean, "reason"?: string}`) decides one, recording the caller's
+//!   token id (`mcp` without one) as who decided, and answers `{"approval":
+//!   …}` with its decision; the waiting turn then goes on. An unknown agent
+//!   or request, or one decided already, is a tool error with the reason.
+//!   Both need what every MCP tool needs: over `/mcp`, the `call` scope.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -375,6 +388,176 @@ pub async fn resolve_agent(server: &Arc<Server>, tool: &str) -> Option<String> {
         .into_iter()
         .find(|t| t.tool.name == tool)
         .map(|t| t.agent)
+}
+
+/// The tool that lists the approval requests still waiting. No component
+/// can be named `agents` ([`crate::registry::RESERVED_NAMES`]).
+pub const APPROVALS_TOOL: &str = "agents__approvals";
+
+/// The tool that approves or rejects an approval request.
+pub const DECIDE_TOOL: &str = "agents__decide";
+
+/// The JSON Schema of an approval request as the approval tools answer it
+/// ([`approval_value`]); `decided`: with its decision.
+fn approval_schema(decided: bool) -> Value {
+    let mut schema = json!({
+        "type": "object",
+        "properties": {
+            "agent": {
+                "type": "string",
+                "description": "The agent whose turn waits (`parent/child` for a child).",
+            },
+            "request": {
+                "type": "string",
+                "description": "The request's id (what `agents__decide` takes).",
+            },
+            "tool": {
+                "type": "string",
+                "description": "The tool the agent called (`<grant>__<function>`).",
+            },
+            "arguments": {
+                "description": "Its arguments: a JSON object (the JSON text as a string if it does not parse).",
+            },
+            "turn": { "type": "integer", "minimum": 0, "description": "The turn that asked." },
+            "asked": { "type": "string", "description": "When it was asked (RFC 3339)." },
+            "decision": {
+                "type": "object",
+                "properties": {
+                    "approved": { "type": "boolean" },
+                    "by": { "type": "string", "description": "Who decided: a token id, `mcp`, `http`, `cli`, …" },
+                    "reason": { "type": "string" },
+                    "at": { "type": "string", "description": "When (RFC 3339)." },
+                },
+                "required": ["approved", "at"],
+            },
+        },
+        "required": ["agent", "request", "tool", "arguments", "turn", "asked"],
+    });
+    if decided {
+        schema["required"] = json!([
+            "agent",
+            "request",
+            "tool",
+            "arguments",
+            "turn",
+            "asked",
+            "decision"
+        ]);
+    }
+    schema
+}
+
+/// An approval request as the approval tools answer it: the HTTP API's
+/// `ApprovalInfo`, with the arguments as JSON rather than JSON text.
+fn approval_value(a: &tessera_orchestrator::agent::Approval) -> Value {
+    let mut v = json!({
+        "agent": a.agent,
+        "request": a.request,
+        "tool": a.tool,
+        "arguments": serde_json::from_str::<Value>(&a.arguments)
+            .unwrap_or_else(|_| Value::String(a.arguments.clone())),
+        "turn": a.turn,
+        "asked": a.asked,
+    });
+    if let Some(d) = &a.decision {
+        let mut decision = json!({ "approved": d.approved, "at": d.at });
+        if let Some(by) = &d.by {
+            decision["by"] = json!(by);
+        }
+        if let Some(reason) = &d.reason {
+            decision["reason"] = json!(reason);
+        }
+        v["decision"] = decision;
+    }
+    v
+}
+
+/// The approval tools, listed while the server has agents:
+/// [`APPROVALS_TOOL`] (read-only) and [`DECIDE_TOOL`].
+pub fn approval_tools() -> Vec<Tool> {
+    let approvals_input = json!({
+        "type": "object",
+        "properties": {
+            "agent": {
+                "type": "string",
+                "description": "An agent's id (`parent/child` for a child): the requests of that agent and its descendants. Absent: those of every agent.",
+            },
+        },
+    });
+    let approvals_output = json!({
+        "type": "object",
+        "properties": {
+            "approvals": { "type": "array", "items": approval_schema(false) },
+        },
+        "required": ["approvals"],
+    });
+    let mut approvals = Tool::new_with_raw(APPROVALS_TOOL, None, object(approvals_input))
+        .with_raw_output_schema(object(approvals_output))
+        .with_title("agents: approvals waiting");
+    approvals.description = Some(
+        "Lists the approval requests still waiting: tool calls of agents, listed under `approval` in their manifests, that stopped their turns until a person approves or rejects them (with `agents__decide`). Each names the agent, the request, the tool, its arguments, the turn and when it was asked."
+            .into(),
+    );
+    approvals.annotations = Some(
+        ToolAnnotations::new()
+            .read_only(true)
+            .destructive(false)
+            .open_world(false),
+    );
+    let decide_input = json!({
+        "type": "object",
+        "properties": {
+            "agent": {
+                "type": "string",
+                "description": "The agent whose turn waits (`parent/child` for a child).",
+            },
+            "request": {
+                "type": "string",
+                "description": "The approval request's id (from `agents__approvals`).",
+            },
+            "approved": {
+                "type": "boolean",
+                "description": "true: the tool call runs and the turn goes on; false: the tool answers `rejected` with the reason and the agent carries on.",
+            },
+            "reason": { "type": "string", "description": "Why (the agent sees it when rejected)." },
+        },
+        "required": ["agent", "request", "approved"],
+    });
+    let decide_output = json!({
+        "type": "object",
+        "properties": { "approval": approval_schema(true) },
+        "required": ["approval"],
+    });
+    let mut decide = Tool::new_with_raw(DECIDE_TOOL, None, object(decide_input))
+        .with_raw_output_schema(object(decide_output))
+        .with_title("agents: decide an approval");
+    decide.description = Some(
+        "Approves or rejects an approval request of an agent (see `agents__approvals`); the turn that waits for it then goes on. A request is decided once. Answers the request with its decision."
+            .into(),
+    );
+    decide.annotations = Some(
+        ToolAnnotations::new()
+            .read_only(false)
+            .idempotent(false)
+            .open_world(false),
+    );
+    vec![approvals, decide]
+}
+
+/// The tools of the agent system, sorted by name: the top-level agents'
+/// and, once there is one, the approval tools (every agent descends from
+/// a top-level one, and spawning or forking one sends `list_changed`). A
+/// server without agents lists neither, nor when the agent system cannot
+/// be opened (the server has no store, or it is down; logged).
+pub async fn agent_system_tools(server: &Arc<Server>) -> Vec<Tool> {
+    let agents = agent_tools(server).await;
+    if agents.is_empty() {
+        return Vec::new();
+    }
+    let mut all = approval_tools();
+    all.extend(agents.into_iter().map(|t| t.tool));
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    all
 }
 
 /// Every tool: the components' and the plans', sorted by name (the
@@ -770,6 +953,124 @@ impl McpService {
     }
 }
 
+/// A tool result whose structured content is `value`, and whose text is
+/// the same as JSON.
+fn json_result(value: Value) -> CallToolResult {
+    let text = serde_json::to_string_pretty(&value).unwrap_or_default();
+    let mut r = CallToolResult::structured(value);
+    r.content = vec![ContentBlock::text(text)];
+    r
+}
+
+/// A string argument: `Ok(None)` when absent or null, a message when it
+/// is something else.
+fn string_arg<'a>(args: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, String> {
+    match args.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(format!("`{key}` must be a string")),
+    }
+}
+
+impl McpService {
+    /// `agents__approvals`: the approval requests still waiting, of one
+    /// agent and its descendants or of every agent, by agent and turn.
+    async fn call_approvals(
+        &self,
+        tool: &str,
+        args: Map<String, Value>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        use crate::agents::{agent_error, within};
+        let root = match string_arg(&args, "agent") {
+            Ok(r) => r,
+            Err(m) => return Ok(text_error(format!("`{tool}`: {m} (an agent's id)")).into()),
+        };
+        let sys = match self.server.agents().await {
+            Ok(sys) => sys,
+            Err(e) => return Ok(text_error(failure_text(tool, &e)?).into()),
+        };
+        if let Some(root) = root
+            && let Err(e) = sys.get(root).await
+        {
+            return Ok(text_error(failure_text(tool, &agent_error(e))?).into());
+        }
+        let agents = match sys.list().await {
+            Ok(l) => l,
+            Err(e) => return Ok(text_error(failure_text(tool, &agent_error(e))?).into()),
+        };
+        let mut waiting = Vec::new();
+        for info in agents {
+            let id = &info.record.id;
+            if root.is_some_and(|root| !within(id, root)) {
+                continue;
+            }
+            match sys.approvals(id).await {
+                Ok(list) => waiting.extend(list.into_iter().filter(|a| a.decision.is_none())),
+                // Gone since it was listed.
+                Err(tessera_orchestrator::agent::AgentError::NotFound(_)) => {}
+                Err(e) => return Ok(text_error(failure_text(tool, &agent_error(e))?).into()),
+            }
+        }
+        waiting.sort_by(|a, b| {
+            (&a.agent, a.turn, &a.asked, &a.request).cmp(&(&b.agent, b.turn, &b.asked, &b.request))
+        });
+        let approvals: Vec<Value> = waiting.iter().map(approval_value).collect();
+        Ok(json_result(json!({ "approvals": approvals })).into())
+    }
+
+    /// `agents__decide`: approves or rejects an approval request, decided
+    /// by the caller's token id (`mcp` without one); the waiting turn then
+    /// goes on.
+    async fn call_decide(
+        &self,
+        tool: &str,
+        args: Map<String, Value>,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        use crate::agents::agent_error;
+        let required = |key: &str| match string_arg(&args, key) {
+            Ok(Some(v)) => Ok(v.to_string()),
+            Ok(None) => Err(format!("`{key}` is required")),
+            Err(m) => Err(m),
+        };
+        let parsed = (|| {
+            let agent = required("agent")?;
+            let request = required("request")?;
+            let approved = match args.get("approved") {
+                Some(Value::Bool(b)) => *b,
+                _ => return Err("`approved` is required: true or false".to_string()),
+            };
+            let reason = string_arg(&args, "reason")?.map(str::to_string);
+            Ok((agent, request, approved, reason))
+        })();
+        let (agent, request, approved, reason) = match parsed {
+            Ok(p) => p,
+            Err(m) => return Ok(text_error(format!("`{tool}`: {m}")).into()),
+        };
+        let sys = match self.server.agents().await {
+            Ok(sys) => sys,
+            Err(e) => return Ok(text_error(failure_text(tool, &e)?).into()),
+        };
+        // An unknown agent says so, rather than that it has no such request.
+        if let Err(e) = sys.get(&agent).await {
+            return Ok(text_error(failure_text(tool, &agent_error(e))?).into());
+        }
+        let by = token_id(context).unwrap_or_else(|| "mcp".to_string());
+        let mut result = match sys
+            .decide(&agent, &request, approved, Some(by), reason)
+            .await
+        {
+            Ok(a) => json_result(json!({ "approval": approval_value(&a) })),
+            Err(e) => text_error(failure_text(tool, &agent_error(e))?),
+        };
+        let mut m = Map::new();
+        m.insert("tessera/agent".into(), json!(agent));
+        m.insert("tessera/request".into(), json!(request));
+        result.meta = Some(MetaObject(m));
+        Ok(result.into())
+    }
+}
+
 impl ServerHandler for McpService {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(
@@ -786,8 +1087,9 @@ impl ServerHandler for McpService {
              under the grants of its manifest. Tool names are <component>__<function>; \
              a tool named plan__<name> runs a registered plan (a graph of such calls) to \
              its end and answers its outputs; a tool named agent__<id> sends a message to \
-             a long-lived agent and answers its reply. Every call is journaled and can be \
-             replayed.",
+             a long-lived agent and answers its reply; agents__approvals lists the tool \
+             calls of agents that wait for a person's approval, and agents__decide \
+             approves or rejects one. Every call is journaled and can be replayed.",
         )
     }
 
@@ -802,8 +1104,8 @@ impl ServerHandler for McpService {
         let mut all = all_tools(&self.server);
         // The agents' store may be slow to answer (NATS down): the other
         // tools are listed all the same.
-        match tokio::time::timeout(AGENT_LIST_WAIT, agent_tools(&self.server)).await {
-            Ok(agents) => all.extend(agents.into_iter().map(|t| t.tool)),
+        match tokio::time::timeout(AGENT_LIST_WAIT, agent_system_tools(&self.server)).await {
+            Ok(agents) => all.extend(agents),
             Err(_) => tracing::warn!(
                 "agent tools are not listed: the agents' store did not answer within {} s",
                 AGENT_LIST_WAIT.as_secs()
@@ -819,6 +1121,16 @@ impl ServerHandler for McpService {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let name = request.name.to_string();
+        if name == APPROVALS_TOOL {
+            return self
+                .call_approvals(&name, request.arguments.unwrap_or_default())
+                .await;
+        }
+        if name == DECIDE_TOOL {
+            return self
+                .call_decide(&name, request.arguments.unwrap_or_default(), &context)
+                .await;
+        }
         if let Some(plan) = resolve_plan(&self.server, &name) {
             let args = Value::Object(request.arguments.unwrap_or_default());
             return self.call_plan(&name, &plan, args, context).await;
@@ -1071,6 +1383,18 @@ mod tests {
         );
         // Nothing outside [A-Za-z0-9_-] survives.
         assert!(valid(&name_for("c", Some("ns:pkg/odd.name"), "f")));
+    }
+
+    #[test]
+    fn approval_tools_are_valid_and_no_component_can_take_their_names() {
+        let tools = approval_tools();
+        let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+        assert_eq!(names, [APPROVALS_TOOL, DECIDE_TOOL]);
+        for name in names {
+            assert!(valid(name), "{name}");
+            let (component, _) = name.split_once("__").unwrap();
+            assert!(!crate::registry::valid_name(component), "{name}");
+        }
     }
 
     #[test]

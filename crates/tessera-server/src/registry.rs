@@ -110,10 +110,11 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RegistryError + '_ {
 }
 
 /// Names no component may take: MCP tools named `plan__<name>` are the
-/// registered plans (see `plans.rs`) and those named `agent__<id>` the
-/// agents (see `agents.rs`), so a component named `plan` or `agent` would
-/// collide with them.
-pub const RESERVED_NAMES: &[&str] = &["plan", "agent"];
+/// registered plans (see `plans.rs`), those named `agent__<id>` the
+/// agents (see `agents.rs`), and `agents__approvals` and `agents__decide`
+/// the server's approval tools (see `mcp.rs`), so a component named
+/// `plan`, `agent` or `agents` would collide with them.
+pub const RESERVED_NAMES: &[&str] = &["plan", "agent", "agents"];
 
 /// Whether `name` is a valid component (or plan) name. `__` is reserved: it
 /// joins the component and function names in MCP tool names; so are
@@ -345,11 +346,17 @@ mod tests {
             again.add("Bad Name", b"x", None, "x"),
             Err(RegistryError::InvalidName(_))
         ));
-        // `plan__<name>` tools are plans.
-        assert!(matches!(
-            again.add("plan", b"x", None, "x"),
-            Err(RegistryError::InvalidName(_))
-        ));
+        // `plan__<name>` tools are plans, `agent__<id>` agents and
+        // `agents__…` the approval tools.
+        for reserved in ["plan", "agent", "agents"] {
+            assert!(
+                matches!(
+                    again.add(reserved, b"x", None, "x"),
+                    Err(RegistryError::InvalidName(_))
+                ),
+                "{reserved}"
+            );
+        }
         again.remove("fetch").unwrap();
         assert!(matches!(
             again.get("fetch"),

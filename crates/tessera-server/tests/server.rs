@@ -4476,6 +4476,322 @@ async fn top_level_agents_are_mcp_tools_that_answer_their_replies() {
     s.shutdown().await;
 }
 
+/// A sessionless (2026-07-28) MCP `tools/call` over HTTP with a token;
+/// returns the JSON-RPC answer.
+async fn mcp_http_call(addr: SocketAddr, token: &str, name: &str, arguments: Value) -> Value {
+    let call = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {
+            "name": name, "arguments": arguments,
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "0"},
+                "io.modelcontextprotocol/clientCapabilities": {}
+            }
+        }
+    })
+    .to_string();
+    let (name, auth) = (name.to_string(), format!("Bearer {token}"));
+    let (status, head, body) = tokio::task::spawn_blocking(move || {
+        let host = addr.to_string();
+        raw_request(
+            addr,
+            "POST",
+            "/mcp",
+            &[
+                ("Host", &host),
+                ("Content-Type", "application/json"),
+                ("Accept", "application/json, text/event-stream"),
+                ("MCP-Protocol-Version", "2026-07-28"),
+                ("Mcp-Method", "tools/call"),
+                ("Mcp-Name", &name),
+                ("Authorization", &auth),
+            ],
+            &call,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{head}\n{body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// The approval requests `agents__approvals` answers for `args`, checked
+/// against its text.
+async fn mcp_approvals(mcp: &mut LineClient, id: u64, args: Value) -> Vec<Value> {
+    let v = mcp
+        .request(
+            id,
+            "tools/call",
+            json!({"name": "agents__approvals", "arguments": args}),
+        )
+        .await;
+    assert_ne!(v["result"]["isError"], true, "{v}");
+    let text: Value =
+        serde_json::from_str(v["result"]["content"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(text, v["result"]["structuredContent"], "{v}");
+    v["result"]["structuredContent"]["approvals"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{v}"))
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_are_listed_and_decided_over_mcp_and_the_held_turns_go_on() {
+    let data = tempfile::tempdir().unwrap();
+    let tokens = tessera_server::auth::Tokens::open(data.path());
+    let (caller, caller_record) = tokens
+        .create(vec![tessera_server::auth::Scope::Call], "caller")
+        .unwrap();
+    let s = start(data.path(), |_| {}).await;
+    assert_eq!(s.add("city-facts", "city-facts").await.0, 201);
+    let (status, v) = s
+        .add_with_manifest("held", "probe-agent", HELD_MANIFEST, data.path(), None)
+        .await;
+    assert_eq!(status, 201, "{v}");
+    // `agents` is reserved: its tools are the server's.
+    let (status, v) = s.add("agents", "city-facts").await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (400, &json!("invalid_name")),
+        "{v}"
+    );
+    // Listed once there are agents.
+    let (mut mcp, serving) = LineClient::serve(&s.server);
+    mcp.initialize().await;
+    let names = mcp.tool_names(2).await;
+    assert!(
+        names.contains(&"city-facts__cities".to_string())
+            && !names.iter().any(|n| n.starts_with("agents__")),
+        "{names:?}"
+    );
+    for id in ["h", "g"] {
+        let (status, v) = s
+            .call("POST", "/v1/agents", json!({"id": id, "component": "held"}))
+            .await;
+        assert_eq!(status, 201, "{v}");
+    }
+    tokio::time::timeout(
+        EVENT_WAIT,
+        mcp.notification("notifications/tools/list_changed"),
+    )
+    .await
+    .expect("no list_changed after a spawn");
+    let v = mcp.request(3, "tools/list", json!({})).await;
+    let tools = v["result"]["tools"].as_array().unwrap();
+    let tool = |name: &str| {
+        tools
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap_or_else(|| panic!("no {name}: {v}"))
+    };
+    let (approvals, decide) = (tool("agents__approvals"), tool("agents__decide"));
+    assert_eq!(
+        (
+            &approvals["annotations"]["readOnlyHint"],
+            &approvals["annotations"]["openWorldHint"]
+        ),
+        (&json!(true), &json!(false)),
+        "{approvals}"
+    );
+    assert!(
+        approvals["inputSchema"]["required"].is_null(),
+        "{approvals}"
+    );
+    assert_eq!(
+        (
+            &decide["annotations"]["readOnlyHint"],
+            &decide["annotations"]["openWorldHint"]
+        ),
+        (&json!(false), &json!(false)),
+        "{decide}"
+    );
+    assert_eq!(
+        decide["inputSchema"]["required"],
+        json!(["agent", "request", "approved"]),
+        "{decide}"
+    );
+    assert!(mcp_approvals(&mut mcp, 30, json!({})).await.is_empty());
+
+    // `h`'s tool call, made through its MCP tool on another session, waits
+    // for a person; so does `g`'s, sent over HTTP.
+    let (mut other, other_serving) = LineClient::serve(&s.server);
+    other.initialize().await;
+    let asking = tokio::spawn(async move {
+        let v = other
+            .request(
+                2,
+                "tools/call",
+                json!({"name": "agent__h", "arguments": {
+                    "message": {"op": "tool", "name": "cities__cities", "args": {"country": null}},
+                    "timeout_ms": 120_000,
+                }}),
+            )
+            .await;
+        // Kept open: the end of a stdio session's input stops the server.
+        (other, v)
+    });
+    let (status, v) = s
+        .call(
+            "POST",
+            "/v1/agents/g/messages",
+            json!({"body": {"op": "tool", "name": "cities__cities", "args": {"country": "FR"}}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let h = s.agent_until("h", |v| v["status"] == "waiting").await;
+    let g = s.agent_until("g", |v| v["status"] == "waiting").await;
+    let (h_request, g_request) = (
+        h["waiting_for"].as_str().unwrap().to_string(),
+        g["waiting_for"].as_str().unwrap().to_string(),
+    );
+
+    // Listed: every agent's, or one agent's (and its subtree's).
+    let all = mcp_approvals(&mut mcp, 4, json!({})).await;
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(
+        (&all[0]["agent"], &all[0]["request"], &all[0]["tool"]),
+        (&json!("g"), &json!(g_request), &json!("cities__cities")),
+        "{all:?}"
+    );
+    assert_eq!(all[0]["arguments"], json!({"country": "FR"}), "{all:?}");
+    assert_eq!(
+        (&all[1]["agent"], &all[1]["request"], &all[1]["turn"]),
+        (&json!("h"), &json!(h_request), &json!(1)),
+        "{all:?}"
+    );
+    assert!(
+        all.iter()
+            .all(|a| a["asked"].is_string() && a["decision"].is_null()),
+        "{all:?}"
+    );
+    let of_h = mcp_approvals(&mut mcp, 5, json!({"agent": "h"})).await;
+    assert_eq!(of_h, all[1..], "{of_h:?}");
+
+    // Refusals are tool errors with the reason.
+    let refused = [
+        (
+            "agents__approvals",
+            json!({"agent": "nobody"}),
+            "no agent `nobody`",
+        ),
+        ("agents__approvals", json!({"agent": 7}), "`agent`"),
+        (
+            "agents__decide",
+            json!({"agent": "nobody", "request": h_request, "approved": true}),
+            "no agent `nobody`",
+        ),
+        (
+            "agents__decide",
+            json!({"agent": "h", "request": "nope", "approved": true}),
+            "no approval request `nope`",
+        ),
+        (
+            "agents__decide",
+            json!({"agent": "h", "request": h_request}),
+            "`approved`",
+        ),
+    ];
+    for (i, (name, args, says)) in refused.iter().enumerate() {
+        let v = mcp
+            .request(
+                10 + i as u64,
+                "tools/call",
+                json!({"name": name, "arguments": args}),
+            )
+            .await;
+        assert_eq!(v["result"]["isError"], true, "{name} {args}: {v}");
+        let text = v["result"]["content"][0]["text"].as_str().unwrap();
+        assert!(text.contains(says), "{name} {args}: {v}");
+    }
+    assert_eq!(mcp_approvals(&mut mcp, 20, json!({})).await, all);
+
+    // Approved over MCP: decided by `mcp` (no token on stdio); the held
+    // `agent__h` call gets its reply.
+    let v = mcp
+        .request(
+            21,
+            "tools/call",
+            json!({"name": "agents__decide", "arguments": {
+                "agent": "h", "request": h_request, "approved": true, "reason": "fine",
+            }}),
+        )
+        .await;
+    assert_ne!(v["result"]["isError"], true, "{v}");
+    let approval = &v["result"]["structuredContent"]["approval"];
+    assert_eq!(
+        (&approval["agent"], &approval["request"]),
+        (&json!("h"), &json!(h_request)),
+        "{v}"
+    );
+    assert_eq!(
+        approval["decision"]
+            .as_object()
+            .map(|d| (&d["approved"], &d["by"], &d["reason"])),
+        Some((&json!(true), &json!("mcp"), &json!("fine"))),
+        "{v}"
+    );
+    let (other, replied) = tokio::time::timeout(EVENT_WAIT, asking)
+        .await
+        .expect("no reply after the approval")
+        .unwrap();
+    assert_ne!(replied["result"]["isError"], true, "{replied}");
+    let result = replied["result"]["structuredContent"]["result"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{replied}"));
+    assert!(!result.is_empty(), "{replied}");
+    assert_eq!(replied["result"]["_meta"]["tessera/turn"], 1, "{replied}");
+    // Decided once.
+    let v = mcp
+        .request(
+            22,
+            "tools/call",
+            json!({"name": "agents__decide", "arguments": {
+                "agent": "h", "request": h_request, "approved": false,
+            }}),
+        )
+        .await;
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    assert!(
+        v["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("already approved"),
+        "{v}"
+    );
+    let left = mcp_approvals(&mut mcp, 23, json!({})).await;
+    assert_eq!(left, all[..1], "{left:?}");
+
+    // Rejected over MCP on HTTP with a token: decided by the token; the
+    // tool answers `rejected` with the reason, and `g`'s turn goes on with
+    // it.
+    let v = mcp_http_call(
+        s.addr,
+        &caller,
+        "agents__decide",
+        json!({"agent": "g", "request": g_request, "approved": false, "reason": "not today"}),
+    )
+    .await;
+    assert_ne!(v["result"]["isError"], true, "{v}");
+    let decision = &v["result"]["structuredContent"]["approval"]["decision"];
+    assert_eq!(
+        (&decision["approved"], &decision["by"]),
+        (&json!(false), &json!(caller_record.id)),
+        "{v}"
+    );
+    s.agent_until("g", |v| v["status"] == "active" && v["turns"] == 1)
+        .await;
+    let (status, log) = s.call("GET", "/v1/agents/g/turns", json!({})).await;
+    assert_eq!(status, 200, "{log}");
+    let reply: Value = serde_json::from_str(log["turns"][0]["reply"].as_str().unwrap()).unwrap();
+    assert_eq!(reply, json!({"error": "rejected: not today"}), "{log}");
+    assert!(mcp_approvals(&mut mcp, 24, json!({})).await.is_empty());
+    drop((mcp, other));
+    serving.await.unwrap().unwrap();
+    other_serving.await.unwrap().unwrap();
+    s.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_server_resumes_the_agent_work_left_in_the_store() {
     use tessera_orchestrator::agent::{AgentRecord, Envelope, records};
