@@ -299,7 +299,7 @@ fn agents_killed_at_random_points_lose_no_message_and_apply_no_turn_twice() {
         for (id, body) in &messages {
             let mut cmd = tessera(&data);
             cmd.args(["agents", "send", "a", &body.to_string(), "--id", id]);
-            let after = Duration::from_millis(rng.next() % 160);
+            let after = Duration::from_millis(rng.next() % 110);
             if run_and_kill(cmd, after) {
                 kills += 1;
             }

@@ -299,6 +299,48 @@ impl Store for Embedded {
             .map(|_| ())
     }
 
+    async fn write_in_order(
+        &self,
+        bucket: &str,
+        writes: &[crate::OrderedWrite],
+    ) -> Result<Vec<u64>, StoreError> {
+        check_bucket(bucket)?;
+        let mut job = Vec::with_capacity(writes.len());
+        let now = now_ms();
+        for w in writes {
+            job.push(match w {
+                crate::OrderedWrite::Put {
+                    key,
+                    value,
+                    expect,
+                    ttl,
+                } => {
+                    check_key(key)?;
+                    Write::Put {
+                        bucket: bucket.into(),
+                        key: key.clone(),
+                        value: value.clone(),
+                        expect: *expect,
+                        expires: match ttl {
+                            None => 0,
+                            Some(t) => now.saturating_add(t.as_millis().max(1) as u64),
+                        },
+                    }
+                }
+                crate::OrderedWrite::Delete { key, expect } => {
+                    check_key(key)?;
+                    Write::Delete {
+                        bucket: bucket.into(),
+                        key: key.clone(),
+                        expect: *expect,
+                    }
+                }
+            });
+        }
+        let done = self.submit(job).await?;
+        Ok(done.into_iter().map(|v| v.max(0) as u64).collect())
+    }
+
     async fn delete_hint(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
         check_bucket(bucket)?;
         check_key(key)?;

@@ -77,6 +77,29 @@ impl fmt::Display for Expect {
     }
 }
 
+/// One write of [`Store::write_in_order`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderedWrite {
+    /// A put, as [`Store::put`].
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: Vec<u8>,
+        /// The state the key must be in.
+        expect: Expect,
+        /// Its time to live.
+        ttl: Option<Duration>,
+    },
+    /// A delete, as [`Store::delete`].
+    Delete {
+        /// The key.
+        key: String,
+        /// The state the key must be in.
+        expect: Expect,
+    },
+}
+
 /// One page of a listing.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Page {
@@ -284,6 +307,35 @@ pub trait Store: Send + Sync + 'static {
         self.put(bucket, key, value, Expect::Any, ttl)
             .await
             .map(|_| ())
+    }
+
+    /// Applies `writes` to `bucket` in order and stops at the first whose
+    /// condition is not met (its error is returned; the writes before it
+    /// stay applied). Durable when it returns. Returns each put's revision
+    /// (0 for a delete). The embedded store makes them one transaction, so
+    /// a batch whose only condition is on its first write is all or
+    /// nothing; on NATS they are separate requests.
+    async fn write_in_order(
+        &self,
+        bucket: &str,
+        writes: &[OrderedWrite],
+    ) -> Result<Vec<u64>, StoreError> {
+        let mut out = Vec::with_capacity(writes.len());
+        for w in writes {
+            out.push(match w {
+                OrderedWrite::Put {
+                    key,
+                    value,
+                    expect,
+                    ttl,
+                } => self.put(bucket, key, value, *expect, *ttl).await?,
+                OrderedWrite::Delete { key, expect } => {
+                    self.delete(bucket, key, *expect).await?;
+                    0
+                }
+            });
+        }
+        Ok(out)
     }
 
     /// [`Store::put`] without waiting for the write to be durable: the

@@ -156,6 +156,7 @@ conformance!(
     large_values,
     many_keys,
     lazy_and_hint_writes_keep_their_conditions,
+    writes_in_order_stop_at_the_first_unmet_condition,
 );
 
 // ---------------------------------------------------------------------------
@@ -1181,4 +1182,60 @@ async fn lazy_and_hint_writes_keep_their_conditions(f: &Fixture) {
     s.delete_hint(b, "h").await.unwrap();
     assert_eq!(value(s, b, "h").await, None);
     s.delete_hint(b, "never-there").await.unwrap();
+}
+
+/// `write_in_order`: every write applied in order when every condition
+/// holds; stopped at the first one that does not, with the earlier ones
+/// applied and the later ones not.
+async fn writes_in_order_stop_at_the_first_unmet_condition(f: &Fixture) {
+    use tessera_store::OrderedWrite;
+    let s = &f.store;
+    let b = "ordered";
+    let r = put(s, b, "rec", "v1").await;
+    put(s, b, "gone", "x").await;
+    let put_w = |key: &str, value: &str, expect: Expect| OrderedWrite::Put {
+        key: key.into(),
+        value: value.as_bytes().to_vec(),
+        expect,
+        ttl: None,
+    };
+    let done = s
+        .write_in_order(
+            b,
+            &[
+                put_w("log", "1", Expect::Any),
+                put_w("rec", "v2", Expect::Revision(r)),
+                OrderedWrite::Delete {
+                    key: "gone".into(),
+                    expect: Expect::Any,
+                },
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.len(), 3);
+    assert_eq!(s.get(b, "rec").await.unwrap().unwrap().revision, done[1]);
+    assert_eq!(value(s, b, "rec").await.as_deref(), Some("v2"));
+    assert_eq!(value(s, b, "log").await.as_deref(), Some("1"));
+    assert_eq!(value(s, b, "gone").await, None);
+    // The swap's revision is stale now: the first write lands, the swap
+    // is refused, the delete after it does not happen.
+    put(s, b, "keep", "k").await;
+    let err = s
+        .write_in_order(
+            b,
+            &[
+                put_w("log", "2", Expect::Any),
+                put_w("rec", "v3", Expect::Revision(r)),
+                OrderedWrite::Delete {
+                    key: "keep".into(),
+                    expect: Expect::Any,
+                },
+            ],
+        )
+        .await;
+    assert_conflict(err, Expect::Revision(r), Some(done[1]));
+    assert_eq!(value(s, b, "log").await.as_deref(), Some("2"));
+    assert_eq!(value(s, b, "rec").await.as_deref(), Some("v2"));
+    assert_eq!(value(s, b, "keep").await.as_deref(), Some("k"));
 }

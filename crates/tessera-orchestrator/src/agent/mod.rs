@@ -27,7 +27,7 @@ use serde::Serialize;
 use tessera_journal::{AgentTurn, Caller, JournalStore};
 use tessera_runtime::capability::agent::{ComponentSpec, check_agent_id};
 use tessera_runtime::{CallOptions, LoadedComponent};
-use tessera_store::{Expect, SharedStore, StoreError};
+use tessera_store::{Expect, OrderedWrite, SharedStore, StoreError};
 use tokio::sync::{broadcast, oneshot, watch};
 
 use crate::local::Components;
@@ -312,6 +312,39 @@ async fn commit(inner: &Inner, rec: &AgentRecord, revision: u64) -> Result<u64, 
             None,
         )
         .await?)
+}
+
+/// [`commit`] with a record written before the swap (a turn's or a dead
+/// letter's: one past the agent's count is ignored, so a refused swap
+/// leaves nothing that counts) and the consumed message removed after it.
+/// One transaction on the embedded store; in this order on NATS.
+async fn commit_with(
+    inner: &Inner,
+    rec: &AgentRecord,
+    revision: u64,
+    entry: (String, Vec<u8>),
+    consumed: String,
+) -> Result<u64, AgentError> {
+    let writes = [
+        OrderedWrite::Put {
+            key: entry.0,
+            value: entry.1,
+            expect: Expect::Any,
+            ttl: None,
+        },
+        OrderedWrite::Put {
+            key: records::agent_key(&rec.id),
+            value: encode(rec),
+            expect: Expect::Revision(revision),
+            ttl: None,
+        },
+        OrderedWrite::Delete {
+            key: consumed,
+            expect: Expect::Any,
+        },
+    ];
+    let done = inner.store.write_in_order(records::BUCKET, &writes).await?;
+    Ok(done.get(1).copied().unwrap_or_default())
 }
 
 fn lock_of(inner: &Inner, id: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -778,9 +811,6 @@ async fn drive(inner: &Arc<Inner>, id: &str) -> Result<(), AgentError> {
         };
         match outcome {
             None => {
-                // Consumed (the head moved past it): removing it can wait
-                // for the next durable write.
-                inner.store.delete_hint(records::BUCKET, &mkey).await?;
                 let outbox = rec.outbox.clone();
                 drop(guard);
                 deliver_outbox(inner, &outbox).await?;
@@ -801,9 +831,6 @@ async fn drive(inner: &Arc<Inner>, id: &str) -> Result<(), AgentError> {
                     inner, &mut rec, revision, next, &envelope, &error, attempt, runs,
                 )
                 .await?;
-                // Consumed (the head moved past it): removing it can wait
-                // for the next durable write.
-                inner.store.delete_hint(records::BUCKET, &mkey).await?;
                 drop(guard);
                 if let Some(parent) = rec.parent.clone() {
                     supervise::child_failed(inner, &parent, id, &error).await?;
@@ -1017,16 +1044,6 @@ async fn run_turn(
         committed: records::now(),
         duration_ms: started.elapsed().as_millis() as u64,
     };
-    // The turn record first, without an fsync of its own: the commit below
-    // makes it durable, and a record past the agent's `turns` is ignored.
-    inner
-        .store
-        .put_hint(
-            records::BUCKET,
-            &records::turn_key(&rec.id, turn),
-            &encode(&record),
-        )
-        .await?;
     rec.state = state;
     rec.head = seq;
     rec.turns = turn;
@@ -1035,8 +1052,17 @@ async fn run_turn(
     rec.children = fx.children;
     rec.suspended = None;
     rec.status = Status::Active;
+    // The commit: the turn record, the record's compare-and-swap, the
+    // consumed message's removal.
     let committing = Instant::now();
-    *revision = commit(inner, rec, *revision).await?;
+    *revision = commit_with(
+        inner,
+        rec,
+        *revision,
+        (records::turn_key(&rec.id, turn), encode(&record)),
+        records::mail_key(&rec.id, seq),
+    )
+    .await?;
     let commit_us = committing.elapsed().as_micros() as u64;
     emit(
         inner,
@@ -1097,14 +1123,6 @@ async fn dead_letter(
         runs,
         failed: records::now(),
     };
-    inner
-        .store
-        .put_hint(
-            records::BUCKET,
-            &records::dead_key(&rec.id, seq),
-            &encode(&dead),
-        )
-        .await?;
     rec.head = seq;
     rec.last_error = Some(error.to_string());
     rec.suspended = None;
@@ -1119,7 +1137,14 @@ async fn dead_letter(
     } else {
         Vec::new()
     };
-    commit(inner, rec, revision).await?;
+    commit_with(
+        inner,
+        rec,
+        revision,
+        (records::dead_key(&rec.id, seq), encode(&dead)),
+        records::mail_key(&rec.id, seq),
+    )
+    .await?;
     emit(
         inner,
         AgentEvent::DeadLetter {
@@ -1350,8 +1375,11 @@ impl AgentSystem {
 
     /// An agent's dead letters, oldest first.
     pub async fn dead_letters(&self, id: &str) -> Result<Vec<DeadLetter>, AgentError> {
-        self.get(id).await?;
-        self.values(&records::dead_prefix(id)).await
+        let info = self.get(id).await?;
+        let mut dead: Vec<DeadLetter> = self.values(&records::dead_prefix(id)).await?;
+        // One past the head belongs to a commit that did not happen.
+        dead.retain(|d| d.seq <= info.record.head);
+        Ok(dead)
     }
 
     /// Sends dead letters back to the agent's mailbox (all, or the one at
