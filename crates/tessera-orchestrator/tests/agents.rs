@@ -270,6 +270,30 @@ async fn idle_agents_keep_nothing_in_memory() {
     assert_eq!(e.sys.get("i0/c").await.unwrap().record.restart_count, 1);
     assert_eq!(e.sys.resident(), 0);
     assert_eq!(e.state("i39").await, json!([39]));
+    // A sender that stops waiting leaves nothing either.
+    let id = e
+        .sys
+        .send(
+            "i1",
+            "{\"op\":\"noop\"}",
+            SendOptions {
+                id: None,
+                expects_reply: true,
+            },
+        )
+        .await
+        .unwrap();
+    e.sys.idle().await;
+    let never = e
+        .sys
+        .wait_reply("no-such-message", Duration::from_millis(50))
+        .await;
+    assert!(matches!(never, Err(AgentError::Timeout)), "{never:?}");
+    assert!(matches!(
+        e.sys.wait_reply(&id, WAIT).await,
+        Ok(ReplyRecord::Replied { .. })
+    ));
+    assert_eq!(e.sys.resident(), 0);
 }
 
 #[tokio::test]

@@ -560,6 +560,23 @@ pub(crate) async fn wait_reply(
     message: &str,
     timeout: Duration,
 ) -> Result<ReplyRecord, AgentError> {
+    let r = wait_reply_registered(inner, message, timeout).await;
+    // A waiter that gave up (a timeout, an error) leaves nothing behind.
+    let mut waiters = inner.waiters.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(list) = waiters.get_mut(message) {
+        list.retain(|w| !w.is_closed());
+        if list.is_empty() {
+            waiters.remove(message);
+        }
+    }
+    r
+}
+
+async fn wait_reply_registered(
+    inner: &Arc<Inner>,
+    message: &str,
+    timeout: Duration,
+) -> Result<ReplyRecord, AgentError> {
     let (tx, mut rx) = oneshot::channel();
     inner
         .waiters
@@ -1576,8 +1593,15 @@ impl AgentSystem {
     }
 
     /// How many agents this process keeps anything of in memory (a turn
-    /// cycle running, a lock): 0 once every agent is idle.
+    /// cycle running, a lock) and how many senders wait for replies: 0 once
+    /// every agent is idle and nobody waits.
     pub fn resident(&self) -> usize {
+        let waiting = self
+            .inner
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
         let running = self
             .inner
             .running
@@ -1591,7 +1615,7 @@ impl AgentSystem {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .len();
-        running.max(locks)
+        running.max(locks) + waiting
     }
 
     /// Events from now on.
