@@ -229,19 +229,6 @@ fn an_approval_requested_in_one_process_is_decided_in_another() {
     );
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // SplitMix64.
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
 /// Starts `cmd` and kills it with SIGKILL after `after` if it still runs.
 fn run_and_kill(mut cmd: Command, after: Duration) -> bool {
     let mut child = cmd
@@ -260,22 +247,8 @@ fn run_and_kill(mut cmd: Command, after: Duration) -> bool {
 
 #[test]
 fn agents_killed_at_random_points_lose_no_message_and_apply_no_turn_twice() {
-    let rounds: u64 = std::env::var("TESSERA_CRASH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
-    let seed: u64 = std::env::var("TESSERA_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    println!("TESSERA_CRASH_SEED={seed}");
-    let mut rng = Rng(seed);
+    let mut rng = tessera_test_support::CrashPoints::from_env();
+    let (rounds, seed) = (rng.rounds, rng.seed);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let open = manifest(dir.path(), "open", "[agent]\nsend = [\"*\"]\n");
@@ -299,7 +272,7 @@ fn agents_killed_at_random_points_lose_no_message_and_apply_no_turn_twice() {
         for (id, body) in &messages {
             let mut cmd = tessera(&data);
             cmd.args(["agents", "send", "a", &body.to_string(), "--id", id]);
-            let after = Duration::from_millis(rng.next() % 110);
+            let after = Duration::from_millis(rng.below(110));
             if run_and_kill(cmd, after) {
                 kills += 1;
             }

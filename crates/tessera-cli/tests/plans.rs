@@ -77,22 +77,6 @@ impl Counter {
     }
 }
 
-/// xorshift64*: the kill points, reproducible from the seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 const PLAN: &str = r#"
 name = "effects"
 [inputs.items]
@@ -239,22 +223,8 @@ fn run_and_kill(mut cmd: Command, after: Duration) -> (String, bool) {
 
 #[test]
 fn plans_killed_at_random_points_resume_without_rerunning_or_losing_steps() {
-    let rounds: u64 = std::env::var("TESSERA_CRASH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
-    let seed: u64 = std::env::var("TESSERA_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    println!("TESSERA_CRASH_SEED={seed}");
-    let mut rng = Rng(seed);
+    let mut rng = tessera_test_support::CrashPoints::from_env();
+    let (rounds, seed) = (rng.rounds, rng.seed);
     tessera_test_support::component("http-fetch");
     let counter = Counter::start();
     let dir = tempfile::tempdir().unwrap();

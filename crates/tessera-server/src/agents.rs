@@ -433,9 +433,10 @@ impl Server {
     }
 }
 
-/// A turn with its model exchanges and agent operations, as `tessera agents
-/// log` prints it.
-fn render_turn(
+/// A turn with its model exchanges and agent operations (the `llm` and
+/// `agent` steps of its journal run), as `GET /v1/agents/{id}/turns`
+/// answers it and `tessera agents log` prints it.
+pub fn render_turn(
     journal: &tessera_journal::JournalStore,
     t: &tessera_orchestrator::agent::TurnRecord,
 ) -> api::AgentTurn {

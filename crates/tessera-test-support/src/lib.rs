@@ -22,8 +22,10 @@
 //! model.
 #![deny(missing_docs)]
 
+mod crash;
 mod llm;
 mod nats;
+pub use crash::CrashPoints;
 pub use llm::{Reply, Rule, SCRIPTED_MODEL, ScriptedLlm, ScriptedRequest};
 pub use nats::{NatsOptions, NatsServer, free_port, nats_server_bin};
 

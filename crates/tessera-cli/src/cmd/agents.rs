@@ -29,8 +29,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tessera_orchestrator::agent::{
-    AgentError, AgentEvent, AgentSystem, Approval, DeadLetter, ReplyRecord, SendOptions,
-    TurnRecord, records,
+    AgentError, AgentEvent, AgentSystem, Approval, DeadLetter, ReplyRecord, SendOptions, records,
 };
 use tessera_runtime::capability::agent::ComponentSpec;
 use tessera_server::api;
@@ -704,31 +703,6 @@ impl Local {
     }
 }
 
-/// A turn as `GET /v1/agents/{id}/turns` answers it, with its exchanges.
-fn api_turn(t: &TurnRecord, exchanges: Vec<api::TurnExchange>) -> api::AgentTurn {
-    api::AgentTurn {
-        turn: t.turn,
-        message: (&t.message).into(),
-        seq: t.seq,
-        run: t.run.clone(),
-        earlier_runs: t.earlier_runs.clone(),
-        reply: t.reply.clone(),
-        sent: t
-            .sent
-            .iter()
-            .map(|(to, message)| api::SentMessage {
-                to: to.clone(),
-                message: message.clone(),
-            })
-            .collect(),
-        state: t.state.clone(),
-        tokens: t.tokens,
-        committed: t.committed.clone(),
-        duration_ms: t.duration_ms,
-        exchanges,
-    }
-}
-
 /// Whether `--component` names a file rather than a registered component.
 fn is_file(component: &str) -> bool {
     component.ends_with(".wasm") || component.contains('/')
@@ -835,23 +809,7 @@ impl Agents for Local {
         journal.flush();
         let mut out = Vec::new();
         for t in &turns {
-            let mut exchanges = Vec::new();
-            if let Some(run) = &t.run
-                && let Ok(steps) = journal.steps(run)
-            {
-                for (i, s) in steps {
-                    if s.capability == "llm" || s.capability == "agent" {
-                        exchanges.push(api::TurnExchange {
-                            step: i,
-                            kind: s.kind(),
-                            line: tessera_runtime::capability::describe(&s),
-                            request: s.request.clone(),
-                            response: s.response.clone(),
-                        });
-                    }
-                }
-            }
-            let turn = api_turn(t, exchanges);
+            let turn = tessera_server::agents::render_turn(&journal, t);
             out.push(doc::turn(&serde_json::to_value(turn).unwrap_or_default()));
         }
         Ok(out)
@@ -1366,12 +1324,15 @@ mod tests {
         });
         assert_eq!(v.to_string(), expected.to_string());
 
-        let t: TurnRecord = serde_json::from_value(json!({
+        let t: tessera_orchestrator::agent::TurnRecord = serde_json::from_value(json!({
             "turn": 1, "message": {"id": "m", "body": "hi", "sent": "t1"}, "seq": 1,
             "sent": [["b", "m1"]], "committed": "t2", "duration_ms": 7,
         }))
         .unwrap();
-        let v = doc::turn(&serde_json::to_value(api_turn(&t, Vec::new())).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let journal = tessera_journal::JournalStore::open(dir.path()).unwrap();
+        let rendered = tessera_server::agents::render_turn(&journal, &t);
+        let v = doc::turn(&serde_json::to_value(rendered).unwrap());
         let expected = json!({
             "turn": 1,
             "message": {"id": "m", "body": "hi", "expects_reply": false, "sent": "t1"},
