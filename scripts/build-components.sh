@@ -11,6 +11,8 @@
 # Guests written in JavaScript and Python are built by
 # scripts/build-polyglot.sh (called last), which installs their toolchains
 # (componentize-js from npm, componentize-py from PyPI) at pinned versions.
+# Third-party command-line tools (ripgrep) are built from their crates.io
+# sources for wasm32-wasip1 by scripts/build-third-party.sh.
 # Extra arguments are passed to every cargo invocation (e.g. -j1).
 # `--list` prints the names of the components it builds, one per line, and
 # builds nothing (the test harness checks those for staleness).
@@ -40,6 +42,7 @@ component_crates=(
     worker
     probe-agent
     city-facts
+    cli-tool
 )
 
 # Guests written in the WebAssembly text format, as components/<name>/<name>.wat.
@@ -53,6 +56,7 @@ wat_guests=(
 if [[ "${1:-}" == --list ]]; then
     printf '%s\n' "${component_crates[@]}" p1-command "${wat_guests[@]}"
     bash "$root/scripts/build-polyglot.sh" --list
+    bash "$root/scripts/build-third-party.sh" --list
     exit 0
 fi
 
@@ -85,8 +89,11 @@ install_artifact() {
 }
 
 for crate in "${component_crates[@]}"; do
-    # cdylib artifacts use underscores in their file names.
-    install_artifact "$target_dir/wasm32-wasip2/release/${crate//-/_}.wasm" "$crate"
+    # cdylib artifacts use underscores in their file names, binaries
+    # (commands) their crate's name.
+    artifact="$target_dir/wasm32-wasip2/release/${crate//-/_}.wasm"
+    [[ -f "$artifact" ]] || artifact="$target_dir/wasm32-wasip2/release/$crate.wasm"
+    install_artifact "$artifact" "$crate"
 done
 install_artifact "$target_dir/wasm32-wasip1/release/p1-command.wasm" p1-command
 mkdir -p "$target_dir/wat"
@@ -96,3 +103,4 @@ for name in "${wat_guests[@]}"; do
 done
 
 bash "$root/scripts/build-polyglot.sh"
+bash "$root/scripts/build-third-party.sh"

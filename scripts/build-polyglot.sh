@@ -8,14 +8,20 @@
 #   (SpiderMonkey/StarlingMonkey). The tool comes from npm, pinned by
 #   components/text-js/package-lock.json and installed with `npm ci` into
 #   components/text-js/node_modules. Needs Node.js 20 or later.
+# - components/js-sandbox: a JavaScript code sandbox, built the same way
+#   (its own package-lock.json and node_modules) for the world `sandbox`
+#   of wit/sandbox.
 # - components/stats-py: Python, built with componentize-py (CPython).
 #   The tool comes from PyPI, pinned by components/stats-py/requirements.txt
 #   and installed into the virtualenv components/target/componentize-py.
+# - components/py-sandbox: a CPython code sandbox, built with the same
+#   componentize-py for the world `sandbox` of wit/sandbox.
 #
 # Toolchains are installed again only when their pin file changed, and a
-# component is rebuilt only when a file of its folder (or this script) is
-# newer than the artifact; a fresh artifact is touched so it stays newer
-# than every source under components/ (the test harness compares those).
+# component is rebuilt only when a file of its folder (or of its WIT
+# directory, or this script) is newer than the artifact; a fresh artifact
+# is touched so it stays newer than every source under components/ (the
+# test harness compares those).
 # `--list` prints the names of the components it builds, one per line.
 set -euo pipefail
 
@@ -23,8 +29,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 components="$root/components"
 script="$root/scripts/build-polyglot.sh"
 
-js_guests=(text-js)
-py_guests=(stats-py)
+js_guests=(text-js js-sandbox)
+py_guests=(stats-py py-sandbox)
 
 if [[ "${1:-}" == --list ]]; then
     printf '%s\n' "${js_guests[@]}" "${py_guests[@]}"
@@ -32,14 +38,15 @@ if [[ "${1:-}" == --list ]]; then
 fi
 
 # True when components/<name>.wasm exists and nothing it is built from
-# (its folder, less installed packages and bytecode caches, and this
-# script) is newer.
+# (its folder, less installed packages and bytecode caches, any further
+# paths given, and this script) is newer.
 fresh() {
     local name="$1" out="$components/$1.wasm"
+    shift
     [[ -f "$out" ]] || return 1
     [[ "$script" -nt "$out" ]] && return 1
     local newer
-    newer="$(find "$components/$name" \( -name node_modules -o -name __pycache__ \) -prune \
+    newer="$(find "$components/$name" "$@" \( -name node_modules -o -name __pycache__ \) -prune \
         -o -type f -newer "$out" -print -quit)"
     [[ -z "$newer" ]]
 }
@@ -86,7 +93,15 @@ npm_install() {
 
 mkdir -p "$components/target/polyglot"
 for name in "${js_guests[@]}"; do
-    if fresh "$name"; then
+    dir="$components/$name"
+    # A guest's world is named after it, in its wit/ folder, except the
+    # sandbox's: wit/sandbox, outside its folder, which must count too when
+    # deciding to rebuild it.
+    wit="$dir/wit" world="$name"
+    if [[ "$name" == js-sandbox ]]; then
+        wit="$root/wit/sandbox" world=sandbox
+    fi
+    if fresh "$name" "$wit"; then
         touch "$components/$name.wasm"
         report "$name" "up to date"
         continue
@@ -94,11 +109,10 @@ for name in "${js_guests[@]}"; do
     need_node
     npm_install "$name"
     start=$SECONDS
-    dir="$components/$name"
     # Written to a temporary file first, so a failed build leaves no
     # artifact that looks fresh.
-    (cd "$dir" && node_modules/.bin/componentize-js src/$name.js --wit wit \
-        --world-name "$name" --out "$components/target/polyglot/$name.wasm")
+    (cd "$dir" && node_modules/.bin/componentize-js src/$name.js --wit "$wit" \
+        --world-name "$world" --out "$components/target/polyglot/$name.wasm")
     mv "$components/target/polyglot/$name.wasm" "$components/$name.wasm"
     report "$name" "built in $((SECONDS - start)) s"
 done
@@ -106,11 +120,13 @@ done
 # --- Python: componentize-py from PyPI -----------------------------------
 
 venv="$components/target/componentize-py"
+# One componentize-py for every Python guest: the version stats-py pins.
+py_requirements="$components/stats-py/requirements.txt"
 
-# Makes the virtualenv with the componentize-py that
-# components/<name>/requirements.txt pins, unless it already has it.
+# Makes the virtualenv with the pinned componentize-py, unless it already
+# has it.
 py_install() {
-    local req="$components/$1/requirements.txt"
+    local req="$py_requirements"
     local stamp="$venv/.requirements"
     if [[ -x "$venv/bin/componentize-py" ]] && [[ -f "$stamp" ]] && cmp -s "$req" "$stamp"; then
         return
@@ -134,18 +150,27 @@ py_install() {
 }
 
 for name in "${py_guests[@]}"; do
-    if fresh "$name"; then
+    dir="$components/$name"
+    # A guest's world is named after it, in its wit/ folder, except the
+    # sandbox's: wit/sandbox, outside its folder, which must count too when
+    # deciding to rebuild it.
+    wit="$dir/wit" world="$name"
+    if [[ "$name" == py-sandbox ]]; then
+        wit="$root/wit/sandbox" world=sandbox
+    fi
+    if fresh "$name" "$wit"; then
         touch "$components/$name.wasm"
         report "$name" "up to date"
         continue
     fi
     py_install "$name"
     start=$SECONDS
-    dir="$components/$name"
     # Written to a temporary file first, so a failed build leaves no
-    # artifact that looks fresh.
-    "$venv/bin/componentize-py" -d "$dir/wit" -w "$name" componentize \
-        -p "$dir/src" app -o "$components/target/polyglot/$name.wasm" >/dev/null
+    # artifact that looks fresh. The app's modules come from src/, and any
+    # pure-Python packages bundled with it from vendor/ (componentize-py
+    # skips a path that does not exist).
+    "$venv/bin/componentize-py" -d "$wit" -w "$world" componentize \
+        -p "$dir/src" -p "$dir/vendor" app -o "$components/target/polyglot/$name.wasm" >/dev/null
     mv "$components/target/polyglot/$name.wasm" "$components/$name.wasm"
     report "$name" "built in $((SECONDS - start)) s"
 done

@@ -39,6 +39,16 @@ enum Command {
     /// instance, and print the JSON result.
     #[command(after_help = EXIT_CODES)]
     Call(cmd::call::Args),
+    /// Run a command (a `wasi:cli/run` component or a preview 1 command
+    /// module) with the terminal's stdin, stdout and stderr, arguments after
+    /// `--`, and the directories and variables granted by `--dir`/`--env`;
+    /// exit with its status.
+    Run(cmd::run::Args),
+    /// Run Python or JavaScript in a sandbox (a fresh interpreter instance,
+    /// nothing granted unless a manifest grants it) and print what it
+    /// printed and the value of its last expression.
+    #[command(after_help = EXIT_CODES)]
+    Exec(cmd::exec::Args),
     /// Recorded runs: list, show, export, import.
     #[command(subcommand)]
     Runs(cmd::runs::Command),
@@ -126,6 +136,8 @@ fn main() {
         match cli.command {
             Command::Inspect(args) => cmd::inspect::run(&cli.global, args).await,
             Command::Call(args) => cmd::call::run(&cli.global, args).await,
+            Command::Run(args) => cmd::run::run(&cli.global, args).await,
+            Command::Exec(args) => cmd::exec::run(&cli.global, args).await,
             Command::Runs(c) => cmd::runs::run(&cli.global, c),
             Command::Replay(args) => cmd::replay::run(&cli.global, args).await,
             Command::InspectRun(args) => cmd::inspect_run::run(&cli.global, args).await,

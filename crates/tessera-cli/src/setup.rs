@@ -216,16 +216,8 @@ pub fn compile_progress(what: &str, bytes: usize) -> indicatif::ProgressBar {
 pub async fn load_prepared(
     runtime: &Runtime,
     prepared: Prepared,
-    manifest: Option<&Path>,
-    deterministic: Option<u64>,
+    grants: Grants,
 ) -> Result<LoadedComponent, Error> {
-    let mut grants = match manifest {
-        Some(m) => Grants::from_file(m)?,
-        None => Grants::deny_all(),
-    };
-    if deterministic.is_some() {
-        grants.deterministic = deterministic;
-    }
     let progress = (!prepared.cached)
         .then(|| compile_progress(&prepared.origin, prepared.component_bytes.len()));
     let rt = runtime.clone();
@@ -239,6 +231,48 @@ pub async fn load_prepared(
         p.finish_and_clear();
     }
     result
+}
+
+/// Limit flags that override a manifest's (`tessera run`, `tessera exec`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LimitArgs {
+    /// Fuel budget (default: the manifest's, or 2,000,000,000).
+    #[arg(long)]
+    pub fuel: Option<u64>,
+    /// Wall-clock limit in milliseconds (default: the manifest's, or 10,000).
+    #[arg(long, value_name = "MS")]
+    pub timeout_ms: Option<u64>,
+    /// Linear-memory ceiling in MiB (default: the manifest's, or 256).
+    #[arg(long, value_name = "MIB")]
+    pub memory_mb: Option<u64>,
+}
+
+impl LimitArgs {
+    /// Sets the limits given on `grants`.
+    pub fn apply(&self, grants: &mut Grants) {
+        if let Some(f) = self.fuel {
+            grants.limits.fuel = f;
+        }
+        if let Some(t) = self.timeout_ms {
+            grants.limits.timeout_ms = t;
+        }
+        if let Some(m) = self.memory_mb {
+            grants.limits.memory_mb = m;
+        }
+    }
+}
+
+/// The grants of a manifest file (none: nothing granted), with
+/// `deterministic` overriding the manifest's.
+pub fn grants(manifest: Option<&Path>, deterministic: Option<u64>) -> Result<Grants, Error> {
+    let mut grants = match manifest {
+        Some(m) => Grants::from_file(m)?,
+        None => Grants::deny_all(),
+    };
+    if deterministic.is_some() {
+        grants.deterministic = deterministic;
+    }
+    Ok(grants)
 }
 
 /// Compiles prepared bytes (showing progress; `what` names them) and

@@ -195,20 +195,19 @@ impl std::fmt::Display for LoadFailure {
     }
 }
 
-/// Fetches a component from its source and loads it with a manifest
+/// Fetches a component from its source and loads it under `grants`
 /// ([`crate::setup::load_prepared`]).
 pub async fn load(
     runtime: &Runtime,
     arg: &Path,
     args: &SourceArgs,
-    manifest: Option<&Path>,
-    deterministic: Option<u64>,
+    grants: tessera_runtime::Grants,
 ) -> Result<LoadedComponent, LoadFailure> {
     let fetched = resolve(arg, args).await.map_err(LoadFailure::Source)?;
     let prepared = runtime
         .prepare(fetched.bytes, &fetched.origin)
         .map_err(LoadFailure::Runtime)?;
-    crate::setup::load_prepared(runtime, prepared, manifest, deterministic)
+    crate::setup::load_prepared(runtime, prepared, grants)
         .await
         .map_err(LoadFailure::Runtime)
 }

@@ -156,6 +156,12 @@ pub enum RunResult {
         /// The trap message.
         message: String,
     },
+    /// The guest exited with a non-zero status (`wasi:cli/exit`,
+    /// `proc_exit`).
+    Exited {
+        /// The status.
+        code: i32,
+    },
     /// The caller cancelled the call while the guest ran (an MCP
     /// cancellation, a client that went away, a server shutting down).
     Cancelled {

@@ -114,6 +114,7 @@ pub fn end_of(outcome: &CallOutcome) -> End {
         Err(CallFailure::Diverged(d)) => RunResult::Trap {
             message: d.to_string(),
         },
+        Err(CallFailure::Exit(code)) => RunResult::Exited { code: *code },
         Err(CallFailure::Cancelled) => RunResult::Cancelled {
             message: "call cancelled".into(),
         },

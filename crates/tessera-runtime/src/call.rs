@@ -78,6 +78,12 @@ pub struct CallOptions {
     /// diverging where the recording ends (a turn that stopped to wait for
     /// an approval, run again after the decision).
     pub continue_live: bool,
+    /// Connect the guest's stdin, stdout and stderr to the caller's
+    /// (`tessera run`) instead of capturing them: output is written through
+    /// as the guest writes it (each write still a step; not held, so
+    /// `max_output_bytes` does not apply), and stdin is read from the
+    /// caller's, each chunk a step that a replay answers.
+    pub terminal: Option<crate::capability::stdio::Terminal>,
 }
 
 impl std::fmt::Debug for CallOptions {
@@ -90,6 +96,7 @@ impl std::fmt::Debug for CallOptions {
             .field("context", &self.context)
             .field("agent", &self.agent.as_ref().map(|a| a.id()))
             .field("continue_live", &self.continue_live)
+            .field("terminal", &self.terminal.is_some())
             .finish()
     }
 }
@@ -114,6 +121,9 @@ pub enum CallFailure {
     /// The caller cancelled the call (an MCP cancellation, a client that
     /// went away, a server shutting down).
     Cancelled,
+    /// The guest exited with a non-zero status (`wasi:cli/exit`, a
+    /// preview 1 `proc_exit`). Exiting with 0 is a normal return.
+    Exit(i32),
     /// The guest trapped (panic, `unreachable`, out-of-bounds access, …).
     Trap {
         /// The trap message, naming the component and function.
@@ -129,6 +139,7 @@ impl std::fmt::Display for CallFailure {
             CallFailure::Limit(l) => write!(f, "{l}"),
             CallFailure::Diverged(d) => write!(f, "{d}"),
             CallFailure::Cancelled => f.write_str("call cancelled"),
+            CallFailure::Exit(code) => write!(f, "exited with status {code}"),
             CallFailure::Trap { message, .. } => write!(f, "{message}"),
         }
     }
@@ -418,6 +429,7 @@ impl LoadedComponent {
                 context: options.context,
                 agent: options.agent,
                 continue_live: options.continue_live,
+                terminal: options.terminal,
             },
         );
         let Ok(_permit) = self.permits.clone().try_acquire_owned() else {
@@ -524,7 +536,7 @@ impl LoadedComponent {
             // waiting on the host stops here.
             () = cancelled => Ok(Err(Cancelled.into())),
         };
-        let raw = match timed {
+        let raw: wasmtime::Result<Vec<Val>> = match timed {
             Ok(r) => r,
             Err(()) => {
                 let hit = LimitHit::Deadline(limits.timeout_ms);
@@ -544,6 +556,20 @@ impl LoadedComponent {
         drop(store);
 
         let mut guest_error = false;
+        // A guest that exits with 0 (a command calling `exit(0)`) returned;
+        // what it would have returned is its success (`ok` of a `result`).
+        let raw = match raw {
+            Err(e)
+                if e.downcast_ref::<wasmtime_wasi::I32Exit>()
+                    .is_some_and(|x| x.0 == 0) =>
+            {
+                Ok(match &f.result {
+                    Some(wasmtime::component::Type::Result(_)) => vec![Val::Result(Ok(None))],
+                    _ => Vec::new(),
+                })
+            }
+            other => other,
+        };
         let result = match raw {
             Ok(vals) => {
                 let json = match (vals.first(), &f.result) {
@@ -635,6 +661,9 @@ fn classify(
     }
     if e.downcast_ref::<Cancelled>().is_some() {
         return CallFailure::Cancelled;
+    }
+    if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return CallFailure::Exit(exit.0);
     }
     let backtrace = e
         .downcast_ref::<wasmtime::WasmBacktrace>()

@@ -168,7 +168,7 @@ impl Called {
             }),
             (CallFailure::Limit(l), None) => ApiError::new(ErrorCode::Limit, message)
                 .with(|e| e.limit = Some(LimitRef::Name(l.capability().to_string()))),
-            (CallFailure::Trap { .. } | CallFailure::Diverged(_), None) => {
+            (CallFailure::Trap { .. } | CallFailure::Diverged(_) | CallFailure::Exit(_), None) => {
                 ApiError::new(ErrorCode::Trap, message)
             }
             (CallFailure::Cancelled, None) => ApiError::new(ErrorCode::Cancelled, message),
@@ -321,8 +321,7 @@ impl Server {
             let args = args.clone();
             let token = token.clone();
             std::panic::AssertUnwindSafe(async move {
-                let _permit = permit;
-                tessera_journal::record_call_for(
+                let recorded = tessera_journal::record_call_for(
                     &journal,
                     &active.loaded,
                     &function,
@@ -335,7 +334,14 @@ impl Server {
                     Some(caller),
                     link,
                 )
-                .await
+                .await;
+                // The journal is let go before the permit: a shutdown that
+                // saw every permit back finds no call holding the journal
+                // open (a call finished in a task of its own holds no
+                // reference to the server that would show it).
+                drop(journal);
+                drop(permit);
+                recorded
             })
             .catch_unwind()
         };

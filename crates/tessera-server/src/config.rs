@@ -53,6 +53,10 @@ pub struct ServerConfig {
     /// The LLM providers that serve `tessera:agent/llm` (the `[llm]`
     /// settings, keys included; never journaled); `None`: none.
     pub llm: Option<Arc<tessera_runtime::capability::llm::LlmProviders>>,
+    /// The code sandboxes offered as MCP tools (`sandbox__python`,
+    /// `sandbox__javascript`): the directories their components are
+    /// looked for in ([`tessera_sandbox::search_path`]); `None`: none.
+    pub sandboxes: Option<Vec<PathBuf>>,
 }
 
 impl ServerConfig {
@@ -61,7 +65,7 @@ impl ServerConfig {
     /// location), loopback on port 7878, no tokens required, 16 MiB bodies,
     /// 256 concurrent calls, 10 s grace, no extra hosts or origins, no
     /// retention limit, every bucket in the embedded store, no LLM
-    /// providers.
+    /// providers, no code sandboxes.
     pub fn new(data: PathBuf) -> Self {
         Self {
             data,
@@ -78,6 +82,7 @@ impl ServerConfig {
             retention: tessera_journal::Retention::default(),
             store: tessera_store::StoreSettings::default(),
             llm: None,
+            sandboxes: None,
         }
     }
 }

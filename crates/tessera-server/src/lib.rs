@@ -82,6 +82,8 @@ pub struct Server {
     agents: tokio::sync::OnceCell<tessera_orchestrator::agent::AgentSystem>,
     /// Tokens.
     pub tokens: auth::Tokens,
+    /// The code sandboxes, when the configuration offers them.
+    pub(crate) sandboxes: Option<tessera_sandbox::Sandboxes>,
     active: ActiveVersions,
     /// Registered versions that failed to load, by component name.
     load_failures: Mutex<HashMap<String, Arc<LoadError>>>,
@@ -211,7 +213,16 @@ impl Server {
         let plans = plan_registry::PlanRegistry::open(&config.data)?;
         let plan_runs = plans::PlanRuns::new(plans.modified());
         let tokens = auth::Tokens::open(&config.data);
+        // Code from an LLM gets nothing but the default limits.
+        let sandboxes = config.sandboxes.clone().map(|dirs| {
+            tessera_sandbox::Sandboxes::new(
+                runtime.clone(),
+                dirs,
+                tessera_runtime::Grants::deny_all(),
+            )
+        });
         let server = Arc::new(Self {
+            sandboxes,
             calls: Arc::new(Semaphore::new(config.max_calls)),
             config,
             runtime,

@@ -544,6 +544,86 @@ pub fn approval_tools() -> Vec<Tool> {
     vec![approvals, decide]
 }
 
+/// Who makes an MCP request, for the journal. Over streamable HTTP the
+/// request's parts (with the token the middleware checked) come along;
+/// over stdio there are none.
+fn mcp_caller(context: &RequestContext<RoleServer>) -> tessera_journal::Caller {
+    let parts = context.extensions.get::<http::request::Parts>();
+    tessera_journal::Caller {
+        via: if parts.is_some() {
+            "mcp-http"
+        } else {
+            "mcp-stdio"
+        }
+        .into(),
+        token: parts
+            .and_then(|p| p.extensions.get::<crate::auth::TokenId>())
+            .map(|t| t.0.clone()),
+    }
+}
+
+/// The prefix of the code sandboxes' tools: `sandbox__python`,
+/// `sandbox__javascript`. No component can be named `sandbox`.
+pub const SANDBOX_PREFIX: &str = "sandbox__";
+
+/// The code sandboxes' tools, one per language whose component is there,
+/// when the server offers sandboxes.
+pub fn sandbox_tools(server: &Server) -> Vec<Tool> {
+    let Some(sandboxes) = &server.sandboxes else {
+        return Vec::new();
+    };
+    sandboxes
+        .available()
+        .into_iter()
+        .map(|language| {
+            let (lang, value_note) = match language {
+                tessera_sandbox::Language::Python => (
+                    "Python (CPython 3.14, the standard library's common modules pre-imported)",
+                    "`repr`",
+                ),
+                tessera_sandbox::Language::JavaScript => (
+                    "JavaScript (SpiderMonkey; `console.log` is captured)",
+                    "`String`, or JSON for plain objects",
+                ),
+            };
+            let input = json!({
+                "type": "object",
+                "properties": {
+                    "code": { "type": "string", "description": "The code to run." },
+                },
+                "required": ["code"],
+            });
+            let output = json!({
+                "type": "object",
+                "properties": {
+                    "stdout": { "type": "string" },
+                    "stderr": { "type": "string" },
+                    "value": { "description": "The last expression's value as JSON, when JSON can represent it." },
+                    "text": { "type": ["string", "null"], "description": format!("The last expression's value as the language shows it ({value_note}).") },
+                    "ok": { "type": "boolean" },
+                    "error": { "description": "Why it stopped: `{kind: \"raised\", type, message, line, column, traceback}` for an exception, or `{kind: \"limit\" | \"trap\" | \"cancelled\", …}`." },
+                },
+                "required": ["stdout", "stderr", "ok"],
+            });
+            let name = format!("{SANDBOX_PREFIX}{}", language.name());
+            let mut tool = Tool::new_with_raw(name, None, object(input))
+                .with_raw_output_schema(object(output))
+                .with_title(format!("run {}", language.name()));
+            tool.description = Some(std::borrow::Cow::Owned(format!(
+                "Runs {lang} code in a fresh sandboxed instance: no files, network or environment; fuel, time and memory limits. Answers what it printed, and the value of its last expression, or the exception with its line, column and traceback. Nothing is kept between calls."
+            )));
+            tool.annotations = Some(
+                ToolAnnotations::new()
+                    .read_only(true)
+                    .destructive(false)
+                    .idempotent(false)
+                    .open_world(false),
+            );
+            tool
+        })
+        .collect()
+}
+
 /// The tools of the agent system, sorted by name: the top-level agents'
 /// and, once there is one, the approval tools (every agent descends from
 /// a top-level one, and spawning or forking one sends `list_changed`). A
@@ -975,6 +1055,76 @@ fn string_arg<'a>(args: &'a Map<String, Value>, key: &str) -> Result<Option<&'a 
 impl McpService {
     /// `agents__approvals`: the approval requests still waiting, of one
     /// agent and its descendants or of every agent, by agent and turn.
+    /// A code sandbox's tool: the code run in a fresh instance, journaled
+    /// with the caller; an exception or a limit is a tool error whose text
+    /// is the traceback or the limit, with the whole execution as
+    /// structured content.
+    async fn call_sandbox(
+        &self,
+        tool: &str,
+        language: &str,
+        args: Map<String, Value>,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let unknown = || {
+            ErrorData::invalid_params(
+                format!("unknown tool `{tool}`"),
+                Some(json!({ "tool": tool })),
+            )
+        };
+        let Some(sandboxes) = &self.server.sandboxes else {
+            return Err(unknown());
+        };
+        let Ok(language) = language.parse::<tessera_sandbox::Language>() else {
+            return Err(unknown());
+        };
+        if language.name() != tool.trim_start_matches(SANDBOX_PREFIX) {
+            return Err(unknown());
+        }
+        let code = match args.get("code") {
+            Some(Value::String(c)) => c.clone(),
+            _ => {
+                return Ok(text_error(format!(
+                    "`{tool}`: `code` must be a string of {language} code"
+                ))
+                .into());
+            }
+        };
+        let caller = mcp_caller(context);
+        let options = tessera_runtime::CallOptions {
+            cancel: Some(self.server.shutdown.child_token()),
+            ..tessera_runtime::CallOptions::default()
+        };
+        let ran = sandboxes
+            .exec_by(
+                language,
+                &code,
+                options,
+                Some(&self.server.journal),
+                Some(caller),
+            )
+            .await;
+        let execution = match ran {
+            Ok(e) => e,
+            Err(e) => return Ok(text_error(format!("`{tool}`: {e}")).into()),
+        };
+        let value = execution.to_json();
+        if execution.ok {
+            return Ok(json_result(value).into());
+        }
+        let mut text = execution.stderr.clone();
+        match &execution.error {
+            Some(tessera_sandbox::ExecError::Raised { traceback, .. }) if !traceback.is_empty() => {
+                text.push_str(traceback)
+            }
+            Some(e) => text.push_str(&format!("{e}\n")),
+            None => {}
+        }
+        let mut r = CallToolResult::error(vec![ContentBlock::text(text)]);
+        r.structured_content = Some(value);
+        Ok(r.into())
+    }
+
     async fn call_approvals(
         &self,
         tool: &str,
@@ -1089,7 +1239,9 @@ impl ServerHandler for McpService {
              its end and answers its outputs; a tool named agent__<id> sends a message to \
              a long-lived agent and answers its reply; agents__approvals lists the tool \
              calls of agents that wait for a person's approval, and agents__decide \
-             approves or rejects one. Every call is journaled and can be replayed.",
+             approves or rejects one; sandbox__python and sandbox__javascript, when \
+             offered, run code in a fresh sandbox. Every call is journaled and can be \
+             replayed.",
         )
     }
 
@@ -1102,6 +1254,7 @@ impl ServerHandler for McpService {
         // compile cache once they are loaded (milliseconds after start).
         self.server.started().await;
         let mut all = all_tools(&self.server);
+        all.extend(sandbox_tools(&self.server));
         // The agents' store may be slow to answer (NATS down): the other
         // tools are listed all the same.
         match tokio::time::timeout(AGENT_LIST_WAIT, agent_system_tools(&self.server)).await {
@@ -1129,6 +1282,18 @@ impl ServerHandler for McpService {
         if name == DECIDE_TOOL {
             return self
                 .call_decide(&name, request.arguments.unwrap_or_default(), &context)
+                .await;
+        }
+        if let Some(language) = name.strip_prefix(SANDBOX_PREFIX)
+            && self.server.sandboxes.is_some()
+        {
+            return self
+                .call_sandbox(
+                    &name,
+                    language,
+                    request.arguments.unwrap_or_default(),
+                    &context,
+                )
                 .await;
         }
         if let Some(plan) = resolve_plan(&self.server, &name) {
@@ -1179,20 +1344,7 @@ impl ServerHandler for McpService {
             ));
         };
         let args = Value::Object(request.arguments.unwrap_or_default());
-        // Over streamable HTTP the request's parts (with the token the
-        // middleware checked) come along; over stdio there are none.
-        let parts = context.extensions.get::<http::request::Parts>();
-        let caller = tessera_journal::Caller {
-            via: if parts.is_some() {
-                "mcp-http"
-            } else {
-                "mcp-stdio"
-            }
-            .into(),
-            token: parts
-                .and_then(|p| p.extensions.get::<crate::auth::TokenId>())
-                .map(|t| t.0.clone()),
-        };
+        let caller = mcp_caller(&context);
         let called = self
             .server
             .call(

@@ -114,7 +114,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RegistryError + '_ {
 /// agents (see `agents.rs`), and `agents__approvals` and `agents__decide`
 /// the server's approval tools (see `mcp.rs`), so a component named
 /// `plan`, `agent` or `agents` would collide with them.
-pub const RESERVED_NAMES: &[&str] = &["plan", "agent", "agents"];
+pub const RESERVED_NAMES: &[&str] = &["plan", "agent", "agents", "sandbox"];
 
 /// Whether `name` is a valid component (or plan) name. `__` is reserved: it
 /// joins the component and function names in MCP tool names; so are

@@ -4881,3 +4881,120 @@ async fn a_restarted_server_resumes_the_agent_work_left_in_the_store() {
     assert_eq!(log["turns"][0]["message"]["id"], "left-over", "{log}");
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_sandboxes_are_mcp_tools_only_when_offered_and_their_runs_are_journaled() {
+    let dir = component("py-sandbox").parent().unwrap().to_path_buf();
+    assert!(component("js-sandbox").is_file());
+
+    // Not offered: not listed, not callable, and the name stays reserved.
+    let plain = tempfile::tempdir().unwrap();
+    let s = start(plain.path(), |_| {}).await;
+    let (mut mcp, serving) = LineClient::serve(&s.server);
+    mcp.initialize().await;
+    let v = mcp.request(2, "tools/list", json!({})).await;
+    let names: Vec<&str> = v["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(!names.iter().any(|n| n.starts_with("sandbox__")), "{v}");
+    let v = mcp
+        .request(
+            3,
+            "tools/call",
+            json!({"name": "sandbox__python", "arguments": {"code": "1"}}),
+        )
+        .await;
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("unknown tool"),
+        "{v}"
+    );
+    assert_eq!(s.add("sandbox", "hello").await.0, 400);
+    drop(mcp);
+    serving.await.unwrap().unwrap();
+    s.shutdown().await;
+
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), |c| c.sandboxes = Some(vec![dir.clone()])).await;
+    let (mut mcp, serving) = LineClient::serve(&s.server);
+    mcp.initialize().await;
+    let v = mcp.request(2, "tools/list", json!({})).await;
+    let tools = v["result"]["tools"].as_array().unwrap();
+    for name in ["sandbox__python", "sandbox__javascript"] {
+        let tool = tools
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap_or_else(|| panic!("{name}: {v}"));
+        assert_eq!(tool["inputSchema"]["required"], json!(["code"]), "{tool}");
+    }
+    let v = mcp
+        .request(
+            3,
+            "tools/call",
+            json!({"name": "sandbox__python", "arguments": {"code": "print('hi')\n6 * 7"}}),
+        )
+        .await;
+    let result = &v["result"];
+    assert_ne!(result["isError"], true, "{v}");
+    assert_eq!(
+        (
+            &result["structuredContent"]["stdout"],
+            &result["structuredContent"]["value"]
+        ),
+        (&json!("hi\n"), &json!(42)),
+        "{v}"
+    );
+    let v = mcp
+        .request(
+            4,
+            "tools/call",
+            json!({"name": "sandbox__javascript", "arguments": {"code": "let a = 1;\nnull.x"}}),
+        )
+        .await;
+    let result = &v["result"];
+    assert_eq!(result["isError"], true, "{v}");
+    assert_eq!(
+        (
+            &result["structuredContent"]["error"]["type"],
+            &result["structuredContent"]["error"]["line"]
+        ),
+        (&json!("TypeError"), &json!(2)),
+        "{v}"
+    );
+    assert!(
+        result["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("TypeError"),
+        "{v}"
+    );
+    let v = mcp
+        .request(
+            5,
+            "tools/call",
+            json!({"name": "sandbox__python", "arguments": {"code": 3}}),
+        )
+        .await;
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    // Each run is in the journal, with the MCP caller.
+    let runs = s.server.journal.list().unwrap();
+    let sandboxed: Vec<_> = runs
+        .iter()
+        .filter(|r| r.header.function == tessera_sandbox::RUN)
+        .collect();
+    assert_eq!(sandboxed.len(), 2, "{runs:?}");
+    assert!(sandboxed.iter().all(|r| {
+        r.header
+            .caller
+            .as_ref()
+            .is_some_and(|c| c.via == "mcp-stdio")
+    }));
+    drop(mcp);
+    serving.await.unwrap().unwrap();
+    s.shutdown().await;
+}

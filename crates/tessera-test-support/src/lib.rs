@@ -123,8 +123,11 @@ fn stale(root: &Path, wanted: &Path) -> Result<Option<String>, String> {
     let mut sources = vec![
         root.join("scripts/build-components.sh"),
         root.join("scripts/build-polyglot.sh"),
+        root.join("scripts/build-third-party.sh"),
     ];
     collect_sources(&components, true, &mut sources);
+    // The sandboxes are built from the published WIT (`wit/sandbox`).
+    collect_sources(&root.join("wit"), true, &mut sources);
     for path in sources {
         let Ok(time) = modified(&path) else { continue };
         if newest.as_ref().is_none_or(|(t, _)| time > *t) {

@@ -84,15 +84,11 @@ async fn call(global: &GlobalArgs, args: &Args) -> Outcome {
         .runtime_with(false)
         .map_err(|e| Failure::internal("setup", e))?;
     let deterministic = args.deterministic.then(|| args.seed.unwrap_or(0));
-    let loaded = crate::source::load(
-        &runtime,
-        &args.component,
-        &args.source,
-        args.manifest.as_deref(),
-        deterministic,
-    )
-    .await
-    .map_err(crate::source::LoadFailure::into_failure)?;
+    let grants = crate::setup::grants(args.manifest.as_deref(), deterministic)
+        .map_err(|e| Failure::from_runtime(&e))?;
+    let loaded = crate::source::load(&runtime, &args.component, &args.source, grants)
+        .await
+        .map_err(crate::source::LoadFailure::into_failure)?;
     let mut run_id = None;
     let called = if args.record {
         let store = global
@@ -161,6 +157,9 @@ fn outcome_json(o: &CallOutcome) -> Value {
         Err(CallFailure::Cancelled) => {
             v["error"] = json!({ "kind": "cancelled", "message": "call cancelled" })
         }
+        Err(CallFailure::Exit(code)) => {
+            v["error"] = json!({ "kind": "exit", "code": code, "message": format!("exited with status {code}") })
+        }
     }
     v
 }
@@ -214,6 +213,9 @@ fn print_human(o: &CallOutcome) {
         }
         Err(CallFailure::Cancelled) => {
             let _ = writeln!(err, "error: {}: call cancelled", o.function);
+        }
+        Err(CallFailure::Exit(code)) => {
+            let _ = writeln!(err, "error: {}: exited with status {code}", o.function);
         }
         Err(CallFailure::Trap { message, backtrace }) => {
             let _ = writeln!(err, "error: {message}");

@@ -3,6 +3,7 @@
 pub mod agents;
 pub mod call;
 pub mod components;
+pub mod exec;
 pub mod inspect;
 pub mod inspect_run;
 pub mod kv;
@@ -10,6 +11,7 @@ pub mod plan;
 pub mod plans;
 pub mod remote;
 pub mod replay;
+pub mod run;
 pub mod runs;
 pub mod serve;
 pub mod tokens;

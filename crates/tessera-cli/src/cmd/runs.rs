@@ -146,6 +146,7 @@ fn status(end: Option<&tessera_journal::End>) -> String {
         Some(RunResult::Limit { limit, .. }) => format!("limit:{limit}"),
         Some(RunResult::Trap { .. }) => "trap".into(),
         Some(RunResult::Refused { .. }) => "refused".into(),
+        Some(RunResult::Exited { code }) => format!("exit {code}"),
         Some(RunResult::Cancelled { .. }) => "cancelled".into(),
     }
 }

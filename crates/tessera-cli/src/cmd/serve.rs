@@ -56,6 +56,11 @@ pub struct Args {
     /// `[journal] max_bytes`).
     #[arg(long, value_name = "SIZE")]
     pub journal_max_bytes: Option<String>,
+    /// Offer the code sandboxes as MCP tools (`sandbox__python`,
+    /// `sandbox__javascript`): their components from DIR, or, without a
+    /// value, where `tessera exec` finds them.
+    #[arg(long, value_name = "DIR", num_args = 0..=1)]
+    pub sandboxes: Option<Option<std::path::PathBuf>>,
 }
 
 async fn shutdown_signal() {
@@ -158,6 +163,10 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
             return crate::exit::BAD_INPUT;
         }
     };
+    config.sandboxes = args
+        .sandboxes
+        .as_ref()
+        .map(|dir| tessera_sandbox::search_path(dir.as_deref()));
     // Bind first: a taken port is reported before the components load.
     let listener = if args.stdio {
         None

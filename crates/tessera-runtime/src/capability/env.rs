@@ -41,6 +41,10 @@ pub struct EnvGrant {
     /// Command-line arguments (`argv[1..]`).
     #[serde(default)]
     pub args: Vec<String>,
+    /// The program name the guest sees as `argv[0]` (`tessera run` sets
+    /// the component's file name); by default the function's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<String>,
     /// The inherited values, resolved from the host when the component is
     /// loaded. Never serialized.
     #[serde(skip)]
@@ -152,8 +156,10 @@ impl Capability for Env {
         inst.func_wrap("get-arguments", |store: Store<'_>, (): ()| {
             let gateway = &store.data().gateway;
             let args = gateway.exchange::<Arguments>((), |_| {
-                let mut args = vec![gateway.scope().function.clone()];
-                args.extend(gateway.grants().env.args.iter().cloned());
+                let grant = &gateway.grants().env;
+                let argv0 = grant.program.clone();
+                let mut args = vec![argv0.unwrap_or_else(|| gateway.scope().function.clone())];
+                args.extend(grant.args.iter().cloned());
                 args
             })?;
             Ok((args,))

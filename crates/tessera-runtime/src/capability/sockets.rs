@@ -91,12 +91,19 @@ impl Capability for Sockets {
                 "create-udp-socket" => inst.func_new(name, |store, _, _params, results| {
                     refuse(store, SocketAttempt::CreateUdpSocket, results)
                 })?,
-                _ => inst.func_new(name, |store, _, params, results| {
-                    let name = match params.get(1) {
-                        Some(Val::String(s)) => s.clone(),
-                        _ => String::new(),
-                    };
-                    refuse(store, SocketAttempt::ResolveAddresses { name }, results)
+                _ => inst.func_new_async(name, |mut store, _, params, results| {
+                    Box::new(async move {
+                        // The network is borrowed for the call: the borrow
+                        // ends here, or the call traps when it returns.
+                        if let Some(Val::Resource(network)) = params.first() {
+                            network.resource_drop_async(&mut store).await?;
+                        }
+                        let name = match params.get(1) {
+                            Some(Val::String(s)) => s.clone(),
+                            _ => String::new(),
+                        };
+                        refuse(store, SocketAttempt::ResolveAddresses { name }, results)
+                    })
                 })?,
             }
         }

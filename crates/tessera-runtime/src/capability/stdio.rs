@@ -5,15 +5,21 @@
 //! cap traps the guest with a limit error (and an audit event). Each
 //! accepted write is a step (re-performed on replay, where the request —
 //! the bytes — must match). Stdin is empty: a guest reads end of file.
+//!
+//! A call given a [`Terminal`] (`tessera run`) has its streams connected to
+//! the caller's instead: output is written through as it comes (still a
+//! step per write, not held, so not capped), and stdin is read from the
+//! caller's, each chunk read a step whose bytes a replay answers.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use tokio::io::AsyncWrite;
-use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
+use wasmtime_wasi::cli::{IsTerminal, StdinStream, StdoutStream};
+use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError, StreamResult};
 
 use serde::Deserialize;
 use wasmtime::component::Linker;
@@ -50,9 +56,129 @@ impl Op for Stdin {
     type Response = ();
 }
 
+/// A read from a connected stdin ([`Terminal`]): the size asked for, and
+/// the bytes read (`None`: end of file). Reads that found nothing ready
+/// are not steps.
+pub struct StdinRead;
+impl Op for StdinRead {
+    const CAPABILITY: &'static str = "stdio";
+    const NAME: &'static str = "stdin-read";
+    type Request = u64;
+    type Response = Option<crate::gateway::Bytes>;
+}
+
+/// Where a connected output stream's bytes go.
+pub trait Sink: Send + Sync {
+    /// Writes (and flushes) `bytes`.
+    fn write(&self, bytes: &[u8]) -> io::Result<()>;
+}
+
+/// The process's own stdout.
+struct ProcessStdout;
+impl Sink for ProcessStdout {
+    fn write(&self, bytes: &[u8]) -> io::Result<()> {
+        let mut out = io::stdout().lock();
+        io::Write::write_all(&mut out, bytes)?;
+        io::Write::flush(&mut out)
+    }
+}
+
+/// The process's own stderr.
+struct ProcessStderr;
+impl Sink for ProcessStderr {
+    fn write(&self, bytes: &[u8]) -> io::Result<()> {
+        let mut out = io::stderr().lock();
+        io::Write::write_all(&mut out, bytes)?;
+        io::Write::flush(&mut out)
+    }
+}
+
+/// A caller's standard streams, connected to a call's instead of
+/// capturing them ([`crate::CallOptions::terminal`]).
+#[derive(Clone)]
+pub struct Terminal {
+    /// Receives what the guest writes to stdout, as it writes it.
+    pub stdout: Arc<dyn Sink>,
+    /// Receives what the guest writes to stderr.
+    pub stderr: Arc<dyn Sink>,
+    /// What the guest reads from stdin (none: end of file at once).
+    pub stdin: Option<Arc<dyn StdinStream + Sync>>,
+}
+
+impl Terminal {
+    /// The process's own stdin, stdout and stderr.
+    pub fn process() -> Self {
+        Self {
+            stdout: Arc::new(ProcessStdout),
+            stderr: Arc::new(ProcessStderr),
+            stdin: Some(Arc::new(wasmtime_wasi::cli::stdin())),
+        }
+    }
+}
+
+impl std::fmt::Debug for Terminal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Terminal")
+            .field("stdin", &self.stdin.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connected stdin: each read that found bytes (or the end) is a step;
+/// a replay answers the recorded reads without touching the caller's
+/// stdin.
+struct JournaledStdin {
+    inner: Box<dyn InputStream>,
+    gateway: Gateway,
+}
+
+impl JournaledStdin {
+    fn answer(&self, size: usize, live: Option<Bytes>) -> StreamResult<Bytes> {
+        let recorded = self
+            .gateway
+            .exchange::<StdinRead>(size as u64, |_| {
+                live.map(|b| crate::gateway::Bytes(b.to_vec()))
+            })
+            .map_err(|d| StreamError::Trap(d.into()))?;
+        match recorded {
+            Some(b) => Ok(Bytes::from(b.0)),
+            None => Err(StreamError::Closed),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl InputStream for JournaledStdin {
+    fn read(&mut self, size: usize) -> StreamResult<Bytes> {
+        if self.gateway.replaying() {
+            // A recording without the read: stdin was not connected, and
+            // the guest read end of file.
+            if !self.gateway.next_recorded_is::<StdinRead>() {
+                return Err(StreamError::Closed);
+            }
+            return self.answer(size, None);
+        }
+        match self.inner.read(size) {
+            Ok(b) if b.is_empty() => Ok(b),
+            Ok(b) => self.answer(size, Some(b)),
+            Err(StreamError::Closed) => self.answer(size, None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for JournaledStdin {
+    async fn ready(&mut self) {
+        if !self.gateway.replaying() {
+            self.inner.ready().await;
+        }
+    }
+}
+
 /// `get-terminal-stdin`/`-stdout`/`-stderr`: never a terminal.
-pub struct Terminal;
-impl Op for Terminal {
+pub struct TerminalQuery;
+impl Op for TerminalQuery {
     const CAPABILITY: &'static str = "stdio";
     const NAME: &'static str = "terminal";
     type Request = String;
@@ -99,9 +225,23 @@ impl Capability for Stdio {
         stdin.func_wrap(
             "get-stdin",
             |mut store: wasmtime::StoreContextMut<'_, HostState>, (): ()| {
-                store.data().gateway.exchange::<Stdin>((), |_| ())?;
+                let gateway = store.data().gateway.clone();
+                gateway.exchange::<Stdin>((), |_| ())?;
+                // A replay answers the reads its recording holds, whether or
+                // not a stdin is connected now.
+                let connected = gateway.terminal().and_then(|t| t.stdin.clone());
                 let stream: wasmtime_wasi::p2::DynInputStream =
-                    Box::new(wasmtime_wasi::p2::pipe::ClosedInputStream);
+                    if connected.is_some() || gateway.replaying() {
+                        Box::new(JournaledStdin {
+                            inner: match connected {
+                                Some(stdin) => stdin.p2_stream(),
+                                None => Box::new(wasmtime_wasi::p2::pipe::ClosedInputStream),
+                            },
+                            gateway,
+                        })
+                    } else {
+                        Box::new(wasmtime_wasi::p2::pipe::ClosedInputStream)
+                    };
                 Ok((store.data_mut().table.push(stream)?,))
             },
         )?;
@@ -113,7 +253,7 @@ impl Capability for Stdio {
                 store
                     .data()
                     .gateway
-                    .exchange::<Terminal>(stream.to_string(), |_| false)?;
+                    .exchange::<TerminalQuery>(stream.to_string(), |_| false)?;
                 results[0] = wasmtime::component::Val::Option(None);
                 Ok(())
             })?;
@@ -223,6 +363,22 @@ impl CapturedStream {
     /// Appends `bytes`, or refuses with the output limit (or, replaying, a
     /// divergence from the recorded output).
     fn append(&self, bytes: &[u8]) -> Result<(), wasmtime::Error> {
+        if let Some(t) = self.gateway.terminal() {
+            let data = crate::gateway::Bytes(bytes.to_vec());
+            let sink = match self.which {
+                Which::Stdout => {
+                    self.gateway.exchange::<Stdout>(data, |_| ())?;
+                    &t.stdout
+                }
+                Which::Stderr => {
+                    self.gateway.exchange::<Stderr>(data, |_| ())?;
+                    &t.stderr
+                }
+            };
+            // A closed pipe on the caller's side ends the guest's stream as
+            // it would end a native program's.
+            return sink.write(bytes).map_err(wasmtime::Error::new);
+        }
         let limit = self.gateway.grants().limits.max_output_bytes;
         let accepted = self.gateway.with_output(|out| {
             let buf = match self.which {
@@ -285,9 +441,19 @@ impl OutputStream for CapturedStream {
     }
 
     fn check_write(&mut self) -> Result<usize, StreamError> {
-        // The cap is checked on write so that the guest traps with a clear
-        // limit error instead of seeing a closed stream.
-        Ok(64 * 1024)
+        // Every write is accepted whole: some guests (CPython's stdout)
+        // drop what a short write left. Captured output is offered one byte
+        // past the cap, so a write that would cross it is made, and traps
+        // with a clear limit error instead of seeing a closed stream.
+        if self.gateway.terminal().is_some() {
+            return Ok(1 << 30);
+        }
+        let limit = self.gateway.grants().limits.max_output_bytes;
+        let used = self.gateway.with_output(|out| match self.which {
+            Which::Stdout => out.stdout.len(),
+            Which::Stderr => out.stderr.len(),
+        }) as u64;
+        Ok(usize::try_from(limit.saturating_sub(used).saturating_add(1)).unwrap_or(usize::MAX))
     }
 }
 

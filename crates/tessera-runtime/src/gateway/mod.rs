@@ -123,6 +123,7 @@ struct GatewayInner {
     replay: Option<Arc<dyn ReplaySource>>,
     context: Option<Arc<std::collections::BTreeMap<String, String>>>,
     agent: Option<Arc<dyn crate::capability::agent::AgentLink>>,
+    terminal: Option<crate::capability::stdio::Terminal>,
     live_after: Option<u64>,
     next_index: AtomicU64,
     divergence: Mutex<Option<Divergence>>,
@@ -168,6 +169,9 @@ pub struct GatewayParts {
     /// With `replay`: answer only the recorded steps, then go on live (a
     /// turn resumed after it stopped to wait for an approval).
     pub continue_live: bool,
+    /// The caller's standard streams, connected instead of captured
+    /// (`tessera run`).
+    pub terminal: Option<crate::capability::stdio::Terminal>,
 }
 
 impl Gateway {
@@ -196,6 +200,7 @@ impl Gateway {
                 context: parts.context,
                 live_after,
                 agent: parts.agent,
+                terminal: parts.terminal,
                 next_index: AtomicU64::new(0),
                 divergence: Mutex::new(None),
                 started: std::time::Instant::now(),
@@ -237,6 +242,12 @@ impl Gateway {
         }
     }
 
+    /// The caller's standard streams, when the call's are connected to
+    /// them instead of captured.
+    pub fn terminal(&self) -> Option<&crate::capability::stdio::Terminal> {
+        self.inner.terminal.as_ref()
+    }
+
     /// The agent host of a turn.
     pub fn agent(&self) -> Option<&Arc<dyn crate::capability::agent::AgentLink>> {
         self.inner.agent.as_ref()
@@ -245,6 +256,16 @@ impl Gateway {
     /// Reserves the next interaction index.
     pub fn reserve_index(&self) -> u64 {
         self.inner.next_index.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Replaying: whether the next recorded step is an `O` (a recording
+    /// holds some operations only when they happened, such as reads of a
+    /// connected stdin).
+    pub fn next_recorded_is<O: Op>(&self) -> bool {
+        self.inner.replay.as_ref().is_some_and(|src| {
+            src.recorded(self.interaction_count())
+                .is_some_and(|s| s.capability == O::CAPABILITY && s.op == O::NAME)
+        })
     }
 
     /// How many interactions the call has made so far.

@@ -70,6 +70,38 @@ pub struct Mount {
     pub mode: MountMode,
 }
 
+impl Mount {
+    /// A mount of the host directory `host` (made canonical; it must
+    /// exist) at the absolute guest path `guest` (no `..` segments). The
+    /// error names the part at fault (`host` or `guest`) and why.
+    pub fn new(
+        host: &std::path::Path,
+        guest: &str,
+        mode: MountMode,
+    ) -> Result<Self, (&'static str, String)> {
+        let canonical = host.canonicalize().map_err(|e| {
+            (
+                "host",
+                format!("directory {} cannot be used: {e}", host.display()),
+            )
+        })?;
+        if !canonical.is_dir() {
+            return Err(("host", format!("{} is not a directory", host.display())));
+        }
+        if !guest.starts_with('/') || guest.split('/').any(|s| s == "..") {
+            return Err((
+                "guest",
+                format!("`{guest}` must be an absolute guest path without `..` segments"),
+            ));
+        }
+        Ok(Self {
+            host: canonical,
+            guest: guest.to_string(),
+            mode,
+        })
+    }
+}
+
 /// The directories a component may see.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FilesGrant {
@@ -455,32 +487,6 @@ impl Capability for Files {
             } else {
                 section.base().join(&m.host)
             };
-            let host = host.canonicalize().map_err(|e| {
-                section.invalid(
-                    field("host"),
-                    format!("directory {} cannot be used: {e}", host.display()),
-                )
-            })?;
-            if !host.is_dir() {
-                return Err(section.invalid(
-                    field("host"),
-                    format!("{} is not a directory", host.display()),
-                ));
-            }
-            if !m.guest.starts_with('/') || m.guest.split('/').any(|s| s == "..") {
-                return Err(section.invalid(
-                    field("guest"),
-                    format!(
-                        "`{}` must be an absolute guest path without `..` segments",
-                        m.guest
-                    ),
-                ));
-            }
-            if mounts.iter().any(|o| o.guest == m.guest) {
-                return Err(
-                    section.invalid(field("guest"), format!("`{}` is mounted twice", m.guest))
-                );
-            }
             let mode = match m.mode.as_deref() {
                 None | Some("ro") | Some("read-only") => MountMode::ReadOnly,
                 Some("rw") | Some("read-write") => MountMode::ReadWrite,
@@ -491,11 +497,14 @@ impl Capability for Files {
                     ));
                 }
             };
-            mounts.push(Mount {
-                host,
-                guest: m.guest.clone(),
-                mode,
-            });
+            let mount = Mount::new(&host, &m.guest, mode)
+                .map_err(|(key, message)| section.invalid(field(key), message))?;
+            if mounts.iter().any(|o| o.guest == mount.guest) {
+                return Err(
+                    section.invalid(field("guest"), format!("`{}` is mounted twice", m.guest))
+                );
+            }
+            mounts.push(mount);
         }
         Ok(FilesGrant { mounts })
     }

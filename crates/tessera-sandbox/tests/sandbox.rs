@@ -1,0 +1,282 @@
+//! The Python and JavaScript sandboxes, run in this process: values,
+//! output, errors with their place, the standard library, grants allowed
+//! and denied, and an escape corpus — each attempt contained, and the next
+//! run in the same process unaffected.
+
+use std::path::Path;
+
+use serde_json::json;
+use tessera_runtime::{CallOptions, Grants, Runtime, RuntimeConfig};
+use tessera_sandbox::{ExecError, Execution, Language, Sandboxes};
+use tessera_test_support::component;
+
+fn runtime(cache: &Path) -> Runtime {
+    Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache.to_path_buf()),
+        ..RuntimeConfig::default()
+    })
+    .unwrap()
+}
+
+fn sandboxes(cache: &Path, grants: Grants) -> Sandboxes {
+    // Built (when stale) by the test support, like every component.
+    let dir = component("py-sandbox").parent().unwrap().to_path_buf();
+    assert!(component("js-sandbox").is_file());
+    Sandboxes::new(runtime(cache), vec![dir], grants)
+}
+
+fn limited(fuel: u64) -> Grants {
+    let mut g = Grants::deny_all();
+    g.limits.fuel = fuel;
+    g
+}
+
+async fn exec(s: &Sandboxes, language: Language, code: &str) -> Execution {
+    s.exec(language, code, CallOptions::default(), None)
+        .await
+        .unwrap_or_else(|e| panic!("{code}: {e}"))
+}
+
+fn raised(e: &Execution) -> (&str, &str, Option<u32>, Option<u32>) {
+    match &e.error {
+        Some(ExecError::Raised {
+            exception,
+            message,
+            line,
+            column,
+            ..
+        }) => (exception, message, *line, *column),
+        other => panic!("expected an exception, got {other:?} ({e:?})"),
+    }
+}
+
+fn limit(e: &Execution) -> &str {
+    match &e.error {
+        Some(ExecError::Limit { limit, .. }) => limit,
+        other => panic!("expected a limit, got {other:?}"),
+    }
+}
+
+/// The standard-library modules the issue names, and more: importable
+/// with nothing granted (they are in the pre-initialized interpreter).
+const MODULES: &[&str] = &[
+    "json",
+    "re",
+    "math",
+    "datetime",
+    "collections",
+    "itertools",
+    "functools",
+    "statistics",
+    "decimal",
+    "fractions",
+    "random",
+    "string",
+    "textwrap",
+    "csv",
+    "io",
+    "base64",
+    "hashlib",
+    "uuid",
+    "heapq",
+    "bisect",
+    "dataclasses",
+    "enum",
+    "typing",
+    "operator",
+    "copy",
+    "difflib",
+    "unicodedata",
+    "html",
+    "urllib.parse",
+    "zlib",
+    "struct",
+    "pprint",
+    "calendar",
+    "secrets",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_values_output_errors_and_the_standard_library() {
+    let cache = tempfile::tempdir().unwrap();
+    let s = sandboxes(cache.path(), Grants::deny_all());
+    let py = Language::Python;
+
+    let e = exec(&s, py, "import statistics; print(statistics.mean([1,2,3]))").await;
+    assert_eq!((e.ok, e.stdout.as_str(), &e.value), (true, "2\n", &None));
+    let e = exec(&s, py, "x = [1, {'a': 2.5}, None, 'é']\nx").await;
+    assert_eq!(e.value, Some(json!([1, {"a": 2.5}, null, "é"])));
+    assert_eq!(e.text.as_deref(), Some("[1, {'a': 2.5}, None, 'é']"));
+    // Not JSON: only the text.
+    let e = exec(&s, py, "{1, 2}").await;
+    assert_eq!((e.value.clone(), e.text.as_deref()), (None, Some("{1, 2}")));
+    // A fresh instance per run: nothing is left from the one before.
+    let e = exec(&s, py, "x").await;
+    assert_eq!(raised(&e).0, "NameError");
+    // Large output arrives whole.
+    let e = exec(&s, py, "import sys; sys.stdout.write('y' * 200000); None").await;
+    assert_eq!(e.stdout.len(), 200000);
+
+    let e = exec(&s, py, "a = 1\nb = 0\na / b").await;
+    assert_eq!(
+        raised(&e),
+        ("ZeroDivisionError", "division by zero", Some(3), Some(1))
+    );
+    let Some(ExecError::Raised { traceback, .. }) = &e.error else {
+        unreachable!()
+    };
+    assert!(
+        traceback.contains("line 3")
+            && traceback.ends_with("ZeroDivisionError: division by zero\n"),
+        "{traceback}"
+    );
+    assert!(
+        !traceback.contains("app.py"),
+        "the sandbox's own frames are not shown: {traceback}"
+    );
+    let e = exec(&s, py, "x = 1\ndef f(:\n  pass").await;
+    assert_eq!(
+        raised(&e),
+        ("SyntaxError", "invalid syntax", Some(2), Some(7))
+    );
+
+    let code = format!(
+        "import {}\nlen([{}])",
+        MODULES.join(", "),
+        MODULES
+            .iter()
+            .map(|m| m.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let e = exec(&s, py, &code).await;
+    assert!(e.ok, "{:?}", e.error);
+    assert_eq!(e.value, Some(json!(MODULES.len())));
+    assert!(MODULES.len() >= 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_escapes_are_contained_and_the_next_run_is_unaffected() {
+    let cache = tempfile::tempdir().unwrap();
+    let mut grants = Grants::deny_all();
+    grants.limits.memory_mb = 128;
+    let s = sandboxes(cache.path(), grants);
+    let py = Language::Python;
+    for (code, exception) in [
+        ("import ctypes", "ModuleNotFoundError"),
+        ("import subprocess", "ModuleNotFoundError"),
+        ("import socket", "ModuleNotFoundError"),
+        ("import js", "ModuleNotFoundError"),
+        (
+            "import threading; threading.Thread(target=print).start()",
+            "RuntimeError",
+        ),
+        (
+            "import _socket; _socket.socket().connect(('127.0.0.1', 80))",
+            "PermissionError",
+        ),
+        (
+            "import _socket; _socket.getaddrinfo('example.com', 80)",
+            "PermissionError",
+        ),
+        ("import os; os.system('ls')", "AttributeError"),
+        ("open('/etc/passwd').read()", "FileNotFoundError"),
+        ("def f(): return f()\nf()", "RecursionError"),
+        ("import sys; sys.exit(3)", "SystemExit"),
+    ] {
+        let e = exec(&s, py, code).await;
+        assert_eq!(raised(&e).0, exception, "{code}");
+    }
+    // Nothing of the host's environment.
+    let e = exec(&s, py, "import os; dict(os.environ)").await;
+    assert_eq!(e.value, Some(json!({})));
+    // Limits: a loop runs out of fuel, a memory bomb hits the ceiling (or
+    // is refused by the interpreter), a flood of output hits its cap.
+    assert_eq!(limit(&exec(&s, py, "while True: pass").await), "fuel");
+    let e = exec(&s, py, "b = bytearray(10**9)").await;
+    match &e.error {
+        Some(ExecError::Limit { limit, .. }) => assert_eq!(limit, "memory"),
+        Some(ExecError::Raised { exception, .. }) => assert_eq!(exception, "MemoryError"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(limit(&exec(&s, py, "print('x' * 10**7)").await), "output");
+    // The process and the next sandbox carry on.
+    let e = exec(&s, py, "6 * 7").await;
+    assert_eq!(e.value, Some(json!(42)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sees_files_and_variables_only_when_granted() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("data.txt"), "granted").unwrap();
+    let manifest = format!(
+        "[[files]]\nhost = {:?}\nguest = \"/data\"\n\n[env.set]\nCITY = \"Lyon\"\n",
+        dir.path().display().to_string()
+    );
+    let grants = Grants::from_toml(&manifest, "test manifest", dir.path()).unwrap();
+    let granted = sandboxes(cache.path(), grants);
+    let denied = sandboxes(cache.path(), Grants::deny_all());
+    let read = "import os\n(open('/data/data.txt').read(), os.environ.get('CITY'))";
+    let e = exec(&granted, Language::Python, read).await;
+    assert_eq!(e.value, Some(json!(["granted", "Lyon"])), "{:?}", e.error);
+    let e = exec(&denied, Language::Python, read).await;
+    assert_eq!(raised(&e).0, "FileNotFoundError");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn javascript_values_console_errors_and_escapes() {
+    let cache = tempfile::tempdir().unwrap();
+    let s = sandboxes(cache.path(), limited(500_000_000));
+    let js = Language::JavaScript;
+
+    let e = exec(&s, js, "console.log([1,2,3].map(x => x * 2)); 6 * 7").await;
+    assert_eq!(
+        (e.stdout.as_str(), &e.value),
+        ("[2, 4, 6]\n", &Some(json!(42)))
+    );
+    let e = exec(&s, js, "console.error('warned'); ({a: [1, 'two']})").await;
+    assert_eq!(
+        (e.stderr.as_str(), &e.value),
+        ("warned\n", &Some(json!({"a": [1, "two"]})))
+    );
+    let e = exec(&s, js, "let n = 1;\nnull.x").await;
+    assert_eq!(raised(&e).0, "TypeError");
+    assert_eq!(raised(&e).2, Some(2));
+    let e = exec(&s, js, "\n\n  bar baz").await;
+    assert_eq!(raised(&e), ("SyntaxError", raised(&e).1, Some(3), Some(7)));
+    let e = exec(&s, js, "function f(){ return f() } f()").await;
+    assert_eq!(raised(&e).0, "InternalError");
+
+    // eval and Function run inside the sandbox, and see only it.
+    let e = exec(
+        &s,
+        js,
+        "[eval('1+1'), new Function('return typeof process')()]",
+    )
+    .await;
+    assert_eq!(e.value, Some(json!([2, "undefined"])));
+    // Pollution of the intrinsics does not outlive the instance.
+    exec(
+        &s,
+        js,
+        "Object.prototype.polluted = 1; JSON.stringify = () => 'hacked'; 1",
+    )
+    .await;
+    let e = exec(&s, js, "[({}).polluted, JSON.stringify({a: 1})]").await;
+    assert_eq!(e.value, Some(json!([null, "{\"a\":1}"])));
+    assert_eq!(
+        raised(&exec(&s, js, "require('fs')").await).0,
+        "ReferenceError"
+    );
+    assert_eq!(limit(&exec(&s, js, "while (true) {}").await), "fuel");
+    assert_eq!(
+        raised(&exec(&s, js, "'x'.repeat(2**30)").await).0,
+        "RangeError"
+    );
+    // No network unless granted: the host refuses the request.
+    let e = exec(&s, js, "await fetch('http://127.0.0.1:9/')").await;
+    assert!(!e.ok, "{e:?}");
+    let e = exec(&s, js, "[1, 2, 3].reduce((a, b) => a + b)").await;
+    assert_eq!(e.value, Some(json!(6)));
+}
