@@ -21,7 +21,7 @@ pub fn for_error(e: &tessera_runtime::Error) -> i32 {
     use tessera_runtime::Error as E;
     match e {
         E::Engine { .. } | E::Task { .. } => INTERNAL,
-        E::Busy { .. } => TRAP,
+        E::Busy { .. } | E::Instantiate { .. } | E::SessionEnded { .. } => TRAP,
         E::Read { .. }
         | E::NotWasm { .. }
         | E::Adapt { .. }

@@ -73,6 +73,8 @@ impl Failure {
             E::NotServed { .. } => "not_served",
             E::BadArguments { .. } => "bad_arguments",
             E::Busy { .. } => "busy",
+            E::Instantiate { .. } => "instantiate",
+            E::SessionEnded { .. } => "session_ended",
         };
         let f = Self::new(exit::for_error(e), kind, e.to_string());
         match e {
@@ -112,7 +114,8 @@ impl Failure {
                 .with("function", function.as_str())
                 .with("path", error.path.as_str()),
             E::Busy { limit } => f.with("limit", *limit),
-            E::Engine { .. } | E::Task { .. } => f,
+            E::Instantiate { origin, .. } => f.with("component", origin.as_str()),
+            E::Engine { .. } | E::Task { .. } | E::SessionEnded { .. } => f,
         }
     }
 

@@ -399,6 +399,31 @@ impl LoadedComponent {
         args: &Value,
         options: CallOptions,
     ) -> Result<CallOutcome, Error> {
+        let (f, params) = self.callable(function, args)?;
+        let call_audit = Arc::new(MemoryAudit::default());
+        let (gateway, cancel, snapshot) = {
+            let (scope, parts, cancel, snapshot) = self.call_parts(f, options, &call_audit);
+            (Gateway::new(scope, parts), cancel, snapshot)
+        };
+        let _permit = self.permit(&gateway)?;
+        let started = Instant::now();
+        let mut store = self.new_store(&gateway)?;
+        let pre = &self.pre;
+        let export = f.export;
+        let result_count = usize::from(f.result.is_some());
+        let raw = self
+            .guarded(&mut store, &gateway, cancel, started, |store| async move {
+                let instance = pre.instantiate_async(&mut *store).await?;
+                call_export(store, instance, export, &params, result_count).await
+            })
+            .await;
+        let ran = Ran::measure(&mut store, self.grants.limits, started, snapshot);
+        drop(store);
+        Ok(self.outcome(f, &gateway, &call_audit, raw, ran))
+    }
+
+    /// The function `function` names, checked callable, and its arguments.
+    fn callable(&self, function: &str, args: &Value) -> Result<(&FunctionInfo, Vec<Val>), Error> {
         let f = self.function(function)?;
         if let Some(reason) = &f.not_callable {
             return Err(Error::NotCallable {
@@ -407,59 +432,89 @@ impl LoadedComponent {
             });
         }
         let params = self.arguments(f, args)?;
+        Ok((f, params))
+    }
+
+    /// A call's scope and gateway parts from its options, with what the
+    /// caller keeps: its cancellation token and whether to snapshot.
+    fn call_parts(
+        &self,
+        f: &FunctionInfo,
+        options: CallOptions,
+        call_audit: &Arc<MemoryAudit>,
+    ) -> (CallScope, GatewayParts, Option<CancellationToken>, bool) {
+        let scope = CallScope {
+            component: self.prepared.digest.clone(),
+            function: f.qualified_name(),
+        };
+        let parts = GatewayParts {
+            grants: self.grants.clone(),
+            host: self.runtime.inner.host.clone(),
+            audit: Arc::new(TeeAudit {
+                runtime: self.runtime.inner.audit.clone(),
+                call: call_audit.clone(),
+            }),
+            observer: match (self.runtime.inner.observer.clone(), options.observer) {
+                (Some(a), Some(b)) => Some(Arc::new(TeeObserver(a, b))),
+                (a, b) => a.or(b),
+            },
+            replay: options.replay,
+            context: options.context,
+            agent: options.agent,
+            continue_live: options.continue_live,
+            terminal: options.terminal,
+        };
+        (scope, parts, options.cancel, options.snapshot)
+    }
+
+    /// A permit of the component's concurrency limit, or `Busy` (audited).
+    fn permit(&self, gateway: &Gateway) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
         let limits = self.grants.limits;
-        let call_audit = Arc::new(MemoryAudit::default());
-        let gateway = Gateway::new(
-            CallScope {
-                component: self.prepared.digest.clone(),
-                function: f.qualified_name(),
-            },
-            GatewayParts {
-                grants: self.grants.clone(),
-                host: self.runtime.inner.host.clone(),
-                audit: Arc::new(TeeAudit {
-                    runtime: self.runtime.inner.audit.clone(),
-                    call: call_audit.clone(),
-                }),
-                observer: match (self.runtime.inner.observer.clone(), options.observer) {
-                    (Some(a), Some(b)) => Some(Arc::new(TeeObserver(a, b))),
-                    (a, b) => a.or(b),
-                },
-                replay: options.replay,
-                context: options.context,
-                agent: options.agent,
-                continue_live: options.continue_live,
-                terminal: options.terminal,
-            },
-        );
-        let Ok(_permit) = self.permits.clone().try_acquire_owned() else {
+        self.permits.clone().try_acquire_owned().map_err(|_| {
             gateway.audit(
                 "instances",
                 format!("max_concurrent={}", limits.max_concurrent),
                 Decision::Limit,
                 Some("call refused: component at its concurrency limit".into()),
             );
-            return Err(Error::Busy {
+            Error::Busy {
                 limit: limits.max_concurrent,
-            });
-        };
+            }
+        })
+    }
 
-        let started = Instant::now();
+    /// A store for `gateway`'s call (or session), with the memory limiter.
+    fn new_store(&self, gateway: &Gateway) -> Result<Store<HostState>, Error> {
         let state = HostState::new(gateway.clone())?;
         let mut store = Store::new(&self.runtime.inner.engine, state);
         store.limiter(|s| &mut s.limiter);
-        store
-            .set_fuel(limits.fuel)
-            .map_err(|source| Error::Engine {
-                what: "setting the fuel budget",
-                source,
-            })?;
+        Ok(store)
+    }
+
+    /// Runs `work` in `store` under the call's limits: the fuel budget, the
+    /// wall-clock deadline (epoch ticks while wasm runs, a host timeout
+    /// while the guest waits on the host), and cancellation.
+    async fn guarded<'s, W, F>(
+        &self,
+        store: &'s mut Store<HostState>,
+        gateway: &Gateway,
+        cancel: Option<CancellationToken>,
+        started: Instant,
+        work: W,
+    ) -> wasmtime::Result<Vec<Val>>
+    where
+        W: FnOnce(&'s mut Store<HostState>) -> F,
+        F: std::future::Future<Output = wasmtime::Result<Vec<Val>>> + 's,
+    {
+        let limits = self.grants.limits;
+        if let Err(e) = store.set_fuel(limits.fuel) {
+            return Err(e.context("setting the fuel budget"));
+        }
         let timeout = Duration::from_millis(limits.timeout_ms);
         let deadline = started + timeout;
         let deadline_gateway = gateway.clone();
         store.set_epoch_deadline(1);
         let deterministic = self.grants.deterministic.is_some();
-        let cancel = options.cancel.clone();
         let tick_cancel = cancel.clone();
         // When the guest last ran wasm (its latest epoch tick): in
         // deterministic runs the host-wait guard below counts from there.
@@ -494,19 +549,7 @@ impl LoadedComponent {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-
-        let result_count = usize::from(f.result.is_some());
-        let export = f.export;
-        let pre = &self.pre;
-        let run = async {
-            let instance = pre.instantiate_async(&mut store).await?;
-            let func = instance
-                .get_func(&mut store, export)
-                .ok_or_else(|| wasmtime::Error::msg("export vanished after instantiation"))?;
-            let mut results = vec![Val::Bool(false); result_count];
-            func.call_async(&mut store, &params, &mut results).await?;
-            wasmtime::Result::Ok(results)
-        };
+        let run = work(store);
         let cancelled = async {
             match &cancel {
                 Some(c) => c.cancelled().await,
@@ -536,7 +579,7 @@ impl LoadedComponent {
             // waiting on the host stops here.
             () = cancelled => Ok(Err(Cancelled.into())),
         };
-        let raw: wasmtime::Result<Vec<Val>> = match timed {
+        match timed {
             Ok(r) => r,
             Err(()) => {
                 let hit = LimitHit::Deadline(limits.timeout_ms);
@@ -548,13 +591,21 @@ impl LoadedComponent {
                 );
                 Err(hit.into())
             }
-        };
-        let duration = started.elapsed();
-        let fuel_consumed = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
-        let peak_memory_bytes = store.data().peak_memory_bytes();
-        let snapshot = options.snapshot.then(|| crate::Snapshot::take(&mut store));
-        drop(store);
+        }
+    }
 
+    /// The outcome of a call that ran: its result read (an exit with 0 is
+    /// a return; the result's size limit applied; a failure classified),
+    /// with the gateway's output, audit, steps and usage.
+    fn outcome(
+        &self,
+        f: &FunctionInfo,
+        gateway: &Gateway,
+        call_audit: &MemoryAudit,
+        raw: wasmtime::Result<Vec<Val>>,
+        ran: Ran,
+    ) -> CallOutcome {
+        let limits = self.grants.limits;
         let mut guest_error = false;
         // A guest that exits with 0 (a command calling `exit(0)`) returned;
         // what it would have returned is its success (`ok` of a `result`).
@@ -599,26 +650,235 @@ impl LoadedComponent {
             Err(e) => Err(classify(
                 e,
                 &limits,
-                &gateway,
+                gateway,
                 &f.short_name(),
                 &self.prepared.origin,
             )),
         };
-        let divergence = gateway.divergence();
-        Ok(CallOutcome {
+        CallOutcome {
             function: f.qualified_name(),
             interactions: gateway.interaction_count(),
-            divergence,
-            snapshot,
+            divergence: gateway.divergence(),
+            snapshot: ran.snapshot,
             result,
             guest_error,
             output: gateway.take_output(),
-            fuel_consumed,
-            peak_memory_bytes,
-            duration,
+            fuel_consumed: ran.fuel_consumed,
+            peak_memory_bytes: ran.peak_memory_bytes,
+            duration: ran.duration,
             audit: call_audit.take(),
             usage: gateway.usage(),
+        }
+    }
+
+    /// Opens a session: one instance kept live for several calls, so that
+    /// what one call leaves in the guest (a Python namespace, a cache) is
+    /// there for the next. It holds one of the component's concurrency
+    /// permits until dropped. Each call has its own scope, observer,
+    /// replay source, limits and outcome, as a call of its own would.
+    pub async fn session(&self) -> Result<Session, Error> {
+        let call_audit = Arc::new(MemoryAudit::default());
+        let scope = CallScope {
+            component: self.prepared.digest.clone(),
+            function: "[session]".to_string(),
+        };
+        let parts = GatewayParts {
+            grants: self.grants.clone(),
+            host: self.runtime.inner.host.clone(),
+            audit: Arc::new(TeeAudit {
+                runtime: self.runtime.inner.audit.clone(),
+                call: call_audit,
+            }),
+            observer: None,
+            replay: None,
+            context: None,
+            agent: None,
+            continue_live: false,
+            terminal: None,
+        };
+        let gateway = Gateway::new(scope, parts);
+        let permit = self.permit(&gateway)?;
+        let started = Instant::now();
+        let mut store = self.new_store(&gateway)?;
+        let pre = &self.pre;
+        let mut instance = None;
+        let slot = &mut instance;
+        let raw = self
+            .guarded(&mut store, &gateway, None, started, |store| async move {
+                *slot = Some(pre.instantiate_async(&mut *store).await?);
+                wasmtime::Result::Ok(Vec::new())
+            })
+            .await;
+        let instance = match (raw, instance) {
+            (Ok(_), Some(i)) => i,
+            (Err(e), _) => {
+                return Err(Error::Instantiate {
+                    origin: self.prepared.origin.clone(),
+                    message: classify(
+                        e,
+                        &self.grants.limits,
+                        &gateway,
+                        "[session]",
+                        &self.prepared.origin,
+                    )
+                    .to_string(),
+                });
+            }
+            (Ok(_), None) => {
+                return Err(Error::Instantiate {
+                    origin: self.prepared.origin.clone(),
+                    message: "no instance".into(),
+                });
+            }
+        };
+        Ok(Session {
+            component: self.clone(),
+            store,
+            instance,
+            gateway,
+            ended: None,
+            calls: 0,
+            _permit: permit,
         })
+    }
+}
+
+/// Calls the export `export` of `instance` with `params`.
+async fn call_export(
+    store: &mut Store<HostState>,
+    instance: wasmtime::component::Instance,
+    export: wasmtime::component::ComponentExportIndex,
+    params: &[Val],
+    result_count: usize,
+) -> wasmtime::Result<Vec<Val>> {
+    let func = instance
+        .get_func(&mut *store, export)
+        .ok_or_else(|| wasmtime::Error::msg("export not found in the instance"))?;
+    let mut results = vec![Val::Bool(false); result_count];
+    func.call_async(&mut *store, params, &mut results).await?;
+    Ok(results)
+}
+
+/// What the store says about a call once it has run.
+struct Ran {
+    duration: Duration,
+    fuel_consumed: u64,
+    peak_memory_bytes: usize,
+    snapshot: Option<crate::Snapshot>,
+}
+
+impl Ran {
+    fn measure(
+        store: &mut Store<HostState>,
+        limits: crate::Limits,
+        started: Instant,
+        snapshot: bool,
+    ) -> Self {
+        Self {
+            duration: started.elapsed(),
+            fuel_consumed: limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0)),
+            peak_memory_bytes: store.data().peak_memory_bytes(),
+            snapshot: snapshot.then(|| crate::Snapshot::take(store)),
+        }
+    }
+}
+
+/// A live instance of a component kept for several calls
+/// ([`LoadedComponent::session`]).
+///
+/// A call that traps or hits a limit ends the session: wasmtime does not
+/// enter an instance again after a trap, and its state may be half
+/// updated. Later calls are refused with [`Error::SessionEnded`].
+pub struct Session {
+    component: LoadedComponent,
+    store: Store<HostState>,
+    instance: wasmtime::component::Instance,
+    gateway: Gateway,
+    ended: Option<String>,
+    calls: u64,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("component", &self.component.digest())
+            .field("calls", &self.calls)
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// Calls `function` in the session's instance.
+    pub async fn call_json(&mut self, function: &str, args: &Value) -> Result<CallOutcome, Error> {
+        self.call_json_with(function, args, CallOptions::default())
+            .await
+    }
+
+    /// [`Session::call_json`] with an observer, a replay source, a
+    /// cancellation token or a snapshot (the component's limits apply to
+    /// each call: fuel, deadline; memory counts what the instance holds).
+    pub async fn call_json_with(
+        &mut self,
+        function: &str,
+        args: &Value,
+        options: CallOptions,
+    ) -> Result<CallOutcome, Error> {
+        if let Some(why) = &self.ended {
+            return Err(Error::SessionEnded {
+                reason: why.clone(),
+            });
+        }
+        let component = self.component.clone();
+        let (f, params) = component.callable(function, args)?;
+        let call_audit = Arc::new(MemoryAudit::default());
+        let (scope, parts, cancel, snapshot) = component.call_parts(f, options, &call_audit);
+        self.gateway.next_call(scope, parts);
+        let started = Instant::now();
+        let instance = self.instance;
+        let export = f.export;
+        let result_count = usize::from(f.result.is_some());
+        let raw =
+            component
+                .guarded(
+                    &mut self.store,
+                    &self.gateway,
+                    cancel,
+                    started,
+                    |store| async move {
+                        call_export(store, instance, export, &params, result_count).await
+                    },
+                )
+                .await;
+        let ran = Ran::measure(&mut self.store, component.grants.limits, started, snapshot);
+        self.calls += 1;
+        let outcome = component.outcome(f, &self.gateway, &call_audit, raw, ran);
+        if let Err(e) = &outcome.result {
+            self.ended = Some(e.to_string());
+        }
+        Ok(outcome)
+    }
+
+    /// How many calls the session has made.
+    pub fn calls(&self) -> u64 {
+        self.calls
+    }
+
+    /// Why the session ended (a call trapped or hit a limit), if it has.
+    pub fn ended(&self) -> Option<&str> {
+        self.ended.as_deref()
+    }
+
+    /// The linear memory the instance holds now, in bytes (all its
+    /// memories).
+    pub fn memory_bytes(&self) -> usize {
+        self.store.data().limiter.current_bytes()
+    }
+
+    /// The component the session runs.
+    pub fn component(&self) -> &LoadedComponent {
+        &self.component
     }
 }
 

@@ -35,7 +35,7 @@ pub mod tools;
 
 pub use audit::{AuditEvent, AuditSink, Decision};
 pub use cache::{CacheStatus, CachedComponent, ComponentCache};
-pub use call::{CallFailure, CallOptions, CallOutcome, LoadedComponent};
+pub use call::{CallFailure, CallOptions, CallOutcome, LoadedComponent, Session};
 pub use capability::{Effects, HostConfig};
 pub use host::HostState;
 pub use imports::{UnresolvedImport, UnresolvedReason};
@@ -190,5 +190,19 @@ pub enum Error {
     Busy {
         /// The limit.
         limit: u32,
+    },
+    /// A session's instance could not be made.
+    #[error("{origin}: cannot start a session: {message}")]
+    Instantiate {
+        /// Where the component came from.
+        origin: String,
+        /// Why.
+        message: String,
+    },
+    /// A call of a session that an earlier call ended (a trap or a limit).
+    #[error("the session has ended: {reason}")]
+    SessionEnded {
+        /// What ended it.
+        reason: String,
     },
 }

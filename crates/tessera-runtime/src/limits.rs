@@ -83,6 +83,11 @@ impl MemoryLimiter {
     pub fn peak_bytes(&self) -> usize {
         self.peak_bytes
     }
+
+    /// Total linear memory now, in bytes.
+    pub fn current_bytes(&self) -> usize {
+        self.total_bytes
+    }
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {

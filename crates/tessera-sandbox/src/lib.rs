@@ -463,4 +463,57 @@ impl Sandboxes {
         execution.run_id = run_id;
         Ok(execution)
     }
+
+    /// Opens a session of `language`'s sandbox: one live instance whose
+    /// interpreter state (names, imports, closures) each `exec` leaves for
+    /// the next.
+    pub async fn session(&self, language: Language) -> Result<SandboxSession, SandboxError> {
+        let component = self.component(language).await?;
+        let session = component
+            .session()
+            .await
+            .map_err(|source| SandboxError::Runtime { language, source })?;
+        Ok(SandboxSession { language, session })
+    }
+}
+
+/// A live sandbox instance kept between runs ([`Sandboxes::session`]).
+/// A run stopped by a limit or a trap ends it (the interpreter may be
+/// half way through an update); an exception does not.
+#[derive(Debug)]
+pub struct SandboxSession {
+    language: Language,
+    session: tessera_runtime::Session,
+}
+
+impl SandboxSession {
+    /// Runs `code` in the session's interpreter.
+    pub async fn exec(
+        &mut self,
+        code: &str,
+        options: CallOptions,
+    ) -> Result<Execution, SandboxError> {
+        let language = self.language;
+        let outcome = self
+            .session
+            .call_json_with(RUN, &json!({ "code": code }), options)
+            .await
+            .map_err(|source| SandboxError::Runtime { language, source })?;
+        Execution::from_outcome(language, &outcome)
+    }
+
+    /// The language.
+    pub fn language(&self) -> Language {
+        self.language
+    }
+
+    /// The linear memory the interpreter holds, in bytes.
+    pub fn memory_bytes(&self) -> usize {
+        self.session.memory_bytes()
+    }
+
+    /// Why the session ended, if a run ended it.
+    pub fn ended(&self) -> Option<&str> {
+        self.session.ended()
+    }
 }

@@ -280,3 +280,67 @@ async fn javascript_values_console_errors_and_escapes() {
     let e = exec(&s, js, "[1, 2, 3].reduce((a, b) => a + b)").await;
     assert_eq!(e.value, Some(json!(6)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_keeps_interpreter_state_between_runs_and_sessions_are_isolated() {
+    let cache = tempfile::tempdir().unwrap();
+    let s = sandboxes(cache.path(), limited(300_000_000));
+    let mut a = s.session(Language::Python).await.unwrap();
+    let mut b = s.session(Language::Python).await.unwrap();
+    let run = |code: &'static str| (code, CallOptions::default());
+
+    // Names, closures and generators survive from one run to the next.
+    let (code, o) = run(
+        "def make():\n    n = 0\n    def inc():\n        nonlocal n\n        n += 1\n        return n\n    return inc\ninc = make()\nimport itertools\ng = itertools.count(10)\nx = 41",
+    );
+    assert!(a.exec(code, o).await.unwrap().ok);
+    let (code, o) = run("print('calls', inc(), inc())\n[x + 1, next(g), next(g)]");
+    let e = a.exec(code, o).await.unwrap();
+    assert_eq!(
+        (e.stdout.as_str(), &e.value),
+        ("calls 1 2\n", &Some(json!([42, 10, 11]))),
+        "{e:?}"
+    );
+    // Each run has its own output and outcome.
+    let (code, o) = run("inc()");
+    let e = a.exec(code, o).await.unwrap();
+    assert_eq!((e.stdout.as_str(), &e.value), ("", &Some(json!(3))));
+    // An exception does not end the session.
+    let (code, o) = run("1/0");
+    assert_eq!(
+        raised(&a.exec(code, o).await.unwrap()).0,
+        "ZeroDivisionError"
+    );
+    let (code, o) = run("x");
+    assert_eq!(a.exec(code, o).await.unwrap().value, Some(json!(41)));
+
+    // Another session sees none of it; a fresh exec neither.
+    let (code, o) = run("x");
+    assert_eq!(raised(&b.exec(code, o).await.unwrap()).0, "NameError");
+    assert_eq!(
+        raised(&exec(&s, Language::Python, "inc()").await).0,
+        "NameError"
+    );
+
+    // A limit ends the session, and says so afterwards; the other goes on.
+    let (code, o) = run("while True: pass");
+    assert_eq!(limit(&a.exec(code, o).await.unwrap()), "fuel");
+    assert!(
+        a.ended().is_some_and(|why| why.contains("fuel")),
+        "{:?}",
+        a.ended()
+    );
+    let (code, o) = run("x");
+    let refused = a.exec(code, o).await.unwrap_err().to_string();
+    assert!(refused.contains("session has ended"), "{refused}");
+    let (code, o) = run("y = 1\ny + 1");
+    assert_eq!(b.exec(code, o).await.unwrap().value, Some(json!(2)));
+    assert!(b.memory_bytes() > 1 << 20);
+
+    // JavaScript: the same.
+    let mut j = s.session(Language::JavaScript).await.unwrap();
+    let (code, o) = run("var counter = 0; function bump() { return ++counter }");
+    assert!(j.exec(code, o).await.unwrap().ok);
+    let (code, o) = run("bump(); bump()");
+    assert_eq!(j.exec(code, o).await.unwrap().value, Some(json!(2)));
+}

@@ -564,6 +564,7 @@ impl From<RtError> for ApiError {
             | RtError::Adapt { .. }
             | RtError::Compile { .. } => ErrorCode::BadComponent,
             RtError::Engine { .. } | RtError::Task { .. } => ErrorCode::Engine,
+            RtError::Instantiate { .. } | RtError::SessionEnded { .. } => ErrorCode::Trap,
         };
         ApiError::new(code, e.to_string())
     }

@@ -572,7 +572,7 @@ ops! {
 /// The link of the call, or a trap: agent imports answer only inside a
 /// turn (or from the journal).
 fn link(gateway: &Gateway) -> wasmtime::Result<Arc<dyn AgentLink>> {
-    gateway.agent().cloned().ok_or_else(|| {
+    gateway.agent().ok_or_else(|| {
         wasmtime::Error::msg(
             "`tessera:agent` imports answer only inside an agent's turn: \
              this call was not made by an agent host",

@@ -158,14 +158,15 @@ impl bindings::wasi::config::store::Host for HostState {
         let gateway = &self.gateway;
         let grant = &gateway.grants().config;
         let index = gateway.reserve_index();
+        let context = gateway.context_values();
         let all = gateway.exchange_at::<GetAll>(index, (), |_| {
             let mut keys: Vec<&String> = grant
                 .values
                 .keys()
                 .chain(grant.resolved.keys())
                 .chain(
-                    gateway
-                        .context_values()
+                    context
+                        .iter()
                         .map(|(k, _)| k)
                         .filter(|k| k.starts_with(CONTEXT_PREFIX)),
                 )

@@ -874,7 +874,7 @@ impl wit::Host for HostState {
         request.model = Some(label.clone());
         let cap = budget(
             grant,
-            gateway.context(AGENT_TOKENS_LEFT),
+            gateway.context(AGENT_TOKENS_LEFT).as_deref(),
             self.caps.llm.used,
             request.max_tokens,
         );

@@ -16,7 +16,7 @@
 //! both meet here, in [`Gateway::exchange`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::Deserialize;
 
@@ -114,10 +114,19 @@ pub struct CapturedOutput {
     pub logs: Vec<LogRecord>,
 }
 
+/// What a gateway keeps for the life of its store: the grants and the
+/// host configuration, and the part that is one call's (replaced between
+/// the calls of a session).
 struct GatewayInner {
-    scope: CallScope,
     grants: Arc<Grants>,
     host: Arc<crate::capability::HostConfig>,
+    call: RwLock<Arc<CallPart>>,
+}
+
+/// One call's part of a gateway: its scope, observer, replay source, step
+/// counter, divergence, output and usage.
+struct CallPart {
+    scope: CallScope,
     audit: Arc<dyn AuditSink>,
     observer: Option<Arc<dyn InteractionObserver>>,
     replay: Option<Arc<dyn ReplaySource>>,
@@ -143,7 +152,7 @@ pub struct Gateway {
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gateway")
-            .field("scope", &self.inner.scope)
+            .field("scope", &self.call().scope)
             .finish_non_exhaustive()
     }
 }
@@ -174,11 +183,8 @@ pub struct GatewayParts {
     pub terminal: Option<crate::capability::stdio::Terminal>,
 }
 
-impl Gateway {
-    /// Creates the gateway for one call. With `parts.replay`, every value
-    /// the host would supply is answered from the recording instead, and
-    /// every request is checked against it.
-    pub fn new(scope: CallScope, parts: GatewayParts) -> Self {
+impl CallPart {
+    fn new(scope: CallScope, parts: GatewayParts) -> Self {
         let prng = Mutex::new(
             parts
                 .grants
@@ -190,31 +196,61 @@ impl Gateway {
             _ => None,
         };
         Self {
+            scope,
+            audit: parts.audit,
+            observer: parts.observer,
+            replay: parts.replay,
+            context: parts.context,
+            live_after,
+            agent: parts.agent,
+            terminal: parts.terminal,
+            next_index: AtomicU64::new(0),
+            divergence: Mutex::new(None),
+            started: std::time::Instant::now(),
+            prng,
+            output: Mutex::new(CapturedOutput::default()),
+            usage: Mutex::new(std::collections::BTreeMap::new()),
+        }
+    }
+}
+
+impl Gateway {
+    /// Creates the gateway for one call. With `parts.replay`, every value
+    /// the host would supply is answered from the recording instead, and
+    /// every request is checked against it.
+    pub fn new(scope: CallScope, parts: GatewayParts) -> Self {
+        let (grants, host) = (parts.grants.clone(), parts.host.clone());
+        Self {
             inner: Arc::new(GatewayInner {
-                scope,
-                grants: parts.grants,
-                host: parts.host,
-                audit: parts.audit,
-                observer: parts.observer,
-                replay: parts.replay,
-                context: parts.context,
-                live_after,
-                agent: parts.agent,
-                terminal: parts.terminal,
-                next_index: AtomicU64::new(0),
-                divergence: Mutex::new(None),
-                started: std::time::Instant::now(),
-                prng,
-                output: Mutex::new(CapturedOutput::default()),
-                usage: Mutex::new(std::collections::BTreeMap::new()),
+                grants,
+                host,
+                call: RwLock::new(Arc::new(CallPart::new(scope, parts))),
             }),
         }
+    }
+
+    /// Starts the next call of a session on this gateway: a new scope,
+    /// observer, replay source, step counter, output and usage. The grants
+    /// and host configuration stay those the gateway was made with (the
+    /// store's capabilities were built from them), whatever `parts` holds.
+    pub fn next_call(&self, scope: CallScope, parts: GatewayParts) {
+        let part = Arc::new(CallPart::new(scope, parts));
+        *self.inner.call.write().unwrap_or_else(|p| p.into_inner()) = part;
+    }
+
+    /// The current call's part.
+    fn call(&self) -> Arc<CallPart> {
+        self.inner
+            .call
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Deterministic mode: the seeded generator fills `buf` (returns false
     /// when the call is not deterministic).
     pub fn seeded_random(&self, buf: &mut [u8]) -> bool {
-        match &mut *self.inner.prng.lock().unwrap_or_else(|p| p.into_inner()) {
+        match &mut *self.call().prng.lock().unwrap_or_else(|p| p.into_inner()) {
             Some(rng) => {
                 rng.fill(buf);
                 true
@@ -230,39 +266,39 @@ impl Gateway {
 
     /// Time since the call's gateway was made (the monotonic clock's zero).
     pub fn elapsed(&self) -> std::time::Duration {
-        self.inner.started.elapsed()
+        self.call().started.elapsed()
     }
 
     /// Whether this call is a replay (for a resumed call: whether its
     /// recorded steps are not all answered yet).
     pub fn replaying(&self) -> bool {
-        match self.inner.live_after {
+        match self.call().live_after {
             Some(n) => self.interaction_count() < n,
-            None => self.inner.replay.is_some(),
+            None => self.call().replay.is_some(),
         }
     }
 
     /// The caller's standard streams, when the call's are connected to
     /// them instead of captured.
-    pub fn terminal(&self) -> Option<&crate::capability::stdio::Terminal> {
-        self.inner.terminal.as_ref()
+    pub fn terminal(&self) -> Option<crate::capability::stdio::Terminal> {
+        self.call().terminal.clone()
     }
 
     /// The agent host of a turn.
-    pub fn agent(&self) -> Option<&Arc<dyn crate::capability::agent::AgentLink>> {
-        self.inner.agent.as_ref()
+    pub fn agent(&self) -> Option<Arc<dyn crate::capability::agent::AgentLink>> {
+        self.call().agent.clone()
     }
 
     /// Reserves the next interaction index.
     pub fn reserve_index(&self) -> u64 {
-        self.inner.next_index.fetch_add(1, Ordering::SeqCst)
+        self.call().next_index.fetch_add(1, Ordering::SeqCst)
     }
 
     /// Replaying: whether the next recorded step is an `O` (a recording
     /// holds some operations only when they happened, such as reads of a
     /// connected stdin).
     pub fn next_recorded_is<O: Op>(&self) -> bool {
-        self.inner.replay.as_ref().is_some_and(|src| {
+        self.call().replay.as_ref().is_some_and(|src| {
             src.recorded(self.interaction_count())
                 .is_some_and(|s| s.capability == O::CAPABILITY && s.op == O::NAME)
         })
@@ -270,7 +306,7 @@ impl Gateway {
 
     /// How many interactions the call has made so far.
     pub fn interaction_count(&self) -> u64 {
-        self.inner.next_index.load(Ordering::SeqCst)
+        self.call().next_index.load(Ordering::SeqCst)
     }
 
     /// The one way a capability performs a host interaction.
@@ -301,8 +337,8 @@ impl Gateway {
             None => live(&request),
         };
         if O::REPLAY == Replay::Verify
-            && self.inner.live_after.is_none_or(|n| index < n)
-            && let Some(src) = &self.inner.replay
+            && self.call().live_after.is_none_or(|n| index < n)
+            && let Some(src) = &self.call().replay
             && let Some(rec) = src.recorded(index)
             && rec.decode::<O>().ok().as_ref() != Some(&response)
         {
@@ -352,10 +388,10 @@ impl Gateway {
         index: u64,
         request: &O::Request,
     ) -> Result<Option<O::Response>, Divergence> {
-        let Some(src) = &self.inner.replay else {
+        let Some(src) = &self.call().replay else {
             return Ok(None);
         };
-        if self.inner.live_after.is_some_and(|n| index >= n) {
+        if self.call().live_after.is_some_and(|n| index >= n) {
             return Ok(None);
         }
         let rec = src.recorded(index);
@@ -378,12 +414,12 @@ impl Gateway {
 
     /// Reports a finished exchange to the observer, if any.
     pub fn report<O: Op>(&self, index: u64, request: &O::Request, response: &O::Response) {
-        if let Some(o) = &self.inner.observer {
+        if let Some(o) = &self.call().observer {
             let step: Recorded = std::sync::Arc::new(Typed::<O> {
                 request: request.clone(),
                 response: response.clone(),
             });
-            o.observe(&self.inner.scope, index, &step);
+            o.observe(&self.call().scope, index, &step);
         }
     }
 
@@ -401,11 +437,8 @@ impl Gateway {
             actual: actual.map(Box::new),
             reason,
         };
-        let mut slot = self
-            .inner
-            .divergence
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let call = self.call();
+        let mut slot = call.divergence.lock().unwrap_or_else(|p| p.into_inner());
         slot.get_or_insert_with(|| d.clone()).clone()
     }
 
@@ -419,7 +452,7 @@ impl Gateway {
     ) -> Divergence {
         let probe = probe::<O>(request);
         let recorded = self
-            .inner
+            .call()
             .replay
             .as_ref()
             .and_then(|s| s.recorded(index).cloned());
@@ -428,7 +461,7 @@ impl Gateway {
 
     /// The divergence recorded so far, without the end-of-recording check.
     pub fn pending_divergence(&self) -> Option<Divergence> {
-        self.inner
+        self.call()
             .divergence
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -441,25 +474,31 @@ impl Gateway {
         if let Some(d) = self.pending_divergence() {
             return Some(d);
         }
-        let src = self.inner.replay.as_ref()?;
+        let call = self.call();
+        let src = call.replay.as_ref()?;
         let n = self.interaction_count();
         src.recorded(n)
             .map(|rec| self.diverge(n, Some(rec.clone()), None, None))
     }
 
     /// A value the caller gave this call ([`GatewayParts::context`]).
-    pub fn context(&self, key: &str) -> Option<&str> {
-        self.inner.context.as_ref()?.get(key).map(String::as_str)
+    pub fn context(&self, key: &str) -> Option<String> {
+        self.call().context.as_ref()?.get(key).cloned()
     }
 
     /// Every value the caller gave this call.
-    pub fn context_values(&self) -> impl Iterator<Item = (&String, &String)> {
-        self.inner.context.iter().flat_map(|c| c.iter())
+    pub fn context_values(&self) -> Vec<(String, String)> {
+        self.call()
+            .context
+            .iter()
+            .flat_map(|c| c.iter())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// The call this gateway serves.
-    pub fn scope(&self) -> &CallScope {
-        &self.inner.scope
+    pub fn scope(&self) -> CallScope {
+        self.call().scope.clone()
     }
 
     /// The grants in force.
@@ -474,7 +513,7 @@ impl Gateway {
 
     /// Whether interactions are being observed (recorded).
     pub fn recording(&self) -> bool {
-        self.inner.observer.is_some()
+        self.call().observer.is_some()
     }
 
     /// Writes an audit event for this call.
@@ -485,8 +524,8 @@ impl Gateway {
         decision: Decision,
         detail: Option<String>,
     ) {
-        let scope = &self.inner.scope;
-        self.inner.audit.record(&AuditEvent::now(
+        let scope = &self.call().scope;
+        self.call().audit.record(&AuditEvent::now(
             &scope.component,
             &scope.function,
             capability,
@@ -498,7 +537,7 @@ impl Gateway {
 
     /// Runs `f` with the call's captured output.
     pub(crate) fn with_output<R>(&self, f: impl FnOnce(&mut CapturedOutput) -> R) -> R {
-        f(&mut self.inner.output.lock().unwrap_or_else(|p| p.into_inner()))
+        f(&mut self.call().output.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Adds `n` to the call's usage counter `key` (`llm.prompt_tokens`,
@@ -506,7 +545,8 @@ impl Gateway {
     /// [`crate::CallOutcome::usage`]. Capabilities add it for replayed
     /// answers too, so a replay reports the recorded call's usage.
     pub fn add_usage(&self, key: &str, n: u64) {
-        let mut usage = self.inner.usage.lock().unwrap_or_else(|p| p.into_inner());
+        let call = self.call();
+        let mut usage = call.usage.lock().unwrap_or_else(|p| p.into_inner());
         match usage.get_mut(key) {
             Some(v) => *v = v.saturating_add(n),
             None => {
@@ -517,7 +557,7 @@ impl Gateway {
 
     /// The call's usage counters so far.
     pub fn usage(&self) -> std::collections::BTreeMap<String, u64> {
-        self.inner
+        self.call()
             .usage
             .lock()
             .unwrap_or_else(|p| p.into_inner())
