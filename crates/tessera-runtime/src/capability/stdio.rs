@@ -73,23 +73,16 @@ pub trait Sink: Send + Sync {
     fn write(&self, bytes: &[u8]) -> io::Result<()>;
 }
 
-/// The process's own stdout.
-struct ProcessStdout;
-impl Sink for ProcessStdout {
+/// The process's own stdout or stderr.
+struct ProcessOutput(Which);
+impl Sink for ProcessOutput {
     fn write(&self, bytes: &[u8]) -> io::Result<()> {
-        let mut out = io::stdout().lock();
-        io::Write::write_all(&mut out, bytes)?;
-        io::Write::flush(&mut out)
-    }
-}
-
-/// The process's own stderr.
-struct ProcessStderr;
-impl Sink for ProcessStderr {
-    fn write(&self, bytes: &[u8]) -> io::Result<()> {
-        let mut out = io::stderr().lock();
-        io::Write::write_all(&mut out, bytes)?;
-        io::Write::flush(&mut out)
+        let mut out: Box<dyn io::Write> = match self.0 {
+            Which::Stdout => Box::new(io::stdout().lock()),
+            Which::Stderr => Box::new(io::stderr().lock()),
+        };
+        out.write_all(bytes)?;
+        out.flush()
     }
 }
 
@@ -109,8 +102,8 @@ impl Terminal {
     /// The process's own stdin, stdout and stderr.
     pub fn process() -> Self {
         Self {
-            stdout: Arc::new(ProcessStdout),
-            stderr: Arc::new(ProcessStderr),
+            stdout: Arc::new(ProcessOutput(Which::Stdout)),
+            stderr: Arc::new(ProcessOutput(Which::Stderr)),
             stdin: Some(Arc::new(wasmtime_wasi::cli::stdin())),
         }
     }
