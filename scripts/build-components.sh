@@ -43,6 +43,8 @@ component_crates=(
     probe-agent
     city-facts
     cli-tool
+    http-handler
+    example-rust
 )
 
 # Guests written in the WebAssembly text format, as components/<name>/<name>.wat.
@@ -57,6 +59,7 @@ if [[ "${1:-}" == --list ]]; then
     printf '%s\n' "${component_crates[@]}" p1-command "${wat_guests[@]}"
     bash "$root/scripts/build-polyglot.sh" --list
     bash "$root/scripts/build-third-party.sh" --list
+    bash "$root/scripts/build-toolchains.sh" --list
     exit 0
 fi
 
@@ -104,3 +107,4 @@ done
 
 bash "$root/scripts/build-polyglot.sh"
 bash "$root/scripts/build-third-party.sh"
+bash "$root/scripts/build-toolchains.sh"

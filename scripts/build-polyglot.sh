@@ -16,6 +16,11 @@
 #   and installed into the virtualenv components/target/componentize-py.
 # - components/py-sandbox: a CPython code sandbox, built with the same
 #   componentize-py for the world `sandbox` of wit/sandbox.
+# - components/example-js and components/example-python: the catalog
+#   example tool, built the same ways for the world `tool` of the shared
+#   wit/example (their wit/ is a symlink to it). Its WIT doc comments are
+#   embedded into both by embed-wit-docs, as into the Rust guests, so every
+#   language's tool has the same descriptions.
 #
 # Toolchains are installed again only when their pin file changed, and a
 # component is rebuilt only when a file of its folder (or of its WIT
@@ -29,8 +34,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 components="$root/components"
 script="$root/scripts/build-polyglot.sh"
 
-js_guests=(text-js js-sandbox)
-py_guests=(stats-py py-sandbox)
+js_guests=(text-js js-sandbox example-js)
+py_guests=(stats-py py-sandbox example-python)
 
 if [[ "${1:-}" == --list ]]; then
     printf '%s\n' "${js_guests[@]}" "${py_guests[@]}"
@@ -49,6 +54,33 @@ fresh() {
     newer="$(find "$components/$name" "$@" \( -name node_modules -o -name __pycache__ \) -prune \
         -o -type f -newer "$out" -print -quit)"
     [[ -z "$newer" ]]
+}
+
+# The WIT folder and world of components/<name>, as `wit=… world=…`: a
+# guest's world is named after it, in its wit/ folder, except the
+# sandboxes' (wit/sandbox, outside their folders, which must count too when
+# deciding to rebuild them) and the examples' (world `tool`; their wit/ is a
+# symlink to wit/example, resolved so that `find` looks inside).
+guest_wit() {
+    local name="$1"
+    wit="$components/$name/wit" world="$name"
+    case "$name" in
+    js-sandbox | py-sandbox) wit="$root/wit/sandbox" world=sandbox ;;
+    example-*) wit="$(cd "$wit" && pwd -P)" world=tool ;;
+    esac
+}
+
+# Embeds the WIT doc comments of the examples (at $3) into the freshly built
+# component $2 with the native embed-wit-docs tool (built here if missing).
+embed_docs() {
+    local name="$1" wasm="$2" wit="$3"
+    [[ "$name" == example-* ]] || return 0
+    local tool="$components/target/debug/embed-wit-docs"
+    if [[ ! -x "$tool" ]]; then
+        cargo build --manifest-path "$components/Cargo.toml" --target-dir "$components/target" \
+            -p embed-wit-docs >&2
+    fi
+    "$tool" "$wasm" "$wit"
 }
 
 report() {
@@ -94,13 +126,7 @@ npm_install() {
 mkdir -p "$components/target/polyglot"
 for name in "${js_guests[@]}"; do
     dir="$components/$name"
-    # A guest's world is named after it, in its wit/ folder, except the
-    # sandbox's: wit/sandbox, outside its folder, which must count too when
-    # deciding to rebuild it.
-    wit="$dir/wit" world="$name"
-    if [[ "$name" == js-sandbox ]]; then
-        wit="$root/wit/sandbox" world=sandbox
-    fi
+    guest_wit "$name"
     if fresh "$name" "$wit"; then
         touch "$components/$name.wasm"
         report "$name" "up to date"
@@ -113,6 +139,7 @@ for name in "${js_guests[@]}"; do
     # artifact that looks fresh.
     (cd "$dir" && node_modules/.bin/componentize-js src/$name.js --wit "$wit" \
         --world-name "$world" --out "$components/target/polyglot/$name.wasm")
+    embed_docs "$name" "$components/target/polyglot/$name.wasm" "$wit"
     mv "$components/target/polyglot/$name.wasm" "$components/$name.wasm"
     report "$name" "built in $((SECONDS - start)) s"
 done
@@ -151,13 +178,7 @@ py_install() {
 
 for name in "${py_guests[@]}"; do
     dir="$components/$name"
-    # A guest's world is named after it, in its wit/ folder, except the
-    # sandbox's: wit/sandbox, outside its folder, which must count too when
-    # deciding to rebuild it.
-    wit="$dir/wit" world="$name"
-    if [[ "$name" == py-sandbox ]]; then
-        wit="$root/wit/sandbox" world=sandbox
-    fi
+    guest_wit "$name"
     if fresh "$name" "$wit"; then
         touch "$components/$name.wasm"
         report "$name" "up to date"
@@ -171,6 +192,7 @@ for name in "${py_guests[@]}"; do
     # skips a path that does not exist).
     "$venv/bin/componentize-py" -d "$wit" -w "$world" componentize \
         -p "$dir/src" -p "$dir/vendor" app -o "$components/target/polyglot/$name.wasm" >/dev/null
+    embed_docs "$name" "$components/target/polyglot/$name.wasm" "$wit"
     mv "$components/target/polyglot/$name.wasm" "$components/$name.wasm"
     report "$name" "built in $((SECONDS - start)) s"
 done

@@ -34,6 +34,7 @@ pub fn for_error(e: &tessera_runtime::Error) -> i32 {
         | E::NotServed { .. }
         | E::Ambiguous { .. }
         | E::NotCallable { .. }
-        | E::BadArguments { .. } => BAD_INPUT,
+        | E::BadArguments { .. }
+        | E::BadHttpRequest { .. } => BAD_INPUT,
     }
 }

@@ -72,6 +72,7 @@ impl Failure {
             E::NotCallable { .. } => "not_callable",
             E::NotServed { .. } => "not_served",
             E::BadArguments { .. } => "bad_arguments",
+            E::BadHttpRequest { .. } => "bad_http_request",
             E::Busy { .. } => "busy",
             E::Instantiate { .. } => "instantiate",
             E::SessionEnded { .. } => "session_ended",
@@ -115,7 +116,10 @@ impl Failure {
                 .with("path", error.path.as_str()),
             E::Busy { limit } => f.with("limit", *limit),
             E::Instantiate { origin, .. } => f.with("component", origin.as_str()),
-            E::Engine { .. } | E::Task { .. } | E::SessionEnded { .. } => f,
+            E::Engine { .. }
+            | E::Task { .. }
+            | E::SessionEnded { .. }
+            | E::BadHttpRequest { .. } => f,
         }
     }
 
@@ -185,6 +189,14 @@ pub fn journal_failure(e: &tessera_journal::Error) -> Failure {
         J::UnsupportedVersion(_) => "unsupported_version",
         J::Corrupt(_) => "corrupt_journal",
         J::Io(..) => "io",
+        J::BadSessionName(_) => "bad_session_name",
+        J::NoSuchSession(_) => "no_such_session",
+        J::SessionExists(_) => "session_exists",
+        J::SessionMoved { .. } => "session_moved",
+        J::ForkBeyondHistory { .. } => "fork_beyond_history",
+        J::SessionEnded { .. } => "session_ended",
+        J::SessionNotRebuildable { .. } => "session_not_rebuildable",
+        J::SessionDiverged { .. } => "session_diverged",
         _ => "journal",
     };
     let f = Failure::bad_input(kind, e.to_string());

@@ -49,6 +49,16 @@ enum Command {
     /// printed and the value of its last expression.
     #[command(after_help = EXIT_CODES)]
     Exec(cmd::exec::Args),
+    /// Make a component project: a WIT world with a starter function, the
+    /// language's source and `tessera-project.toml`.
+    New(cmd::project::NewArgs),
+    /// Build a project made by `tessera new` with its language's
+    /// toolchain, embed its WIT docs, and print the component's path.
+    Build(cmd::project::BuildArgs),
+    /// Sandbox sessions kept in the journal (`tessera exec --session`):
+    /// list, show, fork, replay, rm.
+    #[command(subcommand)]
+    Sessions(cmd::sessions::Command),
     /// Recorded runs: list, show, export, import.
     #[command(subcommand)]
     Runs(cmd::runs::Command),
@@ -139,6 +149,9 @@ fn main() {
             Command::Run(args) => cmd::run::run(&cli.global, args).await,
             Command::Exec(args) => cmd::exec::run(&cli.global, args).await,
             Command::Runs(c) => cmd::runs::run(&cli.global, c),
+            Command::Sessions(c) => cmd::sessions::run(&cli.global, c).await,
+            Command::New(args) => cmd::project::run_new(args),
+            Command::Build(args) => cmd::project::run_build(&cli.global, args).await,
             Command::Replay(args) => cmd::replay::run(&cli.global, args).await,
             Command::InspectRun(args) => cmd::inspect_run::run(&cli.global, args).await,
             Command::Serve(args) => cmd::serve::run(&cli.global, args).await,

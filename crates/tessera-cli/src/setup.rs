@@ -248,6 +248,11 @@ pub struct LimitArgs {
 }
 
 impl LimitArgs {
+    /// Whether any limit was given.
+    pub fn any(&self) -> bool {
+        self.fuel.is_some() || self.timeout_ms.is_some() || self.memory_mb.is_some()
+    }
+
     /// Sets the limits given on `grants`.
     pub fn apply(&self, grants: &mut Grants) {
         if let Some(f) = self.fuel {

@@ -491,3 +491,92 @@ fn exec_prints_output_then_the_value_and_fails_with_the_traceback() {
         text(&o.stderr)
     );
 }
+
+/// `exec --session` keeps a session across processes (each exec rebuilds it
+/// from the journal); `tessera sessions` lists, shows, forks, replays and
+/// removes; `tessera replay` of a session's run re-executes the runs
+/// before it.
+#[test]
+fn exec_sessions_outlive_the_process_and_fork_and_replay_from_the_cli() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = component("py-sandbox").parent().unwrap().to_path_buf();
+    let cli = |args: &[&str]| {
+        tessera(data.path())
+            .env("TESSERA_SANDBOXES", &dir)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let ok = |args: &[&str]| {
+        let o = cli(args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", text(&o.stderr));
+        text(&o.stdout)
+    };
+    ok(&[
+        "exec",
+        "python",
+        "--session",
+        "s1",
+        "x = 41\ng = iter(range(10))",
+    ]);
+    assert_eq!(
+        ok(&["exec", "python", "--session", "s1", "print(x + 1)\nnext(g)"]),
+        "42\n0\n"
+    );
+    ok(&["sessions", "fork", "s1", "--as", "s2"]);
+    assert_eq!(
+        ok(&["exec", "python", "--session", "s2", "x = 0; next(g)"]),
+        "1\n"
+    );
+    assert_eq!(
+        ok(&["exec", "python", "--session", "s1", "x, next(g)"]),
+        "(41, 1)\n"
+    );
+    // A fork at 1: before `next(g)` ran.
+    ok(&["sessions", "fork", "s1", "--as", "s0", "--at", "1"]);
+    assert_eq!(ok(&["exec", "py", "--session", "s0", "next(g)"]), "0\n");
+
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&["sessions", "list", "--json"])).unwrap();
+    let runs: Vec<(String, u64)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["runs"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(runs, [("s0".into(), 2), ("s1".into(), 3), ("s2".into(), 3)]);
+    let show: serde_json::Value =
+        serde_json::from_str(&ok(&["sessions", "show", "s1", "--json"])).unwrap();
+    assert_eq!(show["runs"][1]["code"], "print(x + 1)\nnext(g)");
+    assert!(ok(&["sessions", "replay", "s1"]).contains("identical: session s1 replayed 3 runs"));
+    let last = show["runs"][2]["run"].as_str().unwrap();
+    assert!(ok(&["replay", last]).contains("after the 2 runs of its session before it"),);
+
+    // Errors: another language, other grants, an unknown session.
+    let o = cli(&["exec", "js", "--session", "s1", "1"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("runs python, not javascript"));
+    let o = cli(&["exec", "python", "--session", "s1", "--fuel", "1000", "1"]);
+    assert!(
+        text(&o.stderr).contains("has the grants it was created with"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = cli(&["sessions", "fork", "nope", "--as", "n2"]);
+    assert!(
+        text(&o.stderr).contains("no session `nope`"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    ok(&["sessions", "rm", "s1"]);
+    let o = cli(&["sessions", "show", "s1"]);
+    assert_ne!(o.status.code(), Some(0));
+    // The fork is whole without it.
+    assert_eq!(ok(&["exec", "python", "--session", "s2", "next(g)"]), "2\n");
+}

@@ -78,6 +78,24 @@ pub struct Header {
     /// The agent turn this call was (or, for a tool call, was made from).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentTurn>,
+    /// The session this call ran in (absent for a call in a fresh
+    /// instance): its state depends on the session's earlier runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionLink>,
+}
+
+/// A run's place in a session: the runs before it left the instance in the
+/// state this one started from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionLink {
+    /// The session's name when the run was recorded.
+    pub name: String,
+    /// 1-based position in the session's history.
+    pub seq: u64,
+    /// The run before this one in the history (absent for the first). A
+    /// fork's first run names the run of the session it was forked from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
 }
 
 /// The agent turn a call belongs to: the turn itself, or a tool call it made.

@@ -18,6 +18,7 @@ mod prune;
 mod record;
 mod replay;
 pub mod retention;
+mod session;
 mod store;
 
 use std::path::PathBuf;
@@ -25,14 +26,20 @@ use std::path::PathBuf;
 use tessera_runtime::gateway::Step;
 
 pub use format::{
-    AgentTurn, Caller, ComponentRef, End, EngineSettings, Header, PlanStep, RunResult, ToolLink,
+    AgentTurn, Caller, ComponentRef, End, EngineSettings, Header, PlanStep, RunResult, SessionLink,
+    ToolLink,
 };
 pub use prune::{ComponentStats, HeldRun, JournalStats, PruneReport, PrunedRun, component_name};
 pub use record::{
     end_of, new_run_id, record_call, record_call_for, record_call_linked, record_call_with,
+    record_http,
 };
 pub use replay::{ReplayCursor, ReplayDivergence, ReplayReport, StepState, replay, state_at};
 pub use retention::{Limits, Retention, RetentionError};
+pub use session::{
+    ForkPoint, JournaledSession, MAX_SESSION_NAME, Reexecuted, SessionRecord, SessionReplay,
+    check_session_name, replay_session_run, session_holder,
+};
 pub use store::{
     Hold, JournalStore, MAX_IMPORT_LINE, MAX_STEP_INDEX, PIN, RunSummary, agent_holder, plan_holder,
 };
@@ -90,6 +97,69 @@ pub enum Error {
     /// The recorded component's bytes are not in the store.
     #[error("the component {0} of this run is not in the store; pass it with --component")]
     ComponentMissing(String),
+    /// Not a session name.
+    #[error("`{0}` is not a session name: use 1 to 64 letters, digits, `.`, `_` or `-`")]
+    BadSessionName(String),
+    /// A session of that name exists.
+    #[error("a session named `{0}` exists already")]
+    SessionExists(String),
+    /// No session has that name (or it belongs to someone else).
+    #[error("no session `{0}`")]
+    NoSuchSession(String),
+    /// Another process or task added a run to the session meanwhile.
+    #[error(
+        "session `{name}` moved on while this run ran: it had {expected} runs, it now has {found}; open it again"
+    )]
+    SessionMoved {
+        /// The session.
+        name: String,
+        /// Runs when this run started.
+        expected: u64,
+        /// Runs now.
+        found: u64,
+    },
+    /// A fork point past the end of the history.
+    #[error("session `{name}` has {runs} runs: cannot fork it at {at}")]
+    ForkBeyondHistory {
+        /// The session.
+        name: String,
+        /// The point asked for.
+        at: u64,
+        /// Its runs.
+        runs: u64,
+    },
+    /// The session can take no more runs.
+    #[error("session `{name}` ended at run {runs}: {reason}; a fork at {at} goes on from before that run", at = .runs.saturating_sub(1))]
+    SessionEnded {
+        /// The session.
+        name: String,
+        /// Why.
+        reason: String,
+        /// Runs in its history (the last one ended it).
+        runs: u64,
+    },
+    /// The session cannot be rebuilt from its history.
+    #[error("session `{name}` cannot be rebuilt from the journal: {reason}")]
+    SessionNotRebuildable {
+        /// The session.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// Re-executing the session's history departed from the recording.
+    #[error(
+        "session `{name}`: re-executing run {seq} ({run}) departed from its recording: {divergence}"
+    )]
+    SessionDiverged {
+        /// The session.
+        name: String,
+        /// The run's position (1-based).
+        seq: u64,
+        /// The run.
+        run: String,
+        /// How.
+        divergence: String,
+    },
     /// The runtime refused to load or call.
     #[error(transparent)]
     Runtime(#[from] tessera_runtime::Error),

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use tessera_runtime::gateway::{CallScope, InteractionObserver, Recorded};
+use tessera_runtime::http_handler::{HttpRequest, HttpResponse};
 use tessera_runtime::{CallFailure, CallOptions, CallOutcome, LoadedComponent, Runtime};
 
 use crate::format::{self, Caller, ComponentRef, End, EngineSettings, Header, RunResult};
@@ -194,9 +195,100 @@ pub async fn record_call_linked(
     agent: Option<crate::format::AgentTurn>,
     run_id: Option<String>,
 ) -> Result<(String, CallOutcome), Error> {
+    let links = Links {
+        caller,
+        plan,
+        agent,
+        session: None,
+        run_id,
+    };
+    record_run(
+        store,
+        Target::Fresh(component),
+        function,
+        args,
+        options,
+        links,
+    )
+    .await
+}
+
+/// What a recorded run's header links it to.
+#[derive(Debug, Default)]
+pub(crate) struct Links {
+    pub caller: Option<Caller>,
+    pub plan: Option<crate::format::PlanStep>,
+    pub agent: Option<crate::format::AgentTurn>,
+    pub session: Option<crate::format::SessionLink>,
+    pub run_id: Option<String>,
+}
+
+/// Where a recorded call runs: a fresh instance, a session's, or a fresh
+/// instance of an HTTP handler given a request (its arguments).
+pub(crate) enum Target<'a> {
+    Fresh(&'a LoadedComponent),
+    Session(&'a mut tessera_runtime::Session),
+    Http(&'a LoadedComponent, &'a HttpRequest),
+}
+
+/// Handles `request` with the HTTP handler `component` and records the run:
+/// the request is its arguments, the response its result. Returns the run
+/// id, the outcome and the response, if the handler gave one.
+pub async fn record_http(
+    store: &Arc<JournalStore>,
+    component: &LoadedComponent,
+    request: &HttpRequest,
+    options: CallOptions,
+    caller: Option<Caller>,
+) -> Result<(String, CallOutcome, Option<HttpResponse>), Error> {
+    let f = component
+        .http_handler()
+        .ok_or_else(|| tessera_runtime::Error::NotCallable {
+            function: tessera_runtime::http_handler::INCOMING_HANDLER.to_string(),
+            reason: "the component does not export it (it is not an HTTP handler)".into(),
+        })?
+        .qualified_name();
+    let args = serde_json::to_value(request).map_err(|source| Error::Encode {
+        what: "an HTTP request",
+        source,
+    })?;
+    let links = Links {
+        caller,
+        ..Links::default()
+    };
+    let (run_id, outcome) = record_run(
+        store,
+        Target::Http(component, request),
+        &f,
+        &args,
+        options,
+        links,
+    )
+    .await?;
+    let response = outcome
+        .result
+        .as_ref()
+        .ok()
+        .and_then(|v| serde_json::from_value(v.clone()).ok());
+    Ok((run_id, outcome, response))
+}
+
+/// Records one call into `target`: the header, every step, the end.
+pub(crate) async fn record_run(
+    store: &Arc<JournalStore>,
+    target: Target<'_>,
+    function: &str,
+    args: &Value,
+    options: CallOptions,
+    links: Links,
+) -> Result<(String, CallOutcome), Error> {
+    let component = match &target {
+        Target::Fresh(c) | Target::Http(c, _) => (*c).clone(),
+        Target::Session(s) => s.component().clone(),
+    };
     let f = component.function(function)?;
     let now = time::OffsetDateTime::now_utc();
-    let run_id = run_id.unwrap_or_else(|| run_id_at(now));
+    let run_id = links.run_id.unwrap_or_else(|| run_id_at(now));
     let header = Header {
         format: format::FORMAT.to_string(),
         version: format::VERSION,
@@ -210,9 +302,10 @@ pub async fn record_call_linked(
         args: args.clone(),
         grants: component.shared_grants(),
         engine: engine_settings(component.runtime()),
-        caller,
-        plan,
-        agent,
+        caller: links.caller,
+        plan: links.plan,
+        agent: links.agent,
+        session: links.session,
     };
     let function = header.function.clone();
     let buffer = store.begin_run(header, component.source_bytes());
@@ -220,16 +313,15 @@ pub async fn record_call_linked(
         buffer: buffer.clone(),
         also: options.observer.clone(),
     });
-    let outcome = component
-        .call_json_with(
-            &function,
-            args,
-            CallOptions {
-                observer: Some(recorder),
-                ..options
-            },
-        )
-        .await;
+    let options = CallOptions {
+        observer: Some(recorder),
+        ..options
+    };
+    let outcome = match target {
+        Target::Fresh(c) => c.call_json_with(&function, args, options).await,
+        Target::Session(s) => s.call_json_with(&function, args, options).await,
+        Target::Http(c, request) => c.handle_http(request, options).await.map(|(o, _)| o),
+    };
     match outcome {
         Ok(o) => {
             // Queued, not awaited: the writer commits in the background.

@@ -172,37 +172,23 @@ pub async fn replay(
     let p = prepare(runtime, store, run_id, component).await?;
     let recorded_steps = p.steps.len() as u64;
     let cursor = Arc::new(ReplayCursor::new(p.steps));
-    let outcome = p
-        .loaded
-        .call_json_with(
-            &p.header.function,
-            &p.header.args,
-            CallOptions {
-                replay: Some(cursor),
-                ..CallOptions::default()
-            },
-        )
-        .await?;
-    let replayed = end_of(&outcome);
-    let divergence = if let Some(d) = outcome.divergence.clone() {
-        Some(ReplayDivergence::Interaction(d))
-    } else if let Some(end) = &p.end {
-        if end.result != replayed.result {
-            Some(ReplayDivergence::Result {
-                recorded: end.result.clone(),
-                replayed: replayed.result.clone(),
-            })
-        } else if end.fuel_consumed != replayed.fuel_consumed {
-            Some(ReplayDivergence::Fuel {
-                recorded: end.fuel_consumed,
-                replayed: replayed.fuel_consumed,
-            })
-        } else {
-            None
-        }
-    } else {
-        None
+    let options = CallOptions {
+        replay: Some(cursor),
+        ..CallOptions::default()
     };
+    let handler = p.loaded.http_handler().map(|f| f.qualified_name());
+    let outcome = if handler.as_deref() == Some(p.header.function.as_str()) {
+        // An HTTP handler's run: the request it was given, again.
+        let request: tessera_runtime::http_handler::HttpRequest =
+            serde_json::from_value(p.header.args.clone())
+                .map_err(|e| Error::Corrupt(format!("run {}: the HTTP request: {e}", p.run_id)))?;
+        p.loaded.handle_http(&request, options).await?.0
+    } else {
+        p.loaded
+            .call_json_with(&p.header.function, &p.header.args, options)
+            .await?
+    };
+    let divergence = compare(&outcome, p.end.as_ref());
     Ok(ReplayReport {
         run_id: p.run_id,
         recorded_steps,
@@ -210,6 +196,29 @@ pub async fn replay(
         divergence,
         outcome,
     })
+}
+
+/// Where a replayed outcome departs from the recorded end: first the
+/// interactions, then the result, then the fuel.
+pub(crate) fn compare(outcome: &CallOutcome, end: Option<&End>) -> Option<ReplayDivergence> {
+    if let Some(d) = outcome.divergence.clone() {
+        return Some(ReplayDivergence::Interaction(d));
+    }
+    let end = end?;
+    let replayed = end_of(outcome);
+    if end.result != replayed.result {
+        Some(ReplayDivergence::Result {
+            recorded: end.result.clone(),
+            replayed: replayed.result,
+        })
+    } else if end.fuel_consumed != replayed.fuel_consumed {
+        Some(ReplayDivergence::Fuel {
+            recorded: end.fuel_consumed,
+            replayed: replayed.fuel_consumed,
+        })
+    } else {
+        None
+    }
 }
 
 /// Answers steps before `stop` and nothing from `stop` on, so a replay halts

@@ -151,6 +151,7 @@ impl JournalStore {
             w.open_table(ENDS).map_err(db_err)?;
             w.open_table(BLOBS).map_err(db_err)?;
             w.open_table(HOLDS).map_err(db_err)?;
+            w.open_table(crate::session::SESSIONS).map_err(db_err)?;
             w.commit().map_err(db_err)?;
         }
         let db = Arc::new(RwLock::new(db));
@@ -187,7 +188,7 @@ impl JournalStore {
 
     /// The database, for one transaction. Never held across
     /// [`JournalStore::flush`]: compaction takes it exclusively.
-    fn db(&self) -> RwLockReadGuard<'_, Database> {
+    pub(crate) fn db(&self) -> RwLockReadGuard<'_, Database> {
         self.db.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -836,6 +837,8 @@ struct StoredHeader<'a> {
     plan: Option<&'a crate::format::PlanStep>,
     #[serde(skip_serializing_if = "Option::is_none")]
     agent: Option<&'a crate::format::AgentTurn>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session: Option<&'a crate::format::SessionLink>,
 }
 
 #[derive(Serialize)]
@@ -905,6 +908,7 @@ fn encode_header(
         caller: header.caller.as_ref(),
         plan: header.plan.as_ref(),
         agent: header.agent.as_ref(),
+        session: header.session.as_ref(),
     };
     (
         serde_json::to_vec(&stored).unwrap_or_default(),

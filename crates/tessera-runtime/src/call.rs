@@ -34,7 +34,7 @@ const HOST_WAIT_GRACE: Duration = Duration::from_millis(50);
 pub struct LoadedComponent {
     runtime: Runtime,
     prepared: Prepared,
-    pre: InstancePre<HostState>,
+    pub(crate) pre: InstancePre<HostState>,
     functions: Arc<Vec<FunctionInfo>>,
     exposures: Arc<Vec<Exposure>>,
     grants: Arc<Grants>,
@@ -437,7 +437,7 @@ impl LoadedComponent {
 
     /// A call's scope and gateway parts from its options, with what the
     /// caller keeps: its cancellation token and whether to snapshot.
-    fn call_parts(
+    pub(crate) fn call_parts(
         &self,
         f: &FunctionInfo,
         options: CallOptions,
@@ -468,7 +468,10 @@ impl LoadedComponent {
     }
 
     /// A permit of the component's concurrency limit, or `Busy` (audited).
-    fn permit(&self, gateway: &Gateway) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+    pub(crate) fn permit(
+        &self,
+        gateway: &Gateway,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
         let limits = self.grants.limits;
         self.permits.clone().try_acquire_owned().map_err(|_| {
             gateway.audit(
@@ -484,7 +487,7 @@ impl LoadedComponent {
     }
 
     /// A store for `gateway`'s call (or session), with the memory limiter.
-    fn new_store(&self, gateway: &Gateway) -> Result<Store<HostState>, Error> {
+    pub(crate) fn new_store(&self, gateway: &Gateway) -> Result<Store<HostState>, Error> {
         let state = HostState::new(gateway.clone())?;
         let mut store = Store::new(&self.runtime.inner.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -494,7 +497,7 @@ impl LoadedComponent {
     /// Runs `work` in `store` under the call's limits: the fuel budget, the
     /// wall-clock deadline (epoch ticks while wasm runs, a host timeout
     /// while the guest waits on the host), and cancellation.
-    async fn guarded<'s, W, F>(
+    pub(crate) async fn guarded<'s, W, F>(
         &self,
         store: &'s mut Store<HostState>,
         gateway: &Gateway,
@@ -597,7 +600,7 @@ impl LoadedComponent {
     /// The outcome of a call that ran: its result read (an exit with 0 is
     /// a return; the result's size limit applied; a failure classified),
     /// with the gateway's output, audit, steps and usage.
-    fn outcome(
+    pub(crate) fn outcome(
         &self,
         f: &FunctionInfo,
         gateway: &Gateway,
@@ -760,7 +763,7 @@ async fn call_export(
 }
 
 /// What the store says about a call once it has run.
-struct Ran {
+pub(crate) struct Ran {
     duration: Duration,
     fuel_consumed: u64,
     peak_memory_bytes: usize,
@@ -768,7 +771,7 @@ struct Ran {
 }
 
 impl Ran {
-    fn measure(
+    pub(crate) fn measure(
         store: &mut Store<HostState>,
         limits: crate::Limits,
         started: Instant,

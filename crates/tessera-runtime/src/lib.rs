@@ -24,6 +24,7 @@ mod call;
 pub mod capability;
 pub mod gateway;
 mod host;
+pub mod http_handler;
 pub mod imports;
 pub mod json;
 pub mod limits;
@@ -176,6 +177,13 @@ pub enum Error {
         function: String,
         /// Why.
         reason: String,
+    },
+    /// An HTTP request for a handler that cannot be made (a method, header
+    /// or path that is not valid HTTP).
+    #[error("bad HTTP request: {message}")]
+    BadHttpRequest {
+        /// What is wrong.
+        message: String,
     },
     /// The arguments do not match the parameter types.
     #[error("bad arguments for `{function}`: {error}")]

@@ -229,7 +229,12 @@ fn pooling_config(cfg: &RuntimeConfig) -> PoolingAllocationConfig {
     let n = cfg.max_instances;
     let mut p = PoolingAllocationConfig::default();
     p.total_component_instances(n)
-        .total_core_instances(n.saturating_mul(4))
+        // An interpreter built by componentize-py is 14 core instances (one
+        // per module it links: CPython, libc, the adapter, shims), so an
+        // average of 4 would cap live Python sessions at a quarter of the
+        // component instances. A core instance slot is a count, not
+        // reserved memory.
+        .total_core_instances(n.saturating_mul(16))
         .total_memories(n.saturating_mul(2))
         .total_tables(n.saturating_mul(4))
         .total_stacks(n)

@@ -24,6 +24,9 @@ use serde_json::{Value, json};
 use tessera_journal::JournalStore;
 use tessera_runtime::{CallFailure, CallOptions, CallOutcome, Grants, LoadedComponent, Runtime};
 
+mod session;
+pub use session::{SessionPool, StoredSession, session_language};
+
 /// The function every sandbox exports.
 pub const RUN: &str = "tessera:sandbox/interpreter@0.1.0#run";
 
@@ -119,6 +122,27 @@ pub enum SandboxError {
     /// The run could not be journaled.
     #[error("journal: {0}")]
     Journal(String),
+    /// A stored session could not be opened, rebuilt or recorded.
+    #[error(transparent)]
+    Session(#[from] tessera_journal::Error),
+    /// The session runs another language.
+    #[error("session `{name}` runs {is}, not {asked}")]
+    SessionLanguage {
+        /// The session.
+        name: String,
+        /// Its language.
+        is: Language,
+        /// The language asked for.
+        asked: Language,
+    },
+    /// The session was created with other grants.
+    #[error(
+        "session `{name}` has the grants it was created with; open it without a manifest, or fork it into a new session"
+    )]
+    SessionGrants {
+        /// The session.
+        name: String,
+    },
     /// The sandbox answered with something that is not its interface's
     /// result (a component that is not a Tessera sandbox).
     #[error("the {language} sandbox returned an unexpected result: {value}")]
@@ -390,6 +414,35 @@ impl Sandboxes {
                 file,
                 looked_in: self.dirs.clone(),
             })
+    }
+
+    /// The grants and limits code runs under by default.
+    pub fn grants(&self) -> &Grants {
+        &self.grants
+    }
+
+    /// The runtime the sandboxes run in.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// `language`'s sandbox loaded under other grants than the sandboxes'
+    /// own (compiled once: the compile cache serves every load after the
+    /// first).
+    pub async fn load_with(
+        &self,
+        language: Language,
+        grants: Grants,
+    ) -> Result<LoadedComponent, SandboxError> {
+        let file = self.file(language)?;
+        let rt = self.runtime.clone();
+        tokio::task::spawn_blocking(move || rt.load_file(&file, grants))
+            .await
+            .map_err(|e| SandboxError::Task {
+                language,
+                message: e.to_string(),
+            })?
+            .map_err(|source| SandboxError::Runtime { language, source })
     }
 
     /// `language`'s sandbox, loaded (and compiled, the first time) once.

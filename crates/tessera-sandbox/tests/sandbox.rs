@@ -344,3 +344,293 @@ async fn a_session_keeps_interpreter_state_between_runs_and_sessions_are_isolate
     let (code, o) = run("bump(); bump()");
     assert_eq!(j.exec(code, o).await.unwrap().value, Some(json!(2)));
 }
+
+fn journal(dir: &Path) -> std::sync::Arc<tessera_journal::JournalStore> {
+    std::sync::Arc::new(tessera_journal::JournalStore::open(dir).unwrap())
+}
+
+async fn stored(
+    s: &Sandboxes,
+    j: &std::sync::Arc<tessera_journal::JournalStore>,
+    name: &str,
+    language: Language,
+) -> tessera_sandbox::StoredSession {
+    s.open_session(j, name, language, None, None)
+        .await
+        .unwrap_or_else(|e| panic!("opening {name}: {e}"))
+}
+
+async fn run_in(session: &mut tessera_sandbox::StoredSession, code: &str) -> Execution {
+    session
+        .exec(code, CallOptions::default(), None)
+        .await
+        .unwrap_or_else(|e| panic!("{code}: {e}"))
+}
+
+/// A stored session outlives its process: a new runtime and a reopened
+/// journal rebuild it by re-executing its runs (host interactions from the
+/// journal), so closures, generators and random draws come back exactly;
+/// a fork starts from any run and goes on independently; the history
+/// replays offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_session_is_rebuilt_from_the_journal_forked_and_replayed() {
+    let cache = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let setup = "import random\nr = random.random()\ndef make():\n    n = 0\n    def inc():\n        nonlocal n\n        n += 1\n        return n\n    return inc\ninc = make()\ng = (i * i for i in range(100))";
+    let drawn;
+    {
+        let s = sandboxes(cache.path(), limited(300_000_000));
+        let j = journal(data.path());
+        let mut a = stored(&s, &j, "a", Language::Python).await;
+        assert!(run_in(&mut a, setup).await.ok);
+        let e = run_in(&mut a, "[inc(), next(g), next(g), r]").await;
+        drawn = e.value.clone().unwrap()[3].clone();
+        assert_eq!(
+            e.value.unwrap().as_array().unwrap()[..3],
+            [json!(1), json!(0), json!(1)]
+        );
+        assert!(e.run_id.is_some());
+        j.flush();
+    }
+    // Another "process": nothing is shared but the journal's directory.
+    let s = sandboxes(cache.path(), limited(300_000_000));
+    let j = journal(data.path());
+    let mut a = stored(&s, &j, "a", Language::Python).await;
+    let e = run_in(&mut a, "[inc(), next(g), r]").await;
+    assert_eq!(e.value, Some(json!([2, 4, drawn])), "{e:?}");
+    assert_eq!(a.record().history.len(), 3);
+
+    // A fork after the first run: the closure and generator as they were
+    // then; the two go on independently.
+    let fork = j.fork_session("a", "b", Some(1), None).unwrap();
+    assert_eq!(fork.history, a.record().history[..1].to_vec());
+    let mut b = stored(&s, &j, "b", Language::Python).await;
+    let e = run_in(&mut b, "[inc(), next(g)]").await;
+    assert_eq!(e.value, Some(json!([1, 0])));
+    assert_eq!(run_in(&mut a, "inc()").await.value, Some(json!(3)));
+    assert_eq!(run_in(&mut b, "inc()").await.value, Some(json!(2)));
+    // A fork past the end is refused.
+    let err = j.fork_session("a", "c", Some(99), None).unwrap_err();
+    assert!(err.to_string().contains("cannot fork it at 99"), "{err}");
+
+    // Offline replay of the last run re-executes the runs before it.
+    let last = a.record().history.last().unwrap().clone();
+    let report = tessera_journal::replay_session_run(s.runtime(), &j, &last)
+        .await
+        .unwrap();
+    assert_eq!(report.runs.len(), 4);
+    assert!(report.first_divergence().is_none(), "{report:?}");
+    // And so does `tessera_journal::session_chain` for the fork's runs:
+    // the first is the run of `a` it shares.
+    let chain = j.session_chain(b.record().history.last().unwrap()).unwrap();
+    assert_eq!(chain[0], a.record().history[0]);
+    assert_eq!(chain.len(), 3);
+
+    // The runs are held by the sessions; removing `a` keeps `b` whole.
+    assert!(j.remove_session("a").unwrap());
+    let holds = j.holds(&chain[0]).unwrap();
+    assert_eq!(
+        holds.iter().map(|h| h.holder.as_str()).collect::<Vec<_>>(),
+        ["session:b"]
+    );
+    drop(b);
+    let mut b = stored(&s, &j, "b", Language::Python).await;
+    assert_eq!(run_in(&mut b, "inc()").await.value, Some(json!(3)));
+}
+
+/// What a stored session refuses: another language, other grants, a name
+/// that is not one, another owner's session, a session a limit ended
+/// (which a fork before that run revives), and rebuilding a session whose
+/// writable mount its history would write through again. A file a run
+/// read that changed since makes the rebuild diverge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_sessions_refuse_what_they_cannot_rebuild_faithfully() {
+    let cache = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let s = sandboxes(cache.path(), limited(300_000_000));
+    let j = journal(data.path());
+    let mut a = stored(&s, &j, "a", Language::Python).await;
+    assert!(run_in(&mut a, "x = 1").await.ok);
+    let err = s
+        .open_session(&j, "a", Language::JavaScript, None, None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("runs python, not javascript"),
+        "{err}"
+    );
+    let err = s
+        .open_session(&j, "a", Language::Python, Some(limited(1_000)), None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("has the grants it was created with"),
+        "{err}"
+    );
+    let err = s
+        .open_session(&j, "../a", Language::Python, None, None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("is not a session name"), "{err}");
+
+    // Owned sessions are invisible to other owners.
+    let mut owned = s
+        .open_session(&j, "mine", Language::Python, None, Some("alice"))
+        .await
+        .unwrap();
+    assert!(run_in(&mut owned, "secret = 7").await.ok);
+    let err = s
+        .open_session(&j, "mine", Language::Python, None, Some("bob"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "no session `mine`");
+    assert!(j.fork_session("mine", "stolen", None, Some("bob")).is_err());
+    let mut again = s
+        .open_session(&j, "mine", Language::Python, None, Some("alice"))
+        .await
+        .unwrap();
+    assert_eq!(run_in(&mut again, "secret").await.value, Some(json!(7)));
+
+    // A limit ends the session; the end is kept in the journal.
+    let e = run_in(&mut a, "while True: pass").await;
+    assert_eq!(limit(&e), "fuel");
+    assert!(a.record().ended.is_some());
+    let err = s
+        .open_session(&j, "a", Language::Python, None, None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("ended at run 2"), "{err}");
+    j.fork_session("a", "a2", Some(1), None).unwrap();
+    let mut a2 = stored(&s, &j, "a2", Language::Python).await;
+    assert_eq!(run_in(&mut a2, "x + 1").await.value, Some(json!(2)));
+
+    // A read-only mount: reads are re-executed and must read the same.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("n.txt"), "1").unwrap();
+    let manifest = |mode: &str| {
+        format!(
+            "[[files]]\nhost = {:?}\nguest = \"/data\"\nmode = \"{mode}\"\n\n[limits]\nfuel = 300000000\n",
+            dir.path().display().to_string()
+        )
+    };
+    let ro = Grants::from_toml(&manifest("ro"), "ro", dir.path()).unwrap();
+    let mut f = s
+        .open_session(&j, "files", Language::Python, Some(ro.clone()), None)
+        .await
+        .unwrap();
+    let e = run_in(&mut f, "n = int(open('/data/n.txt').read())\nn").await;
+    assert_eq!(e.value, Some(json!(1)), "{e:?}");
+    drop(f);
+    let mut f = s
+        .open_session(&j, "files", Language::Python, Some(ro), None)
+        .await
+        .unwrap();
+    assert_eq!(run_in(&mut f, "n + 1").await.value, Some(json!(2)));
+    drop(f);
+    std::fs::write(dir.path().join("n.txt"), "5").unwrap();
+    let err = s
+        .open_session(&j, "files", Language::Python, None, None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("re-executing run 1") && err.to_string().contains("departed"),
+        "{err}"
+    );
+
+    // A writable mount: created and used, but never rebuilt.
+    let rw = Grants::from_toml(&manifest("rw"), "rw", dir.path()).unwrap();
+    let mut w = s
+        .open_session(&j, "writes", Language::Python, Some(rw), None)
+        .await
+        .unwrap();
+    let e = run_in(&mut w, "open('/data/log.txt', 'a').write('x')").await;
+    assert_eq!(e.value, Some(json!(1)), "{e:?}");
+    drop(w);
+    let err = s
+        .open_session(&j, "writes", Language::Python, None, None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("writable mount (/data)"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("log.txt")).unwrap(),
+        "x"
+    );
+}
+
+/// A pool keeps sessions live between calls, drops idle ones and the least
+/// recently used beyond its size, and rebuilds a dropped one from the
+/// journal with its state intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_pool_evicts_and_rebuilds_sessions() {
+    let cache = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let s = std::sync::Arc::new(sandboxes(cache.path(), limited(300_000_000)));
+    let j = journal(data.path());
+    let pool = tessera_sandbox::SessionPool::new(
+        s.clone(),
+        j.clone(),
+        std::time::Duration::from_secs(3600),
+        2,
+    );
+    let run = |name: &'static str, code: &'static str| {
+        let pool = &pool;
+        async move {
+            pool.exec(name, Language::Python, code, CallOptions::default(), None)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {code}: {e}"))
+        }
+    };
+    run("a", "n = 1").await;
+    run("b", "n = 2").await;
+    assert_eq!(pool.live_count(), 2);
+    // A third pushes out the least recently used (a).
+    run("c", "n = 3").await;
+    assert_eq!(pool.live_count(), 2);
+    assert_eq!(run("a", "n += 10; n").await.value, Some(json!(11)));
+    assert_eq!(run("b", "n").await.value, Some(json!(2)));
+    assert_eq!(run("c", "n").await.value, Some(json!(3)));
+    // Nothing is idle for an hour: nothing goes.
+    assert_eq!(pool.evict_idle(), 0);
+    let short =
+        tessera_sandbox::SessionPool::new(s.clone(), j.clone(), std::time::Duration::ZERO, 8);
+    short
+        .exec("a", Language::Python, "n", CallOptions::default(), None)
+        .await
+        .unwrap();
+    assert_eq!(short.evict_idle(), 1);
+    assert_eq!(short.live_count(), 0);
+    let e = short
+        .exec("a", Language::Python, "n", CallOptions::default(), None)
+        .await
+        .unwrap();
+    assert_eq!(e.value, Some(json!(11)));
+    // A caller with a token cannot use a session another token made.
+    let alice = Some(tessera_journal::Caller {
+        via: "test".into(),
+        token: Some("alice".into()),
+    });
+    let bob = Some(tessera_journal::Caller {
+        via: "test".into(),
+        token: Some("bob".into()),
+    });
+    pool.exec(
+        "al",
+        Language::Python,
+        "k = 1",
+        CallOptions::default(),
+        alice.clone(),
+    )
+    .await
+    .unwrap();
+    let err = pool
+        .exec("al", Language::Python, "k", CallOptions::default(), bob)
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "no session `al`");
+    let e = pool
+        .exec("al", Language::Python, "k", CallOptions::default(), alice)
+        .await
+        .unwrap();
+    assert_eq!(e.value, Some(json!(1)));
+}

@@ -50,6 +50,37 @@ pub struct Called {
     pub outcome: CallOutcome,
 }
 
+/// Runs a call's future to its end: cancelled through `token` when
+/// `cancel` (the caller's) is, and, if the caller goes away first, finished
+/// in a task of its own so its run is journaled to the end. A panic is a
+/// [`CallError::Task`].
+pub(crate) async fn finish_linked<T: Send + 'static>(
+    run: impl Future<Output = T> + Send + 'static,
+    token: CancellationToken,
+    cancel: Option<CancellationToken>,
+) -> Result<T, CallError> {
+    let run = std::panic::AssertUnwindSafe(run).catch_unwind();
+    let mut run = FinishOnDrop {
+        run: Some(Box::pin(run)),
+        token: token.clone(),
+    };
+    let linked = async {
+        match &cancel {
+            Some(c) => c.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    let ended = tokio::select! {
+        biased;
+        r = &mut run => r,
+        () = linked => {
+            token.cancel();
+            run.await
+        }
+    };
+    ended.map_err(|panic| CallError::Task(panic_message(&*panic)))
+}
+
 /// Why a call did not run.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -285,24 +316,7 @@ impl Server {
         caller: tessera_journal::Caller,
         plan: Option<PlanCall>,
     ) -> Result<Called, CallError> {
-        let Ok(permit) = self.calls.clone().try_acquire_owned() else {
-            return Err(CallError::Overloaded(self.config.max_calls));
-        };
-        if self.active(name).is_none() {
-            self.until_loaded_from_cache(name).await;
-        }
-        // Hold the version for the whole call: a swap does not touch it.
-        let active = self
-            .active(name)
-            .ok_or_else(|| match self.loading_of(name) {
-                Some(l) => CallError::Loading {
-                    name: l.name,
-                    version: l.version,
-                    compiling: l.compiling,
-                    elapsed: l.started.elapsed(),
-                },
-                None => CallError::NoSuchComponent(name.to_string()),
-            })?;
+        let (permit, active) = self.permit_and_active(name).await?;
         // Only what the manifest's `[tools]` section serves can be called.
         let function = active
             .loaded
@@ -320,7 +334,7 @@ impl Server {
             let active = active.clone();
             let args = args.clone();
             let token = token.clone();
-            std::panic::AssertUnwindSafe(async move {
+            async move {
                 let recorded = tessera_journal::record_call_for(
                     &journal,
                     &active.loaded,
@@ -342,34 +356,42 @@ impl Server {
                 drop(journal);
                 drop(permit);
                 recorded
-            })
-            .catch_unwind()
-        };
-        let mut run = FinishOnDrop {
-            run: Some(Box::pin(run)),
-            token: token.clone(),
-        };
-        let linked = async {
-            match &cancel {
-                Some(c) => c.cancelled().await,
-                None => std::future::pending().await,
             }
         };
-        let ended = tokio::select! {
-            biased;
-            r = &mut run => r,
-            () = linked => {
-                token.cancel();
-                run.await
-            }
-        };
-        let (run_id, outcome) =
-            ended.map_err(|panic| CallError::Task(panic_message(&*panic)))??;
+        let ended = finish_linked(run, token, cancel).await;
+        let (run_id, outcome) = ended??;
         Ok(Called {
             active,
             run_id,
             outcome,
         })
+    }
+
+    /// One of the server's call permits, and the active version of `name`
+    /// (waiting for a load from the compile cache under way), held for the
+    /// whole call: a swap does not touch it.
+    pub(crate) async fn permit_and_active(
+        &self,
+        name: &str,
+    ) -> Result<(tokio::sync::OwnedSemaphorePermit, Arc<Active>), CallError> {
+        let Ok(permit) = self.calls.clone().try_acquire_owned() else {
+            return Err(CallError::Overloaded(self.config.max_calls));
+        };
+        if self.active(name).is_none() {
+            self.until_loaded_from_cache(name).await;
+        }
+        let active = self
+            .active(name)
+            .ok_or_else(|| match self.loading_of(name) {
+                Some(l) => CallError::Loading {
+                    name: l.name,
+                    version: l.version,
+                    compiling: l.compiling,
+                    elapsed: l.started.elapsed(),
+                },
+                None => CallError::NoSuchComponent(name.to_string()),
+            })?;
+        Ok((permit, active))
     }
 
     /// Cancels every plan run and every running call and waits up to

@@ -57,6 +57,13 @@ pub struct ServerConfig {
     /// `sandbox__javascript`): the directories their components are
     /// looked for in ([`tessera_sandbox::search_path`]); `None`: none.
     pub sandboxes: Option<Vec<PathBuf>>,
+    /// How long a sandbox session (the `session` argument of the sandbox
+    /// tools) stays live unused before its instance is dropped; its history
+    /// stays in the journal and rebuilds it when it is used again.
+    pub session_idle: Duration,
+    /// How many sandbox sessions are live at once; past it the least
+    /// recently used idle one is dropped (and rebuilt when used again).
+    pub max_sessions: usize,
 }
 
 impl ServerConfig {
@@ -65,7 +72,8 @@ impl ServerConfig {
     /// location), loopback on port 7878, no tokens required, 16 MiB bodies,
     /// 256 concurrent calls, 10 s grace, no extra hosts or origins, no
     /// retention limit, every bucket in the embedded store, no LLM
-    /// providers, no code sandboxes.
+    /// providers, no code sandboxes (sessions idle for 10 minutes dropped,
+    /// at most 64 live).
     pub fn new(data: PathBuf) -> Self {
         Self {
             data,
@@ -83,6 +91,8 @@ impl ServerConfig {
             store: tessera_store::StoreSettings::default(),
             llm: None,
             sandboxes: None,
+            session_idle: Duration::from_secs(600),
+            max_sessions: 64,
         }
     }
 }

@@ -556,6 +556,7 @@ impl From<RtError> for ApiError {
             | RtError::Ambiguous { .. }
             | RtError::NotServed { .. } => ErrorCode::NoSuchFunction,
             RtError::NotCallable { .. } => ErrorCode::NotCallable,
+            RtError::BadHttpRequest { .. } => ErrorCode::BadArguments,
             RtError::Manifest(_) | RtError::Grant { .. } | RtError::Bind { .. } => {
                 ErrorCode::BadManifest
             }

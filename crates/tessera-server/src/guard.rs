@@ -267,7 +267,8 @@ impl RequestGuard {
         }))
     }
 
-    /// Checks a request's `Host`, `Origin` and `Content-Type`.
+    /// Checks a request's `Host`, `Origin` and (except for HTTP handler
+    /// components' routes) `Content-Type`.
     pub(crate) fn check(
         &self,
         method: &Method,
@@ -294,7 +295,11 @@ impl RequestGuard {
             None => Pass::Plain,
             Some(value) => self.check_origin(value, host.as_ref())?,
         };
-        check_content_type(method, headers)?;
+        // An HTTP handler component takes whatever a web application takes
+        // (forms, text, binary); the rest of the API takes JSON only.
+        if !uri.path().starts_with(crate::http_handlers::PREFIX) {
+            check_content_type(method, headers)?;
+        }
         Ok(pass)
     }
 

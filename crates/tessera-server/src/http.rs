@@ -96,6 +96,9 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result
 fn accepted_scopes(method: &axum::http::Method, path: &str) -> Option<&'static [Scope]> {
     if path == "/openapi.json" || path == "/v1/health" {
         None
+    } else if path.starts_with(crate::http_handlers::PREFIX) {
+        // Requests for HTTP handler components: calls.
+        Some(&[Scope::Call])
     } else if path == "/mcp" || path.starts_with("/mcp/") {
         // MCP: listing and calling tools.
         Some(&[Scope::Call])
@@ -243,6 +246,19 @@ pub fn router(server: Arc<Server>, mcp: crate::mcp::McpHttpService, local: Socke
         .route("/v1/plan-runs/{id}/resume", post(resume_plan_run))
         .route("/v1/plan-runs/{id}/events", get(plan_run_events))
         .merge(crate::agent_routes::routes())
+        // Components that export wasi:http/incoming-handler, any method.
+        .route(
+            "/http/{name}",
+            axum::routing::any(crate::http_handlers::route),
+        )
+        .route(
+            "/http/{name}/",
+            axum::routing::any(crate::http_handlers::route),
+        )
+        .route(
+            "/http/{name}/{*rest}",
+            axum::routing::any(crate::http_handlers::route),
+        )
         .route("/v1/kv", get(kv_buckets))
         .route("/v1/kv/{bucket}", get(kv_keys))
         // A wildcard: a key may contain `/` (as is, or as `%2F`).

@@ -34,6 +34,7 @@ mod config;
 pub mod error;
 pub mod guard;
 mod http;
+pub mod http_handlers;
 pub mod mcp;
 pub mod openapi;
 pub mod plan_registry;
@@ -83,7 +84,9 @@ pub struct Server {
     /// Tokens.
     pub tokens: auth::Tokens,
     /// The code sandboxes, when the configuration offers them.
-    pub(crate) sandboxes: Option<tessera_sandbox::Sandboxes>,
+    pub(crate) sandboxes: Option<Arc<tessera_sandbox::Sandboxes>>,
+    /// The live sandbox sessions, when the configuration offers sandboxes.
+    pub(crate) sessions: Option<Arc<tessera_sandbox::SessionPool>>,
     active: ActiveVersions,
     /// Registered versions that failed to load, by component name.
     load_failures: Mutex<HashMap<String, Arc<LoadError>>>,
@@ -215,14 +218,23 @@ impl Server {
         let tokens = auth::Tokens::open(&config.data);
         // Code from an LLM gets nothing but the default limits.
         let sandboxes = config.sandboxes.clone().map(|dirs| {
-            tessera_sandbox::Sandboxes::new(
+            Arc::new(tessera_sandbox::Sandboxes::new(
                 runtime.clone(),
                 dirs,
                 tessera_runtime::Grants::deny_all(),
-            )
+            ))
+        });
+        let sessions = sandboxes.as_ref().map(|s| {
+            Arc::new(tessera_sandbox::SessionPool::new(
+                s.clone(),
+                journal.clone(),
+                config.session_idle,
+                config.max_sessions,
+            ))
         });
         let server = Arc::new(Self {
             sandboxes,
+            sessions,
             calls: Arc::new(Semaphore::new(config.max_calls)),
             config,
             runtime,
@@ -254,6 +266,9 @@ impl Server {
             let changes = *first.tools_changed.borrow();
             first.started.send_replace(Some(changes));
         });
+        if let Some(pool) = &server.sessions {
+            tokio::spawn(pool.clone().sweep(server.stopping.clone()));
+        }
         // Agents with work left by a previous process resume.
         server.open_agents_in_background();
         Ok(server)

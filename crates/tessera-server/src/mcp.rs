@@ -572,7 +572,7 @@ pub fn sandbox_tools(server: &Server) -> Vec<Tool> {
     let Some(sandboxes) = &server.sandboxes else {
         return Vec::new();
     };
-    sandboxes
+    let mut tools: Vec<Tool> = sandboxes
         .available()
         .into_iter()
         .map(|language| {
@@ -590,6 +590,11 @@ pub fn sandbox_tools(server: &Server) -> Vec<Tool> {
                 "type": "object",
                 "properties": {
                     "code": { "type": "string", "description": "The code to run." },
+                    "session": {
+                        "type": "string",
+                        "pattern": "^[A-Za-z0-9._-]{1,64}$",
+                        "description": "Run in this named session: the interpreter keeps the names, imports and objects earlier runs in the session left. Created on first use. Without it, a fresh interpreter runs the code and nothing is kept.",
+                    },
                 },
                 "required": ["code"],
             });
@@ -610,7 +615,7 @@ pub fn sandbox_tools(server: &Server) -> Vec<Tool> {
                 .with_raw_output_schema(object(output))
                 .with_title(format!("run {}", language.name()));
             tool.description = Some(std::borrow::Cow::Owned(format!(
-                "Runs {lang} code in a fresh sandboxed instance: no files, network or environment; fuel, time and memory limits. Answers what it printed, and the value of its last expression, or the exception with its line, column and traceback. Nothing is kept between calls."
+                "Runs {lang} code in a sandboxed interpreter: no files, network or environment; fuel, time and memory limits. Answers what it printed, and the value of its last expression, or the exception with its line, column and traceback. A fresh interpreter per call, unless `session` names one whose state earlier calls left (see `{SANDBOX_PREFIX}fork`)."
             )));
             tool.annotations = Some(
                 ToolAnnotations::new()
@@ -621,7 +626,48 @@ pub fn sandbox_tools(server: &Server) -> Vec<Tool> {
             );
             tool
         })
-        .collect()
+        .collect();
+    if !tools.is_empty() {
+        tools.push(fork_tool());
+    }
+    tools
+}
+
+/// `sandbox__fork`: a new session from a session's state.
+fn fork_tool() -> Tool {
+    let input = json!({
+        "type": "object",
+        "properties": {
+            "session": { "type": "string", "description": "The session to fork." },
+            "as": { "type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$", "description": "The new session's name." },
+            "at": { "type": "integer", "minimum": 0, "description": "Start from the state after this many of its runs (default: all)." },
+        },
+        "required": ["session", "as"],
+    });
+    let output = json!({
+        "type": "object",
+        "properties": {
+            "name": { "type": "string" },
+            "language": { "type": "string" },
+            "runs": { "type": "integer" },
+            "forked_from": { "type": "object" },
+        },
+        "required": ["name", "language", "runs"],
+    });
+    let mut tool = Tool::new_with_raw(format!("{SANDBOX_PREFIX}fork"), None, object(input))
+        .with_raw_output_schema(object(output))
+        .with_title("fork a sandbox session");
+    tool.description = Some(std::borrow::Cow::Borrowed(
+        "Starts a new sandbox session from the exact interpreter state of another (after all its runs, or the first `at`): names, objects, closures and generators included. The two go on independently; use the new name as the `session` of the sandbox tools.",
+    ));
+    tool.annotations = Some(
+        ToolAnnotations::new()
+            .read_only(false)
+            .destructive(false)
+            .idempotent(false)
+            .open_world(false),
+    );
+    tool
 }
 
 /// The tools of the agent system, sorted by name: the top-level agents'
@@ -1075,6 +1121,9 @@ impl McpService {
         let Some(sandboxes) = &self.server.sandboxes else {
             return Err(unknown());
         };
+        if language == "fork" {
+            return Ok(self.call_fork(tool, &args, context));
+        }
         let Ok(language) = language.parse::<tessera_sandbox::Language>() else {
             return Err(unknown());
         };
@@ -1090,20 +1139,32 @@ impl McpService {
                 .into());
             }
         };
+        let session = match string_arg(&args, "session") {
+            Ok(s) => s.map(str::to_string),
+            Err(m) => return Ok(text_error(format!("`{tool}`: {m} (a session's name)")).into()),
+        };
         let caller = mcp_caller(context);
         let options = tessera_runtime::CallOptions {
             cancel: Some(self.server.shutdown.child_token()),
             ..tessera_runtime::CallOptions::default()
         };
-        let ran = sandboxes
-            .exec_by(
-                language,
-                &code,
-                options,
-                Some(&self.server.journal),
-                Some(caller),
-            )
-            .await;
+        let ran = match (&session, &self.server.sessions) {
+            (Some(name), Some(pool)) => {
+                pool.exec(name, language, &code, options, Some(caller))
+                    .await
+            }
+            _ => {
+                sandboxes
+                    .exec_by(
+                        language,
+                        &code,
+                        options,
+                        Some(&self.server.journal),
+                        Some(caller),
+                    )
+                    .await
+            }
+        };
         let execution = match ran {
             Ok(e) => e,
             Err(e) => return Ok(text_error(format!("`{tool}`: {e}")).into()),
@@ -1123,6 +1184,52 @@ impl McpService {
         let mut r = CallToolResult::error(vec![ContentBlock::text(text)]);
         r.structured_content = Some(value);
         Ok(r.into())
+    }
+
+    /// `sandbox__fork`: a new session record sharing a prefix of another's
+    /// runs (the caller must own the session forked, if it has an owner).
+    fn call_fork(
+        &self,
+        tool: &str,
+        args: &Map<String, Value>,
+        context: &RequestContext<RoleServer>,
+    ) -> CallToolResponse {
+        let (from, to) = match (string_arg(args, "session"), string_arg(args, "as")) {
+            (Ok(Some(f)), Ok(Some(t))) => (f, t),
+            _ => {
+                return text_error(format!(
+                    "`{tool}`: `session` and `as` must be session names"
+                ))
+                .into();
+            }
+        };
+        let at = match args.get("at") {
+            None | Some(Value::Null) => None,
+            Some(v) => match v.as_u64() {
+                Some(n) => Some(n),
+                None => {
+                    return text_error(format!(
+                        "`{tool}`: `at` must be a number of runs (0 or more)"
+                    ))
+                    .into();
+                }
+            },
+        };
+        let owner = mcp_caller(context).token;
+        match self
+            .server
+            .journal
+            .fork_session(from, to, at, owner.as_deref())
+        {
+            Ok(r) => json_result(json!({
+                "name": r.name,
+                "language": r.kind,
+                "runs": r.history.len(),
+                "forked_from": r.forked_from,
+            }))
+            .into(),
+            Err(e) => text_error(format!("`{tool}`: {e}")).into(),
+        }
     }
 
     async fn call_approvals(

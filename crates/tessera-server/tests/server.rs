@@ -4994,7 +4994,240 @@ async fn code_sandboxes_are_mcp_tools_only_when_offered_and_their_runs_are_journ
             .as_ref()
             .is_some_and(|c| c.via == "mcp-stdio")
     }));
+
+    // Sessions: state kept between calls, forked with `sandbox__fork`, and
+    // rebuilt from the journal by a server started afresh.
+    let mut id = 10;
+    let mut ask = async |mcp: &mut LineClient, name: &str, args: Value| {
+        id += 1;
+        mcp.request(id, "tools/call", json!({"name": name, "arguments": args}))
+            .await
+    };
+    let v = ask(
+        &mut mcp,
+        "sandbox__python",
+        json!({"code": "def f():\n    yield from range(5)\ng = f()\nnext(g)", "session": "s1"}),
+    )
+    .await;
+    assert_eq!(v["result"]["structuredContent"]["value"], json!(0), "{v}");
+    let v = ask(
+        &mut mcp,
+        "sandbox__python",
+        json!({"code": "next(g)", "session": "s1"}),
+    )
+    .await;
+    assert_eq!(v["result"]["structuredContent"]["value"], json!(1), "{v}");
+    let v = ask(
+        &mut mcp,
+        "sandbox__fork",
+        json!({"session": "s1", "as": "s2"}),
+    )
+    .await;
+    assert_eq!(v["result"]["structuredContent"]["runs"], json!(2), "{v}");
+    let v = ask(
+        &mut mcp,
+        "sandbox__python",
+        json!({"code": "next(g)", "session": "s2"}),
+    )
+    .await;
+    assert_eq!(v["result"]["structuredContent"]["value"], json!(2), "{v}");
+    let v = ask(
+        &mut mcp,
+        "sandbox__python",
+        json!({"code": "next(g)", "session": "s2"}),
+    )
+    .await;
+    assert_eq!(v["result"]["structuredContent"]["value"], json!(3), "{v}");
+    // Without a session, nothing is kept.
+    let v = ask(&mut mcp, "sandbox__python", json!({"code": "g"})).await;
+    assert_eq!(
+        v["result"]["structuredContent"]["error"]["type"],
+        json!("NameError"),
+        "{v}"
+    );
+    let v = ask(
+        &mut mcp,
+        "sandbox__python",
+        json!({"code": "1", "session": "no/such"}),
+    )
+    .await;
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    let v = ask(
+        &mut mcp,
+        "sandbox__javascript",
+        json!({"code": "1", "session": "s1"}),
+    )
+    .await;
+    assert!(
+        v["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("runs python, not javascript"),
+        "{v}"
+    );
+    let v = ask(
+        &mut mcp,
+        "sandbox__fork",
+        json!({"session": "nope", "as": "s3"}),
+    )
+    .await;
+    assert!(
+        v["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no session `nope`"),
+        "{v}"
+    );
     drop(mcp);
     serving.await.unwrap().unwrap();
+    s.shutdown().await;
+
+    let s = start(data.path(), |c| c.sandboxes = Some(vec![dir.clone()])).await;
+    let (mut mcp, serving) = LineClient::serve(&s.server);
+    mcp.initialize().await;
+    let v = ask(
+        &mut mcp,
+        "sandbox__python",
+        json!({"code": "[next(g), next(g)]", "session": "s1"}),
+    )
+    .await;
+    assert_eq!(
+        v["result"]["structuredContent"]["value"],
+        json!([2, 3]),
+        "{v}"
+    );
+    let v = ask(
+        &mut mcp,
+        "sandbox__python",
+        json!({"code": "next(g)", "session": "s2"}),
+    )
+    .await;
+    assert_eq!(v["result"]["structuredContent"]["value"], json!(4), "{v}");
+    drop(mcp);
+    serving.await.unwrap().unwrap();
+    s.shutdown().await;
+}
+
+/// A component of the `wasi:http/proxy` world, written against the standard
+/// interfaces only, served at `/http/<name>/…`: each request handled under
+/// its grants (a variable granted and one not, an outbound host allowed and
+/// one not), bodies and headers both ways, a trap a 500 with the run named,
+/// every request journaled and replayed offline with the same response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_handler_components_serve_requests_under_their_grants_and_are_journaled() {
+    let data = tempfile::tempdir().unwrap();
+    let (port, seen) = tessera_test_support::http_stub();
+    let s = start(data.path(), |_| {}).await;
+    let manifest = format!(
+        "[env.set]\nCITY = \"Lyon\"\n\n[http]\nallowed_outbound_hosts = [\"http://127.0.0.1:{port}\"]\n"
+    );
+    let (status, v) = s
+        .add_with_manifest("web", "http-handler", &manifest, data.path(), None)
+        .await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(s.add("hello", "hello").await.0, 201);
+    let addr = s.addr;
+    let host = addr.to_string();
+    let get = move |path: &str, body: &str, method: &str| {
+        let (path, body, method, host) = (
+            path.to_string(),
+            body.to_string(),
+            method.to_string(),
+            host.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            raw_request(
+                addr,
+                &method,
+                &path,
+                &[("Host", host.as_str()), ("Content-Type", "text/x-test")],
+                &body,
+            )
+        })
+    };
+    let (status, head, body) = get("/http/web/hello/ada", "", "GET").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "hello, ada"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-handled-by: tessera-example"),
+        "{head}"
+    );
+    let run = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("x-tessera-run:"))
+        .and_then(|l| l.split_once(':'))
+        .expect("the run header")
+        .1
+        .trim()
+        .to_string();
+    let (status, head, body) = get("/http/web/echo", "a body ✓", "POST").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "a body ✓"));
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/x-test"),
+        "{head}"
+    );
+    assert!(
+        head.contains(&format!("x-body-length: {}", "a body ✓".len())),
+        "{head}"
+    );
+    // Grants: the variable granted, not another; the host allowed, not another.
+    let (status, _, body) = get("/http/web/env/CITY", "", "GET").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "Lyon"));
+    let (status, _, _) = get("/http/web/env/HOME", "", "GET").await.unwrap();
+    assert_eq!(status, 404);
+    let url = format!("http://127.0.0.1:{port}/outbound");
+    let (status, _, body) = get(&format!("/http/web/fetch?{url}"), "", "GET")
+        .await
+        .unwrap();
+    assert_eq!((status, body.as_str()), (200, "200 "));
+    assert!(seen.lock().unwrap().contains("GET /outbound"));
+    let (status, _, body) = get("/http/web/fetch?http://127.0.0.1:9/x", "", "GET")
+        .await
+        .unwrap();
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("HttpRequestDenied"), "{body}");
+    // A trap is the API's error (as for any call), naming the run, with
+    // what the guest printed.
+    let (status, _, body) = get("/http/web/trap", "", "GET").await.unwrap();
+    assert_eq!(status, 422, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], "trap", "{v}");
+    assert!(v["error"]["run_id"].is_string(), "{v}");
+    assert!(
+        v["error"]["guest"]["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("asked to trap"),
+        "{v}"
+    );
+    // Not a handler, and no such component.
+    let (status, _, body) = get("/http/hello/", "", "GET").await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("not an HTTP handler"), "{body}");
+    let (status, _, _) = get("/http/nobody/x", "", "GET").await.unwrap();
+    assert_eq!(status, 404);
+
+    // Journaled: the request as the arguments, the response as the result,
+    // and a replay answers the same offline.
+    let header = s.server.journal.header(&run).unwrap();
+    assert!(header.function.ends_with("#handle"), "{}", header.function);
+    assert_eq!(header.args["method"], "GET");
+    assert_eq!(header.args["path"], "/hello/ada");
+    let fetched = s
+        .server
+        .journal
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|r| r.header.args["path"] == format!("/fetch?{url}").as_str())
+        .expect("the fetch run");
+    // The server's replay (its runtime has the journal's HMAC key).
+    for id in [run.as_str(), fetched.header.run_id.as_str()] {
+        let (status, v) = s
+            .call("POST", &format!("/v1/runs/{id}/replay"), json!({}))
+            .await;
+        assert_eq!((status, &v["identical"]), (200, &json!(true)), "{v}");
+    }
     s.shutdown().await;
 }

@@ -203,7 +203,13 @@ fn print_human(o: &CallOutcome) {
             if o.guest_error {
                 let _ = writeln!(err, "guest returned an error");
             }
-            println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+            // A closed stdout (`| head`) is not an error of the call.
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(v).unwrap_or_default()
+            );
         }
         Err(CallFailure::Limit(l)) => {
             let _ = writeln!(err, "error: {}: {l}", o.function);

@@ -39,6 +39,13 @@ pub struct Args {
     /// printed on stderr.
     #[arg(long)]
     pub record: bool,
+    /// Run in the named session: the interpreter keeps what earlier runs
+    /// of the session left (names, imports, closures). Created on first
+    /// use, with the grants of `--manifest` and the limit flags; kept in
+    /// the journal and rebuilt from it by each later `exec` (see
+    /// `tessera sessions`). Every run of a session is recorded.
+    #[arg(long, value_name = "NAME")]
+    pub session: Option<String>,
 }
 
 /// Runs the subcommand and returns the exit code.
@@ -65,6 +72,7 @@ async fn exec(global: &GlobalArgs, args: &Args) -> Outcome {
     let mut grants = crate::setup::grants(args.manifest.as_deref(), None)
         .map_err(|e| Failure::from_runtime(&e))?;
     args.limits.apply(&mut grants);
+    let chosen = args.manifest.is_some() || args.limits.any();
     let runtime = global
         .runtime_with(false)
         .map_err(|e| Failure::internal("setup", e))?;
@@ -73,6 +81,12 @@ async fn exec(global: &GlobalArgs, args: &Args) -> Outcome {
         tessera_sandbox::search_path(args.sandboxes.as_deref()),
         grants,
     );
+    if let Some(name) = &args.session {
+        let journal = global
+            .journal()
+            .map_err(|e| Failure::internal("journal", e))?;
+        return exec_in_session(&sandboxes, &journal, name, language, &code, chosen, args).await;
+    }
     let journal = if args.record {
         Some(
             global
@@ -89,24 +103,77 @@ async fn exec(global: &GlobalArgs, args: &Args) -> Outcome {
     if let Some(id) = &execution.run_id {
         eprintln!("recorded run {id}");
     }
-    let code = exit_code(&execution);
-    if args.json {
+    Ok(report(&execution, args.json))
+}
+
+/// Runs `code` in the stored session `name` (created with the grants given,
+/// if it does not exist).
+async fn exec_in_session(
+    sandboxes: &Sandboxes,
+    journal: &std::sync::Arc<tessera_journal::JournalStore>,
+    name: &str,
+    language: Language,
+    code: &str,
+    chosen: bool,
+    args: &Args,
+) -> Outcome {
+    let grants = chosen.then(|| sandboxes.grants().clone());
+    let exists = journal
+        .find_session(name)
+        .map_err(|e| crate::failure::journal_failure(&e))?
+        .is_some();
+    if !exists && let Some(guest) = writable_mount(sandboxes.grants()) {
+        return Err(Failure::bad_input(
+            "session_not_rebuildable",
+            format!(
+                "a session from the command line is rebuilt from the journal by each exec, and re-executing its runs would write through the writable mount {guest} again: mount it read-only, or use a server's sessions"
+            ),
+        )
+        .with("session", name));
+    }
+    let mut session = sandboxes
+        .open_session(journal, name, language, grants, None)
+        .await
+        .map_err(|e| sandbox_failure(e).with("session", name))?;
+    let execution = session
+        .exec(code, CallOptions::default(), None)
+        .await
+        .map_err(|e| sandbox_failure(e).with("session", name))?;
+    Ok(report(&execution, args.json))
+}
+
+fn writable_mount(grants: &tessera_runtime::Grants) -> Option<String> {
+    grants
+        .files
+        .mounts
+        .iter()
+        .find(|m| m.mode == tessera_runtime::manifest::MountMode::ReadWrite)
+        .map(|m| m.guest.clone())
+}
+
+/// Prints the execution and returns the exit code.
+fn report(execution: &Execution, json: bool) -> i32 {
+    let code = exit_code(execution);
+    if json {
         println!(
             "{}",
             serde_json::to_string_pretty(&execution.to_json()).unwrap_or_default()
         );
     } else {
-        print_human(&execution);
+        print_human(execution);
     }
-    Ok(code)
+    code
 }
 
-fn sandbox_failure(e: tessera_sandbox::SandboxError) -> Failure {
+pub(crate) fn sandbox_failure(e: tessera_sandbox::SandboxError) -> Failure {
     use tessera_sandbox::SandboxError as E;
     match e {
         E::Runtime { source, .. } => Failure::from_runtime(&source),
         E::UnknownLanguage(_) => Failure::bad_input("usage", e.to_string()),
         E::NotFound { .. } => Failure::bad_input("sandbox_not_found", e.to_string()),
+        E::Session(j) => crate::failure::journal_failure(&j),
+        E::SessionLanguage { .. } => Failure::bad_input("session_language", e.to_string()),
+        E::SessionGrants { .. } => Failure::bad_input("session_grants", e.to_string()),
         other => Failure::internal("sandbox", other.to_string()),
     }
 }

@@ -43,6 +43,17 @@ async fn replay(global: &GlobalArgs, args: &Args) -> Outcome {
     if is_plan_run(&args.run) {
         return replay_plan(global, &runtime, &store, args).await;
     }
+    let run_id = store
+        .resolve(&args.run)
+        .map_err(|e| journal_failure(&e).with("run", args.run.as_str()))?;
+    let in_session = store
+        .header(&run_id)
+        .map_err(|e| journal_failure(&e).with("run", args.run.as_str()))?
+        .session
+        .is_some();
+    if in_session {
+        return replay_in_session(&runtime, &store, &run_id, args).await;
+    }
     let report = tessera_journal::replay(&runtime, &store, &args.run, args.component.as_deref())
         .await
         .map_err(|e| journal_failure(&e).with("run", args.run.as_str()))?;
@@ -108,6 +119,57 @@ async fn replay(global: &GlobalArgs, args: &Args) -> Outcome {
     } else {
         exit::OK
     })
+}
+
+/// A run made in a session: the session's runs before it, then it, in one
+/// instance.
+async fn replay_in_session(
+    runtime: &tessera_runtime::Runtime,
+    store: &tessera_journal::JournalStore,
+    run_id: &str,
+    args: &Args,
+) -> Outcome {
+    if args.component.is_some() {
+        return Err(Failure::bad_input(
+            "usage",
+            "--component is not taken for a session's run: it replays with the component its session recorded",
+        ));
+    }
+    let report = tessera_journal::replay_session_run(runtime, store, run_id)
+        .await
+        .map_err(|e| journal_failure(&e).with("run", run_id))?;
+    let last = report.runs.last();
+    let identical = report.first_divergence().is_none() && last.is_some_and(|r| r.run_id == run_id);
+    if args.json {
+        let v = json!({
+            "run_id": run_id,
+            "session_runs_replayed": report.runs.len(),
+            "identical": identical,
+            "divergence": report.first_divergence().map(|(seq, r)| json!({
+                "session_run": seq,
+                "run_id": r.run_id,
+                "message": r.divergence.as_ref().map(ToString::to_string),
+            })),
+        });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        match report.first_divergence() {
+            None => println!(
+                "identical: run {run_id} replayed offline after the {} runs of its session before it, same results, same fuel ({})",
+                report.runs.len().saturating_sub(1),
+                last.map_or(0, |r| r.outcome.fuel_consumed)
+            ),
+            Some((seq, r)) => println!(
+                "DIVERGED at run {seq} of the session ({}): {}",
+                r.run_id,
+                r.divergence
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            ),
+        }
+    }
+    Ok(if identical { exit::OK } else { exit::DIVERGED })
 }
 
 /// A plan run: every call of its finished steps, in order, to the first

@@ -61,6 +61,13 @@ pub struct Args {
     /// value, where `tessera exec` finds them.
     #[arg(long, value_name = "DIR", num_args = 0..=1)]
     pub sandboxes: Option<Option<std::path::PathBuf>>,
+    /// Drop a sandbox session's live instance after this many seconds
+    /// unused (its history stays in the journal and rebuilds it).
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub session_idle_secs: u64,
+    /// Keep at most this many sandbox sessions live.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_sessions: usize,
 }
 
 async fn shutdown_signal() {
@@ -167,6 +174,8 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
         .sandboxes
         .as_ref()
         .map(|dir| tessera_sandbox::search_path(dir.as_deref()));
+    config.session_idle = std::time::Duration::from_secs(args.session_idle_secs.max(1));
+    config.max_sessions = args.max_sessions.max(1);
     // Bind first: a taken port is reported before the components load.
     let listener = if args.stdio {
         None
