@@ -105,10 +105,11 @@ impl Sandboxes {
             let inner = JournaledSession::resume(self.runtime(), journal, name, owner).await?;
             return Ok(StoredSession { language, inner });
         }
-        let component = match grants {
-            Some(g) => Arc::new(self.load_with(language, g).await?),
-            None => self.component(language).await?,
-        };
+        // A load of its own (from the compile cache): a live session holds
+        // one of its component's concurrency permits for as long as it
+        // lives, and must not take them from fresh runs of the language.
+        let grants = grants.unwrap_or_else(|| self.grants.clone());
+        let component = self.load_with(language, grants).await?;
         let inner =
             JournaledSession::create(journal, &component, name, language.name(), owner).await?;
         Ok(StoredSession { language, inner })

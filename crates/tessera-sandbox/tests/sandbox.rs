@@ -558,6 +558,35 @@ async fn stored_sessions_refuse_what_they_cannot_rebuild_faithfully() {
     );
 }
 
+/// A live stored session does not take the concurrency permits of fresh
+/// runs of its language: with one permit, a session and a fresh run both
+/// go (two fresh runs at once would not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_sessions_leave_fresh_runs_their_permits() {
+    let cache = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut g = limited(300_000_000);
+    g.limits.max_concurrent = 1;
+    let s = sandboxes(cache.path(), g);
+    let j = journal(data.path());
+    let mut a = stored(&s, &j, "a", Language::Python).await;
+    let mut b = stored(&s, &j, "b", Language::Python).await;
+    assert!(run_in(&mut a, "x = 1").await.ok);
+    assert!(run_in(&mut b, "x = 2").await.ok);
+    let e = exec(&s, Language::Python, "1 + 1").await;
+    assert_eq!(e.value, Some(json!(2)), "{e:?}");
+    // The permit is the fresh runs' limit: an in-memory session takes it.
+    let _held = s.session(Language::Python).await.unwrap();
+    let busy = s
+        .exec(Language::Python, "1", CallOptions::default(), None)
+        .await
+        .unwrap_err();
+    assert!(
+        busy.to_string().contains("busy") || busy.to_string().contains("concurrent"),
+        "{busy}"
+    );
+}
+
 /// A pool keeps sessions live between calls, drops idle ones and the least
 /// recently used beyond its size, and rebuilds a dropped one from the
 /// journal with its state intact.
