@@ -10,7 +10,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use base64::Engine as _;
 use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -224,9 +223,4 @@ fn to_hyper(r: &HttpRequest) -> Result<hyper::Request<http_body_util::Full<bytes
         r.body.clone(),
     )))
     .map_err(|e| bad(format!("the request {} {uri}: {e}", r.method)))
-}
-
-/// The base64 of `bytes` (for callers that render bodies).
-pub fn base64_of(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
