@@ -7,7 +7,12 @@
 # Guests written in the WebAssembly text format (components/<name>/<name>.wat)
 # are assembled by the native assemble-wat tool. The native embed-wit-docs
 # tool then stores each component's WIT doc comments in it (see
-# components/embed-wit-docs/src/main.rs).
+# components/embed-wit-docs/src/main.rs), read from its wit/ folder, which
+# may be a symlink to a shared package under wit/.
+# The composition example's guests (wit/text: text-provider, text-consumer,
+# their Python twins text-provider-py and text-consumer-py, and
+# text-provider-wrong, a provider with mismatched types for the runtime's
+# link-check tests) are built here and by scripts/build-polyglot.sh.
 # Guests written in JavaScript and Python are built by
 # scripts/build-polyglot.sh (called last), which installs their toolchains
 # (componentize-js from npm, componentize-py from PyPI) at pinned versions.
@@ -45,6 +50,9 @@ component_crates=(
     cli-tool
     http-handler
     example-rust
+    text-provider
+    text-consumer
+    text-provider-wrong
 )
 
 # Guests written in the WebAssembly text format, as components/<name>/<name>.wat.
@@ -80,15 +88,16 @@ cargo build --manifest-path "$manifest" --target-dir "$target_dir" \
     -p embed-wit-docs -p assemble-wat "$@"
 
 # Copies an artifact into components/, embeds its WIT docs if it has a wit/
-# folder, and prints its name and size.
+# folder (a symlink to a shared package counts), and prints its name and
+# size.
 install_artifact() {
     local src="$1" name="$2"
-    local dest="$components/$name.wasm"
+    local dest="$components/$name.wasm" wit="$components/$name/wit"
     cp "$src" "$dest"
-    if [[ -d "$components/$name/wit" ]]; then
-        "$target_dir/debug/embed-wit-docs" "$dest" "$components/$name/wit"
+    if [[ -d "$wit" ]]; then
+        "$target_dir/debug/embed-wit-docs" "$dest" "$wit"
     fi
-    printf '%-16s %8d bytes  %s\n' "$name" "$(wc -c <"$dest")" "${dest#"$root"/}"
+    printf '%-20s %8d bytes  %s\n' "$name" "$(wc -c <"$dest")" "${dest#"$root"/}"
 }
 
 for crate in "${component_crates[@]}"; do

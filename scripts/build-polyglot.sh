@@ -21,6 +21,11 @@
 #   wit/example (their wit/ is a symlink to it). Its WIT doc comments are
 #   embedded into both by embed-wit-docs, as into the Rust guests, so every
 #   language's tool has the same descriptions.
+# - components/text-provider-py and components/text-consumer-py: the
+#   composition example's provider and consumer (worlds `provider` and
+#   `consumer` of the shared wit/text, where their wit/ symlinks point),
+#   twins of the Rust text-provider and text-consumer, built with the same
+#   componentize-py; their WIT doc comments are embedded the same way.
 #
 # Toolchains are installed again only when their pin file changed, and a
 # component is rebuilt only when a file of its folder (or of its WIT
@@ -35,7 +40,7 @@ components="$root/components"
 script="$root/scripts/build-polyglot.sh"
 
 js_guests=(text-js js-sandbox example-js)
-py_guests=(stats-py py-sandbox example-python)
+py_guests=(stats-py py-sandbox example-python text-provider-py text-consumer-py)
 
 if [[ "${1:-}" == --list ]]; then
     printf '%s\n' "${js_guests[@]}" "${py_guests[@]}"
@@ -59,22 +64,30 @@ fresh() {
 # The WIT folder and world of components/<name>, as `wit=… world=…`: a
 # guest's world is named after it, in its wit/ folder, except the
 # sandboxes' (wit/sandbox, outside their folders, which must count too when
-# deciding to rebuild them) and the examples' (world `tool`; their wit/ is a
-# symlink to wit/example, resolved so that `find` looks inside).
+# deciding to rebuild them), the examples' (world `tool`; their wit/ is a
+# symlink to wit/example, resolved so that `find` looks inside) and the
+# composition example's (worlds `provider` and `consumer`; their wit/ is a
+# symlink to wit/text, resolved the same way).
 guest_wit() {
     local name="$1"
     wit="$components/$name/wit" world="$name"
     case "$name" in
     js-sandbox | py-sandbox) wit="$root/wit/sandbox" world=sandbox ;;
     example-*) wit="$(cd "$wit" && pwd -P)" world=tool ;;
+    text-provider-py) wit="$(cd "$wit" && pwd -P)" world=provider ;;
+    text-consumer-py) wit="$(cd "$wit" && pwd -P)" world=consumer ;;
     esac
 }
 
-# Embeds the WIT doc comments of the examples (at $3) into the freshly built
-# component $2 with the native embed-wit-docs tool (built here if missing).
+# Embeds the WIT doc comments of the examples and of the composition
+# example's guests (at $3) into the freshly built component $2 with the
+# native embed-wit-docs tool (built here if missing).
 embed_docs() {
     local name="$1" wasm="$2" wit="$3"
-    [[ "$name" == example-* ]] || return 0
+    case "$name" in
+    example-* | text-provider-py | text-consumer-py) ;;
+    *) return 0 ;;
+    esac
     local tool="$components/target/debug/embed-wit-docs"
     if [[ ! -x "$tool" ]]; then
         cargo build --manifest-path "$components/Cargo.toml" --target-dir "$components/target" \
@@ -85,7 +98,7 @@ embed_docs() {
 
 report() {
     local name="$1" how="$2" dest="$components/$1.wasm"
-    printf '%-16s %8d bytes  %s  (%s)\n' "$name" "$(wc -c <"$dest")" "${dest#"$root"/}" "$how"
+    printf '%-20s %8d bytes  %s  (%s)\n' "$name" "$(wc -c <"$dest")" "${dest#"$root"/}" "$how"
 }
 
 # --- JavaScript: componentize-js from npm --------------------------------

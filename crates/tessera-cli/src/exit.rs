@@ -27,6 +27,7 @@ pub fn for_error(e: &tessera_runtime::Error) -> i32 {
         | E::Adapt { .. }
         | E::Compile { .. }
         | E::Link { .. }
+        | E::Compose { .. }
         | E::Manifest(_)
         | E::Grant { .. }
         | E::Bind { .. }

@@ -62,6 +62,7 @@ impl Failure {
             E::Adapt { .. } => "adapt",
             E::Compile { .. } => "compile",
             E::Link { .. } => "link",
+            E::Compose { .. } => "compose",
             E::Manifest(_) => "manifest",
             E::Grant { .. } => "grant",
             E::Bind { .. } => "bind",
@@ -92,6 +93,15 @@ impl Failure {
                 .with("component", origin.as_str())
                 .with("unresolved_imports", unresolved_json(unresolved))
                 .with("exports", exports.clone()),
+            E::Compose {
+                consumer,
+                interface,
+                provider,
+                ..
+            } => f
+                .with("component", consumer.as_str())
+                .with("interface", interface.as_str())
+                .with("provider", provider.as_str()),
             E::Manifest(m) => Self::from_manifest(m),
             E::Bind { origin, source } => f
                 .with("component", origin.as_str())

@@ -1536,3 +1536,73 @@ greeting = "${{ .steps.greet.output }}"
         outcome(&o)
     );
 }
+
+#[test]
+fn a_linked_import_is_called_recorded_shown_and_replayed_from_the_cli() {
+    let cli = Cli::new();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("provider.toml"),
+        "[env]\nset = { SIGNATURE = \"rust provider\" }\n",
+    )
+    .unwrap();
+    let manifest = dir.path().join("consumer.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[imports]\n\"example:text/transform\" = {{ component = \"{}\", manifest = \"provider.toml\" }}\n",
+            component("text-provider").display()
+        ),
+    )
+    .unwrap();
+    let o = cli.run(&[
+        "call",
+        component("text-consumer").to_str().unwrap(),
+        "report",
+        "--args",
+        r#"{"text":"a linked call"}"#,
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--record",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let result: Value = serde_json::from_str(&stdout(&o)).expect("a JSON result");
+    assert_eq!(
+        result,
+        serde_json::json!({
+            "shout": "A LINKED CALL!",
+            "counts": {"chars": 13, "words": 3},
+            "longest": "linked",
+            "provider": "rust provider",
+            "consumer": null,
+        })
+    );
+    let run_id = stderr(&o)
+        .lines()
+        .find_map(|l| l.strip_prefix("recorded run "))
+        .expect("run id on stderr")
+        .trim()
+        .to_string();
+    let show = stdout(&cli.run(&["runs", "show", &run_id]));
+    let line = show
+        .lines()
+        .find(|l| l.contains("link    example:text/transform@0.1.0#upper"))
+        .unwrap_or_else(|| panic!("no linked call shown: {show}"));
+    assert!(line.ends_with(": \"A LINKED CALL\""), "{line}");
+    let provider_run = line
+        .split(" run ")
+        .nth(1)
+        .and_then(|r| r.split(':').next())
+        .expect("the provider's run")
+        .to_string();
+    let provider = stdout(&cli.run(&["runs", "show", &provider_run]));
+    assert!(
+        provider.contains(&format!(
+            "linked    served example:text/transform@0.1.0 for run {run_id} step "
+        )),
+        "{provider}"
+    );
+    let o = cli.run(&["replay", &run_id]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).starts_with("identical"), "{}", stdout(&o));
+}

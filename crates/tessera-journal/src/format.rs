@@ -82,6 +82,21 @@ pub struct Header {
     /// instance): its state depends on the session's earlier runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<SessionLink>,
+    /// The linked call this run served: a provider's run made for a
+    /// consumer's import (`[imports]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linked: Option<LinkedFrom>,
+}
+
+/// The consumer's call a provider's run served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkedFrom {
+    /// The consumer's run.
+    pub run: String,
+    /// The consumer's step that made the call.
+    pub step: u64,
+    /// The interface, as the consumer imports it.
+    pub interface: String,
 }
 
 /// A run's place in a session: the runs before it left the instance in the

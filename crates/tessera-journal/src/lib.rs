@@ -26,8 +26,8 @@ use std::path::PathBuf;
 use tessera_runtime::gateway::Step;
 
 pub use format::{
-    AgentTurn, Caller, ComponentRef, End, EngineSettings, Header, PlanStep, RunResult, SessionLink,
-    ToolLink,
+    AgentTurn, Caller, ComponentRef, End, EngineSettings, Header, LinkedFrom, PlanStep, RunResult,
+    SessionLink, ToolLink,
 };
 pub use prune::{ComponentStats, HeldRun, JournalStats, PruneReport, PrunedRun, component_name};
 pub use record::{

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use serde_json::Value;
+use tessera_runtime::capability::link::{LinkedCall, LinkedCalls, LinkedFuture};
 use tessera_runtime::gateway::{CallScope, InteractionObserver, Recorded};
 use tessera_runtime::http_handler::{HttpRequest, HttpResponse};
 use tessera_runtime::{CallFailure, CallOptions, CallOutcome, LoadedComponent, Runtime};
@@ -199,8 +200,8 @@ pub async fn record_call_linked(
         caller,
         plan,
         agent,
-        session: None,
         run_id,
+        ..Links::default()
     };
     record_run(
         store,
@@ -220,7 +221,55 @@ pub(crate) struct Links {
     pub plan: Option<crate::format::PlanStep>,
     pub agent: Option<crate::format::AgentTurn>,
     pub session: Option<crate::format::SessionLink>,
+    pub linked: Option<crate::format::LinkedFrom>,
     pub run_id: Option<String>,
+}
+
+/// Records the provider side of a recorded run's linked imports: each
+/// call a run of its own, whose header names the consumer's run and step,
+/// made by the same caller.
+struct LinkRecorder {
+    store: Arc<JournalStore>,
+    run: String,
+    caller: Option<Caller>,
+}
+
+impl LinkedCalls for LinkRecorder {
+    fn call<'a>(
+        &'a self,
+        provider: &'a LoadedComponent,
+        call: LinkedCall,
+        options: CallOptions,
+    ) -> LinkedFuture<'a> {
+        Box::pin(async move {
+            let links = Links {
+                caller: self.caller.clone(),
+                linked: Some(crate::format::LinkedFrom {
+                    run: self.run.clone(),
+                    step: call.step,
+                    interface: call.interface,
+                }),
+                ..Links::default()
+            };
+            let (run, outcome) = record_run(
+                &self.store,
+                Target::Fresh(provider),
+                &call.function,
+                &call.args,
+                options,
+                links,
+            )
+            .await
+            .map_err(|e| match e {
+                Error::Runtime(e) => e,
+                other => tessera_runtime::Error::Instantiate {
+                    origin: provider.origin().to_string(),
+                    message: other.to_string(),
+                },
+            })?;
+            Ok((Some(run), outcome))
+        })
+    }
 }
 
 /// Where a recorded call runs: a fresh instance, a session's, or a fresh
@@ -306,15 +355,27 @@ pub(crate) async fn record_run(
         plan: links.plan,
         agent: links.agent,
         session: links.session,
+        linked: links.linked,
     };
     let function = header.function.clone();
+    let header_caller = header.caller.clone();
     let buffer = store.begin_run(header, component.source_bytes());
     let recorder = Arc::new(Recorder {
         buffer: buffer.clone(),
         also: options.observer.clone(),
     });
+    // A replay answers linked calls from the journal: nothing to record.
+    let links: Option<Arc<dyn LinkedCalls>> = match (&options.links, &options.replay) {
+        (None, None) if !component.grants().link.is_empty() => Some(Arc::new(LinkRecorder {
+            store: store.clone(),
+            run: run_id.clone(),
+            caller: header_caller,
+        })),
+        _ => options.links.clone(),
+    };
     let options = CallOptions {
         observer: Some(recorder),
+        links,
         ..options
     };
     let outcome = match target {

@@ -839,6 +839,8 @@ struct StoredHeader<'a> {
     agent: Option<&'a crate::format::AgentTurn>,
     #[serde(skip_serializing_if = "Option::is_none")]
     session: Option<&'a crate::format::SessionLink>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    linked: Option<&'a crate::format::LinkedFrom>,
 }
 
 #[derive(Serialize)]
@@ -909,6 +911,7 @@ fn encode_header(
         plan: header.plan.as_ref(),
         agent: header.agent.as_ref(),
         session: header.session.as_ref(),
+        linked: header.linked.as_ref(),
     };
     (
         serde_json::to_vec(&stored).unwrap_or_default(),

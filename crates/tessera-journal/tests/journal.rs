@@ -1014,10 +1014,27 @@ async fn retention_by_size_shrinks_the_file_on_disk_and_removes_unreferenced_blo
     assert_eq!(stats.file_bytes, before);
     assert_eq!(stats.runs, 300);
     assert_eq!(stats.blobs, 2 * 300 + 2, "{stats:?}");
-    // A third of what the pages in use take: compaction alone cannot get
-    // there (the file itself may be much larger than its pages in use,
-    // depending on how the commits fell).
-    let limit = stats.allocated_bytes.min(before) / 3;
+    // What a compacted journal with one such run takes, in a journal of
+    // its own: the floor no limit can go below with a run left.
+    let floor = {
+        let f = env();
+        let h = f.load("hello", "");
+        for i in 0..2 {
+            let msg = format!("{i:04}-{}", "x".repeat(400));
+            f.record(&h, "chatter", json!({ "msg": msg })).await;
+        }
+        f.store
+            .prune(&policy("[journal]\nmax_runs = 1"), false)
+            .unwrap()
+            .file_bytes_after
+    };
+    let used = stats.allocated_bytes.min(before);
+    assert!(floor < used, "one run takes {floor} bytes, 300 take {used}");
+    // A third of the way from that floor to what the pages in use take:
+    // compaction alone cannot get there (the file itself may be much
+    // larger than its pages in use, depending on how the commits fell),
+    // and some runs fit.
+    let limit = floor + (used - floor) / 3;
     let pol = policy(&format!("[journal]\nmax_bytes = {limit}"));
     let dry = e.store.prune(&pol, true).unwrap();
     assert!(!dry.removed.is_empty(), "{stats:?} {before} {dry:?}");
@@ -1166,4 +1183,319 @@ async fn an_incomplete_run_of_a_process_that_died_is_not_in_progress() {
         .unwrap();
     assert_eq!(removed_ids(&r), vec!["20260101T000000-cutoff".to_string()]);
     assert_eq!(run_ids(&store), vec![template]);
+}
+
+// --- Composition: `[imports]` served by another component ------------------
+
+const TRANSFORM: &str = "example:text/transform";
+const TEXT: &str = "Tessera links components together";
+
+/// A runtime whose compile cache is the one the polyglot tests share (the
+/// Python components take many seconds to compile), and a journal.
+fn compose_env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(JournalStore::open(dir.path()).unwrap());
+    let cache = tessera_test_support::components_dir().join("target/polyglot-test-cache");
+    Env {
+        _dir: dir,
+        store,
+        rt: Runtime::new(RuntimeConfig {
+            cache_dir: Some(cache),
+            ..RuntimeConfig::default()
+        })
+        .unwrap(),
+    }
+}
+
+/// Loads component `name` under `manifest`, written to `dir/<name>.toml`
+/// (so its relative paths resolve in `dir`).
+fn load_in(
+    rt: &Runtime,
+    dir: &Path,
+    name: &str,
+    manifest: &str,
+) -> Result<LoadedComponent, tessera_runtime::Error> {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, manifest).unwrap();
+    let grants = Grants::from_file(&path)?;
+    rt.load_file(&component(name), grants)
+}
+
+/// `[imports]` mapping the transform interface to a provider file with a
+/// manifest setting its `SIGNATURE`, and the consumer's own `SIGNATURE`.
+fn consumer_manifest(dir: &Path, provider: &Path, provider_sig: Option<&str>, own: &str) -> String {
+    let mut m = String::from("[imports]\n");
+    match provider_sig {
+        Some(sig) => {
+            std::fs::write(
+                dir.join("provider.toml"),
+                format!("[env]\nset = {{ SIGNATURE = \"{sig}\" }}\n"),
+            )
+            .unwrap();
+            m.push_str(&format!(
+                "\"{TRANSFORM}\" = {{ component = \"{}\", manifest = \"provider.toml\" }}\n",
+                provider.display()
+            ));
+        }
+        None => m.push_str(&format!("\"{TRANSFORM}\" = \"{}\"\n", provider.display())),
+    }
+    m.push_str(&format!("[env]\nset = {{ SIGNATURE = \"{own}\" }}\n"));
+    m
+}
+
+fn expected_report(provider: Value, consumer: &str) -> Value {
+    json!({
+        "shout": "TESSERA LINKS COMPONENTS TOGETHER!",
+        "counts": {"chars": 33, "words": 4},
+        "longest": "components",
+        "provider": provider,
+        "consumer": consumer,
+    })
+}
+
+#[tokio::test]
+async fn imports_are_served_by_a_provider_in_another_language_under_its_own_grants_and_replay_offline()
+ {
+    let e = compose_env();
+    for (consumer, provider) in [
+        ("text-consumer", "text-provider-py"),
+        ("text-consumer-py", "text-provider"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        // The provider is a copy, removed before the replay: a replay
+        // answers linked calls from the journal.
+        let copy = dir.path().join(format!("{provider}.wasm"));
+        std::fs::copy(component(provider), &copy).unwrap();
+        let m = consumer_manifest(dir.path(), &copy, Some(provider), consumer);
+        let c = load_in(&e.rt, dir.path(), consumer, &m).unwrap();
+        let (run, result) = e.record(&c, "report", json!({ "text": TEXT })).await;
+        // Each side saw its own environment only.
+        assert_eq!(
+            result,
+            expected_report(json!(provider), consumer),
+            "{consumer} <- {provider}"
+        );
+
+        // Every call across the link is a step of the consumer's run,
+        // naming the provider's own run, whose header names the step.
+        let steps = e.store.steps(&run).unwrap();
+        let links: Vec<&(u64, tessera_runtime::gateway::Step)> = steps
+            .iter()
+            .filter(|(_, s)| s.capability == "link")
+            .collect();
+        let functions: Vec<&str> = links
+            .iter()
+            .map(|(_, s)| s.request["function"].as_str().unwrap())
+            .collect();
+        assert_eq!(functions, ["upper", "count", "longest", "signature"]);
+        let provider_digest = tessera_runtime::digest_of(&std::fs::read(&copy).unwrap());
+        for (index, step) in &links {
+            assert_eq!(step.response["digest"], json!(provider_digest));
+            let provider_run = step.response["run"].as_str().expect("a provider run");
+            let header = e.store.header(provider_run).unwrap();
+            let linked = header.linked.expect("a provider run names its consumer");
+            assert_eq!((linked.run.as_str(), linked.step), (run.as_str(), *index));
+            assert_eq!(linked.interface, format!("{TRANSFORM}@0.1.0"));
+            assert_eq!(header.component.digest, provider_digest);
+            let line = tessera_runtime::capability::describe(step);
+            assert!(
+                line.starts_with("link") && line.contains(provider_run),
+                "{line}"
+            );
+        }
+        let upper = &links[0].1;
+        assert_eq!(upper.request["args"], json!({ "text": TEXT }));
+        assert_eq!(
+            upper.response["result"],
+            json!({"Ok": "TESSERA LINKS COMPONENTS TOGETHER"})
+        );
+
+        std::fs::remove_file(&copy).unwrap();
+        e.assert_identical(&run).await;
+
+        // A provider granted nothing sees no SIGNATURE, while the
+        // consumer still sees its own.
+        let bare = dir.path().join(format!("{provider}-bare.wasm"));
+        std::fs::copy(component(provider), &bare).unwrap();
+        let m = consumer_manifest(dir.path(), &bare, None, consumer);
+        let c = load_in(&e.rt, dir.path(), consumer, &m).unwrap();
+        let (_, result) = e.record(&c, "report", json!({ "text": TEXT })).await;
+        assert_eq!(result, expected_report(Value::Null, consumer));
+    }
+}
+
+/// A registry of providers the test swaps versions in, as a server's
+/// registry does when a new version is activated.
+#[derive(Default)]
+struct SwappableProviders(std::sync::Mutex<std::collections::HashMap<String, LoadedComponent>>);
+
+impl tessera_runtime::capability::link::Providers for SwappableProviders {
+    fn provider(&self, name: &str) -> Result<Option<LoadedComponent>, String> {
+        self.0
+            .lock()
+            .unwrap()
+            .get(name)
+            .cloned()
+            .map(Some)
+            .ok_or_else(|| format!("no component `{name}` is registered"))
+    }
+}
+
+#[tokio::test]
+async fn swapping_a_registered_provider_changes_its_consumer_and_replay_keeps_the_linked_version() {
+    let e = compose_env();
+    let dir = tempfile::tempdir().unwrap();
+    let providers = Arc::new(SwappableProviders::default());
+    e.rt.set_providers(Some(providers.clone()));
+    let version = |name: &str, sig: &str| {
+        load_in(
+            &e.rt,
+            dir.path(),
+            name,
+            &format!("[env]\nset = {{ SIGNATURE = \"{sig}\" }}\n"),
+        )
+        .unwrap()
+    };
+    let manifest = format!("[imports]\n\"{TRANSFORM}\" = \"text\"\n");
+    // Not registered yet: loading the consumer fails, naming both sides.
+    let err = load_in(&e.rt, dir.path(), "text-consumer", &manifest).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, tessera_runtime::Error::Compose { .. })
+            && msg.contains("text-consumer")
+            && msg.contains(TRANSFORM)
+            && msg.contains("`text`")
+            && msg.contains("no component `text` is registered"),
+        "{msg}"
+    );
+
+    let v1 = version("text-provider", "v1 in Rust");
+    providers.0.lock().unwrap().insert("text".into(), v1);
+    let consumer = load_in(&e.rt, dir.path(), "text-consumer", &manifest).unwrap();
+    let (first, result) = e.record(&consumer, "report", json!({ "text": TEXT })).await;
+    assert_eq!(result["provider"], json!("v1 in Rust"));
+
+    // A new version in another language: the same loaded consumer uses it.
+    let v2 = version("text-provider-py", "v2 in Python");
+    let v2_digest = v2.digest().to_string();
+    providers.0.lock().unwrap().insert("text".into(), v2);
+    let (second, result) = e.record(&consumer, "report", json!({ "text": TEXT })).await;
+    assert_eq!(result["provider"], json!("v2 in Python"));
+    assert_eq!(result["shout"], json!("TESSERA LINKS COMPONENTS TOGETHER!"));
+    let step = e
+        .store
+        .steps(&second)
+        .unwrap()
+        .into_iter()
+        .find(|(_, s)| s.capability == "link")
+        .unwrap()
+        .1;
+    assert_eq!(step.response["digest"], json!(v2_digest));
+
+    // The first run replays with v1's answers, though v2 is registered.
+    let r = replay(&e.rt, &e.store, &first, None).await.unwrap();
+    assert!(r.divergence.is_none(), "{:?}", r.divergence);
+    assert_eq!(r.outcome.result.unwrap()["provider"], json!("v1 in Rust"));
+
+    // A version whose types differ: the consumer's next call fails with
+    // an error naming both sides and the function, and the provider is
+    // not called.
+    let wrong = version("text-provider-wrong", "wrong");
+    providers.0.lock().unwrap().insert("text".into(), wrong);
+    let (_, o) = record_call(&e.store, &consumer, "report", &json!({ "text": TEXT }))
+        .await
+        .unwrap();
+    let msg = o.result.unwrap_err().to_string();
+    assert!(
+        msg.contains(TRANSFORM)
+            && msg.contains("text-provider-wrong")
+            && msg.contains("`count` result"),
+        "{msg}"
+    );
+    e.rt.set_providers(None);
+}
+
+#[test]
+fn imports_that_cannot_be_served_are_load_errors_naming_both_sides() {
+    let rt = Runtime::new(RuntimeConfig::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str| {
+        format!(
+            "[imports]\n\"{TRANSFORM}\" = \"{}\"\n",
+            component(name).display()
+        )
+    };
+    let compose_err = |name: &str, manifest: &str| match load_in(&rt, dir.path(), name, manifest) {
+        Err(e @ tessera_runtime::Error::Compose { .. }) => e.to_string(),
+        Err(e) => panic!("not a composition error: {e}"),
+        Ok(_) => panic!("{name} loaded under {manifest}"),
+    };
+
+    // Types that differ: every difference is named.
+    let msg = compose_err("text-consumer", &file("text-provider-wrong"));
+    for part in [
+        "text-consumer",
+        TRANSFORM,
+        "text-provider-wrong",
+        "`count` result: the consumer expects record { chars: u32, words: u32 }, \
+         the provider returns u32",
+        "`longest`: the consumer passes (text: string), the provider takes (text: string, limit: u32)",
+    ] {
+        assert!(msg.contains(part), "`{part}` missing from: {msg}");
+    }
+    // A provider without the interface.
+    let msg = compose_err("text-consumer", &file("hello"));
+    assert!(
+        msg.contains("hello") && msg.contains(&format!("does not export `{TRANSFORM}`")),
+        "{msg}"
+    );
+    // A consumer that does not import it.
+    let msg = compose_err("hello", &file("text-provider"));
+    assert!(msg.contains("the component does not import it"), "{msg}");
+    // A registry name, with no registry to resolve it.
+    let msg = compose_err(
+        "text-consumer",
+        &format!("[imports]\n\"{TRANSFORM}\" = \"text\"\n"),
+    );
+    assert!(msg.contains("registry name"), "{msg}");
+    // Without `[imports]`, the import is unresolved, as any unknown import.
+    let err = load_in(&rt, dir.path(), "text-consumer", "").unwrap_err();
+    assert!(
+        matches!(&err, tessera_runtime::Error::Link { .. }) && err.to_string().contains(TRANSFORM),
+        "{err}"
+    );
+    // The same provider loads (the allowed case of the above).
+    load_in(&rt, dir.path(), "text-consumer", &file("text-provider")).unwrap();
+
+    // Manifest errors name the field.
+    for (manifest, field) in [
+        (
+            format!("[imports]\n\"{TRANSFORM}\" = \"missing.wasm\"\n"),
+            format!("imports.\"{TRANSFORM}\".component"),
+        ),
+        (
+            "[imports]\n\"wasi:cli/environment\" = \"x\"\n".to_string(),
+            "imports.\"wasi:cli/environment\"".to_string(),
+        ),
+        (
+            "[imports]\n\"not an interface\" = \"x\"\n".to_string(),
+            "imports.\"not an interface\"".to_string(),
+        ),
+        (
+            format!("[imports]\n\"{TRANSFORM}@0.1\" = \"x\"\n"),
+            format!("imports.\"{TRANSFORM}@0.1\""),
+        ),
+        (
+            format!("[imports]\n\"{TRANSFORM}\" = {{ component = \"x\", extra = 1 }}\n"),
+            format!("imports.\"{TRANSFORM}\""),
+        ),
+        ("imports = 3\n".to_string(), "imports".to_string()),
+    ] {
+        match Grants::from_toml(&manifest, "consumer.toml", dir.path()) {
+            Err(tessera_runtime::ManifestError::Invalid { field: f, .. }) => {
+                assert_eq!(f, field, "{manifest}")
+            }
+            other => panic!("{manifest}: {other:?}"),
+        }
+    }
 }

@@ -84,6 +84,13 @@ pub struct CallOptions {
     /// `max_output_bytes` does not apply), and stdin is read from the
     /// caller's, each chunk a step that a replay answers.
     pub terminal: Option<crate::capability::stdio::Terminal>,
+    /// Runs the provider side of the call's linked imports (`[imports]`),
+    /// recording each as a run of its own (the journal's); `None`: the
+    /// providers are called directly.
+    pub links: Option<Arc<dyn crate::capability::link::LinkedCalls>>,
+    /// How many linked calls this call is nested in (0 for a call made by
+    /// a caller; a provider's call is one deeper than its consumer's).
+    pub link_depth: u32,
 }
 
 impl std::fmt::Debug for CallOptions {
@@ -97,6 +104,8 @@ impl std::fmt::Debug for CallOptions {
             .field("agent", &self.agent.as_ref().map(|a| a.id()))
             .field("continue_live", &self.continue_live)
             .field("terminal", &self.terminal.is_some())
+            .field("links", &self.links.is_some())
+            .field("link_depth", &self.link_depth)
             .finish()
     }
 }
@@ -463,6 +472,8 @@ impl LoadedComponent {
             agent: options.agent,
             continue_live: options.continue_live,
             terminal: options.terminal,
+            links: options.links,
+            link_depth: options.link_depth,
         };
         (scope, parts, options.cancel, options.snapshot)
     }
@@ -698,6 +709,8 @@ impl LoadedComponent {
             agent: None,
             continue_live: false,
             terminal: None,
+            links: None,
+            link_depth: 0,
         };
         let gateway = Gateway::new(scope, parts);
         let permit = self.permit(&gateway)?;

@@ -199,6 +199,20 @@ pub enum Error {
         /// The limit.
         limit: u32,
     },
+    /// An import mapped in `[imports]` cannot be served by its provider:
+    /// the provider is missing, does not export the interface, or exports
+    /// it with other types.
+    #[error("{consumer}: its import `{interface}` cannot be linked to `{provider}`: {message}")]
+    Compose {
+        /// The consumer (where its bytes came from).
+        consumer: String,
+        /// The interface, as `[imports]` or the consumer names it.
+        interface: String,
+        /// The provider, as `[imports]` names it.
+        provider: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A session's instance could not be made.
     #[error("{origin}: cannot start a session: {message}")]
     Instantiate {

@@ -13,6 +13,7 @@ use crate::audit::{AuditSink, NoAudit};
 use crate::cache::{CacheStatus, ComponentCache};
 use crate::call::LoadedComponent;
 use crate::capability::HostConfig;
+use crate::capability::link::{Bindings, Providers};
 use crate::gateway::InteractionObserver;
 use crate::host::HostState;
 use crate::manifest::{Grants, MAX_MEMORY_MB};
@@ -98,6 +99,8 @@ pub(crate) struct RuntimeInner {
     max_wasm_stack: usize,
     /// Compiled components already loaded by this runtime, by digest.
     compiled: std::sync::Mutex<std::collections::HashMap<String, Compiled>>,
+    /// Where registry names in `[imports]` resolve (a server's registry).
+    providers: std::sync::RwLock<Option<Arc<dyn Providers>>>,
     stop_ticker: Arc<AtomicBool>,
 }
 
@@ -315,9 +318,31 @@ impl Runtime {
                 pooling,
                 max_wasm_stack: cfg.max_wasm_stack,
                 compiled: std::sync::Mutex::new(std::collections::HashMap::new()),
+                providers: std::sync::RwLock::new(None),
                 stop_ticker: stop,
             }),
         })
+    }
+
+    /// Resolves registry names in components' `[imports]` with
+    /// `providers` from now on (a server sets its registry here; hold
+    /// components in it weakly, as they hold this runtime). Without it,
+    /// only `.wasm` files can be providers.
+    pub fn set_providers(&self, providers: Option<Arc<dyn Providers>>) {
+        *self
+            .inner
+            .providers
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = providers;
+    }
+
+    /// Where registry names in `[imports]` resolve, if anywhere.
+    pub fn providers(&self) -> Option<Arc<dyn Providers>> {
+        self.inner
+            .providers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Maximum guest stack, in bytes.
@@ -402,7 +427,23 @@ impl Runtime {
     /// A component that imports something the linker does not provide is
     /// refused with [`Error::Link`], which names each unresolved import
     /// (see [`crate::imports`]) and lists the component's exports.
-    pub fn load(&self, prepared: &Prepared, mut grants: Grants) -> Result<LoadedComponent, Error> {
+    ///
+    /// Imports mapped in the manifest's `[imports]` are linked to their
+    /// providers (loaded now if they are files, resolved through
+    /// [`Runtime::set_providers`] if they are registry names) after their
+    /// types are checked; see [`crate::capability::link`].
+    pub fn load(&self, prepared: &Prepared, grants: Grants) -> Result<LoadedComponent, Error> {
+        self.load_nested(prepared, grants, &mut Vec::new())
+    }
+
+    /// [`Runtime::load`] inside the loading of the files in `loading` (a
+    /// consumer's file providers, so that a cycle of files is refused).
+    pub(crate) fn load_nested(
+        &self,
+        prepared: &Prepared,
+        mut grants: Grants,
+        loading: &mut Vec<PathBuf>,
+    ) -> Result<LoadedComponent, Error> {
         grants
             .bind(&self.inner.host)
             .map_err(|source| Error::Bind {
@@ -410,7 +451,8 @@ impl Runtime {
                 source,
             })?;
         let (compiled, cache_status) = self.compiled(prepared)?;
-        let pre = self.link(prepared, &compiled)?;
+        let bindings = self.bindings(prepared, &compiled, &grants, loading)?;
+        let pre = self.link(prepared, &compiled, bindings.as_ref())?;
         let exposures = grants
             .tools
             .resolve(&compiled.functions, &prepared.origin)?;
@@ -438,6 +480,39 @@ impl Runtime {
         }
     }
 
+    /// [`Runtime::check`] under `grants`: the imports their `[imports]`
+    /// maps must be served by their providers, with the same types
+    /// ([`Error::Compose`] otherwise), and the rest by the host.
+    pub fn check_with(&self, prepared: &Prepared, grants: &Grants) -> Result<Inspection, Error> {
+        if grants.link.is_empty() {
+            return self.check(prepared);
+        }
+        let mut inspection = self.inspect(prepared)?;
+        let (compiled, _) = self.compiled(prepared)?;
+        let bindings = self.bindings(prepared, &compiled, grants, &mut Vec::new())?;
+        self.link(prepared, &compiled, bindings.as_ref())?;
+        inspection.link_error = None;
+        inspection.unresolved.clear();
+        Ok(inspection)
+    }
+
+    /// The providers of `grants`' `[imports]`, resolved and checked.
+    fn bindings(
+        &self,
+        prepared: &Prepared,
+        compiled: &Compiled,
+        grants: &Grants,
+        loading: &mut Vec<PathBuf>,
+    ) -> Result<Option<Bindings>, Error> {
+        Bindings::resolve(
+            self,
+            &prepared.origin,
+            &compiled.component,
+            grants,
+            &mut |spec| crate::capability::link::load_file_provider(self, spec, loading),
+        )
+    }
+
     /// Compiles (or loads from the cache) a prepared component and reports
     /// what it exports and imports, and whether it links: a component that
     /// compiles is described even when it cannot be loaded. Errors only
@@ -451,7 +526,7 @@ impl Runtime {
             .imports(engine)
             .map(|(n, _)| n.to_string())
             .collect();
-        let (link_error, unresolved) = match self.link(prepared, &compiled) {
+        let (link_error, unresolved) = match self.link(prepared, &compiled, None) {
             Ok(_) => (None, Vec::new()),
             Err(Error::Link {
                 message,
@@ -508,18 +583,23 @@ impl Runtime {
         &self,
         prepared: &Prepared,
         compiled: &Compiled,
+        bindings: Option<&Bindings>,
     ) -> Result<wasmtime::component::InstancePre<HostState>, Error> {
-        self.inner
-            .linker
-            .instantiate_pre(&compiled.component)
-            .map_err(|e| {
-                let unresolved = crate::imports::diagnose(
-                    &self.inner.engine,
-                    &self.inner.linker,
-                    &compiled.component,
-                );
-                self.link_error(prepared, &format!("{e:#}"), unresolved, &compiled.functions)
-            })
+        let own;
+        let linker = match bindings {
+            None => &self.inner.linker,
+            Some(b) => {
+                own = b.define(&self.inner.linker).map_err(|e| {
+                    self.link_error(prepared, &format!("{e:#}"), Vec::new(), &compiled.functions)
+                })?;
+                &own
+            }
+        };
+        linker.instantiate_pre(&compiled.component).map_err(|e| {
+            let unresolved =
+                crate::imports::diagnose(&self.inner.engine, linker, &compiled.component);
+            self.link_error(prepared, &format!("{e:#}"), unresolved, &compiled.functions)
+        })
     }
 
     fn link_error(
@@ -556,7 +636,8 @@ impl Runtime {
     /// Prepares and loads a file in one step.
     pub fn load_file(&self, path: &Path, grants: Grants) -> Result<LoadedComponent, Error> {
         let prepared = self.prepare_file(path)?;
-        self.load(&prepared, grants)
+        let mut loading = vec![std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())];
+        self.load_nested(&prepared, grants, &mut loading)
     }
 
     /// Compiles a component, or loads it from the compile cache with the

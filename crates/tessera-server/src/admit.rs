@@ -109,7 +109,7 @@ pub fn add_checked(
     if !prepared.cached {
         compiling(&prepared);
     }
-    let inspection = runtime.check(&prepared)?;
+    let inspection = runtime.check_with(&prepared, &grants)?;
     // `[tools]` names must match the component's exports.
     grants.tools.resolve(&inspection.functions, &described)?;
     let version = registry.add(name, &prepared.source_bytes, manifest, origin)?;

@@ -563,7 +563,8 @@ impl From<RtError> for ApiError {
             RtError::Read { .. }
             | RtError::NotWasm { .. }
             | RtError::Adapt { .. }
-            | RtError::Compile { .. } => ErrorCode::BadComponent,
+            | RtError::Compile { .. }
+            | RtError::Compose { .. } => ErrorCode::BadComponent,
             RtError::Engine { .. } | RtError::Task { .. } => ErrorCode::Engine,
             RtError::Instantiate { .. } | RtError::SessionEnded { .. } => ErrorCode::Trap,
         };

@@ -35,6 +35,7 @@ pub mod error;
 pub mod guard;
 mod http;
 pub mod http_handlers;
+mod links;
 pub mod mcp;
 pub mod openapi;
 pub mod plan_registry;
@@ -259,6 +260,11 @@ impl Server {
             shutdown: CancellationToken::new(),
             stopping: CancellationToken::new(),
         });
+        server
+            .runtime
+            .set_providers(Some(Arc::new(links::RegistryProviders(Arc::downgrade(
+                &server,
+            )))));
         let plan = server.begin_sync()?;
         let first = server.clone();
         tokio::spawn(async move {

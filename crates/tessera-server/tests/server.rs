@@ -5231,3 +5231,73 @@ async fn http_handler_components_serve_requests_under_their_grants_and_are_journ
     }
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_uses_the_provider_version_served_now_and_replays_the_one_it_linked() {
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), |_| {}).await;
+    let imports = "[imports]\n\"example:text/transform\" = \"text\"\n";
+    // No provider registered: refused, naming both sides.
+    let (status, v) = upload(&s, "report", "text-consumer", Some(imports)).await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["code"], "bad_component", "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("report") && msg.contains("example:text/transform") && msg.contains("`text`"),
+        "{msg}"
+    );
+
+    let signed = |sig: &str| format!("[env]\nset = {{ SIGNATURE = \"{sig}\" }}\n");
+    let (status, v) = upload(&s, "text", "text-provider", Some(&signed("v1"))).await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = upload(&s, "report", "text-consumer", Some(imports)).await;
+    assert_eq!(status, 201, "{v}");
+    let call = || {
+        s.call(
+            "POST",
+            "/v1/components/report/call/report",
+            json!({"text": "swap me"}),
+        )
+    };
+    let (status, first) = call().await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["result"]["provider"], "v1");
+    assert_eq!(first["result"]["shout"], "SWAP ME!");
+
+    // A new version of the provider: the consumer, untouched, uses it.
+    let (status, v) = upload(&s, "text", "text-provider", Some(&signed("v2"))).await;
+    assert_eq!(status, 201, "{v}");
+    let (status, second) = call().await;
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(second["result"]["provider"], "v2");
+
+    // The first run's linked calls are in its steps, and it replays with
+    // v1's answers.
+    let run = first["run_id"].as_str().unwrap();
+    let (status, v) = s.call("GET", &format!("/v1/runs/{run}"), json!({})).await;
+    assert_eq!(status, 200, "{v}");
+    let links: Vec<&Value> = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["interaction"]["capability"] == "link")
+        .collect();
+    assert_eq!(links.len(), 4, "{v}");
+    assert_eq!(links[3]["interaction"]["response"]["result"]["Ok"], "v1");
+    let (status, v) = s
+        .call("POST", &format!("/v1/runs/{run}/replay"), json!({}))
+        .await;
+    assert_eq!((status, &v["identical"]), (200, &json!(true)), "{v}");
+
+    // A version with other types: the consumer's call fails, naming both.
+    let (status, v) = upload(&s, "text", "text-provider-wrong", None).await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = call().await;
+    assert_ne!(status, 200, "{v}");
+    let text = v.to_string();
+    assert!(
+        text.contains("example:text/transform") && text.contains("`count` result"),
+        "{text}"
+    );
+    s.shutdown().await;
+}

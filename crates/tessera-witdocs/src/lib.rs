@@ -16,6 +16,10 @@
 //!   `DecodedWasm::WitPackage` with docs for every world, interface, type and
 //!   function of the package, including named interfaces.
 //!
+//! The source package may hold several worlds (a provider and a consumer of
+//! one interface, say): the one whose exports and imports the component
+//! has, with the most exports, is used.
+//!
 //! Used by `tessera build` and by the `embed-wit-docs` tool that
 //! `scripts/build-components.sh` runs. A component is rewritten in place;
 //! sections from an earlier run are replaced.
@@ -40,13 +44,13 @@ pub fn embed(wasm: &Path, wit_dir: &Path) -> Result<()> {
     let (src_pkg, _) = src
         .push_dir(wit_dir)
         .with_context(|| format!("parsing {}", wit_dir.display()))?;
-    let src_world = src.select_world(&[src_pkg], None)?;
 
     let bytes = std::fs::read(wasm)?;
     let mut out = strip_custom_sections(&bytes, &[PACKAGE_DOCS, WIT_PACKAGE])?;
     let DecodedWasm::Component(mut dst, dst_world) = decode(&out)? else {
         bail!("not a component");
     };
+    let src_world = world_of(&src, src_pkg, &dst, dst_world)?;
 
     copy_world_docs(&src, src_world, &mut dst, dst_world);
     let root = dst.worlds[dst_world]
@@ -67,6 +71,51 @@ pub fn embed(wasm: &Path, wit_dir: &Path) -> Result<()> {
     );
     std::fs::write(wasm, out)?;
     Ok(())
+}
+
+/// The world of the package the component was built for: its only one, or
+/// the one whose imports and exports are the component's (a package such
+/// as a provider and a consumer of one interface has several).
+fn world_of(
+    src: &Resolve,
+    pkg: wit_parser::PackageId,
+    dst: &Resolve,
+    dst_world: WorldId,
+) -> Result<WorldId> {
+    let worlds: Vec<WorldId> = src.packages[pkg].worlds.values().copied().collect();
+    if worlds.len() == 1 {
+        return Ok(worlds[0]);
+    }
+    let names = |r: &Resolve, w: WorldId| {
+        let world = &r.worlds[w];
+        let exports: std::collections::BTreeSet<String> =
+            world.exports.keys().map(|k| r.name_world_key(k)).collect();
+        let imports: std::collections::BTreeSet<String> = world
+            .imports
+            .iter()
+            .filter(|(_, item)| !matches!(item, WorldItem::Type { .. }))
+            .map(|(k, _)| r.name_world_key(k))
+            .collect();
+        (exports, imports)
+    };
+    let (exports, imports) = names(dst, dst_world);
+    // The world's exports and imports must all be the component's (a
+    // toolchain adds WASI imports, and componentize-py an export, of its
+    // own); of those that fit, the one with the most exports.
+    let mut fitting: Vec<(usize, WorldId)> = worlds
+        .iter()
+        .copied()
+        .filter_map(|w| {
+            let (e, i) = names(src, w);
+            (e.is_subset(&exports) && i.is_subset(&imports)).then_some((e.len(), w))
+        })
+        .collect();
+    fitting.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
+    match fitting.as_slice() {
+        [] => bail!("no world of the package fits the component's imports and exports"),
+        [(n, w), rest @ ..] if rest.first().is_none_or(|(m, _)| m < n) => Ok(*w),
+        _ => bail!("several worlds of the package fit the component's imports and exports"),
+    }
 }
 
 /// Copies docs from the source world onto the decoded component's world,

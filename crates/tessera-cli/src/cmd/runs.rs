@@ -248,6 +248,13 @@ fn runs(global: &GlobalArgs, command: Command) -> Outcome {
                         .unwrap_or_default()
                 );
             }
+            if let Some(l) = &header.linked {
+                let _ = writeln!(
+                    out,
+                    "linked    served {} for run {} step {}",
+                    l.interface, l.run, l.step
+                );
+            }
             let _ = writeln!(
                 out,
                 "engine    wasmtime {}, fuel limit {}, deadline {} ms, memory {} MiB",

@@ -298,7 +298,7 @@ fn check_registry_name(name: &str) -> Result<(), String> {
     }
 }
 
-fn component_spec(
+pub(crate) fn component_spec(
     section: &Section<'_>,
     field: &str,
     component: &str,

@@ -37,6 +37,7 @@ pub mod env;
 pub mod files;
 pub mod http;
 pub mod keyvalue;
+pub mod link;
 pub mod llm;
 pub mod logging;
 pub mod random;
@@ -385,6 +386,7 @@ registry! {
     keyvalue: keyvalue::KeyValue,
     llm: llm::Llm,
     agent: agent::Agent,
+    link: link::Link,
 }
 
 /// Opens `instance` for replacing the functions `names` that wasmtime-wasi

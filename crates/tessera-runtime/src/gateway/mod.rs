@@ -133,6 +133,8 @@ struct CallPart {
     context: Option<Arc<std::collections::BTreeMap<String, String>>>,
     agent: Option<Arc<dyn crate::capability::agent::AgentLink>>,
     terminal: Option<crate::capability::stdio::Terminal>,
+    links: Option<Arc<dyn crate::capability::link::LinkedCalls>>,
+    link_depth: u32,
     live_after: Option<u64>,
     next_index: AtomicU64,
     divergence: Mutex<Option<Divergence>>,
@@ -181,6 +183,11 @@ pub struct GatewayParts {
     /// The caller's standard streams, connected instead of captured
     /// (`tessera run`).
     pub terminal: Option<crate::capability::stdio::Terminal>,
+    /// Who runs the provider side of linked imports (the journal's
+    /// recorder); `None`: providers are called directly.
+    pub links: Option<Arc<dyn crate::capability::link::LinkedCalls>>,
+    /// How many linked calls this call is nested in.
+    pub link_depth: u32,
 }
 
 impl CallPart {
@@ -204,6 +211,8 @@ impl CallPart {
             live_after,
             agent: parts.agent,
             terminal: parts.terminal,
+            links: parts.links,
+            link_depth: parts.link_depth,
             next_index: AtomicU64::new(0),
             divergence: Mutex::new(None),
             started: std::time::Instant::now(),
@@ -287,6 +296,16 @@ impl Gateway {
     /// The agent host of a turn.
     pub fn agent(&self) -> Option<Arc<dyn crate::capability::agent::AgentLink>> {
         self.call().agent.clone()
+    }
+
+    /// Who runs the provider side of the call's linked imports.
+    pub fn links(&self) -> Option<Arc<dyn crate::capability::link::LinkedCalls>> {
+        self.call().links.clone()
+    }
+
+    /// How many linked calls this call is nested in.
+    pub fn link_depth(&self) -> u32 {
+        self.call().link_depth
     }
 
     /// Reserves the next interaction index.
