@@ -16,4 +16,5 @@ bash scripts/build-components.sh
 bash scripts/python-env.sh
 bash scripts/oci-registry.sh
 bash scripts/nats-server.sh
+bash scripts/browser.sh
 cargo test --workspace
