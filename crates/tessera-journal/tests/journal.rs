@@ -1464,8 +1464,12 @@ fn imports_that_cannot_be_served_are_load_errors_naming_both_sides() {
         matches!(&err, tessera_runtime::Error::Link { .. }) && err.to_string().contains(TRANSFORM),
         "{err}"
     );
-    // The same provider loads (the allowed case of the above).
-    load_in(&rt, dir.path(), "text-consumer", &file("text-provider")).unwrap();
+    // The same provider loads (the allowed case of the above). What the
+    // consumer may do then includes whatever a provider may: no
+    // read-only hint.
+    let c = load_in(&rt, dir.path(), "text-consumer", &file("text-provider")).unwrap();
+    assert!(!c.grants().effects().read_only());
+    assert!(Grants::deny_all().effects().read_only());
 
     // Manifest errors name the field.
     for (manifest, field) in [

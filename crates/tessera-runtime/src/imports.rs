@@ -217,7 +217,10 @@ impl std::fmt::Display for UnresolvedImport {
                 if !self.items.is_empty() {
                     write!(f, " (the component imports {})", self.items.join(", "))?;
                 }
-                Ok(())
+                write!(
+                    f,
+                    "; a component exporting it can serve it, named in the manifest's `[imports]`"
+                )
             }
             UnresolvedReason::OtherVersion { provided, grant } => {
                 write!(

@@ -246,10 +246,20 @@ impl Capability for Link {
         Ok(())
     }
 
-    /// The provider's effects are its own (its grants); the link itself
-    /// reaches nothing.
-    fn effects(_grant: &ImportsGrant) -> Effects {
-        Effects::NONE
+    /// What a provider does is its grants' business, and a registered
+    /// provider can be swapped for one granted more: a component with
+    /// `[imports]` is counted as doing anything (no read-only hint).
+    fn effects(grant: &ImportsGrant) -> Effects {
+        if grant.is_empty() {
+            Effects::NONE
+        } else {
+            Effects {
+                reads: true,
+                writes: true,
+                network: true,
+                external: true,
+            }
+        }
     }
 
     fn describe(step: &Step) -> String {
