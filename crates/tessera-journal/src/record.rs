@@ -260,13 +260,7 @@ impl LinkedCalls for LinkRecorder {
                 links,
             )
             .await
-            .map_err(|e| match e {
-                Error::Runtime(e) => e,
-                other => tessera_runtime::Error::Instantiate {
-                    origin: provider.origin().to_string(),
-                    message: other.to_string(),
-                },
-            })?;
+            .map_err(|e| e.to_string())?;
             Ok((Some(run), outcome))
         })
     }

@@ -355,12 +355,11 @@ pub struct LinkedCall {
 }
 
 /// The future [`LinkedCalls::call`] returns: the provider's journal run,
-/// if it recorded one, and the outcome.
+/// if it recorded one, and the outcome; or why the call could not be made
+/// or recorded (the consumer traps with it).
 pub type LinkedFuture<'a> = std::pin::Pin<
     Box<
-        dyn std::future::Future<Output = Result<(Option<String>, CallOutcome), crate::Error>>
-            + Send
-            + 'a,
+        dyn std::future::Future<Output = Result<(Option<String>, CallOutcome), String>> + Send + 'a,
     >,
 >;
 
@@ -584,14 +583,15 @@ impl Binding {
             None => provider
                 .call_json_with(&call.function, &call.args, options)
                 .await
-                .map(|o| (None, o)),
+                .map(|o| (None, o))
+                .map_err(|e| e.to_string()),
         };
         match outcome {
             Ok((run, o)) => {
                 response.run = run;
                 response.result = o.result.map_err(|e| e.to_string());
             }
-            Err(e) => response.result = Err(e.to_string()),
+            Err(e) => response.result = Err(e),
         }
         response
     }
