@@ -1452,6 +1452,9 @@ fn imports_that_cannot_be_served_are_load_errors_naming_both_sides() {
     // A consumer that does not import it.
     let msg = compose_err("hello", &file("text-provider"));
     assert!(msg.contains("the component does not import it"), "{msg}");
+    // A file that would serve itself: a cycle of files.
+    let msg = compose_err("text-consumer", &file("text-consumer"));
+    assert!(msg.contains("the files import each other"), "{msg}");
     // A registry name, with no registry to resolve it.
     let msg = compose_err(
         "text-consumer",
