@@ -276,7 +276,7 @@ impl Capability for Link {
             q.function,
             q.args,
             r.provider,
-            &digest[..digest.len().min(12)]
+            digest.chars().take(12).collect::<String>()
         );
         if let Some(run) = &r.run {
             s.push_str(&format!(" run {run}"));
