@@ -318,6 +318,10 @@ pub(crate) struct DiskAim {
     pub most: usize,
     /// The newest run is not removed for size.
     pub spare_newest: bool,
+    /// At least this many runs go in this round, whatever the estimate
+    /// says: a compacted file still above `target` (its fixed overhead
+    /// makes the proportional estimate too low once few runs are left).
+    pub at_least: usize,
 }
 
 /// Plans a pruning. `disk` is, when the global byte limit applies, the
@@ -354,6 +358,7 @@ pub(crate) fn plan(
         ratio,
         most,
         spare_newest,
+        at_least,
     }) = disk
     {
         // On disk: what is left after removing the marked runs (and every
@@ -377,7 +382,7 @@ pub(crate) fn plan(
         let limit = format_bytes(policy.global.max_bytes.unwrap_or(target));
         let mut taken = 0;
         for i in 0..inv.runs.len() - usize::from(spare_newest && !inv.runs.is_empty()) {
-            if (total as f64 * ratio) as u64 <= target || taken >= most {
+            if ((total as f64 * ratio) as u64 <= target && taken >= at_least) || taken >= most {
                 break;
             }
             if p.plan.remove.contains_key(&i) {

@@ -1093,6 +1093,18 @@ impl Writer {
                             inv.runs.len().div_ceil(2)
                         },
                         spare_newest: goal.keep_newest,
+                        // Compacted and still above the aim: the runs
+                        // that many bytes are at the file's average size
+                        // per run (which counts the overhead too, so this
+                        // takes too few rather than too many; later rounds
+                        // take more).
+                        at_least: if compacted && !inv.runs.is_empty() {
+                            let file = file_len(&self.path);
+                            let per_run = (file / inv.runs.len() as u64).max(1);
+                            file.saturating_sub(goal.aim).div_ceil(per_run) as usize
+                        } else {
+                            0
+                        },
                     })
                 }
                 _ => None,
