@@ -110,6 +110,12 @@ const KV_OPERATION: &str = "KV-Operation";
 /// The header of markers the server itself writes (NATS 2.11+).
 const MARKER_REASON: &str = "Nats-Marker-Reason";
 
+/// How many times a write that no stream answered is tried again after
+/// opening (or creating) its bucket afresh: a stream created a moment ago
+/// by another connection may not be listening on its subjects yet. The
+/// waits in between grow from 10 ms to 80 ms.
+const STREAM_RETRIES: u32 = 5;
+
 /// Keys read per request while scanning a bucket.
 const SCAN_BATCH: usize = 1024;
 
@@ -548,7 +554,8 @@ impl Nats {
     /// Publishes one message on a key's subject: a value (with its expiry,
     /// if any) or a deletion marker, on the condition that the key's last
     /// message is `expected` (0: none). A bucket removed behind this
-    /// process's back is created again (once).
+    /// process's back is created again; a write that finds no stream
+    /// listening is tried again, up to [`STREAM_RETRIES`] times in all.
     #[allow(clippy::too_many_arguments)]
     async fn publish(
         &self,
@@ -575,7 +582,7 @@ impl Nats {
             headers.insert(KV_OPERATION, "DEL");
         }
         let mut b = b.clone();
-        let mut recreated = false;
+        let mut reopened = 0u32;
         loop {
             let subject = format!("{}{nkey}", b.subjects);
             let sent = if headers.is_empty() {
@@ -596,10 +603,17 @@ impl Nats {
             let what = || format!("writing key {key:?} of bucket `{bucket}`");
             return Err(match e.kind() {
                 PublishErrorKind::WrongLastSequence => Failed::WrongSequence,
-                PublishErrorKind::StreamNotFound if !recreated => {
+                // No stream answered: the bucket was removed behind this
+                // process's back (it is created again), or it was created
+                // a moment ago and the server is not yet listening on its
+                // subjects (a short wait, then the write again).
+                PublishErrorKind::StreamNotFound if reopened < STREAM_RETRIES => {
                     self.forget(bucket);
+                    if reopened > 0 {
+                        tokio::time::sleep(Duration::from_millis(5 << reopened)).await;
+                    }
                     b = self.open_or_create(bucket).await?;
-                    recreated = true;
+                    reopened += 1;
                     continue;
                 }
                 PublishErrorKind::MaxPayloadExceeded => {
