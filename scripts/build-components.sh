@@ -13,6 +13,9 @@
 # their Python twins text-provider-py and text-consumer-py, and
 # text-provider-wrong, a provider with mismatched types for the runtime's
 # link-check tests) are built here and by scripts/build-polyglot.sh.
+# The perception guests (wit/perception: tokenizer, a Hugging Face
+# tokenizer.json read from /model, and embedder, which imports a tokenizer
+# and runs a model through wasi:nn) are Rust component crates too.
 # Guests written in JavaScript and Python are built by
 # scripts/build-polyglot.sh (called last), which installs their toolchains
 # (componentize-js from npm, componentize-py from PyPI) at pinned versions.
@@ -53,6 +56,8 @@ component_crates=(
     text-provider
     text-consumer
     text-provider-wrong
+    tokenizer
+    embedder
 )
 
 # Guests written in the WebAssembly text format, as components/<name>/<name>.wat.

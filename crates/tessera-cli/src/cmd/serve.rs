@@ -170,6 +170,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
             return crate::exit::BAD_INPUT;
         }
     };
+    config.models = Some(global.models());
     config.sandboxes = args
         .sandboxes
         .as_ref()

@@ -40,6 +40,7 @@ pub mod keyvalue;
 pub mod link;
 pub mod llm;
 pub mod logging;
+pub mod nn;
 pub mod random;
 pub mod sockets;
 pub mod stdio;
@@ -100,17 +101,21 @@ pub struct HostConfig {
     /// settings of the data directory, keys included); `None`: none, and a
     /// live `chat` answers `unavailable` (a replay needs none).
     pub llm: Option<std::sync::Arc<llm::LlmProviders>>,
+    /// The models that serve `wasi:nn` (`tessera models`); `None`: none,
+    /// and a live load answers `not-found` (a replay needs none).
+    pub nn: Option<std::sync::Arc<dyn nn::NnModels>>,
 }
 
 impl Default for HostConfig {
     /// No secrets; a random redaction key; no key-value store; no LLM
-    /// providers.
+    /// providers; no models.
     fn default() -> Self {
         Self {
             secrets: BTreeMap::new(),
             redaction_key: RedactionKey::random(),
             stores: None,
             llm: None,
+            nn: None,
         }
     }
 }
@@ -385,6 +390,7 @@ registry! {
     config: config::Config,
     keyvalue: keyvalue::KeyValue,
     llm: llm::Llm,
+    nn: nn::Nn,
     agent: agent::Agent,
     link: link::Link,
 }
