@@ -131,7 +131,10 @@ fn embed(texts: &[String]) -> Result<Vec<Vec<f32>>, String> {
     }
 
     let ids: Vec<&[u32]> = encodings.iter().map(|e| e.ids.as_slice()).collect();
-    let mask: Vec<&[u32]> = encodings.iter().map(|e| e.attention_mask.as_slice()).collect();
+    let mask: Vec<&[u32]> = encodings
+        .iter()
+        .map(|e| e.attention_mask.as_slice())
+        .collect();
     let types: Vec<&[u32]> = encodings.iter().map(|e| e.type_ids.as_slice()).collect();
     let inputs = vec![
         ("input_ids".to_string(), i64_tensor(&ids, seq)),

@@ -34,9 +34,9 @@ fn load() -> Result<Mutex<Tokenizer>, String> {
     let bytes = std::fs::read(TOKENIZER_PATH).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             format!(
-                "cannot read {TOKENIZER_PATH}: {e}; the component's manifest must mount the \
-                 model directory (the one holding tokenizer.json) at /model, e.g. \
-                 [[files]] host = \"path/to/model\", guest = \"/model\""
+                "cannot read {TOKENIZER_PATH}: {e}; the tokenizer component's manifest must \
+                 mount the model directory (the one holding tokenizer.json) at /model: \
+                 [[files]] with host = \"<model directory>\", guest = \"/model\""
             )
         } else {
             format!("cannot read {TOKENIZER_PATH}: {e}")
@@ -52,7 +52,9 @@ fn with_tokenizer<T>(f: impl FnOnce(&mut Tokenizer) -> Result<T, String>) -> Res
     let cell = TOKENIZER.get_or_init(load).as_ref().map_err(Clone::clone)?;
     // A poisoned lock only means an earlier call panicked (and trapped):
     // every call sets the settings it needs, so the tokenizer is usable.
-    let mut tokenizer = cell.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut tokenizer = cell
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     f(&mut tokenizer)
 }
 
@@ -79,7 +81,9 @@ fn batch_padding(tokenizer: &Tokenizer) -> PaddingParams {
 
 /// The number of special tokens the post-processor adds to a single text.
 fn added_tokens(tokenizer: &Tokenizer) -> usize {
-    tokenizer.get_post_processor().map_or(0, |p| p.added_tokens(false))
+    tokenizer
+        .get_post_processor()
+        .map_or(0, |p| p.added_tokens(false))
 }
 
 /// Converts a length or offset to the WIT's `u32`.
@@ -105,7 +109,11 @@ impl Guest for Component {
                         ));
                     }
                     let own = tokenizer.get_truncation().cloned().unwrap_or_default();
-                    Some(TruncationParams { max_length: max, stride: 0, ..own })
+                    Some(TruncationParams {
+                        max_length: max,
+                        stride: 0,
+                        ..own
+                    })
                 }
             };
             let padding = batch_padding(tokenizer);
@@ -123,9 +131,7 @@ impl Guest for Component {
                     let offsets = e
                         .get_offsets()
                         .iter()
-                        .map(|&(start, end)| {
-                            Ok((to_u32(start, "offset")?, to_u32(end, "offset")?))
-                        })
+                        .map(|&(start, end)| Ok((to_u32(start, "offset")?, to_u32(end, "offset")?)))
                         .collect::<Result<Vec<_>, String>>()?;
                     Ok(Encoding {
                         ids: e.get_ids().to_vec(),
