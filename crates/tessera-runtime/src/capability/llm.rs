@@ -253,11 +253,49 @@ impl std::fmt::Debug for ApiKey {
     }
 }
 
-/// How the host reaches one provider: an OpenAI-compatible endpoint.
+/// What serves a provider's models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProviderKind {
+    /// An OpenAI-compatible HTTP endpoint.
+    #[default]
+    OpenAi,
+    /// The models installed on this host, run in this process
+    /// ([`LocalModels`]).
+    Local,
+}
+
+/// Models run in this process (the local LLM provider's engine; the
+/// `tessera-models` crate implements it over the model directory).
+pub trait LocalModels: Send + Sync + std::fmt::Debug {
+    /// The language models it can serve.
+    fn names(&self) -> Vec<String>;
+
+    /// One completion of `model`. `max_tokens` is the cap after budgets;
+    /// `on_text` receives the answer's text as it is generated; once
+    /// `cancel` is set the completion ends with [`LlmError::Timeout`].
+    /// Blocking: callers run it off the async executor.
+    fn complete(
+        &self,
+        model: &str,
+        request: &ChatRequest,
+        max_tokens: Option<u32>,
+        cancel: &std::sync::atomic::AtomicBool,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<ChatResponse, LlmError>;
+}
+
+/// The name the local provider has unless the host configuration gives
+/// it another ([`LlmProviders::with_local`]).
+pub const LOCAL_PROVIDER: &str = "local";
+
+/// How the host reaches one provider: an OpenAI-compatible endpoint, or
+/// the models installed on this host.
 #[derive(Debug, Clone)]
 pub struct Provider {
+    /// What serves the models.
+    pub kind: ProviderKind,
     /// The API's base URL (`http://127.0.0.1:11434/v1`); requests go to
-    /// `{base_url}/chat/completions`.
+    /// `{base_url}/chat/completions`. Empty for a local provider.
     pub base_url: String,
     /// Sent as `Authorization: Bearer <key>` when set.
     pub api_key: Option<ApiKey>,
@@ -275,11 +313,23 @@ impl Provider {
     /// streaming, any model.
     pub fn new(base_url: impl Into<String>) -> Self {
         Self {
+            kind: ProviderKind::OpenAi,
             base_url: base_url.into(),
             api_key: None,
             timeout: Duration::from_secs(DEFAULT_TIMEOUT_SECS),
             stream: false,
             models: Vec::new(),
+        }
+    }
+}
+
+impl Provider {
+    /// The provider of this host's installed models (any of them, a
+    /// 120 s timeout).
+    pub fn local() -> Self {
+        Self {
+            kind: ProviderKind::Local,
+            ..Self::new("")
         }
     }
 }
@@ -300,10 +350,17 @@ pub const DEFAULT_TIMEOUT_SECS: u64 = 120;
 /// [llm.providers.openai]
 /// base_url = "https://api.openai.com/v1"
 /// api_key_env = "OPENAI_API_KEY" # or api_key_file = "openai.key"
+///
+/// [llm.providers.mine]           # this host's installed models
+/// kind = "local"                 # (`local` exists without this table)
 /// ```
 pub struct LlmProviders {
     /// Provider name → how to reach it.
     pub providers: BTreeMap<String, Provider>,
+    local: Option<std::sync::Arc<dyn LocalModels>>,
+    /// Whether providers were configured (not only the implicit local
+    /// one): then every granted provider must be one of them.
+    configured: bool,
     client: OnceLock<Result<reqwest::Client, String>>,
 }
 
@@ -311,6 +368,7 @@ impl std::fmt::Debug for LlmProviders {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LlmProviders")
             .field("providers", &self.providers)
+            .field("local", &self.local)
             .finish_non_exhaustive()
     }
 }
@@ -330,7 +388,10 @@ pub struct LlmSettingsError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawProvider {
-    base_url: String,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    base_url: Option<String>,
     #[serde(default)]
     api_key_env: Option<String>,
     #[serde(default)]
@@ -351,9 +412,35 @@ impl LlmProviders {
     /// Providers from a map.
     pub fn new(providers: BTreeMap<String, Provider>) -> Self {
         Self {
+            configured: true,
             providers,
+            local: None,
             client: OnceLock::new(),
         }
+    }
+
+    /// Only the local provider (a host with no `[llm]` settings): grants
+    /// of other providers load, and answer `unavailable` when called.
+    pub fn local_only(engine: std::sync::Arc<dyn LocalModels>) -> Self {
+        let mut p = Self::new(BTreeMap::new()).with_local(engine);
+        p.configured = false;
+        p
+    }
+
+    /// Serves this host's installed models through `engine`: every
+    /// provider of kind `local`, and a provider named [`LOCAL_PROVIDER`]
+    /// unless one of that name is configured.
+    pub fn with_local(mut self, engine: std::sync::Arc<dyn LocalModels>) -> Self {
+        self.providers
+            .entry(LOCAL_PROVIDER.to_string())
+            .or_insert_with(Provider::local);
+        self.local = Some(engine);
+        self
+    }
+
+    /// The engine of the local providers, when this host has one.
+    pub fn local(&self) -> Option<&std::sync::Arc<dyn LocalModels>> {
+        self.local.as_ref()
     }
 
     /// The provider named `name`.
@@ -468,19 +555,56 @@ fn provider(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Provider, (String, String)> {
     let at = |k: &str| format!("{field}.{k}");
-    let url = raw.base_url.trim_end_matches('/');
+    match raw.kind.as_deref() {
+        None | Some("openai") => {}
+        Some("local") => {
+            let set = [
+                ("base_url", raw.base_url.is_some()),
+                ("api_key_env", raw.api_key_env.is_some()),
+                ("api_key_file", raw.api_key_file.is_some()),
+                ("stream", raw.stream),
+            ];
+            if let Some((k, _)) = set.iter().find(|(_, set)| *set) {
+                return Err((
+                    at(k),
+                    "a `local` provider runs this host's installed models: it has no endpoint, key or stream setting".into(),
+                ));
+            }
+            if raw.timeout_secs == 0 {
+                return Err((at("timeout_secs"), "must be at least 1".into()));
+            }
+            return Ok(Provider {
+                timeout: Duration::from_secs(raw.timeout_secs),
+                models: raw.models.clone(),
+                ..Provider::local()
+            });
+        }
+        Some(other) => {
+            return Err((
+                at("kind"),
+                format!("unknown kind `{other}` (known: `openai`, the default, and `local`)"),
+            ));
+        }
+    }
+    let Some(base_url) = &raw.base_url else {
+        return Err((
+            at("base_url"),
+            "missing: an `openai` provider needs the URL of its endpoint (or write `kind = \"local\"` for this host's installed models)".into(),
+        ));
+    };
+    let url = base_url.trim_end_matches('/');
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
         .ok_or_else(|| {
             (
                 at("base_url"),
-                format!("`{}` is not an http:// or https:// URL", raw.base_url),
+                format!("`{base_url}` is not an http:// or https:// URL"),
             )
         })?;
     let authority = rest.split('/').next().unwrap_or_default();
     if authority.is_empty() {
-        return Err((at("base_url"), format!("`{}` names no host", raw.base_url)));
+        return Err((at("base_url"), format!("`{base_url}` names no host")));
     }
     if authority.contains('@') {
         return Err((
@@ -527,6 +651,7 @@ fn provider(
         }
     }
     Ok(Provider {
+        kind: ProviderKind::OpenAi,
         base_url: url.to_string(),
         api_key,
         timeout: Duration::from_secs(raw.timeout_secs),
@@ -608,6 +733,34 @@ pub struct ChatRequest {
     pub seed: Option<u64>,
     /// Stop sequences.
     pub stop: Vec<String>,
+    /// Whether the model may, must or must not call tools (the WIT
+    /// interface always asks for `auto`; OpenAI-compatible callers of
+    /// `tessera serve` may ask for the others). Not serialized when
+    /// `auto`, so the digests of recorded requests do not change.
+    #[serde(default, skip_serializing_if = "ToolChoice::is_auto")]
+    pub tool_choice: ToolChoice,
+}
+
+/// Whether a completion may call tools (OpenAI's `tool_choice`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ToolChoice {
+    /// The model chooses between text and calls.
+    #[default]
+    Auto,
+    /// No calls (the tools are not shown to the model).
+    None,
+    /// At least one call, and no text.
+    Required,
+    /// Calls of this tool only.
+    Tool(String),
+}
+
+impl ToolChoice {
+    /// Whether this is [`ToolChoice::Auto`].
+    pub fn is_auto(&self) -> bool {
+        *self == ToolChoice::Auto
+    }
 }
 
 /// Tokens used by one completion.
@@ -662,6 +815,8 @@ impl std::fmt::Display for LlmError {
         }
     }
 }
+
+impl std::error::Error for LlmError {}
 
 /// The recorded request of a `chat` step: what identifies it, not the
 /// conversation.
@@ -776,6 +931,7 @@ fn request_from(r: wit::ChatRequest) -> ChatRequest {
         top_p: r.top_p,
         seed: r.seed,
         stop: r.stop,
+        tool_choice: ToolChoice::Auto,
     }
 }
 
@@ -949,12 +1105,57 @@ async fn complete(
             provider.models.join(", ")
         )));
     }
+    if provider.kind == ProviderKind::Local {
+        return complete_local(gateway, &providers, provider, model, request, max_tokens).await;
+    }
     let client = providers.client().map_err(LlmError::Unavailable)?;
     let answer = post(client, provider, model, request, max_tokens).await;
     match &provider.api_key {
         Some(key) => scrub(answer, key.expose()),
         None => answer,
     }
+}
+
+/// One completion from this host's installed models, run off the
+/// executor and bounded by the provider's timeout and the call's deadline
+/// (past either, the completion is cancelled at its next token).
+async fn complete_local(
+    gateway: &Gateway,
+    providers: &LlmProviders,
+    provider: &Provider,
+    model: &ModelRef,
+    request: &ChatRequest,
+    max_tokens: Option<u32>,
+) -> Result<ChatResponse, LlmError> {
+    let Some(engine) = providers.local().cloned() else {
+        return Err(LlmError::Unavailable(format!(
+            "provider `{}` runs installed models, and this host has no model directory",
+            model.provider
+        )));
+    };
+    let deadline =
+        Duration::from_millis(gateway.grants().limits.timeout_ms).saturating_sub(gateway.elapsed());
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let job = {
+        let (cancel, request, name) = (cancel.clone(), request.clone(), model.model.clone());
+        tokio::task::spawn_blocking(move || {
+            engine.complete(&name, &request, max_tokens, &cancel, &mut |_| {})
+        })
+    };
+    let answer = match tokio::time::timeout(provider.timeout.min(deadline), job).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => Err(LlmError::Unavailable(format!(
+            "model `{model}`: the completion failed: {e}"
+        ))),
+        Err(_) => {
+            cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+            Err(LlmError::Timeout)
+        }
+    };
+    answer.map(|mut r| {
+        r.model = model.to_string();
+        r
+    })
 }
 
 /// Replaces the key wherever a provider echoed it.
@@ -1047,6 +1248,14 @@ fn openai_body(
             })
             .collect::<Result<Vec<_>, LlmError>>()?;
         body["tools"] = Value::Array(tools);
+    }
+    match &request.tool_choice {
+        ToolChoice::Auto => {}
+        ToolChoice::None => body["tool_choice"] = "none".into(),
+        ToolChoice::Required => body["tool_choice"] = "required".into(),
+        ToolChoice::Tool(name) => {
+            body["tool_choice"] = json!({"type": "function", "function": {"name": name}});
+        }
     }
     if let Some(n) = max_tokens {
         body["max_tokens"] = n.into();
@@ -1469,23 +1678,48 @@ impl Capability for Llm {
         for (i, entry) in grant.models.iter().enumerate() {
             let p = pattern(entry);
             let field = format!("llm.models[{i}]");
-            let Some(provider) = providers.get(p.provider) else {
-                let configured: Vec<&str> =
-                    providers.providers.keys().map(String::as_str).collect();
-                return Err(BindError {
-                    field,
-                    message: format!(
-                        "provider `{}` is not configured on this host (configured: {}; add [llm.providers.{}] to the data directory's tessera.toml)",
-                        p.provider,
-                        if configured.is_empty() {
-                            "none".to_string()
-                        } else {
-                            configured.join(", ")
-                        },
-                        p.provider
-                    ),
-                });
+            let provider = match providers.get(p.provider) {
+                // Only the implicit local provider: other grants load as
+                // on a host with no `[llm]` settings.
+                None if !providers.configured => continue,
+                Some(provider) => provider,
+                None => {
+                    let configured: Vec<&str> =
+                        providers.providers.keys().map(String::as_str).collect();
+                    return Err(BindError {
+                        field,
+                        message: format!(
+                            "provider `{}` is not configured on this host (configured: {}; add [llm.providers.{}] to the data directory's tessera.toml)",
+                            p.provider,
+                            if configured.is_empty() {
+                                "none".to_string()
+                            } else {
+                                configured.join(", ")
+                            },
+                            p.provider
+                        ),
+                    });
+                }
             };
+            if provider.kind == ProviderKind::Local
+                && let (Some(model), Some(engine)) = (p.model, providers.local())
+            {
+                let installed = engine.names();
+                if !installed.iter().any(|m| m == model) {
+                    return Err(BindError {
+                        field,
+                        message: format!(
+                            "model `{model}` of provider `{}` is not installed on this host (installed: {}; add it with `tessera models add {model}`)",
+                            p.provider,
+                            if installed.is_empty() {
+                                "none".to_string()
+                            } else {
+                                installed.join(", ")
+                            }
+                        ),
+                    });
+                }
+            }
             if let Some(model) = p.model
                 && !provider.models.is_empty()
                 && !provider.models.iter().any(|m| m == model)
