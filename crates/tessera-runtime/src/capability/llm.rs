@@ -1932,6 +1932,22 @@ mod tests {
                 "llm.providers.x.timeout_secs",
             ),
             ("[llm]\nmodels = []\n", "llm.models"),
+            (
+                "[llm.providers.x]\ntimeout_secs = 5\n",
+                "llm.providers.x.base_url",
+            ),
+            (
+                "[llm.providers.x]\nkind = \"local\"\nbase_url = \"http://h\"\n",
+                "llm.providers.x.base_url",
+            ),
+            (
+                "[llm.providers.x]\nkind = \"local\"\nstream = true\n",
+                "llm.providers.x.stream",
+            ),
+            (
+                "[llm.providers.x]\nkind = \"gpu\"\n",
+                "llm.providers.x.kind",
+            ),
         ] {
             let e =
                 LlmProviders::from_toml_with_env(text, "t.toml", Path::new("."), &env).unwrap_err();
@@ -1942,5 +1958,17 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+        // A local provider: no endpoint, its own timeout and models.
+        let p = LlmProviders::from_toml(
+            "[llm.providers.onbox]\nkind = \"local\"\ntimeout_secs = 9\nmodels = [\"smollm2\"]\n",
+            "t",
+            Path::new("."),
+        )
+        .unwrap()
+        .unwrap();
+        let o = p.get("onbox").unwrap();
+        assert_eq!(o.kind, ProviderKind::Local);
+        assert_eq!(o.timeout, Duration::from_secs(9));
+        assert_eq!(o.models, vec!["smollm2".to_string()]);
     }
 }
