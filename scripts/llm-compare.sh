@@ -23,8 +23,8 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import llama_cpp' 2>/
     echo "building llama.cpp (PyPI llama-cpp-python) into $venv" >&2
     python3 -m venv "$venv"
     # AVX2, FMA and F16C, the instruction sets candle uses here; not
-    # GGML_NATIVE, whose AMX path crashes in virtual machines that report
-    # AMX without enabling it.
+    # GGML_NATIVE: built that way (it adds AVX-512 and AMX on this kind of
+    # machine) llama.cpp crashed in its first decode on a virtual machine.
     CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" \
     "$venv/bin/pip" install --no-cache-dir --quiet --disable-pip-version-check \
         -r scripts/llm-reference/requirements.txt
