@@ -73,6 +73,35 @@ pub struct QueryParam {
     pub description: &'static str,
 }
 
+/// The errors answered in OpenAI's shape rather than Tessera's (the
+/// OpenAI-compatible endpoint's own refusals; the token, guard and body
+/// limit answer in Tessera's shape before it is reached).
+const OPENAI_SHAPED: &[(&str, u16)] = &[
+    ("/v1/chat/completions", 400),
+    ("/v1/chat/completions", 404),
+    ("/v1/chat/completions", 503),
+    ("/v1/chat/completions", 504),
+];
+
+/// OpenAI's error body: `{"error": {"message", "type", "param", "code"}}`.
+fn openai_error() -> Schema {
+    Schema::try_from(json!({
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {
+            "type": "object",
+            "required": ["message", "type"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }},
+    }))
+    .unwrap_or_default()
+}
+
 /// Statuses any route can answer: a refused `Host` or `Origin` (403), a
 /// body over the limit (413), a body that is not JSON (415).
 const GUARD: &[u16] = &[403, 413, 415];
@@ -701,11 +730,16 @@ pub fn document() -> Value {
             }
         }
         for status in route.errors {
+            let schema = if OPENAI_SHAPED.contains(&(route.path, *status)) {
+                openai_error()
+            } else {
+                error.clone()
+            };
             responses.insert(
                 status.to_string(),
                 json!({
                     "description": error_description(*status),
-                    "content": json_content(error.clone()),
+                    "content": json_content(schema),
                 }),
             );
         }
