@@ -413,12 +413,13 @@ pub(crate) async fn chat_completions(State(server): State<Arc<Server>>, body: By
         Ok(l) => l,
         Err(e) => return e.into_response(),
     };
-    if !engine.names().contains(&model) {
+    let installed = engine.names();
+    if !installed.contains(&model) {
         return OpenAiError {
             status: StatusCode::NOT_FOUND,
             message: format!(
                 "model `{model}` is not installed here (installed: {})",
-                engine.names().join(", ")
+                installed.join(", ")
             ),
             kind: "invalid_request_error",
             param: Some("model".into()),
