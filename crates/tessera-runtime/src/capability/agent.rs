@@ -141,10 +141,30 @@ pub struct ToolGrant {
     pub approval: Vec<String>,
 }
 
+/// How a function appears in a tool's name (`<grant>__<this>`): its short
+/// name (`population`, or `vector-index#query` for a function of an
+/// exported interface) with `#` as `_`, since tool names allow only
+/// letters, digits, `_` and `-`.
+pub fn tool_function_name(short: &str) -> String {
+    short.replace('#', "_")
+}
+
 impl ToolGrant {
-    /// Whether calls of `function` need approval.
+    /// Whether calls of `function` need approval. `function` is a short
+    /// name or its tool-name form ([`tool_function_name`]).
     pub fn needs_approval(&self, function: &str) -> bool {
-        self.approval.iter().any(|f| f == "*" || f == function)
+        self.approval.iter().any(|f| {
+            f == "*" || f == function || tool_function_name(f) == tool_function_name(function)
+        })
+    }
+
+    /// Whether the grant offers `function` (a short name or its tool-name
+    /// form): every function when `functions` is absent.
+    pub fn offers(&self, function: &str) -> bool {
+        self.functions.as_ref().is_none_or(|fs| {
+            fs.iter()
+                .any(|f| f == function || tool_function_name(f) == tool_function_name(function))
+        })
     }
 }
 
@@ -952,5 +972,40 @@ impl Capability for Agent {
             ),
             _ => super::generic_description(step),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(functions: Option<&[&str]>, approval: &[&str]) -> ToolGrant {
+        ToolGrant {
+            component: ComponentSpec {
+                component: "vectors".into(),
+                manifest: None,
+            },
+            functions: functions.map(|fs| fs.iter().map(|f| f.to_string()).collect()),
+            approval: approval.iter().map(|f| f.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn an_interface_function_is_offered_and_approved_under_its_tool_name() {
+        assert_eq!(tool_function_name("vector-index#query"), "vector-index_query");
+        assert_eq!(tool_function_name("population"), "population");
+        let g = grant(Some(&["vector-index#query"]), &["vector-index#remove"]);
+        // Both the short name and the tool name's form.
+        assert!(g.offers("vector-index#query"));
+        assert!(g.offers("vector-index_query"));
+        assert!(!g.offers("vector-index#remove"));
+        assert!(!g.offers("vector-index_upsert"));
+        assert!(g.needs_approval("vector-index_remove"));
+        assert!(g.needs_approval("vector-index#remove"));
+        assert!(!g.needs_approval("vector-index_query"));
+        // No list: every function; `*`: every call waits.
+        let all = grant(None, &["*"]);
+        assert!(all.offers("anything_at_all"));
+        assert!(all.needs_approval("vector-index_query"));
     }
 }
