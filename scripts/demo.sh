@@ -95,14 +95,15 @@ for q in "How often does the cable car run?" \
 done
 run "$T" agents log qa
 
-# Replay every turn with the models moved away: the journal answers the
-# tools' model calls and the LLM's replies; nothing is computed again.
+# Replay every turn, and every tool call it made, with the models moved
+# away: the journal answers the embedder's wasi:nn calls and the model's
+# replies; nothing is computed again. Then the last turn's journal.
 mv "$DATA/models" "$DATA/models.away"
-for turn in $("$T" agents log qa --json | sed -n 's/.*"run": "\([^"]*\)".*/\1/p'); do
-    run "$T" replay "$turn"
+for r in $("$T" agents log qa --json | sed -n 's/.*"run": "\([^"]*\)".*/\1/p'); do
+    run "$T" replay "$r"
 done
 mv "$DATA/models.away" "$DATA/models"
-last=$("$T" agents log qa --json | sed -n 's/.*"run": "\([^"]*\)".*/\1/p' | tail -1)
+last=$("$T" agents log qa --json | sed -n 's/^    "run": "\([^"]*\)".*/\1/p' | tail -1)
 run "$T" runs show "$last"
 
 if [[ $keep == 1 ]]; then

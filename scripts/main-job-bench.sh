@@ -57,7 +57,7 @@ job() {
         i=$((i + 1))
         timed "question $i (one agent turn)" "$T" agents send qa "{\"question\": \"$q\"}" --wait
     done
-    timed "replay of the last turn" bash -c "$T replay \$($T agents log qa --json | sed -n 's/.*\"run\": \"\([^\"]*\)\".*/\1/p' | tail -1)"
+    timed "replay of the last turn" bash -c "$T replay \$($T agents log qa --json | sed -n 's/^    \"run\": \"\([^\"]*\)\".*/\1/p' | tail -1)"
     printf '  %-34s %8.2f s\n' "the whole job" "$(awk -v a="$start" -v b="$(now)" 'BEGIN { print b - a }')"
 }
 
