@@ -992,7 +992,10 @@ mod tests {
 
     #[test]
     fn an_interface_function_is_offered_and_approved_under_its_tool_name() {
-        assert_eq!(tool_function_name("vector-index#query"), "vector-index_query");
+        assert_eq!(
+            tool_function_name("vector-index#query"),
+            "vector-index_query"
+        );
         assert_eq!(tool_function_name("population"), "population");
         let g = grant(Some(&["vector-index#query"]), &["vector-index#remove"]);
         // Both the short name and the tool name's form.
