@@ -19,7 +19,9 @@
 //! | `ping`      | `peer`, `n`                              | `{"pings": k}` |
 //! | `fail`      | `message` (optional)                     | the turn fails with `message` |
 //! | `trap`      |                                          | the instance traps (a panic) |
-//! | `fail_until`| `k`                                      | fails the first `k` attempts, then `{"attempts": k+1}` |
+//! | `fail_until`| `k`, `key` (optional)                    | fails the first `k` attempts, then `{"attempts": k+1}` |
+//! | `spin`      |                                          | loops until a limit (fuel or deadline) stops it |
+//! | `grow`      | `mib`                                    | allocates and touches `mib` MiB, then `{"bytes": n}` |
 //! | `tool`      | `name`, `args` (default `{}`)            | `{"result": text}` or `{"error": text}` |
 //! | `tools`     |                                          | `[{"name", "description", "parameters"}]` |
 //! | `llm`       | `prompt`, `model`, `max_tokens`, `tools` (all but `prompt` optional) | `{"content", "tool_calls", "finish_reason", "model", "usage"}` or `{"error": text}` |
@@ -31,8 +33,10 @@
 //! counts the ping in the state and, if `n > 0`, sends
 //! `{"op": "ping", "peer": <self-id>, "n": n - 1}` to `peer` (a refused
 //! send fails the turn). `fail_until` counts attempts in the
-//! `wasi:keyvalue` bucket named by config `attempts_bucket`, under the
-//! message id. Any other op fails the turn, naming it.
+//! `wasi:keyvalue` bucket named by config `attempts_bucket`, under `key`
+//! or, without one, the message id (a re-driven message has a new id, so a
+//! `key` lets its attempts go on counting). Any other op fails the turn,
+//! naming it.
 
 wit_bindgen::generate!({
     world: "probe-agent",
@@ -274,6 +278,10 @@ fn op_ping(state: Option<&str>, body: &Body) -> Result<TurnOutput, String> {
 /// `attempts_bucket` and fails while fewer than `k` attempts came before.
 fn op_fail_until(body: &Body, message_id: &str) -> Result<Value, String> {
     let k = body.u64("k")?;
+    let key = body
+        .field("key")
+        .and_then(Value::as_str)
+        .unwrap_or(message_id);
     let bucket_name = match config::get("attempts_bucket") {
         Ok(Some(name)) => name,
         Ok(None) => return Err("op `fail_until` needs config `attempts_bucket`".into()),
@@ -283,7 +291,7 @@ fn op_fail_until(body: &Body, message_id: &str) -> Result<Value, String> {
     };
     let bucket = store::open(&bucket_name)
         .map_err(|e| format!("opening bucket `{bucket_name}`: {}", store_error_text(e)))?;
-    let attempts = atomics::increment(&bucket, message_id, 1).map_err(|e| {
+    let attempts = atomics::increment(&bucket, key, 1).map_err(|e| {
         format!(
             "counting attempts in `{bucket_name}`: {}",
             store_error_text(e)
@@ -296,6 +304,29 @@ fn op_fail_until(body: &Body, message_id: &str) -> Result<Value, String> {
         ));
     }
     Ok(json!({ "attempts": attempts }))
+}
+
+/// Runs until the call's fuel or deadline stops it.
+fn op_spin() -> Value {
+    let mut x: u64 = 0;
+    loop {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        if x == u64::MAX {
+            return json!({ "x": x });
+        }
+    }
+}
+
+/// Allocates `mib` MiB and touches every page, so the memory is really
+/// grown (and a memory limit stops it).
+fn op_grow(body: &Body) -> Result<Value, String> {
+    let mib = usize::try_from(body.u64("mib")?).map_err(|_| "`mib` is too large")?;
+    let mut v: Vec<u8> = Vec::new();
+    v.try_reserve_exact(mib << 20)
+        .map_err(|e| format!("allocating {mib} MiB: {e}"))?;
+    v.resize(mib << 20, 1);
+    let touched: usize = v.iter().step_by(4096).map(|b| *b as usize).sum();
+    Ok(json!({ "bytes": v.len(), "pages": touched }))
 }
 
 fn op_tool(body: &Body) -> Result<Value, String> {
@@ -428,6 +459,8 @@ impl Guest for Component {
             "fail_until" => op_fail_until(&body, &message.id)?,
             "tool" => op_tool(&body)?,
             "tools" => op_tools(),
+            "spin" => op_spin(),
+            "grow" => op_grow(&body)?,
             "llm" => op_llm(&body)?,
             "self" => op_self(),
             other => return Err(format!("unknown op `{other}`")),

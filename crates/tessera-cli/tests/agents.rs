@@ -137,6 +137,30 @@ fn agents_are_spawned_messaged_inspected_forked_and_replayed_from_the_cli() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // inspect-run works on a turn: stopped where the guest asks for its
+    // second send, the steps before it answered from the journal.
+    let second = sends[1]["step"].as_u64().unwrap().to_string();
+    let third = sends[2]["step"].as_u64().unwrap().to_string();
+    let at = ok_json(tessera(&data).args(["inspect-run", &run, "--at", &second, "--strings", "0"]));
+    assert_eq!(at["reached"], true, "{at}");
+    assert_eq!(at["next"]["kind"], "agent.send", "{at}");
+    assert_eq!(at["next"]["request"]["to"], "b", "{at}");
+    assert!(
+        at["next"]["request"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("\"value\":1"),
+        "the second of the three sends: {at}"
+    );
+    assert!(!at["memories"].as_array().unwrap().is_empty(), "{at}");
+    let end = ok_json(tessera(&data).args(["inspect-run", &run, "--at", "999", "--strings", "0"]));
+    assert_eq!(end["reached"], false, "the turn has fewer steps: {end}");
+    let diff = ok_json(tessera(&data).args(["inspect-run", &run, "--diff", &second, &third]));
+    assert!(
+        !diff["changes"].as_array().unwrap().is_empty(),
+        "building the next message changes the guest's memory: {diff}"
+    );
+
     // Fork after turn 2: the state of then, the log up to then.
     ok_json(tessera(&data).args(["agents", "fork", "a", "--at", "2", "--as", "a2"]));
     assert_eq!(state(&data, "a2"), json!(["x"]));

@@ -148,6 +148,26 @@ impl Env {
     }
 }
 
+/// The journal's tool-call runs whose link to their turn satisfies `pick`.
+fn tool_runs(
+    e: &Env,
+    pick: impl Fn(&tessera_journal::ToolLink) -> bool,
+) -> Vec<tessera_journal::RunSummary> {
+    e.journal.flush();
+    e.journal
+        .list()
+        .unwrap()
+        .into_iter()
+        .filter(|r| {
+            r.header
+                .agent
+                .as_ref()
+                .and_then(|a| a.tool.as_ref())
+                .is_some_and(&pick)
+        })
+        .collect()
+}
+
 const OPEN: &str = "[agent]\nsend = [\"*\"]\n";
 
 #[tokio::test]
@@ -513,6 +533,127 @@ async fn a_failing_turn_is_retried_then_dead_lettered_and_can_be_redriven() {
     assert_eq!(dead[0].message.id, ids[0]);
 }
 
+#[tokio::test]
+async fn a_redriven_dead_letter_that_then_succeeds_is_committed_as_a_turn() {
+    let e = env().await;
+    let m = e.manifest(
+        "redrive",
+        "[agent]\nretries = 1\n[keyvalue]\nbuckets = [\"attempts\"]\n[config]\nvalues = { attempts_bucket = \"attempts\" }\n",
+    );
+    e.spawn("r", "probe-agent", Some(&m)).await;
+    e.reply("r", json!({"op": "append", "value": "before"}))
+        .await;
+    // The first three attempts of job `j` fail: two now (a dead letter),
+    // then the re-drive's first; its second succeeds.
+    let body = json!({"op": "fail_until", "k": 3, "key": "j"});
+    match e.ask("r", body.clone()).await {
+        ReplyRecord::Failed { error } => assert!(error.contains("attempt 2 fails"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    let dead = e.sys.dead_letters("r").await.unwrap();
+    assert_eq!(dead.len(), 1);
+    let turns_before = e.sys.get("r").await.unwrap().record.turns;
+    let ids = e.sys.redrive("r", Some(dead[0].seq)).await.unwrap();
+    assert_eq!(ids.len(), 1);
+    assert_ne!(ids[0], dead[0].message.id, "a re-drive is a new message");
+    e.sys.idle().await;
+    assert!(e.sys.dead_letters("r").await.unwrap().is_empty());
+    let info = e.sys.get("r").await.unwrap();
+    assert_eq!(info.record.turns, turns_before + 1);
+    let turn = e.sys.turns("r").await.unwrap().pop().unwrap();
+    assert_eq!(turn.message.id, ids[0]);
+    assert_eq!(turn.message.body, body.to_string());
+    assert_eq!(turn.earlier_runs.len(), 1, "one failed attempt before it");
+    let reply: Value = serde_json::from_str(turn.reply.as_deref().unwrap()).unwrap();
+    assert_eq!(reply["attempts"], 4);
+    // The state the earlier turn built is still there.
+    assert_eq!(e.state("r").await, json!(["before"]));
+    // Re-driving again finds nothing.
+    assert!(e.sys.redrive("r", None).await.unwrap().is_empty());
+    let err = e.sys.redrive("r", Some(dead[0].seq)).await.unwrap_err();
+    assert!(err.to_string().contains("no dead letter"), "{err}");
+}
+
+/// A turn stopped by `limit` (fuel, deadline or memory) fails like any
+/// other failing turn: retried, then a dead letter, the state kept, the
+/// agent still serving.
+async fn a_turn_hits(limits: &str, op: Value, expect: &str) {
+    let e = env().await;
+    let m = e.manifest(
+        "limited",
+        &format!("[agent]\nretries = 1\n[limits]\n{limits}\n"),
+    );
+    e.spawn("l", "probe-agent", Some(&m)).await;
+    e.reply("l", json!({"op": "append", "value": 1})).await;
+    match e.ask("l", op).await {
+        ReplyRecord::Failed { error } => assert!(error.contains(expect), "{error}"),
+        other => panic!("the turn should hit `{expect}`: {other:?}"),
+    }
+    let dead = e.sys.dead_letters("l").await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!((dead[0].attempts, dead[0].runs.len()), (2, 2));
+    assert!(dead[0].error.contains(expect), "{}", dead[0].error);
+    // Each attempt is a journal run that ended on the limit.
+    e.journal.flush();
+    for run in &dead[0].runs {
+        let end = e
+            .journal
+            .end(run)
+            .unwrap()
+            .expect("the attempt's run ended");
+        match &end.result {
+            tessera_journal::RunResult::Limit { message, .. } => {
+                assert!(message.contains(expect), "{run}: {message}")
+            }
+            other => panic!("{run} should have ended on a limit: {other:?}"),
+        }
+    }
+    let info = e.sys.get("l").await.unwrap();
+    assert!(matches!(info.record.status, Status::Active));
+    assert!(
+        info.record
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains(expect)
+    );
+    assert_eq!(e.state("l").await, json!([1]));
+    // The next message is served as usual.
+    assert_eq!(e.reply("l", json!({"op": "append", "value": 2})).await, "2");
+}
+
+#[tokio::test]
+async fn a_turn_that_runs_out_of_fuel_is_dead_lettered_and_the_agent_goes_on() {
+    a_turn_hits("fuel = 20000000", json!({"op": "spin"}), "fuel exhausted").await;
+}
+
+#[tokio::test]
+async fn a_turn_past_its_deadline_is_dead_lettered_and_the_agent_goes_on() {
+    a_turn_hits(
+        "fuel = 1000000000000\ntimeout_ms = 300",
+        json!({"op": "spin"}),
+        "deadline exceeded",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_turn_over_its_memory_limit_is_dead_lettered_and_the_agent_goes_on() {
+    // 8 MiB is enough for the agent and its turns, not for 64 MiB more.
+    let e = env().await;
+    let m = e.manifest("roomy", "[limits]\nmemory_mb = 8\n");
+    e.spawn("g", "probe-agent", Some(&m)).await;
+    let r: Value =
+        serde_json::from_str(&e.reply("g", json!({"op": "grow", "mib": 1})).await).unwrap();
+    assert_eq!(r["bytes"], 1 << 20, "a growth under the limit is allowed");
+    a_turn_hits(
+        "memory_mb = 8",
+        json!({"op": "grow", "mib": 64}),
+        "memory limit 8 MiB exceeded",
+    )
+    .await;
+}
+
 /// A supervisor `p` (probe-agent) with three probe-agent children, each of
 /// whose state is a list with one entry; then `p/c2` fails.
 async fn supervised(e: &Env, strategy: &str, max_restarts: u32) {
@@ -612,6 +753,94 @@ async fn exceeding_the_restart_intensity_fails_the_supervisor_and_escalates() {
     ));
     assert_eq!(states(&e).await, [Value::Null, Value::Null, Value::Null]);
     e.reply("p/c1", json!({"op": "append", "value": 1})).await;
+}
+
+/// A supervisor `p` whose policy is `max_restarts` within `within_secs`,
+/// with one child `p/c`.
+async fn supervisor_with_one_child(e: &Env, max_restarts: u32, within_secs: u64) {
+    let child = e.manifest("child", "[agent]\n");
+    let parent = e.manifest(
+        "parent",
+        &format!(
+            "[agent.supervisor]\nstrategy = \"one_for_one\"\nmax_restarts = {max_restarts}\nwithin_secs = {within_secs}\n[agent.spawn.probe]\ncomponent = \"@COMPONENTS@/probe-agent.wasm\"\nmanifest = \"{}\"\n",
+            child.display()
+        ),
+    );
+    e.spawn("p", "probe-agent", Some(&parent)).await;
+    e.reply(
+        "p",
+        json!({"op": "spawn", "name": "c", "template": "probe"}),
+    )
+    .await;
+}
+
+async fn child_fails(e: &Env) {
+    match e.ask("p/c", json!({"op": "fail", "message": "down"})).await {
+        ReplyRecord::Failed { error } => assert!(error.contains("down"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    e.sys.idle().await;
+}
+
+fn is_failed(info: &tessera_orchestrator::agent::AgentInfo) -> bool {
+    matches!(info.record.status, Status::Failed { .. })
+}
+
+#[tokio::test]
+async fn restarts_are_counted_within_the_period_and_one_more_than_allowed_escalates() {
+    let e = env().await;
+    // Two restarts allowed within an hour: the third failure is one too many.
+    supervisor_with_one_child(&e, 2, 3600).await;
+    for n in 1..=2 {
+        child_fails(&e).await;
+        let p = e.sys.get("p").await.unwrap();
+        assert!(!is_failed(&p), "after {n} failures: {:?}", p.record.status);
+        assert_eq!(p.record.restarts.len(), n, "restarts in the window");
+        assert_eq!(
+            e.sys.get("p/c").await.unwrap().record.restart_count,
+            n as u64
+        );
+    }
+    child_fails(&e).await;
+    let p = e.sys.get("p").await.unwrap();
+    match &p.record.status {
+        Status::Failed { reason } => {
+            assert!(
+                reason.contains("after 2 restarts within 3600 s"),
+                "{reason}"
+            )
+        }
+        other => panic!("the third failure should fail the supervisor: {other:?}"),
+    }
+    assert!(matches!(
+        e.sys.get("p/c").await.unwrap().record.status,
+        Status::Stopped { .. }
+    ));
+}
+
+#[tokio::test]
+async fn restarts_older_than_the_period_no_longer_count() {
+    let e = env().await;
+    // One restart allowed per second: failures further apart than that
+    // never exceed it, however many there are.
+    supervisor_with_one_child(&e, 1, 1).await;
+    for n in 1..=3 {
+        child_fails(&e).await;
+        let p = e.sys.get("p").await.unwrap();
+        assert!(!is_failed(&p), "failure {n}: {:?}", p.record.status);
+        assert_eq!(
+            p.record.restarts.len(),
+            1,
+            "only the newest restart is in the window"
+        );
+        assert_eq!(e.sys.get("p/c").await.unwrap().record.restart_count, n);
+        // Past the period: the restart just made leaves the window.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    // Two failures inside one period are one too many.
+    child_fails(&e).await;
+    child_fails(&e).await;
+    assert!(is_failed(&e.sys.get("p").await.unwrap()));
 }
 
 #[tokio::test]
@@ -847,6 +1076,72 @@ async fn a_tool_that_needs_approval_waits_across_a_restart_and_goes_on_when_appr
         .await
         .unwrap_err();
     assert!(err.to_string().contains("already rejected"), "{err}");
+}
+
+#[tokio::test]
+async fn a_tool_runs_under_its_own_grants_not_the_agents() {
+    let e = env().await;
+    tessera_test_support::component("kv-tool");
+    let kv = e.manifest("kv", "[keyvalue]\nbuckets = [\"notes\"]\n");
+    // The agent may open `notes` itself; `bare` is the same tool component
+    // granted nothing, `kv` the same with `notes` granted to the tool.
+    let m = e.manifest(
+        "agent",
+        &format!(
+            "[keyvalue]\nbuckets = [\"notes\"]\n[agent.tools.bare]\ncomponent = \"@COMPONENTS@/kv-tool.wasm\"\nfunctions = [\"set\", \"get\"]\n[agent.tools.kv]\ncomponent = \"@COMPONENTS@/kv-tool.wasm\"\nmanifest = \"{}\"\nfunctions = [\"set\", \"get\"]\n",
+            kv.display()
+        ),
+    );
+    e.spawn("a", "probe-agent", Some(&m)).await;
+    let call = |name: &'static str, args: Value| {
+        let e = &e;
+        async move {
+            let r = e
+                .reply("a", json!({"op": "tool", "name": name, "args": args}))
+                .await;
+            serde_json::from_str::<Value>(&r).unwrap()
+        }
+    };
+    // Allowed: the tool's manifest grants the bucket.
+    let set = call(
+        "kv__set",
+        json!({"bucket": "notes", "key": "k", "value": "v1"}),
+    )
+    .await;
+    assert!(set.get("error").is_none(), "{set}");
+    let got = call("kv__get", json!({"bucket": "notes", "key": "k"})).await;
+    assert!(got["result"].as_str().unwrap().contains("v1"), "{got}");
+    // Denied: the agent's own grant does not pass to a tool granted nothing.
+    for (name, args) in [
+        (
+            "bare__set",
+            json!({"bucket": "notes", "key": "k", "value": "v2"}),
+        ),
+        ("bare__get", json!({"bucket": "notes", "key": "k"})),
+    ] {
+        let r = call(name, args).await;
+        let text = r.to_string();
+        assert!(text.contains("access denied"), "{name}: {text}");
+        assert!(
+            !text.contains("v1"),
+            "{name} read the agent's bucket: {text}"
+        );
+    }
+    let got = call("kv__get", json!({"bucket": "notes", "key": "k"})).await;
+    assert!(
+        got["result"].as_str().unwrap().contains("v1"),
+        "unchanged: {got}"
+    );
+    // The denied call's own run carries the denial, under the tool's grants.
+    let denied = tool_runs(&e, |t| t.name.starts_with("bare"));
+    assert_eq!(denied.len(), 2);
+    for r in &denied {
+        assert!(
+            r.header.grants.keyvalue.buckets.is_empty(),
+            "{:?}",
+            r.header.grants.keyvalue
+        );
+    }
 }
 
 #[tokio::test]
@@ -1113,6 +1408,52 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+#[tokio::test]
+async fn the_react_agent_stops_at_its_step_limit_and_says_so() {
+    // A model that never answers: every reply is another tool call.
+    let llm = ScriptedLlm::start([Rule::tool_call(
+        "cities__population",
+        json!({"city": "Lyon"}),
+    )]);
+    let e = env_with(Some(providers(&llm, Duration::from_secs(30)))).await;
+    let m = react_manifest(
+        &e,
+        "looping",
+        "scripted/gpt-test",
+        "[config]\nvalues = { max_steps = \"3\" }",
+    );
+    e.spawn("looper", "react-agent", Some(&m)).await;
+    let r: Value = serde_json::from_str(
+        &e.reply("looper", json!({"task": "find the population of Lyon"}))
+            .await,
+    )
+    .unwrap();
+    assert_eq!(r["answer"], Value::Null, "{r}");
+    assert_eq!(r["error"], "step limit of 3 reached", "{r}");
+    assert_eq!(r["steps"], 3);
+    assert_eq!(llm.request_count(), 3, "one model call per step, no more");
+    // The turn committed with the conversation so far: the task, then a
+    // call and its result for each step.
+    let state = e.state("looper").await;
+    assert_eq!(state["messages"].as_array().unwrap().len(), 1 + 3 * 2);
+    let turn = e.sys.turns("looper").await.unwrap().pop().unwrap();
+    let runs = tool_runs(&e, |t| Some(&t.turn_run) == turn.run.as_ref());
+    assert_eq!(runs.len(), 3);
+    // A limit that is not a whole number fails the turn, naming it.
+    let bad = react_manifest(
+        &e,
+        "bad-limit",
+        "scripted/gpt-test",
+        "[config]\nvalues = { max_steps = \"many\" }",
+    );
+    e.spawn("bad", "react-agent", Some(&bad)).await;
+    match e.ask("bad", json!({"task": "anything"})).await {
+        ReplyRecord::Failed { error } => assert!(error.contains("max_steps"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(llm.request_count(), 3, "no model call for a bad config");
 }
 
 #[tokio::test]

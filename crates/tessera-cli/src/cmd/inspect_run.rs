@@ -121,7 +121,8 @@ fn state_json(s: &StepState, strings: usize) -> serde_json::Value {
         "run_id": s.run_id,
         "at": s.at,
         "reached": s.reached,
-        "next": s.next,
+        // The interaction the guest was about to make: `kind` and the request.
+        "next": s.next.as_ref().map(|n| json!({"kind": n.kind(), "request": n.request})),
         "memories": s.snapshot.memories.iter().map(|m| json!({
             "instance": m.instance,
             "index": m.index,
