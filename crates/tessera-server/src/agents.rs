@@ -1,7 +1,7 @@
 //! Agents served by the server: the orchestrator's [`AgentSystem`] on the
 //! data directory's stores, reached over HTTP (`/v1/agents…`, see
-//! `agent_routes.rs`) and over MCP (each top-level agent a tool
-//! `agent__<id>`, see `mcp.rs`).
+//! `agent_routes.rs`) and over MCP (each agent a tool `agent__<id>`, see
+//! `mcp.rs`).
 //!
 //! - **One agent system per server**, opened when the server starts, on the
 //!   bucket [`records::BUCKET`] of the server's stores — the same records
@@ -18,8 +18,8 @@
 //!   is loaded with the server's runtime.
 //! - **Errors** map once ([`agent_error`]) to the API's codes; MCP renders
 //!   the same.
-//! - **The tool list** changes when a top-level agent appears (spawned or
-//!   forked): the events of the agent system bump
+//! - **The tool list** changes when an agent appears (spawned, by a client
+//!   or by a turn, or forked): the events of the agent system bump
 //!   [`Server::tools_changed`].
 
 use std::collections::HashMap;
@@ -278,8 +278,7 @@ impl Server {
         });
     }
 
-    /// Tells MCP sessions the tool list changed when a top-level agent
-    /// appears.
+    /// Tells MCP sessions the tool list changed when an agent appears.
     fn follow_agent_events(self: &Arc<Self>, sys: &AgentSystem) {
         let mut events = sys.events();
         let server = Arc::downgrade(self);
@@ -291,7 +290,7 @@ impl Server {
                     e = events.recv() => e,
                 };
                 let changed = match event {
-                    Ok(AgentEvent::Spawned { parent: None, .. }) => true,
+                    Ok(AgentEvent::Spawned { .. }) => true,
                     Ok(_) => false,
                     // Missed events may have held a spawn.
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,

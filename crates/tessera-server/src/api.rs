@@ -1125,7 +1125,8 @@ pub struct AgentInfo {
     /// The registered component it runs (or, for an agent spawned with the
     /// CLI, a `.wasm` path).
     pub component: String,
-    /// Its MCP tool (`agent__<id>`); top-level agents only.
+    /// Its MCP tool (`agent__<id>`, with a hash suffix when the id is not
+    /// a valid tool name as it is: a child's, or one with `.`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool: Option<String>,
     /// Its supervisor (children only).
@@ -1188,8 +1189,7 @@ impl AgentInfo {
                 _ => None,
             },
             component: r.component.component.clone(),
-            tool: (r.parent.is_none() && !r.id.contains('/'))
-                .then(|| crate::mcp::agent_tool_name(&r.id)),
+            tool: Some(crate::mcp::agent_tool_name(&r.id)),
             parent: r.parent.clone(),
             template: r.template.clone(),
             children: r.children.clone(),

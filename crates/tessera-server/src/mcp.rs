@@ -48,10 +48,10 @@
 //!   `tessera/plan_run`; with a progress token, each finished step is a
 //!   `notifications/progress`. Adding or removing a plan (over HTTP, or
 //!   with `tessera plans` beside the server) sends `list_changed`.
-//! - Every top-level agent is a tool too, `agent__<id>` (no component may
-//!   be named `agent`; an id that is not a valid tool name as it is — one
-//!   with `.`, or too long — gets a hash suffix). Children (`parent/child`)
-//!   are not tools: their parents talk to them. Its input is
+//! - Every agent is a tool too, `agent__<id>` (no component may be named
+//!   `agent`; an id that is not a valid tool name as it is — one with `.`,
+//!   a child's `parent/child`, or too long — gets a hash suffix). Its
+//!   input is
 //!   `{"message": string | object, "timeout_ms"?: integer}`; `tools/call`
 //!   sends the message (an object as its JSON text) and waits for the
 //!   reply of its turn, answered as text, and as `structuredContent` when
@@ -59,8 +59,9 @@
 //!   `_meta` holds `tessera/agent`, `tessera/message`, `tessera/turn` and
 //!   `tessera/run_id` (the turn's journal run). A turn that failed for good
 //!   (the message is a dead letter), a full mailbox, a stopped agent or no
-//!   reply in time is a tool error with the reason. Spawning or forking a
-//!   top-level agent sends `list_changed`.
+//!   reply in time is a tool error with the reason. A child `coord/w1` is
+//!   `agent__coord-w1-<hash>`, its title naming the id. Spawning or
+//!   forking an agent, a child too, sends `list_changed`.
 //! - While the server has agents, two more tools decide their tool
 //!   calls that wait for a person (`approval` in an agent's manifest; no
 //!   component may be named `agents`): `agents__approvals` (`{"agent"?:
@@ -287,8 +288,8 @@ pub fn resolve_plan(server: &Server, tool: &str) -> Option<String> {
         .find(|p| plan_tool_name(p) == tool)
 }
 
-/// The MCP tool name of top-level agent `id`: `agent__<id>`, or, when that
-/// is not a valid tool name (an id with `.`, or over 57 characters), the
+/// The MCP tool name of agent `id`: `agent__<id>`, or, when that is not a
+/// valid tool name (an id with `.` or `/`, or over 57 characters), the
 /// valid characters of it cut to [`MAX_TOOL_NAME`] with a hash of the id as
 /// suffix, so two ids never share a name. No component can be named
 /// `agent` ([`crate::registry::RESERVED_NAMES`]).
@@ -318,8 +319,8 @@ pub struct AgentToolEntry {
     pub agent: String,
 }
 
-/// The tools of the top-level agents, sorted by name (none when the agent
-/// system cannot be opened: the store is down; logged).
+/// The tools of the agents, children included, sorted by name (none when
+/// the agent system cannot be opened: the store is down; logged).
 pub async fn agent_tools(server: &Arc<Server>) -> Vec<AgentToolEntry> {
     let list = match server.agents().await {
         Ok(sys) => sys.list().await.map_err(crate::agents::agent_error),
@@ -351,7 +352,6 @@ pub async fn agent_tools(server: &Arc<Server>) -> Vec<AgentToolEntry> {
     let mut out: Vec<AgentToolEntry> = list
         .iter()
         .map(|i| &i.record)
-        .filter(|r| r.parent.is_none() && !r.id.contains('/'))
         .map(|r| {
             let mut tool = Tool::new_with_raw(agent_tool_name(&r.id), None, object(schema.clone()))
                 .with_title(format!("agent: {}", r.id));
@@ -373,7 +373,7 @@ pub async fn agent_tools(server: &Arc<Server>) -> Vec<AgentToolEntry> {
     out
 }
 
-/// The top-level agent a tool name talks to, if any.
+/// The agent a tool name talks to, if any.
 pub async fn resolve_agent(server: &Arc<Server>, tool: &str) -> Option<String> {
     let id = tool.strip_prefix("agent__")?;
     // The common case, an id that is its own tool name, without a listing.
@@ -381,7 +381,7 @@ pub async fn resolve_agent(server: &Arc<Server>, tool: &str) -> Option<String> {
         && let Ok(sys) = server.agents().await
         && let Ok(info) = sys.get(id).await
     {
-        return info.record.parent.is_none().then(|| id.to_string());
+        return Some(info.record.id);
     }
     agent_tools(server)
         .await
@@ -670,9 +670,9 @@ fn fork_tool() -> Tool {
     tool
 }
 
-/// The tools of the agent system, sorted by name: the top-level agents'
-/// and, once there is one, the approval tools (every agent descends from
-/// a top-level one, and spawning or forking one sends `list_changed`). A
+/// The tools of the agent system, sorted by name: every agent's and, once
+/// there is one, the approval tools (spawning or forking an agent sends
+/// `list_changed`). A
 /// server without agents lists neither, nor when the agent system cannot
 /// be opened (the server has no store, or it is down; logged).
 pub async fn agent_system_tools(server: &Arc<Server>) -> Vec<Tool> {
@@ -1666,6 +1666,12 @@ mod tests {
             "{dotted}"
         );
         assert_ne!(dotted, agent_tool_name("a-b"));
+        let child = agent_tool_name("coord/w1");
+        assert!(
+            valid(&child) && child.starts_with("agent__coord-w1-"),
+            "{child}"
+        );
+        assert_ne!(child, agent_tool_name("coord-w1"));
         let long = "x".repeat(64);
         let (a, b) = (agent_tool_name(&long), agent_tool_name(&format!("{long}y")));
         assert!(valid(&a) && valid(&b), "{a} {b}");

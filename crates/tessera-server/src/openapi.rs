@@ -775,7 +775,7 @@ pub fn document() -> Value {
         "info": {
             "title": "Tessera API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Components as typed tools: register, hot-swap, call from JSON, read the journal and audit stream, inspect and edit the key-value buckets components use (wasi:keyvalue), register, run, watch, cancel and resume plans (graphs of component calls), and spawn, message, inspect and watch long-lived agents (durable actors; `/v1/agents`, a child's id with its `/` percent-encoded). The same tools are served over MCP (streamable HTTP) at /mcp, with the `call` scope (plans as `plan__<name>`, top-level agents as `agent__<id>`, their approvals as `agents__approvals` and `agents__decide`). Every route refuses a Host it does not answer to and an Origin it does not allow (403), and request bodies must be application/json (415). See docs/http-api.md."
+            "description": "Components as typed tools: register, hot-swap, call from JSON, read the journal and audit stream, inspect and edit the key-value buckets components use (wasi:keyvalue), register, run, watch, cancel and resume plans (graphs of component calls), and spawn, message, inspect and watch long-lived agents (durable actors; `/v1/agents`, a child's id with its `/` percent-encoded). The same tools are served over MCP (streamable HTTP) at /mcp, with the `call` scope (plans as `plan__<name>`, every agent as `agent__<id>`, their approvals as `agents__approvals` and `agents__decide`). Every route refuses a Host it does not answer to and an Origin it does not allow (403), and request bodies must be application/json (415). See docs/http-api.md."
         },
         "paths": paths,
         "components": {

@@ -3855,7 +3855,10 @@ async fn agents_are_spawned_messaged_inspected_forked_and_restarted_over_http() 
     assert_eq!((status, &v["reply"]["id"]), (200, &json!("a/kid")), "{v}");
     let (status, kid) = s.call("GET", "/v1/agents/a%2Fkid", json!({})).await;
     assert_eq!((status, &kid["parent"]), (200, &json!("a")), "{kid}");
-    assert!(kid["tool"].is_null(), "{kid}");
+    assert!(
+        kid["tool"].as_str().unwrap().starts_with("agent__a-kid-"),
+        "{kid}"
+    );
     let (status, v) = s
         .call(
             "POST",
@@ -4307,7 +4310,7 @@ async fn agent_routes_need_their_scopes_and_events_stream_over_sse() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn top_level_agents_are_mcp_tools_that_answer_their_replies() {
+async fn agents_and_their_children_are_mcp_tools_that_answer_their_replies() {
     let data = tempfile::tempdir().unwrap();
     let s = start(data.path(), |_| {}).await;
     let (status, v) = s
@@ -4433,7 +4436,8 @@ async fn top_level_agents_are_mcp_tools_that_answer_their_replies() {
         .await;
     assert_eq!(v["error"]["code"], -32602, "{v}");
 
-    // Spawning an agent changes the tool list; a child is no tool.
+    // Spawning an agent changes the tool list, a child's spawn by a turn
+    // too; the child is a tool of its own.
     mcp.notifications.clear();
     let (status, v) = s
         .call(
@@ -4451,6 +4455,7 @@ async fn top_level_agents_are_mcp_tools_that_answer_their_replies() {
     )
     .await
     .expect("no list_changed after a spawn");
+    mcp.notifications.clear();
     let (status, v) = s
         .call(
             "POST",
@@ -4459,10 +4464,37 @@ async fn top_level_agents_are_mcp_tools_that_answer_their_replies() {
         )
         .await;
     assert_eq!(status, 200, "{v}");
+    tokio::time::timeout(
+        EVENT_WAIT,
+        mcp.notification("notifications/tools/list_changed"),
+    )
+    .await
+    .expect("no list_changed after a child's spawn");
+    let (status, kid) = s.call("GET", "/v1/agents/a%2Fkid", json!({})).await;
+    assert_eq!(status, 200, "{kid}");
+    let kid_tool = kid["tool"].as_str().unwrap().to_string();
+    assert!(kid_tool.starts_with("agent__a-kid-"), "{kid}");
     let names = mcp.tool_names(9).await;
     assert!(names.contains(&b_tool), "{names:?}");
+    assert!(names.contains(&kid_tool), "{names:?}");
     let agents: Vec<&String> = names.iter().filter(|n| n.starts_with("agent__")).collect();
-    assert_eq!(agents.len(), 2, "{names:?}");
+    assert_eq!(agents.len(), 3, "{names:?}");
+    let v = mcp
+        .request(
+            11,
+            "tools/call",
+            json!({"name": kid_tool, "arguments": {"message": {"op": "self"}}}),
+        )
+        .await;
+    let text = v["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    let me: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    assert_eq!(
+        (&me["id"], &me["parent"]),
+        (&json!("a/kid"), &json!("a")),
+        "{v}"
+    );
     let v = mcp
         .request(
             10,
