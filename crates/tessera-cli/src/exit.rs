@@ -16,6 +16,9 @@ pub const DENIED: i32 = 5;
 /// A replay departed from its recording.
 pub const DIVERGED: i32 = 6;
 
+/// `audit verify`: the audit log is not as it was written.
+pub const TAMPERED: i32 = 7;
+
 /// The exit code for a runtime error raised before the guest ran.
 pub fn for_error(e: &tessera_runtime::Error) -> i32 {
     use tessera_runtime::Error as E;

@@ -95,6 +95,9 @@ enum Command {
     /// API tokens (create, list, revoke).
     #[command(subcommand)]
     Tokens(cmd::tokens::Command),
+    /// The audit log: `verify` checks its hash chain.
+    #[command(subcommand)]
+    Audit(cmd::audit::Command),
 }
 
 const EXIT_CODES: &str = "Exit codes:
@@ -104,7 +107,8 @@ const EXIT_CODES: &str = "Exit codes:
   3  the guest returned the `err` case of a WIT result
   4  the guest trapped or hit a limit (fuel, deadline, memory, stack, output, concurrency)
   5  the call failed and a grant denied something during it (HTTP host, file path)
-  6  replay diverged from the recording";
+  6  replay diverged from the recording
+  7  audit verify: a line of the audit log was changed, removed, inserted or reordered";
 
 /// Parses the command line. A usage error of a command run with `--json`
 /// is printed as JSON too (see `failure.rs`).
@@ -167,6 +171,7 @@ fn main() {
             Command::Agents(args) => cmd::agents::run(&cli.global, args).await,
             Command::Models(c) => cmd::models::run(&cli.global, c).await,
             Command::Tokens(c) => cmd::tokens::run(&cli.global, c),
+            Command::Audit(c) => cmd::audit::run(&cli.global, c),
         }
     });
     std::process::exit(code);

@@ -1606,3 +1606,125 @@ fn a_linked_import_is_called_recorded_shown_and_replayed_from_the_cli() {
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).starts_with("identical"), "{}", stdout(&o));
 }
+
+/// Runs `tessera audit verify --json` (with `extra` arguments): the exit
+/// code and the report.
+fn audit_verify(cli: &Cli, extra: &[&str]) -> (Option<i32>, Value) {
+    let mut args = vec!["audit", "verify", "--json"];
+    args.extend_from_slice(extra);
+    let o = cli.run(&args);
+    let v = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}{}", stdout(&o), stderr(&o)));
+    (o.status.code(), v)
+}
+
+#[test]
+fn the_audit_log_is_one_hash_chain_and_verify_names_the_first_line_tampered_with() {
+    let cli = Cli::new();
+    let fetch = component("http-fetch");
+    // Four processes at once, each auditing its denied host: one chain
+    // across them.
+    let children: Vec<_> = (0..4)
+        .map(|i| {
+            Command::new(env!("CARGO_BIN_EXE_tessera"))
+                .arg("--data")
+                .arg(cli.data.path())
+                .env("TESSERA_CACHE_DIR", cli.data.path().join("cache"))
+                .args([
+                    "call",
+                    fetch.to_str().unwrap(),
+                    "fetch",
+                    "--args",
+                    &format!(r#"{{"url":"http://127.0.0.1:9/{i}"}}"#),
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert_eq!(c.wait().unwrap().code(), Some(5));
+    }
+    let lines = cli.audit_lines();
+    assert!(lines.len() >= 4, "{lines:?}");
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["seq"], i as u64, "{l}");
+    }
+    let (code, v) = audit_verify(&cli, &[]);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(
+        (v["ok"].as_bool(), v["lines"].as_u64()),
+        (Some(true), Some(lines.len() as u64))
+    );
+    let head = v["head"].as_str().unwrap().to_string();
+    assert_eq!(lines.last().unwrap()["hash"], head.as_str());
+    // Verifying against the head printed earlier holds while nothing is cut.
+    assert_eq!(audit_verify(&cli, &["--head", &head]).0, Some(0));
+
+    let path = cli.data.path().join("audit.jsonl");
+    let original = std::fs::read_to_string(&path).unwrap();
+    let tampered = |text: String, line: u64, kind: &str| {
+        std::fs::write(&path, text).unwrap();
+        let (code, v) = audit_verify(&cli, &[]);
+        assert_eq!(code, Some(7), "{v}");
+        assert_eq!(v["problem"]["line"], line, "{v}");
+        assert_eq!(v["problem"]["kind"], kind, "{v}");
+        // The text form names the line too.
+        let o = cli.run(&["audit", "verify"]);
+        assert!(
+            stdout(&o).contains(&format!("line {line}: {kind}")),
+            "{}",
+            stdout(&o)
+        );
+    };
+    let rows: Vec<&str> = original.lines().collect();
+    let join = |rows: &[&str]| rows.iter().map(|r| format!("{r}\n")).collect::<String>();
+    // A target changed on line 2.
+    let mut changed = rows.clone();
+    let edited = changed[1].replace("127.0.0.1", "127.0.0.2");
+    assert_ne!(edited, changed[1]);
+    changed[1] = &edited;
+    tampered(join(&changed), 2, "changed");
+    // Line 2 removed.
+    let mut removed = rows.clone();
+    removed.remove(1);
+    tampered(join(&removed), 2, "removed");
+    // Line 1 copied after line 3.
+    let mut inserted = rows.clone();
+    inserted.insert(3, rows[0]);
+    tampered(join(&inserted), 4, "inserted");
+    // Lines 2 and 3 swapped.
+    let mut swapped = rows.clone();
+    swapped.swap(1, 2);
+    tampered(join(&swapped), 2, "reordered");
+    // The last line cut: the chain alone holds, the head kept does not.
+    std::fs::write(&path, join(&rows[..rows.len() - 1])).unwrap();
+    assert_eq!(audit_verify(&cli, &[]).0, Some(0));
+    let (code, v) = audit_verify(&cli, &["--head", &head]);
+    assert_eq!(
+        (code, &v["problem"]["kind"]),
+        (Some(7), &Value::from("removed")),
+        "{v}"
+    );
+    // Put back as written: intact again, and new lines go on chaining.
+    std::fs::write(&path, &original).unwrap();
+    cli.run(&[
+        "call",
+        fetch.to_str().unwrap(),
+        "fetch",
+        "--args",
+        r#"{"url":"http://127.0.0.1:9/again"}"#,
+    ]);
+    let (code, v) = audit_verify(&cli, &["--head", &head]);
+    assert_eq!(code, Some(0), "{v}");
+    assert!(v["lines"].as_u64().unwrap() > rows.len() as u64);
+    // No log: a clear error.
+    let o = cli.run(&["audit", "verify", "/nonexistent/audit.jsonl"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("/nonexistent/audit.jsonl"),
+        "{}",
+        stderr(&o)
+    );
+}

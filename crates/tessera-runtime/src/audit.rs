@@ -3,12 +3,16 @@
 //!
 //! Auditors read these without reading code, so each event is flat and
 //! self-contained: when, which component (by content digest), which function,
-//! which capability, what target, and the decision.
+//! which capability, what target, and the decision. The log file is a hash
+//! chain ([`chain`]): `tessera audit verify` finds a line changed, removed,
+//! inserted or reordered after it was written.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
+
+pub mod chain;
 
 use serde::{Deserialize, Serialize};
 
@@ -76,10 +80,60 @@ pub trait AuditSink: Send + Sync {
     fn record(&self, event: &AuditEvent);
 }
 
-/// Appends events as JSON lines to a file.
+/// Appends events as JSON lines to a file, each line chained to the one
+/// before by its hash ([`chain`]). Several writers — in this process or
+/// others — may share the file: each append holds an exclusive lock on it
+/// and chains to the file's real last line.
 #[derive(Debug)]
 pub struct JsonLinesAudit {
-    file: Mutex<File>,
+    state: Mutex<Appender>,
+}
+
+#[derive(Debug)]
+struct Appender {
+    file: File,
+    /// The file's length after this writer's last append (or the open).
+    len: u64,
+    head: chain::Head,
+}
+
+impl Appender {
+    /// Reads the file's last line again when another writer appended.
+    fn catch_up(&mut self) -> std::io::Result<()> {
+        let len = self.file.metadata()?.len();
+        if len == self.len {
+            return Ok(());
+        }
+        let last = chain::last_line(&self.file, len)?;
+        if let Some((_, false)) = &last {
+            // A line cut short (a writer died mid-line): end it, so the
+            // next line is whole; `audit verify` reports the cut one.
+            self.file.write_all(b"\n")?;
+        }
+        self.head = chain::head_after(last.as_ref().map(|(l, _)| l.as_slice()));
+        self.len = self.file.metadata()?.len();
+        Ok(())
+    }
+
+    fn append(&mut self, event: &AuditEvent) -> std::io::Result<()> {
+        let serde_json::Value::Object(fields) = serde_json::to_value(event)? else {
+            return Err(std::io::Error::other("an audit event is not a JSON object"));
+        };
+        self.file.lock()?;
+        let written = self.catch_up().and_then(|()| {
+            let (mut line, hash) = chain::seal(fields, &self.head);
+            line.push('\n');
+            self.file.write_all(line.as_bytes())?;
+            self.len += line.len() as u64;
+            self.head = chain::Head {
+                seq: self.head.seq + 1,
+                prev: hash,
+            };
+            Ok(())
+        });
+        let unlocked = self.file.unlock();
+        written.and(unlocked)
+    }
 }
 
 impl JsonLinesAudit {
@@ -88,21 +142,49 @@ impl JsonLinesAudit {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)?;
+        let mut appender = Appender {
+            file,
+            len: u64::MAX,
+            head: chain::Head {
+                seq: 0,
+                prev: chain::GENESIS.to_string(),
+            },
+        };
+        appender.file.lock_shared()?;
+        let caught_up = appender.catch_up_reading();
+        let unlocked = appender.file.unlock();
+        caught_up.and(unlocked)?;
         Ok(Self {
-            file: Mutex::new(file),
+            state: Mutex::new(appender),
         })
+    }
+}
+
+impl Appender {
+    /// Like [`Appender::catch_up`], without writing (under a shared lock).
+    fn catch_up_reading(&mut self) -> std::io::Result<()> {
+        let len = self.file.metadata()?.len();
+        let last = chain::last_line(&self.file, len)?;
+        self.head = chain::head_after(last.as_ref().map(|(l, _)| l.as_slice()));
+        // A cut last line is ended by the first append (`catch_up`).
+        self.len = match last {
+            Some((_, false)) => u64::MAX,
+            _ => len,
+        };
+        Ok(())
     }
 }
 
 impl AuditSink for JsonLinesAudit {
     fn record(&self, event: &AuditEvent) {
-        if let Ok(mut line) = serde_json::to_vec(event) {
-            line.push(b'\n');
-            let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = f.write_all(&line) {
-                tracing::warn!("cannot write audit event: {e}");
-            }
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = state.append(event) {
+            tracing::warn!("cannot write audit event: {e}");
         }
     }
 }
@@ -135,4 +217,72 @@ pub struct NoAudit;
 
 impl AuditSink for NoAudit {
     fn record(&self, _event: &AuditEvent) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(n: u32) -> AuditEvent {
+        AuditEvent::now(
+            "sha256:abc",
+            "f",
+            "http",
+            format!("https://example.com/{n}"),
+            Decision::Deny,
+            None,
+        )
+    }
+
+    #[test]
+    fn writers_sharing_a_file_keep_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        // Two writers (as the CLI and a server would be), interleaved.
+        let a = JsonLinesAudit::open(&path).unwrap();
+        let b = JsonLinesAudit::open(&path).unwrap();
+        for i in 0..10 {
+            a.record(&event(i));
+            b.record(&event(100 + i));
+        }
+        let r = chain::verify(&path).unwrap();
+        assert!(r.intact(), "{r:?}");
+        assert_eq!((r.lines, r.last_seq), (20, Some(19)));
+        // A writer opened later goes on from the last line.
+        JsonLinesAudit::open(&path).unwrap().record(&event(200));
+        let r = chain::verify(&path).unwrap();
+        assert!(r.intact(), "{r:?}");
+        assert_eq!(r.last_seq, Some(20));
+        // Every line is still the event as JSON.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let last: AuditEvent = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        assert_eq!(last.target, "https://example.com/200");
+    }
+
+    #[test]
+    fn a_line_cut_short_is_ended_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let a = JsonLinesAudit::open(&path).unwrap();
+        a.record(&event(1));
+        // Another writer died in the middle of a line.
+        OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"time\":\"2026")
+            .unwrap();
+        a.record(&event(2));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(text.lines().last().unwrap().contains("example.com/2"));
+        let r = chain::verify(&path).unwrap();
+        let p = r.problem.unwrap();
+        assert_eq!(
+            (p.line, p.kind),
+            (2, chain::ProblemKind::Malformed),
+            "{}",
+            p.detail
+        );
+    }
 }

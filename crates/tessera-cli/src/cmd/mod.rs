@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod agents;
+pub mod audit;
 pub mod call;
 pub mod components;
 pub mod exec;
