@@ -78,11 +78,16 @@ fn terms(text: &str) -> Vec<String> {
         .collect()
 }
 
-fn stop_words() -> BTreeSet<&'static str> {
-    stop_words::get(stop_words::LANGUAGE::English)
-        .iter()
-        .copied()
-        .collect()
+/// The English stop words, built once per instance (an `add` of many
+/// passages asks for them once per passage).
+fn stop_words() -> &'static BTreeSet<&'static str> {
+    static STOP: std::sync::OnceLock<BTreeSet<&'static str>> = std::sync::OnceLock::new();
+    STOP.get_or_init(|| {
+        stop_words::get(stop_words::LANGUAGE::English)
+            .iter()
+            .copied()
+            .collect()
+    })
 }
 
 /// A little-endian reader over a stored value.
