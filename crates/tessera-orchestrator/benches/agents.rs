@@ -126,23 +126,26 @@ async fn send_when_room(sys: &AgentSystem, to: &str) {
     }
 }
 
-async fn no_op_turns(turns: usize) {
-    let e = env(None).await;
-    let agents = 64;
+/// Spawns `n0`..`n{agents-1}` (probe-agent) and runs one turn of each
+/// (compiles, fills caches).
+async fn warm_agents(e: &Env, agents: usize) {
     for i in 0..agents {
         e.sys
             .spawn(&format!("n{i}"), spec("probe-agent", None), None)
             .await
             .unwrap();
-    }
-    // Warm: one turn each (compiles, fills caches).
-    for i in 0..agents {
         e.sys
             .send(&format!("n{i}"), &noop(), SendOptions::default())
             .await
             .unwrap();
     }
     e.sys.idle().await;
+}
+
+async fn no_op_turns(turns: usize) {
+    let e = env(None).await;
+    let agents = 64;
+    warm_agents(&e, agents).await;
     let collect = commits(&e.sys);
     let started = Instant::now();
     // Senders from outside, one task per 8 agents, as clients would.
@@ -253,17 +256,7 @@ async fn finish((task, stop): Collector) -> Vec<f64> {
 async fn paced(turns: usize, rate: usize) {
     let e = env(None).await;
     let agents = 64;
-    for i in 0..agents {
-        e.sys
-            .spawn(&format!("n{i}"), spec("probe-agent", None), None)
-            .await
-            .unwrap();
-        e.sys
-            .send(&format!("n{i}"), &noop(), SendOptions::default())
-            .await
-            .unwrap();
-    }
-    e.sys.idle().await;
+    warm_agents(&e, agents).await;
     let collect = commits(&e.sys);
     // Open loop: 8 senders, each with its own schedule of sends at
     // `rate / 8` per second, staggered; a send that falls behind its

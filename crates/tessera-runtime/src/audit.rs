@@ -147,36 +147,15 @@ impl JsonLinesAudit {
             .read(true)
             .append(true)
             .open(path)?;
-        let mut appender = Appender {
-            file,
-            len: u64::MAX,
-            head: chain::Head {
-                seq: 0,
-                prev: chain::GENESIS.to_string(),
-            },
-        };
-        appender.file.lock_shared()?;
-        let caught_up = appender.catch_up_reading();
-        let unlocked = appender.file.unlock();
-        caught_up.and(unlocked)?;
+        // Nothing is read until the first append: its `catch_up` finds the
+        // file's last line then (no length equals `u64::MAX`).
         Ok(Self {
-            state: Mutex::new(appender),
+            state: Mutex::new(Appender {
+                file,
+                len: u64::MAX,
+                head: chain::Head::start(),
+            }),
         })
-    }
-}
-
-impl Appender {
-    /// Like [`Appender::catch_up`], without writing (under a shared lock).
-    fn catch_up_reading(&mut self) -> std::io::Result<()> {
-        let len = self.file.metadata()?.len();
-        let last = chain::last_line(&self.file, len)?;
-        self.head = chain::head_after(last.as_ref().map(|(l, _)| l.as_slice()));
-        // A cut last line is ended by the first append (`catch_up`).
-        self.len = match last {
-            Some((_, false)) => u64::MAX,
-            _ => len,
-        };
-        Ok(())
     }
 }
 

@@ -51,7 +51,8 @@ pub(crate) struct Head {
 }
 
 impl Head {
-    fn start() -> Self {
+    /// Where an empty log starts.
+    pub(crate) fn start() -> Self {
         Self {
             seq: 0,
             prev: GENESIS.to_string(),
