@@ -19,11 +19,15 @@ pub const DIVERGED: i32 = 6;
 /// `audit verify`: the audit log is not as it was written.
 pub const TAMPERED: i32 = 7;
 
+/// The trust policy refused a component, or a signature does not verify.
+pub const UNTRUSTED: i32 = 8;
+
 /// The exit code for a runtime error raised before the guest ran.
 pub fn for_error(e: &tessera_runtime::Error) -> i32 {
     use tessera_runtime::Error as E;
     match e {
         E::Engine { .. } | E::Task { .. } => INTERNAL,
+        E::Untrusted { .. } => UNTRUSTED,
         E::Busy { .. } | E::Instantiate { .. } | E::SessionEnded { .. } => TRAP,
         E::Read { .. }
         | E::NotWasm { .. }

@@ -77,6 +77,7 @@ impl Failure {
             E::Busy { .. } => "busy",
             E::Instantiate { .. } => "instantiate",
             E::SessionEnded { .. } => "session_ended",
+            E::Untrusted { .. } => "untrusted",
         };
         let f = Self::new(exit::for_error(e), kind, e.to_string());
         match e {
@@ -126,6 +127,7 @@ impl Failure {
                 .with("path", error.path.as_str()),
             E::Busy { limit } => f.with("limit", *limit),
             E::Instantiate { origin, .. } => f.with("component", origin.as_str()),
+            E::Untrusted { origin, .. } => f.with("component", origin.as_str()),
             E::Engine { .. }
             | E::Task { .. }
             | E::SessionEnded { .. }

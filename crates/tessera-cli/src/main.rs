@@ -98,6 +98,15 @@ enum Command {
     /// The audit log: `verify` checks its hash chain.
     #[command(subcommand)]
     Audit(cmd::audit::Command),
+    /// Signing keys (ed25519, in the `wasmsign2` format): `generate`.
+    #[command(subcommand)]
+    Keys(cmd::keys::Command),
+    /// Sign a component: embed a signature (the WebAssembly signatures
+    /// proposal's `signature` section) made with a secret key.
+    Sign(cmd::keys::SignArgs),
+    /// Check a component's signatures against public keys, or against the
+    /// trust policy in force; exit 8 if it would be refused.
+    Verify(cmd::keys::VerifyArgs),
 }
 
 const EXIT_CODES: &str = "Exit codes:
@@ -108,7 +117,8 @@ const EXIT_CODES: &str = "Exit codes:
   4  the guest trapped or hit a limit (fuel, deadline, memory, stack, output, concurrency)
   5  the call failed and a grant denied something during it (HTTP host, file path)
   6  replay diverged from the recording
-  7  audit verify: a line of the audit log was changed, removed, inserted or reordered";
+  7  audit verify: a line of the audit log was changed, removed, inserted or reordered
+  8  the trust policy refused a component, or a signature does not verify";
 
 /// Parses the command line. A usage error of a command run with `--json`
 /// is printed as JSON too (see `failure.rs`).
@@ -172,6 +182,9 @@ fn main() {
             Command::Models(c) => cmd::models::run(&cli.global, c).await,
             Command::Tokens(c) => cmd::tokens::run(&cli.global, c),
             Command::Audit(c) => cmd::audit::run(&cli.global, c),
+            Command::Keys(c) => cmd::keys::run(c),
+            Command::Sign(args) => cmd::keys::sign(args),
+            Command::Verify(args) => cmd::keys::verify(&cli.global, args),
         }
     });
     std::process::exit(code);

@@ -43,6 +43,12 @@ pub struct GlobalArgs {
     /// `[config] secrets`.
     #[arg(long, global = true, value_name = "FILE")]
     pub secrets_file: Option<PathBuf>,
+    /// The trust policy (`trust.toml`, see docs/trust.md): components that
+    /// are unsigned, signed by an untrusted key, changed after signing or
+    /// not their pinned digest are refused on every load. Default:
+    /// `<data>/trust.toml` when it exists; none otherwise.
+    #[arg(long, global = true, env = "TESSERA_TRUST", value_name = "FILE")]
+    pub trust: Option<PathBuf>,
     /// The data directory's stores, opened once per process (the embedded
     /// store file is held by one opener).
     #[arg(skip)]
@@ -90,6 +96,7 @@ impl GlobalArgs {
             audit: Arc::new(audit),
             guest_debug,
             host: self.host_config()?,
+            trust: self.trust_policy()?,
             ..RuntimeConfig::default()
         })
         .map_err(|e| e.to_string())?;
@@ -97,6 +104,29 @@ impl GlobalArgs {
             eprintln!("warning: pooling allocator unavailable; using on-demand allocation");
         }
         Ok(rt)
+    }
+
+    /// The trust file in force: `--trust`, else `<data>/trust.toml` if it
+    /// exists.
+    pub fn trust_file(&self) -> Option<PathBuf> {
+        self.trust
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty())
+            .or_else(|| Some(self.data.join("trust.toml")).filter(|p| p.is_file()))
+    }
+
+    /// The trust policy in force (see [`GlobalArgs::trust_file`]), sealing
+    /// the compile cache with the data directory's seal key
+    /// (`<data>/keys/cache-seal.key`, made on first use).
+    pub fn trust_policy(&self) -> Result<Option<Arc<tessera_runtime::trust::TrustPolicy>>, String> {
+        use tessera_runtime::trust;
+        let Some(path) = self.trust_file() else {
+            return Ok(None);
+        };
+        let policy = trust::TrustPolicy::load(&path).map_err(|e| e.to_string())?;
+        let seal = trust::seal_key(&self.data.join("keys").join("cache-seal.key"))
+            .map_err(|e| e.to_string())?;
+        Ok(Some(Arc::new(policy.with_seal_key(seal))))
     }
 
     /// The host's side of the capabilities: secrets (from the environment,

@@ -116,23 +116,34 @@ impl Appender {
     }
 
     fn append(&mut self, event: &AuditEvent) -> std::io::Result<()> {
-        let serde_json::Value::Object(fields) = serde_json::to_value(event)? else {
-            return Err(std::io::Error::other("an audit event is not a JSON object"));
-        };
+        self.append_with(|_| event.clone()).map(|_| ())
+    }
+
+    /// Appends the event `make` builds from the chain's current head (the
+    /// hash of the last line, [`chain::GENESIS`] for an empty log), under
+    /// the file lock, so no other writer's line comes between. Returns the
+    /// new line's hash.
+    fn append_with(
+        &mut self,
+        make: impl FnOnce(&chain::Head) -> AuditEvent,
+    ) -> std::io::Result<String> {
         self.file.lock()?;
         let written = self.catch_up().and_then(|()| {
+            let serde_json::Value::Object(fields) = serde_json::to_value(make(&self.head))? else {
+                return Err(std::io::Error::other("an audit event is not a JSON object"));
+            };
             let (mut line, hash) = chain::seal(fields, &self.head);
             line.push('\n');
             self.file.write_all(line.as_bytes())?;
             self.len += line.len() as u64;
             self.head = chain::Head {
                 seq: self.head.seq + 1,
-                prev: hash,
+                prev: hash.clone(),
             };
-            Ok(())
+            Ok(hash)
         });
         let unlocked = self.file.unlock();
-        written.and(unlocked)
+        written.and_then(|h| unlocked.map(|()| h))
     }
 }
 
@@ -155,6 +166,56 @@ impl JsonLinesAudit {
                 len: u64::MAX,
                 head: chain::Head::start(),
             }),
+        })
+    }
+}
+
+/// The `capability` of a checkpoint line ([`JsonLinesAudit::checkpoint`]).
+pub const CHECKPOINT: &str = "audit-checkpoint";
+
+/// The purpose a checkpoint's [`ContentSignature`](crate::trust::ContentSignature)
+/// is made for.
+pub const CHECKPOINT_PURPOSE: &str = "audit-head";
+
+/// A checkpoint just written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The `seq` of the checkpoint line.
+    pub seq: u64,
+    /// The hash it signs: the line before it (the chain's head then).
+    pub signed: String,
+    /// The checkpoint line's own hash (the new head).
+    pub hash: String,
+}
+
+impl JsonLinesAudit {
+    /// Signs the chain's head with `key` and appends the signature as a
+    /// checkpoint line: `capability` [`CHECKPOINT`], `target` the hash
+    /// signed (the line before's), `detail` the
+    /// [`ContentSignature`](crate::trust::ContentSignature) as JSON, made
+    /// for [`CHECKPOINT_PURPOSE`] over that hash. Whoever rewrites the log
+    /// before a checkpoint must forge the signature; `audit verify --key`
+    /// checks every checkpoint and says how many lines follow the last.
+    pub fn checkpoint(&self, key: &crate::trust::SecretKey) -> std::io::Result<Checkpoint> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut signed = (0, String::new());
+        let hash = state.append_with(|head| {
+            let sig =
+                crate::trust::keys::sign_content(CHECKPOINT_PURPOSE, head.prev.as_bytes(), key);
+            signed = (head.seq, head.prev.clone());
+            AuditEvent::now(
+                "",
+                "",
+                CHECKPOINT,
+                head.prev.clone(),
+                Decision::Allow,
+                serde_json::to_string(&sig).ok(),
+            )
+        })?;
+        Ok(Checkpoint {
+            seq: signed.0,
+            signed: signed.1,
+            hash,
         })
     }
 }

@@ -31,6 +31,14 @@
 //! rename wins (both wrote the same compilation). No lock is taken, so a
 //! crashed writer cannot block anyone; it may leave a `.tmp*` file behind,
 //! which the next writer of that directory removes once it is an hour old.
+//!
+//! A cache with a *seal key* ([`ComponentCache::with_seal`], set when a
+//! trust policy is in force) also requires each entry it loads to carry a
+//! seal made with that key: a sidecar `<digest>.cwasm.<seal-id>.seal`
+//! holding HMAC-SHA256(key, the entry's header), the header being what
+//! binds the digest to the checksum of the compiled code. The checksum
+//! catches an entry damaged by accident; the seal catches one replaced on
+//! purpose by whoever can write the cache but does not hold the key.
 
 use std::fs;
 use std::hash::{Hash, Hasher};
@@ -38,6 +46,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use hmac::Mac;
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
@@ -110,9 +119,19 @@ pub struct CachedComponent {
 }
 
 /// Compiled components on disk.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ComponentCache {
     dir: PathBuf,
+    seal: Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for ComponentCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComponentCache")
+            .field("dir", &self.dir)
+            .field("sealed", &self.seal.is_some())
+            .finish()
+    }
 }
 
 /// Feeds `Hash` output into SHA-256 so the engine hash is stable across runs.
@@ -139,7 +158,27 @@ impl ComponentCache {
     pub fn new(root: &Path, engine: &Engine) -> Self {
         Self {
             dir: root.join(engine_hash(engine)),
+            seal: None,
         }
+    }
+
+    /// The same cache, sealing the entries it writes with `key` and
+    /// refusing entries without a valid seal by it (see the module
+    /// documentation).
+    pub fn with_seal(mut self, key: [u8; 32]) -> Self {
+        self.seal = Some(key);
+        self
+    }
+
+    /// The seal sidecar of an entry, named by the seal key's id.
+    fn seal_path(&self, digest: &str, key: &[u8; 32]) -> PathBuf {
+        let id = Sha256::new()
+            .chain_update(b"tessera-cache-seal-id\0")
+            .chain_update(key)
+            .finalize();
+        let mut p = self.entry_path(digest).into_os_string();
+        p.push(format!(".{}.seal", hex::encode(&id[..8])));
+        PathBuf::from(p)
     }
 
     /// The directory holding this engine's entries.
@@ -171,6 +210,19 @@ impl ComponentCache {
             Ok(p) => p,
             Err(reason) => return Err(self.reject(&path, reason)),
         };
+        if let Some(key) = &self.seal {
+            let seal_path = self.seal_path(digest, key);
+            let found = fs::read(&seal_path).unwrap_or_default();
+            if seal_of(key, &bytes).verify_slice(&found).is_err() {
+                let _ = fs::remove_file(&seal_path);
+                let why = if found.is_empty() {
+                    "not sealed by this host (written without its trust policy)"
+                } else {
+                    "its seal does not match (the entry was replaced or changed)"
+                };
+                return Err(self.reject(&path, why.to_string()));
+            }
+        }
         // SAFETY: the payload's SHA-256 matched the header written by `store`
         // below, which only ever writes the output of `Component::serialize`
         // for this engine's configuration (the directory is keyed by the
@@ -225,6 +277,28 @@ impl ComponentCache {
             f.sync_all()?;
         }
         tmp.persist(&path).map_err(|e| e.error)?;
+        if let Some(key) = &self.seal {
+            // Sealed from the bytes just written (the header is all the
+            // seal covers; see `seal_of`).
+            let mut header = Vec::with_capacity(HEADER_LEN);
+            header.extend_from_slice(MAGIC);
+            header.extend_from_slice(&digest_bytes(digest));
+            let mut sum = Sha256::new();
+            sum.update(&payload);
+            sum.update(notes);
+            header.extend_from_slice(&sum.finalize());
+            header.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+            header.extend_from_slice(&(notes.len() as u64).to_le_bytes());
+            let seal = seal_of(key, &header).finalize().into_bytes();
+            let mut t = tempfile::Builder::new()
+                .prefix(".tmp")
+                .suffix(".seal")
+                .tempfile_in(&self.dir)?;
+            t.as_file_mut().write_all(&seal)?;
+            t.as_file_mut().sync_all()?;
+            t.persist(self.seal_path(digest, key))
+                .map_err(|e| e.error)?;
+        }
         // The rename itself is durable once the directory is synced (not
         // possible on every platform; the entry is valid either way).
         if let Ok(d) = fs::File::open(&self.dir) {
@@ -254,6 +328,22 @@ impl ComponentCache {
             }
         }
     }
+}
+
+/// The seal of an entry: HMAC-SHA256 under `key` of its header (the
+/// header holds the digest and the checksum of everything after it, which
+/// [`check_entry`] verifies before the seal is looked at). `entry` may be
+/// the whole entry; only its header is read.
+fn seal_of(key: &[u8; 32], entry: &[u8]) -> hmac::Hmac<Sha256> {
+    let header_len = if entry.starts_with(MAGIC) {
+        HEADER_LEN
+    } else {
+        HEADER_LEN_V2
+    };
+    let mut mac =
+        <hmac::Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes a key of any length");
+    mac.update(&entry[..header_len.min(entry.len())]);
+    mac
 }
 
 fn digest_bytes(digest: &str) -> [u8; 32] {

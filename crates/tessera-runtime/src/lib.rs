@@ -33,6 +33,7 @@ mod runtime;
 pub mod schema;
 pub mod snapshot;
 pub mod tools;
+pub mod trust;
 
 pub use audit::{AuditEvent, AuditSink, Decision};
 pub use cache::{CacheStatus, CachedComponent, ComponentCache};
@@ -212,6 +213,15 @@ pub enum Error {
         provider: String,
         /// What is wrong.
         message: String,
+    },
+    /// The trust policy refuses the component (unsigned, signed by an
+    /// untrusted key, changed after signing, or not the pinned digest).
+    #[error("{origin}: refused by the trust policy: {refusal}")]
+    Untrusted {
+        /// Where the bytes came from.
+        origin: String,
+        /// Why.
+        refusal: trust::Refusal,
     },
     /// A session's instance could not be made.
     #[error("{origin}: cannot start a session: {message}")]

@@ -49,6 +49,10 @@ pub struct RuntimeConfig {
     /// How the host provides capabilities: secrets and the redaction key.
     /// Kept apart from grants; never journaled.
     pub host: HostConfig,
+    /// The trust policy every component must satisfy before it is
+    /// compiled or loaded ([`crate::trust`]); `None`: any component loads.
+    /// With a seal key, compile-cache entries are sealed too.
+    pub trust: Option<Arc<crate::trust::TrustPolicy>>,
 }
 
 impl std::fmt::Debug for RuntimeConfig {
@@ -74,6 +78,7 @@ impl Default for RuntimeConfig {
             observer: None,
             guest_debug: false,
             host: HostConfig::default(),
+            trust: None,
         }
     }
 }
@@ -95,6 +100,7 @@ pub(crate) struct RuntimeInner {
     pub(crate) audit: Arc<dyn AuditSink>,
     pub(crate) observer: Option<Arc<dyn InteractionObserver>>,
     pub(crate) host: Arc<HostConfig>,
+    trust: Option<Arc<crate::trust::TrustPolicy>>,
     pooling: bool,
     max_wasm_stack: usize,
     /// Compiled components already loaded by this runtime, by digest.
@@ -141,6 +147,11 @@ pub struct Prepared {
     pub adapted: bool,
     /// Whether a cache entry exists (so loading will not compile).
     pub cached: bool,
+    /// The name the trust policy judged it by (a registry name, or the
+    /// file's stem).
+    pub name: String,
+    /// What the trust policy found (`None`: no policy in force).
+    pub trust: Option<crate::trust::Verdict>,
 }
 
 /// What a compiled component offers and needs ([`Runtime::inspect`]),
@@ -306,7 +317,11 @@ impl Runtime {
         let cache = cfg
             .cache_dir
             .as_deref()
-            .map(|d| ComponentCache::new(d, &engine));
+            .map(|d| ComponentCache::new(d, &engine))
+            .map(|c| match cfg.trust.as_ref().and_then(|t| t.seal()) {
+                Some(key) => c.with_seal(*key),
+                None => c,
+            });
         Ok(Self {
             inner: Arc::new(RuntimeInner {
                 engine,
@@ -315,6 +330,7 @@ impl Runtime {
                 audit: cfg.audit,
                 observer: cfg.observer,
                 host: Arc::new(cfg.host),
+                trust: cfg.trust,
                 pooling,
                 max_wasm_stack: cfg.max_wasm_stack,
                 compiled: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -395,10 +411,52 @@ impl Runtime {
         self.prepare(bytes, &path.display().to_string())
     }
 
-    /// Checks that `bytes` are a component or a core module, adapts a core
-    /// module with the WASI preview1 adapter, and looks in the cache.
+    /// The trust policy in force, if any.
+    pub fn trust(&self) -> Option<&Arc<crate::trust::TrustPolicy>> {
+        self.inner.trust.as_ref()
+    }
+
+    /// [`Runtime::prepare_named`], the name being `origin`'s file stem
+    /// (`tools/hello.wasm` is `hello`).
     pub fn prepare(&self, bytes: Vec<u8>, origin: &str) -> Result<Prepared, Error> {
+        let name = Path::new(origin)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| origin.to_string());
+        self.prepare_named(bytes, origin, &name)
+    }
+
+    /// Checks the bytes against the trust policy under `name` (refused
+    /// with [`Error::Untrusted`] and an audit event), checks that they are
+    /// a component or a core module, adapts a core module with the WASI
+    /// preview1 adapter, and looks in the cache.
+    pub fn prepare_named(
+        &self,
+        bytes: Vec<u8>,
+        origin: &str,
+        name: &str,
+    ) -> Result<Prepared, Error> {
         let digest = digest_of(&bytes);
+        let trust = match &self.inner.trust {
+            None => None,
+            Some(policy) => match policy.check(name, &bytes, &digest) {
+                Ok(v) => Some(v),
+                Err(refusal) => {
+                    self.inner.audit.record(&crate::AuditEvent::now(
+                        &digest,
+                        "",
+                        "trust",
+                        name,
+                        crate::Decision::Deny,
+                        Some(format!("{refusal} (policy {})", policy.path().display())),
+                    ));
+                    return Err(Error::Untrusted {
+                        origin: origin.to_string(),
+                        refusal,
+                    });
+                }
+            },
+        };
         let source = Arc::new(bytes);
         let (component_bytes, adapted) = to_component(&source, origin)?;
         let component_bytes = match component_bytes {
@@ -417,6 +475,8 @@ impl Runtime {
             source_bytes: source,
             adapted,
             cached,
+            name: name.to_string(),
+            trust,
         })
     }
 
@@ -662,7 +722,19 @@ impl Runtime {
                 return Ok((c.component, CacheStatus::Hit, docs));
             }
             Ok(None) => CacheStatus::Miss,
-            Err(reason) => CacheStatus::Rejected(reason),
+            Err(reason) => {
+                if self.inner.trust.is_some() {
+                    self.inner.audit.record(&crate::AuditEvent::now(
+                        &p.digest,
+                        "",
+                        "compile-cache",
+                        cache.entry_path(&p.digest).display().to_string(),
+                        crate::Decision::Deny,
+                        Some(format!("entry refused and compiled again: {reason}")),
+                    ));
+                }
+                CacheStatus::Rejected(reason)
+            }
         };
         let component = compile()?;
         let docs = schema::Docs::of(&p.component_bytes);

@@ -156,7 +156,7 @@ pub(crate) async fn load(
     let origin = format!("{name} v{version}");
     let name = name.to_string();
     let loaded = tokio::task::spawn_blocking(move || {
-        let prepared = rt.prepare(bytes, &origin)?;
+        let prepared = rt.prepare_named(bytes, &origin, &name)?;
         if let Some(o) = observer {
             o.compiling(&name, version, prepared.component_bytes.len());
         }

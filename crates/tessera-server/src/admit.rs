@@ -97,7 +97,7 @@ pub fn add_checked(
     };
     // Errors name the component and where its bytes came from.
     let described = format!("{name} ({origin})");
-    let prepared = runtime.prepare(bytes, &described)?;
+    let prepared = runtime.prepare_named(bytes, &described, name)?;
     if host == HostCheck::Bind {
         grants
             .bind(runtime.host())

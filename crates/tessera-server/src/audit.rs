@@ -39,3 +39,35 @@ impl Server {
         ));
     }
 }
+
+/// Appends a signed checkpoint to the audit log every `signing.every`
+/// when lines were added since the last, and once more when `stopping`
+/// fires.
+pub(crate) async fn sign_periodically(
+    log: JsonLinesAudit,
+    path: std::path::PathBuf,
+    signing: crate::config::AuditSigning,
+    stopping: tokio_util::sync::CancellationToken,
+) {
+    let log = std::sync::Arc::new(log);
+    let mut signed_len = None;
+    loop {
+        let stop = tokio::select! {
+            _ = tokio::time::sleep(signing.every) => false,
+            _ = stopping.cancelled() => true,
+        };
+        let len = std::fs::metadata(&path).map(|m| m.len()).ok();
+        if len.is_some() && len != signed_len && len != Some(0) {
+            let (log, key) = (log.clone(), signing.key.clone());
+            let done = tokio::task::spawn_blocking(move || log.checkpoint(&key)).await;
+            match done {
+                Ok(Ok(_)) => signed_len = std::fs::metadata(&path).map(|m| m.len()).ok(),
+                Ok(Err(e)) => tracing::warn!("cannot sign the audit log {}: {e}", path.display()),
+                Err(e) => tracing::warn!("audit signing task failed: {e}"),
+            }
+        }
+        if stop {
+            return;
+        }
+    }
+}

@@ -67,6 +67,23 @@ pub struct ServerConfig {
     /// How many sandbox sessions are live at once; past it the least
     /// recently used idle one is dropped (and rebuilt when used again).
     pub max_sessions: usize,
+    /// The trust policy every component must satisfy on registry add and
+    /// on every load ([`tessera_runtime::trust`]); `None`: any component.
+    pub trust: Option<Arc<tessera_runtime::trust::TrustPolicy>>,
+    /// Sign the audit chain's head with this key at this period, and once
+    /// more when the server stops (`None`: no checkpoints).
+    pub audit_signing: Option<AuditSigning>,
+}
+
+/// Periodic signed checkpoints of the audit log
+/// ([`tessera_runtime::audit::JsonLinesAudit::checkpoint`]).
+#[derive(Debug, Clone)]
+pub struct AuditSigning {
+    /// The host's secret key.
+    pub key: tessera_runtime::trust::SecretKey,
+    /// How often to sign (a checkpoint is written only when lines were
+    /// added since the last one).
+    pub every: Duration,
 }
 
 impl ServerConfig {
@@ -97,6 +114,8 @@ impl ServerConfig {
             sandboxes: None,
             session_idle: Duration::from_secs(600),
             max_sessions: 64,
+            trust: None,
+            audit_signing: None,
         }
     }
 }

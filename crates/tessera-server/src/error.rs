@@ -87,6 +87,9 @@ pub enum ErrorCode {
     BadManifest,
     /// 400: the component cannot be read, compiled or linked.
     BadComponent,
+    /// 403: the trust policy refuses the component (unsigned, signed by an
+    /// untrusted key, changed after signing, not its pinned digest).
+    Untrusted,
     /// 422: a grant denied something the call needed.
     Denied,
     /// 422: a limit (fuel, deadline, memory, output …) stopped the call.
@@ -156,7 +159,7 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             Unauthorized => StatusCode::UNAUTHORIZED,
-            Forbidden | HostNotAllowed | OriginNotAllowed => StatusCode::FORBIDDEN,
+            Forbidden | HostNotAllowed | OriginNotAllowed | Untrusted => StatusCode::FORBIDDEN,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             NotFound | NoSuchComponent | NoSuchVersion | NoSuchFunction | NoSuchRun | NoSuchKey
@@ -567,6 +570,7 @@ impl From<RtError> for ApiError {
             | RtError::Compose { .. } => ErrorCode::BadComponent,
             RtError::Engine { .. } | RtError::Task { .. } => ErrorCode::Engine,
             RtError::Instantiate { .. } | RtError::SessionEnded { .. } => ErrorCode::Trap,
+            RtError::Untrusted { .. } => ErrorCode::Untrusted,
         };
         ApiError::new(code, e.to_string())
     }

@@ -60,7 +60,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use active::{Active, LoadError, LoadObserver, Loading};
 pub use call::{CallError, Called, PlanCall};
-pub use config::ServerConfig;
+pub use config::{AuditSigning, ServerConfig};
 pub use http::router;
 
 use active::{ActiveVersions, Pending};
@@ -211,6 +211,7 @@ impl Server {
                 llm: config.llm.clone(),
                 nn: config.models.clone(),
             },
+            trust: config.trust.clone(),
             ..RuntimeConfig::default()
         })?;
         let journal = Arc::new(JournalStore::open(&config.data)?);
@@ -276,6 +277,19 @@ impl Server {
         });
         if let Some(pool) = &server.sessions {
             tokio::spawn(pool.clone().sweep(server.stopping.clone()));
+        }
+        if let Some(signing) = server.config.audit_signing.clone() {
+            // A writer of its own: the log takes any number of them.
+            let log = JsonLinesAudit::open(&audit_path).map_err(|source| ServerError::Audit {
+                path: audit_path.clone(),
+                source,
+            })?;
+            tokio::spawn(audit::sign_periodically(
+                log,
+                audit_path.clone(),
+                signing,
+                server.stopping.clone(),
+            ));
         }
         // Agents with work left by a previous process resume.
         server.open_agents_in_background();

@@ -7,6 +7,7 @@ pub mod components;
 pub mod exec;
 pub mod inspect;
 pub mod inspect_run;
+pub mod keys;
 pub mod kv;
 pub mod models;
 pub mod plan;

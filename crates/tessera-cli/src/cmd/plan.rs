@@ -238,7 +238,7 @@ pub(crate) fn components(global: &GlobalArgs) -> Result<FileComponents, Failure>
             None => Grants::deny_all(),
         };
         let prepared = rt
-            .prepare(bytes, &format!("{name} v{}", entry.active))
+            .prepare_named(bytes, &format!("{name} v{}", entry.active), name)
             .map_err(|e| e.to_string())?;
         let c = Arc::new(rt.load(&prepared, grants).map_err(|e| e.to_string())?);
         loaded

@@ -11,6 +11,16 @@ use crate::exit;
 use crate::failure::{Failure, Outcome, finish, journal_failure};
 use crate::setup::GlobalArgs;
 
+/// The purpose a signed journal export's signature is made for.
+const JOURNAL_EXPORT_PURPOSE: &str = "journal-export";
+
+/// Where the signature of an export goes: `<file>.sig`.
+fn signature_path(file: &std::path::Path) -> PathBuf {
+    let mut s = file.as_os_str().to_owned();
+    s.push(".sig");
+    PathBuf::from(s)
+}
+
 /// Subcommands of `tessera runs`.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -35,11 +45,22 @@ pub enum Command {
         /// Output file.
         #[arg(short, long)]
         output: PathBuf,
+        /// Sign the export with this secret key (`tessera keys generate`):
+        /// the signature goes to `<output>.sig`.
+        #[arg(long, value_name = "FILE")]
+        sign: Option<PathBuf>,
     },
     /// Import a run exported with `runs export`.
     Import {
         /// The exported file.
         file: PathBuf,
+        /// Require a valid signature (`<file>.sig`, or `--signature`) by
+        /// one of these public keys (repeatable); exit 8 without one.
+        #[arg(long, value_name = "FILE")]
+        key: Vec<PathBuf>,
+        /// The signature file (default: `<file>.sig`).
+        #[arg(long, value_name = "FILE", requires = "key")]
+        signature: Option<PathBuf>,
     },
     /// What the journal weighs: the file on disk, runs, bytes per run, and
     /// the same per component.
@@ -287,28 +308,75 @@ fn runs(global: &GlobalArgs, command: Command) -> Outcome {
             }
             Ok(exit::OK)
         }
-        Command::Export { run, output } => {
+        Command::Export { run, output, sign } => {
+            let key = match &sign {
+                Some(p) => Some(tessera_runtime::trust::keys::read_secret(p).map_err(|e| {
+                    Failure::bad_input("key", e.to_string()).with("path", p.display().to_string())
+                })?),
+                None => None,
+            };
             let id = store.resolve(&run).map_err(jf)?;
-            let f = std::fs::File::create(&output).map_err(|e| {
-                Failure::bad_input("io", format!("cannot create {}: {e}", output.display()))
-                    .with("path", output.display().to_string())
-            })?;
-            let mut w = std::io::BufWriter::new(f);
-            store.export(&id, &mut w).map_err(jf)?;
-            w.flush().map_err(|e| {
-                Failure::bad_input("io", format!("{}: {e}", output.display()))
-                    .with("path", output.display().to_string())
-            })?;
+            let mut bytes = Vec::new();
+            store.export(&id, &mut bytes).map_err(jf)?;
+            let write = |path: &std::path::Path, data: &[u8]| {
+                std::fs::write(path, data).map_err(|e| {
+                    Failure::bad_input("io", format!("cannot write {}: {e}", path.display()))
+                        .with("path", path.display().to_string())
+                })
+            };
+            write(&output, &bytes)?;
             eprintln!("exported run {id} to {}", output.display());
+            if let Some(key) = key {
+                let sig = tessera_runtime::trust::keys::sign_content(
+                    JOURNAL_EXPORT_PURPOSE,
+                    &bytes,
+                    &key,
+                );
+                let sig_path = signature_path(&output);
+                let text = serde_json::to_string_pretty(&sig).unwrap_or_default();
+                write(&sig_path, format!("{text}\n").as_bytes())?;
+                eprintln!("signed with key {} in {}", key.id(), sig_path.display());
+            }
             Ok(exit::OK)
         }
-        Command::Import { file } => {
-            let f = std::fs::File::open(&file).map_err(|e| {
+        Command::Import {
+            file,
+            key,
+            signature,
+        } => {
+            let bytes = std::fs::read(&file).map_err(|e| {
                 Failure::bad_input("io", format!("cannot open {}: {e}", file.display()))
                     .with("path", file.display().to_string())
             })?;
+            if !key.is_empty() {
+                let keys = crate::cmd::audit::public_keys(&key)?;
+                let sig_path = signature.unwrap_or_else(|| signature_path(&file));
+                let refused = |why: String| {
+                    Failure::new(
+                        exit::UNTRUSTED,
+                        "untrusted",
+                        format!("{}: {why}; nothing imported", file.display()),
+                    )
+                    .with("path", file.display().to_string())
+                    .with("signature", sig_path.display().to_string())
+                };
+                let text = std::fs::read_to_string(&sig_path)
+                    .map_err(|e| refused(format!("no signature ({}: {e})", sig_path.display())))?;
+                let sig: tessera_runtime::trust::ContentSignature = serde_json::from_str(&text)
+                    .map_err(|e| {
+                        refused(format!("{} is not a signature: {e}", sig_path.display()))
+                    })?;
+                let by = tessera_runtime::trust::keys::verify_content(
+                    JOURNAL_EXPORT_PURPOSE,
+                    &bytes,
+                    &sig,
+                    &keys,
+                )
+                .map_err(refused)?;
+                eprintln!("signature by {} ({}) holds", by.name, by.id());
+            }
             let id = store
-                .import(&mut BufReader::new(f), &file.display().to_string())
+                .import(&mut BufReader::new(&bytes[..]), &file.display().to_string())
                 .map_err(jf)?;
             println!("{id}");
             Ok(exit::OK)

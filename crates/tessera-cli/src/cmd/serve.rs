@@ -13,6 +13,15 @@ use crate::setup::GlobalArgs;
 /// Arguments of `tessera serve`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// Sign the audit log's head with this secret key
+    /// (`tessera keys generate`) every `--audit-sign-every` seconds and when
+    /// the server stops; `tessera audit verify --key <pub>` checks the
+    /// checkpoints.
+    #[arg(long, value_name = "FILE")]
+    pub audit_sign_key: Option<std::path::PathBuf>,
+    /// Seconds between audit checkpoints (with `--audit-sign-key`).
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    pub audit_sign_every: u64,
     /// Address to listen on. Any non-loopback address requires tokens.
     #[arg(long, default_value = "127.0.0.1:7878")]
     pub listen: SocketAddr,
@@ -171,6 +180,27 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
         }
     };
     config.models = Some(global.models());
+    config.trust = match global.trust_policy() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return crate::exit::BAD_INPUT;
+        }
+    };
+    if let Some(path) = &args.audit_sign_key {
+        match tessera_runtime::trust::keys::read_secret(path) {
+            Ok(key) => {
+                config.audit_signing = Some(tessera_server::AuditSigning {
+                    key,
+                    every: Duration::from_secs(args.audit_sign_every.max(1)),
+                })
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return crate::exit::BAD_INPUT;
+            }
+        }
+    }
     config.sandboxes = args
         .sandboxes
         .as_ref()
