@@ -73,8 +73,13 @@ wat_guests=(
     toolchain-exports
 )
 
+# Crates built with DWARF debug info (the `release-debug` profile).
+debug_crates=(
+    trap-debug
+)
+
 if [[ "${1:-}" == --list ]]; then
-    printf '%s\n' "${component_crates[@]}" p1-command "${wat_guests[@]}"
+    printf '%s\n' "${component_crates[@]}" "${debug_crates[@]}" p1-command "${wat_guests[@]}"
     bash "$root/scripts/build-polyglot.sh" --list
     bash "$root/scripts/build-third-party.sh" --list
     bash "$root/scripts/build-toolchains.sh" --list
@@ -93,6 +98,12 @@ cargo build --release --manifest-path "$manifest" --target-dir "$target_dir" \
     --target wasm32-wasip2 "${package_args[@]}" "$@"
 cargo build --release --manifest-path "$manifest" --target-dir "$target_dir" \
     --target wasm32-wasip1 -p p1-command "$@"
+debug_args=()
+for crate in "${debug_crates[@]}"; do
+    debug_args+=(-p "$crate")
+done
+cargo build --profile release-debug --manifest-path "$manifest" --target-dir "$target_dir" \
+    --target wasm32-wasip2 "${debug_args[@]}" "$@"
 # Host-side tools, so no --target; a dev build compiles fastest.
 cargo build --manifest-path "$manifest" --target-dir "$target_dir" \
     -p embed-wit-docs -p assemble-wat "$@"
@@ -116,6 +127,9 @@ for crate in "${component_crates[@]}"; do
     artifact="$target_dir/wasm32-wasip2/release/${crate//-/_}.wasm"
     [[ -f "$artifact" ]] || artifact="$target_dir/wasm32-wasip2/release/$crate.wasm"
     install_artifact "$artifact" "$crate"
+done
+for crate in "${debug_crates[@]}"; do
+    install_artifact "$target_dir/wasm32-wasip2/release-debug/${crate//-/_}.wasm" "$crate"
 done
 install_artifact "$target_dir/wasm32-wasip1/release/p1-command.wasm" p1-command
 mkdir -p "$target_dir/wat"

@@ -1728,3 +1728,64 @@ fn the_audit_log_is_one_hash_chain_and_verify_names_the_first_line_tampered_with
         stderr(&o)
     );
 }
+
+#[test]
+fn a_trap_in_a_component_with_debug_info_shows_files_and_lines_in_call_and_runs_show() {
+    let cli = Cli::new();
+    let td = component("trap-debug");
+    let o = cli.run(&[
+        "call",
+        td.to_str().unwrap(),
+        "divide",
+        "--args",
+        r#"{"a":6,"b":0}"#,
+        "--json",
+        "--record",
+    ]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let bt = v["error"]["backtrace"].as_str().unwrap();
+    assert!(
+        bt.contains("innermost_divide") && bt.contains("trap-debug/src/lib.rs:34:"),
+        "{bt}"
+    );
+    // Text mode prints it on stderr, and the journal keeps it.
+    let o = cli.run(&[
+        "call",
+        td.to_str().unwrap(),
+        "divide",
+        "--args",
+        r#"{"a":6,"b":0}"#,
+        "--record",
+    ]);
+    assert_eq!(o.status.code(), Some(4));
+    assert!(
+        stderr(&o).contains("trap-debug/src/lib.rs:25:"),
+        "{}",
+        stderr(&o)
+    );
+    let run_id = stderr(&o)
+        .lines()
+        .find_map(|l| l.strip_prefix("recorded run "))
+        .expect("run id on stderr")
+        .trim()
+        .to_string();
+    let o = cli.run(&["runs", "show", &run_id]);
+    let show = stdout(&o);
+    assert!(
+        show.contains("backtrace") && show.contains("trap-debug/src/lib.rs:20:"),
+        "{show}"
+    );
+    // A component without DWARF names functions but no source lines.
+    let o = cli.run(&[
+        "call",
+        component("hello").to_str().unwrap(),
+        "types#fail",
+        "--args",
+        r#"{"msg":"x"}"#,
+        "--json",
+    ]);
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let bt = v["error"]["backtrace"].as_str().unwrap();
+    assert!(bt.contains("fail") && !bt.contains("src/lib.rs:"), "{bt}");
+}

@@ -188,6 +188,11 @@ pub enum RunResult {
     Trap {
         /// The trap message.
         message: String,
+        /// The guest backtrace, with source files and lines when the
+        /// component carries DWARF (absent in journals written before it
+        /// was recorded, and for a divergence).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        backtrace: Option<String>,
     },
     /// The guest exited with a non-zero status (`wasi:cli/exit`,
     /// `proc_exit`).

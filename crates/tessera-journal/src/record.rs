@@ -110,11 +110,13 @@ pub fn end_of(outcome: &CallOutcome) -> End {
             limit: l.capability().to_string(),
             message: l.to_string(),
         },
-        Err(CallFailure::Trap { message, .. }) => RunResult::Trap {
+        Err(CallFailure::Trap { message, backtrace }) => RunResult::Trap {
             message: message.clone(),
+            backtrace: backtrace.clone(),
         },
         Err(CallFailure::Diverged(d)) => RunResult::Trap {
             message: d.to_string(),
+            backtrace: None,
         },
         Err(CallFailure::Exit(code)) => RunResult::Exited { code: *code },
         Err(CallFailure::Cancelled) => RunResult::Cancelled {

@@ -736,6 +736,95 @@ async fn mcp_sessionless_call_is_answered_with_a_json_body() {
     s.shutdown().await;
 }
 
+/// A trap in a component built with DWARF names guest functions with file
+/// and line over HTTP, over MCP and in the journal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_in_a_component_with_debug_info_names_files_and_lines_everywhere() {
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), |_| {}).await;
+    assert_eq!(s.add("td", "trap-debug").await.0, 201);
+    // The innermost frame: `innermost_divide` at src/lib.rs:34, called
+    // from `middle_step` (line 25) and `outer_step` (line 20).
+    let frames = [
+        "innermost_divide",
+        "trap-debug/src/lib.rs:34:",
+        "middle_step",
+        "trap-debug/src/lib.rs:25:",
+        "outer_step",
+        "trap-debug/src/lib.rs:20:",
+    ];
+    let in_order = |bt: &str| {
+        let mut at = 0;
+        for f in frames {
+            match bt[at..].find(f) {
+                Some(i) => at += i + f.len(),
+                None => return false,
+            }
+        }
+        true
+    };
+    let (status, v) = s
+        .call(
+            "POST",
+            "/v1/components/td/call/divide",
+            json!({"a": 6, "b": 0}),
+        )
+        .await;
+    assert_eq!((status, &v["error"]["code"]), (422, &json!("trap")), "{v}");
+    let bt = v["error"]["guest"]["backtrace"].as_str().unwrap();
+    assert!(in_order(bt), "{bt}");
+    // The journal keeps it.
+    let run_id = v["error"]["run_id"].as_str().unwrap().to_string();
+    let (status, run) = s
+        .call("GET", &format!("/v1/runs/{run_id}"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{run}");
+    let recorded = run["end"]["result"]["backtrace"].as_str().unwrap_or("");
+    assert!(in_order(recorded), "{run}");
+    // MCP: the tool error's text carries the same frames.
+    let addr = s.addr;
+    let call = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {
+            "name": "td__divide", "arguments": {"a": 6, "b": 0},
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "0"},
+                "io.modelcontextprotocol/clientCapabilities": {}
+            }
+        }
+    })
+    .to_string();
+    let host = format!("127.0.0.1:{}", addr.port());
+    let (status, _, body) = tokio::task::spawn_blocking(move || {
+        raw_request(
+            addr,
+            "POST",
+            "/mcp",
+            &[
+                ("Host", &host),
+                ("Content-Type", "application/json"),
+                ("Accept", "application/json, text/event-stream"),
+                ("MCP-Protocol-Version", "2026-07-28"),
+                ("Mcp-Method", "tools/call"),
+                ("Mcp-Name", "td__divide"),
+            ],
+            &call,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(answer["result"]["isError"], true, "{answer}");
+    let text = answer["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.contains("guest backtrace:") && in_order(text),
+        "{text}"
+    );
+    s.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcp_endpoint_requires_a_call_scope() {
     let data = tempfile::tempdir().unwrap();

@@ -296,14 +296,31 @@ fn runs(global: &GlobalArgs, command: Command) -> Outcome {
                     );
                 }
                 Some(e) => {
+                    // A trap's backtrace goes on lines of its own below.
+                    let (result, backtrace) = match &e.result {
+                        RunResult::Trap { message, backtrace } => (
+                            RunResult::Trap {
+                                message: message.clone(),
+                                backtrace: None,
+                            },
+                            backtrace.as_deref(),
+                        ),
+                        other => (other.clone(), None),
+                    };
                     let _ = writeln!(
                         out,
                         "end       {} ; fuel {} ; peak memory {} bytes ; {} µs",
-                        serde_json::to_string(&e.result).unwrap_or_default(),
+                        serde_json::to_string(&result).unwrap_or_default(),
                         e.fuel_consumed,
                         e.peak_memory_bytes,
                         e.duration_us
                     );
+                    if let Some(bt) = backtrace {
+                        let _ = writeln!(out, "backtrace");
+                        for line in bt.lines() {
+                            let _ = writeln!(out, "  {line}");
+                        }
+                    }
                 }
             }
             Ok(exit::OK)
