@@ -8,22 +8,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use common::{Serving, component, register, tessera};
+use common::{Serving, component, python, register, tessera};
 use serde_json::Value;
 use tessera_journal::{Caller, JournalStore, RunResult};
 use tessera_test_support::repo_root as root;
-
-fn python() -> PathBuf {
-    let status = Command::new("bash")
-        .arg(root().join("scripts/python-env.sh"))
-        .status()
-        .expect("run scripts/python-env.sh");
-    assert!(status.success(), "scripts/python-env.sh failed");
-    root().join("target/mcp-venv/bin/python")
-}
 
 /// A data directory with the components the Python scenario expects.
 fn data_dir() -> tempfile::TempDir {

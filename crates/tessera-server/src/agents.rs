@@ -289,6 +289,19 @@ impl Server {
                     () = stopping.cancelled() => return,
                     e = events.recv() => e,
                 };
+                if let (Ok(e), Some(server)) = (&event, server.upgrade()) {
+                    let kind = match e {
+                        AgentEvent::Turn { .. } => Some("turn"),
+                        AgentEvent::AttemptFailed { .. } => Some("attempt_failed"),
+                        AgentEvent::DeadLetter { .. } => Some("dead_letter"),
+                        AgentEvent::Restarted { .. } => Some("restarted"),
+                        AgentEvent::Failed { .. } => Some("failed"),
+                        _ => None,
+                    };
+                    if let Some(kind) = kind {
+                        server.metrics.agent_event(kind);
+                    }
+                }
                 let changed = match event {
                     Ok(AgentEvent::Spawned { .. }) => true,
                     Ok(_) => false,

@@ -11,16 +11,23 @@ use crate::Server;
 pub(crate) struct AuditFanout {
     pub(crate) file: JsonLinesAudit,
     pub(crate) live: broadcast::Sender<AuditEvent>,
+    pub(crate) metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl AuditSink for AuditFanout {
     fn record(&self, event: &AuditEvent) {
         self.file.record(event);
+        self.metrics.audit(event);
         let _ = self.live.send(event.clone());
     }
 }
 
 impl Server {
+    /// The server's metrics (what `GET /metrics` renders).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
     /// Subscribes to live audit events.
     pub fn audit_events(&self) -> broadcast::Receiver<AuditEvent> {
         self.audit.subscribe()

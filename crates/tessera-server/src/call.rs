@@ -326,6 +326,7 @@ impl Server {
             .qualified_name();
         let token = self.shutdown.child_token();
         let journal = self.journal.clone();
+        let is_plan_step = plan.is_some();
         let (link, context) = match plan {
             Some(p) => (Some(p.link), Some(Arc::new(p.context))),
             None => (None, None),
@@ -360,6 +361,7 @@ impl Server {
         };
         let ended = finish_linked(run, token, cancel).await;
         let (run_id, outcome) = ended??;
+        self.metrics.call(name, &outcome, is_plan_step);
         Ok(Called {
             active,
             run_id,

@@ -105,7 +105,10 @@ fn accepted_scopes(method: &axum::http::Method, path: &str) -> Option<&'static [
     } else if path == "/v1/chat/completions" || path == "/v1/models" {
         // The local models' OpenAI-compatible endpoint: completions.
         Some(&[Scope::Call])
-    } else if path.starts_with("/v1/runs") || path.starts_with("/v1/audit") || path == "/v1/journal"
+    } else if path.starts_with("/v1/runs")
+        || path.starts_with("/v1/audit")
+        || path == "/v1/journal"
+        || path == "/metrics"
     {
         Some(&[Scope::Read])
     } else if let Some(scopes) = plan_scopes(method, path) {
@@ -237,6 +240,7 @@ pub fn router(server: Arc<Server>, mcp: crate::mcp::McpHttpService, local: Socke
         .route("/v1/runs/{id}", get(show_run))
         .route("/v1/runs/{id}/replay", post(replay_run))
         .route("/v1/audit", get(audit_stream))
+        .route("/metrics", get(metrics))
         .route("/v1/plans", get(list_plans))
         .route(
             "/v1/plans/{name}",
@@ -636,6 +640,23 @@ async fn replay_run(
         recorded_steps: report.recorded_steps,
         divergence: report.divergence.as_ref().map(|d| d.to_string()),
     }))
+}
+
+/// `GET /metrics`: the server's metrics as OpenMetrics text (Prometheus
+/// scrapes it); the audit chain is checked if the log grew.
+async fn metrics(State(server): State<Arc<Server>>) -> Response {
+    let m = server.metrics.clone();
+    match tokio::task::spawn_blocking(move || m.render()).await {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => ApiError::new(ErrorCode::Internal, format!("metrics: {e}")).into_response(),
+    }
 }
 
 async fn audit_stream(State(server): State<Arc<Server>>) -> impl IntoResponse {

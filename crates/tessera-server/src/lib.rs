@@ -37,6 +37,7 @@ mod http;
 pub mod http_handlers;
 mod links;
 pub mod mcp;
+pub mod metrics;
 mod openai;
 pub mod openapi;
 pub mod plan_registry;
@@ -104,6 +105,7 @@ pub struct Server {
     calls: Arc<Semaphore>,
     audit: broadcast::Sender<AuditEvent>,
     audit_sink: Arc<dyn AuditSink>,
+    metrics: Arc<metrics::Metrics>,
     /// Bumped whenever the set of tools changes (a component loaded,
     /// swapped or removed).
     tools_changed: watch::Sender<u64>,
@@ -188,9 +190,11 @@ impl Server {
             source,
         })?;
         let (live, _) = broadcast::channel(1024);
+        let metrics = Arc::new(metrics::Metrics::new(audit_path.clone()));
         let audit_sink: Arc<dyn AuditSink> = Arc::new(audit::AuditFanout {
             file,
             live: live.clone(),
+            metrics: metrics.clone(),
         });
         let key_path = config.data.join("journal.key");
         let redaction_key = tessera_runtime::gateway::RedactionKey::load_or_create(&key_path)
@@ -258,6 +262,7 @@ impl Server {
             registry_seen: Mutex::new(None),
             audit: live,
             audit_sink,
+            metrics,
             tools_changed: watch::channel(0).0,
             started: watch::channel(None).0,
             shutdown: CancellationToken::new(),

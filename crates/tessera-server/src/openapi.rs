@@ -36,6 +36,8 @@ pub enum Success {
     Empty(u16),
     /// A stream of server-sent events.
     EventStream,
+    /// Prometheus metrics, OpenMetrics text.
+    Metrics,
 }
 
 /// One operation of the API.
@@ -276,6 +278,16 @@ pub const ROUTES: &[Route] = &[
         query: &[],
         request: None,
         success: Success::EventStream,
+        errors: &[401, 403, 413, 415, 500],
+    },
+    Route {
+        method: "get",
+        path: "/metrics",
+        scopes: &["read"],
+        summary: "Prometheus metrics (OpenMetrics text): calls, errors, durations, fuel, memory, denials and limits by capability, loads by cache status, plan steps, agent events, LLM tokens, the audit chain's state",
+        query: &[],
+        request: None,
+        success: Success::Metrics,
         errors: &[401, 403, 413, 415, 500],
     },
     Route {
@@ -718,6 +730,15 @@ pub fn document() -> Value {
             }
             Success::Empty(status) => {
                 responses.insert(status.to_string(), json!({ "description": "Done" }));
+            }
+            Success::Metrics => {
+                responses.insert(
+                    "200".into(),
+                    json!({
+                        "description": "The server's metrics in the OpenMetrics text format (see docs/metrics.md)",
+                        "content": { "application/openmetrics-text": { "schema": { "type": "string" } } }
+                    }),
+                );
             }
             Success::EventStream => {
                 responses.insert(

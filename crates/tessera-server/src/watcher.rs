@@ -270,6 +270,7 @@ impl Server {
         }
         let result = match result {
             Ok(active) => {
+                self.metrics.load(active.loaded.cache_status());
                 if current {
                     self.active.insert(&name, active);
                     self.failures_mut().remove(&name);

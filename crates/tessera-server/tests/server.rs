@@ -396,6 +396,17 @@ async fn openapi_document_matches_the_routes() {
             if path == "/v1/audit" || path == "/v1/agents/events" {
                 continue; // a stream: checked by its own content type elsewhere
             }
+            if path == "/metrics" {
+                // Text, parsed by the Prometheus project's own parser in
+                // the CLI's metrics test; here: served as documented.
+                let text = s.server.metrics().render();
+                assert!(text.ends_with("# EOF\n"), "{text}");
+                assert!(
+                    ops[method]["responses"]["200"]["content"]["application/openmetrics-text"]
+                        .is_object()
+                );
+                continue;
+            }
             let concrete = path
                 .replace("{name}", "nothing")
                 .replace("{function}", "f")
@@ -2895,6 +2906,17 @@ fn step_record<'a>(run: &'a Value, step: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no step {step}: {run}"))["record"]
 }
 
+/// The sum of the samples of `/metrics` whose line starts with `prefix`.
+fn metric_sum(s: &Running, prefix: &str) -> f64 {
+    s.server
+        .metrics()
+        .render()
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Whether an event is the attempt of `step`.
 fn attempt_of(name: &str, v: &Value, step: &str) -> bool {
     name == "attempt" && v["step"] == step
@@ -2981,6 +3003,8 @@ async fn a_plan_registered_over_http_runs_watched_through_sse_and_its_calls_carr
         ended["outputs"],
         json!({"greetings": expected, "share": 100})
     );
+    // `/metrics` counted every attempt as a plan step.
+    assert_eq!(metric_sum(&s, "tessera_plan_steps_total{"), 7.0);
 
     // Its record and every step's.
     let run = s.plan_run(&id).await;
@@ -3824,6 +3848,17 @@ async fn agents_are_spawned_messaged_inspected_forked_and_restarted_over_http() 
     let (status, journaled) = s.call("GET", &format!("/v1/runs/{run}"), json!({})).await;
     assert_eq!(status, 200, "{journaled}");
     assert_eq!(journaled["header"]["caller"]["via"], "http", "{journaled}");
+    // The committed turn is counted by `/metrics` (its event arrives just
+    // after the reply).
+    let mut turns = 0.0;
+    for _ in 0..200 {
+        turns = metric_sum(&s, "tessera_agent_events_total{event=\"turn\"}");
+        if turns >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(turns, 1.0);
     // Without wait: 202 once it is in the mailbox. `a` sends three
     // messages to `b`, delivered after its turn commits.
     let (status, v) = s

@@ -11,6 +11,19 @@ use serde_json::Value;
 
 pub use tessera_test_support::component;
 
+/// The Python of the interop tests' environment (`scripts/python-env.sh`
+/// makes it, or finds it made): the MCP SDK, schemathesis, the Prometheus
+/// client.
+pub fn python() -> std::path::PathBuf {
+    let root = tessera_test_support::repo_root();
+    let status = Command::new("bash")
+        .arg(root.join("scripts/python-env.sh"))
+        .status()
+        .expect("run scripts/python-env.sh");
+    assert!(status.success(), "scripts/python-env.sh failed");
+    root.join("target/mcp-venv/bin/python")
+}
+
 /// `tessera --data <data>`, with the compile cache in `<data>/cache` (never
 /// the user's own).
 pub fn tessera(data: &Path) -> Command {
