@@ -447,3 +447,68 @@ fn a_signed_journal_export_imports_only_while_its_signature_holds() {
     let o = run(fresh.path(), &["runs", "list", "--json"]);
     assert!(!out(&o).contains(&id), "{}", out(&o));
 }
+
+#[test]
+fn digests_pinned_at_registration_and_in_plan_steps_refuse_other_bytes() {
+    let s = setup();
+    let d = s.data.path();
+    let unsigned_digest = tessera_runtime::digest_of(&std::fs::read(&s.unsigned).unwrap());
+    let signed_digest = tessera_runtime::digest_of(&std::fs::read(&s.signed).unwrap());
+    // `components add --digest` (any source may be pinned): other bytes
+    // are refused, nothing registered.
+    let o = run(
+        d,
+        &[
+            "components",
+            "add",
+            p(&s.signed),
+            "--name",
+            "hello",
+            "--digest",
+            &unsigned_digest,
+            "--json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", out(&o));
+    assert_eq!(json(&o)["error"]["kind"], "digest_mismatch");
+    let o = run(d, &["components", "list", "--json"]);
+    assert!(!out(&o).contains("\"hello\""), "{}", out(&o));
+    let o = run(
+        d,
+        &[
+            "components",
+            "add",
+            p(&s.unsigned),
+            "--name",
+            "hello",
+            "--digest",
+            &unsigned_digest,
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    // A plan step pinned to the registered bytes runs; pinned to others,
+    // it fails naming both digests.
+    let plan = |digest: &str| {
+        let path = d.join(format!("pinned-{}.toml", &digest[7..15]));
+        std::fs::write(
+            &path,
+            format!(
+                "[steps.greet]\ncomponent = \"hello\"\nfunction = \"greet\"\ndigest = \"{digest}\"\nargs = {{ name = \"Ada\" }}\n\n[outputs]\ngreeting = \"${{{{ .steps.greet.output }}}}\"\n"
+            ),
+        )
+        .unwrap();
+        run(d, &["plan", "run", p(&path), "--json"])
+    };
+    let o = plan(&unsigned_digest);
+    assert_eq!(o.status.code(), Some(0), "{}{}", out(&o), err(&o));
+    assert!(out(&o).contains("Hello, Ada!"), "{}", out(&o));
+    let o = plan(&signed_digest);
+    assert_ne!(o.status.code(), Some(0), "{}", out(&o));
+    let text = format!("{}{}", out(&o), err(&o));
+    assert!(
+        text.contains("pinned to")
+            && text.contains(&signed_digest)
+            && text.contains(&unsigned_digest),
+        "{text}"
+    );
+}

@@ -161,6 +161,11 @@ impl<C: Components> StepCaller for LocalCaller<C> {
                 Ok(Err(e)) => return fail(e, false),
                 Err(e) => return fail(format!("loading the component failed: {e}"), false),
             };
+        if let Some(pin) = &call.digest
+            && loaded.digest() != pin
+        {
+            return fail(pin_mismatch(&call.component, pin, loaded.digest()), false);
+        }
         let returns_result = match loaded.function(&call.function) {
             Ok(f) => f.returns_result(),
             Err(e) => return fail(e.to_string(), false),
@@ -230,4 +235,9 @@ impl<C: Components> StepCaller for LocalCaller<C> {
             Err(e) => tracing::warn!("releasing the journal runs of plan run {plan_run}: {e}"),
         }
     }
+}
+
+/// Why a step pinned to `pin` refuses a component with `actual` bytes.
+pub fn pin_mismatch(component: &ComponentRef, pin: &str, actual: &str) -> String {
+    format!("`{component}` is pinned to {pin} by the step's `digest`, but its bytes are {actual}")
 }

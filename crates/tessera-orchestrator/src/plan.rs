@@ -188,6 +188,10 @@ pub struct Step {
     pub name: String,
     /// The component it calls.
     pub component: ComponentRef,
+    /// The digest (`sha256:…`) the component must have: a registered
+    /// component whose active version has other bytes, or a file that
+    /// changed, is refused (the step fails, no retry).
+    pub digest: Option<String>,
     /// The function.
     pub function: String,
     /// The arguments, a template of the function's parameters.
@@ -259,6 +263,7 @@ struct RawInput {
 #[serde(deny_unknown_fields)]
 struct RawStep {
     component: String,
+    digest: Option<String>,
     manifest: Option<PathBuf>,
     function: String,
     #[serde(default)]
@@ -712,6 +717,15 @@ fn parse_step(name: &str, v: toml::Value, err: &ErrFn<'_>) -> Result<Step, PlanE
     if raw.function.is_empty() {
         return Err(err(&format!("{place}.function"), "is empty".into()));
     }
+    if let Some(d) = &raw.digest {
+        let hex = d.strip_prefix("sha256:").unwrap_or("");
+        if hex.len() != 64 || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(err(
+                &format!("{place}.digest"),
+                format!("`{d}` is not a digest (`sha256:` and 64 hex digits)"),
+            ));
+        }
+    }
     let args_json = raw
         .args
         .map(|t| toml_to_json(toml::Value::Table(t)))
@@ -817,6 +831,7 @@ fn parse_step(name: &str, v: toml::Value, err: &ErrFn<'_>) -> Result<Step, PlanE
     Ok(Step {
         name: name.to_string(),
         component,
+        digest: raw.digest.map(|d| d.to_ascii_lowercase()),
         function: raw.function,
         args,
         needs,
@@ -863,6 +878,11 @@ mod tests {
                 "bogus = 1\n[steps.a]\ncomponent = \"h\"\nfunction = \"f\"\n",
                 "line 1",
                 "unknown field `bogus`",
+            ),
+            (
+                "[steps.a]\ncomponent = \"h\"\nfunction = \"f\"\ndigest = \"sha256:12\"\n",
+                "steps.a.digest",
+                "not a digest",
             ),
             (
                 "[steps.a]\ncomponent = \"h\"\nfunction = \"f\"\nneeds = [\"zz\"]\n",

@@ -69,6 +69,8 @@ impl StepLink {
 pub struct StepCall {
     /// The component.
     pub component: ComponentRef,
+    /// The digest the component must have (the step's `digest` pin).
+    pub digest: Option<String>,
     /// The directory a component path is relative to.
     pub base: PathBuf,
     /// The function.
@@ -903,6 +905,7 @@ impl Drive {
             let cancel = self.cancel.child_token();
             let call = StepCall {
                 component: step.component.clone(),
+                digest: step.digest.clone(),
                 base: self.plan.base.clone(),
                 function: step.function.clone(),
                 args: args.clone(),

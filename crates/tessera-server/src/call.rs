@@ -38,6 +38,8 @@ pub struct PlanCall {
     /// Values the component reads through `wasi:config` (keys starting with
     /// `tessera.`: the idempotency key, the plan run, step, attempt, item).
     pub context: std::collections::BTreeMap<String, String>,
+    /// The digest the active version must have (the step's `digest` pin).
+    pub digest: Option<String>,
 }
 
 /// A finished call.
@@ -119,6 +121,10 @@ pub enum CallError {
     /// section): refused before anything ran or was journaled.
     #[error(transparent)]
     NotServed(tessera_runtime::Error),
+    /// A plan step pinned the component to a digest its active version
+    /// does not have: refused before anything ran or was journaled.
+    #[error("{0}")]
+    Pinned(String),
 }
 
 impl From<CallError> for ApiError {
@@ -132,6 +138,7 @@ impl From<CallError> for ApiError {
             CallError::Journal(j) => j.into(),
             CallError::Task(_) => ApiError::new(ErrorCode::Internal, e.to_string()),
             CallError::NotServed(r) => r.into(),
+            CallError::Pinned(_) => ApiError::new(ErrorCode::BadComponent, e.to_string()),
         }
     }
 }
@@ -317,6 +324,17 @@ impl Server {
         plan: Option<PlanCall>,
     ) -> Result<Called, CallError> {
         let (permit, active) = self.permit_and_active(name).await?;
+        if let Some(pin) = plan.as_ref().and_then(|p| p.digest.as_deref())
+            && active.loaded.digest() != pin
+        {
+            return Err(CallError::Pinned(
+                tessera_orchestrator::local::pin_mismatch(
+                    &tessera_orchestrator::plan::ComponentRef::Registry(name.to_string()),
+                    pin,
+                    active.loaded.digest(),
+                ),
+            ));
+        }
         // Only what the manifest's `[tools]` section serves can be called.
         let function = active
             .loaded

@@ -113,6 +113,7 @@ impl StepCaller for ServerCaller {
                 Some(PlanCall {
                     link: plan,
                     context: link.context(),
+                    digest: call.digest.clone(),
                 }),
             )
             .await;

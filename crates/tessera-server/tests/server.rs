@@ -2906,6 +2906,44 @@ fn step_record<'a>(run: &'a Value, step: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no step {step}: {run}"))["record"]
 }
 
+/// A plan step pinned to a digest runs only against a component with
+/// those bytes: after a swap to other bytes the step fails, naming both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_step_pinned_to_a_digest_refuses_another_active_version() {
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), |_| {}).await;
+    assert_eq!(s.add("hello", "hello").await.0, 201);
+    let pinned = tessera_runtime::digest_of(&std::fs::read(component("hello")).unwrap());
+    let plan = format!(
+        "[steps.greet]\ncomponent = \"hello\"\nfunction = \"greet\"\ndigest = \"{pinned}\"\nargs = {{ name = \"Ada\" }}\n"
+    );
+    assert_eq!(s.put_plan("pinned", &plan).await.0, 201);
+    let (status, v) = s.call("POST", "/v1/plans/pinned/runs", json!({})).await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["run"].as_str().unwrap().to_string();
+    let events = s.events(&id, |_, _| false).await.unwrap();
+    assert_eq!(events.last().unwrap().1["record"]["status"], "succeeded");
+    // Another version (other bytes) becomes active.
+    assert_eq!(s.add("hello", "example-rust").await.0, 201);
+    let swapped = tessera_runtime::digest_of(&std::fs::read(component("example-rust")).unwrap());
+    let (status, v) = s.call("POST", "/v1/plans/pinned/runs", json!({})).await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["run"].as_str().unwrap().to_string();
+    let events = s.events(&id, |_, _| false).await.unwrap();
+    let record = &events.last().unwrap().1["record"];
+    assert_eq!(record["status"], "failed", "{record}");
+    let detail = s.plan_run(&id).await;
+    let error = step_record(&detail, "greet")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("pinned to") && error.contains(&pinned) && error.contains(&swapped),
+        "{error}"
+    );
+    s.shutdown().await;
+}
+
 /// The sum of the samples of `/metrics` whose line starts with `prefix`.
 fn metric_sum(s: &Running, prefix: &str) -> f64 {
     s.server
