@@ -44,7 +44,7 @@ pub use imports::{UnresolvedImport, UnresolvedReason};
 pub use json::ArgError;
 pub use limits::LimitHit;
 pub use manifest::{Grants, Limits, ManifestError};
-pub use runtime::{Inspection, Prepared, Runtime, RuntimeConfig, digest_of};
+pub use runtime::{Inspection, Prepared, Runtime, RuntimeConfig, digest_of, name_of};
 pub use schema::FunctionInfo;
 pub use snapshot::Snapshot;
 pub use tokio_util::sync::CancellationToken;

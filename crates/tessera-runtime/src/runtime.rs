@@ -194,6 +194,35 @@ impl Inspection {
     }
 }
 
+/// The name a component from `origin` goes by when it has no registry
+/// name: the file's stem for a path or a URL (`tools/hello.wasm`,
+/// `https://host/x/hello.wasm#sha256=…` are `hello`), the repository's
+/// last segment for an OCI reference (`oci://host/tools/hello:1@sha256:…`
+/// is `hello`), and the registry name for the origin a registered version
+/// is recorded with (`hello v3` is `hello`).
+pub fn name_of(origin: &str) -> String {
+    if let Some((name, version)) = origin.split_once(" v")
+        && !name.is_empty()
+        && !version.is_empty()
+        && version.bytes().all(|b| b.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    {
+        return name.to_string();
+    }
+    let mut s = origin.split('#').next().unwrap_or(origin);
+    if let Some(rest) = s.strip_prefix("oci://") {
+        s = rest.split('@').next().unwrap_or(rest);
+        let last = s.rsplit('/').next().unwrap_or(s);
+        return last.split(':').next().unwrap_or(last).to_string();
+    }
+    Path::new(s)
+        .file_stem()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| origin.to_string())
+}
+
 /// `sha256:<hex>` of some bytes.
 pub fn digest_of(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
@@ -416,14 +445,10 @@ impl Runtime {
         self.inner.trust.as_ref()
     }
 
-    /// [`Runtime::prepare_named`], the name being `origin`'s file stem
+    /// [`Runtime::prepare_named`], the name being [`name_of`] the origin
     /// (`tools/hello.wasm` is `hello`).
     pub fn prepare(&self, bytes: Vec<u8>, origin: &str) -> Result<Prepared, Error> {
-        let name = Path::new(origin)
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| origin.to_string());
-        self.prepare_named(bytes, origin, &name)
+        self.prepare_named(bytes, origin, &name_of(origin))
     }
 
     /// Checks the bytes against the trust policy under `name` (refused

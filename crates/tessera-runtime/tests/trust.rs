@@ -396,3 +396,22 @@ fn signed_checkpoints_cover_the_audit_chain_and_a_rewritten_log_loses_them() {
     assert_eq!(p.line, 3);
     assert!(p.detail.contains("not the line before"), "{}", p.detail);
 }
+
+#[test]
+fn a_component_without_a_registry_name_goes_by_its_file_or_repository_name() {
+    use tessera_runtime::name_of;
+    assert_eq!(name_of("tools/hello.wasm"), "hello");
+    assert_eq!(name_of("/abs/dir/dev-tool.wasm"), "dev-tool");
+    assert_eq!(
+        name_of("https://example.com/x/hello.wasm#sha256=00ff"),
+        "hello"
+    );
+    assert_eq!(
+        name_of("oci://127.0.0.1:5000/tools/hello:1.0@sha256:00ff"),
+        "hello"
+    );
+    assert_eq!(name_of("oci://registry.example/hello@sha256:00ff"), "hello");
+    // A registered version, as a journal records its origin.
+    assert_eq!(name_of("hello v3"), "hello");
+    assert_eq!(name_of("dir/hello v3.wasm"), "hello v3");
+}

@@ -215,12 +215,10 @@ fn verify_inner(
     let policy = trust::TrustPolicy::load(&path).map_err(|e| {
         Failure::bad_input("trust", e.to_string()).with("path", path.display().to_string())
     })?;
-    let name = args.name.clone().unwrap_or_else(|| {
-        args.file
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    });
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| tessera_runtime::name_of(&file));
     Ok(match policy.check(&name, &bytes, &digest) {
         Ok(v) => {
             let how = if v.signed_by.is_empty() {
