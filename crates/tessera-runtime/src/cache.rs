@@ -262,33 +262,25 @@ impl ComponentCache {
             .prefix(".tmp")
             .suffix(".cwasm")
             .tempfile_in(&self.dir)?;
+        let mut sum = Sha256::new();
+        sum.update(&payload);
+        sum.update(notes);
+        let mut header = Vec::with_capacity(HEADER_LEN);
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&digest_bytes(digest));
+        header.extend_from_slice(&sum.finalize());
+        header.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        header.extend_from_slice(&(notes.len() as u64).to_le_bytes());
         {
             let f = tmp.as_file_mut();
-            let mut sum = Sha256::new();
-            sum.update(&payload);
-            sum.update(notes);
-            f.write_all(MAGIC)?;
-            f.write_all(&digest_bytes(digest))?;
-            f.write_all(&sum.finalize())?;
-            f.write_all(&(payload.len() as u64).to_le_bytes())?;
-            f.write_all(&(notes.len() as u64).to_le_bytes())?;
+            f.write_all(&header)?;
             f.write_all(&payload)?;
             f.write_all(notes)?;
             f.sync_all()?;
         }
         tmp.persist(&path).map_err(|e| e.error)?;
         if let Some(key) = &self.seal {
-            // Sealed from the bytes just written (the header is all the
-            // seal covers; see `seal_of`).
-            let mut header = Vec::with_capacity(HEADER_LEN);
-            header.extend_from_slice(MAGIC);
-            header.extend_from_slice(&digest_bytes(digest));
-            let mut sum = Sha256::new();
-            sum.update(&payload);
-            sum.update(notes);
-            header.extend_from_slice(&sum.finalize());
-            header.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-            header.extend_from_slice(&(notes.len() as u64).to_le_bytes());
+            // The header is all the seal covers (see `seal_of`).
             let seal = seal_of(key, &header).finalize().into_bytes();
             let mut t = tempfile::Builder::new()
                 .prefix(".tmp")

@@ -158,7 +158,6 @@ struct RuleFile {
 
 #[derive(Debug)]
 struct Rule {
-    patterns: Vec<String>,
     set: globset::GlobSet,
     /// Indexes into `keys`.
     keys: Vec<usize>,
@@ -256,7 +255,6 @@ impl TrustPolicy {
                 )));
             }
             rules.push(Rule {
-                patterns: r.names,
                 set,
                 keys: key_idx,
                 allow_unsigned: r.allow_unsigned,
@@ -359,14 +357,6 @@ impl TrustPolicy {
                 keys: wanted,
             },
         })
-    }
-
-    /// The rule patterns that decide for `name` (for messages and docs).
-    pub fn rule_for(&self, name: &str) -> Option<&[String]> {
-        self.rules
-            .iter()
-            .find(|r| r.set.is_match(name))
-            .map(|r| r.patterns.as_slice())
     }
 
     fn signatures(&self, bytes: &[u8], digest: &str) -> Signatures {

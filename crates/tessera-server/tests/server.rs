@@ -690,20 +690,19 @@ async fn a_call_whose_caller_goes_away_is_cancelled_and_journaled_to_its_end() {
     s.shutdown().await;
 }
 
-/// The 2026-07-28 revision has no session: a `tools/call` carries its
-/// protocol version and the client's capabilities, and its one-message
-/// answer comes as a plain JSON body, not as a stream.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mcp_sessionless_call_is_answered_with_a_json_body() {
-    let data = tempfile::tempdir().unwrap();
-    let s = start(data.path(), |_| {}).await;
-    let (status, body) = s.add("hello", "hello").await;
-    assert_eq!(status, 201, "{body}");
-    let addr = s.addr;
+/// One `tools/call` of the 2026-07-28 MCP revision (no session: the call
+/// carries its protocol version and the client's capabilities): the
+/// status, the head and the body of the answer.
+async fn sessionless_tools_call(
+    addr: SocketAddr,
+    id: u64,
+    tool: &str,
+    arguments: Value,
+) -> (u16, String, String) {
     let call = json!({
-        "jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "jsonrpc": "2.0", "id": id, "method": "tools/call",
         "params": {
-            "name": "hello__greet", "arguments": {"name": "Ada"},
+            "name": tool, "arguments": arguments,
             "_meta": {
                 "io.modelcontextprotocol/protocolVersion": "2026-07-28",
                 "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "0"},
@@ -713,7 +712,8 @@ async fn mcp_sessionless_call_is_answered_with_a_json_body() {
     })
     .to_string();
     let host = format!("127.0.0.1:{}", addr.port());
-    let (status, head, body) = tokio::task::spawn_blocking(move || {
+    let tool = tool.to_string();
+    tokio::task::spawn_blocking(move || {
         raw_request(
             addr,
             "POST",
@@ -724,13 +724,26 @@ async fn mcp_sessionless_call_is_answered_with_a_json_body() {
                 ("Accept", "application/json, text/event-stream"),
                 ("MCP-Protocol-Version", "2026-07-28"),
                 ("Mcp-Method", "tools/call"),
-                ("Mcp-Name", "hello__greet"),
+                ("Mcp-Name", &tool),
             ],
             &call,
         )
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// The 2026-07-28 revision has no session: a `tools/call` carries its
+/// protocol version and the client's capabilities, and its one-message
+/// answer comes as a plain JSON body, not as a stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_sessionless_call_is_answered_with_a_json_body() {
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), |_| {}).await;
+    let (status, body) = s.add("hello", "hello").await;
+    assert_eq!(status, 201, "{body}");
+    let (status, head, body) =
+        sessionless_tools_call(s.addr, 7, "hello__greet", json!({"name": "Ada"})).await;
     assert_eq!(status, 200, "{head}\n{body}");
     assert_eq!(
         header_value(&head, "content-type").as_deref(),
@@ -793,38 +806,8 @@ async fn a_trap_in_a_component_with_debug_info_names_files_and_lines_everywhere(
     let recorded = run["end"]["result"]["backtrace"].as_str().unwrap_or("");
     assert!(in_order(recorded), "{run}");
     // MCP: the tool error's text carries the same frames.
-    let addr = s.addr;
-    let call = json!({
-        "jsonrpc": "2.0", "id": 1, "method": "tools/call",
-        "params": {
-            "name": "td__divide", "arguments": {"a": 6, "b": 0},
-            "_meta": {
-                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "0"},
-                "io.modelcontextprotocol/clientCapabilities": {}
-            }
-        }
-    })
-    .to_string();
-    let host = format!("127.0.0.1:{}", addr.port());
-    let (status, _, body) = tokio::task::spawn_blocking(move || {
-        raw_request(
-            addr,
-            "POST",
-            "/mcp",
-            &[
-                ("Host", &host),
-                ("Content-Type", "application/json"),
-                ("Accept", "application/json, text/event-stream"),
-                ("MCP-Protocol-Version", "2026-07-28"),
-                ("Mcp-Method", "tools/call"),
-                ("Mcp-Name", "td__divide"),
-            ],
-            &call,
-        )
-    })
-    .await
-    .unwrap();
+    let (status, _, body) =
+        sessionless_tools_call(s.addr, 1, "td__divide", json!({"a": 6, "b": 0})).await;
     assert_eq!(status, 200, "{body}");
     let answer: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
     assert_eq!(answer["result"]["isError"], true, "{answer}");
