@@ -22,6 +22,10 @@ pub const TAMPERED: i32 = 7;
 /// The trust policy refused a component, or a signature does not verify.
 pub const UNTRUSTED: i32 = 8;
 
+/// `policy test`: a decision is not the expected one; `policy what-if`:
+/// decisions would change.
+pub const CHANGED: i32 = 9;
+
 /// The exit code for a runtime error raised before the guest ran.
 pub fn for_error(e: &tessera_runtime::Error) -> i32 {
     use tessera_runtime::Error as E;

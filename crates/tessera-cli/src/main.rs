@@ -107,6 +107,10 @@ enum Command {
     /// Check a component's signatures against public keys, or against the
     /// trust policy in force; exit 8 if it would be refused.
     Verify(cmd::keys::VerifyArgs),
+    /// Boundary policies (Cedar): `validate`, `test` against expected
+    /// decisions, `what-if` against recorded runs.
+    #[command(subcommand)]
+    Policy(cmd::policy::Command),
 }
 
 const EXIT_CODES: &str = "Exit codes:
@@ -118,7 +122,8 @@ const EXIT_CODES: &str = "Exit codes:
   5  the call failed and a grant denied something during it (HTTP host, file path)
   6  replay diverged from the recording
   7  audit verify: a line of the audit log was changed, removed, inserted or reordered
-  8  the trust policy refused a component, or a signature does not verify";
+  8  the trust policy refused a component, or a signature does not verify
+  9  policy test: a decision is not the expected one; policy what-if: decisions would change";
 
 /// Parses the command line. A usage error of a command run with `--json`
 /// is printed as JSON too (see `failure.rs`).
@@ -185,6 +190,7 @@ fn main() {
             Command::Keys(c) => cmd::keys::run(c),
             Command::Sign(args) => cmd::keys::sign(args),
             Command::Verify(args) => cmd::keys::verify(&cli.global, args),
+            Command::Policy(c) => cmd::policy::run(&cli.global, c).await,
         }
     });
     std::process::exit(code);

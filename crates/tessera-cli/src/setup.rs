@@ -49,6 +49,16 @@ pub struct GlobalArgs {
     /// `<data>/trust.toml` when it exists; none otherwise.
     #[arg(long, global = true, env = "TESSERA_TRUST", value_name = "FILE")]
     pub trust: Option<PathBuf>,
+    /// Boundary policies (a directory of Cedar `*.cedar` files and an
+    /// optional `quotas.toml`, see docs/policies.md): every gateway decision
+    /// the grants allow is put to them. Default: `<data>/policies` when it
+    /// exists; none otherwise.
+    #[arg(long, global = true, env = "TESSERA_POLICY", value_name = "DIR")]
+    pub policy: Option<PathBuf>,
+    /// The policy engine, loaded once per process (quotas count across
+    /// every call of the process).
+    #[arg(skip)]
+    pub policy_engine: std::sync::OnceLock<Option<Arc<tessera_runtime::policy::PolicyEngine>>>,
     /// The data directory's stores, opened once per process (the embedded
     /// store file is held by one opener).
     #[arg(skip)]
@@ -106,6 +116,19 @@ impl GlobalArgs {
         Ok(rt)
     }
 
+    /// [`GlobalArgs::runtime_with`] for a command: a policy directory or
+    /// trust file that does not load is bad input (exit 2), anything else
+    /// that fails is internal.
+    pub fn runtime_checked(&self, guest_debug: bool) -> Result<Runtime, crate::failure::Failure> {
+        use crate::failure::Failure;
+        self.policy_engine()
+            .map_err(|e| Failure::bad_input("policy", e))?;
+        self.trust_policy()
+            .map_err(|e| Failure::bad_input("trust", e))?;
+        self.runtime_with(guest_debug)
+            .map_err(|e| Failure::internal("setup", e))
+    }
+
     /// The trust file in force: `--trust`, else `<data>/trust.toml` if it
     /// exists.
     pub fn trust_file(&self) -> Option<PathBuf> {
@@ -129,6 +152,37 @@ impl GlobalArgs {
         Ok(Some(Arc::new(policy.with_seal_key(seal))))
     }
 
+    /// The policy directory in force: `--policy`, else `<data>/policies` if
+    /// it exists.
+    pub fn policy_dir(&self) -> Option<PathBuf> {
+        self.policy
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty())
+            .or_else(|| Some(self.data.join("policies")).filter(|p| p.is_dir()))
+    }
+
+    /// The boundary policies in force (see [`GlobalArgs::policy_dir`]),
+    /// loaded on first use and shared by every runtime of this process.
+    pub fn policy_engine(
+        &self,
+    ) -> Result<Option<Arc<tessera_runtime::policy::PolicyEngine>>, String> {
+        if let Some(engine) = self.policy_engine.get() {
+            return Ok(engine.clone());
+        }
+        let engine = match self.policy_dir() {
+            None => None,
+            Some(dir) => Some(Arc::new(
+                tessera_runtime::policy::PolicyEngine::load(&dir).map_err(|e| match e {
+                    tessera_runtime::policy::PolicyError::Invalid(_) => {
+                        format!("policies {} do not load:\n{e}", dir.display())
+                    }
+                    other => format!("policies: {other}"),
+                })?,
+            )),
+        };
+        Ok(self.policy_engine.get_or_init(|| engine).clone())
+    }
+
     /// The host's side of the capabilities: secrets (from the environment,
     /// the secrets file, then `--secret`, later ones winning), the data
     /// directory's redaction key, its stores (opened on first use) and its
@@ -140,6 +194,7 @@ impl GlobalArgs {
             stores: Some(self.stores()?),
             llm: self.llm_providers()?,
             nn: Some(self.models()),
+            policy: self.policy_engine()?,
         })
     }
 

@@ -34,7 +34,9 @@ pub use record::{
     end_of, new_run_id, record_call, record_call_for, record_call_linked, record_call_with,
     record_http,
 };
-pub use replay::{ReplayCursor, ReplayDivergence, ReplayReport, StepState, replay, state_at};
+pub use replay::{
+    ReplayCursor, ReplayDivergence, ReplayReport, StepState, replay, replay_version, state_at,
+};
 pub use retention::{Limits, Retention, RetentionError};
 pub use session::{
     ForkPoint, JournaledSession, MAX_SESSION_NAME, Reexecuted, SessionRecord, SessionReplay,

@@ -96,16 +96,43 @@ struct Prepared {
     _scratch: tempfile::TempDir,
 }
 
+/// Which component a replay runs.
+enum Which<'a> {
+    /// The recorded one: the stored copy, or this file (refused unless it
+    /// is byte-for-byte the recorded component).
+    Recorded(Option<&'a Path>),
+    /// Another version: these bytes, whatever their digest.
+    Other(Vec<u8>, &'a str),
+}
+
 async fn prepare(
     runtime: &Runtime,
     store: &JournalStore,
     run_id: &str,
     component: Option<&Path>,
 ) -> Result<Prepared, Error> {
+    prepare_which(runtime, store, run_id, Which::Recorded(component)).await
+}
+
+async fn prepare_which(
+    runtime: &Runtime,
+    store: &JournalStore,
+    run_id: &str,
+    which: Which<'_>,
+) -> Result<Prepared, Error> {
     let run_id = store.resolve(run_id)?;
     let header = store.header(&run_id)?;
     let end = store.end(&run_id)?;
     let steps = store.steps(&run_id)?;
+    let component = match which {
+        Which::Recorded(c) => c,
+        Which::Other(bytes, origin) => {
+            // Judged (trust policy) and named as the recorded component.
+            let name = tessera_runtime::name_of(&header.component.origin);
+            let prepared = runtime.prepare_named(bytes, origin, &name)?;
+            return finish_prepare(runtime, run_id, header, end, steps, prepared).await;
+        }
+    };
     let bytes = match component {
         Some(p) => {
             let b = std::fs::read(p).map_err(|e| Error::Io(p.to_path_buf(), e))?;
@@ -131,6 +158,18 @@ async fn prepare(
             actual: prepared.digest,
         });
     }
+    finish_prepare(runtime, run_id, header, end, steps, prepared).await
+}
+
+/// Loads `prepared` with the run's grants, its mounts rebuilt.
+async fn finish_prepare(
+    runtime: &Runtime,
+    run_id: String,
+    header: Header,
+    end: Option<End>,
+    steps: Vec<(u64, Step)>,
+    prepared: tessera_runtime::Prepared,
+) -> Result<Prepared, Error> {
     // Replay touches no host resource: each capability adapts its grant
     // (files rebuild each mount in a scratch directory from the contents
     // and listings the journal captured, so the guest reads what it read
@@ -170,6 +209,27 @@ pub async fn replay(
     component: Option<&Path>,
 ) -> Result<ReplayReport, Error> {
     let p = prepare(runtime, store, run_id, component).await?;
+    replay_prepared(p).await
+}
+
+/// Runs another version of a recorded run's component (`bytes`, from
+/// `origin`) against the recording, offline: the same function, arguments
+/// and grants, every host interaction the new version asks for answered
+/// from the journal while it asks for what the recorded version did. The
+/// report's divergence says where it departs: the first interaction it
+/// asks for differently, else its result, else its fuel.
+pub async fn replay_version(
+    runtime: &Runtime,
+    store: &JournalStore,
+    run_id: &str,
+    bytes: Vec<u8>,
+    origin: &str,
+) -> Result<ReplayReport, Error> {
+    let p = prepare_which(runtime, store, run_id, Which::Other(bytes, origin)).await?;
+    replay_prepared(p).await
+}
+
+async fn replay_prepared(p: Prepared) -> Result<ReplayReport, Error> {
     let recorded_steps = p.steps.len() as u64;
     let cursor = Arc::new(ReplayCursor::new(p.steps));
     let options = CallOptions {

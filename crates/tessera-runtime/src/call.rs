@@ -454,6 +454,7 @@ impl LoadedComponent {
     ) -> (CallScope, GatewayParts, Option<CancellationToken>, bool) {
         let scope = CallScope {
             component: self.prepared.digest.clone(),
+            name: self.prepared.name.clone(),
             function: f.qualified_name(),
         };
         let parts = GatewayParts {
@@ -694,6 +695,7 @@ impl LoadedComponent {
         let call_audit = Arc::new(MemoryAudit::default());
         let scope = CallScope {
             component: self.prepared.digest.clone(),
+            name: self.prepared.name.clone(),
             function: "[session]".to_string(),
         };
         let parts = GatewayParts {

@@ -29,6 +29,7 @@ pub mod imports;
 pub mod json;
 pub mod limits;
 pub mod manifest;
+pub mod policy;
 mod runtime;
 pub mod schema;
 pub mod snapshot;

@@ -78,3 +78,54 @@ pub(crate) async fn sign_periodically(
         }
     }
 }
+
+/// Reloads the boundary policies whenever a file of their directory
+/// changes, until `stopping` fires. Each reload is an audit event
+/// (`capability: policy`): `allow` when the new policies are in force,
+/// `deny` when they do not load (the previous ones stay, and the event
+/// says why, with file and position).
+pub(crate) async fn reload_policies(
+    engine: std::sync::Arc<tessera_runtime::policy::PolicyEngine>,
+    sink: std::sync::Arc<dyn AuditSink>,
+    every: std::time::Duration,
+    stopping: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stopping.cancelled() => return,
+        }
+        let engine = engine.clone();
+        let Ok(Some(reloaded)) =
+            tokio::task::spawn_blocking(move || engine.reload_if_changed()).await
+        else {
+            continue;
+        };
+        let event = match reloaded {
+            Ok(p) => AuditEvent::now(
+                "-",
+                "-",
+                "policy",
+                p.source().display().to_string(),
+                tessera_runtime::Decision::Allow,
+                Some(format!(
+                    "reloaded: {} policies, {} quotas in force",
+                    p.len(),
+                    p.quotas().len()
+                )),
+            ),
+            Err(e) => {
+                tracing::warn!("policies not reloaded: {e}");
+                AuditEvent::now(
+                    "-",
+                    "-",
+                    "policy",
+                    "reload",
+                    tessera_runtime::Decision::Deny,
+                    Some(format!("the previous policies stay in force: {e}")),
+                )
+            }
+        };
+        sink.record(&event);
+    }
+}

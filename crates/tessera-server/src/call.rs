@@ -345,10 +345,18 @@ impl Server {
         let token = self.shutdown.child_token();
         let journal = self.journal.clone();
         let is_plan_step = plan.is_some();
-        let (link, context) = match plan {
-            Some(p) => (Some(p.link), Some(Arc::new(p.context))),
+        let (link, mut context) = match plan {
+            Some(p) => (Some(p.link), Some(p.context)),
             None => (None, None),
         };
+        // Boundary policies see the token the request presented.
+        if let Some(id) = &caller.token {
+            context.get_or_insert_with(Default::default).insert(
+                tessera_runtime::policy::TOKEN_CONTEXT.to_string(),
+                id.clone(),
+            );
+        }
+        let context = context.map(Arc::new);
         let run = {
             let active = active.clone();
             let args = args.clone();

@@ -70,6 +70,13 @@ pub struct ServerConfig {
     /// The trust policy every component must satisfy on registry add and
     /// on every load ([`tessera_runtime::trust`]); `None`: any component.
     pub trust: Option<Arc<tessera_runtime::trust::TrustPolicy>>,
+    /// The boundary policies every gateway decision consults after the
+    /// grants ([`tessera_runtime::policy`]); `None`: the grants alone.
+    /// Policies loaded from a directory are reloaded when a file in it
+    /// changes (checked every [`ServerConfig::policy_poll`]).
+    pub policy: Option<Arc<tessera_runtime::policy::PolicyEngine>>,
+    /// How often the policy directory is checked for changes.
+    pub policy_poll: std::time::Duration,
     /// Sign the audit chain's head with this key at this period, and once
     /// more when the server stops (`None`: no checkpoints).
     pub audit_signing: Option<AuditSigning>,
@@ -115,6 +122,8 @@ impl ServerConfig {
             session_idle: Duration::from_secs(600),
             max_sessions: 64,
             trust: None,
+            policy: None,
+            policy_poll: std::time::Duration::from_millis(500),
             audit_signing: None,
         }
     }

@@ -645,6 +645,14 @@ async fn replay_run(
 /// `GET /metrics`: the server's metrics as OpenMetrics text (Prometheus
 /// scrapes it); the audit chain is checked if the log grew.
 async fn metrics(State(server): State<Arc<Server>>) -> Response {
+    // Mailbox depths are read now: one record and one counter per agent.
+    if let Some(system) = server.agents.get()
+        && let Ok(agents) = system.list().await
+    {
+        let depths: Vec<(String, u64)> =
+            agents.into_iter().map(|a| (a.record.id, a.depth)).collect();
+        server.metrics.set_mailboxes(&depths);
+    }
     let m = server.metrics.clone();
     match tokio::task::spawn_blocking(move || m.render()).await {
         Ok(text) => (

@@ -214,6 +214,7 @@ impl Server {
                 ))),
                 llm: config.llm.clone(),
                 nn: config.models.clone(),
+                policy: config.policy.clone(),
             },
             trust: config.trust.clone(),
             ..RuntimeConfig::default()
@@ -293,6 +294,14 @@ impl Server {
                 log,
                 audit_path.clone(),
                 signing,
+                server.stopping.clone(),
+            ));
+        }
+        if let Some(engine) = server.config.policy.clone() {
+            tokio::spawn(audit::reload_policies(
+                engine,
+                server.audit_sink.clone(),
+                server.config.policy_poll,
                 server.stopping.clone(),
             ));
         }

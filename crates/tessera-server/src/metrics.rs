@@ -52,6 +52,8 @@ pub struct Metrics {
     loads: Family<Labels, Counter>,
     plan_steps: Family<Labels, Counter>,
     agent_events: Family<Labels, Counter>,
+    mailboxes: Family<Labels, Gauge>,
+    mailbox_total: Gauge,
     llm_tokens: Family<Labels, Counter>,
     audit_intact: Gauge,
     audit_lines: Gauge,
@@ -119,6 +121,18 @@ impl Metrics {
             "Agent events: committed turns, failed attempts, dead letters, restarts, agents failed for good",
             agent_events.clone(),
         );
+        let mailboxes = Family::<Labels, Gauge>::default();
+        registry.register(
+            "agent_mailbox_depth",
+            "Messages waiting in the mailbox of each agent that has any, read when scraped",
+            mailboxes.clone(),
+        );
+        let mailbox_total = Gauge::default();
+        registry.register(
+            "agent_mailbox_messages",
+            "Messages waiting in all agents' mailboxes, read when scraped",
+            mailbox_total.clone(),
+        );
         let llm_tokens = Family::<Labels, Counter>::default();
         registry.register(
             "llm_tokens",
@@ -147,6 +161,8 @@ impl Metrics {
             loads,
             plan_steps,
             agent_events,
+            mailboxes,
+            mailbox_total,
             llm_tokens,
             audit_intact,
             audit_lines,
@@ -214,6 +230,22 @@ impl Metrics {
             CacheStatus::Memory => "memory",
         };
         self.loads.get_or_create(&labels(&[("cache", s)])).inc();
+    }
+
+    /// Sets the mailbox depths: a gauge for each agent with messages
+    /// waiting (an agent with none has no series, so a server holding many
+    /// dormant agents exports few), and the total.
+    pub fn set_mailboxes(&self, depths: &[(String, u64)]) {
+        self.mailboxes.clear();
+        let mut total = 0u64;
+        for (agent, depth) in depths.iter().filter(|(_, d)| *d > 0) {
+            total = total.saturating_add(*depth);
+            self.mailboxes
+                .get_or_create(&labels(&[("agent", agent)]))
+                .set(i64::try_from(*depth).unwrap_or(i64::MAX));
+        }
+        self.mailbox_total
+            .set(i64::try_from(total).unwrap_or(i64::MAX));
     }
 
     /// Counts an agent event (`turn`, `attempt_failed`, `dead_letter`,

@@ -524,6 +524,29 @@ fn raw_request(
     (status, head.to_string(), body.to_string())
 }
 
+/// `tessera_agent_mailbox_depth{agent="<agent>"}` (absent when its mailbox
+/// is empty) and `tessera_agent_mailbox_messages` as `GET /metrics` shows
+/// them.
+async fn mailbox_depth(addr: SocketAddr, agent: &str) -> (Option<i64>, i64) {
+    let host = addr.to_string();
+    let (status, _, body) = tokio::task::spawn_blocking(move || {
+        raw_request(addr, "GET", "/metrics", &[("Host", host.as_str())], "")
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let value = |prefix: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let one = value(&format!(
+        "tessera_agent_mailbox_depth{{agent=\"{agent}\"}} "
+    ));
+    let total = value("tessera_agent_mailbox_messages ").unwrap_or_else(|| panic!("{body}"));
+    (one, total)
+}
+
 /// How long a test waits for an event before giving up. Only a guard
 /// against hangs: no test relies on how long anything takes.
 const EVENT_WAIT: Duration = Duration::from_secs(60);
@@ -4207,6 +4230,8 @@ async fn an_agent_held_by_an_approval_fills_its_mailbox_and_goes_on_once_approve
         v["error"]["message"].as_str().unwrap().contains("full"),
         "{v}"
     );
+    // `/metrics` shows the held message.
+    assert_eq!(mailbox_depth(s.addr, "h").await, (Some(1), 1));
     let (status, v) = s.call("GET", "/v1/agents/h/approvals", json!({})).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["approvals"].as_array().unwrap().len(), 1, "{v}");
@@ -4252,6 +4277,7 @@ async fn an_agent_held_by_an_approval_fills_its_mailbox_and_goes_on_once_approve
     );
     let h = s.agent_until("h", |v| v["status"] == "active").await;
     assert_eq!((&h["turns"], &h["depth"]), (&json!(1), &json!(0)), "{h}");
+    assert_eq!(mailbox_depth(s.addr, "h").await, (None, 0));
     // Room again.
     let (status, v) = s
         .call(
@@ -5476,5 +5502,76 @@ async fn a_consumer_uses_the_provider_version_served_now_and_replays_the_one_it_
         text.contains("example:text/transform") && text.contains("`count` result"),
         "{text}"
     );
+    s.shutdown().await;
+}
+
+/// Boundary policies on a server: a forbidden key-value write is refused;
+/// editing the policy file puts the new policies in force without a
+/// restart (an audit event says so); a policy file that no longer loads
+/// is reported and the policies in force stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_decide_and_reload_without_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let policies = data.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        policies.join("base.cedar"),
+        "@id(\"base\")\npermit(principal, action, resource);\n",
+    )
+    .unwrap();
+    let forbid = "@id(\"no-admin-keys\")\nforbid(principal == Tessera::Component::\"kv\", action == Tessera::Action::\"kv.write\", resource)\nwhen { context.key like \"admin/*\" };\n";
+    std::fs::write(policies.join("kv.cedar"), forbid).unwrap();
+    let engine = Arc::new(tessera_runtime::policy::PolicyEngine::load(&policies).unwrap());
+    let s = start(data.path(), |c| {
+        c.policy = Some(engine);
+        c.policy_poll = Duration::from_millis(50);
+    })
+    .await;
+    let (status, v) = add_kv_tool(&s, data.path()).await;
+    assert_eq!(status, 201, "{v}");
+    let set = |key: &str| json!({"bucket": "notes", "key": key, "value": "v"});
+    let path = "/v1/components/kv/call/set";
+    let (status, v) = s.call("POST", path, set("admin/root")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["result"], json!({"err": "access denied"}), "{v}");
+    let (_, v) = s.call("POST", path, set("user/1")).await;
+    assert_eq!(v["result"], json!({"ok": null}), "{v}");
+
+    let events = s.server.audit_events();
+    // Waits for the next `policy` audit event (subscribed before the edit).
+    let reloaded = |events: &tokio::sync::broadcast::Receiver<tessera_runtime::AuditEvent>| {
+        let mut events = events.resubscribe();
+        tokio::spawn(async move {
+            loop {
+                let e = events.recv().await.unwrap();
+                if e.capability == "policy" {
+                    return e;
+                }
+            }
+        })
+    };
+    // Lift the rule.
+    let waiting = reloaded(&events);
+    std::fs::write(policies.join("kv.cedar"), "// lifted\n").unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("a reload event")
+        .unwrap();
+    assert_eq!(e.decision, tessera_runtime::Decision::Allow, "{e:?}");
+    assert!(e.detail.unwrap().contains("1 policies"));
+    let (_, v) = s.call("POST", path, set("admin/root")).await;
+    assert_eq!(v["result"], json!({"ok": null}), "{v}");
+
+    // A broken file: reported, and the policies in force stay.
+    let waiting = reloaded(&events);
+    std::fs::write(policies.join("kv.cedar"), "forbid(principal,").unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("a reload event")
+        .unwrap();
+    assert_eq!(e.decision, tessera_runtime::Decision::Deny, "{e:?}");
+    assert!(e.detail.unwrap().contains("kv.cedar:1:"));
+    let (_, v) = s.call("POST", path, set("admin/other")).await;
+    assert_eq!(v["result"], json!({"ok": null}), "{v}");
     s.shutdown().await;
 }

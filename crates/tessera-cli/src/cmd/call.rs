@@ -80,9 +80,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
 
 async fn call(global: &GlobalArgs, args: &Args) -> Outcome {
     let json_args = read_args(args).map_err(|e| Failure::bad_input("arguments", e))?;
-    let runtime = global
-        .runtime_with(false)
-        .map_err(|e| Failure::internal("setup", e))?;
+    let runtime = global.runtime_checked(false)?;
     let deterministic = args.deterministic.then(|| args.seed.unwrap_or(0));
     let grants = crate::setup::grants(args.manifest.as_deref(), deterministic)
         .map_err(|e| Failure::from_runtime(&e))?;

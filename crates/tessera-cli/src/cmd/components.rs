@@ -364,9 +364,7 @@ async fn local_info(
     let record = entry.active_version();
     let grants = GrantsInfo::of(name, entry.active, record);
     let bytes = registry.bytes(&record.digest).map_err(registry_failure)?;
-    let runtime = global
-        .runtime_with(false)
-        .map_err(|e| Failure::internal("setup", e))?;
+    let runtime = global.runtime_checked(false)?;
     let what = format!("{name} v{}", entry.active);
     let prepared = runtime
         .prepare(bytes, &what)
@@ -425,9 +423,7 @@ async fn local(global: &GlobalArgs, command: Command, json: bool) -> Outcome {
                 .await
                 .map_err(crate::source::Failure::into_failure)?;
             let manifest = manifest.as_deref().map(read_manifest).transpose()?;
-            let runtime = global
-                .runtime_with(false)
-                .map_err(|e| Failure::internal("setup", e))?;
+            let runtime = global.runtime_checked(false)?;
             let origin = fetched.origin;
             let new = NewVersion {
                 name: name.clone(),

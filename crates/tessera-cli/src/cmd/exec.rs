@@ -73,9 +73,7 @@ async fn exec(global: &GlobalArgs, args: &Args) -> Outcome {
         .map_err(|e| Failure::from_runtime(&e))?;
     args.limits.apply(&mut grants);
     let chosen = args.manifest.is_some() || args.limits.any();
-    let runtime = global
-        .runtime_with(false)
-        .map_err(|e| Failure::internal("setup", e))?;
+    let runtime = global.runtime_checked(false)?;
     let sandboxes = Sandboxes::new(
         runtime,
         tessera_sandbox::search_path(args.sandboxes.as_deref()),

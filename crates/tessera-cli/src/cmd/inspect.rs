@@ -33,9 +33,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
 }
 
 async fn inspect(global: &GlobalArgs, args: &Args) -> Outcome {
-    let runtime = global
-        .runtime_with(false)
-        .map_err(|e| Failure::internal("setup", e))?;
+    let runtime = global.runtime_checked(false)?;
     let fetched = crate::source::resolve(&args.component, &args.source)
         .await
         .map_err(crate::source::Failure::into_failure)?;

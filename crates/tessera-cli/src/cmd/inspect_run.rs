@@ -38,9 +38,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
 }
 
 async fn inspect_run(global: &GlobalArgs, args: &Args) -> Outcome {
-    let runtime = global
-        .runtime_with(true)
-        .map_err(|e| Failure::internal("setup", e))?;
+    let runtime = global.runtime_checked(true)?;
     let store = global
         .journal()
         .map_err(|e| Failure::internal("journal", e))?;

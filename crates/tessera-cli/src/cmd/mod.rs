@@ -12,6 +12,7 @@ pub mod kv;
 pub mod models;
 pub mod plan;
 pub mod plans;
+pub mod policy;
 pub mod project;
 pub mod remote;
 pub mod replay;

@@ -209,9 +209,7 @@ async fn runner(global: &GlobalArgs) -> Result<(Runner, Arc<Caller>), Failure> {
 /// Components by path (relative to the plan) or by registry name (the
 /// active version, under its manifest), each loaded once.
 pub(crate) fn components(global: &GlobalArgs) -> Result<FileComponents, Failure> {
-    let runtime = global
-        .runtime_with(false)
-        .map_err(|m| Failure::internal("runtime", m))?;
+    let runtime = global.runtime_checked(false)?;
     let registry_dir = global.data.clone();
     let rt = runtime.clone();
     let loaded: Mutex<HashMap<String, Arc<LoadedComponent>>> = Mutex::new(HashMap::new());

@@ -15,8 +15,14 @@ pub struct Args {
     pub run: String,
     /// Use this component file instead of the stored copy; refused unless it
     /// is byte-for-byte the recorded component.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "with_version")]
     pub component: Option<PathBuf>,
+    /// Run this other version of the component against the recording
+    /// instead (offline: every host interaction answered from the
+    /// journal) and report where it departs from the recorded behaviour:
+    /// the first interaction it asks for differently, or its result.
+    #[arg(long, value_name = "FILE")]
+    pub with_version: Option<PathBuf>,
     /// Print a JSON report.
     #[arg(long)]
     pub json: bool,
@@ -34,18 +40,25 @@ fn is_plan_run(id: &str) -> bool {
 }
 
 async fn replay(global: &GlobalArgs, args: &Args) -> Outcome {
-    let runtime = global
-        .runtime_with(false)
-        .map_err(|e| Failure::internal("setup", e))?;
+    let runtime = global.runtime_checked(false)?;
     let store = global
         .journal()
         .map_err(|e| Failure::internal("journal", e))?;
     if is_plan_run(&args.run) {
         return replay_plan(global, &runtime, &store, args).await;
     }
+    if is_plan_run(&args.run) && args.with_version.is_some() {
+        return Err(Failure::bad_input(
+            "usage",
+            "--with-version replays one journal run; give the run of a plan step",
+        ));
+    }
     let run_id = store
         .resolve(&args.run)
         .map_err(|e| journal_failure(&e).with("run", args.run.as_str()))?;
+    if let Some(file) = &args.with_version {
+        return replay_version(&runtime, &store, &run_id, file, args.json).await;
+    }
     let in_session = store
         .header(&run_id)
         .map_err(|e| journal_failure(&e).with("run", args.run.as_str()))?
@@ -83,30 +96,7 @@ async fn replay(global: &GlobalArgs, args: &Args) -> Outcome {
             ),
             Some(tessera_journal::ReplayDivergence::Interaction(d)) => {
                 println!("DIVERGED at step {}", d.index);
-                println!(
-                    "  recorded: {}",
-                    d.recorded
-                        .as_deref()
-                        .map(|s| tessera_journal::describe_step(d.index, s)
-                            .trim_start()
-                            .to_string())
-                        .unwrap_or_else(|| "(end of recording)".into())
-                );
-                // The replayed step was not answered: show what it asked.
-                println!(
-                    "  replayed: {}",
-                    d.actual
-                        .as_deref()
-                        .map(|s| format!(
-                            "{}  {}",
-                            d.index,
-                            tessera_runtime::capability::generic_description(s)
-                        ))
-                        .unwrap_or_else(|| "(the guest finished)".into())
-                );
-                if let Some(reason) = &d.reason {
-                    println!("  because:  {reason}");
-                }
+                print_departure(d, "replayed", "(the guest finished)");
             }
             Some(other) => println!("DIVERGED: {other}"),
         }
@@ -119,6 +109,111 @@ async fn replay(global: &GlobalArgs, args: &Args) -> Outcome {
     } else {
         exit::OK
     })
+}
+
+/// The recorded step and the one the replay asked for instead (not
+/// answered: what it asked), and why they differ when that is not visible.
+fn print_departure(d: &tessera_runtime::gateway::Divergence, label: &str, finished: &str) {
+    let width = label.len().max("recorded".len()) + 1;
+    println!(
+        "  {:<width$} {}",
+        "recorded:",
+        d.recorded
+            .as_deref()
+            .map(|s| tessera_journal::describe_step(d.index, s)
+                .trim_start()
+                .to_string())
+            .unwrap_or_else(|| "(end of recording)".into())
+    );
+    println!(
+        "  {:<width$} {}",
+        format!("{label}:"),
+        d.actual
+            .as_deref()
+            .map(|s| format!(
+                "{}  {}",
+                d.index,
+                tessera_runtime::capability::generic_description(s)
+            ))
+            .unwrap_or_else(|| finished.to_string())
+    );
+    if let Some(reason) = &d.reason {
+        println!("  {:<width$} {reason}", "because:");
+    }
+}
+
+/// `--with-version`: another version of the component against the
+/// recording.
+async fn replay_version(
+    runtime: &tessera_runtime::Runtime,
+    store: &tessera_journal::JournalStore,
+    run_id: &str,
+    file: &std::path::Path,
+    json: bool,
+) -> Outcome {
+    let header = store
+        .header(run_id)
+        .map_err(|e| journal_failure(&e).with("run", run_id))?;
+    if header.session.is_some() {
+        return Err(Failure::bad_input(
+            "usage",
+            "--with-version is not taken for a session's run: its state depends on the session's earlier runs",
+        ));
+    }
+    let bytes = std::fs::read(file).map_err(|e| {
+        Failure::bad_input("component", format!("cannot read {}: {e}", file.display()))
+    })?;
+    let origin = file.display().to_string();
+    let new_digest = tessera_runtime::digest_of(&bytes);
+    let report = tessera_journal::replay_version(runtime, store, run_id, bytes, &origin)
+        .await
+        .map_err(|e| journal_failure(&e).with("run", run_id))?;
+    let (same, what) = match &report.divergence {
+        None => (true, "same interactions, result and fuel".to_string()),
+        Some(tessera_journal::ReplayDivergence::Fuel { recorded, replayed }) => (
+            true,
+            format!("same interactions and result; fuel {recorded} -> {replayed}"),
+        ),
+        Some(other) => (false, other.to_string()),
+    };
+    if json {
+        let mut v = json!({
+            "run_id": report.run_id,
+            "recorded_component": header.component.digest,
+            "new_component": new_digest,
+            "recorded_steps": report.recorded_steps,
+            "replayed_steps": report.outcome.interactions,
+            "same_behaviour": same,
+            "summary": what,
+        });
+        if let Some(tessera_journal::ReplayDivergence::Interaction(d)) = &report.divergence {
+            v["departs_at"] = json!(d.index);
+            v["recorded"] = json!(d.recorded);
+            v["new_version"] = json!(d.actual);
+            v["reason"] = json!(d.reason);
+        }
+        if let Some(tessera_journal::ReplayDivergence::Result { recorded, replayed }) =
+            &report.divergence
+        {
+            v["recorded_result"] = json!(recorded);
+            v["new_result"] = json!(replayed);
+        }
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        println!(
+            "run {} recorded with {}; replayed with {} ({})",
+            report.run_id, header.component.digest, new_digest, origin
+        );
+        match &report.divergence {
+            Some(tessera_journal::ReplayDivergence::Interaction(d)) => {
+                println!("DEPARTS at step {}", d.index);
+                print_departure(d, "new version", "(it finished)");
+            }
+            _ if same => println!("same behaviour: {what}"),
+            _ => println!("DEPARTS: {what}"),
+        }
+    }
+    Ok(if same { exit::OK } else { exit::DIVERGED })
 }
 
 /// A run made in a session: the session's runs before it, then it, in one

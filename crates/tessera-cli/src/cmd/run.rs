@@ -141,9 +141,7 @@ async fn run_command(global: &GlobalArgs, args: &Args) -> Result<i32, Failure> {
     let mut grants = crate::setup::grants(args.manifest.as_deref(), None)
         .map_err(|e| Failure::from_runtime(&e))?;
     apply_flags(&mut grants, args).map_err(|m| Failure::bad_input("usage", m))?;
-    let runtime = global
-        .runtime_with(false)
-        .map_err(|e| Failure::internal("setup", e))?;
+    let runtime = global.runtime_checked(false)?;
     let loaded = crate::source::load(&runtime, &args.component, &args.source, grants)
         .await
         .map_err(crate::source::LoadFailure::into_failure)?;

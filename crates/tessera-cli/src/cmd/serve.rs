@@ -187,6 +187,13 @@ pub async fn run(global: &GlobalArgs, args: Args) -> i32 {
             return crate::exit::BAD_INPUT;
         }
     };
+    config.policy = match global.policy_engine() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return crate::exit::BAD_INPUT;
+        }
+    };
     if let Some(path) = &args.audit_sign_key {
         match tessera_runtime::trust::keys::read_secret(path) {
             Ok(key) => {

@@ -196,9 +196,7 @@ async fn replay(
         .with("session", name));
     }
     let last = &s.history[n as usize - 1];
-    let runtime = global
-        .runtime_with(false)
-        .map_err(|e| Failure::internal("setup", e))?;
+    let runtime = global.runtime_checked(false)?;
     let report = tessera_journal::replay_session_run(&runtime, store, last)
         .await
         .map_err(|e| journal_failure(&e).with("session", name))?;

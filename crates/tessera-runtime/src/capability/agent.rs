@@ -54,6 +54,7 @@ use crate::audit::Decision;
 use crate::gateway::{Gateway, Op, Step};
 use crate::host::HostState;
 use crate::manifest::ManifestError;
+use crate::policy::Interaction;
 
 /// Default mailbox capacity (`[agent] mailbox`).
 pub const DEFAULT_MAILBOX: u32 = 1000;
@@ -774,6 +775,20 @@ impl wit_tools::Host for HostState {
                     );
                     ToolResponse {
                         result: Err(ToolError::Unknown(request.name.clone())),
+                        run: None,
+                    }
+                } else if let Err(reason) = gateway.authorize(&Interaction::Tool {
+                    name: request.name.clone(),
+                    arguments: request.arguments.clone(),
+                }) {
+                    gateway.audit(
+                        "agent",
+                        format!("tool {}", request.name),
+                        Decision::Deny,
+                        Some(reason.clone()),
+                    );
+                    ToolResponse {
+                        result: Err(ToolError::Rejected(reason)),
                         run: None,
                     }
                 } else {

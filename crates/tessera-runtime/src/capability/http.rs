@@ -23,6 +23,7 @@ use crate::audit::Decision;
 use crate::gateway::{Bytes, Gateway, Op, Sealed, Step};
 use crate::host::HostState;
 use crate::manifest::ManifestError;
+use crate::policy::Interaction;
 
 /// The outbound HTTP capability.
 #[derive(Debug)]
@@ -515,6 +516,17 @@ impl WasiHttpHooks for HttpGate {
         let gateway = self.gateway.clone();
         let index = gateway.reserve_index();
         let host = request.uri().host().unwrap_or_default().to_string();
+        let mut headers = std::collections::BTreeMap::<String, String>::new();
+        for (name, value) in request.headers() {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            headers
+                .entry(name.as_str().to_string())
+                .and_modify(|v| {
+                    v.push_str(", ");
+                    v.push_str(&value);
+                })
+                .or_insert(value);
+        }
         let port =
             request
                 .uri()
@@ -551,6 +563,14 @@ impl WasiHttpHooks for HttpGate {
                 }
                 Ok(_) => Ok(()),
             };
+            // What the grants allow, the boundary policies may still deny.
+            let decision = decision.and_then(|()| {
+                gateway.authorize(&Interaction::Http {
+                    method: record.method.clone(),
+                    url: record.uri.clone(),
+                    headers,
+                })
+            });
             let allowed = decision.is_ok();
             match &decision {
                 Err(reason) => gateway.audit("http", &target, Decision::Deny, Some(reason.clone())),

@@ -28,6 +28,7 @@ use crate::audit::Decision;
 use crate::gateway::{Bytes, Gateway, Op, Step};
 use crate::host::HostState;
 use crate::manifest::ManifestError;
+use crate::policy::Interaction;
 
 /// Keys per page of `list-keys`.
 pub const LIST_PAGE: usize = 1000;
@@ -341,6 +342,45 @@ fn writable(gateway: &Gateway, b: &BucketHandle, what: &str) -> Result<(), KvErr
     }
 }
 
+/// Whether `op` on `keys` of a bucket may go ahead: a write needs a
+/// writable grant, then every key is put to the boundary policies (the
+/// first denial refuses the whole operation). Denials are audited.
+fn permit(
+    gateway: &Gateway,
+    b: &BucketHandle,
+    op: &str,
+    keys: &[&str],
+    write: bool,
+) -> Result<(), KvError> {
+    if write {
+        let what = match keys {
+            [one] => (*one).to_string(),
+            many => format!("{} keys", many.len()),
+        };
+        writable(gateway, b, &what)?;
+    }
+    let all = [""];
+    let keys = if keys.is_empty() { &all[..] } else { keys };
+    for key in keys {
+        let asked = Interaction::Kv {
+            operation: op.to_string(),
+            bucket: b.name.clone(),
+            key: (*key).to_string(),
+            write,
+        };
+        if let Err(reason) = gateway.authorize(&asked) {
+            gateway.audit(
+                "keyvalue",
+                format!("{op} {}/{key}", b.name),
+                Decision::Deny,
+                Some(reason),
+            );
+            return Err(KvError::AccessDenied);
+        }
+    }
+    Ok(())
+}
+
 fn to_wit(e: KvError) -> WitError {
     match e {
         KvError::NoSuchStore => WitError::NoSuchStore,
@@ -402,11 +442,13 @@ impl bindings::wasi::keyvalue::store::HostBucket for HostState {
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, WitError>> {
         let b = self.bucket(&b)?;
         let gateway = self.gateway.clone();
+        let allowed = permit(&gateway, &b, "get", &[&key], false);
         let request = KeyRequest {
             bucket: b.name,
             key,
         };
         let got = exchange::<Get, _, _>(&gateway, request, |g, q| async move {
+            allowed?;
             let store = store_for(&g, &q.bucket).await?;
             let entry = store.get(&q.bucket, &q.key).await.map_err(store_error)?;
             Ok(entry.map(|e| Bytes(e.value)))
@@ -423,7 +465,7 @@ impl bindings::wasi::keyvalue::store::HostBucket for HostState {
     ) -> wasmtime::Result<Result<(), WitError>> {
         let b = self.bucket(&b)?;
         let gateway = self.gateway.clone();
-        let allowed = writable(&gateway, &b, &key);
+        let allowed = permit(&gateway, &b, "set", &[&key], true);
         let request = SetRequest {
             bucket: b.name,
             key,
@@ -455,7 +497,7 @@ impl bindings::wasi::keyvalue::store::HostBucket for HostState {
     ) -> wasmtime::Result<Result<(), WitError>> {
         let b = self.bucket(&b)?;
         let gateway = self.gateway.clone();
-        let allowed = writable(&gateway, &b, &key);
+        let allowed = permit(&gateway, &b, "delete", &[&key], true);
         let request = KeyRequest {
             bucket: b.name,
             key,
@@ -479,11 +521,13 @@ impl bindings::wasi::keyvalue::store::HostBucket for HostState {
     ) -> wasmtime::Result<Result<bool, WitError>> {
         let b = self.bucket(&b)?;
         let gateway = self.gateway.clone();
+        let allowed = permit(&gateway, &b, "exists", &[&key], false);
         let request = KeyRequest {
             bucket: b.name,
             key,
         };
         let got = exchange::<Exists, _, _>(&gateway, request, |g, q| async move {
+            allowed?;
             let store = store_for(&g, &q.bucket).await?;
             let entry = store.get(&q.bucket, &q.key).await.map_err(store_error)?;
             Ok(entry.is_some())
@@ -499,11 +543,13 @@ impl bindings::wasi::keyvalue::store::HostBucket for HostState {
     ) -> wasmtime::Result<Result<KeyResponse, WitError>> {
         let b = self.bucket(&b)?;
         let gateway = self.gateway.clone();
+        let allowed = permit(&gateway, &b, "list", &[], false);
         let request = ListRequest {
             bucket: b.name,
             cursor,
         };
         let got = exchange::<ListKeys, _, _>(&gateway, request, |g, q| async move {
+            allowed?;
             let store = store_for(&g, &q.bucket).await?;
             let page = store
                 .list(&q.bucket, "", q.cursor.as_deref(), LIST_PAGE)
@@ -538,7 +584,7 @@ impl bindings::wasi::keyvalue::atomics::Host for HostState {
     ) -> wasmtime::Result<Result<i64, WitError>> {
         let b = self.bucket(&b)?;
         let gateway = self.gateway.clone();
-        let allowed = writable(&gateway, &b, &key);
+        let allowed = permit(&gateway, &b, "increment", &[&key], true);
         let request = IncrementRequest {
             bucket: b.name,
             key,
@@ -563,7 +609,7 @@ impl bindings::wasi::keyvalue::atomics::Host for HostState {
     ) -> wasmtime::Result<Result<(), WitCasError>> {
         let cas = self.table.delete(cas)?;
         let gateway = self.gateway.clone();
-        let allowed = writable(&gateway, &cas.bucket, &cas.key);
+        let allowed = permit(&gateway, &cas.bucket, "swap", &[&cas.key], true);
         let request = SwapRequest {
             bucket: cas.bucket.name.clone(),
             key: cas.key.clone(),
@@ -618,11 +664,13 @@ impl bindings::wasi::keyvalue::atomics::HostCas for HostState {
     ) -> wasmtime::Result<Result<Resource<CasHandle>, WitError>> {
         let b = self.bucket(&b)?;
         let gateway = self.gateway.clone();
+        let allowed = permit(&gateway, &b, "get", &[&key], false);
         let request = KeyRequest {
             bucket: b.name.clone(),
             key: key.clone(),
         };
         let got = exchange::<CasRead, _, _>(&gateway, request, |g, q| async move {
+            allowed?;
             let store = store_for(&g, &q.bucket).await?;
             let entry = store.get(&q.bucket, &q.key).await.map_err(store_error)?;
             Ok(entry.map(|e| Versioned {
@@ -664,11 +712,14 @@ impl bindings::wasi::keyvalue::batch::Host for HostState {
     ) -> wasmtime::Result<Result<Vec<Option<(String, Vec<u8>)>>, WitError>> {
         let b = self.bucket(&b)?;
         let gateway = self.gateway.clone();
+        let names: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let allowed = permit(&gateway, &b, "get-many", &names, false);
         let request = KeysRequest {
             bucket: b.name,
             keys: keys.clone(),
         };
         let got = exchange::<GetMany, _, _>(&gateway, request, |g, q| async move {
+            allowed?;
             let store = store_for(&g, &q.bucket).await?;
             let entries = store
                 .get_many(&q.bucket, &q.keys)
@@ -697,7 +748,8 @@ impl bindings::wasi::keyvalue::batch::Host for HostState {
     ) -> wasmtime::Result<Result<(), WitError>> {
         let b = self.bucket(&b)?;
         let gateway = self.gateway.clone();
-        let allowed = writable(&gateway, &b, &format!("{} keys", key_values.len()));
+        let keys: Vec<&str> = key_values.iter().map(|(k, _)| k.as_str()).collect();
+        let allowed = permit(&gateway, &b, "set-many", &keys, true);
         let request = SetManyRequest {
             bucket: b.name,
             entries: key_values.into_iter().map(|(k, v)| (k, Bytes(v))).collect(),
@@ -723,7 +775,8 @@ impl bindings::wasi::keyvalue::batch::Host for HostState {
     ) -> wasmtime::Result<Result<(), WitError>> {
         let b = self.bucket(&b)?;
         let gateway = self.gateway.clone();
-        let allowed = writable(&gateway, &b, &format!("{} keys", keys.len()));
+        let names: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let allowed = permit(&gateway, &b, "delete-many", &names, true);
         let request = KeysRequest {
             bucket: b.name,
             keys,

@@ -45,6 +45,7 @@ use crate::audit::Decision;
 use crate::gateway::{Gateway, Op, Step};
 use crate::host::HostState;
 use crate::manifest::ManifestError;
+use crate::policy::Interaction;
 
 /// The call-context key through which a caller gives a call what remains
 /// of an agent's token budget (a decimal number; absent: unlimited).
@@ -1046,6 +1047,19 @@ impl wit::Host for HostState {
         } else {
             label.clone()
         };
+        // What the grant allows, the boundary policies may still deny.
+        let asked = resolved.as_ref().ok().map(|m| Interaction::Llm {
+            provider: m.provider.clone(),
+            model: m.model.clone(),
+            max_tokens: cap.as_ref().ok().copied().flatten().map(u64::from),
+            messages: request.messages.len() as u64,
+            tools: request.tools.iter().map(|t| t.name.clone()).collect(),
+            tokens_used: self.caps.llm.used,
+        });
+        let resolved = match (resolved, &cap, &asked) {
+            (Ok(m), Ok(_), Some(asked)) => gateway.authorize(asked).map(|()| m),
+            (r, _, _) => r,
+        };
         match (&resolved, &cap) {
             (Err(reason), _) => gateway.audit("llm", target, Decision::Deny, Some(reason.clone())),
             (Ok(_), Err(why)) => gateway.audit("llm", target, Decision::Limit, Some(why.clone())),
@@ -1069,6 +1083,9 @@ impl wit::Host for HostState {
                 u64::from(r.usage.completion_tokens),
             );
             self.caps.llm.used = self.caps.llm.used.saturating_add(p + c);
+            if let Some(asked) = &asked {
+                gateway.charge_tokens(asked, p + c);
+            }
             gateway.add_usage(PROMPT_TOKENS, p);
             gateway.add_usage(COMPLETION_TOKENS, c);
         }

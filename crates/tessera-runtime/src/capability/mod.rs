@@ -104,6 +104,9 @@ pub struct HostConfig {
     /// The models that serve `wasi:nn` (`tessera models`); `None`: none,
     /// and a live load answers `not-found` (a replay needs none).
     pub nn: Option<std::sync::Arc<dyn nn::NnModels>>,
+    /// The boundary policies every gateway decision consults after the
+    /// grants (`crate::policy`); `None`: the grants alone decide.
+    pub policy: Option<std::sync::Arc<crate::policy::PolicyEngine>>,
 }
 
 impl Default for HostConfig {
@@ -116,6 +119,7 @@ impl Default for HostConfig {
             stores: None,
             llm: None,
             nn: None,
+            policy: None,
         }
     }
 }

@@ -48,6 +48,7 @@ use crate::audit::Decision;
 use crate::gateway::{Bytes, Gateway, Op, Step};
 use crate::host::HostState;
 use crate::manifest::ManifestError;
+use crate::policy::Interaction;
 
 #[allow(missing_docs)]
 mod bindings {
@@ -451,9 +452,20 @@ impl bindings::wasi::nn::graph::Host for HostState {
     ) -> wasmtime::Result<Result<Resource<GraphHandle>, Resource<ErrorHandle>>> {
         let gateway = self.gateway.clone();
         let grant = &gateway.grants().nn;
-        let granted = grant.models.contains(&name);
+        let policy = if grant.models.contains(&name) {
+            gateway
+                .authorize(&Interaction::Nn {
+                    model: name.clone(),
+                })
+                .err()
+        } else {
+            None
+        };
+        let granted = grant.models.contains(&name) && policy.is_none();
         if granted {
             gateway.audit("nn", name.clone(), Decision::Allow, None);
+        } else if let Some(reason) = &policy {
+            gateway.audit("nn", name.clone(), Decision::Deny, Some(reason.clone()));
         } else {
             gateway.audit(
                 "nn",
@@ -473,14 +485,14 @@ impl bindings::wasi::nn::graph::Host for HostState {
             Some(r) => r,
             None if !granted => Err(NnError::new(
                 NnErrorCode::Security,
-                format!(
+                policy.clone().unwrap_or_else(|| format!(
                     "model `{name}` is not granted to this component (granted: {}; add it to `[nn] models` in the manifest)",
                     if grant.models.is_empty() {
                         "none".to_string()
                     } else {
                         grant.models.join(", ")
                     }
-                ),
+                )),
             )),
             None => match load_live(&gateway, &name).await {
                 Ok(g) => {

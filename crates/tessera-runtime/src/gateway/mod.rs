@@ -22,6 +22,7 @@ use serde::Deserialize;
 
 use crate::audit::{AuditEvent, AuditSink, Decision};
 use crate::manifest::Grants;
+use crate::policy::{Caller, Interaction};
 
 pub mod step;
 
@@ -33,6 +34,9 @@ pub use step::{Bytes, Op, Payload, Recorded, RedactionKey, Replay, Sealed, Step,
 pub struct CallScope {
     /// Content digest of the component (`sha256:…`).
     pub component: String,
+    /// The component's name (its registry name, or the name its file, URL
+    /// or OCI reference gives it): the principal of boundary policies.
+    pub name: String,
     /// The function being called (`name` or `interface#name`).
     pub function: String,
 }
@@ -552,6 +556,54 @@ impl Gateway {
             decision,
             detail,
         ));
+    }
+
+    /// Who this call is, as boundary policies see it: the component, the
+    /// function, and the agent, plan step and API token the caller named
+    /// in the call's context.
+    pub fn caller(&self) -> Caller {
+        let call = self.call();
+        let context = |key: &str| call.context.as_ref().and_then(|c| c.get(key).cloned());
+        Caller {
+            component: call.scope.name.clone(),
+            digest: call.scope.component.clone(),
+            function: call.scope.function.clone(),
+            agent: context("tessera.agent.id"),
+            plan: context("tessera.plan.name"),
+            step: context("tessera.plan.step"),
+            token: context(crate::policy::TOKEN_CONTEXT),
+        }
+    }
+
+    /// Puts `interaction` to the host's boundary policies, once the
+    /// capability's grant check has allowed it: `Err` carries why a policy
+    /// or quota denied it (the capability audits it and answers the guest
+    /// with its interface's ordinary error). With no policies in force,
+    /// and on replay (the recording holds the answers), everything the
+    /// grants allow is allowed; a collecting engine sees the interaction
+    /// either way.
+    pub fn authorize(&self, interaction: &Interaction) -> Result<(), String> {
+        let Some(engine) = self.inner.host.policy.as_ref() else {
+            return Ok(());
+        };
+        if self.replaying() && !engine.collecting() {
+            return Ok(());
+        }
+        let verdict = engine.authorize(&self.caller(), interaction);
+        match verdict.reason {
+            Some(reason) if !verdict.allowed => Err(reason),
+            _ => Ok(()),
+        }
+    }
+
+    /// Charges the LLM tokens an allowed completion used to the host's
+    /// token quotas.
+    pub fn charge_tokens(&self, interaction: &Interaction, tokens: u64) {
+        if let Some(engine) = self.inner.host.policy.as_ref()
+            && !self.replaying()
+        {
+            engine.charge(&self.caller(), interaction, tokens);
+        }
     }
 
     /// Runs `f` with the call's captured output.

@@ -44,6 +44,7 @@ use crate::audit::Decision;
 use crate::gateway::{Bytes, Gateway, Op, Replay, Step};
 use crate::host::HostState;
 use crate::manifest::ManifestError;
+use crate::policy::Interaction;
 
 /// The filesystem capability.
 #[derive(Debug)]
@@ -264,6 +265,7 @@ fn report<T>(
     path: &str,
     result: FsResult<T>,
     captured: (Option<Bytes>, Option<Vec<String>>),
+    policy: Option<String>,
 ) -> wasmtime::Result<Result<T, ErrorCode>> {
     let result = match result {
         Ok(v) => Ok(v),
@@ -292,10 +294,23 @@ fn report<T>(
             "files",
             path,
             Decision::Deny,
-            Some(format!("{op} refused: {}", code.name())),
+            Some(policy.unwrap_or_else(|| format!("{op} refused: {}", code.name()))),
         );
     }
     Ok(result)
+}
+
+/// Asks the boundary policies about a path operation the preopens allow:
+/// `Some(reason)` when they deny it (the operation is then not made and the
+/// guest sees `access`).
+fn policy_denies(gateway: &Gateway, op: &str, path: &str, write: bool) -> Option<String> {
+    gateway
+        .authorize(&Interaction::File {
+            operation: op.to_string(),
+            path: path.to_string(),
+            write,
+        })
+        .err()
 }
 
 /// Reads what a freshly opened descriptor holds, for the journal.
@@ -354,16 +369,21 @@ type Store<'a> = StoreContextMut<'a, HostState>;
 /// `($p: $t),*` the parameters after the descriptor, `$path` the parameter
 /// reported as the path, `$ret` the success type.
 macro_rules! wrap {
-    ($inst:ident, $name:literal, $op:literal, $method:ident, ($($p:ident: $t:ty),*), $path:ident, $ret:ty) => {
+    ($inst:ident, $name:literal, $op:literal, $write:literal, $method:ident, ($($p:ident: $t:ty),*), $path:ident, $ret:ty) => {
         $inst.func_wrap_async(
             $name,
             |mut store: Store<'_>, (fd, $($p,)*): (Resource<Descriptor>, $($t,)*)| {
                 Box::new(async move {
                     let gateway = store.data().gateway.clone();
                     let shown = guest_path(store.data(), fd.rep(), &$path);
-                    let mut view = store.data_mut().filesystem();
-                    let r: FsResult<$ret> = HostDescriptor::$method(&mut view, fd, $($p),*).await;
-                    Ok((report(&gateway, $op, &shown, r, (None, None))?,))
+                    let policy = policy_denies(&gateway, $op, &shown, $write);
+                    let r: FsResult<$ret> = if policy.is_some() {
+                        Err(ErrorCode::Access.into())
+                    } else {
+                        let mut view = store.data_mut().filesystem();
+                        HostDescriptor::$method(&mut view, fd, $($p),*).await
+                    };
+                    Ok((report(&gateway, $op, &shown, r, (None, None), policy)?,))
                 })
             },
         )?;
@@ -423,9 +443,16 @@ fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             Box::new(async move {
                 let gateway = store.data().gateway.clone();
                 let shown = guest_path(store.data(), fd.rep(), &path);
-                let mut view = store.data_mut().filesystem();
-                let r = HostDescriptor::open_at(&mut view, fd, path_flags, path, open_flags, flags)
-                    .await;
+                let write = flags.contains(DescriptorFlags::WRITE)
+                    || open_flags.intersects(OpenFlags::CREATE | OpenFlags::TRUNCATE);
+                let policy = policy_denies(&gateway, "open", &shown, write);
+                let r = if policy.is_some() {
+                    Err(ErrorCode::Access.into())
+                } else {
+                    let mut view = store.data_mut().filesystem();
+                    HostDescriptor::open_at(&mut view, fd, path_flags, path, open_flags, flags)
+                        .await
+                };
                 let mut captured = (None, None);
                 if let Ok(new_fd) = &r {
                     let rep = new_fd.rep();
@@ -437,30 +464,30 @@ fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                         }
                     }
                 }
-                Ok((report(&gateway, "open", &shown, r, captured)?,))
+                Ok((report(&gateway, "open", &shown, r, captured, policy)?,))
             })
         },
     )?;
-    wrap!(inst, "[method]descriptor.stat-at", "stat", stat_at,
+    wrap!(inst, "[method]descriptor.stat-at", "stat", false, stat_at,
         (path_flags: PathFlags, path: String), path, DescriptorStat);
-    wrap!(inst, "[method]descriptor.metadata-hash-at", "metadata-hash", metadata_hash_at,
+    wrap!(inst, "[method]descriptor.metadata-hash-at", "metadata-hash", false, metadata_hash_at,
         (path_flags: PathFlags, path: String), path, MetadataHashValue);
-    wrap!(inst, "[method]descriptor.set-times-at", "set-times", set_times_at,
+    wrap!(inst, "[method]descriptor.set-times-at", "set-times", true, set_times_at,
         (path_flags: PathFlags, path: String, atim: NewTimestamp, mtim: NewTimestamp),
         path, ());
-    wrap!(inst, "[method]descriptor.create-directory-at", "mkdir", create_directory_at,
+    wrap!(inst, "[method]descriptor.create-directory-at", "mkdir", true, create_directory_at,
         (path: String), path, ());
-    wrap!(inst, "[method]descriptor.remove-directory-at", "rmdir", remove_directory_at,
+    wrap!(inst, "[method]descriptor.remove-directory-at", "rmdir", true, remove_directory_at,
         (path: String), path, ());
-    wrap!(inst, "[method]descriptor.unlink-file-at", "unlink", unlink_file_at,
+    wrap!(inst, "[method]descriptor.unlink-file-at", "unlink", true, unlink_file_at,
         (path: String), path, ());
-    wrap!(inst, "[method]descriptor.readlink-at", "readlink", readlink_at,
+    wrap!(inst, "[method]descriptor.readlink-at", "readlink", false, readlink_at,
         (path: String), path, String);
-    wrap!(inst, "[method]descriptor.symlink-at", "symlink", symlink_at,
+    wrap!(inst, "[method]descriptor.symlink-at", "symlink", true, symlink_at,
         (old_path: String, new_path: String), new_path, ());
-    wrap!(inst, "[method]descriptor.rename-at", "rename", rename_at,
+    wrap!(inst, "[method]descriptor.rename-at", "rename", true, rename_at,
         (old_path: String, new_fd: Resource<Descriptor>, new_path: String), old_path, ());
-    wrap!(inst, "[method]descriptor.link-at", "link", link_at,
+    wrap!(inst, "[method]descriptor.link-at", "link", true, link_at,
         (old_flags: PathFlags, old_path: String, new_fd: Resource<Descriptor>, new_path: String),
         new_path, ());
     linker.allow_shadowing(false);
