@@ -6,6 +6,7 @@ mod exit;
 mod failure;
 mod setup;
 mod source;
+mod telemetry;
 
 use clap::{Parser, Subcommand};
 
@@ -166,6 +167,17 @@ fn main() {
             std::process::exit(exit::INTERNAL);
         }
     };
+    // Traces, when asked for: exported in batches until the process ends.
+    let telemetry = match cli.global.otlp.as_deref() {
+        None => None,
+        Some(url) => match telemetry::init(url) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(exit::BAD_INPUT);
+            }
+        },
+    };
     let code = runtime.block_on(async move {
         match cli.command {
             Command::Inspect(args) => cmd::inspect::run(&cli.global, args).await,
@@ -193,5 +205,6 @@ fn main() {
             Command::Policy(c) => cmd::policy::run(&cli.global, c).await,
         }
     });
+    drop(telemetry);
     std::process::exit(code);
 }

@@ -55,6 +55,13 @@ pub struct GlobalArgs {
     /// exists; none otherwise.
     #[arg(long, global = true, env = "TESSERA_POLICY", value_name = "DIR")]
     pub policy: Option<PathBuf>,
+    /// Export traces over OTLP/HTTP to this collector (`http://host:4318`):
+    /// spans of server requests, calls and their host interactions, with
+    /// W3C `traceparent` taken from incoming requests and passed on in the
+    /// guests' outgoing HTTP requests (docs/telemetry.md). Default: no
+    /// traces.
+    #[arg(long, global = true, env = "TESSERA_OTLP", value_name = "URL")]
+    pub otlp: Option<String>,
     /// The policy engine, loaded once per process (quotas count across
     /// every call of the process).
     #[arg(skip)]

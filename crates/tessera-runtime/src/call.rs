@@ -670,7 +670,7 @@ impl LoadedComponent {
                 &self.prepared.origin,
             )),
         };
-        CallOutcome {
+        let outcome = CallOutcome {
             function: f.qualified_name(),
             interactions: gateway.interaction_count(),
             divergence: gateway.divergence(),
@@ -683,7 +683,9 @@ impl LoadedComponent {
             duration: ran.duration,
             audit: call_audit.take(),
             usage: gateway.usage(),
-        }
+        };
+        gateway.end_trace(&outcome);
+        outcome
     }
 
     /// Opens a session: one instance kept live for several calls, so that

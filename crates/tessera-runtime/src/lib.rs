@@ -33,6 +33,7 @@ pub mod policy;
 mod runtime;
 pub mod schema;
 pub mod snapshot;
+pub mod telemetry;
 pub mod tools;
 pub mod trust;
 

@@ -385,6 +385,10 @@ impl Server {
                 recorded
             }
         };
+        // The call runs in a task of its own if its caller goes away: it
+        // keeps the caller's trace context.
+        let run =
+            opentelemetry::context::FutureExt::with_context(run, opentelemetry::Context::current());
         let ended = finish_linked(run, token, cancel).await;
         let (run_id, outcome) = ended??;
         self.metrics.call(name, &outcome, is_plan_step);

@@ -284,7 +284,40 @@ pub fn router(server: Arc<Server>, mcp: crate::mcp::McpHttpService, local: Socke
         .layer(middleware::from_fn_with_state(server.clone(), authorize))
         .layer(middleware::from_fn_with_state(server.clone(), limit_body))
         .layer(middleware::from_fn_with_state(guard, crate::guard::guard))
+        .layer(middleware::from_fn(trace_request))
         .with_state(server)
+}
+
+/// With tracing on, a server span per request, the child of the request's
+/// `traceparent` when it has one; the handler runs in its context, so the
+/// call it makes hangs under it.
+async fn trace_request(req: Request, next: Next) -> Response {
+    use opentelemetry::KeyValue;
+    use tessera_runtime::telemetry;
+    if !telemetry::enabled() {
+        return next.run(req).await;
+    }
+    let parent = telemetry::extract(req.headers());
+    let cx = telemetry::start(
+        format!("{} {}", req.method(), req.uri().path()),
+        opentelemetry::trace::SpanKind::Server,
+        &parent,
+        vec![
+            KeyValue::new("http.request.method", req.method().to_string()),
+            KeyValue::new("url.path", req.uri().path().to_string()),
+        ],
+    );
+    let response = opentelemetry::context::FutureExt::with_context(next.run(req), cx.clone()).await;
+    let status = response.status();
+    telemetry::end(
+        &cx,
+        vec![KeyValue::new(
+            "http.response.status_code",
+            i64::from(status.as_u16()),
+        )],
+        status.is_server_error().then(|| status.to_string()),
+    );
+    response
 }
 
 async fn not_found(req: Request) -> ApiError {

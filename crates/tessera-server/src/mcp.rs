@@ -1452,16 +1452,34 @@ impl ServerHandler for McpService {
         };
         let args = Value::Object(request.arguments.unwrap_or_default());
         let caller = mcp_caller(&context);
-        let called = self
-            .server
-            .call(
-                &component,
-                &function,
-                &args,
-                Some(context.ct.clone()),
-                caller,
-            )
-            .await;
+        let call = self.server.call(
+            &component,
+            &function,
+            &args,
+            Some(context.ct.clone()),
+            caller,
+        );
+        // Over HTTP, the request's `traceparent` is the call's parent.
+        let called = match context
+            .extensions
+            .get::<http::request::Parts>()
+            .filter(|_| tessera_runtime::telemetry::enabled())
+        {
+            Some(parts) => {
+                let parent = tessera_runtime::telemetry::extract(&parts.headers);
+                let cx = tessera_runtime::telemetry::start(
+                    format!("tools/call {name}"),
+                    opentelemetry::trace::SpanKind::Server,
+                    &parent,
+                    vec![opentelemetry::KeyValue::new("mcp.tool", name.to_string())],
+                );
+                let called =
+                    opentelemetry::context::FutureExt::with_context(call, cx.clone()).await;
+                tessera_runtime::telemetry::end(&cx, Vec::new(), None);
+                called
+            }
+            None => call.await,
+        };
         let result = match called {
             Ok(mut c) => tool_result(&name, &mut c)?,
             Err(e) => text_error(failure_text(&name, &ApiError::from(e))?),

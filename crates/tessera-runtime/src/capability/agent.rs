@@ -754,6 +754,7 @@ impl wit_tools::Host for HostState {
         arguments: String,
     ) -> wasmtime::Result<Result<String, wit_tools::ToolError>> {
         let gateway = self.gateway.clone();
+        let mut span = gateway.interaction_span("agent", "tool.call", &name);
         let request = ToolRequest { name, arguments };
         let index = gateway.reserve_index();
         let response = match gateway.answer::<CallTool>(index, &request)? {
@@ -773,6 +774,7 @@ impl wit_tools::Host for HostState {
                             request.name
                         )),
                     );
+                    span.decide("deny");
                     ToolResponse {
                         result: Err(ToolError::Unknown(request.name.clone())),
                         run: None,
@@ -787,15 +789,23 @@ impl wit_tools::Host for HostState {
                         Decision::Deny,
                         Some(reason.clone()),
                     );
+                    span.decide("deny");
                     ToolResponse {
                         result: Err(ToolError::Rejected(reason)),
                         run: None,
                     }
                 } else {
-                    match link(&gateway)?
-                        .call_tool(&request.name, &request.arguments)
-                        .await
-                    {
+                    // The tool's own call hangs under this span.
+                    let tools = link(&gateway)?;
+                    let called = tools.call_tool(&request.name, &request.arguments);
+                    let called = match span.context() {
+                        Some(cx) => {
+                            opentelemetry::context::FutureExt::with_context(called, cx.clone())
+                                .await
+                        }
+                        None => called.await,
+                    };
+                    match called {
                         ToolAnswer::Done { result, run } => ToolResponse { result, run },
                         ToolAnswer::Suspend { request: id } => {
                             return Err(AwaitingApproval {

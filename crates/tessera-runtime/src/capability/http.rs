@@ -515,6 +515,11 @@ impl WasiHttpHooks for HttpGate {
         let verdict = self.allows(request.uri());
         let gateway = self.gateway.clone();
         let index = gateway.reserve_index();
+        let mut span = gateway.interaction_span(
+            "http",
+            request.method().as_str(),
+            &request.uri().to_string(),
+        );
         let host = request.uri().host().unwrap_or_default().to_string();
         let mut headers = std::collections::BTreeMap::<String, String>::new();
         for (name, value) in request.headers() {
@@ -537,7 +542,7 @@ impl WasiHttpHooks for HttpGate {
                     443
                 });
         Box::new(async move {
-            let (record, request) = match record_request(&gateway, request).await {
+            let (record, mut request) = match record_request(&gateway, request).await {
                 Ok(r) => r,
                 Err(e) => {
                     // The step is still taken, so the indices that follow
@@ -572,6 +577,12 @@ impl WasiHttpHooks for HttpGate {
                 })
             });
             let allowed = decision.is_ok();
+            span.decide(if allowed { "allow" } else { "deny" });
+            // The trace goes on where the request goes (after the request
+            // was recorded: the header is not the guest's).
+            if let Some(cx) = span.context() {
+                crate::telemetry::inject(cx, request.headers_mut());
+            }
             match &decision {
                 Err(reason) => gateway.audit("http", &target, Decision::Deny, Some(reason.clone())),
                 Ok(()) => gateway.audit("http", &target, Decision::Allow, None),

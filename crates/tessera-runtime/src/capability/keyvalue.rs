@@ -308,7 +308,55 @@ async fn store_for(gateway: &Gateway, bucket: &str) -> Result<tessera_store::Sha
     }
 }
 
-/// One exchange through the gateway whose live half waits on a store.
+/// The bucket a request is about (its trace span's target).
+trait Bucketed {
+    fn bucket(&self) -> &str;
+}
+
+impl Bucketed for String {
+    fn bucket(&self) -> &str {
+        self
+    }
+}
+
+macro_rules! bucketed {
+    ($($t:ty),*) => {
+        $(impl Bucketed for $t {
+            fn bucket(&self) -> &str {
+                &self.bucket
+            }
+        })*
+    };
+}
+bucketed!(
+    KeyRequest,
+    SetRequest,
+    ListRequest,
+    IncrementRequest,
+    SwapRequest,
+    KeysRequest,
+    SetManyRequest
+);
+
+/// Whether an answer is a refusal (its trace span's decision).
+trait Refused {
+    fn refused(&self) -> bool;
+}
+
+impl<T> Refused for Result<T, KvError> {
+    fn refused(&self) -> bool {
+        matches!(self, Err(KvError::AccessDenied))
+    }
+}
+
+impl Refused for Result<(), SwapError> {
+    fn refused(&self) -> bool {
+        matches!(self, Err(SwapError::Store(KvError::AccessDenied)))
+    }
+}
+
+/// One exchange through the gateway whose live half waits on a store,
+/// traced as a `keyvalue.<op>` span.
 async fn exchange<O, F, Fut>(
     gateway: &Gateway,
     request: O::Request,
@@ -316,12 +364,17 @@ async fn exchange<O, F, Fut>(
 ) -> wasmtime::Result<O::Response>
 where
     O: Op,
+    O::Request: Bucketed,
+    O::Response: Refused,
     F: FnOnce(Gateway, O::Request) -> Fut,
     Fut: Future<Output = O::Response>,
 {
-    gateway
+    let span = gateway.interaction_span("keyvalue", O::NAME, request.bucket());
+    let answer = gateway
         .exchange_async::<O, _, _>(request, |g, q| async move { Ok(live(g, q).await) })
-        .await
+        .await?;
+    span.decided(if answer.refused() { "deny" } else { "allow" });
+    Ok(answer)
 }
 
 /// Refuses a write to a read-only bucket (audited).

@@ -1060,6 +1060,12 @@ impl wit::Host for HostState {
             (Ok(m), Ok(_), Some(asked)) => gateway.authorize(asked).map(|()| m),
             (r, _, _) => r,
         };
+        let mut span = gateway.interaction_span("llm", "complete", &target);
+        span.decide(match (&resolved, &cap) {
+            (Err(_), _) => "deny",
+            (Ok(_), Err(_)) => "limit",
+            (Ok(_), Ok(_)) => "allow",
+        });
         match (&resolved, &cap) {
             (Err(reason), _) => gateway.audit("llm", target, Decision::Deny, Some(reason.clone())),
             (Ok(_), Err(why)) => gateway.audit("llm", target, Decision::Limit, Some(why.clone())),

@@ -462,6 +462,8 @@ impl bindings::wasi::nn::graph::Host for HostState {
             None
         };
         let granted = grant.models.contains(&name) && policy.is_none();
+        let mut span = gateway.interaction_span("nn", "load", &name);
+        span.decide(if granted { "allow" } else { "deny" });
         if granted {
             gateway.audit("nn", name.clone(), Decision::Allow, None);
         } else if let Some(reason) = &policy {

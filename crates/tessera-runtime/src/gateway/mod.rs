@@ -146,6 +146,8 @@ struct CallPart {
     prng: Mutex<Option<crate::capability::random::SplitMix64>>,
     output: Mutex<CapturedOutput>,
     usage: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// The call's span, when tracing is on (`crate::telemetry`).
+    trace: Option<opentelemetry::Context>,
 }
 
 /// The per-call interposition layer. Cheap to clone; every capability
@@ -206,7 +208,22 @@ impl CallPart {
             (Some(src), true) => Some(src.len()),
             _ => None,
         };
+        let trace = crate::telemetry::enabled().then(|| {
+            use opentelemetry::KeyValue;
+            crate::telemetry::start(
+                format!("call {} {}", scope.name, scope.function),
+                opentelemetry::trace::SpanKind::Internal,
+                &opentelemetry::Context::current(),
+                vec![
+                    KeyValue::new("tessera.component", scope.name.clone()),
+                    KeyValue::new("tessera.component.digest", scope.component.clone()),
+                    KeyValue::new("tessera.function", scope.function.clone()),
+                    KeyValue::new("tessera.replay", parts.replay.is_some()),
+                ],
+            )
+        });
         Self {
+            trace,
             scope,
             audit: parts.audit,
             observer: parts.observer,
@@ -604,6 +621,70 @@ impl Gateway {
         {
             engine.charge(&self.caller(), interaction, tokens);
         }
+    }
+
+    /// Starts the span of a host interaction (`<capability>.<op>`, child
+    /// of the call's span; none when tracing is off). The capability
+    /// records the gateway's decision on it.
+    pub fn interaction_span(
+        &self,
+        capability: &str,
+        op: &str,
+        target: &str,
+    ) -> crate::telemetry::Interaction {
+        let call = self.call();
+        let Some(cx) = &call.trace else {
+            return crate::telemetry::Interaction::default();
+        };
+        use opentelemetry::KeyValue;
+        crate::telemetry::Interaction::start(
+            cx,
+            format!("{capability}.{op}"),
+            vec![
+                KeyValue::new("tessera.capability", capability.to_string()),
+                KeyValue::new("tessera.target", target.to_string()),
+                KeyValue::new("tessera.component.digest", call.scope.component.clone()),
+                KeyValue::new("tessera.function", call.scope.function.clone()),
+            ],
+        )
+    }
+
+    /// The call's span context, when tracing is on: what work the call
+    /// starts on the host (a tool's call) hangs under.
+    pub fn trace_context(&self) -> Option<opentelemetry::Context> {
+        self.call().trace.clone()
+    }
+
+    /// Ends the call's span with what the call used and how it ended.
+    pub(crate) fn end_trace(&self, outcome: &crate::CallOutcome) {
+        let call = self.call();
+        let Some(cx) = &call.trace else { return };
+        use opentelemetry::KeyValue;
+        let ended = match &outcome.result {
+            Ok(_) if outcome.guest_error => "guest_error",
+            Ok(_) => "ok",
+            Err(crate::CallFailure::Limit(_)) => "limit",
+            Err(_) => "trap",
+        };
+        crate::telemetry::end(
+            cx,
+            vec![
+                KeyValue::new(
+                    "tessera.fuel",
+                    i64::try_from(outcome.fuel_consumed).unwrap_or(i64::MAX),
+                ),
+                KeyValue::new(
+                    "tessera.peak_memory_bytes",
+                    i64::try_from(outcome.peak_memory_bytes).unwrap_or(i64::MAX),
+                ),
+                KeyValue::new(
+                    "tessera.interactions",
+                    i64::try_from(outcome.interactions).unwrap_or(i64::MAX),
+                ),
+                KeyValue::new("tessera.outcome", ended),
+            ],
+            outcome.result.as_ref().err().map(ToString::to_string),
+        );
     }
 
     /// Runs `f` with the call's captured output.

@@ -304,6 +304,13 @@ fn report<T>(
 /// `Some(reason)` when they deny it (the operation is then not made and the
 /// guest sees `access`).
 fn policy_denies(gateway: &Gateway, op: &str, path: &str, write: bool) -> Option<String> {
+    let span = gateway.interaction_span("files", op, path);
+    let denied = policy_allows(gateway, op, path, write);
+    span.decided(if denied.is_some() { "deny" } else { "allow" });
+    denied
+}
+
+fn policy_allows(gateway: &Gateway, op: &str, path: &str, write: bool) -> Option<String> {
     gateway
         .authorize(&Interaction::File {
             operation: op.to_string(),

@@ -1,0 +1,229 @@
+//! `tessera serve --otlp`: the spans of a call that makes an outgoing HTTP
+//! request, received by a real OTLP/HTTP receiver on 127.0.0.1 (decoding
+//! with the OpenTelemetry project's `opentelemetry-proto` Python classes),
+//! with the right parents from the caller's `traceparent` down to the
+//! request the guest sent, which carries the trace on.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Serving, python, register};
+use serde_json::Value;
+use tessera_test_support::http_stub;
+
+/// An OTLP/HTTP receiver: every span of every export, one JSON object per
+/// line in `out`.
+const RECEIVER: &str = r#"
+import json, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest, ExportTraceServiceResponse)
+
+out = sys.argv[1]
+
+def value(v):
+    kind = v.WhichOneof("value")
+    return getattr(v, kind) if kind else None
+
+class Handler(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        req = ExportTraceServiceRequest()
+        req.ParseFromString(body)
+        with open(out, "a") as f:
+            for rs in req.resource_spans:
+                for ss in rs.scope_spans:
+                    for s in ss.spans:
+                        f.write(json.dumps({
+                            "path": self.path,
+                            "name": s.name,
+                            "trace": s.trace_id.hex(),
+                            "span": s.span_id.hex(),
+                            "parent": s.parent_span_id.hex(),
+                            "kind": s.kind,
+                            "attributes": {a.key: value(a.value) for a in s.attributes},
+                        }) + "\n")
+        reply = ExportTraceServiceResponse().SerializeToString()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args):
+        pass
+
+server = HTTPServer(("127.0.0.1", 0), Handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+struct Receiver {
+    child: Child,
+    port: u16,
+    out: std::path::PathBuf,
+}
+
+impl Receiver {
+    fn start(dir: &std::path::Path) -> Self {
+        let out = dir.join("spans.jsonl");
+        let mut child = Command::new(python())
+            .args(["-c", RECEIVER])
+            .arg(&out)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line.trim().parse().expect("the receiver's port");
+        Self { child, port, out }
+    }
+
+    fn spans(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn post_with_traceparent(base: &str, path: &str, body: &str, traceparent: &str) -> u16 {
+    let authority = base.strip_prefix("http://").unwrap();
+    let mut s = TcpStream::connect(authority).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\ntraceparent: {traceparent}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    raw.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_trace_crosses_the_server_the_wasm_boundary_and_the_network() {
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    let receiver = Receiver::start(d);
+    let (port, seen) = http_stub();
+    register(
+        d,
+        "fetch",
+        "http-fetch",
+        Some(&format!(
+            "[http]\nallowed_outbound_hosts = [\"http://127.0.0.1:{port}\"]\n"
+        )),
+    );
+    let otlp = format!("http://127.0.0.1:{}", receiver.port);
+    let server = Serving::start(d, &["--otlp", &otlp]);
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let status = post_with_traceparent(
+        &server.base,
+        "/v1/components/fetch/call/fetch",
+        &format!("{{\"url\":\"http://127.0.0.1:{port}/v1/items\"}}"),
+        &format!("00-{trace}-{caller_span}-01"),
+    );
+    assert_eq!(status, 200);
+    // The export is batched: stopping the server flushes it.
+    server.stop();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut spans = receiver.spans();
+    while spans.len() < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        spans = receiver.spans();
+    }
+    let find = |pred: &dyn Fn(&Value) -> bool| -> Value {
+        spans
+            .iter()
+            .find(|s| pred(s))
+            .cloned()
+            .unwrap_or_else(|| panic!("{spans:#?}"))
+    };
+    let request = find(&|s| s["name"] == "POST /v1/components/fetch/call/fetch");
+    let call = find(&|s| s["name"] == "call fetch fetch");
+    let http = find(&|s| s["name"] == "http.GET");
+    assert_eq!(request["path"], "/v1/traces");
+    for s in [&request, &call, &http] {
+        assert_eq!(s["trace"], trace, "{s}");
+    }
+    assert_eq!(request["parent"], caller_span);
+    assert_eq!(request["kind"], 2, "SPAN_KIND_SERVER");
+    assert_eq!(request["attributes"]["http.response.status_code"], 200);
+    assert_eq!(call["parent"], request["span"]);
+    assert_eq!(call["attributes"]["tessera.component"], "fetch");
+    assert_eq!(call["attributes"]["tessera.function"], "fetch");
+    assert!(
+        call["attributes"]["tessera.component.digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    assert!(call["attributes"]["tessera.fuel"].as_i64().unwrap() > 0);
+    assert!(
+        call["attributes"]["tessera.peak_memory_bytes"]
+            .as_i64()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(call["attributes"]["tessera.outcome"], "ok");
+    assert_eq!(http["parent"], call["span"]);
+    assert_eq!(http["kind"], 3, "SPAN_KIND_CLIENT");
+    assert_eq!(http["attributes"]["tessera.decision"], "allow");
+    assert_eq!(
+        http["attributes"]["tessera.target"],
+        format!("http://127.0.0.1:{port}/v1/items")
+    );
+    // The request the guest sent carries the trace on, under its span.
+    let heads = seen.lock().unwrap().to_ascii_lowercase();
+    let sent = heads
+        .lines()
+        .find_map(|l| l.strip_prefix("traceparent: "))
+        .unwrap_or_else(|| panic!("{heads}"))
+        .trim()
+        .to_string();
+    let http_span = http["span"].as_str().unwrap();
+    assert_eq!(sent, format!("00-{trace}-{http_span}-01"));
+}
+
+#[test]
+fn without_otlp_no_traceparent_leaves_the_guest() {
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    let (port, seen) = http_stub();
+    register(
+        d,
+        "fetch",
+        "http-fetch",
+        Some(&format!(
+            "[http]\nallowed_outbound_hosts = [\"http://127.0.0.1:{port}\"]\n"
+        )),
+    );
+    let server = Serving::start(d, &[]);
+    let status = post_with_traceparent(
+        &server.base,
+        "/v1/components/fetch/call/fetch",
+        &format!("{{\"url\":\"http://127.0.0.1:{port}/x\"}}"),
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    );
+    assert_eq!(status, 200);
+    server.stop();
+    let heads = seen.lock().unwrap().to_ascii_lowercase();
+    assert!(heads.contains("get /x"), "{heads}");
+    assert!(!heads.contains("traceparent"), "{heads}");
+}
