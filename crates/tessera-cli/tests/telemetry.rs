@@ -227,3 +227,45 @@ fn without_otlp_no_traceparent_leaves_the_guest() {
     assert!(heads.contains("get /x"), "{heads}");
     assert!(!heads.contains("traceparent"), "{heads}");
 }
+
+/// `tessera plan run --otlp`: a span per step attempt, its call under it.
+#[test]
+fn plan_steps_are_spans_with_their_calls_under_them() {
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    let receiver = Receiver::start(d);
+    let plan = d.join("hi.plan.toml");
+    std::fs::write(
+        &plan,
+        format!(
+            "name = \"hi\"\n[steps.greet]\ncomponent = \"{}\"\nfunction = \"greet\"\nargs = {{ name = \"Ada\" }}\n",
+            tessera_test_support::component("hello").display()
+        ),
+    )
+    .unwrap();
+    let out = common::tessera(d)
+        .args(["plan", "run"])
+        .arg(&plan)
+        .args(["--otlp", &format!("http://127.0.0.1:{}", receiver.port)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The process flushed its spans before it exited.
+    let spans = receiver.spans();
+    let step = spans
+        .iter()
+        .find(|s| s["name"] == "plan step greet")
+        .unwrap_or_else(|| panic!("{spans:#?}"));
+    let call = spans
+        .iter()
+        .find(|s| s["name"] == "call hello greet")
+        .unwrap_or_else(|| panic!("{spans:#?}"));
+    assert_eq!(step["attributes"]["tessera.plan"], "hi");
+    assert_eq!(step["attributes"]["tessera.plan.attempt"], 1);
+    assert_eq!(call["trace"], step["trace"]);
+    assert_eq!(call["parent"], step["span"]);
+}

@@ -919,10 +919,33 @@ impl Drive {
                 },
                 cancel: cancel.clone(),
             };
+            // With tracing on, a span per step attempt: its call hangs
+            // under it.
+            let trace = tessera_runtime::telemetry::enabled().then(|| {
+                use opentelemetry::KeyValue;
+                tessera_runtime::telemetry::start(
+                    format!("plan step {}", step.name),
+                    opentelemetry::trace::SpanKind::Internal,
+                    &opentelemetry::Context::current(),
+                    vec![
+                        KeyValue::new("tessera.plan", self.plan.name.clone()),
+                        KeyValue::new("tessera.plan.run", self.run.clone()),
+                        KeyValue::new("tessera.plan.step", step.name.clone()),
+                        KeyValue::new("tessera.plan.attempt", i64::from(attempt)),
+                    ],
+                )
+            });
+            let cx = trace
+                .clone()
+                .unwrap_or_else(opentelemetry::Context::current);
             let outcome = match step.timeout {
-                None => self.caller.call(call).await,
+                None => {
+                    opentelemetry::context::FutureExt::with_context(self.caller.call(call), cx)
+                        .await
+                }
                 Some(t) => {
-                    let fut = self.caller.call(call);
+                    let fut =
+                        opentelemetry::context::FutureExt::with_context(self.caller.call(call), cx);
                     tokio::pin!(fut);
                     tokio::select! {
                         o = &mut fut => o,
@@ -942,6 +965,13 @@ impl Drive {
                     }
                 }
             };
+            if let Some(cx) = &trace {
+                tessera_runtime::telemetry::end(
+                    cx,
+                    Vec::new(),
+                    outcome.result.as_ref().err().map(|f| f.message.clone()),
+                );
+            }
             runs.extend(outcome.run_id.clone());
             match outcome.result {
                 Ok(v) => return Ok(Tried::Ok(v, n, runs)),

@@ -960,6 +960,26 @@ async fn run_turn(
     });
     let permits = permits_of(inner, &loaded);
     let _permit = permits.acquire_owned().await.ok();
+    // With tracing on, a span per turn: the turn's call (and the tools it
+    // calls) hang under it.
+    let trace = tessera_runtime::telemetry::enabled().then(|| {
+        use opentelemetry::KeyValue;
+        tessera_runtime::telemetry::start(
+            format!("agent turn {} #{turn}", rec.id),
+            opentelemetry::trace::SpanKind::Consumer,
+            &opentelemetry::Context::current(),
+            vec![
+                KeyValue::new("tessera.agent", rec.id.clone()),
+                KeyValue::new(
+                    "tessera.agent.turn",
+                    i64::try_from(turn).unwrap_or(i64::MAX),
+                ),
+                KeyValue::new("tessera.agent.message", envelope.id.clone()),
+                KeyValue::new("tessera.agent.attempt", i64::from(attempt)),
+                KeyValue::new("tessera.run", run_id.clone()),
+            ],
+        )
+    });
     let recorded = tessera_journal::record_call_linked(
         &inner.journal,
         &loaded,
@@ -985,8 +1005,14 @@ async fn run_turn(
             tool: None,
         }),
         Some(run_id.clone()),
-    )
-    .await;
+    );
+    let recorded = match &trace {
+        Some(cx) => opentelemetry::context::FutureExt::with_context(recorded, cx.clone()).await,
+        None => recorded.await,
+    };
+    if let Some(cx) = &trace {
+        tessera_runtime::telemetry::end(cx, Vec::new(), None);
+    }
     drop(_permit);
     let (run, outcome) = match recorded {
         Ok(r) => r,

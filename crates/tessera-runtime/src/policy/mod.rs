@@ -29,6 +29,7 @@ use std::time::SystemTime;
 use cedar_policy::{Authorizer, Decision as CedarDecision};
 use serde::Serialize;
 
+mod evaluator;
 mod load;
 pub mod quota;
 mod request;
@@ -204,74 +205,26 @@ impl PolicyEngine {
     /// The Cedar decision alone (no quota), failing closed on errors.
     ///
     /// Cedar refuses to evaluate with less than 100 KiB of stack left, as
-    /// `stacker` measures it; a host call of an async wasmtime store runs
-    /// on the guest's fiber stack, which `stacker` cannot measure, so the
-    /// decision then runs on a stack of its own.
-    fn decide(&self, policies: &Policies, caller: &Caller, interaction: &Interaction) -> Verdict {
-        stacker::maybe_grow(EVALUATION_RED_ZONE, EVALUATION_STACK, || {
-            self.decide_here(policies, caller, interaction)
-        })
-    }
-
-    fn decide_here(
+    /// `stacker` measures it. A host call of an async wasmtime store runs on
+    /// the guest's fiber stack, which `stacker` cannot measure: the decision
+    /// is then made on one of the evaluator threads (a round trip of a few
+    /// microseconds, where a fresh stack per decision costs tens).
+    fn decide(
         &self,
-        policies: &Policies,
+        policies: &Arc<Policies>,
         caller: &Caller,
         interaction: &Interaction,
     ) -> Verdict {
-        let (request, entities) = match request::build(caller, interaction) {
-            Ok(r) => r,
-            Err(e) => {
-                return Verdict::deny(
-                    Vec::new(),
-                    format!("the request cannot be put to the policies: {e}"),
-                );
-            }
-        };
-        let response = self
-            .authorizer
-            .is_authorized(&request, &policies.set, &entities);
-        let diagnostics = response.diagnostics();
-        let errors: Vec<(String, String)> = diagnostics
-            .errors()
-            .map(|e| match e {
-                cedar_policy::AuthorizationError::PolicyEvaluationError(p) => {
-                    (p.policy_id().to_string(), p.inner().to_string())
-                }
-            })
-            .collect();
-        if !errors.is_empty() {
-            let ids = errors.iter().map(|(id, _)| id.clone()).collect();
-            let why = errors
-                .iter()
-                .map(|(id, e)| format!("`{id}` ({}): {e}", place(policies, id)))
-                .collect::<Vec<_>>()
-                .join("; ");
-            return Verdict::deny(
-                ids,
-                format!("a policy failed to evaluate, so the request is denied: {why}"),
-            );
+        let measurable = stacker::remaining_stack().is_some_and(|r| r >= EVALUATION_RED_ZONE);
+        if measurable {
+            return decide_here(&self.authorizer, policies, caller, interaction);
         }
-        let mut ids: Vec<String> = diagnostics.reason().map(ToString::to_string).collect();
-        ids.sort();
-        match response.decision() {
-            CedarDecision::Allow => Verdict::allow(ids),
-            CedarDecision::Deny if ids.is_empty() => Verdict::deny(
-                ids,
-                format!(
-                    "no policy permits {} on {}",
-                    interaction.action(),
-                    interaction.describe()
-                ),
-            ),
-            CedarDecision::Deny => {
-                let named = ids
-                    .iter()
-                    .map(|id| format!("`{id}` ({})", place(policies, id)))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                Verdict::deny(ids, format!("forbidden by policy {named}"))
-            }
+        match evaluator::decide(policies.clone(), caller.clone(), interaction.clone()) {
+            Some(v) => v,
+            // No evaluator thread: a stack of its own, then.
+            None => stacker::grow(EVALUATION_STACK, || {
+                decide_here(&self.authorizer, policies, caller, interaction)
+            }),
         }
     }
 
@@ -350,4 +303,66 @@ fn fingerprint(path: &Path) -> Fingerprint {
             (p, len, modified)
         })
         .collect()
+}
+
+/// The Cedar decision alone (no quota), failing closed on errors, on this
+/// thread's stack.
+fn decide_here(
+    authorizer: &Authorizer,
+    policies: &Policies,
+    caller: &Caller,
+    interaction: &Interaction,
+) -> Verdict {
+    let (request, entities) = match request::build(caller, interaction) {
+        Ok(r) => r,
+        Err(e) => {
+            return Verdict::deny(
+                Vec::new(),
+                format!("the request cannot be put to the policies: {e}"),
+            );
+        }
+    };
+    let response = authorizer.is_authorized(&request, &policies.set, &entities);
+    let diagnostics = response.diagnostics();
+    let errors: Vec<(String, String)> = diagnostics
+        .errors()
+        .map(|e| match e {
+            cedar_policy::AuthorizationError::PolicyEvaluationError(p) => {
+                (p.policy_id().to_string(), p.inner().to_string())
+            }
+        })
+        .collect();
+    if !errors.is_empty() {
+        let ids = errors.iter().map(|(id, _)| id.clone()).collect();
+        let why = errors
+            .iter()
+            .map(|(id, e)| format!("`{id}` ({}): {e}", place(policies, id)))
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Verdict::deny(
+            ids,
+            format!("a policy failed to evaluate, so the request is denied: {why}"),
+        );
+    }
+    let mut ids: Vec<String> = diagnostics.reason().map(ToString::to_string).collect();
+    ids.sort();
+    match response.decision() {
+        CedarDecision::Allow => Verdict::allow(ids),
+        CedarDecision::Deny if ids.is_empty() => Verdict::deny(
+            ids,
+            format!(
+                "no policy permits {} on {}",
+                interaction.action(),
+                interaction.describe()
+            ),
+        ),
+        CedarDecision::Deny => {
+            let named = ids
+                .iter()
+                .map(|id| format!("`{id}` ({})", place(policies, id)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            Verdict::deny(ids, format!("forbidden by policy {named}"))
+        }
+    }
 }

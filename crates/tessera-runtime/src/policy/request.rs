@@ -288,12 +288,44 @@ fn argument_tags(arguments: &str) -> Vec<(String, String)> {
     }
 }
 
+/// The entity types requests use, parsed once (Cedar parses a type name
+/// with its full grammar: too slow to repeat for every decision).
+const KINDS: &[&str] = &[
+    "Component",
+    "Agent",
+    "Action",
+    "Host",
+    "File",
+    "Bucket",
+    "Model",
+    "Tool",
+];
+
+fn kind_name(kind: &str) -> Result<EntityTypeName, String> {
+    static PARSED: std::sync::OnceLock<Vec<Result<EntityTypeName, String>>> =
+        std::sync::OnceLock::new();
+    let parsed = PARSED.get_or_init(|| {
+        KINDS
+            .iter()
+            .map(|k| {
+                format!("Tessera::{k}")
+                    .parse()
+                    .map_err(|e| format!("entity type Tessera::{k}: {e}"))
+            })
+            .collect()
+    });
+    match KINDS.iter().position(|k| *k == kind) {
+        Some(i) => parsed[i].clone(),
+        None => Err(format!("no entity type Tessera::{kind}")),
+    }
+}
+
 /// `Tessera::<kind>::"<id>"`.
 pub(crate) fn uid(kind: &str, id: &str) -> Result<EntityUid, String> {
-    let name: EntityTypeName = format!("Tessera::{kind}")
-        .parse()
-        .map_err(|e| format!("entity type Tessera::{kind}: {e}"))?;
-    Ok(EntityUid::from_type_name_and_id(name, EntityId::new(id)))
+    Ok(EntityUid::from_type_name_and_id(
+        kind_name(kind)?,
+        EntityId::new(id),
+    ))
 }
 
 impl Caller {
