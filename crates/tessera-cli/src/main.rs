@@ -170,7 +170,7 @@ fn main() {
     // Traces, when asked for: exported in batches until the process ends.
     let telemetry = match cli.global.otlp.as_deref() {
         None => None,
-        Some(url) => match telemetry::init(url) {
+        Some(url) => match telemetry::init(url, cli.global.otlp_sample) {
             Ok(t) => Some(t),
             Err(e) => {
                 eprintln!("error: {e}");

@@ -62,10 +62,25 @@ pub struct GlobalArgs {
     /// traces.
     #[arg(long, global = true, env = "TESSERA_OTLP", value_name = "URL")]
     pub otlp: Option<String>,
+    /// The share of traces kept, from 0 to 1 (with `--otlp`): a trace that
+    /// starts here is kept with this probability (by its trace id); one
+    /// that comes in with a `traceparent` follows the caller's decision.
+    /// Default: every trace (or what `OTEL_TRACES_SAMPLER` says).
+    #[arg(
+        long,
+        global = true,
+        env = "TESSERA_OTLP_SAMPLE",
+        value_name = "RATIO",
+        value_parser = parse_ratio
+    )]
+    pub otlp_sample: Option<f64>,
     /// The policy engine, loaded once per process (quotas count across
     /// every call of the process).
     #[arg(skip)]
     pub policy_engine: std::sync::OnceLock<Option<Arc<tessera_runtime::policy::PolicyEngine>>>,
+    /// The trust policy, loaded once per process.
+    #[arg(skip)]
+    pub trust_policy: std::sync::OnceLock<Option<Arc<tessera_runtime::trust::TrustPolicy>>>,
     /// The data directory's stores, opened once per process (the embedded
     /// store file is held by one opener).
     #[arg(skip)]
@@ -73,6 +88,17 @@ pub struct GlobalArgs {
     /// The data directory's models, loaded once per process.
     #[arg(skip)]
     pub models: std::sync::OnceLock<Arc<tessera_models::ModelStore>>,
+}
+
+/// A sampling ratio: a number from 0 to 1.
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        Ok(_) => Err(format!("{s} is not between 0 and 1")),
+        Err(_) => Err(format!(
+            "{s} is not a number (a ratio from 0 to 1, like 0.1)"
+        )),
+    }
 }
 
 /// The prefix of environment variables that provide secrets.
@@ -147,16 +173,23 @@ impl GlobalArgs {
 
     /// The trust policy in force (see [`GlobalArgs::trust_file`]), sealing
     /// the compile cache with the data directory's seal key
-    /// (`<data>/keys/cache-seal.key`, made on first use).
+    /// (`<data>/keys/cache-seal.key`, made on first use); loaded on first
+    /// use and shared by every runtime of this process.
     pub fn trust_policy(&self) -> Result<Option<Arc<tessera_runtime::trust::TrustPolicy>>, String> {
         use tessera_runtime::trust;
-        let Some(path) = self.trust_file() else {
-            return Ok(None);
+        if let Some(policy) = self.trust_policy.get() {
+            return Ok(policy.clone());
+        }
+        let policy = match self.trust_file() {
+            None => None,
+            Some(path) => {
+                let policy = trust::TrustPolicy::load(&path).map_err(|e| e.to_string())?;
+                let seal = trust::seal_key(&self.data.join("keys").join("cache-seal.key"))
+                    .map_err(|e| e.to_string())?;
+                Some(Arc::new(policy.with_seal_key(seal)))
+            }
         };
-        let policy = trust::TrustPolicy::load(&path).map_err(|e| e.to_string())?;
-        let seal = trust::seal_key(&self.data.join("keys").join("cache-seal.key"))
-            .map_err(|e| e.to_string())?;
-        Ok(Some(Arc::new(policy.with_seal_key(seal))))
+        Ok(self.trust_policy.get_or_init(|| policy).clone())
     }
 
     /// The policy directory in force: `--policy`, else `<data>/policies` if

@@ -2,7 +2,7 @@
 //! W3C trace-context propagation (docs/telemetry.md).
 
 use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 
 /// Installed tracing; flushes what is left when dropped.
 pub struct Telemetry(SdkTracerProvider);
@@ -28,9 +28,10 @@ fn traces_endpoint(url: &str) -> String {
     }
 }
 
-/// Installs the OTLP exporter, the tracer provider and the propagator, and
-/// turns span making on in the runtime.
-pub fn init(url: &str) -> Result<Telemetry, String> {
+/// Installs the OTLP exporter, the tracer provider (keeping the share
+/// `sample` of new traces, when given) and the propagator, and turns span
+/// making on in the runtime.
+pub fn init(url: &str, sample: Option<f64>) -> Result<Telemetry, String> {
     // The exporter's reqwest client builds its TLS configuration from the
     // process's default rustls provider: ring, as everywhere in Tessera
     // (a second install is refused harmlessly).
@@ -40,7 +41,15 @@ pub fn init(url: &str) -> Result<Telemetry, String> {
         .with_endpoint(traces_endpoint(url))
         .build()
         .map_err(|e| format!("--otlp {url}: {e}"))?;
-    let provider = SdkTracerProvider::builder()
+    let mut builder = SdkTracerProvider::builder();
+    if let Some(ratio) = sample {
+        // Parent-based: a trace a caller started keeps the caller's
+        // decision, so a trace is whole or absent.
+        builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            ratio,
+        ))));
+    }
+    let provider = builder
         .with_batch_exporter(exporter)
         .with_resource(
             opentelemetry_sdk::Resource::builder()

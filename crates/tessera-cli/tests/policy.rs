@@ -8,25 +8,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::tessera;
-use serde_json::Value;
+use common::{err, json, out, run};
 use tessera_test_support::{component, http_stub, repo_root};
-
-fn run(data: &Path, args: &[&str]) -> Output {
-    tessera(data).args(args).output().expect("run tessera")
-}
-
-fn out(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn err(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn json(o: &Output) -> Value {
-    serde_json::from_str(out(o).trim()).unwrap_or_else(|e| panic!("{e}: {}", out(o)))
-}
 
 fn examples() -> PathBuf {
     repo_root().join("examples/policies")

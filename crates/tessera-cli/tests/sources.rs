@@ -12,7 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Serving, component, tessera};
+use common::{Serving, component, run, tessera};
 use serde_json::Value;
 
 const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
@@ -153,10 +153,6 @@ fn http_get(addr: &str, path: &str, accept: &str) -> Option<(u16, Vec<u8>)> {
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(bytes))
-}
-
-fn run(data: &Path, args: &[&str]) -> Output {
-    tessera(data).args(args).output().unwrap()
 }
 
 fn ok(o: &Output) -> String {

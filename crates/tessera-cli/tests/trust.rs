@@ -4,27 +4,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
-use common::{Serving, tessera};
+use common::{Serving, err, json, out, run};
 use serde_json::Value;
 use tessera_test_support::component;
-
-fn run(data: &Path, args: &[&str]) -> Output {
-    tessera(data).args(args).output().expect("run tessera")
-}
-
-fn out(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn err(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn json(o: &Output) -> Value {
-    serde_json::from_str(out(o).trim()).unwrap_or_else(|e| panic!("{e}: {}", out(o)))
-}
 
 /// A data directory with two key pairs (`release`, `other`) and a copy of
 /// `hello.wasm` signed by `release`, one signed by `other`, one unsigned.

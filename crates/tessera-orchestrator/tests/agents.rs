@@ -1212,6 +1212,7 @@ async fn work_left_by_a_process_is_resumed_by_the_next() {
         body: json!({"op": "append", "value": "left"}).to_string(),
         expects_reply: false,
         sent: records::now(),
+        trace: Default::default(),
     };
     store
         .put_hint(records::BUCKET, &records::work_key("a"), b"1")

@@ -565,6 +565,16 @@ impl LoadedComponent {
             }
         });
         let run = work(store);
+        // With tracing on, the call's span is the current context while
+        // the guest runs: what its host calls start (a message an agent
+        // sends, a tool call) hangs under it.
+        let trace = gateway.trace_context();
+        let run = async move {
+            match trace {
+                Some(cx) => opentelemetry::context::FutureExt::with_context(run, cx).await,
+                None => run.await,
+            }
+        };
         let cancelled = async {
             match &cancel {
                 Some(c) => c.cancelled().await,

@@ -16,7 +16,9 @@
 //! service the guest calls. Reference: `docs/telemetry.md`.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{PoisonError, RwLock};
 
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
@@ -24,9 +26,14 @@ use opentelemetry::{Context, KeyValue, global};
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
+/// The tracer spans are made with: the global provider's, taken when
+/// tracing is enabled (not looked up again for every span).
+static TRACER: RwLock<Option<global::BoxedTracer>> = RwLock::new(None);
+
 /// Turns span making on (after a tracer provider and a propagator were
 /// installed with `opentelemetry::global`).
 pub fn enable() {
+    *TRACER.write().unwrap_or_else(PoisonError::into_inner) = Some(global::tracer("tessera"));
     ENABLED.store(true, Ordering::Relaxed);
 }
 
@@ -48,12 +55,20 @@ pub fn start(
     parent: &Context,
     attributes: Vec<KeyValue>,
 ) -> Context {
-    let tracer = global::tracer("tessera");
+    let cached = TRACER.read().unwrap_or_else(PoisonError::into_inner);
+    let looked_up;
+    let tracer = match cached.as_ref() {
+        Some(t) => t,
+        None => {
+            looked_up = global::tracer("tessera");
+            &looked_up
+        }
+    };
     let span = tracer
         .span_builder(name)
         .with_kind(kind)
         .with_attributes(attributes)
-        .start_with_context(&tracer, parent);
+        .start_with_context(tracer, parent);
     parent.with_span(span)
 }
 
@@ -106,6 +121,41 @@ pub fn extract(headers: &http::HeaderMap) -> Context {
     global::get_text_map_propagator(|p| p.extract(&Headers(headers)))
 }
 
+/// `cx`'s trace context as W3C Trace Context fields (`traceparent`, and
+/// `tracestate` when there is one), to carry in a message; empty when
+/// tracing is off or `cx` holds no span.
+pub fn carrier(cx: &Context) -> BTreeMap<String, String> {
+    struct Fields(BTreeMap<String, String>);
+    impl Injector for Fields {
+        fn set(&mut self, key: &str, value: String) {
+            self.0.insert(key.to_string(), value);
+        }
+    }
+    let mut fields = Fields(BTreeMap::new());
+    if enabled() && cx.has_active_span() {
+        global::get_text_map_propagator(|p| p.inject_context(cx, &mut fields));
+    }
+    fields.0
+}
+
+/// The context a message's [`carrier`] fields name (the current one when
+/// they name none, or tracing is off).
+pub fn from_carrier(fields: &BTreeMap<String, String>) -> Context {
+    struct Fields<'a>(&'a BTreeMap<String, String>);
+    impl Extractor for Fields<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).map(String::as_str)
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(String::as_str).collect()
+        }
+    }
+    if !enabled() || fields.is_empty() {
+        return Context::current();
+    }
+    global::get_text_map_propagator(|p| p.extract(&Fields(fields)))
+}
+
 /// A host interaction's span (none when tracing is off): ended, with the
 /// gateway's decision, by [`Interaction::decided`] or when dropped.
 #[derive(Debug, Default)]
@@ -115,7 +165,11 @@ pub struct Interaction {
 }
 
 impl Interaction {
-    pub(crate) fn start(parent: &Context, name: String, attributes: Vec<KeyValue>) -> Self {
+    pub(crate) fn start(
+        parent: &Context,
+        name: impl Into<Cow<'static, str>>,
+        attributes: Vec<KeyValue>,
+    ) -> Self {
         Self {
             cx: Some(start(name, SpanKind::Client, parent, attributes)),
             decision: None,
@@ -141,6 +195,10 @@ impl Interaction {
 impl Drop for Interaction {
     fn drop(&mut self) {
         if let Some(cx) = self.cx.take() {
+            if !cx.span().is_recording() {
+                cx.span().end();
+                return;
+            }
             let decision = self.decision.unwrap_or("allow");
             end(
                 &cx,

@@ -5034,6 +5034,7 @@ async fn a_restarted_server_resumes_the_agent_work_left_in_the_store() {
             body: json!({"op": "append", "value": "resumed"}).to_string(),
             expects_reply: false,
             sent: records::now(),
+            trace: Default::default(),
         };
         let seq = store
             .increment(records::BUCKET, &records::tail_key("a"), 1)

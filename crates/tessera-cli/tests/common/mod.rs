@@ -33,6 +33,26 @@ pub fn tessera(data: &Path) -> Command {
     c
 }
 
+/// Runs `tessera` with `args` on `data` and waits for it.
+pub fn run(data: &Path, args: &[&str]) -> std::process::Output {
+    tessera(data).args(args).output().expect("run tessera")
+}
+
+/// A finished command's standard output, as text.
+pub fn out(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A finished command's standard error, as text.
+pub fn err(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A finished command's standard output, parsed as one JSON value.
+pub fn json(o: &std::process::Output) -> Value {
+    serde_json::from_str(out(o).trim()).unwrap_or_else(|e| panic!("{e}: {}", out(o)))
+}
+
 /// `tessera components add components/<wasm>.wasm --name <name>`, with a
 /// manifest written into the data directory if given. The component is
 /// then compiled into the data directory's compile cache (with `tessera
@@ -132,6 +152,17 @@ impl Serving {
 /// One HTTP/1.1 request to `base` (`http://host:port`), as
 /// [`Serving::request`]; usable from another thread.
 pub fn request(base: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
+    request_with(base, method, path, &[], body)
+}
+
+/// [`request`] with extra header lines (`name`, `value`).
+pub fn request_with(
+    base: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Value) {
     let authority = base.strip_prefix("http://").expect("an http:// base");
     let Ok(mut stream) = TcpStream::connect(authority) else {
         return (0, Value::Null);
@@ -139,8 +170,12 @@ pub fn request(base: &str, method: &str, path: &str, body: &str) -> (u16, Value)
     stream
         .set_read_timeout(Some(Duration::from_secs(600)))
         .unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n{extra}Connection: close\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     if stream.write_all(head.as_bytes()).is_err() || stream.write_all(body.as_bytes()).is_err() {

@@ -114,6 +114,7 @@ impl AgentLink for TurnLink {
                 body: body.to_string(),
                 expects_reply: false,
                 sent: records::now(),
+                trace: tessera_runtime::telemetry::carrier(&opentelemetry::Context::current()),
             },
         });
         Ok(id)
@@ -139,6 +140,7 @@ impl AgentLink for TurnLink {
             body: body.to_string(),
             expects_reply: true,
             sent: records::now(),
+            trace: tessera_runtime::telemetry::carrier(&opentelemetry::Context::current()),
         };
         super::deliver(&self.inner, to, envelope, super::Delivery::FromTurn)
             .await

@@ -967,7 +967,8 @@ async fn run_turn(
         tessera_runtime::telemetry::start(
             format!("agent turn {} #{turn}", rec.id),
             opentelemetry::trace::SpanKind::Consumer,
-            &opentelemetry::Context::current(),
+            // The sender's trace goes on here.
+            &tessera_runtime::telemetry::from_carrier(&envelope.trace),
             vec![
                 KeyValue::new("tessera.agent", rec.id.clone()),
                 KeyValue::new(
@@ -1315,6 +1316,7 @@ impl AgentSystem {
                 body: body.to_string(),
                 expects_reply: options.expects_reply,
                 sent: records::now(),
+                trace: tessera_runtime::telemetry::carrier(&opentelemetry::Context::current()),
             },
             Delivery::External,
         )

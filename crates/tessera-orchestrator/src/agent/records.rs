@@ -16,6 +16,8 @@
 //! | `r/<message id>` | [`ReplyRecord`]: the reply to a message whose sender waits |
 //! | `w/<id>` | present while the agent has work (mail or an undelivered outbox): what a restarted host resumes |
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use tessera_runtime::capability::agent::{ComponentSpec, SupervisorPolicy};
 
@@ -234,6 +236,11 @@ pub struct Envelope {
     pub expects_reply: bool,
     /// When it was sent (RFC 3339).
     pub sent: String,
+    /// The sender's trace context (W3C `traceparent`, `tracestate`) when
+    /// tracing was on: the turn that takes the message continues that
+    /// trace. Never shown to the agent.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub trace: BTreeMap<String, String>,
 }
 
 /// `r/<message>`: how a turn answered a message.

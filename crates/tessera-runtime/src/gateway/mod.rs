@@ -210,17 +210,26 @@ impl CallPart {
         };
         let trace = crate::telemetry::enabled().then(|| {
             use opentelemetry::KeyValue;
-            crate::telemetry::start(
-                format!("call {} {}", scope.name, scope.function),
+            use opentelemetry::trace::TraceContextExt;
+            // Named and given its attributes only once the sampler kept
+            // it: a span that is not recorded costs no allocation for them.
+            let cx = crate::telemetry::start(
+                "call",
                 opentelemetry::trace::SpanKind::Internal,
                 &opentelemetry::Context::current(),
-                vec![
+                Vec::new(),
+            );
+            let span = cx.span();
+            if span.is_recording() {
+                span.update_name(format!("call {} {}", scope.name, scope.function));
+                span.set_attributes([
                     KeyValue::new("tessera.component", scope.name.clone()),
                     KeyValue::new("tessera.component.digest", scope.component.clone()),
                     KeyValue::new("tessera.function", scope.function.clone()),
                     KeyValue::new("tessera.replay", parts.replay.is_some()),
-                ],
-            )
+                ]);
+            }
+            cx
         });
         Self {
             trace,
@@ -637,6 +646,12 @@ impl Gateway {
             return crate::telemetry::Interaction::default();
         };
         use opentelemetry::KeyValue;
+        use opentelemetry::trace::TraceContextExt;
+        if !cx.span().is_recording() {
+            // A trace that is not kept: a span only to pass its (unsampled)
+            // context on.
+            return crate::telemetry::Interaction::start(cx, "interaction", Vec::new());
+        }
         crate::telemetry::Interaction::start(
             cx,
             format!("{capability}.{op}"),
@@ -660,6 +675,11 @@ impl Gateway {
         let call = self.call();
         let Some(cx) = &call.trace else { return };
         use opentelemetry::KeyValue;
+        use opentelemetry::trace::TraceContextExt;
+        if !cx.span().is_recording() {
+            cx.span().end();
+            return;
+        }
         let ended = match &outcome.result {
             Ok(_) if outcome.guest_error => "guest_error",
             Ok(_) => "ok",

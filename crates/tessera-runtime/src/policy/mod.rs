@@ -219,13 +219,22 @@ impl PolicyEngine {
         if measurable {
             return decide_here(&self.authorizer, policies, caller, interaction);
         }
-        match evaluator::decide(policies.clone(), caller.clone(), interaction.clone()) {
-            Some(v) => v,
+        evaluator::decide(policies.clone(), caller.clone(), interaction.clone())
             // No evaluator thread: a stack of its own, then.
-            None => stacker::grow(EVALUATION_STACK, || {
-                decide_here(&self.authorizer, policies, caller, interaction)
-            }),
-        }
+            .unwrap_or_else(|| self.decide_on_own_stack(policies, caller, interaction))
+    }
+
+    /// The decision on a fresh stack of [`EVALUATION_STACK`] bytes (when no
+    /// evaluator thread can be started).
+    fn decide_on_own_stack(
+        &self,
+        policies: &Policies,
+        caller: &Caller,
+        interaction: &Interaction,
+    ) -> Verdict {
+        stacker::grow(EVALUATION_STACK, || {
+            decide_here(&self.authorizer, policies, caller, interaction)
+        })
     }
 
     /// Decides `interaction` by `caller` with the policies alone, counting
@@ -364,5 +373,106 @@ fn decide_here(
                 .join(", ");
             Verdict::deny(ids, format!("forbidden by policy {named}"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULES: &str = r#"
+@id("base")
+permit(principal, action, resource);
+
+@id("no-writes")
+forbid(principal, action == Tessera::Action::"kv.write", resource);
+"#;
+
+    fn engine() -> (tempfile::TempDir, PolicyEngine) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("rules.cedar"), RULES).unwrap();
+        let engine = PolicyEngine::load(dir.path()).unwrap();
+        (dir, engine)
+    }
+
+    fn caller() -> Caller {
+        Caller {
+            component: "notes".into(),
+            digest: "sha256:00".into(),
+            function: "put".into(),
+            agent: None,
+            plan: None,
+            step: None,
+            token: None,
+        }
+    }
+
+    fn kv(write: bool) -> Interaction {
+        Interaction::Kv {
+            operation: if write { "set" } else { "get" }.into(),
+            bucket: "notes".into(),
+            key: "a".into(),
+            write,
+        }
+    }
+
+    /// Runs `f` on a thread whose stack is too small for Cedar to evaluate
+    /// on (it wants 100 KiB left).
+    fn on_a_small_stack<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+        std::thread::Builder::new()
+            .stack_size(96 << 10)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_small_stack_fails_closed_when_deciding_in_place() {
+        // What the two paths below avoid: evaluating here is refused.
+        let (_dir, engine) = engine();
+        let engine = Arc::new(engine);
+        let verdict = on_a_small_stack(move || {
+            decide_here(
+                &engine.authorizer,
+                &engine.policies(),
+                &caller(),
+                &kv(false),
+            )
+        });
+        assert!(!verdict.allowed, "{verdict:?}");
+    }
+
+    #[test]
+    fn decisions_asked_for_on_a_small_stack_go_to_the_evaluator_threads() {
+        let (_dir, engine) = engine();
+        let engine = Arc::new(engine);
+        let (read, write) = on_a_small_stack(move || {
+            (
+                engine.evaluate(&caller(), &kv(false)),
+                engine.evaluate(&caller(), &kv(true)),
+            )
+        });
+        assert!(read.allowed, "{read:?}");
+        assert_eq!(read.policies, ["base"]);
+        assert!(!write.allowed, "{write:?}");
+        assert_eq!(write.policies, ["no-writes"]);
+    }
+
+    #[test]
+    fn without_evaluator_threads_a_decision_gets_a_stack_of_its_own() {
+        let (_dir, engine) = engine();
+        let engine = Arc::new(engine);
+        let (read, write) = on_a_small_stack(move || {
+            let policies = engine.policies();
+            (
+                engine.decide_on_own_stack(&policies, &caller(), &kv(false)),
+                engine.decide_on_own_stack(&policies, &caller(), &kv(true)),
+            )
+        });
+        assert!(read.allowed, "{read:?}");
+        assert_eq!(read.policies, ["base"]);
+        assert!(!write.allowed, "{write:?}");
+        assert_eq!(write.policies, ["no-writes"]);
     }
 }
