@@ -113,16 +113,26 @@ fn main() {
             telemetry::disable();
         }
     }
-    for (_, provider) in &configs {
-        let _ = provider.shutdown();
-    }
     // A call span's own cost: started and ended with the call's attributes
-    // (names and digest as long as `hello`'s), no call around it.
-    let spans_alone = |n: u32| {
+    // (names and digest as long as `hello`'s), no call around it; hot (one
+    // span after another), and cold (4 MiB of memory written between two
+    // spans, pushing the span's code and data out of the caches as the
+    // rest of a call may, less the same writes alone).
+    let mut buffer = vec![0u8; 4 << 20];
+    let mut spans_alone = |n: u32, make: bool, sweep: bool| {
         use opentelemetry::KeyValue;
         let digest = format!("sha256:{}", "0".repeat(64));
         let t = Instant::now();
         for _ in 0..n {
+            if sweep {
+                for line in buffer.chunks_mut(64) {
+                    line[0] = line[0].wrapping_add(1);
+                }
+                std::hint::black_box(&buffer);
+            }
+            if !make {
+                continue;
+            }
             let mut attributes = Vec::with_capacity(8);
             attributes.extend([
                 KeyValue::new("tessera.component", "hello".to_string()),
@@ -150,13 +160,27 @@ fn main() {
         t.elapsed() / n
     };
     let mut alone = Vec::new();
+    let cold_rounds = rounds.min(21);
     for (name, provider) in &configs {
         opentelemetry::global::set_tracer_provider(provider.clone());
         telemetry::enable();
-        spans_alone(10_000);
-        let m = median((0..rounds).map(|_| spans_alone(10_000)).collect());
+        spans_alone(10_000, true, false);
+        let hot = median(
+            (0..rounds)
+                .map(|_| spans_alone(10_000, true, false))
+                .collect(),
+        );
+        let (mut swept, mut sweeps) = (Vec::new(), Vec::new());
+        for _ in 0..cold_rounds {
+            swept.push(spans_alone(300, true, true));
+            sweeps.push(spans_alone(300, false, true));
+        }
+        let cold = median(swept).saturating_sub(median(sweeps));
         telemetry::disable();
-        alone.push((*name, m));
+        alone.push((*name, hot, cold));
+    }
+    for (_, provider) in &configs {
+        let _ = provider.shutdown();
     }
     let mut medians = samples.into_iter().map(median);
     let base = medians.next().unwrap_or_default();
@@ -177,8 +201,15 @@ fn main() {
             pct(m)
         );
     }
-    println!("a call span alone (start and end, no call), medians of {rounds} rounds of 10000:");
-    for (name, m) in alone {
-        println!("  {name:<26} {:>8.2} µs", m.as_secs_f64() * 1e6);
+    println!(
+        "a call span alone (start and end, no call): hot, medians of {rounds} rounds of 10000; \
+         cold (4 MiB written between spans, less the writes alone), medians of {cold_rounds} rounds of 300:"
+    );
+    for (name, hot, cold) in alone {
+        println!(
+            "  {name:<26} {:>8.2} µs hot {:>8.2} µs cold",
+            hot.as_secs_f64() * 1e6,
+            cold.as_secs_f64() * 1e6
+        );
     }
 }
